@@ -1,0 +1,27 @@
+"""aigc_fast: fused C++/CUDA kernels for training GANs and VAEs in PyTorch.
+
+    import aigc_fast
+    z, kl = aigc_fast.reparameterize(mu, logvar, return_kl=True)
+    aigc_fast.info()   # what is compiled, and what each op will run
+"""
+
+from . import _extension
+
+_extension.load()  # never raises: without kernels every op runs its reference
+
+from . import nn, reference  # noqa: E402
+from ._impl import get_impl, set_impl, use_impl  # noqa: E402
+from ._info import info  # noqa: E402
+from ._version import __version__  # noqa: E402
+from .ops import reparameterize  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "get_impl",
+    "info",
+    "nn",
+    "reference",
+    "reparameterize",
+    "set_impl",
+    "use_impl",
+]

@@ -1,0 +1,99 @@
+"""Loads the compiled kernels (aigc_fast._C) if they can be trusted, else explains why not.
+
+A binary built against another torch, or by an older version of this package, can crash
+or misbehave when loaded, so its recorded build facts (_build_info.json, written by
+setup.py) are checked first. Any failure leaves `LOADED` False, the reason in `REASON`,
+and one warning; every op then runs its pure-PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import warnings
+
+import torch
+
+from ._version import __version__
+
+# Every op the Python layer expects from the binary; a stale build lacks some.
+EXPECTED_OPS = ("build_info", "reparameterize", "reparameterize_backward")
+DISABLE_ENV = "AIGC_FAST_NO_EXTENSION"
+REBUILD_HINT = (
+    "rebuild it against the installed torch: pip install --no-build-isolation --force-reinstall "
+    "--no-deps .  (from the aigc_fast source folder)"
+)
+
+LOADED = False
+REASON = "not loaded yet"
+BUILD_INFO: dict = {}
+
+
+def _read_build_info() -> dict:
+    path = os.path.join(os.path.dirname(__file__), "_build_info.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "") not in ("", "0")
+
+
+def _why_not_loadable(info: dict) -> str | None:
+    if _disabled():
+        return f"the compiled kernels are disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
+    if importlib.util.find_spec("aigc_fast._C") is None:
+        return "the compiled kernels (aigc_fast._C) are not installed"
+    if not info:
+        return "aigc_fast._C has no _build_info.json beside it, so it cannot be checked"
+    if info.get("torch") != torch.__version__:
+        return f"aigc_fast._C was built against torch {info.get('torch')}, but torch {torch.__version__} is running"
+    if info.get("package_version") != __version__:
+        return (
+            f"aigc_fast._C is stale: built by aigc_fast {info.get('package_version')}, "
+            f"but this is aigc_fast {__version__}"
+        )
+    return None
+
+
+def load() -> bool:
+    """Loads _C once; returns whether the fused kernels are usable."""
+    global LOADED, REASON, BUILD_INFO
+    try:
+        BUILD_INFO = _read_build_info()
+        reason = _why_not_loadable(BUILD_INFO)
+        if reason is None:
+            importlib.import_module("aigc_fast._C")
+            missing = [op for op in EXPECTED_OPS if not hasattr(torch.ops.aigc_fast, op)]
+            if missing:
+                reason = f"aigc_fast._C is stale: it lacks the ops {', '.join(missing)}"
+    except Exception as exc:  # an ImportError, a bad JSON file, an undefined symbol...
+        reason = f"aigc_fast._C failed to load ({type(exc).__name__}: {exc})"
+    LOADED, REASON = reason is None, reason or "loaded"
+    if not LOADED and not _disabled():  # asked for by the user: nothing to warn about
+        warnings.warn(
+            f"aigc_fast: {REASON}. Every op runs its pure-PyTorch reference instead "
+            f"(correct, but not fused). To use the kernels, {REBUILD_HINT}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return LOADED
+
+
+def compiled_backends() -> list[str]:
+    """Device types the loaded binary has kernels for."""
+    if not LOADED:
+        return []
+    return ["cpu", "cuda"] if BUILD_INFO.get("cuda") else ["cpu"]
+
+
+def runtime_info() -> dict:
+    """What the binary reports about itself (which CPU kernels it runs)."""
+    if not LOADED:
+        return {}
+    pairs = (item.split("=", 1) for item in torch.ops.aigc_fast.build_info().split(";"))
+    return dict(pairs)

@@ -1,0 +1,76 @@
+"""aigc_fast.info(): what is installed, what was compiled, and what each op will run."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from . import _extension, _impl
+from ._version import __version__
+
+OPS = ("reparameterize",)
+
+
+def _devices() -> list:
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return devices
+
+
+def collect() -> dict:
+    runtime = _extension.runtime_info()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    choice = _impl.get_impl()
+    ops = {}
+    for op in OPS:
+        ops[op] = {}
+        for device in _devices():
+            reason = _impl.fused_unavailable_reason(device)
+            if choice == "reference":
+                ops[op][device.type] = "reference (set by aigc_fast.set_impl)"
+            elif reason is None:
+                ops[op][device.type] = "fused"
+            else:
+                ops[op][device.type] = f"reference ({reason})"
+    return {
+        "aigc_fast": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "extension": "loaded" if _extension.LOADED else f"not loaded: {_extension.REASON}",
+        "built_against_torch": _extension.BUILD_INFO.get("torch"),
+        "compiled_backends": _extension.compiled_backends(),
+        "cpu_kernels": runtime.get("cpu_kernels"),
+        "cuda_archs": _extension.BUILD_INFO.get("cuda_archs"),
+        "cpu_threads": torch.get_num_threads(),
+        "gpus_visible": gpus,
+        "impl_default": choice or "fused where available",
+        "ops": ops,
+    }
+
+
+def format_report(facts: dict) -> str:
+    lines = []
+    for key, value in facts.items():
+        if key == "ops":
+            continue
+        if isinstance(value, list):
+            value = ", ".join(value) if value else "none"
+        lines.append(f"{key:20s} {value}")
+    lines.append("ops:")
+    for op, per_device in facts["ops"].items():
+        for device, how in per_device.items():
+            lines.append(f"  {op} [{device}]: {how}")
+    return "\n".join(lines)
+
+
+def info(print_report: bool = True) -> dict:
+    """Prints (and returns as a dict) the package, torch and CUDA versions, the compiled
+    backends and CUDA archs, whether a GPU is visible, and which implementation each op
+    will use on each device."""
+    facts = collect()
+    if print_report:
+        print(format_report(facts))
+    return facts

@@ -1,0 +1,27 @@
+"""Python-side argument checks shared by the fused and reference paths, so both give the
+same clear error (the C++ ops check again, for callers that use torch.ops directly)."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def float_tensor(t, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+
+
+def like(t, name: str, ref: torch.Tensor, ref_name: str) -> None:
+    float_tensor(t, name)
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the same device as {ref_name}, got {t.device} and {ref.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the same dtype as {ref_name}, got {t.dtype} and {ref.dtype}")
+    if t.shape != ref.shape:
+        raise ValueError(
+            f"{name} must have the same shape as {ref_name}, got {list(t.shape)} and {list(ref.shape)}"
+        )

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..ops.reparameterize import reparameterize
+
+
+class Reparameterize(torch.nn.Module):
+    """z = mu + exp(logvar / 2) * eps as a module, e.g. between a VAE's encoder and decoder.
+
+    In training mode it samples; in eval mode it returns mu (the posterior mean), unless
+    `sample_in_eval=True`. With `return_kl=True` the forward returns (z, kl) where kl has
+    shape [batch] (the KL term of the ELBO per sample; zero-noise eval still reports it).
+
+        enc_mu, enc_logvar = encoder(x).chunk(2, dim=1)
+        z, kl = Reparameterize(return_kl=True)(enc_mu, enc_logvar)
+    """
+
+    def __init__(self, return_kl: bool = False, sample_in_eval: bool = False, impl: Optional[str] = None):
+        super().__init__()
+        self.return_kl = return_kl
+        self.sample_in_eval = sample_in_eval
+        self.impl = impl
+
+    def forward(self, mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor] = None):
+        if self.training or self.sample_in_eval or eps is not None:
+            return reparameterize(mu, logvar, eps=eps, return_kl=self.return_kl, impl=self.impl)
+        if not self.return_kl:
+            return mu
+        return reparameterize(mu, logvar, eps=torch.zeros_like(mu), return_kl=True, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"return_kl={self.return_kl}, sample_in_eval={self.sample_in_eval}, impl={self.impl!r}"

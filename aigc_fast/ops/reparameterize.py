@@ -1,0 +1,125 @@
+"""aigc_fast.reparameterize: the VAE reparameterization trick as one fused op."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from .. import _extension, _impl, _validate
+from .. import reference
+
+# Seeds are drawn below 2^62 so they stay positive int64 values on every device.
+_SEED_HIGH = 2**62
+# Dtypes whose saved output z carries enough bits to recover std * eps as z - mu in the
+# backward (relative error about 2^-24 (1 + |mu| / |z - mu|) in float32). For 16-bit z the
+# rounding would swamp small std * eps, so the backward regenerates the noise instead.
+_DERIVE_FROM_Z = (torch.float32, torch.float64)
+
+
+def reparameterize(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    *,
+    eps: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    return_kl: bool = False,
+    impl: Optional[str] = None,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    """Samples z = mu + exp(logvar / 2) * eps with eps ~ N(0, 1), in one fused pass.
+
+    Args:
+        mu, logvar: tensors of the same shape, dtype (float16, bfloat16, float32 or float64)
+            and device. Math runs in float32 (float64 for float64 inputs).
+        eps: explicit noise of the same shape, dtype and device (no random numbers drawn);
+            gradients flow into it if it requires grad.
+        generator: the torch.Generator to draw the Philox seed from (default: the device's).
+        return_kl: also return the per-sample KL(N(mu, std^2) || N(0, 1)), summed over all
+            dimensions but the first: shape [mu.shape[0]], float32 (float64 for float64).
+        impl: "fused", "reference" or None (the global choice; fused where available).
+
+    Returns:
+        z (same shape and dtype as mu, contiguous), or (z, kl) when return_kl.
+
+    The noise comes from Philox4x32-10 keyed by (seed, offset) drawn from `generator`, so
+    torch.manual_seed reproduces it; it is never stored: the backward recovers std * eps as
+    z - mu (float32/float64) or regenerates it from the seed (float16/bfloat16).
+    """
+    _validate.float_tensor(mu, "mu")
+    _validate.like(logvar, "logvar", mu, "mu")
+    if eps is not None:
+        _validate.like(eps, "eps", mu, "mu")
+    if return_kl and mu.dim() == 0:
+        raise ValueError("return_kl=True needs a batch dimension: mu must have at least 1 dimension")
+    if not _impl.use_fused(impl, "reparameterize", mu.device):
+        return reference.reparameterize(mu, logvar, eps=eps, generator=generator, return_kl=return_kl)
+    seed = None
+    if eps is None:
+        seed = torch.randint(0, _SEED_HIGH, (2,), dtype=torch.int64, device=mu.device, generator=generator)
+    z, kl = torch.ops.aigc_fast.reparameterize(mu, logvar, eps, seed, return_kl)
+    return (z, kl) if return_kl else z
+
+
+def _kl_shape(mu: torch.Tensor, compute_kl: bool) -> Tuple[int, ...]:
+    if not compute_kl:
+        return (0,)
+    return (mu.shape[0] if mu.dim() > 0 else 1,)
+
+
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fake_forward(mu, logvar, eps, seed, compute_kl):
+    z = torch.empty_like(mu, memory_format=torch.contiguous_format)
+    return z, mu.new_empty(_kl_shape(mu, compute_kl), dtype=_math_dtype(mu.dtype))
+
+
+def _fake_backward(grad_z, grad_kl, mu, logvar, eps, seed, z, output_mask):
+    def grad(wanted: bool) -> torch.Tensor:
+        return torch.empty_like(mu, memory_format=torch.contiguous_format) if wanted else mu.new_empty((0,))
+
+    return grad(output_mask[0]), grad(output_mask[1]), grad(output_mask[2] and eps is not None)
+
+
+def _setup_context(ctx, inputs, output):
+    mu, logvar, eps, seed, compute_kl = inputs
+    z, _ = output
+    from_z = eps is None and mu.dtype in _DERIVE_FROM_Z
+    ctx.compute_kl = compute_kl
+    ctx.from_z = from_z
+    # z is an output the caller keeps anyway (the decoder's first layer saves it), so saving
+    # it costs no memory; the noise itself is never kept.
+    ctx.save_for_backward(mu, logvar, eps, None if from_z else seed, z if from_z else None)
+
+
+def _backward(ctx, grad_z, grad_kl):
+    mu, logvar, eps, seed, z = ctx.saved_tensors
+    need_mu, need_logvar, need_eps = ctx.needs_input_grad[:3]
+    # Without the KL term dmu is grad_z itself: no kernel needed for it.
+    kernel_mu = need_mu and ctx.compute_kl
+    mask = [kernel_mu, need_logvar, need_eps and eps is not None]
+    grad_mu = grad_logvar = grad_eps = None
+    if any(mask):
+        grad_mu, grad_logvar, grad_eps = torch.ops.aigc_fast.reparameterize_backward(
+            grad_z, grad_kl if ctx.compute_kl else None, mu, logvar, eps, seed, z, mask
+        )
+    if need_mu and not kernel_mu:
+        grad_mu = grad_z
+    return (
+        grad_mu if need_mu else None,
+        grad_logvar if need_logvar else None,
+        grad_eps if mask[2] else None,
+        None,
+        None,
+    )
+
+
+def _register() -> None:
+    torch.library.register_fake("aigc_fast::reparameterize")(_fake_forward)
+    torch.library.register_fake("aigc_fast::reparameterize_backward")(_fake_backward)
+    torch.library.register_autograd("aigc_fast::reparameterize", _backward, setup_context=_setup_context)
+
+
+if _extension.LOADED:
+    _register()

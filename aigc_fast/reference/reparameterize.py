@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def kl_per_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) summed over all dims but the first, in float32
+    (float64 for float64 inputs), as the fused op returns it."""
+    math_dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    mu, logvar = mu.to(math_dtype), logvar.to(math_dtype)
+    kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
+    return kl.reshape(kl.shape[0], -1).sum(dim=1)
+
+
+def reparameterize(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    *,
+    eps: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    return_kl: bool = False,
+):
+    """z = mu + exp(logvar / 2) * eps, eps ~ N(0, 1) from torch.randn (kept for backward
+    by autograd, as eager PyTorch does)."""
+    if eps is None:
+        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    if return_kl:
+        return z, kl_per_sample(mu, logvar)
+    return z

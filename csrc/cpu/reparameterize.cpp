@@ -1,0 +1,233 @@
+// CPU kernels of aigc_fast::reparameterize. Tiles (see tiling.h) run in parallel; inside a
+// tile, simple loops over float32 (or float64) scratch arrays vectorize the shared math.
+#include "../reparameterize.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cstring>
+#include <type_traits>
+
+#include "aigc_fast/normal.h"
+#include "aigc_fast/reparameterize.h"
+#include "isa.h"
+
+namespace aigc_fast {
+namespace {
+
+constexpr int64_t kChunk = kReparamChunk;
+constexpr int64_t kMaxBlocks = kChunk / kNormalsPerBlock + 2;  // a tile may straddle blocks
+
+// Normals of elements [begin, end) of the stream (seed, offset), end - begin <= kChunk.
+// `scratch` holds kMaxBlocks * 4 floats; returns a pointer to element `begin` inside it.
+AIGC_CPU_CLONES const float* fill_normals(uint64_t seed, uint64_t offset, int64_t begin,
+                                          int64_t end, float* scratch) {
+  const int64_t first_block = begin / kNormalsPerBlock;
+  const int n_blocks = static_cast<int>((end + kNormalsPerBlock - 1) / kNormalsPerBlock - first_block);
+  const uint64_t base = offset + static_cast<uint64_t>(first_block);
+  const uint32_t base_lo = static_cast<uint32_t>(base), base_hi = static_cast<uint32_t>(base >> 32);
+  uint32_t w0[kMaxBlocks], w1[kMaxBlocks], w2[kMaxBlocks], w3[kMaxBlocks];
+  AIGC_SIMD
+  for (int j = 0; j < n_blocks; ++j) {
+    const uint32_t lo = base_lo + static_cast<uint32_t>(j);
+    const U32x4 bits = philox_block(seed, lo, base_hi + (lo < base_lo ? 1u : 0u));
+    w0[j] = bits.x;
+    w1[j] = bits.y;
+    w2[j] = bits.z;
+    w3[j] = bits.w;
+  }
+  AIGC_SIMD
+  for (int j = 0; j < n_blocks; ++j) {
+    box_muller(w0[j], w1[j], scratch[4 * j], scratch[4 * j + 1]);
+    box_muller(w2[j], w3[j], scratch[4 * j + 2], scratch[4 * j + 3]);
+  }
+  return scratch + (begin - first_block * kNormalsPerBlock);
+}
+
+template <typename T>
+AIGC_CPU_CLONES T forward_tile(const T* mu, const T* logvar, const T* eps, int64_t n, T* z,
+                               bool with_kl) {
+  T kl = T(0);
+  if (with_kl) {
+    AIGC_SIMD_SUM(kl)
+    for (int64_t i = 0; i < n; ++i) {
+      const T std = std_from_logvar(logvar[i]);
+      z[i] = reparam_sample(mu[i], std, eps[i]);
+      kl += kl_term(mu[i], logvar[i], std);
+    }
+  } else {
+    AIGC_SIMD
+    for (int64_t i = 0; i < n; ++i) z[i] = reparam_sample(mu[i], std_from_logvar(logvar[i]), eps[i]);
+  }
+  return kl;
+}
+
+// `source` is eps, or z when from_z (then std * eps = z - mu).
+template <typename T>
+AIGC_CPU_CLONES void backward_tile(const T* g, T gk, const T* mu, const T* logvar, const T* source,
+                                   bool from_z, int64_t n, T* d_mu, T* d_logvar, T* d_eps) {
+  if (from_z && gk == T(0)) {  // the common case: no KL term, so no exp at all
+    AIGC_SIMD
+    for (int64_t i = 0; i < n; ++i) {
+      d_logvar[i] = grad_logvar(g[i], source[i] - mu[i], T(0), T(1));
+      d_mu[i] = g[i];
+    }
+  } else if (from_z) {
+    AIGC_SIMD
+    for (int64_t i = 0; i < n; ++i) {
+      const T std = std_from_logvar(logvar[i]);
+      d_logvar[i] = grad_logvar(g[i], source[i] - mu[i], gk, std);
+      d_mu[i] = grad_mu(g[i], gk, mu[i]);
+    }
+  } else {
+    AIGC_SIMD
+    for (int64_t i = 0; i < n; ++i) {
+      const T std = std_from_logvar(logvar[i]);
+      d_logvar[i] = grad_logvar(g[i], std * source[i], gk, std);
+      d_mu[i] = grad_mu(g[i], gk, mu[i]);
+      d_eps[i] = grad_eps(g[i], std);
+    }
+  }
+}
+
+// A tile's view of a tensor in the math type: the tensor's own memory when it already has
+// that type, else a converted copy in `scratch`.
+template <typename T, typename scalar_t>
+const T* load(const scalar_t* data, int64_t begin, int64_t n, T* scratch) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return data + begin;
+  } else {
+    for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<T>(data[begin + i]);
+    return scratch;
+  }
+}
+
+// Where a tile writes an output: straight into the tensor, or scratch to convert on store.
+template <typename T, typename scalar_t>
+T* target(scalar_t* data, int64_t begin, T* scratch) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return data == nullptr ? scratch : data + begin;
+  } else {
+    return scratch;
+  }
+}
+
+template <typename T, typename scalar_t>
+void store(const T* values, scalar_t* data, int64_t begin, int64_t n) {
+  if (data == nullptr || static_cast<const void*>(values) == static_cast<const void*>(data + begin)) return;
+  for (int64_t i = 0; i < n; ++i) data[begin + i] = static_cast<scalar_t>(values[i]);
+}
+
+template <typename T>
+const T* noise_as(const float* normals, int64_t n, T* scratch) {
+  if constexpr (std::is_same_v<T, float>) {
+    return normals;
+  } else {
+    for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<T>(normals[i]);
+    return scratch;
+  }
+}
+
+template <typename scalar_t>
+scalar_t* data_or_null(const at::Tensor& t) {
+  return t.numel() > 0 ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+std::pair<uint64_t, uint64_t> read_seed(const std::optional<at::Tensor>& seed) {
+  if (!seed.has_value()) return {0, 0};
+  const int64_t* s = seed->data_ptr<int64_t>();
+  return {static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1])};
+}
+
+// Adds each row's tile partials in chunk order (deterministic for any thread count).
+template <typename T>
+void reduce_rows(const RowTiles& tiles, const T* partials, T* out) {
+  for (int64_t r = 0; r < tiles.rows; ++r) {
+    T sum = T(0);
+    for (int64_t c = 0; c < tiles.chunks_per_row; ++c) sum += partials[r * tiles.chunks_per_row + c];
+    out[r] = sum;
+  }
+}
+
+template <typename scalar_t>
+void forward_impl(ReparamForward& op) {
+  using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const RowTiles tiles = op.tiles;
+  const bool with_kl = op.kl.numel() > 0;
+  const auto [seed, offset] = read_seed(op.seed);
+  const scalar_t* mu = op.mu.data_ptr<scalar_t>();
+  const scalar_t* logvar = op.logvar.data_ptr<scalar_t>();
+  const scalar_t* eps = op.eps.has_value() ? op.eps->data_ptr<scalar_t>() : nullptr;
+  scalar_t* z = op.z.data_ptr<scalar_t>();
+  T* kl_slots = !with_kl ? nullptr
+                : op.kl_partials.defined() ? op.kl_partials.data_ptr<T>()
+                                           : op.kl.data_ptr<T>();
+  at::parallel_for(0, tiles.count(), 1, [&](int64_t first, int64_t last) {
+    T mu_buf[kChunk], logvar_buf[kChunk], eps_buf[kChunk], z_buf[kChunk];
+    float normals[kMaxBlocks * kNormalsPerBlock];
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t begin = tiles.begin(t), n = tiles.end(t) - begin;
+      const T* e = eps != nullptr
+                       ? load(eps, begin, n, eps_buf)
+                       : noise_as(fill_normals(seed, offset, begin, begin + n, normals), n, eps_buf);
+      T* out = target(z, begin, z_buf);
+      const T kl = forward_tile(load(mu, begin, n, mu_buf), load(logvar, begin, n, logvar_buf), e,
+                                n, out, with_kl);
+      store(out, z, begin, n);
+      if (with_kl) kl_slots[t] = kl;
+    }
+  });
+  if (with_kl && op.kl_partials.defined()) reduce_rows(tiles, kl_slots, op.kl.data_ptr<T>());
+}
+
+template <typename scalar_t>
+void backward_impl(ReparamBackward& op) {
+  using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const RowTiles tiles = op.tiles;
+  const auto [seed, offset] = read_seed(op.seed);
+  const bool from_z = op.z.has_value();
+  const scalar_t* g = op.grad_z.data_ptr<scalar_t>();
+  const T* gk = op.grad_kl.has_value() ? op.grad_kl->data_ptr<T>() : nullptr;
+  const scalar_t* mu = op.mu.data_ptr<scalar_t>();
+  const scalar_t* logvar = op.logvar.data_ptr<scalar_t>();
+  const scalar_t* given = op.eps.has_value() ? op.eps->data_ptr<scalar_t>()
+                          : from_z           ? op.z->data_ptr<scalar_t>()
+                                             : nullptr;
+  scalar_t* d_mu = data_or_null<scalar_t>(op.grad_mu);
+  scalar_t* d_logvar = data_or_null<scalar_t>(op.grad_logvar);
+  scalar_t* d_eps = data_or_null<scalar_t>(op.grad_eps);
+  at::parallel_for(0, tiles.count(), 1, [&](int64_t first, int64_t last) {
+    T g_buf[kChunk], mu_buf[kChunk], logvar_buf[kChunk], src_buf[kChunk];
+    T d_mu_buf[kChunk], d_logvar_buf[kChunk], d_eps_buf[kChunk];
+    float normals[kMaxBlocks * kNormalsPerBlock];
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t begin = tiles.begin(t), n = tiles.end(t) - begin;
+      const T* src = given != nullptr
+                         ? load(given, begin, n, src_buf)
+                         : noise_as(fill_normals(seed, offset, begin, begin + n, normals), n, src_buf);
+      T* out_mu = target(d_mu, begin, d_mu_buf);
+      T* out_logvar = target(d_logvar, begin, d_logvar_buf);
+      T* out_eps = target(d_eps, begin, d_eps_buf);
+      backward_tile(load(g, begin, n, g_buf), gk != nullptr ? gk[tiles.row(t)] : T(0),
+                    load(mu, begin, n, mu_buf), load(logvar, begin, n, logvar_buf), src, from_z, n,
+                    out_mu, out_logvar, out_eps);
+      store(out_mu, d_mu, begin, n);
+      store(out_logvar, d_logvar, begin, n);
+      store(out_eps, d_eps, begin, n);
+    }
+  });
+}
+
+}  // namespace
+
+void reparameterize_forward_cpu(ReparamForward& op) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, op.mu.scalar_type(),
+                                  "reparameterize_cpu", [&] { forward_impl<scalar_t>(op); });
+}
+
+void reparameterize_backward_cpu(ReparamBackward& op) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, op.mu.scalar_type(),
+                                  "reparameterize_backward_cpu", [&] { backward_impl<scalar_t>(op); });
+}
+
+}  // namespace aigc_fast

@@ -1,0 +1,181 @@
+// CUDA kernels of aigc_fast::reparameterize. One thread block per tile (tiling.h), grid-
+// stride over tiles; each thread draws one Philox block (four normals) per step and
+// handles those four elements. The math is the same header the CPU kernels use.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <type_traits>
+
+#include "../reparameterize.h"
+#include "aigc_fast/normal.h"
+#include "aigc_fast/reparameterize.h"
+
+namespace aigc_fast {
+namespace {
+
+constexpr int kMaxThreads = 256;
+
+template <typename T>
+__device__ T block_sum(T value) {
+  __shared__ T warp_sums[kMaxThreads / 32];
+  for (int delta = 16; delta > 0; delta /= 2) value += __shfl_down_sync(0xffffffffu, value, delta);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_sums[warp] = value;
+  __syncthreads();
+  T total = T(0);
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += warp_sums[w];  // fixed order
+  }
+  __syncthreads();
+  return total;
+}
+
+// The noise of element `index` (4 * block + k): from the Philox block already drawn.
+template <typename T, typename scalar_t>
+__device__ T noise_at(const scalar_t* eps, const Normal4& normals, int64_t index, int k) {
+  return eps != nullptr ? static_cast<T>(eps[index]) : static_cast<T>(normals.v[k]);
+}
+
+template <typename scalar_t, typename T>
+__global__ void forward_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restrict__ logvar,
+                               const scalar_t* __restrict__ eps, const int64_t* __restrict__ seed,
+                               RowTiles tiles, scalar_t* __restrict__ z, T* __restrict__ kl_slots) {
+  const uint64_t key = seed != nullptr ? static_cast<uint64_t>(seed[0]) : 0;
+  const uint64_t offset = seed != nullptr ? static_cast<uint64_t>(seed[1]) : 0;
+  for (int64_t tile = blockIdx.x; tile < tiles.count(); tile += gridDim.x) {
+    const int64_t begin = tiles.begin(tile), end = tiles.end(tile);
+    const int64_t first_block = begin / kNormalsPerBlock;
+    const int64_t last_block = (end - 1) / kNormalsPerBlock;
+    T kl = T(0);
+    for (int64_t block = first_block + threadIdx.x; block <= last_block; block += blockDim.x) {
+      Normal4 normals{};
+      if (eps == nullptr) normals = normal_block(key, offset, static_cast<uint64_t>(block));
+#pragma unroll
+      for (int k = 0; k < kNormalsPerBlock; ++k) {
+        const int64_t i = block * kNormalsPerBlock + k;
+        if (i < begin || i >= end) continue;
+        const T m = static_cast<T>(mu[i]), lv = static_cast<T>(logvar[i]);
+        const T std = std_from_logvar(lv);
+        z[i] = static_cast<scalar_t>(reparam_sample(m, std, noise_at<T>(eps, normals, i, k)));
+        if (kl_slots != nullptr) kl += kl_term(m, lv, std);
+      }
+    }
+    if (kl_slots != nullptr) {
+      const T total = block_sum(kl);
+      if (threadIdx.x == 0) kl_slots[tile] = total;
+    }
+  }
+}
+
+template <typename scalar_t, typename T>
+__global__ void backward_kernel(const scalar_t* __restrict__ g, const T* __restrict__ grad_kl,
+                                const scalar_t* __restrict__ mu,
+                                const scalar_t* __restrict__ logvar,
+                                const scalar_t* __restrict__ eps, const scalar_t* __restrict__ z,
+                                const int64_t* __restrict__ seed, RowTiles tiles,
+                                scalar_t* __restrict__ d_mu, scalar_t* __restrict__ d_logvar,
+                                scalar_t* __restrict__ d_eps) {
+  const uint64_t key = seed != nullptr ? static_cast<uint64_t>(seed[0]) : 0;
+  const uint64_t offset = seed != nullptr ? static_cast<uint64_t>(seed[1]) : 0;
+  for (int64_t tile = blockIdx.x; tile < tiles.count(); tile += gridDim.x) {
+    const int64_t begin = tiles.begin(tile), end = tiles.end(tile);
+    const T gk = grad_kl != nullptr ? grad_kl[tiles.row(tile)] : T(0);
+    const int64_t first_block = begin / kNormalsPerBlock;
+    const int64_t last_block = (end - 1) / kNormalsPerBlock;
+    for (int64_t block = first_block + threadIdx.x; block <= last_block; block += blockDim.x) {
+      Normal4 normals{};
+      if (seed != nullptr) normals = normal_block(key, offset, static_cast<uint64_t>(block));
+#pragma unroll
+      for (int k = 0; k < kNormalsPerBlock; ++k) {
+        const int64_t i = block * kNormalsPerBlock + k;
+        if (i < begin || i >= end) continue;
+        const T gi = static_cast<T>(g[i]), m = static_cast<T>(mu[i]);
+        const T std = std_from_logvar(static_cast<T>(logvar[i]));
+        const T std_eps = z != nullptr ? static_cast<T>(z[i]) - m
+                                       : std * noise_at<T>(eps, normals, i, k);
+        if (d_mu != nullptr) d_mu[i] = static_cast<scalar_t>(grad_mu(gi, gk, m));
+        if (d_logvar != nullptr) d_logvar[i] = static_cast<scalar_t>(grad_logvar(gi, std_eps, gk, std));
+        if (d_eps != nullptr) d_eps[i] = static_cast<scalar_t>(grad_eps(gi, std));
+      }
+    }
+  }
+}
+
+// Second stage of the KL: each row's tile partials added in chunk order.
+template <typename T>
+__global__ void reduce_rows_kernel(const T* __restrict__ partials, RowTiles tiles, T* __restrict__ out) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < tiles.rows;
+       r += int64_t(gridDim.x) * blockDim.x) {
+    T sum = T(0);
+    for (int64_t c = 0; c < tiles.chunks_per_row; ++c) sum += partials[r * tiles.chunks_per_row + c];
+    out[r] = sum;
+  }
+}
+
+struct Launch {
+  int blocks, threads;
+};
+
+// Enough threads for one tile's Philox blocks (a short row gets a small block), and enough
+// blocks to fill the GPU several times over; the grid-stride loop covers the rest.
+Launch launch_for(const RowTiles& tiles) {
+  const int64_t blocks_per_tile = (tiles.chunk < tiles.row_len ? tiles.chunk : tiles.row_len) / kNormalsPerBlock + 1;
+  int threads = 32;
+  while (threads < kMaxThreads && threads < blocks_per_tile) threads *= 2;
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t max_blocks = int64_t(sms) * (2048 / threads);
+  return Launch{static_cast<int>(tiles.count() < max_blocks ? tiles.count() : max_blocks), threads};
+}
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+}
+
+template <typename scalar_t>
+scalar_t* ptr_if_used(const at::Tensor& t) {
+  return t.numel() > 0 ? t.data_ptr<scalar_t>() : nullptr;
+}
+
+}  // namespace
+
+void reparameterize_forward_cuda(ReparamForward& op) {
+  const c10::cuda::CUDAGuard guard(op.mu.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const Launch launch = launch_for(op.tiles);
+  const bool with_kl = op.kl.numel() > 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, op.mu.scalar_type(), "reparameterize_cuda", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    T* slots = !with_kl ? nullptr : op.kl_partials.defined() ? op.kl_partials.data_ptr<T>() : op.kl.data_ptr<T>();
+    forward_kernel<scalar_t, T><<<launch.blocks, launch.threads, 0, stream>>>(
+        op.mu.data_ptr<scalar_t>(), op.logvar.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(op.eps),
+        op.seed.has_value() ? op.seed->data_ptr<int64_t>() : nullptr, op.tiles,
+        op.z.data_ptr<scalar_t>(), slots);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (with_kl && op.kl_partials.defined()) {
+      const int threads = 256;
+      const int blocks = static_cast<int>((op.tiles.rows + threads - 1) / threads);
+      reduce_rows_kernel<T><<<blocks, threads, 0, stream>>>(slots, op.tiles, op.kl.data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+}
+
+void reparameterize_backward_cuda(ReparamBackward& op) {
+  const c10::cuda::CUDAGuard guard(op.mu.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const Launch launch = launch_for(op.tiles);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, op.mu.scalar_type(), "reparameterize_backward_cuda", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    backward_kernel<scalar_t, T><<<launch.blocks, launch.threads, 0, stream>>>(
+        op.grad_z.data_ptr<scalar_t>(), op.grad_kl.has_value() ? op.grad_kl->data_ptr<T>() : nullptr,
+        op.mu.data_ptr<scalar_t>(), op.logvar.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(op.eps),
+        ptr_or_null<scalar_t>(op.z), op.seed.has_value() ? op.seed->data_ptr<int64_t>() : nullptr,
+        op.tiles, ptr_if_used<scalar_t>(op.grad_mu), ptr_if_used<scalar_t>(op.grad_logvar),
+        ptr_if_used<scalar_t>(op.grad_eps));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace aigc_fast

@@ -1,0 +1,43 @@
+// The Python extension module aigc_fast._C. Importing it runs the TORCH_LIBRARY static
+// registrations of every op; the module itself exposes nothing (no pybind11), and the op
+// `build_info` reports whether CUDA kernels are compiled in and which CPU kernels will run.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace aigc_fast {
+namespace {
+
+std::string cpu_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
+  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2+FMA)";
+  return "x86-64 (SSE2)";
+#else
+  return "generic";
+#endif
+}
+
+std::string build_info() {
+  std::string info = "cpu_kernels=" + cpu_isa();
+#ifdef AIGC_FAST_WITH_CUDA
+  info += ";cuda=1";
+#else
+  info += ";cuda=0";
+#endif
+  return info;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(aigc_fast, m) { m.def("build_info() -> str", &build_info); }
+
+}  // namespace aigc_fast
+
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "aigc_fast compiled kernels", -1,
+                               nullptr};
+  return PyModule_Create(&module);
+}

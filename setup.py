@@ -1,0 +1,133 @@
+"""Builds aigc_fast._C: the C++ CPU kernels always, the CUDA kernels when nvcc and a CUDA
+build of torch are present (or when AIGC_FAST_CUDA=1 forces them; AIGC_FAST_CUDA=0 skips them).
+
+Environment: AIGC_FAST_CUDA=1|0, TORCH_CUDA_ARCH_LIST (default without a visible GPU:
+"8.0;9.0+PTX"), MAX_JOBS (parallel compile jobs, read by torch's ninja build).
+"""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pragma: no cover - what a user sees without torch
+    sys.exit(
+        "aigc_fast builds against PyTorch, which is not installed in this build environment.\n"
+        "Install torch first, then: pip install --no-build-isolation ."
+    )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS = "8.0;9.0+PTX"
+CXX_FLAGS = [
+    "-O3",
+    "-fopenmp-simd",  # honour `omp simd` loop pragmas without linking an OpenMP runtime
+    "-fno-math-errno",  # sqrtf and friends may vectorize
+    "-fno-trapping-math",  # selects between computed values may vectorize
+    "-ffp-contract=off",  # no implicit FMA: CPU math stays bit-identical to CUDA's
+]
+NVCC_FLAGS = ["-O3", "--fmad=false", "-DAIGC_FAST_WITH_CUDA"]
+
+
+def _cuda_wanted():
+    """True/False for AIGC_FAST_CUDA=1/0; None means decide from what is installed."""
+    value = os.environ.get("AIGC_FAST_CUDA", "").strip()
+    if value in ("", "auto"):
+        return None
+    if value in ("0", "1"):
+        return value == "1"
+    sys.exit(f"AIGC_FAST_CUDA must be 0, 1 or unset, got {value!r}")
+
+
+def _nvcc_version(cuda_home):
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"release (\d+)\.(\d+)", out)
+    if not match:
+        sys.exit(f"could not read the CUDA version from `{nvcc} --version`:\n{out}")
+    return match.group(1), match.group(2)
+
+
+def _build_cuda():
+    wanted = _cuda_wanted()
+    cuda_home = cpp_extension.CUDA_HOME
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"torch {torch.__version__} is a CPU-only build")
+    if cuda_home is None:
+        problems.append("nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
+    if problems:
+        if wanted:
+            sys.exit("AIGC_FAST_CUDA=1 but CUDA kernels cannot be built: " + "; ".join(problems))
+        return False
+    if wanted is False:
+        return False
+    nvcc_major, nvcc_minor = _nvcc_version(cuda_home)
+    torch_major = torch.version.cuda.split(".")[0]
+    if nvcc_major != torch_major:
+        sys.exit(
+            f"nvcc is CUDA {nvcc_major}.{nvcc_minor} but torch {torch.__version__} was built with "
+            f"CUDA {torch.version.cuda}; kernels built this way would not load. Install an nvcc "
+            f"with CUDA {torch_major}.x (or a torch built for CUDA {nvcc_major}), or build without "
+            "CUDA kernels: AIGC_FAST_CUDA=0 pip install --no-build-isolation ."
+        )
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    return True
+
+
+def _wheel_cuda_includes():
+    """Headers of the CUDA libraries torch ships as wheels (nvidia/cuXX/include), for
+    toolkits that carry only the runtime headers."""
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    return sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
+
+
+def _extension(with_cuda):
+    sources = ["csrc/module.cpp", "csrc/reparameterize.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    include_dirs = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
+    if not with_cuda:
+        return cpp_extension.CppExtension(
+            "aigc_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": CXX_FLAGS}
+        )
+    return cpp_extension.CUDAExtension(
+        "aigc_fast._C",
+        sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        include_dirs=include_dirs + _wheel_cuda_includes(),
+        extra_compile_args={"cxx": CXX_FLAGS + ["-DAIGC_FAST_WITH_CUDA"], "nvcc": NVCC_FLAGS},
+    )
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    """torch's build, plus _build_info.json beside the binary: the torch it was built
+    against, so `import aigc_fast` can refuse a stale or mismatched binary before loading."""
+
+    def run(self):
+        super().run()
+        with_cuda = any(isinstance(s, str) and s.endswith(".cu") for e in self.extensions for s in e.sources)
+        info = {
+            "package_version": VERSION,
+            "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda,
+            "cuda": with_cuda,
+            "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs") if with_cuda else None,
+        }
+        path = os.path.join(os.path.dirname(self.get_ext_fullpath("aigc_fast._C")), "_build_info.json")
+        with open(path, "w") as f:
+            json.dump(info, f, indent=2)
+
+
+VERSION = re.search(r"\"(.+)\"", open(os.path.join(HERE, "aigc_fast", "_version.py")).read()).group(1)
+WITH_CUDA = _build_cuda()
+
+setup(
+    version=VERSION,
+    ext_modules=[_extension(WITH_CUDA)],
+    cmdclass={"build_ext": BuildExtension},
+)
