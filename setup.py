@@ -27,11 +27,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;9.0+PTX"
 CXX_FLAGS = [
     "-O3",
-    "-fopenmp-simd",  # honour `omp simd` loop pragmas without linking an OpenMP runtime
+    "-fopenmp",  # at::parallel_for is inline OpenMP; without this it runs on one thread
     "-fno-math-errno",  # sqrtf and friends may vectorize
     "-fno-trapping-math",  # selects between computed values may vectorize
     "-ffp-contract=off",  # no implicit FMA: CPU math stays bit-identical to CUDA's
 ]
+# Links libgomp.so.1 by soname: the copy torch ships and has already loaded, so one
+# OpenMP runtime (and torch.set_num_threads) governs torch's loops and ours.
+LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--fmad=false", "-DAIGC_FAST_WITH_CUDA"]
 
 
@@ -94,13 +97,18 @@ def _extension(with_cuda):
     include_dirs = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
     if not with_cuda:
         return cpp_extension.CppExtension(
-            "aigc_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": CXX_FLAGS}
+            "aigc_fast._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": CXX_FLAGS},
+            extra_link_args=LINK_FLAGS,
         )
     return cpp_extension.CUDAExtension(
         "aigc_fast._C",
         sources + sorted(glob.glob("csrc/cuda/*.cu")),
         include_dirs=include_dirs + _wheel_cuda_includes(),
         extra_compile_args={"cxx": CXX_FLAGS + ["-DAIGC_FAST_WITH_CUDA"], "nvcc": NVCC_FLAGS},
+        extra_link_args=LINK_FLAGS,
     )
 
 

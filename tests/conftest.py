@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+import aigc_fast
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a visible CUDA GPU")
+requires_fused = pytest.mark.skipif(
+    not aigc_fast._extension.LOADED, reason=f"compiled kernels unavailable: {aigc_fast._extension.REASON}"
+)
+
+
+def assert_close_to_float64(fused, reference, exact, *, rel_floor=None):
+    """The tolerance rule for every fused op: float32 and float64 results match the float64
+    answer tightly; a float16/bfloat16 result may err by at most about twice what the
+    reference run in that same dtype errs (both measured against float64), plus one
+    rounding of the output dtype."""
+    exact = exact.double()
+    dtype = fused.dtype
+    if dtype == torch.float64:
+        torch.testing.assert_close(fused, exact, rtol=1e-12, atol=1e-12)
+        return
+    if dtype == torch.float32:
+        torch.testing.assert_close(fused.double(), exact, rtol=2e-6, atol=1e-6)
+        return
+    scale = exact.abs().clamp_min(1.0 if rel_floor is None else rel_floor)
+    fused_err = ((fused.double() - exact).abs() / scale).max().item()
+    ref_err = ((reference.double() - exact).abs() / scale).max().item()
+    one_rounding = torch.finfo(dtype).eps
+    assert fused_err <= 2 * ref_err + one_rounding, (
+        f"{dtype}: fused error {fused_err:.3g} vs reference error {ref_err:.3g}"
+    )

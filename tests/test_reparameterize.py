@@ -1,0 +1,288 @@
+"""The fused reparameterization op against its reference, in every dtype, plus the
+ecosystem contracts: opcheck, gradcheck, torch.compile, autocast, bad input."""
+
+import pytest
+import torch
+
+import aigc_fast
+from aigc_fast.reference import reparameterize as ref_reparameterize
+
+from conftest import DTYPES, assert_close_to_float64, requires_fused
+
+pytestmark = requires_fused
+op = lambda: torch.ops.aigc_fast.reparameterize  # noqa: E731  (resolved after loading)
+
+
+def inputs(shape, dtype, seed=0, spread=1.0):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    logvar = torch.randn(shape, generator=g, dtype=torch.float64) * spread
+    eps = torch.randn(shape, generator=g, dtype=torch.float64)
+    return mu.to(dtype), logvar.to(dtype), eps.to(dtype)
+
+
+def exact(mu, logvar, eps):
+    mu, logvar, eps = mu.double(), logvar.double(), eps.double()
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(128, 64), (3, 5, 7), (1,), (4099,), (2, 5000)])
+def test_forward_matches_reference(dtype, shape):
+    mu, logvar, eps = inputs(shape, dtype)
+    z = aigc_fast.reparameterize(mu, logvar, eps=eps)
+    assert z.dtype == dtype and z.shape == mu.shape
+    assert_close_to_float64(z, ref_reparameterize(mu, logvar, eps=eps), exact(mu, logvar, eps))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(128, 64), (3, 5, 7), (5,), (2, 5000)])
+def test_kl_matches_reference(dtype, shape):
+    mu, logvar, eps = inputs(shape, dtype, seed=1)
+    z, kl = aigc_fast.reparameterize(mu, logvar, eps=eps, return_kl=True)
+    kl_exact = ref_reparameterize(mu.double(), logvar.double(), eps=eps.double(), return_kl=True)[1]
+    assert kl.shape == (shape[0],)
+    assert kl.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(kl.double(), kl_exact, rtol=rtol, atol=rtol * shape[-1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_kl", [False, True])
+def test_gradients_match_reference(dtype, with_kl):
+    mu, logvar, eps = inputs((64, 33), dtype, seed=2, spread=0.5)
+    g = torch.randn(64, 33, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    gk = torch.randn(64, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def grads(fn, cast):
+        leaves = [cast(t).detach().requires_grad_() for t in (mu, logvar, eps)]
+        out = fn(*leaves)
+        z, kl = out if with_kl else (out, None)
+        loss = (z.double() * g).sum() + ((kl.double() * gk).sum() if with_kl else 0)
+        loss.backward()
+        return [t.grad for t in leaves]
+
+    fused = grads(lambda m, l, e: aigc_fast.reparameterize(m, l, eps=e, return_kl=with_kl), lambda t: t)
+    same_dtype = grads(lambda m, l, e: ref_reparameterize(m, l, eps=e, return_kl=with_kl), lambda t: t)
+    exact_grads = grads(lambda m, l, e: ref_reparameterize(m, l, eps=e, return_kl=with_kl), lambda t: t.double())
+    for f, r, x in zip(fused, same_dtype, exact_grads):
+        assert f.dtype == dtype
+        assert_close_to_float64(f, r, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_rng_backward_uses_forward_noise(dtype):
+    """Without eps, dlogvar must equal g * eps * std / 2 with the very eps of the forward
+    (recovered here as (z - mu) / std in float64, from a float32 run)."""
+    mu, logvar, _ = inputs((256, 16), torch.float64, seed=5, spread=0.3)
+    seed = torch.tensor([1234, 0])
+    mu_, lv_ = mu.to(dtype).requires_grad_(), logvar.to(dtype).requires_grad_()
+    z, _ = torch.ops.aigc_fast.reparameterize(mu_, lv_, None, seed, False)
+    z.backward(torch.ones_like(z))
+    noise, _ = torch.ops.aigc_fast.reparameterize(
+        torch.zeros_like(mu), torch.zeros_like(mu), None, seed, False
+    )  # mu = 0, std = 1: z is the noise itself
+    std = torch.exp(0.5 * lv_.detach().double())
+    expected = 0.5 * noise * std
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(lv_.grad.double(), expected, rtol=tol, atol=tol)
+    assert torch.equal(mu_.grad, torch.ones_like(mu_))
+
+
+def test_gradcheck_explicit_eps():
+    mu, logvar, eps = (t.requires_grad_() for t in inputs((6, 5), torch.float64, seed=6))
+    fn = lambda m, l, e: aigc_fast.reparameterize(m, l, eps=e, return_kl=True)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (mu, logvar, eps))
+
+
+@pytest.mark.parametrize("with_kl", [False, True])
+def test_gradcheck_with_rng_and_fixed_seed(with_kl):
+    mu, logvar, _ = (t.requires_grad_() for t in inputs((7, 9), torch.float64, seed=7))
+    seed = torch.tensor([99, 5])
+    fn = lambda m, l: op()(m, l, None, seed, with_kl)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (mu, logvar))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_opcheck(dtype):
+    mu, logvar, eps = (t.requires_grad_() for t in inputs((8, 12), dtype, seed=8))
+    torch.library.opcheck(op(), (mu, logvar, None, torch.tensor([3, 0]), True))
+    torch.library.opcheck(op(), (mu, logvar, eps, None, False))
+    g = torch.randn(8, 12, dtype=dtype)
+    torch.library.opcheck(
+        torch.ops.aigc_fast.reparameterize_backward,
+        (g, torch.ones(8, dtype=torch.float64 if dtype == torch.float64 else torch.float32),
+         mu.detach(), logvar.detach(), eps.detach(), None, None, [True, True, True]),
+    )
+
+
+def test_torch_compile_fullgraph_draws_fresh_noise():
+    mu, logvar, _ = inputs((32, 8), torch.float32, seed=9)
+
+    @torch.compile(fullgraph=True, backend="inductor")
+    def sample(m, l):
+        z, kl = aigc_fast.reparameterize(m, l, return_kl=True)
+        return z * 2, kl.sum()
+
+    z1, kl1 = sample(mu, logvar)
+    z2, kl2 = sample(mu, logvar)
+    assert not torch.equal(z1, z2)
+    torch.testing.assert_close(kl1, kl2)
+    torch.testing.assert_close(kl1, ref_reparameterize(mu, logvar, return_kl=True)[1].sum())
+
+
+def test_torch_compile_backward():
+    mu, logvar, eps = (t.requires_grad_() for t in inputs((16, 4), torch.float32, seed=10))
+
+    @torch.compile(fullgraph=True)
+    def loss(m, l, e):
+        z, kl = aigc_fast.reparameterize(m, l, eps=e, return_kl=True)
+        return (z.square().sum() + kl.sum())
+
+    loss(mu, logvar, eps).backward()
+    compiled = [t.grad.clone() for t in (mu, logvar, eps)]
+    for t in (mu, logvar, eps):
+        t.grad = None
+    z, kl = ref_reparameterize(mu, logvar, eps=eps, return_kl=True)
+    (z.square().sum() + kl.sum()).backward()
+    for c, t in zip(compiled, (mu, logvar, eps)):
+        torch.testing.assert_close(c, t.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_bf16():
+    linear = torch.nn.Linear(16, 8)
+    x = torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = linear(x)
+        mu, logvar = h[:, :4], h[:, 4:]
+        z, kl = aigc_fast.reparameterize(mu, logvar, return_kl=True)
+    assert z.dtype == torch.bfloat16 and kl.dtype == torch.float32
+    (z.float().sum() + kl.sum()).backward()
+    assert torch.isfinite(linear.weight.grad).all()
+
+
+def test_seed_reproduces_and_calls_differ():
+    mu, logvar, _ = inputs((64, 64), torch.float32)
+    torch.manual_seed(0)
+    a = aigc_fast.reparameterize(mu, logvar)
+    b = aigc_fast.reparameterize(mu, logvar)
+    torch.manual_seed(0)
+    c = aigc_fast.reparameterize(mu, logvar)
+    assert torch.equal(a, c) and not torch.equal(a, b)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(aigc_fast.reparameterize(mu, logvar, generator=g1),
+                       aigc_fast.reparameterize(mu, logvar, generator=g2))
+
+
+def test_noncontiguous_inputs():
+    mu, logvar, eps = inputs((40, 30), torch.float32)
+    mu_t, lv_t, eps_t = mu.t(), logvar.t(), eps.t()
+    assert not mu_t.is_contiguous()
+    z, kl = aigc_fast.reparameterize(mu_t, lv_t, eps=eps_t, return_kl=True)
+    z_ref, kl_ref = ref_reparameterize(mu_t, lv_t, eps=eps_t, return_kl=True)
+    torch.testing.assert_close(z, z_ref)
+    torch.testing.assert_close(kl, kl_ref)
+    # Noise belongs to the logical element, not to the memory layout.
+    seed = torch.tensor([11, 0])
+    torch.testing.assert_close(op()(mu_t, lv_t, None, seed, False)[0],
+                               op()(mu_t.contiguous(), lv_t.contiguous(), None, seed, False)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (4, 0), (3, 0, 2)])
+def test_empty(shape):
+    mu = torch.zeros(shape, requires_grad=True)
+    logvar = torch.zeros(shape, requires_grad=True)
+    z, kl = aigc_fast.reparameterize(mu, logvar, return_kl=True)
+    assert z.shape == shape and kl.shape == (shape[0],)
+    assert torch.equal(kl, torch.zeros(shape[0]))  # an empty latent has zero KL
+    (z.sum() + kl.sum()).backward()
+    assert mu.grad.shape == shape and logvar.grad.shape == shape
+
+
+def test_scalar_without_kl():
+    z = aigc_fast.reparameterize(torch.tensor(1.0), torch.tensor(0.0), eps=torch.tensor(0.5))
+    assert z.item() == 1.5
+
+
+def test_extreme_logvar_and_nan():
+    mu = torch.tensor([[0.0, 1.0, float("nan"), 0.0]])
+    logvar = torch.tensor([[-80.0, 80.0, 0.0, 200.0]])
+    eps = torch.ones_like(mu)
+    z, kl = aigc_fast.reparameterize(mu, logvar, eps=eps, return_kl=True)
+    expected = ref_reparameterize(mu.double(), logvar.double(), eps=eps.double())
+    torch.testing.assert_close(z[0, :2].double(), expected[0, :2], rtol=1e-6, atol=0)
+    assert torch.isnan(z[0, 2]) and torch.isinf(z[0, 3])
+    assert torch.isnan(kl[0])  # NaN propagates to the KL, never dropped
+
+
+def test_large_counter_offset_matches_numpy_philox():
+    """The 64-bit Philox counter carries into its high word (elements past 2^34)."""
+    from philox_numpy import normals
+
+    offset = 2**32 - 3  # counters cross 2^32 inside this call
+    n = 64
+    seed_value = 0x0123456789ABCDEF & (2**62 - 1)
+    got, _ = op()(torch.zeros(n), torch.zeros(n), None, torch.tensor([seed_value, offset]), False)
+    expected = normals(seed_value, offset, n)
+    torch.testing.assert_close(got.double(), torch.from_numpy(expected), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(mu=torch.zeros(3, 4), logvar=torch.zeros(4, 3)), ValueError, r"logvar must have the same shape as mu, got \[4, 3\] and \[3, 4\]"),
+        (dict(mu=torch.zeros(3), logvar=torch.zeros(3, dtype=torch.float64)), TypeError, "logvar must have the same dtype as mu"),
+        (dict(mu=torch.zeros(3, dtype=torch.int64), logvar=torch.zeros(3, dtype=torch.int64)), TypeError, "mu must be float16, bfloat16, float32 or float64, got torch.int64"),
+        (dict(mu=torch.zeros(3), logvar=torch.zeros(3), eps=torch.zeros(4)), ValueError, "eps must have the same shape as mu"),
+        (dict(mu=torch.zeros(3), logvar=torch.zeros(3, device="meta")), ValueError, "logvar must be on the same device as mu"),
+        (dict(mu=[0.0], logvar=torch.zeros(1)), TypeError, "mu must be a torch.Tensor, got list"),
+        (dict(mu=torch.tensor(0.0), logvar=torch.tensor(0.0), return_kl=True), ValueError, "needs a batch dimension"),
+        (dict(mu=torch.zeros(3), logvar=torch.zeros(3), impl="fast"), ValueError, "impl must be one of"),
+    ],
+)
+def test_bad_input_gives_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        aigc_fast.reparameterize(**kwargs)
+
+
+def test_bad_input_to_the_raw_op():
+    with pytest.raises(RuntimeError, match="exactly one source of noise"):
+        op()(torch.zeros(3), torch.zeros(3), None, None, False)
+    with pytest.raises(RuntimeError, match=r"seed must be an int64 tensor of shape \[2\]"):
+        op()(torch.zeros(3), torch.zeros(3), None, torch.tensor([1.0, 2.0]), False)
+    with pytest.raises(RuntimeError, match="logvar must have the same shape as mu"):
+        op()(torch.zeros(3), torch.zeros(2), None, torch.tensor([1, 2]), False)
+
+
+def test_module_train_and_eval():
+    layer = aigc_fast.nn.Reparameterize(return_kl=True)
+    mu, logvar, _ = inputs((8, 4), torch.float32)
+    z, kl = layer(mu, logvar)
+    assert z.shape == mu.shape and kl.shape == (8,)
+    layer.eval()
+    z_eval, kl_eval = layer(mu, logvar)
+    assert torch.equal(z_eval, mu)
+    torch.testing.assert_close(kl_eval, kl)
+    assert "return_kl=True" in repr(layer)
+
+
+def test_impl_selection():
+    mu, logvar, _ = inputs((8, 4), torch.float32)
+    torch.manual_seed(0)
+    fused = aigc_fast.reparameterize(mu, logvar)
+    torch.manual_seed(0)
+    with aigc_fast.use_impl("reference"):
+        assert aigc_fast.get_impl() == "reference"
+        reference = aigc_fast.reparameterize(mu, logvar)
+    assert aigc_fast.get_impl() is None
+    torch.manual_seed(0)
+    assert torch.equal(reference, mu + torch.exp(0.5 * logvar) * torch.randn(8, 4))
+    assert not torch.equal(fused, reference)  # different noise streams: proves which ran
+    aigc_fast.set_impl("reference")
+    try:
+        torch.manual_seed(0)
+        assert torch.equal(aigc_fast.reparameterize(mu, logvar), reference)
+        torch.manual_seed(0)
+        assert torch.equal(aigc_fast.reparameterize(mu, logvar, impl="fused"), fused)
+    finally:
+        aigc_fast.set_impl(None)
