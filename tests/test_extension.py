@@ -1,0 +1,98 @@
+"""Loading the compiled part: a missing, stale or mismatched binary never breaks
+`import aigc_fast`; it warns once and every op runs its reference. Plus info() and the CLI."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import aigc_fast
+
+PACKAGE_DIR = os.path.dirname(aigc_fast.__file__)
+
+PROBE = """
+import warnings, torch
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import aigc_fast
+    z = aigc_fast.reparameterize(torch.zeros(3), torch.zeros(3), eps=torch.ones(3))
+print("WARNINGS", len([w for w in caught if "aigc_fast" in str(w.message)]))
+print("MESSAGE", next((str(w.message) for w in caught if "aigc_fast" in str(w.message)), ""))
+print("LOADED", aigc_fast._extension.LOADED)
+print("Z", z.tolist())
+try:
+    aigc_fast.reparameterize(torch.zeros(3), torch.zeros(3), impl="fused")
+except RuntimeError as e:
+    print("FUSED_ERROR", e)
+"""
+
+
+def run_probe(package_parent, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=package_parent, **(env_extra or {}))
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, cwd=package_parent)
+    assert out.returncode == 0, out.stderr
+    return dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    """A copy of the installed package (binary included) that a test may damage."""
+    shutil.copytree(PACKAGE_DIR, tmp_path / "aigc_fast", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def _damage_build_info(root, **changes):
+    path = root / "aigc_fast" / "_build_info.json"
+    info = json.loads(path.read_text()) if path.exists() else {}
+    info.update(changes)
+    path.write_text(json.dumps(info))
+
+
+@pytest.mark.skipif(not aigc_fast._extension.LOADED, reason="needs a built extension to damage")
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda root: _damage_build_info(root, torch="1.0.0"), "built against torch 1.0.0"),
+        (lambda root: _damage_build_info(root, package_version="0.0.1"), "is stale"),
+        (lambda root: (root / "aigc_fast" / "_build_info.json").write_text("{not json"), "failed to load"),
+        (lambda root: [p.unlink() for p in (root / "aigc_fast").glob("_C*.so")], "not installed"),
+        (lambda root: [p.write_bytes(b"garbage") for p in (root / "aigc_fast").glob("_C*.so")], "failed to load"),
+    ],
+)
+def test_broken_extension_warns_once_and_runs_reference(package_copy, damage, reason):
+    damage(package_copy)
+    result = run_probe(str(package_copy))
+    assert result["WARNINGS"] == "1"
+    assert reason in result["MESSAGE"] and "pip install --no-build-isolation" in result["MESSAGE"]
+    assert result["LOADED"] == "False"
+    assert result["Z"] == "[1.0, 1.0, 1.0]"
+    assert "impl='fused' was requested" in result["FUSED_ERROR"]
+
+
+def test_disabling_the_extension_is_silent(package_copy):
+    result = run_probe(str(package_copy), {"AIGC_FAST_NO_EXTENSION": "1"})
+    assert result["WARNINGS"] == "0" and result["LOADED"] == "False"
+    assert result["Z"] == "[1.0, 1.0, 1.0]"
+
+
+def test_info_reports_versions_backends_and_choices(capsys):
+    facts = aigc_fast.info()
+    printed = capsys.readouterr().out
+    assert facts["torch"] == torch.__version__ and facts["aigc_fast"] == aigc_fast.__version__
+    assert "reparameterize [cpu]" in printed and "compiled_backends" in printed
+    expected = "fused" if aigc_fast._extension.LOADED else "reference"
+    assert facts["ops"]["reparameterize"]["cpu"].startswith(expected)
+    with aigc_fast.use_impl("reference"):
+        assert aigc_fast.info(print_report=False)["ops"]["reparameterize"]["cpu"].startswith("reference")
+
+
+def test_cli_info():
+    out = subprocess.run([sys.executable, "-m", "aigc_fast.cli", "info", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout)
+    assert facts["torch"] == torch.__version__
+    assert "cpu" in facts["ops"]["reparameterize"]
