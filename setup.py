@@ -85,11 +85,21 @@ def _build_cuda():
     return True
 
 
+def _nvcc_library_dirs():
+    """Where nvcc itself links the CUDA runtime from (it may be a wrapper script far from
+    its toolkit, so CUDA_HOME/lib64 is not always right)."""
+    nvcc = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
+    out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True).stderr
+    match = re.search(r"LIBRARIES=(.*)", out)
+    dirs = re.findall(r'-L"?([^"\s]+)"?', match.group(1)) if match else []
+    return [os.path.normpath(d) for d in dirs if not d.rstrip("/").endswith("stubs") and os.path.isdir(d)]
+
+
 def _wheel_cuda_includes():
     """Headers of the CUDA libraries torch ships as wheels (nvidia/cuXX/include), for
     toolkits that carry only the runtime headers."""
     site = os.path.dirname(os.path.dirname(torch.__file__))
-    return sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
+    return sorted(glob.glob(os.path.join(site, "nvidia", "cu[0-9]*", "include")))
 
 
 def _extension(with_cuda):
@@ -107,6 +117,7 @@ def _extension(with_cuda):
         "aigc_fast._C",
         sources + sorted(glob.glob("csrc/cuda/*.cu")),
         include_dirs=include_dirs + _wheel_cuda_includes(),
+        library_dirs=_nvcc_library_dirs(),
         extra_compile_args={"cxx": CXX_FLAGS + ["-DAIGC_FAST_WITH_CUDA"], "nvcc": NVCC_FLAGS},
         extra_link_args=LINK_FLAGS,
     )

@@ -1,0 +1,62 @@
+"""Shared pieces of the benchmark suites: providers, timing hygiene, memory accounting."""
+
+import platform
+
+import pytest
+import torch
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["torch"] = torch.__version__
+    machine_info["threads"] = torch.get_num_threads()
+    machine_info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    machine_info["cpu_model"] = platform.processor() or machine_info.get("cpu", {}).get("brand_raw")
+
+
+def devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def synchronized(fn, device):
+    """Timing a CUDA op means waiting for it."""
+    if device != "cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def saved_for_backward_bytes(fn, *inputs):
+    """Bytes autograd keeps between forward and backward beyond the tensors the caller holds
+    anyway (the inputs and the outputs): the memory a fused op is meant to save. Exact, and
+    the same on every device, unlike a CPU allocator's high-water mark."""
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*inputs)
+    outputs = out if isinstance(out, tuple) else (out,)
+    held = {t.untyped_storage().data_ptr() for t in (*inputs, *outputs)}
+    return sum(n for ptr, n in saved.items() if ptr not in held)
+
+
+@pytest.fixture
+def cuda_peak():
+    """Peak CUDA memory of one call, beyond what was allocated before it."""
+
+    def measure(fn):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    return measure

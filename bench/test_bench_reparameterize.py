@@ -1,0 +1,75 @@
+"""Reparameterization: fused vs eager reference vs torch.compile(reference), forward and
+forward+backward, from a VAE latent (128 x 64) to 4M elements.
+
+    pytest bench/test_bench_reparameterize.py --benchmark-json=bench/results/reparameterize.json
+    python bench/report.py bench/results/reparameterize.json
+"""
+
+import pytest
+import torch
+
+import aigc_fast
+from aigc_fast.reference import reparameterize as reference
+
+from conftest import devices, saved_for_backward_bytes, synchronized
+
+SHAPES = {"128x64": (128, 64), "512x512": (512, 512), "1M": (1024, 1024), "4M": (4096, 1024)}
+_compiled_reference = torch.compile(reference, dynamic=False)
+
+PROVIDERS = {
+    "fused": lambda mu, lv: aigc_fast.reparameterize(mu, lv, impl="fused"),
+    "eager": lambda mu, lv: reference(mu, lv),
+    "compile": lambda mu, lv: _compiled_reference(mu, lv),
+}
+
+
+def make_inputs(shape, device, requires_grad):
+    mu = torch.randn(shape, device=device, requires_grad=requires_grad)
+    logvar = (0.5 * torch.randn(shape, device=device)).requires_grad_(requires_grad)
+    return mu, logvar
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("size", SHAPES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+def test_reparameterize(benchmark, device, size, provider, pass_):
+    shape = SHAPES[size]
+    fn = PROVIDERS[provider]
+    mu, logvar = make_inputs(shape, device, requires_grad=pass_ == "fwd+bwd")
+    grad = torch.ones(shape, device=device)
+    if pass_ == "fwd":
+        def step():
+            with torch.no_grad():
+                return fn(mu, logvar)
+    else:
+        def step():
+            z = fn(mu, logvar)
+            z.backward(grad)
+            return z
+
+    step()  # compile / warm up
+    benchmark.group = f"reparameterize {pass_} {size} {device}"
+    benchmark.extra_info.update(op="reparameterize", provider=provider, size=size, numel=mu.numel(),
+                                pass_=pass_, device=device)
+    benchmark.pedantic(synchronized(step, device), rounds=20 if mu.numel() >= 1 << 20 else 200,
+                       warmup_rounds=3, iterations=1)
+    if pass_ == "fwd+bwd":
+        benchmark.extra_info["saved_for_backward_bytes"] = saved_for_backward_bytes(fn, mu, logvar)
+
+
+@pytest.mark.parametrize("source", ["z - mu", "regenerate"])
+def test_backward_noise_source(benchmark, source):
+    """The two ways the backward can get std * eps without storing eps, at 4M elements."""
+    shape = SHAPES["4M"]
+    mu, logvar = make_inputs(shape, "cpu", requires_grad=False)
+    seed = torch.tensor([1, 0])
+    z, _ = torch.ops.aigc_fast.reparameterize(mu, logvar, None, seed, False)
+    grad = torch.ones(shape)
+    args = (None, z) if source == "z - mu" else (seed, None)
+    benchmark.group = "reparameterize backward noise source 4M cpu"
+    benchmark.extra_info.update(op="reparameterize_backward", provider=source, size="4M", pass_="bwd", device="cpu")
+    benchmark.pedantic(
+        lambda: torch.ops.aigc_fast.reparameterize_backward(grad, None, mu, logvar, None, *args, [False, True, False]),
+        rounds=20, warmup_rounds=3, iterations=1,
+    )
