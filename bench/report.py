@@ -27,15 +27,22 @@ def main(argv=None):
         f"Machine: {cpu}, {m.get('threads')} threads, GPU: {m.get('gpu') or 'none'}; "
         f"torch {m.get('torch')}; {data['datetime'][:10]}. Medians in ms (IQR in brackets).\n"
     )
-    rows = defaultdict(dict)
+    tables = defaultdict(lambda: defaultdict(dict))  # one table per op
     for b in data["benchmarks"]:
         x = b["extra_info"]
-        key = (x["op"], x["device"], x["pass_"], x["size"])
-        rows[key][x["provider"]] = (b["stats"]["median"], b["stats"]["iqr"], x.get("saved_for_backward_bytes"))
+        key = (x["device"], x["pass_"], x["size"])
+        tables[x["op"]][key][x["provider"]] = (b["stats"]["median"], b["stats"]["iqr"], x.get("saved_for_backward_bytes"))
+    for op, rows in tables.items():
+        print(f"**{op}**\n")
+        print_table(rows)
+        print()
+
+
+def print_table(rows):
     providers = []
     for per_provider in rows.values():
         providers += [p for p in per_provider if p not in providers]
-    header = ["op", "device", "pass", "size"] + providers
+    header = ["device", "pass", "size"] + providers
     has_speedup = {"fused", "eager"} <= set(providers)
     if has_speedup:
         header += ["fused vs eager"] + (["fused vs compile"] if "compile" in providers else [])
@@ -54,7 +61,7 @@ def main(argv=None):
                 base = per_provider.get(other, (None,))[0]
                 cells.append(f"{base / fused:.1f}x" if fused and base else "-")
         if has_memory:
-            cells += [fmt_bytes(per_provider[p][2]) if p in per_provider else "-" for p in providers]
+            cells += [fmt_bytes(per_provider[p][2]) if p in per_provider and per_provider[p][2] is not None else "-" for p in providers]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -44,6 +44,7 @@ def test_reparameterize(benchmark, device, size, provider, pass_):
                 return fn(mu, logvar)
     else:
         def step():
+            mu.grad = logvar.grad = None  # as a training step does (zero_grad(set_to_none=True))
             z = fn(mu, logvar)
             z.backward(grad)
             return z
