@@ -47,6 +47,13 @@ def _why_not_loadable(info: dict) -> str | None:
     if _disabled():
         return f"the compiled kernels are disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
     if importlib.util.find_spec("aigc_fast._C") is None:
+        source_tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.exists(os.path.join(source_tree, "setup.py")):
+            return (
+                f"the compiled kernels (aigc_fast._C) are not in {os.path.dirname(__file__)}: this "
+                "is the source folder, imported ahead of the installed package (run from another "
+                "folder, or use pytest rather than python -m pytest)"
+            )
         return "the compiled kernels (aigc_fast._C) are not installed"
     if not info:
         return "aigc_fast._C has no _build_info.json beside it, so it cannot be checked"

@@ -59,7 +59,7 @@ def _damage_build_info(root, **changes):
         (lambda root: _damage_build_info(root, torch="1.0.0"), "built against torch 1.0.0"),
         (lambda root: _damage_build_info(root, package_version="0.0.1"), "is stale"),
         (lambda root: (root / "aigc_fast" / "_build_info.json").write_text("{not json"), "failed to load"),
-        (lambda root: [p.unlink() for p in (root / "aigc_fast").glob("_C*.so")], "not installed"),
+        (lambda root: [p.unlink() for p in (root / "aigc_fast").glob("_C*.so")], "aigc_fast._C) are not"),
         (lambda root: [p.write_bytes(b"garbage") for p in (root / "aigc_fast").glob("_C*.so")], "failed to load"),
     ],
 )
@@ -90,9 +90,13 @@ def test_info_reports_versions_backends_and_choices(capsys):
         assert aigc_fast.info(print_report=False)["ops"]["reparameterize"]["cpu"].startswith("reference")
 
 
-def test_cli_info():
-    out = subprocess.run([sys.executable, "-m", "aigc_fast.cli", "info", "--json"], capture_output=True, text=True)
+def test_cli_info(tmp_path):
+    """The installed console script, run from a neutral folder as a user would."""
+    script = shutil.which("aigc-fast", path=os.path.dirname(sys.executable))
+    assert script is not None, "the aigc-fast console script is not installed"
+    out = subprocess.run([script, "info", "--json"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     facts = json.loads(out.stdout)
     assert facts["torch"] == torch.__version__
+    assert facts["extension"] == aigc_fast.info(print_report=False)["extension"]
     assert "cpu" in facts["ops"]["reparameterize"]
