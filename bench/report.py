@@ -31,7 +31,9 @@ def main(argv=None):
     for b in data["benchmarks"]:
         x = b["extra_info"]
         key = (x["device"], x["pass_"], x["size"])
-        tables[x["op"]][key][x["provider"]] = (b["stats"]["median"], b["stats"]["iqr"], x.get("saved_for_backward_bytes"))
+        tables[x["op"]][key][x["provider"]] = (
+            b["stats"]["median"], b["stats"]["iqr"], x.get("saved_for_backward_bytes"), x.get("cuda_peak_bytes")
+        )
     for op, rows in tables.items():
         print(f"**{op}**\n")
         print_table(rows)
@@ -46,9 +48,13 @@ def print_table(rows):
     has_speedup = {"fused", "eager"} <= set(providers)
     if has_speedup:
         header += ["fused vs eager"] + (["fused vs compile"] if "compile" in providers else [])
-    has_memory = any(v[2] is not None for r in rows.values() for v in r.values())
-    if has_memory:
-        header += [f"saved for bwd ({p})" for p in providers]
+    memory_columns = [
+        (index, label)
+        for index, label in ((2, "saved for bwd"), (3, "CUDA peak"))
+        if any(v[index] is not None for r in rows.values() for v in r.values())
+    ]
+    for _, label in memory_columns:
+        header += [f"{label} ({p})" for p in providers]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for key, per_provider in rows.items():
@@ -60,8 +66,8 @@ def print_table(rows):
             for other in ["eager"] + (["compile"] if "compile" in providers else []):
                 base = per_provider.get(other, (None,))[0]
                 cells.append(f"{base / fused:.1f}x" if fused and base else "-")
-        if has_memory:
-            cells += [fmt_bytes(per_provider[p][2]) if p in per_provider and per_provider[p][2] is not None else "-" for p in providers]
+        for index, _ in memory_columns:
+            cells += [fmt_bytes(per_provider[p][index]) if p in per_provider else "-" for p in providers]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -33,7 +33,7 @@ def make_inputs(shape, device, requires_grad):
 @pytest.mark.parametrize("size", SHAPES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
-def test_reparameterize(benchmark, device, size, provider, pass_):
+def test_reparameterize(benchmark, cuda_peak, device, size, provider, pass_):
     shape = SHAPES[size]
     fn = PROVIDERS[provider]
     mu, logvar = make_inputs(shape, device, requires_grad=pass_ == "fwd+bwd")
@@ -57,6 +57,8 @@ def test_reparameterize(benchmark, device, size, provider, pass_):
                        warmup_rounds=3, iterations=1)
     if pass_ == "fwd+bwd":
         benchmark.extra_info["saved_for_backward_bytes"] = saved_for_backward_bytes(fn, mu, logvar)
+    if device == "cuda":
+        benchmark.extra_info["cuda_peak_bytes"] = cuda_peak(step)
 
 
 @pytest.mark.parametrize("source", ["z - mu", "regenerate"])

@@ -14,25 +14,17 @@
 
 namespace aigc_fast {
 
-AIGC_HD float bits_to_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-#endif
+// Reinterprets the bits of one 32-bit type as another (std::bit_cast, usable in device code).
+template <typename To, typename From>
+AIGC_HD To bit_cast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs types of the same size");
+  To to;
+  memcpy(&to, &from, sizeof to);
+  return to;
 }
 
-AIGC_HD uint32_t float_to_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-#endif
-}
+AIGC_HD float bits_to_float(uint32_t u) { return bit_cast<float>(u); }
+AIGC_HD uint32_t float_to_bits(float f) { return bit_cast<uint32_t>(f); }
 
 // e^x for float32; exact 1 at 0, +inf above ln(FLT_MAX), 0 far below, NaN kept.
 AIGC_HD float exp_f32(float x) {
