@@ -118,3 +118,27 @@ def test_more_than_2_to_the_31_elements():
     del z, zeros
     expected = normals(seed, (n - 16) // 4, 16)
     np.testing.assert_allclose(tail, expected, rtol=1e-2, atol=1e-2)
+
+
+def test_portable_and_avx2_philox_draw_the_same_bits():
+    """The CPU has two Philox paths (AVX2 lanes, and portable code the compiler
+    vectorizes); AIGC_FAST_PORTABLE_PHILOX=1 forces the portable one."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import torch, aigc_fast; z = torch.zeros(100_003);"
+        "n, _ = torch.ops.aigc_fast.reparameterize(z, z, None, torch.tensor([31, 2**32 - 9]), False);"
+        "torch.save(n, __import__('sys').argv[1])"
+    )
+    outputs = []
+    for portable in ("0", "1"):
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"aigc_noise_{os.getpid()}_{portable}.pt")
+        env = dict(os.environ, AIGC_FAST_PORTABLE_PHILOX=portable)
+        run = subprocess.run([sys.executable, "-c", probe, path], env=env, capture_output=True, text=True, cwd=os.path.dirname(path))
+        assert run.returncode == 0, run.stderr
+        outputs.append(torch.load(path))
+        os.remove(path)
+    assert torch.equal(outputs[0], outputs[1])
+    assert torch.equal(outputs[0], noise(100_003, 31, offset=2**32 - 9))

@@ -28,7 +28,11 @@ AIGC_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   lo = a * b;
 }
 
-AIGC_HD U32x4 philox4x32_10(U32x4 ctr, uint32_t k0, uint32_t k1) {
+// The ten rounds, written once for any word type W: one block at a time (uint32_t, on
+// both devices) or a vector of blocks in SIMD lanes (cpu/philox_avx2.h), which needs only
+// `^` and a `mulhilo32(uint32_t, W, W&, W&)` for its lanes.
+template <typename W>
+AIGC_HD void philox4x32_10_rounds(W& x, W& y, W& z, W& w, uint32_t k0, uint32_t k1) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
 #if defined(__CUDACC__)
@@ -37,13 +41,21 @@ AIGC_HD U32x4 philox4x32_10(U32x4 ctr, uint32_t k0, uint32_t k1) {
 #pragma GCC unroll 10
 #endif
   for (int round = 0; round < 10; ++round) {
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(kMul0, ctr.x, hi0, lo0);
-    mulhilo32(kMul1, ctr.z, hi1, lo1);
-    ctr = U32x4{hi1 ^ ctr.y ^ k0, lo1, hi0 ^ ctr.w ^ k1, lo0};
+    W hi0, lo0, hi1, lo1;
+    mulhilo32(kMul0, x, hi0, lo0);
+    mulhilo32(kMul1, z, hi1, lo1);
+    const W next_x = hi1 ^ y ^ k0, next_z = hi0 ^ w ^ k1;
+    x = next_x;
+    y = lo1;
+    z = next_z;
+    w = lo0;
     k0 += kWeyl0;
     k1 += kWeyl1;
   }
+}
+
+AIGC_HD U32x4 philox4x32_10(U32x4 ctr, uint32_t k0, uint32_t k1) {
+  philox4x32_10_rounds(ctr.x, ctr.y, ctr.z, ctr.w, k0, k1);
   return ctr;
 }
 
