@@ -1,5 +1,6 @@
 """Reparameterization: fused vs eager reference vs torch.compile(reference), forward and
-forward+backward, from a VAE latent (128 x 64) to 4M elements.
+forward+backward, from a VAE latent (128 x 64) to 4M elements, sampling alone ("z") and
+with the per-sample KL a VAE needs ("z+kl").
 
     pytest bench/test_bench_reparameterize.py --benchmark-json=bench/results/reparameterize.json
     python bench/report.py bench/results/reparameterize.json
@@ -17,9 +18,9 @@ SHAPES = {"128x64": (128, 64), "512x512": (512, 512), "1M": (1024, 1024), "4M": 
 _compiled_reference = torch.compile(reference, dynamic=False)
 
 PROVIDERS = {
-    "fused": lambda mu, lv: aigc_fast.reparameterize(mu, lv, impl="fused"),
-    "eager": lambda mu, lv: reference(mu, lv),
-    "compile": lambda mu, lv: _compiled_reference(mu, lv),
+    "fused": lambda mu, lv, kl: aigc_fast.reparameterize(mu, lv, return_kl=kl, impl="fused"),
+    "eager": lambda mu, lv, kl: reference(mu, lv, return_kl=kl),
+    "compile": lambda mu, lv, kl: _compiled_reference(mu, lv, return_kl=kl),
 }
 
 
@@ -33,11 +34,16 @@ def make_inputs(shape, device, requires_grad):
 @pytest.mark.parametrize("size", SHAPES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
-def test_reparameterize(benchmark, cuda_peak, device, size, provider, pass_):
+@pytest.mark.parametrize("outputs", ["z", "z+kl"])
+def test_reparameterize(benchmark, cuda_peak, device, size, provider, pass_, outputs):
     shape = SHAPES[size]
-    fn = PROVIDERS[provider]
+    with_kl = outputs == "z+kl"
+
+    def fn(mu, logvar):
+        return PROVIDERS[provider](mu, logvar, with_kl)
+
     mu, logvar = make_inputs(shape, device, requires_grad=pass_ == "fwd+bwd")
-    grad = torch.ones(shape, device=device)
+    grads = (torch.ones(shape, device=device), torch.ones(shape[0], device=device))
     if pass_ == "fwd":
         def step():
             with torch.no_grad():
@@ -45,13 +51,13 @@ def test_reparameterize(benchmark, cuda_peak, device, size, provider, pass_):
     else:
         def step():
             mu.grad = logvar.grad = None  # as a training step does (zero_grad(set_to_none=True))
-            z = fn(mu, logvar)
-            z.backward(grad)
-            return z
+            out = fn(mu, logvar)
+            torch.autograd.backward(out, grads if with_kl else grads[0])
+            return out
 
     step()  # compile / warm up
-    benchmark.group = f"reparameterize {pass_} {size} {device}"
-    benchmark.extra_info.update(op="reparameterize", provider=provider, size=size, numel=mu.numel(),
+    benchmark.group = f"reparameterize {outputs} {pass_} {size} {device}"
+    benchmark.extra_info.update(op=f"reparameterize ({outputs})", provider=provider, size=size, numel=mu.numel(),
                                 pass_=pass_, device=device)
     benchmark.pedantic(synchronized(step, device), rounds=20 if mu.numel() >= 1 << 20 else 200,
                        warmup_rounds=3, iterations=1)
