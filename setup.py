@@ -104,7 +104,7 @@ def _wheel_cuda_includes():
 
 
 def _extension(with_cuda):
-    sources = ["csrc/module.cpp", "csrc/reparameterize.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
     if not with_cuda:
         return cpp_extension.CppExtension(

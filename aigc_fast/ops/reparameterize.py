@@ -11,10 +11,6 @@ from .. import reference
 
 # Seeds are drawn below 2^62 so they stay positive int64 values on every device.
 _SEED_HIGH = 2**62
-# Dtypes whose saved output z carries enough bits to recover std * eps as z - mu in the
-# backward (relative error about 2^-24 (1 + |mu| / |z - mu|) in float32). For 16-bit z the
-# rounding would swamp small std * eps, so the backward regenerates the noise instead.
-_DERIVE_FROM_Z = (torch.float32, torch.float64)
 
 
 def reparameterize(
@@ -82,43 +78,11 @@ def _fake_backward(grad_z, grad_kl, mu, logvar, eps, seed, z, output_mask):
     return grad(output_mask[0]), grad(output_mask[1]), grad(output_mask[2] and eps is not None)
 
 
-def _setup_context(ctx, inputs, output):
-    mu, logvar, eps, seed, compute_kl = inputs
-    z, _ = output
-    from_z = eps is None and mu.dtype in _DERIVE_FROM_Z
-    ctx.compute_kl = compute_kl
-    ctx.from_z = from_z
-    # z is an output the caller keeps anyway (the decoder's first layer saves it), so saving
-    # it costs no memory; the noise itself is never kept.
-    ctx.save_for_backward(mu, logvar, eps, None if from_z else seed, z if from_z else None)
-
-
-def _backward(ctx, grad_z, grad_kl):
-    mu, logvar, eps, seed, z = ctx.saved_tensors
-    need_mu, need_logvar, need_eps = ctx.needs_input_grad[:3]
-    # Without the KL term dmu is grad_z itself: no kernel needed for it.
-    kernel_mu = need_mu and ctx.compute_kl
-    mask = [kernel_mu, need_logvar, need_eps and eps is not None]
-    grad_mu = grad_logvar = grad_eps = None
-    if any(mask):
-        grad_mu, grad_logvar, grad_eps = torch.ops.aigc_fast.reparameterize_backward(
-            grad_z, grad_kl if ctx.compute_kl else None, mu, logvar, eps, seed, z, mask
-        )
-    if need_mu and not kernel_mu:
-        grad_mu = grad_z
-    return (
-        grad_mu if need_mu else None,
-        grad_logvar if need_logvar else None,
-        grad_eps if mask[2] else None,
-        None,
-        None,
-    )
-
-
 def _register() -> None:
+    # Autograd is registered in C++ (csrc/reparameterize_autograd.cpp); torch.compile needs
+    # only the shapes of both ops.
     torch.library.register_fake("aigc_fast::reparameterize")(_fake_forward)
     torch.library.register_fake("aigc_fast::reparameterize_backward")(_fake_backward)
-    torch.library.register_autograd("aigc_fast::reparameterize", _backward, setup_context=_setup_context)
 
 
 if _extension.LOADED:
