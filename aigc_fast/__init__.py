@@ -2,6 +2,8 @@
 
     import aigc_fast
     z, kl = aigc_fast.reparameterize(mu, logvar, return_kl=True)
+    loss, recon, kl = aigc_fast.vae_loss(decoder(z), x, mu, logvar)
+    d_loss = aigc_fast.gan_d_loss(D(x), D(fake.detach()), "hinge")
     aigc_fast.info()   # what is compiled, and what each op will run
 """
 
@@ -13,10 +15,12 @@ from . import nn, reference  # noqa: E402
 from ._impl import get_impl, set_impl, use_impl  # noqa: E402
 from ._info import info  # noqa: E402
 from ._version import __version__  # noqa: E402
-from .ops import reparameterize  # noqa: E402
+from .ops import gan_d_loss, gan_g_loss, reparameterize, vae_loss  # noqa: E402
 
 __all__ = [
     "__version__",
+    "gan_d_loss",
+    "gan_g_loss",
     "get_impl",
     "info",
     "nn",
@@ -24,4 +28,5 @@ __all__ = [
     "reparameterize",
     "set_impl",
     "use_impl",
+    "vae_loss",
 ]

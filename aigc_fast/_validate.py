@@ -17,10 +17,18 @@ def float_tensor(t, name: str) -> None:
 
 def like(t, name: str, ref: torch.Tensor, ref_name: str) -> None:
     float_tensor(t, name)
-    if t.device != ref.device:
-        raise ValueError(f"{name} must be on the same device as {ref_name}, got {t.device} and {ref.device}")
+    same_device(t, name, ref, ref_name)
     if t.dtype != ref.dtype:
         raise TypeError(f"{name} must have the same dtype as {ref_name}, got {t.dtype} and {ref.dtype}")
+    same_shape(t, name, ref, ref_name)
+
+
+def same_device(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the same device as {ref_name}, got {t.device} and {ref.device}")
+
+
+def same_shape(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
     if t.shape != ref.shape:
         raise ValueError(
             f"{name} must have the same shape as {ref_name}, got {list(t.shape)} and {list(ref.shape)}"

@@ -1,5 +1,6 @@
 """Functional API: each op runs its fused kernel or its reference (see aigc_fast._impl)."""
 
+from .losses import gan_d_loss, gan_g_loss, vae_loss
 from .reparameterize import reparameterize
 
-__all__ = ["reparameterize"]
+__all__ = ["gan_d_loss", "gan_g_loss", "reparameterize", "vae_loss"]

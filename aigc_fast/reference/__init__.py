@@ -2,6 +2,7 @@
 benchmarks race, and the fallback when the compiled kernels are unavailable. Written for
 clarity, never for speed."""
 
+from .losses import gan_d_loss, gan_g_loss, vae_loss
 from .reparameterize import reparameterize
 
-__all__ = ["reparameterize"]
+__all__ = ["gan_d_loss", "gan_g_loss", "reparameterize", "vae_loss"]

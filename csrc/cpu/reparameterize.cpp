@@ -162,11 +162,7 @@ std::pair<uint64_t, uint64_t> read_seed(const std::optional<at::Tensor>& seed) {
 // Adds each row's tile partials in chunk order (deterministic for any thread count).
 template <typename T>
 void reduce_rows(const RowTiles& tiles, const T* partials, T* out) {
-  for (int64_t r = 0; r < tiles.rows; ++r) {
-    T sum = T(0);
-    for (int64_t c = 0; c < tiles.chunks_per_row; ++c) sum += partials[r * tiles.chunks_per_row + c];
-    out[r] = sum;
-  }
+  for (int64_t r = 0; r < tiles.rows; ++r) out[r] = tiles.row_total(partials, r);
 }
 
 template <typename scalar_t>

@@ -107,9 +107,7 @@ template <typename T>
 __global__ void reduce_rows_kernel(const T* __restrict__ partials, RowTiles tiles, T* __restrict__ out) {
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < tiles.rows;
        r += int64_t(gridDim.x) * blockDim.x) {
-    T sum = T(0);
-    for (int64_t c = 0; c < tiles.chunks_per_row; ++c) sum += partials[r * tiles.chunks_per_row + c];
-    out[r] = sum;
+    out[r] = tiles.row_total(partials, r);
   }
 }
 

@@ -98,4 +98,12 @@ AIGC_HD void sincos_turns_u32(uint32_t k, float& c, float& s) {
   s = (q & 2u) ? -sq : sq;        // sin negative in quarters 2 and 3
 }
 
+// The math type's exp and log, for formulas written once for float and double: the
+// IEEE-exact float32 versions above (log_f32 wants x > 0; NaN reaches callers through
+// their other terms), libm for float64.
+AIGC_HD float exp_math(float x) { return exp_f32(x); }
+AIGC_HD double exp_math(double x) { return exp(x); }
+AIGC_HD float log_math(float x) { return log_f32(x); }
+AIGC_HD double log_math(double x) { return log(x); }
+
 }  // namespace aigc_fast

@@ -13,11 +13,9 @@
 
 #include "fastmath.h"
 #include "hostdevice.h"
+#include "kl.h"
 
 namespace aigc_fast {
-
-AIGC_HD float exp_math(float x) { return exp_f32(x); }
-AIGC_HD double exp_math(double x) { return exp(x); }
 
 template <typename T>
 AIGC_HD T std_from_logvar(T logvar) {
@@ -31,14 +29,14 @@ AIGC_HD T reparam_sample(T mu, T std, T eps) {
 
 template <typename T>
 AIGC_HD T kl_term(T mu, T logvar, T std) {
-  return T(0.5) * (mu * mu + std * std - T(1) - logvar);
+  return kl_normal(mu, logvar, std * std);
 }
 
 // `std_eps` is std * eps: either computed from eps, or recovered as z - mu (see the README
 // section on precision for when each is used).
 template <typename T>
 AIGC_HD T grad_logvar(T g, T std_eps, T gk, T std) {
-  return T(0.5) * (g * std_eps + gk * (std * std - T(1)));
+  return T(0.5) * g * std_eps + gk * kl_normal_grad_logvar(std * std);
 }
 
 template <typename T>

@@ -31,6 +31,13 @@ struct RowTiles {
     const int64_t chunk_end = begin(tile) + chunk;
     return chunk_end < row_end ? chunk_end : row_end;
   }
+  // The sum of one row's tile slots (one value per tile), added in chunk order.
+  template <typename T>
+  AIGC_HD T row_total(const T* slots, int64_t row) const {
+    T sum = T(0);
+    for (int64_t c = 0; c < chunks_per_row; ++c) sum += slots[row * chunks_per_row + c];
+    return sum;
+  }
 };
 
 }  // namespace aigc_fast

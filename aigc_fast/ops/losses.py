@@ -1,0 +1,172 @@
+"""aigc_fast.gan_d_loss, gan_g_loss and vae_loss: each loss in one fused pass that also
+computes the input gradients, so the backward only scales them by grad_output."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _extension, _impl, _validate
+from .. import reference
+
+GAN_KINDS = ("bce", "hinge", "lsgan", "wgan")
+RECON_LOSSES = ("bce", "mse")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _choice(value, name: str, allowed: Tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _logits(t, name: str) -> None:
+    _validate.float_tensor(t, name)
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty: the mean of an empty batch is undefined")
+
+
+def _needs_grad(t: torch.Tensor) -> bool:
+    # Gradients are computed (and kept) only for inputs autograd will ask about.
+    return t.requires_grad and torch.is_grad_enabled()
+
+
+def gan_d_loss(
+    real_logits: torch.Tensor,
+    fake_logits: torch.Tensor,
+    kind: str = "bce",
+    *,
+    real_label: float = 1.0,
+    impl: Optional[str] = None,
+) -> torch.Tensor:
+    """The discriminator loss from its logits on real and on generated samples.
+
+    kind:
+        "bce":   -[E log D(x) + E log(1 - D(G(z)))], D = sigmoid, with softplus: finite for any logit;
+        "hinge": E relu(1 - real) + E relu(1 + fake);
+        "lsgan": 1/2 E (real - real_label)^2 + 1/2 E fake^2;
+        "wgan":  E fake - E real.
+    real_label < 1 smooths the real labels (one-sided label smoothing; bce and lsgan only).
+    real and fake may have different shapes and batch sizes, and any float dtype (math in
+    float32, float64 for float64 inputs). Returns a 0-d tensor in the math dtype.
+    Empty logits raise ValueError (the mean of no samples is undefined).
+    """
+    _logits(real_logits, "real_logits")
+    _logits(fake_logits, "fake_logits")
+    _validate.same_device(fake_logits, "fake_logits", real_logits, "real_logits")
+    _choice(kind, "kind", GAN_KINDS)
+    real_label = float(real_label)
+    if real_label != 1.0 and kind not in ("bce", "lsgan"):
+        raise ValueError(f"real_label applies to kind 'bce' and 'lsgan' only, got real_label={real_label} with {kind!r}")
+    if not _impl.use_fused(impl, "gan_d_loss", real_logits.device):
+        return reference.gan_d_loss(real_logits, fake_logits, kind, real_label=real_label)
+    mask = [_needs_grad(real_logits), _needs_grad(fake_logits)]
+    return torch.ops.aigc_fast.gan_d_loss(real_logits, fake_logits, kind, real_label, mask)[0]
+
+
+def gan_g_loss(fake_logits: torch.Tensor, kind: str = "bce", *, impl: Optional[str] = None) -> torch.Tensor:
+    """The generator loss from the discriminator's logits on generated samples:
+    non-saturating -E log D(G(z)) for "bce", -E fake for "hinge" and "wgan",
+    1/2 E (fake - 1)^2 for "lsgan". A 0-d tensor in the math dtype."""
+    _logits(fake_logits, "fake_logits")
+    _choice(kind, "kind", GAN_KINDS)
+    if not _impl.use_fused(impl, "gan_g_loss", fake_logits.device):
+        return reference.gan_g_loss(fake_logits, kind)
+    return torch.ops.aigc_fast.gan_g_loss(fake_logits, kind, _needs_grad(fake_logits))[0]
+
+
+def vae_loss(
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    *,
+    recon_loss: str = "bce",
+    beta: float = 1.0,
+    reduction: str = "mean",
+    impl: Optional[str] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The negative ELBO of a VAE in one op: returns (loss, recon_term, kl_term).
+
+    Per sample b: recon_b = the reconstruction loss summed over all dims but the batch
+    ("bce": recon are logits, target probabilities in [0, 1]; "mse": squared error),
+    kl_b = KL(N(mu, exp(logvar)) || N(0, 1)) summed over all dims but the batch, and
+    total_b = recon_b + beta * kl_b. Then reduction "mean" over the batch, "sum", or
+    "none" (shape [B]). recon_term and kl_term are detached and reduced the same way, so
+    loss == recon_term + beta * kl_term (for logging without extra kernels).
+
+    Each input may have its own float dtype (math in float32, float64 if one is float64);
+    gradients flow to recon, mu, logvar, and target when it requires grad. An empty batch
+    raises ValueError.
+    """
+    for t, name in ((recon, "recon"), (target, "target"), (mu, "mu"), (logvar, "logvar")):
+        _validate.float_tensor(t, name)
+        _validate.same_device(t, name, recon, "recon")
+    _validate.same_shape(target, "target", recon, "recon")
+    _validate.same_shape(logvar, "logvar", mu, "mu")
+    if recon.dim() == 0 or mu.dim() == 0:
+        raise ValueError(f"recon and mu need a batch dimension, got shapes {list(recon.shape)} and {list(mu.shape)}")
+    if mu.shape[0] != recon.shape[0]:
+        raise ValueError(f"mu and recon must have the same batch size, got {mu.shape[0]} and {recon.shape[0]}")
+    if recon.shape[0] == 0:
+        raise ValueError("recon is an empty batch: the loss of no samples is undefined")
+    _choice(recon_loss, "recon_loss", RECON_LOSSES)
+    _choice(reduction, "reduction", REDUCTIONS)
+    beta = float(beta)
+    if not _impl.use_fused(impl, "vae_loss", recon.device):
+        return reference.vae_loss(recon, target, mu, logvar, recon_loss=recon_loss, beta=beta, reduction=reduction)
+    mask = [_needs_grad(t) for t in (recon, target, mu, logvar)]
+    out = torch.ops.aigc_fast.vae_loss(recon, target, mu, logvar, recon_loss, beta, reduction, mask)
+    return out[0], out[1], out[2]
+
+
+# ---- shapes for torch.compile: these mirror the layouts csrc/losses.cpp chooses ----
+
+
+def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_non_overlapping_and_dense() else t.contiguous()
+
+
+def _grad_like(t: torch.Tensor, wanted: bool) -> torch.Tensor:
+    return torch.empty_like(t) if wanted else t.new_empty((0,))
+
+
+def _samples_are_blocks(t: torch.Tensor) -> bool:
+    return t.is_non_overlapping_and_dense() and (t.shape[0] <= 1 or t.stride(0) * t.shape[0] == t.numel())
+
+
+def _fake_gan_d_loss(real, fake, kind, real_label, output_mask):
+    loss = real.new_empty((), dtype=_math_dtype(real, fake))
+    return loss, _grad_like(_dense(real), output_mask[0]), _grad_like(_dense(fake), output_mask[1])
+
+
+def _fake_gan_g_loss(fake, kind, need_grad):
+    return fake.new_empty((), dtype=_math_dtype(fake)), _grad_like(_dense(fake), need_grad)
+
+
+def _fake_vae_loss(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask):
+    recon_l = recon if _samples_are_blocks(recon) else recon.contiguous()
+    target_l = target if target.stride() == recon_l.stride() else torch.empty_like(recon_l, dtype=target.dtype)
+    shape = (recon.shape[0],) if reduction == "none" else ()
+    dtype = _math_dtype(recon, target, mu, logvar)
+    values = [recon.new_empty(shape, dtype=dtype) for _ in range(3)]
+    grads = [
+        _grad_like(t, wanted)
+        for t, wanted in zip((recon_l, target_l, mu.contiguous(), logvar.contiguous()), output_mask)
+    ]
+    return (*values, *grads)
+
+
+def _register() -> None:
+    # Autograd is registered in C++ (csrc/loss_autograd.cpp); torch.compile needs the shapes.
+    torch.library.register_fake("aigc_fast::gan_d_loss")(_fake_gan_d_loss)
+    torch.library.register_fake("aigc_fast::gan_g_loss")(_fake_gan_g_loss)
+    torch.library.register_fake("aigc_fast::vae_loss")(_fake_vae_loss)
+
+
+if _extension.LOADED:
+    _register()

@@ -1,0 +1,219 @@
+// CPU kernels of the GAN and VAE losses. Tiles (losses.h) run in parallel; inside a tile,
+// one simple loop over float32 (or float64) arrays vectorizes the shared math, writes the
+// gradients and sums the loss into a float64 accumulator. Inputs may each have their own
+// dtype (autocast gives bfloat16 logits and float32 targets): a tile converts what is not
+// already in the math type into scratch, and converts gradients back on store.
+#include "../losses.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "aigc_fast/kl.h"
+#include "isa.h"
+
+namespace aigc_fast {
+namespace {
+
+constexpr int64_t kChunk = kLossChunk;
+// Below this many elements the whole op runs on the calling thread: waking the pool costs
+// more than the work.
+constexpr int64_t kParallelMinElements = 32768;
+
+template <typename To, typename From>
+AIGC_CPU_CLONES void convert(const From* src, To* dst, int64_t n) {
+  AIGC_SIMD
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
+}
+
+// Elements [begin, begin + n) of t as T: t's own memory if it holds T, else converted.
+template <typename T>
+const T* load(const at::Tensor& t, int64_t begin, int64_t n, T* scratch) {
+  const T* out = scratch;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "aigc_fast_load", [&] {
+    const scalar_t* src = t.const_data_ptr<scalar_t>() + begin;
+    if constexpr (std::is_same_v<scalar_t, T>) {
+      out = src;
+    } else {
+      convert(src, scratch, n);
+    }
+  });
+  return out;
+}
+
+// Where a tile writes elements [begin, ...) of t: t's own memory if it holds T, else scratch
+// (then `store` converts).
+template <typename T>
+T* output(const at::Tensor& t, int64_t begin, T* scratch) {
+  if (t.scalar_type() == c10::CppTypeToScalarType<T>::value) return t.mutable_data_ptr<T>() + begin;
+  return scratch;
+}
+
+template <typename T>
+void store(const T* values, const at::Tensor& t, int64_t begin, int64_t n) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "aigc_fast_store", [&] {
+    if constexpr (!std::is_same_v<scalar_t, T>) convert(values, t.mutable_data_ptr<scalar_t>() + begin, n);
+  });
+}
+
+template <TermKind K, typename T>
+AIGC_CPU_CLONES double logit_tile(const T* x, int64_t n, T param, T scale, T* grad) {
+  double sum = 0.0;
+  AIGC_SIMD_SUM(sum)
+  for (int64_t i = 0; i < n; ++i) {
+    T d_x;
+    sum += logit_term<K>(x[i], param, d_x);
+    grad[i] = d_x * scale;
+  }
+  return sum;
+}
+
+template <ReconKind R, bool kTargetGrad, typename T>
+AIGC_CPU_CLONES double recon_tile(const T* x, const T* t, int64_t n, T scale, T* d_x, T* d_t) {
+  double sum = 0.0;
+  AIGC_SIMD_SUM(sum)
+  for (int64_t i = 0; i < n; ++i) {
+    T gx, gt;
+    sum += recon_term<R, kTargetGrad>(x[i], t[i], gx, gt);
+    d_x[i] = gx * scale;
+    if constexpr (kTargetGrad) d_t[i] = gt * scale;
+  }
+  return sum;
+}
+
+template <typename T>
+AIGC_CPU_CLONES double kl_tile(const T* mu, const T* logvar, int64_t n, T scale, T* d_mu, T* d_logvar) {
+  double sum = 0.0;
+  AIGC_SIMD_SUM(sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const T var = exp_math(logvar[i]);
+    sum += kl_normal(mu[i], logvar[i], var);
+    d_mu[i] = mu[i] * scale;
+    d_logvar[i] = kl_normal_grad_logvar(var) * scale;
+  }
+  return sum;
+}
+
+// Runs body(first, last) over [0, units), in parallel only when there is enough work.
+template <typename F>
+void for_units(int64_t units, int64_t elements, const F& body) {
+  if (elements < kParallelMinElements) return body(int64_t(0), units);
+  at::parallel_for(0, units, 1, body);
+}
+
+template <typename T>
+void gan_impl(GanLoss& op) {
+  std::vector<int64_t> first_tile{0};
+  int64_t elements = 0;
+  for (const LogitTerm& term : op.terms) {
+    first_tile.push_back(first_tile.back() + term.tiles.count());
+    elements += term.x.numel();
+  }
+  double* partials = op.partials.mutable_data_ptr<double>();
+  for_units(first_tile.back(), elements, [&](int64_t first, int64_t last) {
+    alignas(64) T x_buf[kChunk], grad_buf[kChunk];
+    size_t k = 0;
+    for (int64_t t = first; t < last; ++t) {
+      while (t >= first_tile[k + 1]) ++k;
+      const LogitTerm& term = op.terms[k];
+      const int64_t tile = t - first_tile[k];
+      const int64_t begin = term.tiles.begin(tile), n = term.tiles.end(tile) - begin;
+      const bool want_grad = term.grad.numel() > 0;
+      T* grad = want_grad ? output(term.grad, begin, grad_buf) : grad_buf;
+      const T* x = load(term.x, begin, n, x_buf);
+      const T param = static_cast<T>(term.param), scale = T(1) / static_cast<T>(term.x.numel());
+      partials[t] = with_term_kind(term.kind, [&](auto kind) {
+        return logit_tile<decltype(kind)::value>(x, n, param, scale, grad);
+      });
+      if (want_grad) store(grad, term.grad, begin, n);
+    }
+  });
+  double loss = 0.0;
+  for (size_t k = 0; k < op.terms.size(); ++k) {
+    double sum = 0.0;
+    for (int64_t t = first_tile[k]; t < first_tile[k + 1]; ++t) sum += partials[t];
+    loss += sum / static_cast<double>(op.terms[k].x.numel());
+  }
+  *op.loss.mutable_data_ptr<T>() = static_cast<T>(loss);
+}
+
+template <typename T>
+void vae_impl(VaeLoss& op) {
+  const RowTiles tiles = op.recon_tiles;
+  const int64_t recon_units = tiles.count(), batch = op.batch();
+  const T scale = static_cast<T>(op.grad_scale());
+  const T kl_scale = static_cast<T>(op.beta * op.grad_scale());
+  const bool want_recon = op.grad_recon.numel() > 0, want_target = op.grad_target.numel() > 0;
+  const bool want_mu = op.grad_mu.numel() > 0, want_logvar = op.grad_logvar.numel() > 0;
+  double* partials = op.partials.mutable_data_ptr<double>();
+  // Units: the recon tiles, then one unit per sample for its KL (in chunks if it is long).
+  for_units(recon_units + batch, op.recon.numel() + op.mu.numel(), [&](int64_t first, int64_t last) {
+    alignas(64) T a_buf[kChunk], b_buf[kChunk], da_buf[kChunk], db_buf[kChunk];
+    for (int64_t u = first; u < last; ++u) {
+      if (u < recon_units) {
+        const int64_t begin = tiles.begin(u), n = tiles.end(u) - begin;
+        T* d_x = want_recon ? output(op.grad_recon, begin, da_buf) : da_buf;
+        T* d_t = want_target ? output(op.grad_target, begin, db_buf) : db_buf;
+        const T* x = load(op.recon, begin, n, a_buf);
+        const T* t = load(op.target, begin, n, b_buf);
+        partials[u] = with_recon_kind(op.recon_kind, want_target, [&](auto kind, auto target_grad) {
+          return recon_tile<decltype(kind)::value, decltype(target_grad)::value>(x, t, n, scale, d_x, d_t);
+        });
+        if (want_recon) store(d_x, op.grad_recon, begin, n);
+        if (want_target) store(d_t, op.grad_target, begin, n);
+      } else {
+        double kl = 0.0;
+        const int64_t row_begin = (u - recon_units) * op.latent;
+        for (int64_t begin = row_begin; begin < row_begin + op.latent; begin += kChunk) {
+          const int64_t n = std::min(kChunk, row_begin + op.latent - begin);
+          T* d_mu = want_mu ? output(op.grad_mu, begin, da_buf) : da_buf;
+          T* d_logvar = want_logvar ? output(op.grad_logvar, begin, db_buf) : db_buf;
+          kl += kl_tile(load(op.mu, begin, n, a_buf), load(op.logvar, begin, n, b_buf), n, kl_scale,
+                        d_mu, d_logvar);
+          if (want_mu) store(d_mu, op.grad_mu, begin, n);
+          if (want_logvar) store(d_logvar, op.grad_logvar, begin, n);
+        }
+        partials[u] = kl;
+      }
+    }
+  });
+  // Per-sample totals, then the reduction, in sample order.
+  T* loss = op.loss.mutable_data_ptr<T>();
+  T* recon_out = op.recon_out.mutable_data_ptr<T>();
+  T* kl_out = op.kl_out.mutable_data_ptr<T>();
+  double recon_sum = 0.0, kl_sum = 0.0;
+  for (int64_t b = 0; b < batch; ++b) {
+    const double recon = tiles.row_total(partials, b), kl = partials[recon_units + b];
+    if (op.reduction == Reduction::kNone) {
+      loss[b] = static_cast<T>(recon + op.beta * kl);
+      recon_out[b] = static_cast<T>(recon);
+      kl_out[b] = static_cast<T>(kl);
+    }
+    recon_sum += recon;
+    kl_sum += kl;
+  }
+  if (op.reduction != Reduction::kNone) {
+    const double divisor = op.reduction == Reduction::kMean ? static_cast<double>(batch) : 1.0;
+    recon_sum /= divisor;
+    kl_sum /= divisor;
+    *loss = static_cast<T>(recon_sum + op.beta * kl_sum);
+    *recon_out = static_cast<T>(recon_sum);
+    *kl_out = static_cast<T>(kl_sum);
+  }
+}
+
+}  // namespace
+
+void gan_loss_cpu(GanLoss& op) {
+  if (op.double_math) return gan_impl<double>(op);
+  gan_impl<float>(op);
+}
+
+void vae_loss_cpu(VaeLoss& op) {
+  if (op.double_math) return vae_impl<double>(op);
+  vae_impl<float>(op);
+}
+
+}  // namespace aigc_fast

@@ -1,0 +1,99 @@
+// The per-element math of the GAN and VAE losses, shared by the CPU and CUDA kernels.
+// T is the math type: float for float32/float16/bfloat16 inputs, double for float64.
+// Every loss takes logits. Each function returns the element's loss and writes its
+// derivative(s), so the kernels produce the loss and the input gradients in one pass.
+#pragma once
+
+#include <cstdint>
+
+#include "fastmath.h"
+#include "hostdevice.h"
+
+namespace aigc_fast {
+
+// max(x, 0), written so that NaN passes through (a NaN logit must reach the loss).
+template <typename T>
+AIGC_HD T relu_keep_nan(T x) {
+  return x < T(0) ? T(0) : x;
+}
+
+// softplus(x) = log(1 + e^x) and sigmoid(x) from one exp, one log and one division.
+// With e = exp(-|x|) in (0, 1], softplus(x) = max(x, 0) + log1p(e), finite for any finite x.
+// log1p(e) = log(u) + c / u, where u = 1 + e rounded and c = e - (u - 1) its rounding error
+// (exact: Fast2Sum, as 1 >= e). This keeps a few-ulp accuracy when e is far below 2^-24,
+// where log(1 + e) alone would return 0 (softplus(-20) = 2.06e-9, not 0).
+template <typename T>
+struct SoftplusSigmoid {
+  T softplus, sigmoid;
+};
+
+template <typename T>
+AIGC_HD SoftplusSigmoid<T> softplus_sigmoid(T x) {
+  const T e = exp_math(x < T(0) ? x : -x);
+  const T u = T(1) + e;
+  const T c = e - (u - T(1));
+  const T inv_u = T(1) / u;
+  const T log1p_e = log_math(u) + c * inv_u;
+  return {relu_keep_nan(x) + log1p_e, x < T(0) ? e * inv_u : inv_u};
+}
+
+// Binary cross-entropy of logit x against a target probability y in [0, 1]:
+//   softplus(x) - y x,   d/dx = sigmoid(x) - y,   d/dy = -x.
+template <typename T>
+AIGC_HD T bce_with_logits(T x, T y, T& d_x) {
+  const SoftplusSigmoid<T> s = softplus_sigmoid(x);
+  d_x = s.sigmoid - y;
+  return s.softplus - y * x;
+}
+
+// scale (x - y)^2,   d/dx = 2 scale (x - y) = -d/dy. (LSGAN uses scale 1/2, the VAE's
+// mean-squared-error reconstruction scale 1; both scalings are exact.)
+template <typename T>
+AIGC_HD T squared_error(T x, T y, T scale, T& d_x) {
+  const T d = x - y;
+  d_x = T(2) * scale * d;
+  return scale * d * d;
+}
+
+// The four shapes one term of a GAN loss takes; csrc/losses.cpp maps (kind, role) to them:
+//               loss               d/dx                 param p
+//   kBce        softplus(x) - p x  sigmoid(x) - p       the label (1, 0, or real_label)
+//   kSquare     1/2 (x - p)^2      x - p                the label
+//   kHinge      relu(1 + p x)      p [1 + p x > 0]      the sign: -1 real, +1 fake
+//   kLinear     p x                p                    the sign
+enum class TermKind : int32_t { kBce = 0, kSquare = 1, kHinge = 2, kLinear = 3 };
+
+template <TermKind K, typename T>
+AIGC_HD T logit_term(T x, T p, T& d_x) {
+  if constexpr (K == TermKind::kBce) {
+    return bce_with_logits(x, p, d_x);
+  } else if constexpr (K == TermKind::kSquare) {
+    return squared_error(x, p, T(0.5), d_x);
+  } else if constexpr (K == TermKind::kHinge) {
+    const T margin = T(1) + p * x;
+    d_x = margin <= T(0) ? T(0) : p;  // as torch.relu's backward, also at NaN
+    return relu_keep_nan(margin);
+  } else {
+    d_x = p;
+    return p * x;
+  }
+}
+
+// The VAE's reconstruction term of one pixel: recon logit (bce) or value (mse) x against
+// target t. Writes d/dx, and d/dt when asked (kTargetGrad).
+enum class ReconKind : int32_t { kBce = 0, kMse = 1 };
+
+template <ReconKind R, bool kTargetGrad, typename T>
+AIGC_HD T recon_term(T x, T t, T& d_x, T& d_t) {
+  T loss;
+  if constexpr (R == ReconKind::kBce) {
+    loss = bce_with_logits(x, t, d_x);
+    if constexpr (kTargetGrad) d_t = -x;
+  } else {
+    loss = squared_error(x, t, T(1), d_x);
+    if constexpr (kTargetGrad) d_t = -d_x;
+  }
+  return loss;
+}
+
+}  // namespace aigc_fast

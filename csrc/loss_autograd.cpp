@@ -1,0 +1,142 @@
+// Autograd of the loss ops, in C++ on the Autograd key, so a training step runs no Python
+// for them (see reparameterize_autograd.cpp for why that matters at small sizes).
+//
+// The loss kernels return the gradients of the loss with respect to the inputs marked in
+// output_mask, computed in the same pass as the loss. Autograd keeps exactly those, and its
+// backward only scales them by grad_output: a scalar, or one factor per sample for
+// vae_loss(reduction="none"). Nothing else is saved.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <functional>
+#include <string>
+#include <tuple>
+#include <utility>
+
+namespace aigc_fast {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradients> {
+ public:
+  // `inputs`: the op's tensor inputs, in output_mask order. `kernel` runs the op below
+  // autograd and returns its `n_values` loss values, then one gradient per input (empty
+  // where the mask, given as bits in `mask`, did not ask for it).
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs,
+                               const std::function<variable_list()>& kernel, int64_t n_values,
+                               int64_t mask) {
+    variable_list outputs;
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      outputs = kernel();
+    }
+    const variable_list grads(outputs.begin() + n_values, outputs.end());
+    TORCH_INTERNAL_ASSERT(grads.size() == inputs.size());
+    ctx->save_for_backward(grads);
+    ctx->saved_data["mask"] = mask;
+    // Only the loss (output 0) is differentiable; the logging terms and gradients are not.
+    ctx->mark_non_differentiable(variable_list(outputs.begin() + 1, outputs.end()));
+    return outputs;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list grads = ctx->get_saved_variables();
+    const int64_t mask = ctx->saved_data["mask"].toInt();
+    const at::Tensor& grad_loss = grad_outputs[0];
+    variable_list result(grads.size() + 3);  // + the kernel, n_values and mask arguments
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (!ctx->needs_input_grad(i)) continue;
+      TORCH_CHECK((mask >> i) & 1, "aigc_fast: the gradient of input ", i,
+                  " of this loss was not computed in the forward; call the op with output_mask[",
+                  i, "] = True (the aigc_fast Python functions do)");
+      result[i] = scaled(grads[i], grad_loss);
+    }
+    return result;
+  }
+
+ private:
+  static at::Tensor scaled(const at::Tensor& grad, const at::Tensor& grad_loss) {
+    at::Tensor factor = grad_loss;
+    if (grad_loss.dim() == 1) {  // one loss per sample: broadcast over each sample's elements
+      std::vector<int64_t> shape(grad.dim(), 1);
+      shape[0] = grad_loss.size(0);
+      factor = grad_loss.reshape(shape);
+    }
+    return grad.mul(factor).to(grad.scalar_type());
+  }
+};
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+template <typename Tuple>
+variable_list to_list(Tuple&& outputs) {
+  return std::apply([](auto&... t) { return variable_list{t...}; }, outputs);
+}
+
+template <size_t N>
+int64_t bits(const std::array<bool, N>& mask) {
+  int64_t out = 0;
+  for (size_t i = 0; i < N; ++i) out |= int64_t(mask[i]) << i;
+  return out;
+}
+
+using GanD = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                           std::string, double, std::array<bool, 2>);
+using GanG = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, std::string, bool);
+using Vae = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, std::string, double,
+    std::string, std::array<bool, 4>);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_d_loss_autograd(const at::Tensor& real,
+                                                                   const at::Tensor& fake,
+                                                                   std::string kind, double real_label,
+                                                                   std::array<bool, 2> output_mask) {
+  static const auto op = find_op<GanD>("aigc_fast::gan_d_loss");
+  const std::vector<at::Tensor> inputs{real, fake};
+  const variable_list out = PrecomputedGradients::apply(
+      at::TensorList(inputs),
+      std::function<variable_list()>([&] { return to_list(op.call(real, fake, kind, real_label, output_mask)); }),
+      int64_t(1), bits(output_mask));
+  return {out[0], out[1], out[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor> gan_g_loss_autograd(const at::Tensor& fake, std::string kind,
+                                                       bool need_grad) {
+  static const auto op = find_op<GanG>("aigc_fast::gan_g_loss");
+  const std::vector<at::Tensor> inputs{fake};
+  const variable_list out = PrecomputedGradients::apply(
+      at::TensorList(inputs),
+      std::function<variable_list()>([&] { return to_list(op.call(fake, kind, need_grad)); }),
+      int64_t(1), int64_t(need_grad));
+  return {out[0], out[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+vae_loss_autograd(const at::Tensor& recon, const at::Tensor& target, const at::Tensor& mu,
+                  const at::Tensor& logvar, std::string recon_loss, double beta,
+                  std::string reduction, std::array<bool, 4> output_mask) {
+  static const auto op = find_op<Vae>("aigc_fast::vae_loss");
+  const std::vector<at::Tensor> inputs{recon, target, mu, logvar};
+  const variable_list out = PrecomputedGradients::apply(
+      at::TensorList(inputs), std::function<variable_list()>([&] {
+        return to_list(op.call(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask));
+      }),
+      int64_t(3), bits(output_mask));
+  return {out[0], out[1], out[2], out[3], out[4], out[5], out[6]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(aigc_fast, Autograd, m) {
+  m.impl("gan_d_loss", &gan_d_loss_autograd);
+  m.impl("gan_g_loss", &gan_g_loss_autograd);
+  m.impl("vae_loss", &vae_loss_autograd);
+}
+
+}  // namespace aigc_fast
