@@ -42,11 +42,6 @@ at::TensorOptions math_options(const at::Tensor& like, bool double_math) {
   return like.options().dtype(double_math ? at::kDouble : at::kFloat);
 }
 
-// Kernels read a tensor in memory order, so any dense layout will do as it is.
-at::Tensor dense(const at::Tensor& t) {
-  return t.is_non_overlapping_and_dense() ? t : t.contiguous();
-}
-
 // A gradient laid out like the (dense) input it belongs to, or an empty placeholder.
 at::Tensor grad_like(const at::Tensor& t, bool wanted) {
   return wanted ? at::empty_like(t) : at::empty({0}, t.options());
@@ -63,7 +58,7 @@ LogitTerm make_term(const at::Tensor& x, const char* name, const std::string& ki
   check_float_tensor(x, name);
   TORCH_CHECK(x.numel() > 0, name, " is empty: the mean of an empty batch is undefined");
   LogitTerm term;
-  term.x = dense(x);
+  term.x = x.contiguous();
   std::tie(term.kind, term.param) = gan_term(kind, role, real_label);
   term.grad = grad_like(term.x, want_grad);
   term.tiles = RowTiles::make(1, x.numel(), kLossChunk);
@@ -89,9 +84,11 @@ void check_label(const std::string& kind, double real_label) {
 }
 
 // recon and target are read in memory order, sample by sample, so each sample must be one
-// dense block (contiguous and channels_last both qualify) and both must share the layout.
+// dense block: true of contiguous and channels_last tensors, which are used as they are
+// (their gradients get the same layout); anything else is copied to contiguous first.
 bool samples_are_blocks(const at::Tensor& t) {
-  return t.is_non_overlapping_and_dense() && (t.size(0) <= 1 || t.stride(0) * t.size(0) == t.numel());
+  return t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast) ||
+         t.is_contiguous(at::MemoryFormat::ChannelsLast3d);
 }
 
 ReconKind parse_recon(const std::string& recon_loss) {

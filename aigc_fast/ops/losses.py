@@ -127,25 +127,25 @@ def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_non_overlapping_and_dense() else t.contiguous()
-
-
 def _grad_like(t: torch.Tensor, wanted: bool) -> torch.Tensor:
     return torch.empty_like(t) if wanted else t.new_empty((0,))
 
 
 def _samples_are_blocks(t: torch.Tensor) -> bool:
-    return t.is_non_overlapping_and_dense() and (t.shape[0] <= 1 or t.stride(0) * t.shape[0] == t.numel())
+    return (
+        t.is_contiguous()
+        or t.is_contiguous(memory_format=torch.channels_last)
+        or t.is_contiguous(memory_format=torch.channels_last_3d)
+    )
 
 
 def _fake_gan_d_loss(real, fake, kind, real_label, output_mask):
     loss = real.new_empty((), dtype=_math_dtype(real, fake))
-    return loss, _grad_like(_dense(real), output_mask[0]), _grad_like(_dense(fake), output_mask[1])
+    return loss, _grad_like(real.contiguous(), output_mask[0]), _grad_like(fake.contiguous(), output_mask[1])
 
 
 def _fake_gan_g_loss(fake, kind, need_grad):
-    return fake.new_empty((), dtype=_math_dtype(fake)), _grad_like(_dense(fake), need_grad)
+    return fake.new_empty((), dtype=_math_dtype(fake)), _grad_like(fake.contiguous(), need_grad)
 
 
 def _fake_vae_loss(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask):

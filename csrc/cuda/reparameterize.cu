@@ -8,28 +8,12 @@
 #include <type_traits>
 
 #include "../reparameterize.h"
+#include "block_reduce.cuh"
 #include "aigc_fast/normal.h"
 #include "aigc_fast/reparameterize.h"
 
 namespace aigc_fast {
 namespace {
-
-constexpr int kMaxThreads = 256;
-
-template <typename T>
-__device__ T block_sum(T value) {
-  __shared__ T warp_sums[kMaxThreads / 32];
-  for (int delta = 16; delta > 0; delta /= 2) value += __shfl_down_sync(0xffffffffu, value, delta);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) warp_sums[warp] = value;
-  __syncthreads();
-  T total = T(0);
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += warp_sums[w];  // fixed order
-  }
-  __syncthreads();
-  return total;
-}
 
 // The noise of element `index` (4 * block + k): from the Philox block already drawn.
 template <typename T, typename scalar_t>

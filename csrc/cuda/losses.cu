@@ -1,0 +1,225 @@
+// CUDA kernels of the GAN and VAE losses. Stage 1: one thread block per tile (grid-stride
+// over tiles) computes the shared per-element math, writes the gradients and puts the
+// tile's float64 sum in its slot. Stage 2: one block adds the slots with a fixed thread
+// assignment and a fixed-order block sum. No atomics, so results are bit-reproducible.
+// Inputs may each have their own dtype (as autocast produces them); the dtype switch in
+// load/store is the same for a whole warp, so it costs no divergence.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "../losses.h"
+#include "aigc_fast/kl.h"
+#include "block_reduce.cuh"
+
+namespace aigc_fast {
+namespace {
+
+enum class DType : int32_t { kFloat, kDouble, kHalf, kBFloat16 };
+
+// A tensor's memory and dtype, for kernels that take each input in its own dtype. `data`
+// is null for a gradient nobody asked for.
+struct Ref {
+  void* data;
+  DType dtype;
+};
+
+Ref ref(const at::Tensor& t) {
+  const at::ScalarType s = t.scalar_type();
+  const DType d = s == at::kDouble ? DType::kDouble
+                  : s == at::kHalf ? DType::kHalf
+                  : s == at::kBFloat16 ? DType::kBFloat16
+                                       : DType::kFloat;
+  return Ref{t.numel() > 0 ? const_cast<void*>(t.const_data_ptr()) : nullptr, d};
+}
+
+template <typename T>
+__device__ T load(Ref r, int64_t i) {
+  switch (r.dtype) {
+    case DType::kDouble: return static_cast<T>(static_cast<const double*>(r.data)[i]);
+    case DType::kHalf: return static_cast<T>(static_cast<float>(static_cast<const at::Half*>(r.data)[i]));
+    case DType::kBFloat16: return static_cast<T>(static_cast<float>(static_cast<const at::BFloat16*>(r.data)[i]));
+    default: return static_cast<T>(static_cast<const float*>(r.data)[i]);
+  }
+}
+
+template <typename T>
+__device__ void store(Ref r, int64_t i, T v) {
+  if (r.data == nullptr) return;
+  switch (r.dtype) {
+    case DType::kDouble: static_cast<double*>(r.data)[i] = static_cast<double>(v); break;
+    case DType::kHalf: static_cast<at::Half*>(r.data)[i] = static_cast<at::Half>(static_cast<float>(v)); break;
+    case DType::kBFloat16: static_cast<at::BFloat16*>(r.data)[i] = static_cast<at::BFloat16>(static_cast<float>(v)); break;
+    default: static_cast<float*>(r.data)[i] = static_cast<float>(v);
+  }
+}
+
+// One GAN loss term as the kernel sees it; its tiles are numbered from `first_tile`.
+struct TermArgs {
+  Ref x, grad;
+  RowTiles tiles;
+  double param;
+  int64_t numel;
+  int64_t first_tile;
+};
+
+TermArgs term_args(const LogitTerm& term, int64_t first_tile) {
+  return TermArgs{ref(term.x), ref(term.grad), term.tiles, term.param, term.x.numel(), first_tile};
+}
+
+template <TermKind K, typename T>
+__global__ void gan_tiles_kernel(TermArgs a, TermArgs b, int64_t tiles, double* __restrict__ partials) {
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const TermArgs& term = tile < b.first_tile ? a : b;
+    const int64_t local = tile - term.first_tile;
+    const int64_t begin = term.tiles.begin(local), end = term.tiles.end(local);
+    const T param = static_cast<T>(term.param), scale = T(1) / static_cast<T>(term.numel);
+    double sum = 0.0;
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+      T d_x;
+      sum += logit_term<K>(load<T>(term.x, i), param, d_x);
+      store(term.grad, i, d_x * scale);
+    }
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) partials[tile] = sum;
+  }
+}
+
+// One block: the loss is each term's slot sum over its element count, terms added in order.
+template <typename T>
+__global__ void gan_finalize_kernel(const double* __restrict__ partials, TermArgs a, TermArgs b,
+                                    int64_t tiles, T* __restrict__ loss) {
+  double sum_a = 0.0, sum_b = 0.0;
+  for (int64_t t = threadIdx.x; t < tiles; t += blockDim.x) (t < b.first_tile ? sum_a : sum_b) += partials[t];
+  sum_a = block_sum(sum_a);
+  sum_b = block_sum(sum_b);
+  if (threadIdx.x == 0) {
+    const double mean_b = b.numel > 0 ? sum_b / static_cast<double>(b.numel) : 0.0;
+    *loss = static_cast<T>(sum_a / static_cast<double>(a.numel) + mean_b);
+  }
+}
+
+struct VaeArgs {
+  Ref recon, target, mu, logvar, grad_recon, grad_target, grad_mu, grad_logvar;
+  RowTiles tiles;
+  int64_t latent;
+  double scale, kl_scale;
+};
+
+template <ReconKind R, bool kTargetGrad, typename T>
+__global__ void vae_units_kernel(VaeArgs v, int64_t units, double* __restrict__ partials) {
+  const int64_t recon_units = v.tiles.count();
+  const T scale = static_cast<T>(v.scale), kl_scale = static_cast<T>(v.kl_scale);
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    double sum = 0.0;
+    if (unit < recon_units) {
+      for (int64_t i = v.tiles.begin(unit) + threadIdx.x; i < v.tiles.end(unit); i += blockDim.x) {
+        T d_x, d_t;
+        sum += recon_term<R, kTargetGrad>(load<T>(v.recon, i), load<T>(v.target, i), d_x, d_t);
+        store(v.grad_recon, i, d_x * scale);
+        if constexpr (kTargetGrad) store(v.grad_target, i, d_t * scale);
+      }
+    } else {  // one sample's KL
+      const int64_t begin = (unit - recon_units) * v.latent;
+      for (int64_t i = begin + threadIdx.x; i < begin + v.latent; i += blockDim.x) {
+        const T mu = load<T>(v.mu, i), logvar = load<T>(v.logvar, i);
+        const T var = exp_math(logvar);
+        sum += kl_normal(mu, logvar, var);
+        store(v.grad_mu, i, mu * kl_scale);
+        store(v.grad_logvar, i, kl_normal_grad_logvar(var) * kl_scale);
+      }
+    }
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) partials[unit] = sum;
+  }
+}
+
+// One block: per-sample totals (reduction "none"), or their sum or mean.
+template <typename T>
+__global__ void vae_finalize_kernel(const double* __restrict__ partials, RowTiles tiles, double beta,
+                                    Reduction reduction, T* __restrict__ loss, T* __restrict__ recon_out,
+                                    T* __restrict__ kl_out) {
+  const int64_t recon_units = tiles.count();
+  double recon_sum = 0.0, kl_sum = 0.0;
+  for (int64_t b = threadIdx.x; b < tiles.rows; b += blockDim.x) {
+    const double recon = tiles.row_total(partials, b), kl = partials[recon_units + b];
+    if (reduction == Reduction::kNone) {
+      loss[b] = static_cast<T>(recon + beta * kl);
+      recon_out[b] = static_cast<T>(recon);
+      kl_out[b] = static_cast<T>(kl);
+    }
+    recon_sum += recon;
+    kl_sum += kl;
+  }
+  recon_sum = block_sum(recon_sum);
+  kl_sum = block_sum(kl_sum);
+  if (threadIdx.x == 0 && reduction != Reduction::kNone) {
+    const double divisor = reduction == Reduction::kMean ? static_cast<double>(tiles.rows) : 1.0;
+    recon_sum /= divisor;
+    kl_sum /= divisor;
+    *loss = static_cast<T>(recon_sum + beta * kl_sum);
+    *recon_out = static_cast<T>(recon_sum);
+    *kl_out = static_cast<T>(kl_sum);
+  }
+}
+
+// Enough blocks to fill the GPU several times over; the grid-stride loops cover the rest.
+int grid_for(int64_t units) {
+  const int64_t max_blocks = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
+  return static_cast<int>(units < max_blocks ? units : max_blocks);
+}
+
+template <typename T>
+void gan_launch(GanLoss& op, cudaStream_t stream) {
+  const TermArgs a = term_args(op.terms[0], 0);
+  TermArgs b = a;
+  b.numel = 0;
+  b.first_tile = a.tiles.count();
+  if (op.terms.size() > 1) {
+    TORCH_INTERNAL_ASSERT(op.terms[1].kind == op.terms[0].kind);
+    b = term_args(op.terms[1], a.tiles.count());
+  }
+  const int64_t tiles = op.partials.numel();
+  double* partials = op.partials.mutable_data_ptr<double>();
+  with_term_kind(op.terms[0].kind, [&](auto kind) {
+    gan_tiles_kernel<decltype(kind)::value, T><<<grid_for(tiles), kMaxThreads, 0, stream>>>(a, b, tiles, partials);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  gan_finalize_kernel<T><<<1, kMaxThreads, 0, stream>>>(partials, a, b, tiles, op.loss.mutable_data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void vae_launch(VaeLoss& op, cudaStream_t stream) {
+  const VaeArgs args{ref(op.recon), ref(op.target), ref(op.mu), ref(op.logvar),
+                     ref(op.grad_recon), ref(op.grad_target), ref(op.grad_mu), ref(op.grad_logvar),
+                     op.recon_tiles, op.latent, op.grad_scale(), op.beta * op.grad_scale()};
+  const int64_t units = op.partials.numel();
+  double* partials = op.partials.mutable_data_ptr<double>();
+  with_recon_kind(op.recon_kind, op.grad_target.numel() > 0, [&](auto kind, auto target_grad) {
+    vae_units_kernel<decltype(kind)::value, decltype(target_grad)::value, T>
+        <<<grid_for(units), kMaxThreads, 0, stream>>>(args, units, partials);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  vae_finalize_kernel<T><<<1, kMaxThreads, 0, stream>>>(
+      partials, op.recon_tiles, op.beta, op.reduction, op.loss.mutable_data_ptr<T>(),
+      op.recon_out.mutable_data_ptr<T>(), op.kl_out.mutable_data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void gan_loss_cuda(GanLoss& op) {
+  const c10::cuda::CUDAGuard guard(op.terms[0].x.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (op.double_math) return gan_launch<double>(op, stream);
+  gan_launch<float>(op, stream);
+}
+
+void vae_loss_cuda(VaeLoss& op) {
+  const c10::cuda::CUDAGuard guard(op.recon.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (op.double_math) return vae_launch<double>(op, stream);
+  vae_launch<float>(op, stream);
+}
+
+}  // namespace aigc_fast

@@ -1,0 +1,400 @@
+"""The fused GAN and VAE losses against their references and against independent float64
+formulas, in every dtype, plus the ecosystem contracts: opcheck, gradcheck,
+torch.compile, autocast, determinism, extreme values, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import aigc_fast
+from aigc_fast import reference
+
+from conftest import DTYPES, assert_close_to_float64, requires_fused
+
+pytestmark = requires_fused
+KINDS = ["bce", "hinge", "lsgan", "wgan"]
+
+
+def randn(*shape, seed=0, scale=2.0, dtype=torch.float64):
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale).to(dtype)
+
+
+def vae_inputs(dtype, batch=8, image=(1, 28, 28), latent=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    recon = torch.randn((batch, *image), generator=g, dtype=torch.float64) * 3
+    target = torch.rand((batch, *image), generator=g, dtype=torch.float64)
+    mu = torch.randn((batch, latent), generator=g, dtype=torch.float64)
+    logvar = torch.randn((batch, latent), generator=g, dtype=torch.float64)
+    return [t.to(dtype) for t in (recon, target, mu, logvar)]
+
+
+def grads_of(fn, inputs, cast, grad_out):
+    leaves = [cast(t).detach().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    loss = out[0] if isinstance(out, tuple) else out
+    (loss.double() * grad_out).sum().backward()
+    return loss.detach(), [t.grad for t in leaves]
+
+
+# ---- the same numbers as independent float64 formulas ---------------------------------
+
+
+@pytest.mark.parametrize("real_label", [1.0, 0.9])
+def test_gan_bce_is_the_minimax_loss(real_label):
+    real, fake = randn(300, seed=1), randn(200, seed=2)
+    d = aigc_fast.gan_d_loss(real, fake, "bce", real_label=real_label)
+    # -[y log D(x) + (1 - y) log(1 - D(x))] averaged over real, plus -log(1 - D(G(z))) over fake
+    expected = -(real_label * F.logsigmoid(real) + (1 - real_label) * F.logsigmoid(-real)).mean()
+    expected = expected - F.logsigmoid(-fake).mean()
+    torch.testing.assert_close(d, expected, rtol=1e-13, atol=0)
+    torch.testing.assert_close(aigc_fast.gan_g_loss(fake, "bce"), -F.logsigmoid(fake).mean(), rtol=1e-13, atol=0)
+
+
+def test_vae_loss_is_the_negative_elbo():
+    recon, target, mu, logvar = vae_inputs(torch.float64)
+    loss, rec, kl = aigc_fast.vae_loss(recon, target, mu, logvar, beta=0.5)
+    log_p = target * F.logsigmoid(recon) + (1 - target) * F.logsigmoid(-recon)  # Bernoulli log-likelihood
+    std_normal = torch.distributions.Normal(0.0, 1.0)
+    kl_exact = torch.distributions.kl_divergence(torch.distributions.Normal(mu, (0.5 * logvar).exp()), std_normal)
+    torch.testing.assert_close(rec, -log_p.flatten(1).sum(1).mean(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(kl, kl_exact.sum(1).mean(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(loss, rec + 0.5 * kl, rtol=1e-15, atol=0)
+
+
+# ---- fused vs reference in every dtype -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shapes", [((64, 1), (64, 1)), ((5000,), (4099,)), ((1,), (3, 1, 1, 1))])
+def test_gan_losses_match_reference(dtype, kind, shapes):
+    real, fake = randn(*shapes[0], seed=3, dtype=dtype), randn(*shapes[1], seed=4, dtype=dtype)
+    label = 0.9 if kind in ("bce", "lsgan") else 1.0
+    cases = [
+        (lambda r, f: aigc_fast.gan_d_loss(r, f, kind, real_label=label),
+         lambda r, f: reference.gan_d_loss(r, f, kind, real_label=label), (real, fake)),
+        (lambda f: aigc_fast.gan_g_loss(f, kind), lambda f: reference.gan_g_loss(f, kind), (fake,)),
+    ]
+    for fused_fn, ref_fn, inputs in cases:
+        loss, fused = grads_of(fused_fn, inputs, lambda t: t, 0.75)
+        _, same_dtype = grads_of(ref_fn, inputs, lambda t: t, 0.75)
+        exact_loss, exact = grads_of(ref_fn, inputs, lambda t: t.double(), 0.75)
+        assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and loss.dim() == 0
+        rtol = 1e-12 if dtype == torch.float64 else 2e-6  # the loss is computed in float32 at least
+        torch.testing.assert_close(loss.double(), exact_loss, rtol=rtol, atol=rtol)
+        for f, r, x in zip(fused, same_dtype, exact):
+            assert f.dtype == dtype and f.shape == x.shape
+            assert_close_to_float64(f, r, x, rel_floor=1.0 / x.numel())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("recon_loss", ["bce", "mse"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_vae_loss_matches_reference(dtype, recon_loss, reduction):
+    inputs = vae_inputs(dtype, batch=6, image=(3, 40, 40), latent=33)  # 4800 pixels: 2 tiles a sample
+    grad_out = 0.5 if reduction != "none" else randn(6, seed=5)
+
+    def fused_fn(*t):
+        return aigc_fast.vae_loss(*t, recon_loss=recon_loss, beta=0.3, reduction=reduction)
+
+    def ref_fn(*t):
+        return reference.vae_loss(*t, recon_loss=recon_loss, beta=0.3, reduction=reduction)
+
+    loss, fused = grads_of(fused_fn, inputs, lambda t: t, grad_out)
+    _, same_dtype = grads_of(ref_fn, inputs, lambda t: t, grad_out)
+    exact_loss, exact = grads_of(ref_fn, inputs, lambda t: t.double(), grad_out)
+    rtol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(loss.double(), exact_loss, rtol=rtol, atol=0)
+    for f, r, x in zip(fused, same_dtype, exact):
+        assert f.dtype == dtype
+        assert_close_to_float64(f, r, x, rel_floor=1e-3)
+    values = fused_fn(*inputs)
+    exact_values = ref_fn(*(t.double() for t in inputs))
+    for v, x in zip(values[1:], exact_values[1:]):
+        assert not v.requires_grad
+        torch.testing.assert_close(v.double(), x, rtol=rtol, atol=0)
+    torch.testing.assert_close(values[0], values[1] + 0.3 * values[2], rtol=1e-6, atol=0)
+
+
+def test_vae_target_gradient():
+    for recon_loss in ("bce", "mse"):
+        inputs = vae_inputs(torch.float64, batch=3, image=(5,), latent=2)
+        fn = lambda *t: aigc_fast.vae_loss(*t, recon_loss=recon_loss)[0]  # noqa: E731
+        assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in inputs])
+
+
+# ---- autograd, opcheck, torch.compile, autocast ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_gan(kind):
+    real = randn(7, 3, seed=6).requires_grad_()
+    fake = randn(5, seed=7).requires_grad_()
+    label = 0.8 if kind in ("bce", "lsgan") else 1.0
+    assert torch.autograd.gradcheck(lambda r, f: aigc_fast.gan_d_loss(r, f, kind, real_label=label), (real, fake))
+    assert torch.autograd.gradcheck(lambda f: aigc_fast.gan_g_loss(f, kind), (fake,))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradcheck_vae(reduction):
+    recon, target, mu, logvar = vae_inputs(torch.float64, batch=3, image=(2, 3), latent=4)
+    fn = lambda r, m, l: aigc_fast.vae_loss(r, target, m, l, beta=2.0, reduction=reduction)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in (recon, mu, logvar)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_opcheck(dtype):
+    def leaves(tensors, mask):  # inputs require grad exactly where the mask asks for gradients
+        return [t.detach().requires_grad_(wanted) for t, wanted in zip(tensors, mask)]
+
+    ops = torch.ops.aigc_fast
+    real, fake = randn(6, 1, seed=8, dtype=dtype), randn(4, seed=9, dtype=dtype)
+    torch.library.opcheck(ops.gan_d_loss, (*leaves((real, fake), [True, True]), "bce", 0.9, [True, True]))
+    torch.library.opcheck(ops.gan_d_loss, (*leaves((real, fake), [True, False]), "hinge", 1.0, [True, False]))
+    torch.library.opcheck(ops.gan_g_loss, (*leaves((fake,), [True]), "lsgan", True))
+    vae = vae_inputs(dtype, batch=3, image=(2, 4, 4), latent=5)
+    for recon_loss, beta, reduction, mask in [("bce", 1.0, "mean", [True, False, True, True]),
+                                              ("mse", 0.5, "none", [True, True, True, True])]:
+        torch.library.opcheck(ops.vae_loss, (*leaves(vae, mask), recon_loss, beta, reduction, mask))
+    channels_last = [vae[0].to(memory_format=torch.channels_last), *vae[1:]]
+    mask = [True, False, False, True]
+    torch.library.opcheck(ops.vae_loss, (*leaves(channels_last, mask), "bce", 1.0, "sum", mask))
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    recon, target, mu, logvar = vae_inputs(torch.float32, batch=4, image=(1, 8, 8), latent=6)
+    real, fake = randn(16, 1, seed=10, dtype=torch.float32), randn(16, 1, seed=11, dtype=torch.float32)
+
+    def step(r, m, l, rl, fk):
+        loss, rec, kl = aigc_fast.vae_loss(r, target, m, l, beta=0.5)
+        return loss + aigc_fast.gan_d_loss(rl, fk, "hinge") + aigc_fast.gan_g_loss(fk, "bce"), rec, kl
+
+    compiled = torch.compile(step, fullgraph=True)
+    leaves = [t.clone().requires_grad_() for t in (recon, mu, logvar, real, fake)]
+    twins = [t.clone().requires_grad_() for t in (recon, mu, logvar, real, fake)]
+    out_c, out_e = compiled(*leaves), step(*twins)
+    out_c[0].backward()
+    out_e[0].backward()
+    for c, e in zip(out_c, out_e):
+        torch.testing.assert_close(c, e)
+    for c, e in zip(leaves, twins):
+        torch.testing.assert_close(c.grad, e.grad)
+
+
+def test_autocast_mixed_dtypes():
+    """Under bf16 autocast a decoder gives bf16 logits while the data stays float32: the
+    loss takes each input in its own dtype and returns float32."""
+    decoder, critic = torch.nn.Linear(6, 12), torch.nn.Linear(12, 1)
+    z, x = torch.randn(4, 6), torch.rand(4, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        recon = decoder(z)
+        mu, logvar = recon[:, :3], recon[:, 3:6]
+        loss, _, _ = aigc_fast.vae_loss(recon, x, mu, logvar)
+        d = aigc_fast.gan_d_loss(critic(x), critic(torch.sigmoid(recon)), "bce")
+    assert recon.dtype == torch.bfloat16 and loss.dtype == torch.float32 and d.dtype == torch.float32
+    exact, _, _ = reference.vae_loss(recon.double(), x.double(), mu.double(), logvar.double())
+    torch.testing.assert_close(loss.double(), exact, rtol=2e-6, atol=0)
+    (loss + d).backward()
+    assert torch.isfinite(decoder.weight.grad).all() and torch.isfinite(critic.weight.grad).all()
+
+
+# ---- extreme values, NaN, shapes, layouts ----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gan_extreme_logits(kind):
+    real = torch.tensor([1e4, -1e4, 0.0, 30.0, -30.0, 88.0, -104.0], dtype=torch.float32, requires_grad=True)
+    fake = (-real.detach()).requires_grad_()
+    label = 0.9 if kind in ("bce", "lsgan") else 1.0
+    d = aigc_fast.gan_d_loss(real, fake, kind, real_label=label)
+    g = aigc_fast.gan_g_loss(fake, kind)
+    (d + g).backward()
+    r64, f64 = real.detach().double().requires_grad_(), fake.detach().double().requires_grad_()
+    d64 = reference.gan_d_loss(r64, f64, kind, real_label=label)
+    g64 = reference.gan_g_loss(f64, kind)
+    (d64 + g64).backward()
+    for fused, exact in ((d, d64), (g, g64), (real.grad, r64.grad), (fake.grad, f64.grad)):
+        assert torch.isfinite(fused).all()
+        torch.testing.assert_close(fused.double(), exact, rtol=2e-6, atol=1e-7)
+
+
+def test_bce_tiny_losses_keep_their_digits():
+    """softplus(-20) = 2.06e-9: log(1 + e^-20) in float32 would round it to 0."""
+    fake = torch.full((8,), -20.0)
+    expected = torch.nn.functional.softplus(torch.tensor(-20.0, dtype=torch.float64))
+    loss = aigc_fast.gan_d_loss(torch.full((8,), 20.0), fake, "bce")
+    torch.testing.assert_close(loss.double(), 2 * expected, rtol=1e-6, atol=0)
+
+
+def test_vae_extreme_logvar():
+    mu = torch.tensor([[0.5, -1.0, 2.0, 0.0]], requires_grad=True)
+    logvar = torch.tensor([[-80.0, 80.0, -30.0, 30.0]], requires_grad=True)
+    recon, target = torch.tensor([[1e4, -1e4]], requires_grad=True), torch.tensor([[0.25, 1.0]])
+    loss, _, kl = aigc_fast.vae_loss(recon, target, mu, logvar)
+    loss.backward()
+    m64, l64, r64 = (t.detach().double().requires_grad_() for t in (mu, logvar, recon))
+    loss64, _, kl64 = reference.vae_loss(r64, target.double(), m64, l64)
+    loss64.backward()
+    for fused, exact in ((loss, loss64), (kl, kl64), (mu.grad, m64.grad), (logvar.grad, l64.grad), (recon.grad, r64.grad)):
+        assert torch.isfinite(fused).all()
+        torch.testing.assert_close(fused.double(), exact, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("which", ["recon", "target", "mu", "logvar"])
+def test_vae_nan_propagates(which):
+    inputs = dict(zip(("recon", "target", "mu", "logvar"), vae_inputs(torch.float32, batch=3, image=(7,), latent=2)))
+    inputs[which][1, 0] = float("nan")
+    loss, rec, kl = aigc_fast.vae_loss(**inputs, reduction="none")
+    assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
+    assert torch.isnan(rec[1] if which in ("recon", "target") else kl[1])
+    assert torch.isnan(aigc_fast.vae_loss(**inputs)[0])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gan_nan_propagates(kind):
+    real, fake = randn(50, seed=12, dtype=torch.float32), randn(70, seed=13, dtype=torch.float32)
+    bad = fake.clone()
+    bad[33] = float("nan")
+    assert torch.isnan(aigc_fast.gan_d_loss(real, bad, kind))
+    assert torch.isnan(aigc_fast.gan_d_loss(bad, real, kind))
+    assert torch.isnan(aigc_fast.gan_g_loss(bad, kind))
+
+
+def test_batch_of_one_and_noncontiguous():
+    recon, target, mu, logvar = vae_inputs(torch.float32, batch=1, image=(3, 5, 5), latent=4)
+    torch.testing.assert_close(aigc_fast.vae_loss(recon, target, mu, logvar)[0],
+                               reference.vae_loss(recon, target, mu, logvar)[0])
+    wide = randn(10, 8, seed=14, dtype=torch.float32)
+    mu_view, logvar_view = wide[:, :4], wide[:, 4:]  # the usual encoder(x).chunk(2, dim=1)
+    recon, target, _, _ = vae_inputs(torch.float32, batch=10, image=(6, 4), latent=1)
+    recon_t, target_t = recon.transpose(1, 2), target.transpose(1, 2)
+    assert not (mu_view.is_contiguous() or recon_t.is_contiguous())
+    args = (recon_t, target_t, mu_view, logvar_view)
+    for fused, ref in zip(aigc_fast.vae_loss(*args, reduction="none"), reference.vae_loss(*args, reduction="none")):
+        torch.testing.assert_close(fused, ref)
+    real = randn(12, 6, seed=15, dtype=torch.float32)[:, ::2]
+    torch.testing.assert_close(aigc_fast.gan_d_loss(real, real.t(), "bce"), reference.gan_d_loss(real, real.t(), "bce"))
+
+
+@pytest.mark.parametrize("target_layout", ["channels_last", "contiguous"])
+def test_channels_last_recon_keeps_its_layout(target_layout):
+    recon, target, mu, logvar = vae_inputs(torch.float32, batch=4, image=(3, 6, 5), latent=3)
+    recon = recon.to(memory_format=torch.channels_last).requires_grad_()
+    if target_layout == "channels_last":
+        target = target.to(memory_format=torch.channels_last)
+    loss, _, _ = aigc_fast.vae_loss(recon, target, mu, logvar)
+    loss.backward()
+    assert recon.grad.is_contiguous(memory_format=torch.channels_last)
+    r = recon.detach().contiguous().requires_grad_()
+    reference.vae_loss(r, target, mu, logvar)[0].backward()
+    torch.testing.assert_close(loss, reference.vae_loss(recon, target, mu, logvar)[0])
+    torch.testing.assert_close(recon.grad, r.grad)
+
+
+def test_latent_and_pixels_may_be_empty_but_the_batch_may_not():
+    loss, rec, kl = aigc_fast.vae_loss(torch.zeros(2, 0), torch.zeros(2, 0), torch.zeros(2, 3), torch.zeros(2, 3))
+    assert loss.item() == 0.0 and rec.item() == 0.0 and kl.item() == 0.0
+    with pytest.raises(ValueError, match="empty batch"):
+        aigc_fast.vae_loss(torch.zeros(0, 4), torch.zeros(0, 4), torch.zeros(0, 2), torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="fake_logits is empty"):
+        aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(0), "bce")
+    with pytest.raises(RuntimeError, match="real_logits is empty"):
+        torch.ops.aigc_fast.gan_d_loss(torch.zeros(0), torch.zeros(3), "bce", 1.0, [False, False])
+
+
+# ---- determinism -----------------------------------------------------------------------
+
+
+def test_bit_identical_across_runs_and_thread_counts():
+    recon, target, mu, logvar = vae_inputs(torch.float32, batch=64, image=(3, 16, 16), latent=64)
+    real, fake = randn(70000, seed=16, dtype=torch.float32), randn(50001, seed=17, dtype=torch.float32)
+
+    def run():
+        r = recon.clone().requires_grad_()
+        vae = aigc_fast.vae_loss(r, target, mu, logvar, reduction="none")
+        vae[0].sum().backward()
+        f = fake.clone().requires_grad_()
+        d = aigc_fast.gan_d_loss(real, f, "bce")
+        d.backward()
+        return [*vae, r.grad, d, f.grad]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first, second = run(), run()
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, second, single):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+# ---- gradients only where asked; bad input ----------------------------------------------
+
+
+def test_gradients_only_for_inputs_that_require_them():
+    real, fake = randn(5, seed=18, dtype=torch.float32), randn(5, seed=19, dtype=torch.float32)
+    loss, grad_real, grad_fake = torch.ops.aigc_fast.gan_d_loss(real, fake, "bce", 1.0, [False, True])
+    assert grad_real.numel() == 0 and grad_fake.shape == fake.shape
+    recon, target, mu, logvar = vae_inputs(torch.float32, batch=2, image=(4,), latent=2)
+    out = torch.ops.aigc_fast.vae_loss(recon, target, mu, logvar, "bce", 1.0, "mean", [True, False, False, True])
+    assert [t.numel() > 0 for t in out[3:]] == [True, False, False, True]
+    with torch.no_grad():  # nothing requires grad: nothing computed, nothing kept
+        aigc_fast.gan_d_loss(real.requires_grad_(), fake, "bce")
+    leaf = fake.clone().requires_grad_()
+    loss, _, _ = torch.ops.aigc_fast.gan_d_loss(real.detach(), leaf, "bce", 1.0, [False, False])
+    with pytest.raises(RuntimeError, match="was not computed in the forward"):
+        loss.backward()
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "minimax"), ValueError, "kind must be one of 'bce', 'hinge', 'lsgan', 'wgan', got 'minimax'"),
+        (lambda: aigc_fast.gan_g_loss(torch.zeros(3, dtype=torch.int64)), TypeError, "fake_logits must be float16, bfloat16, float32 or float64, got torch.int64"),
+        (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3, device="meta")), ValueError, "fake_logits must be on the same device as real_logits"),
+        (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "hinge", real_label=0.9), ValueError, "real_label applies to kind 'bce' and 'lsgan' only"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 5), torch.zeros(2, 3), torch.zeros(2, 3)), ValueError, r"target must have the same shape as recon, got \[2, 5\] and \[2, 4\]"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 2)), ValueError, r"logvar must have the same shape as mu, got \[2, 2\] and \[2, 3\]"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(3, 3), torch.zeros(3, 3)), ValueError, "mu and recon must have the same batch size, got 3 and 2"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.int32), torch.zeros(2, 3), torch.zeros(2, 3)), TypeError, "target must be float16"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3, device="meta"), torch.zeros(2, 3)), ValueError, "mu must be on the same device as recon"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), recon_loss="l1"), ValueError, "recon_loss must be one of 'bce', 'mse', got 'l1'"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), reduction="avg"), ValueError, "reduction must be one of"),
+        (lambda: torch.ops.aigc_fast.gan_g_loss(torch.zeros(3), "minimax", False), RuntimeError, "kind must be one of"),
+        (lambda: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), "bce", 1.0, "mean", [False] * 4), RuntimeError, "target must have the same shape as recon"),
+        (lambda: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), "bce", 1.0, "avg", [False] * 4), RuntimeError, "reduction must be 'mean', 'sum' or 'none'"),
+    ],
+)
+def test_bad_input_gives_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# ---- modules and implementation choice ---------------------------------------------------
+
+
+def test_modules():
+    real, fake = randn(32, 1, seed=20, dtype=torch.float32), randn(32, 1, seed=21, dtype=torch.float32)
+    criterion = aigc_fast.nn.GANLoss("lsgan", real_label=0.9)
+    torch.testing.assert_close(criterion(real, fake), reference.gan_d_loss(real, fake, "lsgan", real_label=0.9))
+    torch.testing.assert_close(criterion.g_loss(fake), reference.gan_g_loss(fake, "lsgan"))
+    assert "kind='lsgan'" in repr(criterion)
+    inputs = vae_inputs(torch.float32, batch=4, image=(10,), latent=3)
+    vae = aigc_fast.nn.VAELoss("mse", beta=4.0)
+    for fused, ref in zip(vae(*inputs), reference.vae_loss(*inputs, recon_loss="mse", beta=4.0)):
+        torch.testing.assert_close(fused, ref)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        aigc_fast.nn.GANLoss("minimax")
+
+
+def test_impl_reference_runs_the_reference(monkeypatch):
+    calls = []
+    monkeypatch.setattr(reference, "gan_g_loss", lambda *a: calls.append(a) or torch.tensor(0.0))
+    fake = torch.zeros(3)
+    aigc_fast.gan_g_loss(fake)
+    assert not calls
+    with aigc_fast.use_impl("reference"):
+        aigc_fast.gan_g_loss(fake)
+    assert len(calls) == 1
