@@ -1,0 +1,101 @@
+"""GAN and VAE losses: fused vs eager reference vs torch.compile(reference), forward and
+forward+backward, at the sizes training uses. "clone" is the memory floor: cloning the
+tensors the op must read and write (the logits and their gradient; the image, target and
+recon gradient), which no implementation can beat.
+
+    pytest bench/test_bench_losses.py --benchmark-json=bench/results/losses-cpu.json
+    python bench/report.py bench/results/losses-cpu.json
+"""
+
+import pytest
+import torch
+
+import aigc_fast
+from aigc_fast import reference
+
+from conftest import devices, saved_for_backward_bytes, synchronized
+
+LOGIT_COUNTS = [64, 512, 4096]
+# name: (batch, image shape, latent): MNIST-like and CelebA-64-like VAEs.
+VAE_SIZES = {
+    "b64 1x28x28 z16": (64, (1, 28, 28), 16),
+    "b128 1x28x28 z32": (128, (1, 28, 28), 32),
+    "b512 1x28x28 z256": (512, (1, 28, 28), 256),
+    "b64 3x64x64 z128": (64, (3, 64, 64), 128),
+    "b128 3x64x64 z128": (128, (3, 64, 64), 128),
+    "b512 3x64x64 z256": (512, (3, 64, 64), 256),
+}
+_compiled = {name: torch.compile(getattr(reference, name), dynamic=False) for name in ("gan_d_loss", "gan_g_loss", "vae_loss")}
+
+
+def provider_fn(provider, name):
+    if provider == "fused":
+        return lambda *a, **k: getattr(aigc_fast, name)(*a, impl="fused", **k)
+    return getattr(reference, name) if provider == "eager" else _compiled[name]
+
+
+def clone_all(*tensors):
+    return [t.clone() for t in tensors]
+
+
+def run_benchmark(benchmark, cuda_peak, device, fn, inputs, pass_, op, size, provider, floor_tensors):
+    if provider == "clone":
+        step = lambda: clone_all(*floor_tensors)  # noqa: E731
+    elif pass_ == "fwd":
+        def step():
+            with torch.no_grad():
+                return fn(*inputs)
+    else:
+        leaves = [t for t in inputs if t.requires_grad]
+
+        def step():
+            for t in leaves:
+                t.grad = None  # as zero_grad(set_to_none=True) does
+            out = fn(*inputs)
+            (out[0] if isinstance(out, tuple) else out).backward()
+            return out
+
+    step()  # compile / warm up
+    numel = sum(t.numel() for t in inputs)
+    benchmark.group = f"{op} {pass_} {size} {device}"
+    benchmark.extra_info.update(op=op, provider=provider, size=size, numel=numel, pass_=pass_, device=device)
+    benchmark.pedantic(synchronized(step, device), rounds=30 if numel >= 1 << 20 else 200, warmup_rounds=3, iterations=1)
+    if pass_ == "fwd+bwd" and provider != "clone":
+        benchmark.extra_info["saved_for_backward_bytes"] = saved_for_backward_bytes(fn, *inputs)
+    if device == "cuda":
+        benchmark.extra_info["cuda_peak_bytes"] = cuda_peak(step)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("count", LOGIT_COUNTS)
+@pytest.mark.parametrize("kind", ["bce", "hinge"])
+@pytest.mark.parametrize("provider", ["fused", "eager", "compile", "clone"])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+def test_gan_d_loss(benchmark, cuda_peak, device, count, kind, provider, pass_):
+    if provider == "clone" and pass_ == "fwd":
+        pytest.skip("the memory floor is listed once, with forward+backward")
+    grad = pass_ == "fwd+bwd"
+    real = torch.randn(count, 1, device=device, requires_grad=grad)
+    fake = torch.randn(count, 1, device=device, requires_grad=grad)
+    loss = provider_fn(provider, "gan_d_loss")
+    run_benchmark(benchmark, cuda_peak, device, lambda r, f: loss(r, f, kind), (real, fake), pass_,
+                  f"gan_d_loss ({kind})", f"{count} logits", provider, (real, fake, real, fake))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("size", VAE_SIZES)
+@pytest.mark.parametrize("recon_loss", ["bce", "mse"])
+@pytest.mark.parametrize("provider", ["fused", "eager", "compile", "clone"])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+def test_vae_loss(benchmark, cuda_peak, device, size, recon_loss, provider, pass_):
+    if provider == "clone" and pass_ == "fwd":
+        pytest.skip("the memory floor is listed once, with forward+backward")
+    batch, image, latent = VAE_SIZES[size]
+    grad = pass_ == "fwd+bwd"
+    recon = torch.randn(batch, *image, device=device, requires_grad=grad)
+    target = torch.rand(batch, *image, device=device)
+    mu = torch.randn(batch, latent, device=device, requires_grad=grad)
+    logvar = (0.5 * torch.randn(batch, latent, device=device)).requires_grad_(grad)
+    loss = provider_fn(provider, "vae_loss")
+    run_benchmark(benchmark, cuda_peak, device, lambda *t: loss(*t, recon_loss=recon_loss), (recon, target, mu, logvar),
+                  pass_, f"vae_loss ({recon_loss})", size, provider, (recon, target, recon))
