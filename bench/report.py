@@ -48,13 +48,16 @@ def print_table(rows):
     has_speedup = {"fused", "eager"} <= set(providers)
     if has_speedup:
         header += ["fused vs eager"] + (["fused vs compile"] if "compile" in providers else [])
+    if "clone" in providers:
+        header += ["fused / clone"]
     memory_columns = [
         (index, label)
         for index, label in ((2, "saved for bwd"), (3, "CUDA peak"))
         if any(v[index] is not None for r in rows.values() for v in r.values())
     ]
+    measured = [p for p in providers if p not in ("clone", "autograd")]  # the floors keep nothing
     for _, label in memory_columns:
-        header += [f"{label} ({p})" for p in providers]
+        header += [f"{label} ({p})" for p in measured]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for key, per_provider in rows.items():
@@ -66,8 +69,11 @@ def print_table(rows):
             for other in ["eager"] + (["compile"] if "compile" in providers else []):
                 base = per_provider.get(other, (None,))[0]
                 cells.append(f"{base / fused:.1f}x" if fused and base else "-")
+        if "clone" in providers:
+            fused, clone = per_provider.get("fused", (None,))[0], per_provider.get("clone", (None,))[0]
+            cells.append(f"{fused / clone:.1f}" if fused and clone else "-")
         for index, _ in memory_columns:
-            cells += [fmt_bytes(per_provider[p][index]) if p in per_provider else "-" for p in providers]
+            cells += [fmt_bytes(per_provider[p][index]) if p in per_provider else "-" for p in measured]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -1,7 +1,8 @@
 """GAN and VAE losses: fused vs eager reference vs torch.compile(reference), forward and
-forward+backward, at the sizes training uses. "clone" is the memory floor: cloning the
-tensors the op must read and write (the logits and their gradient; the image, target and
-recon gradient), which no implementation can beat.
+forward+backward, at the sizes training uses. Two floors no implementation can beat:
+"clone" clones the tensors the op must read and write (the logits and their gradients;
+the image, target and recon gradient), and "autograd" runs forward+backward of the
+smallest graph on the same leaves (each leaf's sum): the autograd engine's fixed cost.
 
     pytest bench/test_bench_losses.py --benchmark-json=bench/results/losses-cpu.json
     python bench/report.py bench/results/losses-cpu.json
@@ -28,6 +29,10 @@ VAE_SIZES = {
 _compiled = {name: torch.compile(getattr(reference, name), dynamic=False) for name in ("gan_d_loss", "gan_g_loss", "vae_loss")}
 
 
+PROVIDERS = ["fused", "eager", "compile", "clone", "autograd"]
+FLOORS = ("clone", "autograd")
+
+
 def provider_fn(provider, name):
     if provider == "fused":
         return lambda *a, **k: getattr(aigc_fast, name)(*a, impl="fused", **k)
@@ -39,15 +44,19 @@ def clone_all(*tensors):
 
 
 def run_benchmark(benchmark, cuda_peak, device, fn, inputs, pass_, op, size, provider, floor_tensors):
+    leaves = [t for t in inputs if t.requires_grad]
     if provider == "clone":
         step = lambda: clone_all(*floor_tensors)  # noqa: E731
+    elif provider == "autograd":
+        def step():
+            for t in leaves:
+                t.grad = None
+            sum(t.sum() for t in leaves).backward()
     elif pass_ == "fwd":
         def step():
             with torch.no_grad():
                 return fn(*inputs)
     else:
-        leaves = [t for t in inputs if t.requires_grad]
-
         def step():
             for t in leaves:
                 t.grad = None  # as zero_grad(set_to_none=True) does
@@ -60,7 +69,7 @@ def run_benchmark(benchmark, cuda_peak, device, fn, inputs, pass_, op, size, pro
     benchmark.group = f"{op} {pass_} {size} {device}"
     benchmark.extra_info.update(op=op, provider=provider, size=size, numel=numel, pass_=pass_, device=device)
     benchmark.pedantic(synchronized(step, device), rounds=30 if numel >= 1 << 20 else 200, warmup_rounds=3, iterations=1)
-    if pass_ == "fwd+bwd" and provider != "clone":
+    if pass_ == "fwd+bwd" and provider not in FLOORS:
         benchmark.extra_info["saved_for_backward_bytes"] = saved_for_backward_bytes(fn, *inputs)
     if device == "cuda":
         benchmark.extra_info["cuda_peak_bytes"] = cuda_peak(step)
@@ -69,15 +78,15 @@ def run_benchmark(benchmark, cuda_peak, device, fn, inputs, pass_, op, size, pro
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("count", LOGIT_COUNTS)
 @pytest.mark.parametrize("kind", ["bce", "hinge"])
-@pytest.mark.parametrize("provider", ["fused", "eager", "compile", "clone"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
 def test_gan_d_loss(benchmark, cuda_peak, device, count, kind, provider, pass_):
-    if provider == "clone" and pass_ == "fwd":
-        pytest.skip("the memory floor is listed once, with forward+backward")
+    if provider in FLOORS and pass_ == "fwd":
+        pytest.skip("the floors are listed once, with forward+backward")
     grad = pass_ == "fwd+bwd"
     real = torch.randn(count, 1, device=device, requires_grad=grad)
     fake = torch.randn(count, 1, device=device, requires_grad=grad)
-    loss = provider_fn(provider, "gan_d_loss")
+    loss = provider_fn(provider, "gan_d_loss") if provider not in FLOORS else None
     run_benchmark(benchmark, cuda_peak, device, lambda r, f: loss(r, f, kind), (real, fake), pass_,
                   f"gan_d_loss ({kind})", f"{count} logits", provider, (real, fake, real, fake))
 
@@ -85,17 +94,17 @@ def test_gan_d_loss(benchmark, cuda_peak, device, count, kind, provider, pass_):
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("size", VAE_SIZES)
 @pytest.mark.parametrize("recon_loss", ["bce", "mse"])
-@pytest.mark.parametrize("provider", ["fused", "eager", "compile", "clone"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
 def test_vae_loss(benchmark, cuda_peak, device, size, recon_loss, provider, pass_):
-    if provider == "clone" and pass_ == "fwd":
-        pytest.skip("the memory floor is listed once, with forward+backward")
+    if provider in FLOORS and pass_ == "fwd":
+        pytest.skip("the floors are listed once, with forward+backward")
     batch, image, latent = VAE_SIZES[size]
     grad = pass_ == "fwd+bwd"
     recon = torch.randn(batch, *image, device=device, requires_grad=grad)
     target = torch.rand(batch, *image, device=device)
     mu = torch.randn(batch, latent, device=device, requires_grad=grad)
     logvar = (0.5 * torch.randn(batch, latent, device=device)).requires_grad_(grad)
-    loss = provider_fn(provider, "vae_loss")
+    loss = provider_fn(provider, "vae_loss") if provider not in FLOORS else None
     run_benchmark(benchmark, cuda_peak, device, lambda *t: loss(*t, recon_loss=recon_loss), (recon, target, mu, logvar),
                   pass_, f"vae_loss ({recon_loss})", size, provider, (recon, target, recon))

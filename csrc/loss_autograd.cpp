@@ -37,6 +37,10 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     TORCH_INTERNAL_ASSERT(grads.size() == inputs.size());
     ctx->save_for_backward(grads);
     ctx->saved_data["mask"] = mask;
+    // Autograd would otherwise fill a zero gradient for every output nobody differentiates
+    // (the logging terms and the gradients themselves): a full pass over an image-sized
+    // tensor per step, for nothing.
+    ctx->set_materialize_grads(false);
     // Only the loss (output 0) is differentiable; the logging terms and gradients are not.
     ctx->mark_non_differentiable(variable_list(outputs.begin() + 1, outputs.end()));
     return outputs;
@@ -47,6 +51,7 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     const int64_t mask = ctx->saved_data["mask"].toInt();
     const at::Tensor& grad_loss = grad_outputs[0];
     variable_list result(grads.size() + 3);  // + the kernel, n_values and mask arguments
+    if (!grad_loss.defined()) return result;  // the loss itself was not differentiated
     for (size_t i = 0; i < grads.size(); ++i) {
       if (!ctx->needs_input_grad(i)) continue;
       TORCH_CHECK((mask >> i) & 1, "aigc_fast: the gradient of input ", i,
@@ -59,6 +64,7 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
 
  private:
   static at::Tensor scaled(const at::Tensor& grad, const at::Tensor& grad_loss) {
+    if (is_plain_cpu_one(grad_loss)) return grad;  // loss.backward(): no pass over memory
     at::Tensor factor = grad_loss;
     if (grad_loss.dim() == 1) {  // one loss per sample: broadcast over each sample's elements
       std::vector<int64_t> shape(grad.dim(), 1);
@@ -66,6 +72,17 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
       factor = grad_loss.reshape(shape);
     }
     return grad.mul(factor).to(grad.scalar_type());
+  }
+
+  // Whether grad_output is a plain CPU scalar equal to 1, as loss.backward() gives: then the
+  // saved gradient is the answer itself. (Autograd stays correct: the saved tensor is still
+  // referenced while retain_graph keeps it, so accumulation copies it rather than taking
+  // it.) Only checked where reading the value is free and possible: not on a GPU (a sync),
+  // not on a tensor being traced by torch.compile or wrapped by functorch (no value).
+  static bool is_plain_cpu_one(const at::Tensor& t) {
+    const c10::DispatchKeySet plain{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
+                                    c10::DispatchKey::AutogradCPU, c10::DispatchKey::AutocastCPU};
+    return t.dim() == 0 && plain.isSupersetOf(t.key_set()) && t.item<double>() == 1.0;
   }
 };
 

@@ -330,6 +330,20 @@ def test_bit_identical_across_runs_and_thread_counts():
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
+def test_backward_twice_with_retain_graph():
+    """loss.backward() hands autograd the saved gradient itself (no scaling pass): a second
+    backward through a retained graph must still see it unchanged."""
+    fake = randn(40, seed=22, dtype=torch.float32).requires_grad_()
+    recon, target, mu, logvar = (t.requires_grad_() for t in vae_inputs(torch.float32, batch=3, image=(6,), latent=2))
+    losses = [aigc_fast.gan_g_loss(fake, "bce"), aigc_fast.vae_loss(recon, target, mu, logvar)[0]]
+    for loss, leaves in zip(losses, [(fake,), (recon, target, mu, logvar)]):
+        loss.backward(retain_graph=True)
+        first = [t.grad.clone() for t in leaves]
+        loss.backward()
+        for t, g in zip(leaves, first):
+            torch.testing.assert_close(t.grad, 2 * g)
+
+
 # ---- gradients only where asked; bad input ----------------------------------------------
 
 

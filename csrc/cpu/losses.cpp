@@ -166,17 +166,21 @@ void vae_impl(VaeLoss& op) {
   const bool want_recon = op.grad_recon.numel() > 0, want_target = op.grad_target.numel() > 0;
   const bool want_mu = op.grad_mu.numel() > 0, want_logvar = op.grad_logvar.numel() > 0;
   double* partials = op.partials.mutable_data_ptr<double>();
-  // Units: the recon tiles, then one unit per sample for its KL (in chunks if it is long).
-  for_units(recon_units + batch, op.recon.numel() + op.mu.numel(), [&](int64_t first, int64_t last) {
+  // Units, sample by sample: its recon tiles, then its KL (in chunks if the latent is long).
+  // Interleaved so that an even split of units between threads is an even split of work.
+  const int64_t units_per_sample = tiles.chunks_per_row + 1;
+  for_units(batch * units_per_sample, op.recon.numel() + op.mu.numel(), [&](int64_t first, int64_t last) {
     alignas(64) T a_buf[kChunk], b_buf[kChunk], da_buf[kChunk], db_buf[kChunk];
     for (int64_t u = first; u < last; ++u) {
-      if (u < recon_units) {
-        const int64_t begin = tiles.begin(u), n = tiles.end(u) - begin;
+      const int64_t sample = u / units_per_sample, chunk = u % units_per_sample;
+      if (chunk < tiles.chunks_per_row) {
+        const int64_t tile = sample * tiles.chunks_per_row + chunk;
+        const int64_t begin = tiles.begin(tile), n = tiles.end(tile) - begin;
         T* d_x = want_recon ? output(op.grad_recon, begin, da_buf) : da_buf;
         T* d_t = want_target ? output(op.grad_target, begin, db_buf) : db_buf;
         const T* x = load(op.recon, begin, n, a_buf);
         const T* t = load(op.target, begin, n, b_buf);
-        partials[u] = with_recon_kind(op.recon_kind, want_target, [&](auto kind, auto target_grad) {
+        partials[tile] = with_recon_kind(op.recon_kind, want_target, [&](auto kind, auto target_grad) {
           return blocked_sum(n, [&](int64_t b, int64_t len) {
             return recon_block<decltype(kind)::value, decltype(target_grad)::value>(x + b, t + b, len, scale,
                                                                                      d_x + b, d_t + b);
@@ -186,7 +190,7 @@ void vae_impl(VaeLoss& op) {
         if (want_target) store(d_t, op.grad_target, begin, n);
       } else {
         double kl = 0.0;
-        const int64_t row_begin = (u - recon_units) * op.latent;
+        const int64_t row_begin = sample * op.latent;
         for (int64_t begin = row_begin; begin < row_begin + op.latent; begin += kChunk) {
           const int64_t n = std::min(kChunk, row_begin + op.latent - begin);
           T* d_mu = want_mu ? output(op.grad_mu, begin, da_buf) : da_buf;
@@ -199,7 +203,7 @@ void vae_impl(VaeLoss& op) {
           if (want_mu) store(d_mu, op.grad_mu, begin, n);
           if (want_logvar) store(d_logvar, op.grad_logvar, begin, n);
         }
-        partials[u] = kl;
+        partials[recon_units + sample] = kl;
       }
     }
   });
