@@ -60,3 +60,24 @@ def cuda_peak():
         return torch.cuda.max_memory_allocated() - base
 
     return measure
+
+
+def cpu_peak_bytes(step, leaves=()):
+    """Peak bytes the CPU allocator held during one call of `step`, beyond what was held
+    before it, from the profiler's allocation events (CPU tensors have no allocator
+    statistics; tracemalloc does not see them). None if this torch lacks those events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for t in leaves:
+        t.grad = None  # freed before, not during, the measured call
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except AttributeError:
+        return None
+    held = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        held += e.nbytes()
+        peak = max(peak, held)
+    return peak

@@ -19,6 +19,8 @@ def fmt_bytes(n):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("json_file")
+    parser.add_argument("--memory", choices=["all", "peak"], default="all",
+                        help="memory columns: all, or only the peak ones (narrower tables)")
     args = parser.parse_args(argv)
     data = json.load(open(args.json_file))
     m = data["machine_info"]
@@ -32,15 +34,16 @@ def main(argv=None):
         x = b["extra_info"]
         key = (x["device"], x["pass_"], x["size"])
         tables[x["op"]][key][x["provider"]] = (
-            b["stats"]["median"], b["stats"]["iqr"], x.get("saved_for_backward_bytes"), x.get("cuda_peak_bytes")
+            b["stats"]["median"], b["stats"]["iqr"], x.get("saved_for_backward_bytes"), x.get("cuda_peak_bytes"),
+            x.get("cpu_peak_bytes"),
         )
     for op, rows in tables.items():
         print(f"**{op}**\n")
-        print_table(rows)
+        print_table(rows, args.memory)
         print()
 
 
-def print_table(rows):
+def print_table(rows, memory="all"):
     providers = []
     for per_provider in rows.values():
         providers += [p for p in per_provider if p not in providers]
@@ -52,8 +55,9 @@ def print_table(rows):
         header += ["fused / clone"]
     memory_columns = [
         (index, label)
-        for index, label in ((2, "saved for bwd"), (3, "CUDA peak"))
-        if any(v[index] is not None for r in rows.values() for v in r.values())
+        for index, label in ((2, "saved for bwd"), (3, "CUDA peak"), (4, "CPU peak"))
+        if memory == "all" or "peak" in label
+        if any(len(v) > index and v[index] is not None for r in rows.values() for v in r.values())
     ]
     measured = [p for p in providers if p not in ("clone", "autograd")]  # the floors keep nothing
     for _, label in memory_columns:
@@ -73,7 +77,8 @@ def print_table(rows):
             fused, clone = per_provider.get("fused", (None,))[0], per_provider.get("clone", (None,))[0]
             cells.append(f"{fused / clone:.1f}" if fused and clone else "-")
         for index, _ in memory_columns:
-            cells += [fmt_bytes(per_provider[p][index]) if p in per_provider else "-" for p in measured]
+            cells += [fmt_bytes(per_provider[p][index]) if p in per_provider and len(per_provider[p]) > index else "-"
+                      for p in measured]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -12,7 +12,7 @@ import torch
 import aigc_fast
 from aigc_fast.reference import reparameterize as reference
 
-from conftest import devices, saved_for_backward_bytes, synchronized
+from conftest import cpu_peak_bytes, devices, saved_for_backward_bytes, synchronized
 
 SHAPES = {"128x64": (128, 64), "512x512": (512, 512), "1M": (1024, 1024), "4M": (4096, 1024)}
 _compiled_reference = torch.compile(reference, dynamic=False)
@@ -63,6 +63,8 @@ def test_reparameterize(benchmark, cuda_peak, device, size, provider, pass_, out
                        warmup_rounds=3, iterations=1)
     if pass_ == "fwd+bwd":
         benchmark.extra_info["saved_for_backward_bytes"] = saved_for_backward_bytes(fn, mu, logvar)
+        if device == "cpu":
+            benchmark.extra_info["cpu_peak_bytes"] = cpu_peak_bytes(step, (mu, logvar))
     if device == "cuda":
         benchmark.extra_info["cuda_peak_bytes"] = cuda_peak(step)
 

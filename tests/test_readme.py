@@ -1,0 +1,26 @@
+"""The README's quick start runs as written (with the kernels, and with the references)."""
+
+import os
+import re
+
+import pytest
+
+import aigc_fast
+
+README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+
+
+def quick_start_code():
+    text = open(README).read()
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "the README's quick start has no python block"
+    return "\n".join(blocks)
+
+
+@pytest.mark.parametrize("impl", [None, "reference"])
+def test_quick_start_runs(impl):
+    with aigc_fast.use_impl(impl):
+        namespace = {}
+        exec(compile(quick_start_code(), "README.md quick start", "exec"), namespace)
+    assert namespace["loss"].grad_fn is not None and namespace["vae"].encoder.weight.grad is not None
