@@ -17,11 +17,11 @@ AIGC_HD T relu_keep_nan(T x) {
   return x < T(0) ? T(0) : x;
 }
 
-// The pieces of softplus(x) = log(1 + e^x) and sigmoid(x), from one exp, one log and one
-// division. With e = exp(-|x|) in (0, 1], softplus(x) = max(x, 0) + log1p(e).
-// log1p(e) = log(u) + c / u, where u = 1 + e rounded and c = e - (u - 1) its rounding error
-// (exact: Fast2Sum, as 1 >= e). This keeps a few-ulp accuracy when e is far below 2^-24,
-// where log(1 + e) alone would return 0 (softplus(-20) = 2.06e-9, not 0).
+// The pieces of softplus(x) = log(1 + e^x) and sigmoid(x), from one exp, and log1p_unit
+// (fastmath.h) for the rest. With e = exp(-|x|) in (0, 1], softplus(x) = max(x, 0) +
+// log1p(e), and sigmoid(x) is 1 / (1 + e) for x >= 0, e / (1 + e) below. log1p(e) keeps its
+// accuracy when e is far below 2^-24, where log(1 + e) would return 0 (softplus(-20) =
+// 2.06e-9, not 0).
 template <typename T>
 struct SoftplusSigmoid {
   T log1p_exp_minus_abs;  // log1p(e^-|x|): softplus(x) = max(x, 0) + this
@@ -31,11 +31,9 @@ struct SoftplusSigmoid {
 template <typename T>
 AIGC_HD SoftplusSigmoid<T> softplus_sigmoid(T x) {
   const T e = exp_math(x < T(0) ? x : -x);
-  const T u = T(1) + e;
-  const T c = e - (u - T(1));
-  const T inv_u = T(1) / u;
-  const T log1p_e = log_math(u) + c * inv_u;
-  return {log1p_e, x < T(0) ? e * inv_u : inv_u};
+  T inv_1pe;
+  const T log1p_e = log1p_unit(e, inv_1pe);
+  return {log1p_e, x < T(0) ? e * inv_1pe : inv_1pe};
 }
 
 // Binary cross-entropy of logit x against a target probability y in [0, 1]:

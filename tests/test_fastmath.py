@@ -1,0 +1,54 @@
+"""The float32 math of csrc/include/aigc_fast/fastmath.h against float64, element by
+element, through ops that expose it: reparameterize with mu = 0 and eps = 1 gives
+exp(logvar / 2); a one-pixel VAE loss against target 0 gives softplus(x) and its
+gradient sigmoid(x). (log and sin/cos are checked through the normals in test_noise.py.)"""
+
+import torch
+
+import aigc_fast
+
+from conftest import requires_fused
+
+pytestmark = requires_fused
+ULP = 2.0**-23  # float32 spacing at 1, so relative error / ULP is in ulps (within 2x)
+
+
+def ulps(got, exact):
+    exact = exact.double()
+    spacing = torch.ldexp(torch.ones_like(exact), torch.frexp(exact.abs()).exponent.double() - 24)
+    return ((got.double() - exact).abs() / spacing).max().item()
+
+
+def test_exp_within_2_ulp():
+    x = torch.linspace(-87.0, 88.0, 200_001)  # results in the normal float32 range
+    z = aigc_fast.reparameterize(torch.zeros_like(x), 2 * x, eps=torch.ones_like(x))
+    assert ulps(z, torch.exp(x.double())) <= 2
+
+
+def one_pixel_bce(x):
+    """Per-sample loss softplus(x) (target 0) and its gradient sigmoid(x)."""
+    recon = x.reshape(-1, 1).clone().requires_grad_()
+    zeros = torch.zeros_like(recon)
+    latent = torch.zeros(recon.shape[0], 1)
+    loss, _, _ = aigc_fast.vae_loss(recon, zeros, latent, latent, reduction="none")
+    loss.sum().backward()
+    return loss.detach(), recon.grad.reshape(-1)
+
+
+def test_softplus_and_sigmoid_within_2_ulp_of_their_float32_arguments():
+    # Dense around 0 and out to where exp(-|x|) leaves the normal range.
+    x = torch.cat([torch.linspace(-87.0, 87.0, 100_001), torch.linspace(-1.0, 1.0, 100_001)])
+    loss, grad = one_pixel_bce(x)
+    x64 = x.double()
+    # exp(-|x|) itself carries up to 2 ulp: its relative error passes through log1p(e)
+    # and sigmoid at most once more, so the bound of the composition is 4 ulp.
+    assert ulps(loss, torch.nn.functional.softplus(x64)) <= 4
+    assert ulps(grad, torch.sigmoid(x64)) <= 4
+
+
+def test_log1p_unit_keeps_tiny_values():
+    x = torch.tensor([-20.0, -40.0, -80.0, -87.0])
+    loss, grad = one_pixel_bce(x)
+    exact = torch.nn.functional.softplus(x.double())
+    torch.testing.assert_close(loss.double(), exact, rtol=4 * ULP, atol=0)
+    torch.testing.assert_close(grad.double(), torch.sigmoid(x.double()), rtol=4 * ULP, atol=0)
