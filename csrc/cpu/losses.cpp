@@ -1,62 +1,19 @@
 // CPU kernels of the GAN and VAE losses. Tiles (losses.h) run in parallel; inside a tile,
 // one simple loop over float32 (or float64) arrays vectorizes the shared math, writes the
 // gradients and sums the loss into a float64 accumulator. Inputs may each have their own
-// dtype (autocast gives bfloat16 logits and float32 targets): a tile converts what is not
-// already in the math type into scratch, and converts gradients back on store.
+// dtype (autocast gives bfloat16 logits and float32 targets): tiles.h converts.
 #include "../losses.h"
 
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-
 #include <algorithm>
-#include <type_traits>
 
 #include "aigc_fast/kl.h"
 #include "isa.h"
+#include "tiles.h"
 
 namespace aigc_fast {
 namespace {
 
 constexpr int64_t kChunk = kLossChunk;
-// Below this many elements the whole op runs on the calling thread: waking the pool costs
-// more than the work.
-constexpr int64_t kParallelMinElements = 32768;
-
-template <typename To, typename From>
-AIGC_CPU_CLONES void convert(const From* src, To* dst, int64_t n) {
-  AIGC_SIMD
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
-}
-
-// Elements [begin, begin + n) of t as T: t's own memory if it holds T, else converted.
-template <typename T>
-const T* load(const at::Tensor& t, int64_t begin, int64_t n, T* scratch) {
-  const T* out = scratch;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "aigc_fast_load", [&] {
-    const scalar_t* src = t.const_data_ptr<scalar_t>() + begin;
-    if constexpr (std::is_same_v<scalar_t, T>) {
-      out = src;
-    } else {
-      convert(src, scratch, n);
-    }
-  });
-  return out;
-}
-
-// Where a tile writes elements [begin, ...) of t: t's own memory if it holds T, else scratch
-// (then `store` converts).
-template <typename T>
-T* output(const at::Tensor& t, int64_t begin, T* scratch) {
-  if (t.scalar_type() == c10::CppTypeToScalarType<T>::value) return t.mutable_data_ptr<T>() + begin;
-  return scratch;
-}
-
-template <typename T>
-void store(const T* values, const at::Tensor& t, int64_t begin, int64_t n) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "aigc_fast_store", [&] {
-    if constexpr (!std::is_same_v<scalar_t, T>) convert(values, t.mutable_data_ptr<scalar_t>() + begin, n);
-  });
-}
 
 // The loss of elements [0, n) summed in lanes of T, for short blocks (see blocked_sum).
 template <TermKind K, typename T>
@@ -110,13 +67,6 @@ double blocked_sum(int64_t n, const F& block_sum) {
     total += static_cast<double>(block_sum(begin, std::min(kSumBlock, n - begin)));
   }
   return total;
-}
-
-// Runs body(first, last) over [0, units), in parallel only when there is enough work.
-template <typename F>
-void for_units(int64_t units, int64_t elements, const F& body) {
-  if (elements < kParallelMinElements) return body(int64_t(0), units);
-  at::parallel_for(0, units, 1, body);
 }
 
 template <typename T>

@@ -1,0 +1,71 @@
+"""aigc_fast.bias_act: bias + activation in one pass, for conv blocks without BatchNorm
+(a generator's final conv-transpose + tanh, a discriminator's first conv + leaky ReLU)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _activations, _extension, _impl, _validate
+from .. import reference
+
+
+def bias_act(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    act: str = "relu",
+    *,
+    negative_slope: float = 0.2,
+    dim: int = 1,
+    impl: Optional[str] = None,
+) -> torch.Tensor:
+    """y = act(x + bias), bias of shape [x.shape[dim]] broadcast along `dim`.
+
+    act: "identity", "relu", "leaky_relu" (negative_slope >= 0), "tanh" or "sigmoid".
+    x: any float dtype (math in float32, float64 for float64), any shape; contiguous and
+    channels_last inputs keep their memory format in y. bias: optional, any float dtype
+    (under autocast a float32 bias next to bfloat16 activations is fine). The backward
+    reads every derivative from y, so autograd keeps only y, which the next layer keeps
+    anyway: no pre-activation tensor is stored.
+    """
+    _validate.float_tensor(x, "x")
+    _activations.check(act, negative_slope)
+    if bias is not None:
+        _validate.float_tensor(bias, "bias")
+        _validate.same_device(bias, "bias", x, "x")
+        if not 0 <= dim < x.dim():
+            raise ValueError(f"dim must index a dimension of x ({x.dim()}-d), got {dim}")
+        if bias.dim() != 1 or bias.shape[0] != x.shape[dim]:
+            raise ValueError(f"bias must have shape [{x.shape[dim]}] (x.shape[{dim}]), got {list(bias.shape)}")
+    if not _impl.use_fused(impl, "bias_act", x.device):
+        return reference.bias_act(x, bias, act, negative_slope=negative_slope, dim=dim)
+    return torch.ops.aigc_fast.bias_act(x, bias, dim, act, float(negative_slope))
+
+
+def _laid_out(t: torch.Tensor) -> torch.Tensor:  # mirrors csrc/bias_act.cpp
+    kept = (
+        t.is_contiguous()
+        or t.is_contiguous(memory_format=torch.channels_last)
+        or t.is_contiguous(memory_format=torch.channels_last_3d)
+    )
+    return t if kept else t.contiguous()
+
+
+def _fake_forward(x, bias, dim, act, negative_slope):
+    return torch.empty_like(_laid_out(x))
+
+
+def _fake_backward(grad_y, y, bias, dim, act, negative_slope, need_bias_grad):
+    grad_bias = torch.empty_like(bias) if need_bias_grad else y.new_empty((0,))
+    return torch.empty_like(_laid_out(y)), grad_bias
+
+
+def _register() -> None:
+    # Autograd is registered in C++ (csrc/bias_act_autograd.cpp); torch.compile needs the shapes.
+    torch.library.register_fake("aigc_fast::bias_act")(_fake_forward)
+    torch.library.register_fake("aigc_fast::bias_act_backward")(_fake_backward)
+
+
+if _extension.LOADED:
+    _register()

@@ -1,0 +1,134 @@
+// Schema, argument checks, layouts and dispatch of aigc_fast::bias_act (kernels in
+// cpu/bias_act.cpp and cuda/bias_act.cu, autograd in bias_act_autograd.cpp).
+#include "bias_act.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "checks.h"
+
+namespace aigc_fast {
+namespace {
+
+Act parse_act(const std::string& act, double slope) {
+  if (act == "identity") return Act::kIdentity;
+  if (act == "relu") return Act::kRelu;
+  if (act == "tanh") return Act::kTanh;
+  if (act == "sigmoid") return Act::kSigmoid;
+  if (act == "leaky_relu") {
+    TORCH_CHECK(slope >= 0.0, "negative_slope must be >= 0 (the backward reads the sign of the "
+                "input from the output), got ", slope);
+    return Act::kLeakyRelu;
+  }
+  TORCH_CHECK(false, "act must be one of 'identity', 'relu', 'leaky_relu', 'tanh', 'sigmoid', got '",
+              act, "'");
+}
+
+// Kernels read tensors in memory order: contiguous and channels_last are used as they are,
+// anything else is copied to contiguous first. (aigc_fast/ops/bias_act.py mirrors this.)
+bool kept_as_is(const at::Tensor& t) {
+  return t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast) ||
+         t.is_contiguous(at::MemoryFormat::ChannelsLast3d);
+}
+
+at::Tensor laid_out(const at::Tensor& t) { return kept_as_is(t) ? t : t.contiguous(); }
+
+}  // namespace
+
+at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim,
+                       std::string act, double negative_slope) {
+  check_float_tensor(x, "x");
+  BiasAct op;
+  op.act = parse_act(act, negative_slope);
+  op.slope = negative_slope;
+  op.x = laid_out(x);
+  op.channels = 1;  // without a bias, one "channel" covering everything
+  op.inner = std::max<int64_t>(x.numel(), 1);
+  if (bias.has_value()) {
+    check_float_tensor(*bias, "bias");
+    TORCH_CHECK(bias->device() == x.device(), "bias must be on the same device as x, got ",
+                bias->device(), " and ", x.device());
+    TORCH_CHECK(dim >= 0 && dim < x.dim(), "dim must index a dimension of x (", x.dim(),
+                "-d), got ", dim);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(dim), "bias must have shape [",
+                x.size(dim), "] (x.shape[", dim, "]), got ", bias->sizes());
+    op.bias = bias->contiguous();
+    op.channels = x.size(dim);
+    // A dimension of size 1 may carry any stride; its one channel covers everything.
+    op.inner = op.channels > 1 ? op.x.stride(dim) : std::max<int64_t>(op.x.numel(), 1);
+  }
+  op.y = at::empty_like(op.x);
+  if (x.numel() == 0) return op.y;
+#ifdef AIGC_FAST_WITH_CUDA
+  if (x.is_cuda()) {
+    bias_act_cuda(op);
+    return op.y;
+  }
+#endif
+  bias_act_cpu(op);
+  return op.y;
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y, const at::Tensor& y,
+                                                        const std::optional<at::Tensor>& bias,
+                                                        int64_t dim, std::string act,
+                                                        double negative_slope, bool need_bias_grad) {
+  check_float_tensor(y, "y");
+  check_like(grad_y, "grad_y", y, "y");
+  BiasActGrad op;
+  op.act = parse_act(act, negative_slope);
+  op.slope = negative_slope;
+  op.y = laid_out(y);
+  op.grad_y = grad_y.strides() == op.y.strides() ? grad_y : at::empty_like(op.y).copy_(grad_y);
+  op.grad_x = at::empty_like(op.y);
+  if (y.numel() > 0) {
+#ifdef AIGC_FAST_WITH_CUDA
+    if (y.is_cuda()) {
+      bias_act_grad_cuda(op);
+    } else
+#endif
+    {
+      bias_act_grad_cpu(op);
+    }
+  }
+  at::Tensor grad_bias = at::empty({0}, y.options());
+  if (need_bias_grad) {
+    TORCH_CHECK(bias.has_value(), "need_bias_grad=True needs the bias");
+    std::vector<int64_t> dims;
+    for (int64_t d = 0; d < y.dim(); ++d) {
+      if (d != dim) dims.push_back(d);
+    }
+    // The vendor reduction, in float32 (float64 for float64) whatever the gradient's dtype.
+    // (An empty dim list would mean "all dims" to sum: a 1-d y is its own bias gradient.)
+    const at::Tensor summed = dims.empty() ? op.grad_x : op.grad_x.sum(dims, false, math_dtype(y.scalar_type()));
+    grad_bias = summed.to(bias->scalar_type());
+  }
+  return {op.grad_x, grad_bias};
+}
+
+TORCH_LIBRARY_FRAGMENT(aigc_fast, m) {
+  m.def("bias_act(Tensor x, Tensor? bias, int dim, str act, float negative_slope) -> Tensor");
+  m.def(
+      "bias_act_backward(Tensor grad_y, Tensor y, Tensor? bias, int dim, str act, "
+      "float negative_slope, bool need_bias_grad) -> (Tensor grad_x, Tensor grad_bias)");
+}
+
+TORCH_LIBRARY_IMPL(aigc_fast, CPU, m) {
+  m.impl("bias_act", &bias_act_op);
+  m.impl("bias_act_backward", &bias_act_backward_op);
+}
+
+#ifdef AIGC_FAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(aigc_fast, CUDA, m) {
+  m.impl("bias_act", &bias_act_op);
+  m.impl("bias_act_backward", &bias_act_backward_op);
+}
+#endif
+
+}  // namespace aigc_fast

@@ -1,0 +1,126 @@
+// CPU kernels of aigc_fast::bias_act. The tensor is walked in memory order, in chunks that
+// run in parallel. Where each channel is a run of at least kMinRun elements (NCHW), a
+// chunk splits into runs that add one bias value; where runs are short (channels_last:
+// one element per channel, then the next pixel), rows of channels * inner elements add an
+// expanded bias row. Either way the inner loop is a plain vectorizable loop over the
+// shared activation formulas.
+#include "../bias_act.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "isa.h"
+#include "tiles.h"
+
+namespace aigc_fast {
+namespace {
+
+constexpr int64_t kChunk = 4096;
+constexpr int64_t kMinRun = 16;
+
+template <Act A, typename T>
+AIGC_CPU_CLONES void add_scalar_act(const T* x, T bias, T slope, int64_t n, T* y) {
+  AIGC_SIMD
+  for (int64_t i = 0; i < n; ++i) y[i] = act_forward<A>(x[i] + bias, slope);
+}
+
+template <Act A, typename T>
+AIGC_CPU_CLONES void add_row_act(const T* x, const T* bias, T slope, int64_t n, T* y) {
+  AIGC_SIMD
+  for (int64_t i = 0; i < n; ++i) y[i] = act_forward<A>(x[i] + bias[i], slope);
+}
+
+template <Act A, typename T>
+AIGC_CPU_CLONES void act_grad(const T* grad_y, const T* y, T slope, int64_t n, T* grad_x) {
+  AIGC_SIMD
+  for (int64_t i = 0; i < n; ++i) grad_x[i] = grad_y[i] * act_grad_from_output<A>(y[i], slope);
+}
+
+template <typename T>
+std::vector<T> bias_values(const BiasAct& op) {
+  std::vector<T> values(op.channels, T(0));
+  if (op.bias.defined()) {
+    std::vector<T> scratch(op.channels);
+    const T* b = load(op.bias, 0, op.channels, scratch.data());
+    std::copy(b, b + op.channels, values.begin());
+  }
+  return values;
+}
+
+template <Act A, typename T>
+void forward_runs(BiasAct& op) {
+  const std::vector<T> bias = bias_values<T>(op);
+  const T slope = static_cast<T>(op.slope);
+  const int64_t n = op.x.numel(), inner = op.inner, channels = op.channels;
+  for_units((n + kChunk - 1) / kChunk, n, [&](int64_t first, int64_t last) {
+    alignas(64) T x_buf[kChunk], y_buf[kChunk];
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      const int64_t begin = chunk * kChunk, len = std::min(kChunk, n - begin);
+      const T* x = load(op.x, begin, len, x_buf);
+      T* y = output(op.y, begin, y_buf);
+      for (int64_t pos = 0; pos < len;) {  // runs of one channel
+        const int64_t run = (begin + pos) / inner;
+        const int64_t end = std::min(len, (run + 1) * inner - begin);
+        add_scalar_act<A>(x + pos, bias[run % channels], slope, end - pos, y + pos);
+        pos = end;
+      }
+      store(y, op.y, begin, len);
+    }
+  });
+}
+
+template <Act A, typename T>
+void forward_rows(BiasAct& op) {
+  const std::vector<T> bias = bias_values<T>(op);
+  const T slope = static_cast<T>(op.slope);
+  const int64_t row = op.channels * op.inner, rows = op.x.numel() / row;
+  std::vector<T> bias_row(row);  // element j of a row belongs to channel j / inner
+  for (int64_t j = 0; j < row; ++j) bias_row[j] = bias[j / op.inner];
+  for_units(rows, op.x.numel(), [&](int64_t first, int64_t last) {
+    std::vector<T> x_scratch(row), y_scratch(row);
+    for (int64_t r = first; r < last; ++r) {
+      const T* x = load(op.x, r * row, row, x_scratch.data());
+      T* y = output(op.y, r * row, y_scratch.data());
+      add_row_act<A>(x, bias_row.data(), slope, row, y);
+      store(y, op.y, r * row, row);
+    }
+  });
+}
+
+template <Act A, typename T>
+void backward(BiasActGrad& op) {
+  const T slope = static_cast<T>(op.slope);
+  const int64_t n = op.y.numel();
+  for_units((n + kChunk - 1) / kChunk, n, [&](int64_t first, int64_t last) {
+    alignas(64) T g_buf[kChunk], y_buf[kChunk], dx_buf[kChunk];
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      const int64_t begin = chunk * kChunk, len = std::min(kChunk, n - begin);
+      T* dx = output(op.grad_x, begin, dx_buf);
+      act_grad<A>(load(op.grad_y, begin, len, g_buf), load(op.y, begin, len, y_buf), slope, len, dx);
+      store(dx, op.grad_x, begin, len);
+    }
+  });
+}
+
+}  // namespace
+
+void bias_act_cpu(BiasAct& op) {
+  const bool short_runs = op.bias.defined() && op.inner < kMinRun;
+  with_act(op.act, [&](auto act) {
+    constexpr Act A = decltype(act)::value;
+    if (op.x.scalar_type() == at::kDouble) {
+      short_runs ? forward_rows<A, double>(op) : forward_runs<A, double>(op);
+    } else {
+      short_runs ? forward_rows<A, float>(op) : forward_runs<A, float>(op);
+    }
+  });
+}
+
+void bias_act_grad_cpu(BiasActGrad& op) {
+  with_act(op.act, [&](auto act) {
+    constexpr Act A = decltype(act)::value;
+    op.y.scalar_type() == at::kDouble ? backward<A, double>(op) : backward<A, float>(op);
+  });
+}
+
+}  // namespace aigc_fast

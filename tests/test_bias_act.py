@@ -1,0 +1,177 @@
+"""bias_act against its reference in every dtype, activation and memory format, plus the
+ecosystem contracts (opcheck, gradcheck, torch.compile, autocast), accuracy of the float32
+tanh/sigmoid, what autograd keeps, and bad input."""
+
+import pytest
+import torch
+
+import aigc_fast
+from aigc_fast import _activations, reference
+
+from conftest import DTYPES, assert_close_to_float64, requires_fused
+
+pytestmark = requires_fused
+ACTS = list(_activations.ACTIVATIONS)
+
+
+def inputs(shape=(4, 6, 5, 7), dtype=torch.float32, seed=0, bias_dtype=None):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
+    bias = torch.randn(shape[1] if len(shape) > 1 else 1, generator=g, dtype=torch.float64).to(bias_dtype or dtype)
+    return x, bias
+
+
+def run(fn, x, bias, grad_out, cast=lambda t: t, layout=lambda t: t):
+    x_ = layout(cast(x)).detach().requires_grad_()
+    b_ = None if bias is None else cast(bias).detach().requires_grad_()
+    y = fn(x_, b_)
+    y.backward(layout(cast(grad_out)))
+    return y.detach(), x_.grad, None if b_ is None else b_.grad
+
+
+LAYOUTS = {
+    "nchw": lambda t: t,
+    "channels_last": lambda t: t.to(memory_format=torch.channels_last),
+    "strided": lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),  # neither: copied
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_reference(dtype, act, layout):
+    x, bias = inputs(dtype=dtype)
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    fused_fn = lambda t, b: aigc_fast.bias_act(t, b, act)  # noqa: E731
+    ref_fn = lambda t, b: reference.bias_act(t, b, act)  # noqa: E731
+    fused = run(fused_fn, x, bias, grad_out, layout=LAYOUTS[layout])
+    same_dtype = run(ref_fn, x, bias, grad_out, layout=LAYOUTS[layout])
+    exact = run(ref_fn, x, bias, grad_out, cast=lambda t: t.double(), layout=LAYOUTS[layout])
+    assert fused[0].dtype == dtype
+    if layout == "channels_last":
+        assert fused[0].is_contiguous(memory_format=torch.channels_last)
+        assert fused[1].is_contiguous(memory_format=torch.channels_last)
+    for f, r, e in zip(fused, same_dtype, exact):
+        # The bias gradient sums 140 values per channel: allow for that many roundings.
+        floor = 1.0 if f.shape != bias.shape else 10.0
+        assert_close_to_float64(f, r, e, rel_floor=floor)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 1, 1), (1, 3, 17, 19), (2, 1, 4), (5,)])
+def test_shapes_and_no_bias(act, shape):
+    x, bias = inputs(shape, dtype=torch.float64, seed=2)
+    grad_out = torch.randn(shape, dtype=torch.float64)
+    for b in (None, bias) if len(shape) > 1 else (None,):
+        fused = run(lambda t, c: aigc_fast.bias_act(t, c, act), x, b, grad_out)
+        ref = run(lambda t, c: reference.bias_act(t, c, act), x, b, grad_out)
+        for f, r in zip(fused, ref):
+            if r is not None:
+                torch.testing.assert_close(f, r, rtol=1e-12, atol=1e-12)
+
+
+def test_other_dim_and_one_dimensional_bias_input():
+    x, _ = inputs((3, 4, 5), dtype=torch.float64)
+    bias = torch.randn(5, dtype=torch.float64)
+    torch.testing.assert_close(aigc_fast.bias_act(x, bias, "tanh", dim=2), reference.bias_act(x, bias, "tanh", dim=2))
+    v, b = torch.randn(6, dtype=torch.float64, requires_grad=True), torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, b: aigc_fast.bias_act(v, b, "sigmoid", dim=0), (v, b))
+
+
+def test_mixed_dtypes_under_autocast():
+    conv = torch.nn.Conv2d(3, 8, 3, bias=False)
+    bias = torch.nn.Parameter(torch.randn(8))  # float32 parameter next to bf16 activations
+    x = torch.randn(2, 3, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = conv(x)
+        y = aigc_fast.bias_act(h, bias, "leaky_relu")
+    assert h.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), reference.bias_act(h.float(), bias, "leaky_relu"), rtol=1e-2, atol=1e-2)
+    y.float().sum().backward()
+    assert bias.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_gradcheck(act):
+    x, bias = inputs((2, 3, 4, 2), dtype=torch.float64, seed=3)
+    x = x + 0.05  # keep relu kinks away from the finite-difference step
+    assert torch.autograd.gradcheck(lambda t, b: aigc_fast.bias_act(t, b, act, negative_slope=0.3),
+                                    (x.requires_grad_(), bias.requires_grad_()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_opcheck(dtype):
+    x, bias = inputs((2, 3, 4, 5), dtype=dtype)
+    ops = torch.ops.aigc_fast
+    torch.library.opcheck(ops.bias_act, (x.requires_grad_(), bias.requires_grad_(), 1, "tanh", 0.2))
+    torch.library.opcheck(ops.bias_act, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), None, 1,
+                                         "leaky_relu", 0.2))
+    y = aigc_fast.bias_act(x.detach(), bias.detach(), "sigmoid")
+    torch.library.opcheck(ops.bias_act_backward, (torch.ones_like(y), y, bias.detach(), 1, "sigmoid", 0.2, True))
+
+
+def test_torch_compile_fullgraph():
+    x, bias = inputs((2, 4, 6, 6))
+
+    def block(t, b):
+        return aigc_fast.bias_act(t * 2, b, "leaky_relu").sum() + aigc_fast.bias_act(t, None, "tanh").square().sum()
+
+    leaves = [t.clone().requires_grad_() for t in (x, bias)]
+    twins = [t.clone().requires_grad_() for t in (x, bias)]
+    out_c = torch.compile(block, fullgraph=True)(*leaves)
+    out_e = block(*twins)
+    out_c.backward()
+    out_e.backward()
+    torch.testing.assert_close(out_c, out_e)
+    for c, e in zip(leaves, twins):
+        torch.testing.assert_close(c.grad, e.grad)
+
+
+def test_autograd_keeps_only_the_output():
+    x, bias = inputs((4, 8, 16, 16))
+    x.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = aigc_fast.bias_act(x, bias, "tanh")
+    kept = [t for t in saved if t.numel() == x.numel()]
+    assert len(kept) == 1 and kept[0].untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+
+
+def test_float32_tanh_and_sigmoid_accuracy():
+    v = torch.cat([torch.linspace(-20, 20, 200_001), torch.linspace(-1e-3, 1e-3, 10_001), torch.tensor([1e4, -1e4])])
+    for act, exact in (("tanh", torch.tanh), ("sigmoid", torch.sigmoid)):
+        got = aigc_fast.bias_act(v, None, act).double()
+        want = exact(v.double())
+        rel = ((got - want).abs() / want.abs().clamp_min(1e-30)).max().item()
+        assert rel < 3 * 2.0**-24 * 2, (act, rel)  # a few float32 ulp
+
+
+def test_nan_propagates():
+    x = torch.tensor([[1.0, float("nan"), -2.0]])
+    for act in ACTS:
+        y = aigc_fast.bias_act(x, None, act)
+        assert torch.isnan(y[0, 1]) and torch.isfinite(y[0, [0, 2]]).all(), act
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: aigc_fast.bias_act(torch.zeros(2, 3), torch.zeros(4)), ValueError, r"bias must have shape \[3\] \(x.shape\[1\]\), got \[4\]"),
+        (lambda: aigc_fast.bias_act(torch.zeros(2, 3), None, "gelu"), ValueError, "act must be one of 'identity', 'relu', 'leaky_relu', 'tanh', 'sigmoid', got 'gelu'"),
+        (lambda: aigc_fast.bias_act(torch.zeros(2, 3, dtype=torch.int32)), TypeError, "x must be float16"),
+        (lambda: aigc_fast.bias_act(torch.zeros(2, 3), torch.zeros(3, device="meta")), ValueError, "bias must be on the same device as x"),
+        (lambda: aigc_fast.bias_act(torch.zeros(2, 3), None, "leaky_relu", negative_slope=-0.1), ValueError, "negative_slope must be >= 0"),
+        (lambda: aigc_fast.bias_act(torch.zeros(3), torch.zeros(3), dim=1), ValueError, r"dim must index a dimension of x \(1-d\), got 1"),
+        (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), torch.zeros(4), 1, "relu", 0.2), RuntimeError, r"bias must have shape \[3\]"),
+        (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), None, 1, "gelu", 0.2), RuntimeError, "act must be one of"),
+    ],
+)
+def test_bad_input_gives_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_every_table_entry_is_a_kernel():
+    x = torch.randn(3, 4)
+    for act in _activations.ACTIVATIONS:
+        torch.testing.assert_close(aigc_fast.bias_act(x, None, act), reference.bias_act(x, None, act))
