@@ -7,6 +7,7 @@
 // vae_loss(reduction="none"). Nothing else is saved.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
 #include <functional>
@@ -59,10 +60,27 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
                   i, "] = True (the aigc_fast Python functions do)");
       result[i] = scaled(grads[i], grad_loss);
     }
-    return result;
+    return at::GradMode::is_enabled() ? once_differentiable(std::move(result)) : result;
   }
 
  private:
+  // The gradients are constants of the forward pass, so their own derivatives are not
+  // available. Under create_graph=True they are returned through a node that raises if
+  // anything differentiates them (what torch's @once_differentiable does), rather than
+  // letting a gradient penalty through the loss silently miss its second-order terms.
+  static variable_list once_differentiable(variable_list grads) {
+    for (at::Tensor& g : grads) {
+      if (!g.defined()) continue;
+      g = g.detach();
+      g.set_requires_grad(true);
+    }
+    const auto error = std::make_shared<torch::autograd::DelayedError>(
+        "aigc_fast: the GAN and VAE loss ops are differentiable once; second derivatives "
+        "through them (e.g. a gradient penalty taken through the loss) are not implemented",
+        static_cast<int64_t>(grads.size()));
+    return error->apply(std::move(grads));
+  }
+
   static at::Tensor scaled(const at::Tensor& grad, const at::Tensor& grad_loss) {
     if (is_plain_cpu_one(grad_loss)) return grad;  // loss.backward(): no pass over memory
     at::Tensor factor = grad_loss;

@@ -344,6 +344,16 @@ def test_backward_twice_with_retain_graph():
             torch.testing.assert_close(t.grad, 2 * g)
 
 
+def test_second_derivatives_raise_instead_of_being_silently_wrong():
+    real = randn(8, seed=23, dtype=torch.float64).requires_grad_()
+    fake = randn(8, seed=24, dtype=torch.float64).requires_grad_()
+    loss = aigc_fast.gan_d_loss(real, fake, "bce")
+    (grad_real,) = torch.autograd.grad(loss, real, create_graph=True)  # first order: fine
+    torch.testing.assert_close(grad_real, torch.autograd.grad(reference.gan_d_loss(real, fake), real)[0])
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        grad_real.square().sum().backward()  # a gradient penalty through the loss
+
+
 # ---- gradients only where asked; bad input ----------------------------------------------
 
 

@@ -74,7 +74,8 @@ __global__ void vae_units_kernel(VaeArgs v, int64_t units, double* __restrict__ 
   for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
     double sum = 0.0;
     if (unit < recon_units) {
-      for (int64_t i = v.tiles.begin(unit) + threadIdx.x; i < v.tiles.end(unit); i += blockDim.x) {
+      const int64_t begin = v.tiles.begin(unit), end = v.tiles.end(unit);
+      for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
         T d_x, d_t;
         sum += recon_term<R, kTargetGrad>(load<T>(v.recon, i), load<T>(v.target, i), d_x, d_t);
         store(v.grad_recon, i, d_x * scale);

@@ -1,0 +1,67 @@
+"""bias_act at the shapes of a DCGAN's blocks without BatchNorm: the generator's final
+activation (64x64x3 and MNIST 28x28x1 images, tanh) and the discriminator's first layer
+(64 channels at 32x32, leaky ReLU), NCHW and channels_last; fused vs eager vs
+torch.compile(reference), plus "clone" (one read and one write of the activation: the
+floor of any elementwise pass).
+
+    pytest bench/test_bench_bias_act.py --benchmark-json=bench/results/bias_act-cpu.json
+    python bench/report.py bench/results/bias_act-cpu.json --memory peak
+"""
+
+import pytest
+import torch
+
+import aigc_fast
+from aigc_fast import reference
+
+from conftest import cpu_peak_bytes, devices, synchronized
+
+# name: (activation shape, act); batch 128, as DCGAN trains.
+SHAPES = {
+    "G out 3x64x64 tanh": ((128, 3, 64, 64), "tanh"),
+    "G out 1x28x28 tanh": ((128, 1, 28, 28), "tanh"),
+    "D in 64x32x32 leaky": ((128, 64, 32, 32), "leaky_relu"),
+}
+_compiled = torch.compile(reference.bias_act, dynamic=False)
+PROVIDERS = {
+    "fused": lambda x, b, act: aigc_fast.bias_act(x, b, act, impl="fused"),
+    "eager": lambda x, b, act: reference.bias_act(x, b, act),
+    "compile": lambda x, b, act: _compiled(x, b, act),
+}
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("size", SHAPES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("provider", [*PROVIDERS, "clone"])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+def test_bias_act(benchmark, cuda_peak, device, size, layout, provider, pass_):
+    if provider == "clone" and pass_ == "fwd":
+        pytest.skip("the floor is listed once, with forward+backward")
+    shape, act = SHAPES[size]
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape, device=device).to(memory_format=memory_format).requires_grad_(pass_ == "fwd+bwd")
+    bias = torch.randn(shape[1], device=device, requires_grad=pass_ == "fwd+bwd")
+    grad = torch.randn(shape, device=device).to(memory_format=memory_format)
+    if provider == "clone":  # forward reads x, writes y; backward reads grad and y, writes grad_x
+        step = lambda: (x.clone(), grad.clone())  # noqa: E731
+    elif pass_ == "fwd":
+        def step():
+            with torch.no_grad():
+                return PROVIDERS[provider](x, bias, act)
+    else:
+        def step():
+            x.grad = bias.grad = None
+            y = PROVIDERS[provider](x, bias, act)
+            y.backward(grad)
+            return y
+    step()  # compile / warm up
+    benchmark.group = f"bias_act {pass_} {size} {layout} {device}"
+    benchmark.extra_info.update(op="bias_act", provider=provider, size=f"{size} {layout}", numel=x.numel(),
+                                pass_=pass_, device=device)
+    benchmark.pedantic(synchronized(step, device), rounds=30, warmup_rounds=3, iterations=1)
+    if pass_ == "fwd+bwd" and provider != "clone":
+        if device == "cpu":
+            benchmark.extra_info["cpu_peak_bytes"] = cpu_peak_bytes(step, (x, bias))
+        else:
+            benchmark.extra_info["cuda_peak_bytes"] = cuda_peak(step)
