@@ -1,9 +1,9 @@
 // CPU kernels of aigc_fast::bias_act. The tensor is walked in memory order, in chunks that
 // run in parallel. Where each channel is a run of at least kMinRun elements (NCHW), a
 // chunk splits into runs that add one bias value; where runs are short (channels_last:
-// one element per channel, then the next pixel), rows of channels * inner elements add an
-// expanded bias row. Either way the inner loop is a plain vectorizable loop over the
-// shared activation formulas.
+// one element per channel, then the next pixel), a chunk of whole pixels adds a repeating
+// bias pattern. Either way the inner loop is a plain vectorizable loop over the shared
+// activation formulas.
 #include "../bias_act.h"
 
 #include <algorithm>
@@ -73,16 +73,22 @@ template <Act A, typename T>
 void forward_rows(BiasAct& op) {
   const std::vector<T> bias = bias_values<T>(op);
   const T slope = static_cast<T>(op.slope);
+  // A row (channels * inner elements) is one pixel's channels; a chunk is as many whole
+  // rows as fit in kChunk, and its bias pattern (element j: channel (j / inner) % channels)
+  // is built once, so each chunk is one vector loop however few channels there are.
   const int64_t row = op.channels * op.inner, rows = op.x.numel() / row;
-  std::vector<T> bias_row(row);  // element j of a row belongs to channel j / inner
-  for (int64_t j = 0; j < row; ++j) bias_row[j] = bias[j / op.inner];
-  for_units(rows, op.x.numel(), [&](int64_t first, int64_t last) {
-    std::vector<T> x_scratch(row), y_scratch(row);
-    for (int64_t r = first; r < last; ++r) {
-      const T* x = load(op.x, r * row, row, x_scratch.data());
-      T* y = output(op.y, r * row, y_scratch.data());
-      add_row_act<A>(x, bias_row.data(), slope, row, y);
-      store(y, op.y, r * row, row);
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunk / row), chunk = rows_per_chunk * row;
+  std::vector<T> pattern(chunk);
+  for (int64_t j = 0; j < chunk; ++j) pattern[j] = bias[(j / op.inner) % op.channels];
+  const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+  for_units(chunks, op.x.numel(), [&](int64_t first, int64_t last) {
+    std::vector<T> x_scratch(chunk), y_scratch(chunk);
+    for (int64_t c = first; c < last; ++c) {
+      const int64_t begin = c * chunk, len = std::min(chunk, op.x.numel() - begin);
+      const T* x = load(op.x, begin, len, x_scratch.data());
+      T* y = output(op.y, begin, y_scratch.data());
+      add_row_act<A>(x, pattern.data(), slope, len, y);
+      store(y, op.y, begin, len);
     }
   });
 }
