@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "layout.h"
 
 namespace aigc_fast {
 namespace {
@@ -30,15 +31,6 @@ Act parse_act(const std::string& act, double slope) {
               act, "'");
 }
 
-// Kernels read tensors in memory order: contiguous and channels_last are used as they are,
-// anything else is copied to contiguous first. (aigc_fast/ops/bias_act.py mirrors this.)
-bool kept_as_is(const at::Tensor& t) {
-  return t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast) ||
-         t.is_contiguous(at::MemoryFormat::ChannelsLast3d);
-}
-
-at::Tensor laid_out(const at::Tensor& t) { return kept_as_is(t) ? t : t.contiguous(); }
-
 }  // namespace
 
 at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim,
@@ -47,7 +39,7 @@ at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bia
   BiasAct op;
   op.act = parse_act(act, negative_slope);
   op.slope = negative_slope;
-  op.x = laid_out(x);
+  op.x = in_memory_order(x);
   op.channels = 1;  // without a bias, one "channel" covering everything
   op.inner = std::max<int64_t>(x.numel(), 1);
   if (bias.has_value()) {
@@ -84,8 +76,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
   BiasActGrad op;
   op.act = parse_act(act, negative_slope);
   op.slope = negative_slope;
-  op.y = laid_out(y);
-  op.grad_y = grad_y.strides() == op.y.strides() ? grad_y : at::empty_like(op.y).copy_(grad_y);
+  op.y = in_memory_order(y);
+  op.grad_y = in_order_of(grad_y, op.y);
   op.grad_x = at::empty_like(op.y);
   if (y.numel() > 0) {
 #ifdef AIGC_FAST_WITH_CUDA

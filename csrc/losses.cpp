@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "layout.h"
 
 namespace aigc_fast {
 namespace {
@@ -83,14 +84,6 @@ void check_label(const std::string& kind, double real_label) {
               " with kind '", kind, "'");
 }
 
-// recon and target are read in memory order, sample by sample, so each sample must be one
-// dense block: true of contiguous and channels_last tensors, which are used as they are
-// (their gradients get the same layout); anything else is copied to contiguous first.
-bool samples_are_blocks(const at::Tensor& t) {
-  return t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast) ||
-         t.is_contiguous(at::MemoryFormat::ChannelsLast3d);
-}
-
 ReconKind parse_recon(const std::string& recon_loss) {
   if (recon_loss == "bce") return ReconKind::kBce;
   if (recon_loss == "mse") return ReconKind::kMse;
@@ -155,10 +148,10 @@ vae_loss_op(const at::Tensor& recon, const at::Tensor& target, const at::Tensor&
   op.recon_kind = parse_recon(recon_loss);
   op.reduction = parse_reduction(reduction);
   op.beta = beta;
-  op.recon = samples_are_blocks(recon) ? recon : recon.contiguous();
-  op.target = target.strides() == op.recon.strides()
-                  ? target
-                  : at::empty_like(op.recon, target.options()).copy_(target);
+  // Read sample by sample in memory order (layout.h): in every dense layout kept as is,
+  // contiguous and channels_last, each sample is one block.
+  op.recon = in_memory_order(recon);
+  op.target = in_order_of(target, op.recon);
   op.mu = mu.contiguous();
   op.logvar = logvar.contiguous();
   const int64_t batch = recon.size(0);

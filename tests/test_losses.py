@@ -159,6 +159,10 @@ def test_opcheck(dtype):
     channels_last = [vae[0].to(memory_format=torch.channels_last), *vae[1:]]
     mask = [True, False, False, True]
     torch.library.opcheck(ops.vae_loss, (*leaves(channels_last, mask), "bce", 1.0, "sum", mask))
+    mono = vae_inputs(dtype, batch=3, image=(1, 4, 4), latent=5)  # strides differ only in the size-1 dim
+    mono[0] = mono[0].to(memory_format=torch.channels_last)
+    mask = [True, True, False, False]
+    torch.library.opcheck(ops.vae_loss, (*leaves(mono, mask), "mse", 1.0, "none", mask))
 
 
 def test_torch_compile_fullgraph_forward_and_backward():
@@ -276,9 +280,10 @@ def test_batch_of_one_and_noncontiguous():
     torch.testing.assert_close(aigc_fast.gan_d_loss(real, real.t(), "bce"), reference.gan_d_loss(real, real.t(), "bce"))
 
 
+@pytest.mark.parametrize("channels", [3, 1])  # with 1 channel both layouts are one memory order
 @pytest.mark.parametrize("target_layout", ["channels_last", "contiguous"])
-def test_channels_last_recon_keeps_its_layout(target_layout):
-    recon, target, mu, logvar = vae_inputs(torch.float32, batch=4, image=(3, 6, 5), latent=3)
+def test_channels_last_recon_keeps_its_layout(target_layout, channels):
+    recon, target, mu, logvar = vae_inputs(torch.float32, batch=4, image=(channels, 6, 5), latent=3)
     recon = recon.to(memory_format=torch.channels_last).requires_grad_()
     if target_layout == "channels_last":
         target = target.to(memory_format=torch.channels_last)

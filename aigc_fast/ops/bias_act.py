@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .. import _activations, _extension, _impl, _validate
+from .. import _activations, _extension, _impl, _layout, _validate
 from .. import reference
 
 
@@ -43,22 +43,13 @@ def bias_act(
     return torch.ops.aigc_fast.bias_act(x, bias, dim, act, float(negative_slope))
 
 
-def _laid_out(t: torch.Tensor) -> torch.Tensor:  # mirrors csrc/bias_act.cpp
-    kept = (
-        t.is_contiguous()
-        or t.is_contiguous(memory_format=torch.channels_last)
-        or t.is_contiguous(memory_format=torch.channels_last_3d)
-    )
-    return t if kept else t.contiguous()
-
-
 def _fake_forward(x, bias, dim, act, negative_slope):
-    return torch.empty_like(_laid_out(x))
+    return torch.empty_like(_layout.in_memory_order(x))
 
 
 def _fake_backward(grad_y, y, bias, dim, act, negative_slope, need_bias_grad):
     grad_bias = torch.empty_like(bias) if need_bias_grad else y.new_empty((0,))
-    return torch.empty_like(_laid_out(y)), grad_bias
+    return torch.empty_like(_layout.in_memory_order(y)), grad_bias
 
 
 def _register() -> None:

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .. import _extension, _impl, _validate
+from .. import _extension, _impl, _layout, _validate
 from .. import reference
 
 GAN_KINDS = ("bce", "hinge", "lsgan", "wgan")
@@ -120,7 +120,7 @@ def vae_loss(
     return out[0], out[1], out[2]
 
 
-# ---- shapes for torch.compile: these mirror the layouts csrc/losses.cpp chooses ----
+# ---- shapes for torch.compile: these mirror the layouts csrc/losses.cpp chooses (_layout) ----
 
 
 def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -129,14 +129,6 @@ def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 def _grad_like(t: torch.Tensor, wanted: bool) -> torch.Tensor:
     return torch.empty_like(t) if wanted else t.new_empty((0,))
-
-
-def _samples_are_blocks(t: torch.Tensor) -> bool:
-    return (
-        t.is_contiguous()
-        or t.is_contiguous(memory_format=torch.channels_last)
-        or t.is_contiguous(memory_format=torch.channels_last_3d)
-    )
 
 
 def _fake_gan_d_loss(real, fake, kind, real_label, output_mask):
@@ -149,8 +141,8 @@ def _fake_gan_g_loss(fake, kind, need_grad):
 
 
 def _fake_vae_loss(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask):
-    recon_l = recon if _samples_are_blocks(recon) else recon.contiguous()
-    target_l = target if target.stride() == recon_l.stride() else torch.empty_like(recon_l, dtype=target.dtype)
+    recon_l = _layout.in_memory_order(recon)
+    target_l = _layout.in_order_of(target, recon_l)
     shape = (recon.shape[0],) if reduction == "none" else ()
     dtype = _math_dtype(recon, target, mu, logvar)
     values = [recon.new_empty(shape, dtype=dtype) for _ in range(3)]

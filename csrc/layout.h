@@ -1,0 +1,34 @@
+// How ops whose kernels walk tensors in memory order choose layouts (mirrored for
+// torch.compile's fake kernels by aigc_fast/_layout.py). Contiguous and channels_last
+// tensors are read as they are, and their outputs and gradients get the same layout;
+// anything else is copied to contiguous first. A tensor read alongside another must be in
+// the same memory order; its strides may still differ in size-1 dimensions (a [B, 1, H, W]
+// tensor is both contiguous and channels_last), which memory order ignores, so those are
+// not copied.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace aigc_fast {
+
+// The memory format t is dense in, contiguous first; none for other layouts.
+inline std::optional<at::MemoryFormat> dense_format(const at::Tensor& t) {
+  for (const auto format : {at::MemoryFormat::Contiguous, at::MemoryFormat::ChannelsLast,
+                            at::MemoryFormat::ChannelsLast3d}) {
+    if (t.is_contiguous(format)) return format;
+  }
+  return std::nullopt;
+}
+
+inline at::Tensor in_memory_order(const at::Tensor& t) {
+  return dense_format(t).has_value() ? t : t.contiguous();
+}
+
+// t in the memory order of `ref` (which is in_memory_order already).
+inline at::Tensor in_order_of(const at::Tensor& t, const at::Tensor& ref) {
+  return t.contiguous(dense_format(ref).value_or(at::MemoryFormat::Contiguous));
+}
+
+}  // namespace aigc_fast
