@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One call for a fresh CUDA machine that has PyTorch, nvcc and ninja but maybe no internet:
+# builds aigc_fast from this checkout for the visible GPU's architecture, runs the CUDA
+# tests (and compute-sanitizer memcheck on a small subset when the tool is there), runs
+# the CUDA rows of the op benchmarks, and prints a compact table last.
+#
+#   bash bench/gpu_check.sh LOG_DIR        (full logs and benchmark JSON go to LOG_DIR)
+#
+# Budget: about 8 minutes on one H200 (the build is most of it).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG=${1:?usage: bash bench/gpu_check.sh LOG_DIR}
+mkdir -p "$LOG"
+PY=${PYTHON:-python3}
+# -P: no source folder on sys.path, so the installed package (with its kernels) is tested.
+PYTEST="$PY -P -m pytest -q -p no:cacheprovider"
+status=0
+step() { echo "== $1 ($(date +%T))"; }
+
+step "machine"
+$PY - <<'EOF' | tee "$LOG/machine.txt"
+import torch
+assert torch.cuda.is_available(), "no visible CUDA GPU: run this on a GPU machine"
+print("gpu", torch.cuda.get_device_name(), "capability", torch.cuda.get_device_capability())
+print("torch", torch.__version__, "cuda", torch.version.cuda)
+EOF
+[ "${PIPESTATUS[0]}" = 0 ] || exit 2
+ARCH=$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+
+step "build for sm_${ARCH/./} (log: $LOG/build.log)"
+if ! TORCH_CUDA_ARCH_LIST=$ARCH AIGC_FAST_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} \
+    $PY -m pip install --no-build-isolation --no-deps --no-index --force-reinstall . >"$LOG/build.log" 2>&1; then
+  tail -30 "$LOG/build.log"
+  exit 3
+fi
+(cd "$LOG" && $PY -c 'import aigc_fast; aigc_fast.info()') | tee "$LOG/info.txt"
+
+step "CUDA tests (log: $LOG/tests.log)"
+AIGC_FAST_REQUIRE_EXTENSION=1 $PYTEST tests/test_cuda.py tests/test_cuda_losses.py >"$LOG/tests.log" 2>&1 || status=4
+tail -5 "$LOG/tests.log"
+
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  step "compute-sanitizer memcheck, small subset (log: $LOG/memcheck.log)"
+  # float32 (dtype0), bce: every kernel of the losses once; the compile test is too slow here.
+  AIGC_FAST_REQUIRE_EXTENSION=1 timeout 180 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    $PYTEST tests/test_cuda_losses.py tests/test_cuda.py -k "dtype0 and not compile and not graph" \
+    >"$LOG/memcheck.log" 2>&1 || status=5
+  tail -3 "$LOG/memcheck.log"
+else
+  echo "compute-sanitizer not found: memcheck skipped" | tee "$LOG/memcheck.log"
+fi
+
+step "CUDA benchmarks (log: $LOG/bench.log)"
+if $PY -c 'import pytest_benchmark' 2>/dev/null; then
+  for suite in reparameterize losses bias_act; do
+    timeout 240 $PYTEST "bench/test_bench_$suite.py" -k "cuda and not noise_source" \
+      --benchmark-json="$LOG/$suite-cuda.json" >>"$LOG/bench.log" 2>&1 || status=6
+  done
+  step "results"
+  for suite in reparameterize losses bias_act; do
+    [ -f "$LOG/$suite-cuda.json" ] && $PY bench/report.py "$LOG/$suite-cuda.json" --memory peak | tee -a "$LOG/tables.md"
+  done
+else
+  echo "pytest-benchmark is not installed: benchmarks skipped (pip install pytest-benchmark)"
+  status=7
+fi
+echo "== done, exit status $status (logs in $LOG)"
+exit $status
