@@ -49,7 +49,7 @@ AIGC_CPU_CLONES T kl_block(const T* mu, const T* logvar, int64_t n, T scale, T* 
     const T var = exp_math(logvar[i]);
     sum += kl_normal(mu[i], logvar[i], var);
     d_mu[i] = mu[i] * scale;
-    d_logvar[i] = kl_normal_grad_logvar(var) * scale;
+    d_logvar[i] = kl_normal_grad_logvar(logvar[i], var) * scale;
   }
   return sum;
 }

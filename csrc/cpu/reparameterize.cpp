@@ -89,21 +89,21 @@ AIGC_CPU_CLONES void backward_tile(const T* g, T gk, const T* mu, const T* logva
   if (from_z && gk == T(0)) {  // the common case: no KL term, so no exp at all
     AIGC_SIMD
     for (int64_t i = 0; i < n; ++i) {
-      d_logvar[i] = grad_logvar(g[i], source[i] - mu[i], T(0), T(1));
+      d_logvar[i] = grad_logvar(g[i], source[i] - mu[i], T(0), T(0), T(1));
       d_mu[i] = g[i];
     }
   } else if (from_z) {
     AIGC_SIMD
     for (int64_t i = 0; i < n; ++i) {
       const T std = std_from_logvar(logvar[i]);
-      d_logvar[i] = grad_logvar(g[i], source[i] - mu[i], gk, std);
+      d_logvar[i] = grad_logvar(g[i], source[i] - mu[i], gk, logvar[i], std);
       d_mu[i] = grad_mu(g[i], gk, mu[i]);
     }
   } else {
     AIGC_SIMD
     for (int64_t i = 0; i < n; ++i) {
       const T std = std_from_logvar(logvar[i]);
-      d_logvar[i] = grad_logvar(g[i], std * source[i], gk, std);
+      d_logvar[i] = grad_logvar(g[i], std * source[i], gk, logvar[i], std);
       d_mu[i] = grad_mu(g[i], gk, mu[i]);
       d_eps[i] = grad_eps(g[i], std);
     }

@@ -88,7 +88,7 @@ __global__ void vae_units_kernel(VaeArgs v, int64_t units, double* __restrict__ 
         const T var = exp_math(logvar);
         sum += kl_normal(mu, logvar, var);
         store(v.grad_mu, i, mu * kl_scale);
-        store(v.grad_logvar, i, kl_normal_grad_logvar(var) * kl_scale);
+        store(v.grad_logvar, i, kl_normal_grad_logvar(logvar, var) * kl_scale);
       }
     }
     sum = block_sum(sum);

@@ -75,11 +75,12 @@ __global__ void backward_kernel(const scalar_t* __restrict__ g, const T* __restr
         const int64_t i = block * kNormalsPerBlock + k;
         if (i < begin || i >= end) continue;
         const T gi = static_cast<T>(g[i]), m = static_cast<T>(mu[i]);
-        const T std = std_from_logvar(static_cast<T>(logvar[i]));
+        const T lv = static_cast<T>(logvar[i]);
+        const T std = std_from_logvar(lv);
         const T std_eps = z != nullptr ? static_cast<T>(z[i]) - m
                                        : std * noise_at<T>(eps, normals, i, k);
         if (d_mu != nullptr) d_mu[i] = static_cast<scalar_t>(grad_mu(gi, gk, m));
-        if (d_logvar != nullptr) d_logvar[i] = static_cast<scalar_t>(grad_logvar(gi, std_eps, gk, std));
+        if (d_logvar != nullptr) d_logvar[i] = static_cast<scalar_t>(grad_logvar(gi, std_eps, gk, lv, std));
         if (d_eps != nullptr) d_eps[i] = static_cast<scalar_t>(grad_eps(gi, std));
       }
     }

@@ -1,20 +1,55 @@
 // KL(N(mu, var) || N(0, 1)) of one latent element, var = exp(logvar), and its derivatives:
 // the one formula behind reparameterize(return_kl=True) and vae_loss, on both devices.
 //   kl = 1/2 (mu^2 + var - 1 - logvar),   dkl/dmu = mu,   dkl/dlogvar = 1/2 (var - 1)
+// Near logvar = 0 (a latent the posterior has collapsed onto the prior) var - 1 - logvar
+// and var - 1 cancel: written as computed, float32 keeps only a few correct digits of a
+// KL of ~logvar^2 / 4. Below |logvar| = 1/2 both come from their Taylor series instead.
 #pragma once
+
+#include <cmath>
 
 #include "hostdevice.h"
 
 namespace aigc_fast {
 
+// e^x - 1 - x for |x| < 1/2: x^2 (1/2 + x/6 + ... + x^7/9!); the first omitted term is below
+// 2.2e-9 of the sum there.
+AIGC_HD float exp_m1_mx_series(float x) {
+  float p = 2.7557319224e-6f;  // 1/9!
+  p = fmaf(p, x, 2.4801587302e-5f);
+  p = fmaf(p, x, 1.9841269841e-4f);
+  p = fmaf(p, x, 1.3888888889e-3f);
+  p = fmaf(p, x, 8.3333333333e-3f);
+  p = fmaf(p, x, 4.1666666667e-2f);
+  p = fmaf(p, x, 1.6666666667e-1f);
+  p = fmaf(p, x, 0.5f);
+  return p * x * x;
+}
+
+// e^x - 1 - x, given ex = e^x.
+AIGC_HD float exp_m1_mx(float x, float ex) {
+  const float small = exp_m1_mx_series(x);
+  const float a = x < 0.0f ? -x : x;
+  return a < 0.5f ? small : (ex - 1.0f) - x;
+}
+AIGC_HD double exp_m1_mx(double x, double) { return expm1(x) - x; }
+
+// e^x - 1, given ex = e^x.
+AIGC_HD float exp_m1(float x, float ex) {
+  const float small = x + exp_m1_mx_series(x);
+  const float a = x < 0.0f ? -x : x;
+  return a < 0.5f ? small : ex - 1.0f;
+}
+AIGC_HD double exp_m1(double x, double) { return expm1(x); }
+
 template <typename T>
 AIGC_HD T kl_normal(T mu, T logvar, T var) {
-  return T(0.5) * (mu * mu + var - T(1) - logvar);
+  return T(0.5) * (mu * mu + exp_m1_mx(logvar, var));
 }
 
 template <typename T>
-AIGC_HD T kl_normal_grad_logvar(T var) {
-  return T(0.5) * (var - T(1));
+AIGC_HD T kl_normal_grad_logvar(T logvar, T var) {
+  return T(0.5) * exp_m1(logvar, var);
 }
 
 }  // namespace aigc_fast

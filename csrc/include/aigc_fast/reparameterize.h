@@ -35,8 +35,8 @@ AIGC_HD T kl_term(T mu, T logvar, T std) {
 // `std_eps` is std * eps: either computed from eps, or recovered as z - mu (see the README
 // section on precision for when each is used).
 template <typename T>
-AIGC_HD T grad_logvar(T g, T std_eps, T gk, T std) {
-  return T(0.5) * g * std_eps + gk * kl_normal_grad_logvar(std * std);
+AIGC_HD T grad_logvar(T g, T std_eps, T gk, T logvar, T std) {
+  return T(0.5) * g * std_eps + gk * kl_normal_grad_logvar(logvar, std * std);
 }
 
 template <typename T>
