@@ -68,9 +68,9 @@ at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bia
 }
 
 std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y, const at::Tensor& y,
-                                                        const std::optional<at::Tensor>& bias,
                                                         int64_t dim, std::string act,
-                                                        double negative_slope, bool need_bias_grad) {
+                                                        double negative_slope,
+                                                        std::optional<at::ScalarType> bias_dtype) {
   check_float_tensor(y, "y");
   check_like(grad_y, "grad_y", y, "y");
   BiasActGrad op;
@@ -90,16 +90,17 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
     }
   }
   at::Tensor grad_bias = at::empty({0}, y.options());
-  if (need_bias_grad) {
-    TORCH_CHECK(bias.has_value(), "need_bias_grad=True needs the bias");
+  if (bias_dtype.has_value()) {  // the bias gradient, in the bias's dtype
+    TORCH_CHECK(dim >= 0 && dim < y.dim(), "dim must index a dimension of y (", y.dim(), "-d), got ", dim);
     std::vector<int64_t> dims;
     for (int64_t d = 0; d < y.dim(); ++d) {
       if (d != dim) dims.push_back(d);
     }
     // The vendor reduction, in float32 (float64 for float64) whatever the gradient's dtype.
     // (An empty dim list would mean "all dims" to sum: a 1-d y is its own bias gradient.)
-    const at::Tensor summed = dims.empty() ? op.grad_x : op.grad_x.sum(dims, false, math_dtype(y.scalar_type()));
-    grad_bias = summed.to(bias->scalar_type());
+    const at::Tensor summed = dims.empty() ? op.grad_x.clone()  // an output of its own
+                                           : op.grad_x.sum(dims, false, math_dtype(y.scalar_type()));
+    grad_bias = summed.to(*bias_dtype);
   }
   return {op.grad_x, grad_bias};
 }
@@ -107,8 +108,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
 TORCH_LIBRARY_FRAGMENT(aigc_fast, m) {
   m.def("bias_act(Tensor x, Tensor? bias, int dim, str act, float negative_slope) -> Tensor");
   m.def(
-      "bias_act_backward(Tensor grad_y, Tensor y, Tensor? bias, int dim, str act, "
-      "float negative_slope, bool need_bias_grad) -> (Tensor grad_x, Tensor grad_bias)");
+      "bias_act_backward(Tensor grad_y, Tensor y, int dim, str act, float negative_slope, "
+      "ScalarType? bias_dtype) -> (Tensor grad_x, Tensor grad_bias)");
 }
 
 TORCH_LIBRARY_IMPL(aigc_fast, CPU, m) {

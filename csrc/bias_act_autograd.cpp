@@ -1,12 +1,19 @@
 // Autograd of aigc_fast::bias_act, in C++ on the Autograd key. It saves only the output y,
 // which the next layer keeps anyway: every activation's derivative is read from y
-// (activations.h), so the block keeps no pre-activation tensor.
+// (activations.h), so the block keeps no pre-activation tensor. Under create_graph (a
+// gradient penalty such as R1 or WGAN-GP through a discriminator's first layer) the
+// backward is written with differentiable ATen ops on the same formulas instead of the
+// kernel, so second derivatives flow through y correctly.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/where.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace aigc_fast {
 namespace {
@@ -27,10 +34,19 @@ auto backward_op() {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("aigc_fast::bias_act_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                    const OptionalTensor&, int64_t, std::string,
-                                                    double, bool)>();
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
+                                                    std::string, double,
+                                                    std::optional<at::ScalarType>)>();
   return op;
+}
+
+// f'(v) read from y, as differentiable ATen ops (the table of activations.h).
+at::Tensor derivative_from_output(const at::Tensor& y, const std::string& act, double slope) {
+  if (act == "relu") return y.gt(0).to(y.scalar_type());
+  if (act == "leaky_relu") return at::where(y.gt(0), at::ones_like(y), at::full_like(y, slope));
+  if (act == "tanh") return y.mul(y).neg().add(1);
+  if (act == "sigmoid") return y.mul(y.neg().add(1));
+  return at::ones_like(y);
 }
 
 class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
@@ -39,7 +55,8 @@ class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
                             int64_t dim, const std::string& act, double slope) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor y = forward_op().call(x, bias, dim, act, slope);
-    ctx->save_for_backward({y, bias.value_or(at::Tensor())});
+    ctx->save_for_backward({y});  // the bias values are not needed, only whether and which dtype
+    ctx->saved_data["bias_dtype"] = bias.has_value() ? int64_t(bias->scalar_type()) : int64_t(-1);
     ctx->saved_data["dim"] = dim;
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
@@ -47,13 +64,26 @@ class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &y = saved[0], &bias = saved[1];
-    const bool need_bias = bias.defined() && ctx->needs_input_grad(1);
-    auto [grad_x, grad_bias] = backward_op().call(
-        grads[0], y, bias.defined() ? OptionalTensor(bias) : std::nullopt,
-        ctx->saved_data["dim"].toInt(), ctx->saved_data["act"].toStringRef(),
-        ctx->saved_data["slope"].toDouble(), need_bias);
+    const at::Tensor y = ctx->get_saved_variables()[0];
+    const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
+    const int64_t dim = ctx->saved_data["dim"].toInt();
+    const std::string act = ctx->saved_data["act"].toStringRef();
+    const double slope = ctx->saved_data["slope"].toDouble();
+    const bool need_bias = bias_dtype >= 0 && ctx->needs_input_grad(1);
+    at::Tensor grad_x, grad_bias;
+    if (at::GradMode::is_enabled()) {
+      grad_x = grads[0].mul(derivative_from_output(y, act, slope));
+      if (need_bias) {
+        std::vector<int64_t> dims;
+        for (int64_t d = 0; d < y.dim(); ++d) {
+          if (d != dim) dims.push_back(d);
+        }
+        grad_bias = (dims.empty() ? grad_x : grad_x.sum(dims)).to(at::ScalarType(bias_dtype));
+      }
+    } else {
+      const auto wanted = need_bias ? std::optional<at::ScalarType>(at::ScalarType(bias_dtype)) : std::nullopt;
+      std::tie(grad_x, grad_bias) = backward_op().call(grads[0], y, dim, act, slope, wanted);
+    }
     return {ctx->needs_input_grad(0) ? grad_x : at::Tensor(), need_bias ? grad_bias : at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor()};
   }

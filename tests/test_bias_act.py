@@ -107,7 +107,8 @@ def test_opcheck(dtype):
     torch.library.opcheck(ops.bias_act, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), None, 1,
                                          "leaky_relu", 0.2))
     y = aigc_fast.bias_act(x.detach(), bias.detach(), "sigmoid")
-    torch.library.opcheck(ops.bias_act_backward, (torch.ones_like(y), y, bias.detach(), 1, "sigmoid", 0.2, True))
+    torch.library.opcheck(ops.bias_act_backward, (torch.ones_like(y), y, 1, "sigmoid", 0.2, bias.dtype))
+    torch.library.opcheck(ops.bias_act_backward, (torch.ones_like(y), y, 1, "tanh", 0.2, None))
 
 
 def test_torch_compile_fullgraph():
@@ -175,3 +176,31 @@ def test_every_table_entry_is_a_kernel():
     x = torch.randn(3, 4)
     for act in _activations.ACTIVATIONS:
         torch.testing.assert_close(aigc_fast.bias_act(x, None, act), reference.bias_act(x, None, act))
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "tanh", "sigmoid"])
+def test_second_derivatives_for_gradient_penalties(act):
+    """R1 / WGAN-GP differentiate a discriminator's input gradient: through bias_act the
+    second derivatives must be right (the backward switches to differentiable ops)."""
+    x, bias = inputs((2, 3, 4, 4), dtype=torch.float64, seed=4)
+    x = x + 0.05
+    fn = lambda t, b: aigc_fast.bias_act(t, b, act, negative_slope=0.3)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x.requires_grad_(), bias.requires_grad_()))
+
+
+def test_wide_rows_and_one_dimensional_bias_gradient():
+    v = torch.randn(10_000, dtype=torch.float64)  # one row wider than a chunk (inner 1)
+    b = torch.randn(10_000, dtype=torch.float64)
+    torch.testing.assert_close(aigc_fast.bias_act(v, b, "sigmoid", dim=0), reference.bias_act(v, b, "sigmoid", dim=0))
+    w = torch.randn(3, 9_000, dtype=torch.float32)
+    c = torch.randn(9_000)
+    torch.testing.assert_close(aigc_fast.bias_act(w, c, "tanh"), reference.bias_act(w, c, "tanh"))
+    y = aigc_fast.bias_act(v[:6], b[:6], "sigmoid", dim=0)  # the op's outputs never alias
+    torch.library.opcheck(torch.ops.aigc_fast.bias_act_backward, (torch.ones_like(y), y, 0, "sigmoid", 0.2, b.dtype))
+
+
+def test_negative_zero_is_kept():
+    z = torch.tensor([-0.0, 0.0])
+    for act in ("identity", "tanh", "leaky_relu"):
+        y = aigc_fast.bias_act(z, None, act)
+        assert torch.equal(torch.signbit(y), torch.signbit(reference.bias_act(z, None, act))), act

@@ -72,3 +72,14 @@ def test_kl_keeps_its_digits_near_the_prior():
     for got in (kl, kl_vae):
         assert ((got.double() - exact).abs() / exact).max().item() < 8 * ULP
     assert ((logvar.grad.reshape(-1).double() - exact_grad).abs() / exact_grad.abs()).max().item() < 4 * ULP
+
+
+def test_float64_kl_keeps_its_digits_near_the_prior():
+    lv = torch.cat([torch.logspace(-9, -0.4, 200, dtype=torch.float64), -torch.logspace(-9, -0.4, 200, dtype=torch.float64)])
+    lv = lv.reshape(-1, 1)
+    pixel = torch.zeros(lv.shape[0], 1, dtype=torch.float64)
+    _, _, kl = aigc_fast.vae_loss(pixel, pixel, torch.zeros_like(lv), lv, reduction="none")
+    lv = lv.reshape(-1)
+    exact = 0.5 * lv * lv * (0.5 + lv / 6 + lv**2 / 24 + lv**3 / 120 + lv**4 / 720 + lv**5 / 5040 + lv**6 / 40320
+                             + lv**7 / 362880 + lv**8 / 3628800 + lv**9 / 39916800 + lv**10 / 479001600)
+    assert ((kl - exact).abs() / exact).max().item() < 1e-13

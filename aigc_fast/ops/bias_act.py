@@ -47,8 +47,8 @@ def _fake_forward(x, bias, dim, act, negative_slope):
     return torch.empty_like(_layout.in_memory_order(x))
 
 
-def _fake_backward(grad_y, y, bias, dim, act, negative_slope, need_bias_grad):
-    grad_bias = torch.empty_like(bias) if need_bias_grad else y.new_empty((0,))
+def _fake_backward(grad_y, y, dim, act, negative_slope, bias_dtype):
+    grad_bias = y.new_empty((0,)) if bias_dtype is None else y.new_empty((y.shape[dim],), dtype=bias_dtype)
     return torch.empty_like(_layout.in_memory_order(y)), grad_bias
 
 

@@ -2,8 +2,8 @@
 // run in parallel. Where each channel is a run of at least kMinRun elements (NCHW), a
 // chunk splits into runs that add one bias value; where runs are short (channels_last:
 // one element per channel, then the next pixel), a chunk of whole pixels adds a repeating
-// bias pattern. Either way the inner loop is a plain vectorizable loop over the shared
-// activation formulas.
+// bias pattern, or, for rows wider than a chunk, slices of the bias itself. Either way the
+// inner loop is a plain vectorizable loop over the shared activation formulas.
 #include "../bias_act.h"
 
 #include <algorithm>
@@ -38,7 +38,7 @@ AIGC_CPU_CLONES void act_grad(const T* grad_y, const T* y, T slope, int64_t n, T
 
 template <typename T>
 std::vector<T> bias_values(const BiasAct& op) {
-  std::vector<T> values(op.channels, T(0));
+  std::vector<T> values(op.channels, T(-0.0));  // x + (-0) is x for every x, -0 included
   if (op.bias.defined()) {
     std::vector<T> scratch(op.channels);
     const T* b = load(op.bias, 0, op.channels, scratch.data());
@@ -93,6 +93,29 @@ void forward_rows(BiasAct& op) {
   });
 }
 
+// inner == 1 and more channels than a chunk holds (a very wide last dimension): chunks of
+// the flat tensor, split where a row ends, add the matching slice of the bias itself.
+template <Act A, typename T>
+void forward_slices(BiasAct& op) {
+  const std::vector<T> bias = bias_values<T>(op);
+  const T slope = static_cast<T>(op.slope);
+  const int64_t n = op.x.numel(), channels = op.channels;
+  for_units((n + kChunk - 1) / kChunk, n, [&](int64_t first, int64_t last) {
+    alignas(64) T x_buf[kChunk], y_buf[kChunk];
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      const int64_t begin = chunk * kChunk, len = std::min(kChunk, n - begin);
+      const T* x = load(op.x, begin, len, x_buf);
+      T* y = output(op.y, begin, y_buf);
+      for (int64_t pos = 0; pos < len;) {
+        const int64_t c = (begin + pos) % channels, piece = std::min(len - pos, channels - c);
+        add_row_act<A>(x + pos, bias.data() + c, slope, piece, y + pos);
+        pos += piece;
+      }
+      store(y, op.y, begin, len);
+    }
+  });
+}
+
 template <Act A, typename T>
 void backward(BiasActGrad& op) {
   const T slope = static_cast<T>(op.slope);
@@ -110,15 +133,19 @@ void backward(BiasActGrad& op) {
 
 }  // namespace
 
-void bias_act_cpu(BiasAct& op) {
+template <Act A, typename T>
+void forward(BiasAct& op) {
   const bool short_runs = op.bias.defined() && op.inner < kMinRun;
+  if (!short_runs) return forward_runs<A, T>(op);
+  if (op.channels * op.inner <= kChunk) return forward_rows<A, T>(op);
+  if (op.inner == 1) return forward_slices<A, T>(op);
+  forward_runs<A, T>(op);  // short runs of a huge row: rare, correct, not fast
+}
+
+void bias_act_cpu(BiasAct& op) {
   with_act(op.act, [&](auto act) {
     constexpr Act A = decltype(act)::value;
-    if (op.x.scalar_type() == at::kDouble) {
-      short_runs ? forward_rows<A, double>(op) : forward_runs<A, double>(op);
-    } else {
-      short_runs ? forward_rows<A, float>(op) : forward_runs<A, float>(op);
-    }
+    op.x.scalar_type() == at::kDouble ? forward<A, double>(op) : forward<A, float>(op);
   });
 }
 

@@ -16,7 +16,7 @@ template <Act A, typename T>
 __global__ void forward_kernel(Ref x, Ref bias, int64_t n, int64_t channels, int64_t inner, T slope,
                                Ref y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const T b = bias.data != nullptr ? load<T>(bias, (i / inner) % channels) : T(0);
+    const T b = bias.data != nullptr ? load<T>(bias, (i / inner) % channels) : T(-0.0);  // x + (-0) is x
     store(y, i, act_forward<A>(load<T>(x, i) + b, slope));
   }
 }

@@ -37,7 +37,7 @@ AIGC_HD float tanh_f32(float v) {
   const float e = exp_f32(-2.0f * a);
   const float large = (1.0f - e) / (1.0f + e);
   const float signed_large = v < 0.0f ? -large : large;
-  return a < 0.625f ? small : (v == v ? signed_large : v);
+  return a < 0.625f ? (v == 0.0f ? v : small) : (v == v ? signed_large : v);  // keeps -0
 }
 AIGC_HD double tanh_math(double v) { return tanh(v); }
 AIGC_HD float tanh_math(float v) { return tanh_f32(v); }
