@@ -4,7 +4,6 @@
 // gradient penalty such as R1 or WGAN-GP through a discriminator's first layer) the
 // backward is written with differentiable ATen ops on the same formulas instead of the
 // kernel, so second derivatives flow through y correctly.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/full_like.h>
 #include <ATen/ops/ones_like.h>
 #include <ATen/ops/where.h>
@@ -15,6 +14,8 @@
 #include <tuple>
 #include <vector>
 
+#include "find_op.h"
+
 namespace aigc_fast {
 namespace {
 
@@ -23,20 +24,16 @@ using torch::autograd::variable_list;
 using OptionalTensor = std::optional<at::Tensor>;
 
 auto forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("aigc_fast::bias_act", "")
-                             .typed<at::Tensor(const at::Tensor&, const OptionalTensor&, int64_t,
-                                               std::string, double)>();
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const OptionalTensor&, int64_t,
+                                            std::string, double)>("aigc_fast::bias_act");
   return op;
 }
 
 auto backward_op() {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("aigc_fast::bias_act_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
-                                                    std::string, double,
-                                                    std::optional<at::ScalarType>)>();
+      find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t, std::string,
+                                                 double, std::optional<at::ScalarType>)>(
+          "aigc_fast::bias_act_backward");
   return op;
 }
 

@@ -5,7 +5,6 @@
 // output_mask, computed in the same pass as the loss. Autograd keeps exactly those, and its
 // backward only scales them by grad_output: a scalar, or one factor per sample for
 // vae_loss(reduction="none"). Nothing else is saved.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
@@ -14,6 +13,8 @@
 #include <string>
 #include <tuple>
 #include <utility>
+
+#include "find_op.h"
 
 namespace aigc_fast {
 namespace {
@@ -103,11 +104,6 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     return t.dim() == 0 && plain.isSupersetOf(t.key_set()) && t.item<double>() == 1.0;
   }
 };
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 template <typename Tuple>
 variable_list to_list(Tuple&& outputs) {

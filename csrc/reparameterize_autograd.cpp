@@ -3,12 +3,13 @@
 // about 60 us per forward+backward, a quarter of the whole step at a 128x64 latent.
 // torch.compile traces through a C++ autograd kernel like this one (AOTAutograd runs it on
 // fake tensors), as it does for torchvision's ops.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
+
+#include "find_op.h"
 
 namespace aigc_fast {
 namespace {
@@ -19,20 +20,15 @@ using OptionalTensor = std::optional<at::Tensor>;
 
 auto forward_op() {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("aigc_fast::reparameterize", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                    const OptionalTensor&, const OptionalTensor&, bool)>();
+      find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const OptionalTensor&,
+                                                 const OptionalTensor&, bool)>("aigc_fast::reparameterize");
   return op;
 }
 
 auto backward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("aigc_fast::reparameterize_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const OptionalTensor&, const at::Tensor&, const at::Tensor&,
-              const OptionalTensor&, const OptionalTensor&, const OptionalTensor&, std::array<bool, 3>)>();
+  static const auto op = find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const OptionalTensor&, const at::Tensor&, const at::Tensor&, const OptionalTensor&,
+      const OptionalTensor&, const OptionalTensor&, std::array<bool, 3>)>("aigc_fast::reparameterize_backward");
   return op;
 }
 

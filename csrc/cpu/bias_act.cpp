@@ -47,24 +47,33 @@ std::vector<T> bias_values(const BiasAct& op) {
   return values;
 }
 
-template <Act A, typename T>
-void forward_runs(BiasAct& op) {
-  const std::vector<T> bias = bias_values<T>(op);
-  const T slope = static_cast<T>(op.slope);
-  const int64_t n = op.x.numel(), inner = op.inner, channels = op.channels;
+// Walks x in chunks of kChunk elements (in parallel), giving each chunk's input and output
+// in the math type to body(x, y, begin, len); converts on load and store as needed.
+template <typename T, typename Body>
+void each_chunk(BiasAct& op, const Body& body) {
+  const int64_t n = op.x.numel();
   for_units((n + kChunk - 1) / kChunk, n, [&](int64_t first, int64_t last) {
     alignas(64) T x_buf[kChunk], y_buf[kChunk];
     for (int64_t chunk = first; chunk < last; ++chunk) {
       const int64_t begin = chunk * kChunk, len = std::min(kChunk, n - begin);
       const T* x = load(op.x, begin, len, x_buf);
       T* y = output(op.y, begin, y_buf);
-      for (int64_t pos = 0; pos < len;) {  // runs of one channel
-        const int64_t run = (begin + pos) / inner;
-        const int64_t end = std::min(len, (run + 1) * inner - begin);
-        add_scalar_act<A>(x + pos, bias[run % channels], slope, end - pos, y + pos);
-        pos = end;
-      }
+      body(x, y, begin, len);
       store(y, op.y, begin, len);
+    }
+  });
+}
+
+template <Act A, typename T>
+void forward_runs(BiasAct& op) {
+  const std::vector<T> bias = bias_values<T>(op);
+  const T slope = static_cast<T>(op.slope);
+  each_chunk<T>(op, [&](const T* x, T* y, int64_t begin, int64_t len) {
+    for (int64_t pos = 0; pos < len;) {  // runs of one channel
+      const int64_t run = (begin + pos) / op.inner;
+      const int64_t end = std::min(len, (run + 1) * op.inner - begin);
+      add_scalar_act<A>(x + pos, bias[run % op.channels], slope, end - pos, y + pos);
+      pos = end;
     }
   });
 }
@@ -99,19 +108,11 @@ template <Act A, typename T>
 void forward_slices(BiasAct& op) {
   const std::vector<T> bias = bias_values<T>(op);
   const T slope = static_cast<T>(op.slope);
-  const int64_t n = op.x.numel(), channels = op.channels;
-  for_units((n + kChunk - 1) / kChunk, n, [&](int64_t first, int64_t last) {
-    alignas(64) T x_buf[kChunk], y_buf[kChunk];
-    for (int64_t chunk = first; chunk < last; ++chunk) {
-      const int64_t begin = chunk * kChunk, len = std::min(kChunk, n - begin);
-      const T* x = load(op.x, begin, len, x_buf);
-      T* y = output(op.y, begin, y_buf);
-      for (int64_t pos = 0; pos < len;) {
-        const int64_t c = (begin + pos) % channels, piece = std::min(len - pos, channels - c);
-        add_row_act<A>(x + pos, bias.data() + c, slope, piece, y + pos);
-        pos += piece;
-      }
-      store(y, op.y, begin, len);
+  each_chunk<T>(op, [&](const T* x, T* y, int64_t begin, int64_t len) {
+    for (int64_t pos = 0; pos < len;) {
+      const int64_t c = (begin + pos) % op.channels, piece = std::min(len - pos, op.channels - c);
+      add_row_act<A>(x + pos, bias.data() + c, slope, piece, y + pos);
+      pos += piece;
     }
   });
 }
