@@ -15,11 +15,12 @@ from . import nn, reference  # noqa: E402
 from ._impl import get_impl, set_impl, use_impl  # noqa: E402
 from ._info import info  # noqa: E402
 from ._version import __version__  # noqa: E402
-from .ops import bias_act, gan_d_loss, gan_g_loss, reparameterize, vae_loss  # noqa: E402
+from .ops import bias_act, bn_act, gan_d_loss, gan_g_loss, reparameterize, vae_loss  # noqa: E402
 
 __all__ = [
     "__version__",
     "bias_act",
+    "bn_act",
     "gan_d_loss",
     "gan_g_loss",
     "get_impl",

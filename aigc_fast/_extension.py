@@ -20,7 +20,7 @@ from ._version import __version__
 
 # Every op the Python layer expects from the binary; a stale build lacks some.
 EXPECTED_OPS = ("build_info", "reparameterize", "reparameterize_backward", "gan_d_loss", "gan_g_loss", "vae_loss",
-                "bias_act", "bias_act_backward")
+                "bias_act", "bias_act_backward", "bn_act", "bn_act_backward")
 DISABLE_ENV = "AIGC_FAST_NO_EXTENSION"
 REBUILD_HINT = (
     "rebuild it against the installed torch: pip install --no-build-isolation --force-reinstall "

@@ -9,7 +9,7 @@ import torch
 from . import _extension, _impl
 from ._version import __version__
 
-OPS = ("reparameterize", "gan_d_loss", "gan_g_loss", "vae_loss", "bias_act")
+OPS = ("reparameterize", "gan_d_loss", "gan_g_loss", "vae_loss", "bias_act", "bn_act")
 
 
 def _devices() -> list:

@@ -15,7 +15,6 @@
 #include "layout.h"
 
 namespace aigc_fast {
-namespace {
 
 Act parse_act(const std::string& act, double slope) {
   if (act == "identity") return Act::kIdentity;
@@ -30,8 +29,6 @@ Act parse_act(const std::string& act, double slope) {
   TORCH_CHECK(false, "act must be one of 'identity', 'relu', 'leaky_relu', 'tanh', 'sigmoid', got '",
               act, "'");
 }
-
-}  // namespace
 
 at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim,
                        std::string act, double negative_slope) {

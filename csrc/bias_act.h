@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
 #include <type_traits>
 
 #include "aigc_fast/activations.h"
@@ -28,6 +29,9 @@ struct BiasActGrad {
   double slope;
   at::Tensor grad_x;  // laid out like y
 };
+
+// The activation named `act` (the names of aigc_fast/_activations.py); a clear error otherwise.
+Act parse_act(const std::string& act, double slope);
 
 // Calls f with the activation as a compile-time constant.
 template <typename F>

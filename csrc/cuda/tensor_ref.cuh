@@ -27,6 +27,9 @@ Ref ref(const at::Tensor& t) {
   return Ref{t.numel() > 0 ? const_cast<void*>(t.const_data_ptr()) : nullptr, d};
 }
 
+// A Ref with no data for an undefined tensor (an absent optional input or output).
+Ref optional_ref(const at::Tensor& t) { return t.defined() ? ref(t) : Ref{nullptr, DType::kFloat}; }
+
 template <typename T>
 __device__ T load(Ref r, int64_t i) {
   switch (r.dtype) {

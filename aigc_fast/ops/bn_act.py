@@ -1,0 +1,129 @@
+"""aigc_fast.bn_act: BatchNorm + activation in one op, for the conv blocks of a DCGAN
+(conv-transpose -> BatchNorm2d -> ReLU, conv -> BatchNorm2d -> LeakyReLU)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _activations, _extension, _impl, _layout, _validate
+from .. import reference
+
+# Activations the memory-saving mode can invert (z = act^-1(y)).
+INVERTIBLE = ("identity", "leaky_relu", "tanh")
+
+
+def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope,
+           num_batches_tracked, memory_efficient) -> None:
+    _validate.float_tensor(x, "x")
+    if x.dim() < 2:
+        raise ValueError(f"x must have a batch and a channel dimension ([N, C, ...]), got shape {list(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"bn_act needs a non-empty x, got shape {list(x.shape)}")
+    channels = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if t is None:
+            continue
+        _validate.float_tensor(t, name)
+        _validate.same_device(t, name, x, "x")
+        if t.dim() != 1 or t.shape[0] != channels:
+            raise ValueError(
+                f"{name} must have shape [{channels}] (one value per channel of x, x.shape[1]), got {list(t.shape)}"
+            )
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    _activations.check(act, negative_slope)
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if training and x.numel() // channels <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
+    if training and momentum is None and running_mean is not None and num_batches_tracked is None:
+        raise ValueError("momentum=None (a cumulative average) needs num_batches_tracked")
+    if memory_efficient:
+        if act not in INVERTIBLE or (act == "leaky_relu" and negative_slope <= 0):
+            raise ValueError(
+                "memory_efficient=True recomputes the pre-activation from the output, so it needs an invertible "
+                f"activation ({', '.join(INVERTIBLE)}; leaky_relu with negative_slope > 0), got {act!r}"
+            )
+        if act == "tanh" and x.dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                "memory_efficient=True with tanh needs a float32 or float64 output: atanh of a 16-bit tanh "
+                "output has too few bits left to recover the pre-activation"
+            )
+
+
+def bn_act(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    *,
+    training: bool,
+    momentum: Optional[float] = 0.1,
+    eps: float = 1e-5,
+    act: str = "relu",
+    negative_slope: float = 0.2,
+    num_batches_tracked: Optional[torch.Tensor] = None,
+    memory_efficient: bool = False,
+    impl: Optional[str] = None,
+) -> torch.Tensor:
+    """act(BatchNorm(x)) over channel dimension 1 of an [N, C, ...] tensor, as nn.BatchNorm2d
+    followed by the activation module computes it, in one op.
+
+    training=True normalizes with the batch statistics (float32 math, Welford-style tile
+    merges: no cancellation for large means) and updates running_mean/running_var in place
+    as nn.BatchNorm does (momentum, unbiased variance; momentum=None is the cumulative
+    average and needs num_batches_tracked, which is incremented as the module does).
+    training=False (or no running statistics) normalizes with the running statistics.
+    act: "identity", "relu", "leaky_relu", "tanh" or "sigmoid". x: float16/bfloat16/float32/
+    float64, NCHW or channels_last (y keeps x's memory format); parameters and running
+    statistics in any float dtype. memory_efficient=True (inplace_abn's mode, for identity,
+    leaky_relu with negative_slope > 0, and tanh in float32/64) keeps only y for backward
+    and recomputes the normalized input from it: one activation-sized tensor less per block.
+    In that mode a channel whose weight is exactly 0 gets NaN gradients (its input cannot be
+    recovered from its output); first derivatives only.
+    """
+    _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope,
+           num_batches_tracked, memory_efficient)
+    if not _impl.use_fused(impl, "bn_act", x.device):
+        return reference.bn_act(x, weight, bias, running_mean, running_var, training=training, momentum=momentum,
+                                eps=eps, act=act, negative_slope=negative_slope,
+                                num_batches_tracked=num_batches_tracked)
+    use_batch_stats = training or running_mean is None
+    y, _, _ = torch.ops.aigc_fast.bn_act(
+        x, weight, bias, running_mean, running_var, num_batches_tracked if training else None, use_batch_stats,
+        None if momentum is None else float(momentum), float(eps), act, float(negative_slope), memory_efficient,
+    )
+    return y
+
+
+def _stat_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _fake_forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, act,
+                  negative_slope, memory_efficient):
+    stats = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
+    return torch.empty_like(_layout.in_memory_order(x)), stats, stats.clone()
+
+
+def _fake_backward(grad_y, y, x, weight, bias, mean, invstd, training, act, negative_slope, output_mask):
+    channels, math = y.shape[1], _stat_dtype(y)
+    grad_x = torch.empty_like(_layout.in_memory_order(y)) if output_mask[0] else y.new_empty((0,))
+    grad_weight = y.new_empty((channels if output_mask[1] else 0,),
+                              dtype=weight.dtype if weight is not None and output_mask[1] else math)
+    grad_bias = y.new_empty((channels if output_mask[2] else 0,),
+                            dtype=bias.dtype if bias is not None and output_mask[2] else math)
+    return grad_x, grad_weight, grad_bias
+
+
+def _register() -> None:
+    # Autograd is registered in C++ (csrc/bn_act_autograd.cpp); torch.compile needs the shapes.
+    torch.library.register_fake("aigc_fast::bn_act")(_fake_forward)
+    torch.library.register_fake("aigc_fast::bn_act_backward")(_fake_backward)
+
+
+if _extension.LOADED:
+    _register()

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import _activations
+
+
+def bn_act(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    running_mean: Optional[torch.Tensor],
+    running_var: Optional[torch.Tensor],
+    *,
+    training: bool,
+    momentum: Optional[float] = 0.1,
+    eps: float = 1e-5,
+    act: str = "relu",
+    negative_slope: float = 0.2,
+    num_batches_tracked: Optional[torch.Tensor] = None,
+    memory_efficient: bool = False,
+) -> torch.Tensor:
+    """act(batch_norm(x)) exactly as nn.BatchNorm2d followed by the activation module runs it,
+    running statistics and num_batches_tracked included (memory_efficient changes only what
+    the fused op keeps for backward, so it is ignored here)."""
+    factor = 0.0 if momentum is None else momentum
+    if training and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        if momentum is None:
+            factor = 1.0 / float(num_batches_tracked)
+    use_batch_stats = training or running_mean is None
+    v = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, eps)
+    return _activations.apply(act, v, negative_slope)

@@ -1,0 +1,56 @@
+// The BatchNorm + activation op as the CPU and CUDA kernels see it (bn_act.cpp checks the
+// arguments and lays the tensors out). Like bias_act, tensors are read in memory order as
+// [outer, channels, inner] (inner = H * W for NCHW, 1 for channels_last); the math is
+// include/aigc_fast/batch_norm.h.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "aigc_fast/batch_norm.h"
+#include "bias_act.h"  // with_act
+
+namespace aigc_fast {
+
+// Per-channel statistics of x: mean and biased variance, in float64 (the kernels' merge type).
+struct ChannelStats {
+  at::Tensor x;  // dense
+  int64_t channels, inner;
+  at::Tensor mean, var;  // [channels] float64 outputs
+};
+
+// y = act((x - mean) * scale + beta) per channel, or act(x + beta) without kAffine (bias_act).
+struct ChannelAffineAct {
+  at::Tensor x;
+  int64_t channels, inner;
+  at::Tensor mean, scale, beta;  // [channels] in the math type (mean, scale undefined: bias only)
+  Act act;
+  double slope;
+  at::Tensor y;  // laid out like x
+};
+
+// The bn_act backward: two passes (per-channel sums, then dx), see batch_norm.h.
+struct BnActGrad {
+  at::Tensor grad_y, y, x;  // same layout; x undefined in the memory-saving mode
+  int64_t channels, inner;
+  at::Tensor mean, invstd, beta, inv_gamma;  // [channels], math type (beta, inv_gamma: memory-saving mode)
+  Act act;
+  double slope;
+  // pass 1: per-channel sums of dz and dz * xhat ([channels], float64)
+  at::Tensor sum_dz, sum_dz_xhat;
+  // pass 2 (when grad_x is defined): dx = k * ((dz - mean_dz) - xhat * mean_dz_xhat)
+  at::Tensor k, mean_dz, mean_dz_xhat;  // [channels], math type
+  at::Tensor grad_x;
+};
+
+void channel_stats_cpu(ChannelStats& op);
+void channel_affine_act_cpu(ChannelAffineAct& op, bool affine);
+void bn_act_sums_cpu(BnActGrad& op);
+void bn_act_grad_input_cpu(BnActGrad& op);
+#ifdef AIGC_FAST_WITH_CUDA
+void channel_stats_cuda(ChannelStats& op);
+void channel_affine_act_cuda(ChannelAffineAct& op, bool affine);
+void bn_act_sums_cuda(BnActGrad& op);
+void bn_act_grad_input_cuda(BnActGrad& op);
+#endif
+
+}  // namespace aigc_fast

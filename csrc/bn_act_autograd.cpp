@@ -1,0 +1,142 @@
+// Autograd of aigc_fast::bn_act, in C++ on the Autograd key. It keeps x, y and the
+// per-channel mean and invstd (y is the next layer's input, kept anyway); in the
+// memory-saving mode (inplace_abn's) it keeps only y and recomputes xhat from it, so a
+// block stores no activation-sized tensor of its own. Under create_graph (a gradient
+// penalty through a BatchNorm discriminator) the backward is written with differentiable
+// ATen ops on the same formulas, with the batch statistics recomputed from x, so second
+// derivatives are exact; the memory-saving mode, having no x, refuses.
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/where.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "find_op.h"
+
+namespace aigc_fast {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptionalTensor = std::optional<at::Tensor>;
+using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+auto forward_op() {
+  static const auto op =
+      find_op<Outputs(const at::Tensor&, const OptionalTensor&, const OptionalTensor&, const OptionalTensor&,
+                      const OptionalTensor&, const OptionalTensor&, bool, std::optional<double>, double, std::string,
+                      double, bool)>("aigc_fast::bn_act");
+  return op;
+}
+
+auto backward_op() {
+  static const auto op =
+      find_op<Outputs(const at::Tensor&, const at::Tensor&, const OptionalTensor&, const OptionalTensor&,
+                      const OptionalTensor&, const at::Tensor&, const at::Tensor&, bool, std::string, double,
+                      std::array<bool, 3>)>("aigc_fast::bn_act_backward");
+  return op;
+}
+
+// f'(z) read from y, as differentiable ATen ops (the table of activations.h).
+at::Tensor derivative_from_output(const at::Tensor& y, const std::string& act, double slope) {
+  if (act == "relu") return y.gt(0).to(y.scalar_type());
+  if (act == "leaky_relu") return at::where(y.gt(0), at::ones_like(y), at::full_like(y, slope));
+  if (act == "tanh") return y.mul(y).neg().add(1);
+  if (act == "sigmoid") return y.mul(y.neg().add(1));
+  return at::ones_like(y);
+}
+
+// The backward as differentiable ops, for second derivatives (batch_norm.h's formulas).
+Outputs differentiable_backward(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& x,
+                                const OptionalTensor& weight, const at::Tensor& saved_mean,
+                                const at::Tensor& saved_invstd, bool training, double eps, const std::string& act,
+                                double slope) {
+  std::vector<int64_t> dims{0}, shape(x.dim(), 1);
+  for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+  shape[1] = x.size(1);
+  const double n = double(x.numel() / x.size(1));
+  const at::Tensor mean =
+      training ? x.mean(dims, /*keepdim=*/true) : saved_mean.to(x.scalar_type()).reshape(shape);
+  const at::Tensor invstd = training ? (x - mean).pow(2).mean(dims, true).add(eps).rsqrt()
+                                     : saved_invstd.to(x.scalar_type()).reshape(shape);
+  const at::Tensor xhat = (x - mean) * invstd;
+  const at::Tensor dz = grad_y * derivative_from_output(y, act, slope);
+  const at::Tensor sum_dz = dz.sum(dims, true), sum_dz_xhat = (dz * xhat).sum(dims, true);
+  const at::Tensor k = (weight.has_value() ? weight->to(x.scalar_type()).reshape(shape) : at::ones_like(mean)) * invstd;
+  const at::Tensor grad_x = training ? k * (dz - sum_dz / n - xhat * (sum_dz_xhat / n)) : k * dz;
+  return {grad_x, sum_dz_xhat.reshape({-1}), sum_dz.reshape({-1})};
+}
+
+class BnActFunction : public torch::autograd::Function<BnActFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptionalTensor& weight,
+                               const OptionalTensor& bias, const OptionalTensor& running_mean,
+                               const OptionalTensor& running_var, const OptionalTensor& num_batches_tracked,
+                               bool training, std::optional<double> momentum, double eps, const std::string& act,
+                               double slope, bool memory_efficient) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, mean, invstd] = forward_op().call(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                                               training, momentum, eps, act, slope, memory_efficient);
+    ctx->mark_non_differentiable({mean, invstd});
+    // Undefined tensors stand for absent ones (x in the memory-saving mode, no weight/bias).
+    ctx->save_for_backward({memory_efficient ? at::Tensor() : x, y, weight.value_or(at::Tensor()),
+                            bias.value_or(at::Tensor()), mean, invstd});
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["slope"] = slope;
+    return {y, mean, invstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &y = saved[1], &mean = saved[4], &invstd = saved[5];
+    const OptionalTensor weight = saved[2].defined() ? OptionalTensor(saved[2]) : std::nullopt;
+    const OptionalTensor bias = saved[3].defined() ? OptionalTensor(saved[3]) : std::nullopt;
+    const bool training = ctx->saved_data["training"].toBool();
+    const std::string act = ctx->saved_data["act"].toStringRef();
+    const double slope = ctx->saved_data["slope"].toDouble();
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), weight.has_value() && ctx->needs_input_grad(1),
+                                   bias.has_value() && ctx->needs_input_grad(2)};
+    variable_list out(12);
+    if (!grads[0].defined()) return out;  // only the statistics were used: no gradient
+    at::Tensor grad_x, grad_weight, grad_bias;
+    if (at::GradMode::is_enabled()) {
+      TORCH_CHECK(x.defined(),
+                  "bn_act(memory_efficient=True) keeps only its output and supports first derivatives only; "
+                  "use memory_efficient=False for double backward (a gradient penalty through this layer)");
+      std::tie(grad_x, grad_weight, grad_bias) = differentiable_backward(
+          grads[0], y, x, weight, mean, invstd, training, ctx->saved_data["eps"].toDouble(), act, slope);
+      if (weight.has_value()) grad_weight = grad_weight.to(weight->scalar_type());
+      if (bias.has_value()) grad_bias = grad_bias.to(bias->scalar_type());
+    } else {
+      std::tie(grad_x, grad_weight, grad_bias) = backward_op().call(
+          grads[0], y, x.defined() ? OptionalTensor(x) : std::nullopt, weight, bias, mean, invstd, training, act,
+          slope, mask);
+    }
+    out[0] = mask[0] ? grad_x : at::Tensor();
+    out[1] = mask[1] ? grad_weight : at::Tensor();
+    out[2] = mask[2] ? grad_bias : at::Tensor();
+    return out;
+  }
+};
+
+Outputs bn_act_autograd(const at::Tensor& x, const OptionalTensor& weight, const OptionalTensor& bias,
+                        const OptionalTensor& running_mean, const OptionalTensor& running_var,
+                        const OptionalTensor& num_batches_tracked, bool training, std::optional<double> momentum,
+                        double eps, std::string act, double negative_slope, bool memory_efficient) {
+  const variable_list out = BnActFunction::apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                                                 training, momentum, eps, act, negative_slope, memory_efficient);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(aigc_fast, Autograd, m) { m.impl("bn_act", &bn_act_autograd); }
+
+}  // namespace aigc_fast

@@ -1,0 +1,287 @@
+// CPU kernels of aigc_fast::bn_act's statistics and backward (its normalize pass is
+// cpu/bias_act.cpp's affine_act). The walks are channel_walk.h's; the per-element math is
+// batch_norm.h's. Results do not depend on the thread count: partials are formed over
+// fixed pieces and merged in a fixed order, in float64.
+#include "../bn_act.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "channel_walk.h"
+#include "isa.h"
+#include "tiles.h"
+
+namespace aigc_fast {
+namespace {
+
+// ---- statistics: per-channel mean and biased variance ----
+
+// Sums are taken of x - shift, shift an element of the same channel (the first of the
+// piece or block): for data far from zero (mean 1e4, std 1) the float32 sum of x itself
+// would round at the scale of the mean, the shifted sum at the scale of the spread.
+//
+// The moments of one run piece: its mean from the shifted sum, then the squared deviations
+// from that mean rounded to T, corrected to the exact mean (m2 = sum (x - mu)^2 - n d^2).
+template <typename T>
+AIGC_CPU_CLONES void piece_moments(const T* x, int64_t n, Moments& into) {
+  const T shift = x[0];
+  T sum = 0;
+  AIGC_SIMD_SUM(sum)
+  for (int64_t i = 0; i < n; ++i) sum += x[i] - shift;
+  const double mean = double(shift) + double(sum) / double(n);
+  const T mu = static_cast<T>(mean);
+  T m2 = 0;
+  AIGC_SIMD_SUM(m2)
+  for (int64_t i = 0; i < n; ++i) m2 += (x[i] - mu) * (x[i] - mu);
+  const double d = mean - double(mu);
+  merge_moments(into, double(n), mean, double(m2) - double(n) * d * d);
+}
+
+template <typename T>
+std::vector<Moments> stats_by_runs(const ChannelStats& op, const Geometry& g) {
+  std::vector<Moments> moments(g.channels, Moments{0, 0, 0});
+  reduce_runs(g, [&](int64_t channel, int64_t begin, int64_t len) {
+    alignas(64) T buf[kChunk];
+    piece_moments(load(op.x, begin, len, buf), len, moments[channel]);
+  });
+  return moments;
+}
+
+// Short runs: the same two passes over a block of whole rows (in cache), with per-element
+// sums over the rows (shifted by the block's first row) folded into channel means, then
+// per-element squared deviations from the row pattern of those means.
+template <typename T>
+std::vector<Moments> stats_by_rows(const ChannelStats& op, const Geometry& g) {
+  const int64_t row = g.row(), groups = row_groups(g);
+  std::vector<Moments> partial(groups * g.channels, Moments{0, 0, 0});
+  reduce_rows(g, [&](int64_t group, int64_t begin, int64_t rows) {
+    T* x_buf = scratch<T, 0>(rows * row).data();
+    T* s = scratch<T, 1>(row).data();
+    T* d = scratch<T, 2>(row).data();
+    T* mu = scratch<T, 3>(row).data();
+    double* channel_mean = scratch<double, 4>(g.channels).data();
+    double* channel_m2 = scratch<double, 5>(g.channels).data();
+    std::fill(s, s + row, T(0));
+    std::fill(d, d + row, T(0));
+    std::fill(channel_mean, channel_mean + g.channels, 0.0);
+    std::fill(channel_m2, channel_m2 + g.channels, 0.0);
+    const T* x = load(op.x, begin, rows * row, x_buf);
+    for (int64_t r = 1; r < rows; ++r) {
+      const T* xr = x + r * row;
+      simd_for(row, [&](int64_t j) { s[j] += xr[j] - x[j]; });
+    }
+    const double count = double(rows * g.inner);
+    for (int64_t j = 0; j < row; ++j) channel_mean[j / g.inner] += double(rows) * double(x[j]) + double(s[j]);
+    for (int64_t c = 0; c < g.channels; ++c) channel_mean[c] /= count;
+    for (int64_t j = 0; j < row; ++j) mu[j] = static_cast<T>(channel_mean[j / g.inner]);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * row;
+      simd_for(row, [&](int64_t j) { d[j] += (xr[j] - mu[j]) * (xr[j] - mu[j]); });
+    }
+    for (int64_t j = 0; j < row; ++j) channel_m2[j / g.inner] += double(d[j]);
+    for (int64_t c = 0; c < g.channels; ++c) {
+      const double dm = channel_mean[c] - double(static_cast<T>(channel_mean[c]));
+      merge_moments(partial[group * g.channels + c], count, channel_mean[c], channel_m2[c] - count * dm * dm);
+    }
+  });
+  std::vector<Moments> moments(g.channels, Moments{0, 0, 0});
+  for (int64_t group = 0; group < groups; ++group) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+      const Moments& p = partial[group * g.channels + c];
+      merge_moments(moments[c], p.count, p.mean, p.m2);
+    }
+  }
+  return moments;
+}
+
+template <typename T>
+void stats(ChannelStats& op) {
+  const Geometry g{op.x.numel(), op.channels, op.inner};
+  const std::vector<Moments> moments = reduce_by_rows(g) ? stats_by_rows<T>(op, g) : stats_by_runs<T>(op, g);
+  double* mean = op.mean.mutable_data_ptr<double>();
+  double* var = op.var.mutable_data_ptr<double>();
+  for (int64_t c = 0; c < g.channels; ++c) {
+    mean[c] = moments[c].mean;
+    var[c] = std::max(moments[c].m2 / moments[c].count, 0.0);  // rounding never makes it negative
+  }
+}
+
+// ---- backward ----
+
+// The per-channel parameters of the backward, in the order the element functions read them.
+enum Param { kMean, kInvstd, kBeta, kInvGamma, kK, kMeanDz, kMeanDzXhat, kParams };
+
+template <typename T>
+ChannelParams<T, kParams> grad_params(const BnActGrad& op) {
+  const auto values = [&](const at::Tensor& t) {
+    std::vector<T> v(op.channels, T(0));
+    if (t.defined()) {
+      std::vector<T> scratch(op.channels);
+      const T* p = load(t, 0, op.channels, scratch.data());
+      std::copy(p, p + op.channels, v.begin());
+    }
+    return v;
+  };
+  ChannelParams<T, kParams> params;
+  params.values = {values(op.mean),  values(op.invstd),  values(op.beta),        values(op.inv_gamma),
+                   values(op.k),     values(op.mean_dz), values(op.mean_dz_xhat)};
+  return params;
+}
+
+// Calls body(dy, y, x, begin, len) on the chunk's inputs in the math type (x null in the
+// memory-saving mode).
+template <typename T, typename Body>
+void with_grad_inputs(const BnActGrad& op, int64_t begin, int64_t len, const Body& body) {
+  alignas(64) T dy_buf[kChunk], y_buf[kChunk], x_buf[kChunk];
+  const T* dy = load(op.grad_y, begin, len, dy_buf);
+  const T* y = load(op.y, begin, len, y_buf);
+  const T* x = op.x.defined() ? load(op.x, begin, len, x_buf) : nullptr;
+  body(dy, y, x);
+}
+
+// sum(dz) and sum(dz * xhat) over one piece of a channel's run (scalar parameters).
+template <bool kFromOutput, Act A, typename T>
+AIGC_CPU_CLONES void piece_sums(const T* dy, const T* y, const T* x, int64_t n, const T* p, T slope, T& sum_dz,
+                                T& sum_dz_xhat) {
+  const T mean = p[kMean], invstd = p[kInvstd], beta = p[kBeta], inv_gamma = p[kInvGamma];
+  T s1 = 0, s2 = 0;
+  _Pragma("omp simd reduction(+ : s1, s2)")
+  for (int64_t i = 0; i < n; ++i) {
+    T xhat, dz;
+    normalized_and_dz<kFromOutput, A>(dy[i], y[i], kFromOutput ? T(0) : x[i], mean, invstd, beta, inv_gamma, slope,
+                                      xhat, dz);
+    s1 += dz;
+    s2 += dz * xhat;
+  }
+  sum_dz = s1;
+  sum_dz_xhat = s2;
+}
+
+template <bool kFromOutput, Act A, typename T>
+void sums(BnActGrad& op) {
+  const Geometry g{op.y.numel(), op.channels, op.inner};
+  const ChannelParams<T, kParams> params = grad_params<T>(op);
+  const T slope = static_cast<T>(op.slope);
+  double* sum_dz = op.sum_dz.mutable_data_ptr<double>();
+  double* sum_dz_xhat = op.sum_dz_xhat.mutable_data_ptr<double>();
+  std::fill(sum_dz, sum_dz + g.channels, 0.0);
+  std::fill(sum_dz_xhat, sum_dz_xhat + g.channels, 0.0);
+  if (!reduce_by_rows(g)) {
+    reduce_runs(g, [&](int64_t channel, int64_t begin, int64_t len) {
+      with_grad_inputs<T>(op, begin, len, [&](const T* dy, const T* y, const T* x) {
+        T p[kParams];
+        for (int k = 0; k < kParams; ++k) p[k] = params.values[k][channel];
+        T s1, s2;
+        piece_sums<kFromOutput, A>(dy, y, x, len, p, slope, s1, s2);
+        sum_dz[channel] += double(s1);
+        sum_dz_xhat[channel] += double(s2);
+      });
+    });
+    return;
+  }
+  // Short runs: per-element sums over a block's rows (parameters as a row pattern), folded
+  // into per-channel float64 partials of the block's group, groups then added in order.
+  const int64_t row = g.row(), groups = row_groups(g);
+  std::vector<T> pattern(kParams * row);
+  for (int k = 0; k < kParams; ++k) {
+    for (int64_t j = 0; j < row; ++j) pattern[k * row + j] = params.values[k][g.channel_at(j)];
+  }
+  std::vector<double> partial(groups * g.channels * 2, 0.0);
+  reduce_rows(g, [&](int64_t group, int64_t begin, int64_t rows) {
+    const int64_t len = rows * row;
+    const T* dy = load(op.grad_y, begin, len, scratch<T, 0>(len).data());
+    const T* y = load(op.y, begin, len, scratch<T, 1>(len).data());
+    const T* x = op.x.defined() ? load(op.x, begin, len, scratch<T, 2>(len).data()) : nullptr;
+    T* s1 = scratch<T, 3>(row).data();
+    T* s2 = scratch<T, 4>(row).data();
+    std::fill(s1, s1 + row, T(0));
+    std::fill(s2, s2 + row, T(0));
+    const T *mean = &pattern[kMean * row], *invstd = &pattern[kInvstd * row], *beta = &pattern[kBeta * row],
+            *inv_gamma = &pattern[kInvGamma * row];
+    for (int64_t r = 0; r < rows; ++r) {
+      const T *dyr = dy + r * row, *yr = y + r * row, *xr = x == nullptr ? nullptr : x + r * row;
+      simd_for(row, [&](int64_t j) {
+        T xhat, dz;
+        normalized_and_dz<kFromOutput, A>(dyr[j], yr[j], kFromOutput ? T(0) : xr[j], mean[j], invstd[j], beta[j],
+                                          inv_gamma[j], slope, xhat, dz);
+        s1[j] += dz;
+        s2[j] += dz * xhat;
+      });
+    }
+    double* into = &partial[group * g.channels * 2];
+    for (int64_t j = 0; j < row; ++j) {
+      into[2 * g.channel_at(j)] += double(s1[j]);
+      into[2 * g.channel_at(j) + 1] += double(s2[j]);
+    }
+  });
+  for (int64_t group = 0; group < groups; ++group) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+      sum_dz[c] += partial[(group * g.channels + c) * 2];
+      sum_dz_xhat[c] += partial[(group * g.channels + c) * 2 + 1];
+    }
+  }
+}
+
+template <bool kFromOutput, Act A, typename T>
+void grad_input(BnActGrad& op) {
+  ChannelParams<T, kParams> params = grad_params<T>(op);
+  const T slope = static_cast<T>(op.slope);
+  map_channels(Geometry{op.y.numel(), op.channels, op.inner}, params, [&](int64_t begin, int64_t len, const auto& segments) {
+    with_grad_inputs<T>(op, begin, len, [&](const T* dy, const T* y, const T* x) {
+      alignas(64) T dx_buf[kChunk];
+      T* dx = output(op.grad_x, begin, dx_buf);
+      segments([&](int64_t pos, int64_t n, auto step, const auto& p) {
+        constexpr int64_t S = decltype(step)::value;
+        const T *dys = dy + pos, *ys = y + pos, *xs = x == nullptr ? nullptr : x + pos;
+        const T *mean = p[kMean], *invstd = p[kInvstd], *beta = p[kBeta], *inv_gamma = p[kInvGamma], *k = p[kK],
+                *mean_dz = p[kMeanDz], *mean_dz_xhat = p[kMeanDzXhat];
+        T* dxs = dx + pos;
+        simd_for(n, [&](int64_t i) {
+          T xhat, dz;
+          normalized_and_dz<kFromOutput, A>(dys[i], ys[i], kFromOutput ? T(0) : xs[i], mean[i * S], invstd[i * S],
+                                            beta[i * S], inv_gamma[i * S], slope, xhat, dz);
+          dxs[i] = bn_grad_input(dz, xhat, k[i * S], mean_dz[i * S], mean_dz_xhat[i * S]);
+        });
+      });
+      store(dx, op.grad_x, begin, len);
+    });
+  });
+}
+
+// Calls f<kFromOutput, A, T>() for the op's mode, activation and math type.
+template <typename F>
+void dispatch_grad(const BnActGrad& op, const F& f) {
+  with_act(op.act, [&](auto act) {
+    constexpr Act A = decltype(act)::value;
+    const bool dbl = op.y.scalar_type() == at::kDouble;
+    if (!op.x.defined()) {
+      if constexpr (A == Act::kIdentity || A == Act::kLeakyRelu || A == Act::kTanh) {
+        dbl ? f(std::true_type{}, act, double{}) : f(std::true_type{}, act, float{});
+      } else {
+        TORCH_CHECK(false, "bn_act: the memory-saving backward needs an invertible activation");
+      }
+    } else {
+      dbl ? f(std::false_type{}, act, double{}) : f(std::false_type{}, act, float{});
+    }
+  });
+}
+
+}  // namespace
+
+void channel_stats_cpu(ChannelStats& op) {
+  op.x.scalar_type() == at::kDouble ? stats<double>(op) : stats<float>(op);
+}
+
+void bn_act_sums_cpu(BnActGrad& op) {
+  dispatch_grad(op, [&](auto from_output, auto act, auto type) {
+    sums<decltype(from_output)::value, decltype(act)::value, decltype(type)>(op);
+  });
+}
+
+void bn_act_grad_input_cpu(BnActGrad& op) {
+  dispatch_grad(op, [&](auto from_output, auto act, auto type) {
+    grad_input<decltype(from_output)::value, decltype(act)::value, decltype(type)>(op);
+  });
+}
+
+}  // namespace aigc_fast

@@ -1,0 +1,173 @@
+// The walks shared by the CPU kernels of the per-channel ops (bias_act, bn_act). A tensor
+// is read in memory order as [outer, channels, inner]: inner = H * W for NCHW, 1 for
+// channels_last, so one walk serves both layouts and outputs keep the input's layout.
+//
+// Maps (one output element per input element, with per-channel parameters) go in chunks
+// of at most kChunk elements, in parallel. Where a channel's elements come in runs of at
+// least kMinRun (NCHW), a chunk splits into runs and the kernel sees each parameter as a
+// scalar (step 0); where runs are short (channels_last), a chunk is whole rows and the
+// kernel sees each parameter as a per-element pattern built once (step 1), so a chunk is
+// one vector loop however few channels there are.
+//
+// Reductions (per-channel sums) must not depend on the thread count: long runs are reduced
+// one channel per task, runs in order; short runs go in fixed blocks of whole rows, each
+// folded into per-channel partials of a fixed group of blocks, groups then merged in order.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <type_traits>
+#include <vector>
+
+#include "isa.h"
+#include "tiles.h"
+
+namespace aigc_fast {
+namespace {
+
+constexpr int64_t kChunk = 4096;
+constexpr int64_t kMinRun = 16;
+// Reductions read runs shorter than this as rows (per-run overhead would dominate), when a
+// row holds at most kMaxRow elements.
+constexpr int64_t kMinReduceRun = 512;
+constexpr int64_t kMaxRow = 16384;
+// Partial sums run over at most this many rows (or run elements per SIMD lane) in the math
+// type before they go into float64: a float32 sum's rounding grows with its length.
+constexpr int64_t kMaxRowsPerBlock = 64;
+constexpr int64_t kReducePiece = 1024;
+constexpr int64_t kBlocksPerGroup = 64;
+
+// body(i) for i in [0, n) as one SIMD loop (body is inlined into each ISA clone).
+template <typename F>
+AIGC_CPU_CLONES void simd_for(int64_t n, const F& body) {
+  AIGC_SIMD
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+
+using Step0 = std::integral_constant<int64_t, 0>;  // a parameter is one value for the segment
+using Step1 = std::integral_constant<int64_t, 1>;  // a parameter is one value per element
+
+struct Geometry {
+  int64_t numel, channels, inner;
+  int64_t row() const { return channels * inner; }
+  int64_t rows() const { return numel / row(); }
+  int64_t channel_at(int64_t pos) const { return (pos / inner) % channels; }
+};
+
+// Per-channel values of P parameters, and (for short runs) their per-element pattern over
+// one chunk of whole rows.
+template <typename T, size_t P>
+struct ChannelParams {
+  std::array<std::vector<T>, P> values;   // [channels] each
+  std::array<std::vector<T>, P> pattern;  // [rows_per_chunk * row] each, short runs only
+};
+
+// Calls chunk(begin, len, segments) for chunks of x (in parallel), where segments(seg)
+// calls seg(pos, n, step, params) for the chunk's pieces; params[k] points at parameter
+// k's value (step 0) or at the value of element `pos` (step 1).
+template <typename T, size_t P, typename Chunk>
+void map_channels(const Geometry& g, ChannelParams<T, P>& params, const Chunk& chunk) {
+  const bool short_runs = g.inner < kMinRun && g.channels > 1;
+  if (short_runs && g.row() <= kChunk) {
+    const int64_t rows_per_chunk = std::max<int64_t>(1, kChunk / g.row()), size = rows_per_chunk * g.row();
+    for (size_t k = 0; k < P; ++k) {
+      params.pattern[k].resize(size);
+      for (int64_t j = 0; j < size; ++j) params.pattern[k][j] = params.values[k][g.channel_at(j)];
+    }
+    for_units((g.numel + size - 1) / size, g.numel, [&](int64_t first, int64_t last) {
+      for (int64_t c = first; c < last; ++c) {
+        const int64_t begin = c * size, len = std::min(size, g.numel - begin);
+        chunk(begin, len, [&](const auto& seg) {
+          std::array<const T*, P> p;
+          for (size_t k = 0; k < P; ++k) p[k] = params.pattern[k].data();
+          seg(int64_t(0), len, Step1{}, p);
+        });
+      }
+    });
+    return;
+  }
+  const bool slices = short_runs && g.inner == 1;  // a row wider than a chunk
+  for_units((g.numel + kChunk - 1) / kChunk, g.numel, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
+      const int64_t begin = c * kChunk, len = std::min(kChunk, g.numel - begin);
+      chunk(begin, len, [&](const auto& seg) {
+        std::array<const T*, P> p;
+        for (int64_t pos = 0; pos < len;) {
+          const int64_t channel = g.channel_at(begin + pos);
+          for (size_t k = 0; k < P; ++k) p[k] = params.values[k].data() + channel;
+          if (slices) {  // the slice of the parameters from this channel to the row's end
+            const int64_t n = std::min(len - pos, g.channels - channel);
+            seg(pos, n, Step1{}, p);
+            pos += n;
+          } else {  // one run (or what of it lies in this chunk)
+            const int64_t end = std::min(len, ((begin + pos) / g.inner + 1) * g.inner - begin);
+            seg(pos, end - pos, Step0{}, p);
+            pos = end;
+          }
+        }
+      });
+    }
+  });
+}
+
+// Whether a reduction over g reads rows (short runs) or runs.
+inline bool reduce_by_rows(const Geometry& g) { return g.inner < kMinReduceRun && g.row() <= kMaxRow; }
+
+// Long runs: run(channel, begin, len) for every piece (at most kReducePiece elements) of every run
+// of the channel, in memory order, all pieces of a channel on one thread.
+template <typename Run>
+void reduce_runs(const Geometry& g, const Run& run) {
+  const int64_t outer = g.rows();
+  const int64_t work_per_channel = outer * g.inner;
+  const auto body = [&](int64_t first, int64_t last) {
+    for (int64_t channel = first; channel < last; ++channel) {
+      for (int64_t o = 0; o < outer; ++o) {
+        const int64_t start = (o * g.channels + channel) * g.inner;
+        for (int64_t i = 0; i < g.inner; i += kReducePiece) {
+          run(channel, start + i, std::min(kReducePiece, g.inner - i));
+        }
+      }
+    }
+  };
+  if (g.numel < kParallelMinElements) return body(0, g.channels);
+  at::parallel_for(0, g.channels, std::max<int64_t>(1, kParallelMinElements / std::max<int64_t>(work_per_channel, 1)),
+                   body);
+}
+
+// Short runs: rows per block (whole rows, at most kChunk elements and kMaxRowsPerBlock rows).
+inline int64_t rows_per_block(const Geometry& g) {
+  return std::clamp<int64_t>(kChunk / g.row(), 1, kMaxRowsPerBlock);
+}
+
+inline int64_t row_groups(const Geometry& g) {
+  const int64_t blocks = (g.rows() + rows_per_block(g) - 1) / rows_per_block(g);
+  return (blocks + kBlocksPerGroup - 1) / kBlocksPerGroup;
+}
+
+// Short runs: block(group, begin, rows) for every block, groups of kBlocksPerGroup blocks in
+// parallel, the blocks of a group in order on one thread.
+template <typename Block>
+void reduce_rows(const Geometry& g, const Block& block) {
+  const int64_t per_block = rows_per_block(g), blocks = (g.rows() + per_block - 1) / per_block;
+  for_units(row_groups(g), g.numel, [&](int64_t first, int64_t last) {
+    for (int64_t group = first; group < last; ++group) {
+      for (int64_t b = group * kBlocksPerGroup; b < std::min(blocks, (group + 1) * kBlocksPerGroup); ++b) {
+        const int64_t row0 = b * per_block;
+        block(group, row0 * g.row(), std::min(per_block, g.rows() - row0));
+      }
+    }
+  });
+}
+
+// A scratch vector per thread, kept between calls (blocks are small; no allocation each).
+template <typename T, int kSlot>
+std::vector<T>& scratch(size_t size) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < size) buffer.resize(size);
+  return buffer;
+}
+
+}  // namespace
+}  // namespace aigc_fast

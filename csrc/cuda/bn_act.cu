@@ -1,0 +1,210 @@
+// CUDA kernels of aigc_fast::bn_act's statistics and backward (its normalize pass is in
+// bias_act.cu). Reductions are two-stage and deterministic: block (split, channel) reduces
+// a fixed slice of the channel's elements with block_sum, and one thread per channel
+// merges the slices in order in float64 (merge_moments of batch_norm.h for the statistics).
+// The per-element math is batch_norm.h's, as on CPU.
+//
+// Element k of channel c sits at ((k / inner) * channels + c) * inner + k % inner: for
+// channels_last (inner = 1) a warp's reads are `channels` apart, which is correct but not
+// coalesced (a channels-innermost reduction is the next step for that layout).
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "../bn_act.h"
+#include "block_reduce.cuh"
+#include "launch.cuh"
+#include "tensor_ref.cuh"
+
+namespace aigc_fast {
+namespace {
+
+constexpr int64_t kPerSplit = 16384;  // elements of one channel per block, at least
+constexpr int64_t kMaxSplits = 256;
+
+struct ChannelSlices {
+  int64_t channels, inner, per_channel, splits;
+  __device__ int64_t offset(int64_t c, int64_t k) const { return ((k / inner) * channels + c) * inner + k % inner; }
+  __device__ int64_t begin(int64_t split) const { return per_channel * split / splits; }
+};
+
+ChannelSlices slices_of(int64_t numel, int64_t channels, int64_t inner) {
+  const int64_t per_channel = numel / channels;
+  int64_t splits = (per_channel + kPerSplit - 1) / kPerSplit;
+  splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
+  return ChannelSlices{channels, inner, per_channel, splits};
+}
+
+// Stage 1 of the statistics: sums of x - shift and (x - shift)^2 over a slice, shift the
+// channel's first element (so float sums round at the scale of the spread, not the mean),
+// as the slice's moments (3 doubles per (channel, split)).
+template <typename T>
+__global__ void stats_kernel(Ref x, ChannelSlices s, double* partials) {
+  const int64_t c = blockIdx.y, split = blockIdx.x;
+  const int64_t begin = s.begin(split), end = s.begin(split + 1);
+  const T shift = load<T>(x, s.offset(c, 0));
+  T s1 = 0, s2 = 0;
+  for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) {
+    const T d = load<T>(x, s.offset(c, k)) - shift;
+    s1 += d;
+    s2 += d * d;
+  }
+  const T sum1 = block_sum(s1), sum2 = block_sum(s2);
+  if (threadIdx.x == 0) {
+    const double n = double(end - begin), mean_d = double(sum1) / n;
+    double* out = partials + (c * s.splits + split) * 3;
+    out[0] = n;
+    out[1] = double(shift) + mean_d;
+    out[2] = n > 0 ? double(sum2) - n * mean_d * mean_d : 0.0;
+  }
+}
+
+__global__ void stats_merge_kernel(const double* partials, int64_t channels, int64_t splits, double* mean,
+                                   double* var) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= channels) return;
+  Moments m{0, 0, 0};
+  for (int64_t split = 0; split < splits; ++split) {
+    const double* p = partials + (c * splits + split) * 3;
+    merge_moments(m, p[0], p[1], p[2]);
+  }
+  mean[c] = m.mean;
+  const double v = m.m2 / m.count;
+  var[c] = v > 0.0 ? v : 0.0;
+}
+
+// The backward's per-channel parameters (math-type tensors; beta and inv_gamma only in
+// the memory-saving mode).
+struct GradParams {
+  Ref mean, invstd, beta, inv_gamma, k, mean_dz, mean_dz_xhat;
+};
+
+template <bool kFromOutput, Act A, typename T>
+__device__ void element(Ref dy, Ref y, Ref x, const GradParams& p, int64_t c, int64_t i, T slope, T& xhat, T& dz) {
+  const T beta = kFromOutput ? load<T>(p.beta, c) : T(0), inv_gamma = kFromOutput ? load<T>(p.inv_gamma, c) : T(0);
+  const T mean = kFromOutput ? T(0) : load<T>(p.mean, c), invstd = kFromOutput ? T(0) : load<T>(p.invstd, c);
+  normalized_and_dz<kFromOutput, A>(load<T>(dy, i), load<T>(y, i), kFromOutput ? T(0) : load<T>(x, i), mean, invstd,
+                                    beta, inv_gamma, slope, xhat, dz);
+}
+
+template <bool kFromOutput, Act A, typename T>
+__global__ void sums_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s, T slope, double* partials) {
+  const int64_t c = blockIdx.y, split = blockIdx.x;
+  T s1 = 0, s2 = 0;
+  for (int64_t k = s.begin(split) + threadIdx.x; k < s.begin(split + 1); k += blockDim.x) {
+    T xhat, dz;
+    element<kFromOutput, A>(dy, y, x, p, c, s.offset(c, k), slope, xhat, dz);
+    s1 += dz;
+    s2 += dz * xhat;
+  }
+  const T sum1 = block_sum(s1), sum2 = block_sum(s2);
+  if (threadIdx.x == 0) {
+    partials[(c * s.splits + split) * 2] = double(sum1);
+    partials[(c * s.splits + split) * 2 + 1] = double(sum2);
+  }
+}
+
+__global__ void sums_merge_kernel(const double* partials, int64_t channels, int64_t splits, double* sum_dz,
+                                  double* sum_dz_xhat) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= channels) return;
+  double s1 = 0, s2 = 0;
+  for (int64_t split = 0; split < splits; ++split) {
+    s1 += partials[(c * splits + split) * 2];
+    s2 += partials[(c * splits + split) * 2 + 1];
+  }
+  sum_dz[c] = s1;
+  sum_dz_xhat[c] = s2;
+}
+
+template <bool kFromOutput, Act A, typename T>
+__global__ void grad_input_kernel(Ref dy, Ref y, Ref x, GradParams p, int64_t n, int64_t channels, int64_t inner,
+                                  T slope, Ref dx) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = (i / inner) % channels;
+    T xhat, dz;
+    element<kFromOutput, A>(dy, y, x, p, c, i, slope, xhat, dz);
+    store(dx, i, bn_grad_input(dz, xhat, load<T>(p.k, c), load<T>(p.mean_dz, c), load<T>(p.mean_dz_xhat, c)));
+  }
+}
+
+GradParams grad_params(const BnActGrad& op) {
+  return GradParams{optional_ref(op.mean), optional_ref(op.invstd), optional_ref(op.beta), optional_ref(op.inv_gamma),
+                    optional_ref(op.k),    optional_ref(op.mean_dz), optional_ref(op.mean_dz_xhat)};
+}
+
+// f(from_output, act, T{}) for the op's mode, activation and math type.
+template <typename F>
+void dispatch_grad(const BnActGrad& op, const F& f) {
+  with_act(op.act, [&](auto act) {
+    constexpr Act A = decltype(act)::value;
+    with_math_type(op.y, [&](auto type) {
+      if (!op.x.defined()) {
+        if constexpr (A == Act::kIdentity || A == Act::kLeakyRelu || A == Act::kTanh) {
+          f(std::true_type{}, act, type);
+        } else {
+          TORCH_CHECK(false, "bn_act: the memory-saving backward needs an invertible activation");
+        }
+      } else {
+        f(std::false_type{}, act, type);
+      }
+    });
+  });
+}
+
+int merge_blocks(int64_t channels) { return static_cast<int>((channels + kThreads - 1) / kThreads); }
+
+}  // namespace
+
+void channel_stats_cuda(ChannelStats& op) {
+  const c10::cuda::CUDAGuard guard(op.x.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const ChannelSlices s = slices_of(op.x.numel(), op.channels, op.inner);
+  const at::Tensor partials = at::empty({op.channels * s.splits * 3}, op.mean.options());
+  with_math_type(op.x, [&](auto type) {
+    using T = decltype(type);
+    stats_kernel<T><<<dim3(s.splits, op.channels), kMaxThreads, 0, stream>>>(ref(op.x), s,
+                                                                            partials.mutable_data_ptr<double>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  stats_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(
+      partials.const_data_ptr<double>(), op.channels, s.splits, op.mean.mutable_data_ptr<double>(),
+      op.var.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void bn_act_sums_cuda(BnActGrad& op) {
+  const c10::cuda::CUDAGuard guard(op.y.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const ChannelSlices s = slices_of(op.y.numel(), op.channels, op.inner);
+  const at::Tensor partials = at::empty({op.channels * s.splits * 2}, op.sum_dz.options());
+  const Ref x = optional_ref(op.x);
+  dispatch_grad(op, [&](auto from_output, auto act, auto type) {
+    using T = decltype(type);
+    sums_kernel<decltype(from_output)::value, decltype(act)::value, T>
+        <<<dim3(s.splits, op.channels), kMaxThreads, 0, stream>>>(ref(op.grad_y), ref(op.y), x, grad_params(op), s,
+                                                                   static_cast<T>(op.slope),
+                                                                   partials.mutable_data_ptr<double>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  sums_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(
+      partials.const_data_ptr<double>(), op.channels, s.splits, op.sum_dz.mutable_data_ptr<double>(),
+      op.sum_dz_xhat.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void bn_act_grad_input_cuda(BnActGrad& op) {
+  const c10::cuda::CUDAGuard guard(op.y.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t n = op.y.numel();
+  const Ref x = optional_ref(op.x);
+  dispatch_grad(op, [&](auto from_output, auto act, auto type) {
+    using T = decltype(type);
+    grad_input_kernel<decltype(from_output)::value, decltype(act)::value, T><<<grid_for(n), kThreads, 0, stream>>>(
+        ref(op.grad_y), ref(op.y), x, grad_params(op), n, op.channels, op.inner, static_cast<T>(op.slope),
+        ref(op.grad_x));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace aigc_fast

@@ -1,0 +1,336 @@
+"""bn_act against nn.BatchNorm2d + activation (the reference) in every dtype, activation,
+layout and mode: outputs, gradients for input and parameters, running statistics over
+several steps; the memory-saving mode; accuracy for large means; determinism across
+thread counts; the ecosystem contracts (opcheck, gradcheck, gradgradcheck, torch.compile,
+autocast); and bad input."""
+
+import pytest
+import torch
+
+import aigc_fast
+from aigc_fast import _activations, reference
+
+from conftest import DTYPES, assert_close_to_float64, requires_fused
+
+pytestmark = requires_fused
+ACTS = list(_activations.ACTIVATIONS)
+LAYOUTS = {
+    "nchw": lambda t: t,
+    "channels_last": lambda t: t.to(memory_format=torch.channels_last),
+    "strided": lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),  # neither: copied
+}
+
+
+class Params:
+    """A BatchNorm layer's parameters and buffers, cloned per run so runs compare."""
+
+    def __init__(self, channels, seed=0, dtype=torch.float32, param_dtype=None):
+        g = torch.Generator().manual_seed(seed)
+        pd = param_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
+        self.weight = (1 + 0.5 * torch.randn(channels, generator=g, dtype=torch.float64)).to(pd)
+        self.bias = (0.3 * torch.randn(channels, generator=g, dtype=torch.float64)).to(pd)
+        self.running_mean = (0.1 * torch.randn(channels, generator=g, dtype=torch.float64)).to(pd)
+        self.running_var = (1 + torch.rand(channels, generator=g, dtype=torch.float64)).to(pd)
+        self.num_batches_tracked = torch.tensor(3)
+
+    def clone(self, cast=lambda t: t):
+        other = Params.__new__(Params)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            setattr(other, name, cast(getattr(self, name)).clone())
+        other.num_batches_tracked = self.num_batches_tracked.clone()
+        return other
+
+
+def run(fn, x, p, grad_out, *, training, cast=lambda t: t, layout=lambda t: t, steps=1, **kw):
+    """steps forward/backward passes through fn; the last step's y and gradients, and the
+    running statistics after all of them."""
+    q = p.clone(cast)
+    w, b = q.weight.requires_grad_(), q.bias.requires_grad_()
+    for _ in range(steps):
+        x_ = layout(cast(x)).detach().requires_grad_()
+        w.grad = b.grad = None
+        y = fn(x_, w, b, q.running_mean, q.running_var, training=training, num_batches_tracked=q.num_batches_tracked,
+               **kw)
+        y.backward(layout(cast(grad_out)))
+    return (y.detach(), x_.grad, w.grad, b.grad), (q.running_mean, q.running_var, q.num_batches_tracked)
+
+
+def data(shape, dtype=torch.float32, seed=1, mean=0.5, std=2.0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * std + mean).to(dtype)
+    grad_out = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    return x, grad_out
+
+
+def compare(fused, same_dtype, exact, n_per_channel, dtype):
+    (fy, *fg), (frm, frv, fn) = fused
+    (ry, *rg), _ = same_dtype
+    (ey, *eg), (erm, erv, en) = exact
+    assert_close_to_float64(fy, ry, ey)
+    for f, r, e in zip(fg, rg, eg):
+        # Parameter gradients are sums over the batch: allow for that many roundings.
+        floor = 1.0 if f.shape == fy.shape else float(n_per_channel) ** 0.5
+        assert_close_to_float64(f, r, e, rel_floor=floor, data_dtype=dtype)
+    torch.testing.assert_close(frm.double(), erm.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(frv.double(), erv.double(), rtol=1e-5, atol=1e-5)
+    assert fn.item() == en.item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_matches_reference(dtype, act, layout, training):
+    shape = (4, 6, 5, 7)
+    x, grad_out = data(shape, dtype)
+    p = Params(shape[1], dtype=dtype)
+    kw = dict(training=training, layout=LAYOUTS[layout], act=act, negative_slope=0.1)
+    fused = run(aigc_fast.bn_act, x, p, grad_out, **kw)
+    same_dtype = run(reference.bn_act, x, p, grad_out, **kw)
+    exact = run(reference.bn_act, x, p, grad_out, cast=lambda t: t.double(), **kw)
+    assert fused[0][0].dtype == dtype and fused[0][2].dtype == p.weight.dtype
+    if layout == "channels_last":
+        assert fused[0][0].is_contiguous(memory_format=torch.channels_last)
+        assert fused[0][1].is_contiguous(memory_format=torch.channels_last)
+    compare(fused, same_dtype, exact, 4 * 5 * 7, dtype)
+
+
+# Shapes that take every walk: long runs (NCHW, H * W >= 512), short runs as rows (small
+# maps, channels_last, 1x1 maps, 2-D and 3-D inputs), rows wider than a chunk, one channel.
+SHAPES = [(2, 3, 32, 20), (8, 5, 1, 1), (16, 5), (3, 4, 9), (2, 600, 3, 3), (4, 1, 6, 6), (128, 3, 2, 2)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_shapes_float64(shape, channels_last, training):
+    if channels_last and len(shape) != 4:
+        pytest.skip("channels_last is a 4-d layout")
+    x, grad_out = data(shape, torch.float64, seed=5)
+    p = Params(shape[1], dtype=torch.float64)
+    layout = LAYOUTS["channels_last" if channels_last else "nchw"]
+    fused = run(aigc_fast.bn_act, x, p, grad_out, training=training, layout=layout, act="leaky_relu", steps=2)
+    ref = run(reference.bn_act, x, p, grad_out, training=training, layout=layout, act="leaky_relu", steps=2)
+    for f, r in zip(fused[0] + fused[1], ref[0] + ref[1]):
+        torch.testing.assert_close(f, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5, None])
+def test_running_statistics_over_steps(momentum):
+    """Five steps through the fused op leave the buffers where nn.BatchNorm2d leaves them."""
+    bn = torch.nn.BatchNorm2d(6, momentum=momentum)
+    bn.weight.data.uniform_(0.5, 1.5)
+    p = Params(6)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        setattr(p, name, getattr(bn, name).detach().clone())
+    p.num_batches_tracked = bn.num_batches_tracked.clone()
+    for step in range(5):
+        x, _ = data((8, 6, 4, 4), seed=10 + step, mean=step)
+        aigc_fast.bn_act(x, p.weight, p.bias, p.running_mean, p.running_var, training=True, momentum=momentum,
+                         act="identity", num_batches_tracked=p.num_batches_tracked)
+        bn(x)
+    torch.testing.assert_close(p.running_mean, bn.running_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(p.running_var, bn.running_var, rtol=1e-6, atol=1e-6)
+    assert p.num_batches_tracked.item() == bn.num_batches_tracked.item() == 5
+    bn.eval()
+    x, _ = data((8, 6, 4, 4), seed=99)
+    y = aigc_fast.bn_act(x, p.weight, p.bias, p.running_mean, p.running_var, training=False, act="identity")
+    torch.testing.assert_close(y, bn(x), rtol=1e-5, atol=1e-5)
+
+
+def test_no_running_statistics_and_no_affine():
+    x, grad_out = data((4, 3, 6, 6), torch.float64)
+    for training in (True, False):  # without buffers, eval uses the batch statistics too (as F.batch_norm)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y1 = aigc_fast.bn_act(x1, None, None, None, None, training=training, act="tanh")
+        y2 = reference.bn_act(x2, None, None, None, None, training=training, act="tanh")
+        torch.testing.assert_close(y1, y2)
+        y1.backward(grad_out)
+        y2.backward(grad_out)
+        torch.testing.assert_close(x1.grad, x2.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_mean_keeps_its_variance(dtype):
+    """mean 1e4, std 1: E[x^2] - E[x]^2 in float32 would lose every digit of the variance."""
+    x, _ = data((16, 4, 32, 32), dtype, mean=1e4, std=1.0)
+    p = Params(4, dtype=dtype)
+    rm, rv = p.running_mean.clone(), p.running_var.clone()
+    y = aigc_fast.bn_act(x, None, None, rm, rv, training=True, momentum=1.0, act="identity")
+    xd = x.double()
+    mean, var = xd.mean((0, 2, 3)), xd.var((0, 2, 3))
+    torch.testing.assert_close(rm.double(), mean, rtol=1e-9 if dtype == torch.float64 else 1e-7, atol=0)
+    torch.testing.assert_close(rv.double(), var, rtol=1e-9 if dtype == torch.float64 else 1e-4, atol=0)
+    exact = (xd - mean[None, :, None, None]) / (xd.var((0, 2, 3), unbiased=False)[None, :, None, None] + 1e-5).sqrt()
+    # (x - mean) first: float32 output within a few ulp of its magnitude, ~1e-6 absolute.
+    torch.testing.assert_close(y.double(), exact, rtol=0, atol=1e-9 if dtype == torch.float64 else 2e-3)
+
+
+@pytest.mark.parametrize("act", ["identity", "leaky_relu", "tanh"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("training", [True, False])
+def test_memory_efficient_mode_matches(act, layout, training):
+    x, grad_out = data((4, 6, 5, 7), torch.float64, std=1.0)
+    p = Params(6, dtype=torch.float64)
+    kw = dict(training=training, layout=LAYOUTS[layout], act=act, negative_slope=0.1)
+    lean = run(aigc_fast.bn_act, x, p, grad_out, memory_efficient=True, **kw)
+    ref = run(reference.bn_act, x, p, grad_out, **kw)
+    for f, r in zip(lean[0] + lean[1], ref[0] + ref[1]):
+        torch.testing.assert_close(f, r, rtol=1e-9, atol=1e-9)
+    x32, g32 = x.float(), grad_out.float()
+    lean32 = run(aigc_fast.bn_act, x32, p.clone(lambda t: t.float()), g32, memory_efficient=True, **kw)
+    exact = run(reference.bn_act, x, p, grad_out, **kw)
+    for f, e in zip(lean32[0], exact[0]):
+        torch.testing.assert_close(f.double(), e, rtol=1e-4, atol=1e-4)
+
+
+def test_memory_efficient_mode_keeps_only_the_output():
+    x, _ = data((4, 8, 16, 16))
+    p = Params(8)
+    for memory_efficient, expected in ((False, 2), (True, 1)):
+        saved = []
+        x_ = x.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = aigc_fast.bn_act(x_, p.weight, p.bias, None, None, training=True, act="leaky_relu",
+                                 memory_efficient=memory_efficient)
+        big = [t for t in saved if t.numel() == x.numel()]
+        assert len(big) == expected
+        assert any(t.untyped_storage().data_ptr() == y.untyped_storage().data_ptr() for t in big)
+
+
+def test_deterministic_across_thread_counts():
+    x, grad_out = data((32, 16, 24, 24))
+    p = Params(16)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for layout in ("nchw", "channels_last"):
+                out, stats = run(aigc_fast.bn_act, x, p, grad_out, training=True, layout=LAYOUTS[layout])
+                results.append((n, layout, out + stats))
+    finally:
+        torch.set_num_threads(threads)
+    by_layout = {}
+    for n, layout, tensors in results:
+        by_layout.setdefault(layout, []).append(tensors)
+    for runs in by_layout.values():
+        for a, b in zip(*runs):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck(act, training):
+    x, _ = data((3, 2, 3, 2), torch.float64, seed=7)
+    p = Params(2, dtype=torch.float64)
+    fn = lambda t, w, b: aigc_fast.bn_act(t, w, b, p.running_mean.clone(), p.running_var.clone(),  # noqa: E731
+                                          training=training, act=act, negative_slope=0.3)
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(), p.weight.requires_grad_(), p.bias.requires_grad_()))
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "tanh", "sigmoid"])
+def test_second_derivatives(act):
+    x, _ = data((3, 2, 3, 2), torch.float64, seed=8)
+    p = Params(2, dtype=torch.float64)
+    fn = lambda t, w, b: aigc_fast.bn_act(t, w, b, None, None, training=True, act=act, negative_slope=0.3)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x.requires_grad_(), p.weight.requires_grad_(), p.bias.requires_grad_()))
+    y = aigc_fast.bn_act(x, p.weight, p.bias, None, None, training=True, act="tanh", memory_efficient=True)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)[0].sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_opcheck(dtype):
+    x, grad_out = data((2, 3, 4, 5), dtype)
+    p = Params(3, dtype=dtype)
+    ops = torch.ops.aigc_fast
+    w, b = p.weight.requires_grad_(), p.bias.requires_grad_()
+    torch.library.opcheck(ops.bn_act, (x.requires_grad_(), w, b, p.running_mean, p.running_var,
+                                       p.num_batches_tracked, True, 0.1, 1e-5, "relu", 0.2, False))
+    torch.library.opcheck(ops.bn_act, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), w, b,
+                                       p.running_mean, p.running_var, None, False, None, 1e-5, "tanh", 0.2, True))
+    y, mean, invstd = ops.bn_act(x.detach(), w.detach(), b.detach(), None, None, None, True, 0.1, 1e-5,
+                                 "leaky_relu", 0.2, False)
+    for x_saved in (x.detach(), None):
+        torch.library.opcheck(ops.bn_act_backward, (grad_out, y, x_saved, w.detach(), b.detach(), mean, invstd, True,
+                                                    "leaky_relu", 0.2, [True, True, True]))
+    torch.library.opcheck(ops.bn_act_backward, (grad_out, y, x.detach(), None, None, mean, invstd, False,
+                                                "leaky_relu", 0.2, [True, False, False]))
+
+
+def test_torch_compile_fullgraph():
+    x, grad_out = data((4, 6, 8, 8))
+    ps = [Params(6), Params(6)]
+
+    def block(t, p):
+        return aigc_fast.bn_act(t, p.weight, p.bias, p.running_mean, p.running_var, training=True,
+                                num_batches_tracked=p.num_batches_tracked, act="relu")
+
+    outs = []
+    for p, fn in zip(ps, (torch.compile(block, fullgraph=True), block)):
+        p.weight.requires_grad_()
+        x_ = x.clone().requires_grad_()
+        y = fn(x_, p)
+        y.backward(grad_out)
+        outs.append((y, x_.grad, p.weight.grad, p.running_mean, p.running_var, p.num_batches_tracked))
+    for c, e in zip(*outs):
+        torch.testing.assert_close(c, e)
+
+
+def test_autocast_bf16():
+    conv = torch.nn.Conv2d(3, 8, 3, bias=False)
+    p = Params(8)
+    x = torch.randn(4, 3, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = conv(x)
+        y = aigc_fast.bn_act(h, p.weight.requires_grad_(), p.bias, p.running_mean, p.running_var, training=True)
+    assert h.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+    ref = reference.bn_act(h.float(), p.weight, p.bias, None, None, training=True)
+    torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert p.weight.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()
+    assert p.running_mean.dtype == torch.float32
+
+
+def test_nan_stays_in_its_channel():
+    x, _ = data((4, 3, 5, 5))
+    x[1, 1, 2, 2] = float("nan")
+    y = aigc_fast.bn_act(x, None, None, None, None, training=True, act="identity")
+    assert torch.isnan(y[:, 1]).all() and torch.isfinite(y[:, [0, 2]]).all()
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: aigc_fast.bn_act(torch.zeros(2, 3, 4, 4), torch.ones(4), None, None, None, training=True), ValueError,
+         r"weight must have shape \[3\] \(one value per channel of x, x.shape\[1\]\), got \[4\]"),
+        (lambda: aigc_fast.bn_act(torch.zeros(2, 3, 4, 4), None, None, None, None, training=True, act="gelu"),
+         ValueError, "act must be one of"),
+        (lambda: aigc_fast.bn_act(torch.zeros(1, 3, 1, 1), None, None, None, None, training=True), ValueError,
+         "Expected more than 1 value per channel when training"),
+        (lambda: aigc_fast.bn_act(torch.zeros(0, 3, 4, 4), None, None, None, None, training=True), ValueError,
+         "non-empty"),
+        (lambda: aigc_fast.bn_act(torch.zeros(6), None, None, None, None, training=True), ValueError,
+         r"\[N, C, ...\]"),
+        (lambda: aigc_fast.bn_act(torch.zeros(2, 3, dtype=torch.int64), None, None, None, None, training=True),
+         TypeError, "x must be float16"),
+        (lambda: aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3), None, training=True), ValueError,
+         "both be given or both be None"),
+        (lambda: aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3), torch.ones(3), training=True,
+                                  momentum=None), ValueError, "needs num_batches_tracked"),
+        (lambda: aigc_fast.bn_act(torch.zeros(2, 3), None, None, None, None, training=True, memory_efficient=True),
+         ValueError, "needs an invertible activation"),
+        (lambda: aigc_fast.bn_act(torch.zeros(2, 3, dtype=torch.bfloat16), None, None, None, None, training=True,
+                                  act="tanh", memory_efficient=True), ValueError, "float32 or float64 output"),
+        (lambda: aigc_fast.bn_act(torch.zeros(2, 3), torch.ones(3, device="meta"), None, None, None, training=True),
+         ValueError, "weight must be on the same device as x"),
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), torch.ones(4), None, None, None, None, True, 0.1,
+                                            1e-5, "relu", 0.2, False), RuntimeError, r"weight must have shape \[3\]"),
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(1, 3), None, None, None, None, None, True, 0.1, 1e-5,
+                                            "relu", 0.2, False), RuntimeError, "more than 1 value per channel"),
+    ],
+)
+def test_bad_input_gives_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
