@@ -1,6 +1,8 @@
 """torch.nn modules built on the fused ops."""
 
+from .blocks import ConvBlock, ConvTransposeBlock, FusedSequential, convert, fold
 from .losses import GANLoss, VAELoss
 from .reparameterize import Reparameterize
 
-__all__ = ["GANLoss", "Reparameterize", "VAELoss"]
+__all__ = ["ConvBlock", "ConvTransposeBlock", "FusedSequential", "GANLoss", "Reparameterize", "VAELoss", "convert",
+           "fold"]

@@ -1,0 +1,243 @@
+"""Conv blocks on the fused ops: ConvTranspose2d/Conv2d -> BatchNorm2d -> activation with
+everything after the convolution in one op (bn_act, or bias_act without BatchNorm).
+
+Every block is an nn.Sequential of the standard modules, so it prints, indexes and loads a
+state_dict exactly like the nn.Sequential a DCGAN builds ("0.weight", "1.running_mean", ...);
+only forward differs. `convert` turns an existing model's sequences into such blocks in
+place, keeping its modules (and so its weights, buffers and state_dict keys); `fold` folds
+BatchNorm into the convolutions for inference.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _activations
+from ..ops.bias_act import bias_act
+from ..ops.bn_act import INVERTIBLE, bn_act
+
+CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+# activation module -> (name in the activation table, negative slope)
+_ACT_MODULES = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
+                nn.Identity: "identity"}
+
+
+def _activation_of(module: nn.Module):
+    name = _ACT_MODULES.get(type(module))
+    if name is None:
+        return None
+    return name, float(getattr(module, "negative_slope", 0.0))
+
+
+def _activation_module(act: str, negative_slope: float) -> nn.Module:
+    _activations.check(act, negative_slope)
+    if act == "leaky_relu":
+        return nn.LeakyReLU(negative_slope)
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}[act]()
+
+
+class FoldedBatchNorm(nn.Identity):
+    """Where fold() took a BatchNorm2d out (its statistics now live in the convolution)."""
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Children [start, stop) of a Sequential that run as convolution + one fused op."""
+
+    start: int
+    stop: int
+    conv: int
+    bn: Optional[int]
+    act: str
+    negative_slope: float
+
+
+def _plan(children: List[nn.Module]) -> List[Union[int, _Group]]:
+    """The Sequential's forward as steps: a child's index, or a fused group for each
+    conv [-> BatchNorm2d over its channels] [-> activation] with at least one of the two."""
+    steps: List[Union[int, _Group]] = []
+    i = 0
+    while i < len(children):
+        conv = children[i]
+        j, bn = i + 1, None
+        if isinstance(conv, CONVS):
+            if j < len(children) and type(children[j]) is nn.BatchNorm2d and children[j].num_features == conv.out_channels:
+                bn, j = j, j + 1
+            elif j < len(children) and isinstance(children[j], FoldedBatchNorm):
+                j += 1
+            act = _activation_of(children[j]) if j < len(children) else None
+            if act is not None:
+                j += 1
+            if bn is not None or act is not None:
+                name, slope = act or ("identity", 0.0)
+                if name != "leaky_relu" or slope >= 0:  # the kernels need slope >= 0 (else: run as is)
+                    steps.append(_Group(i, j, i, bn, name, slope))
+                    i = j
+                    continue
+        steps.append(i)
+        i += 1
+    return steps
+
+
+def _is_projection(conv: nn.Module, x: torch.Tensor) -> bool:
+    """A conv-transpose of a 1x1 map without padding (a generator's first layer, latent z
+    to k x k): every output pixel is one kernel tap, so it is one matrix multiply."""
+    return (isinstance(conv, nn.ConvTranspose2d) and x.dim() == 4 and x.shape[-2:] == (1, 1)
+            and conv.padding == (0, 0) and conv.output_padding == (0, 0) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def _convolve(conv: nn.Module, x: torch.Tensor, with_bias: bool) -> torch.Tensor:
+    bias = conv.bias if with_bias else None
+    if _is_projection(conv, x):
+        w = conv.weight  # [in, out, kh, kw]
+        h = (x.flatten(1) @ w.flatten(1)).view(x.shape[0], *w.shape[1:])
+        if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+            h = h.contiguous(memory_format=torch.channels_last)  # a channels_last model, as the conv would
+        return h if bias is None else h + bias.view(1, -1, 1, 1).to(h.dtype)
+    if isinstance(conv, nn.ConvTranspose2d):
+        return F.conv_transpose2d(x, conv.weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
+                                  conv.dilation) if conv.padding_mode == "zeros" else conv(x)
+    if conv.padding_mode != "zeros":
+        return conv._conv_forward(x, conv.weight, bias)
+    return F.conv2d(x, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class FusedSequential(nn.Sequential):
+    """An nn.Sequential whose conv [-> BatchNorm2d] [-> activation] runs are fused: the
+    convolution runs as the vendor op (a conv-transpose from a 1x1 map as one matrix
+    multiply), then one bn_act (or bias_act) pass does the rest. Same children, same
+    state_dict keys, same outputs as the plain nn.Sequential.
+
+    memory_efficient=True uses bn_act's memory-saving mode in the groups whose activation
+    can be inverted (identity, leaky_relu, tanh in float32/64): each keeps only its output.
+    """
+
+    def __init__(self, *modules: nn.Module, memory_efficient: bool = False):
+        super().__init__(*modules)
+        self.memory_efficient = memory_efficient
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        children = list(self)
+        # Planned on every call (a few type checks), so swapping a child never leaves a stale plan.
+        for step in _plan(children):
+            x = children[step](x) if isinstance(step, int) else self._run_group(step, children, x)
+        return x
+
+    def _run_group(self, group: _Group, children: List[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"a fused conv block expects a 4-d [N, C, H, W] input, got shape {list(x.shape)}")
+        conv = children[group.conv]
+        if group.bn is None:
+            return bias_act(_convolve(conv, x, with_bias=False), conv.bias, group.act,
+                            negative_slope=group.negative_slope)
+        bn = children[group.bn]
+        h = _convolve(conv, x, with_bias=True)
+        track = bn.training and bn.track_running_stats
+        memory_efficient = (self.memory_efficient and group.act in INVERTIBLE
+                            and (group.act != "tanh" or h.dtype in (torch.float32, torch.float64))
+                            and (group.act != "leaky_relu" or group.negative_slope > 0))
+        return bn_act(
+            h, bn.weight, bn.bias,
+            bn.running_mean if not bn.training or bn.track_running_stats else None,
+            bn.running_var if not bn.training or bn.track_running_stats else None,
+            training=bn.training, momentum=bn.momentum, eps=bn.eps, act=group.act,
+            negative_slope=group.negative_slope, num_batches_tracked=bn.num_batches_tracked if track else None,
+            memory_efficient=memory_efficient,
+        )
+
+    def fused_groups(self) -> List[_Group]:
+        return [s for s in _plan(list(self)) if not isinstance(s, int)]
+
+    def extra_repr(self) -> str:
+        return f"fused groups: {len(self.fused_groups())}, memory_efficient={self.memory_efficient}"
+
+
+def _block(conv: nn.Module, out_ch: int, norm: Optional[str], act: str, negative_slope: float,
+           memory_efficient: bool) -> list:
+    if norm not in ("batch", None):
+        raise ValueError(f"norm must be 'batch' or None, got {norm!r}")
+    modules = [conv]
+    if norm == "batch":
+        modules.append(nn.BatchNorm2d(out_ch))
+    modules.append(_activation_module(act, negative_slope))
+    return modules
+
+
+class ConvTransposeBlock(FusedSequential):
+    """ConvTranspose2d -> BatchNorm2d -> activation (a DCGAN generator block), fused.
+
+    Holds the same modules as nn.Sequential(nn.ConvTranspose2d(...), nn.BatchNorm2d(out_ch),
+    nn.ReLU()) and loads its state_dict. bias defaults to norm is None (DCGAN's convs are
+    bias-free before BatchNorm); norm=None with act="tanh" is a generator's last layer.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size=4, stride=2, padding=1, *, norm: Optional[str] = "batch",
+                 act: str = "relu", negative_slope: float = 0.2, bias: Optional[bool] = None,
+                 memory_efficient: bool = False):
+        conv = nn.ConvTranspose2d(in_ch, out_ch, kernel_size, stride, padding, bias=norm is None if bias is None else bias)
+        super().__init__(*_block(conv, out_ch, norm, act, negative_slope, memory_efficient),
+                         memory_efficient=memory_efficient)
+
+
+class ConvBlock(FusedSequential):
+    """Conv2d -> BatchNorm2d -> activation (a DCGAN discriminator block; LeakyReLU(0.2) by
+    default), fused. Loads the state_dict of the equivalent nn.Sequential."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size=4, stride=2, padding=1, *, norm: Optional[str] = "batch",
+                 act: str = "leaky_relu", negative_slope: float = 0.2, bias: Optional[bool] = None,
+                 memory_efficient: bool = False):
+        conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, bias=norm is None if bias is None else bias)
+        super().__init__(*_block(conv, out_ch, norm, act, negative_slope, memory_efficient),
+                         memory_efficient=memory_efficient)
+
+
+def convert(module: nn.Module, *, memory_efficient: bool = False) -> nn.Module:
+    """Fuses every conv [-> BatchNorm2d] [-> activation] run inside the model's nn.Sequential
+    containers, in place: each such Sequential becomes a FusedSequential holding the same
+    modules (weights, buffers and state_dict keys unchanged). Returns the model (itself
+    converted if it is a Sequential). Runs written out in a custom forward are left alone."""
+    for name, child in list(module.named_children()):
+        setattr(module, name, convert(child, memory_efficient=memory_efficient))
+    if type(module) is nn.Sequential and any(not isinstance(s, int) for s in _plan(list(module))):
+        fused = FusedSequential(memory_efficient=memory_efficient)
+        for name, child in module.named_children():
+            fused.add_module(name, child)
+        fused.train(module.training)
+        return fused
+    return module
+
+
+def _fold_group(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    folded = copy.deepcopy(conv)
+    folded.weight, folded.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias,
+        transpose=isinstance(conv, nn.ConvTranspose2d),
+    )
+    return folded
+
+
+def fold(module: nn.Module) -> nn.Module:
+    """For inference: a copy of the model (which must be in eval mode) with each fused
+    group's BatchNorm folded into its convolution's weight and bias (torch.nn.utils.fusion),
+    so the group runs as convolution + bias_act. The BatchNorm modules become FoldedBatchNorm
+    (an nn.Identity), so the other modules keep their names."""
+    if module.training:
+        raise ValueError("fold() is for inference: call model.eval() first (BatchNorm must use its running statistics)")
+    module = copy.deepcopy(module)
+    for seq in [m for m in module.modules() if isinstance(m, FusedSequential)]:
+        names = [name for name, _ in seq.named_children()]
+        children = list(seq)
+        for group in seq.fused_groups():
+            if group.bn is not None:
+                setattr(seq, names[group.conv], _fold_group(children[group.conv], children[group.bn]))
+                setattr(seq, names[group.bn], FoldedBatchNorm())
+    return module

@@ -1,0 +1,198 @@
+"""The fused conv blocks against the nn.Sequential they replace: same state_dict, same
+outputs, gradients and running statistics over several steps (train and eval, every
+activation, NCHW and channels_last), the projection-as-matmul path, convert() on a whole
+DCGAN, fold() for inference, torch.compile, gradcheck, and bad input."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import aigc_fast
+from aigc_fast.nn import ConvBlock, ConvTransposeBlock, FusedSequential, convert, fold
+
+from conftest import requires_fused
+
+pytestmark = requires_fused
+ACT_MODULES = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.2), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid(),
+               "identity": nn.Identity()}
+
+
+def plain_twin(block: nn.Sequential) -> nn.Sequential:
+    """The nn.Sequential the block stands for, with the block's weights."""
+    twin = nn.Sequential(*[copy.deepcopy(m) for m in block])
+    twin.load_state_dict(block.state_dict())
+    return twin
+
+
+def steps(model, inputs, grads, channels_last=False):
+    """Forward/backward over several batches; the last outputs and gradients, all buffers."""
+    model = model.to(memory_format=torch.channels_last) if channels_last else model
+    for x, g in zip(inputs, grads):
+        model.zero_grad()
+        x = (x.to(memory_format=torch.channels_last) if channels_last else x).clone().requires_grad_()
+        y = model(x)
+        y.backward(g)
+    grads_ = [x.grad] + [p.grad for p in model.parameters()]
+    return y.detach(), grads_, [b.clone() for b in model.buffers()]
+
+
+def assert_same(a, b, tol):
+    ya, ga, ba = a
+    yb, gb, bb = b
+    torch.testing.assert_close(ya, yb, rtol=tol, atol=tol)
+    assert len(ga) == len(gb) and len(ba) == len(bb)
+    for x, y in zip(ga + ba, gb + bb):
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+def batches(shape, n=3, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=dtype) for _ in range(n)]
+
+
+@pytest.mark.parametrize("act", list(ACT_MODULES))
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+def test_conv_transpose_block_matches_sequential(act, channels_last, train):
+    torch.manual_seed(0)
+    block = ConvTransposeBlock(6, 5, 4, 2, 1, act=act).double()
+    twin = plain_twin(block)
+    assert list(block.state_dict()) == list(twin.state_dict())
+    block.train(train)
+    twin.train(train)
+    x, g = batches((3, 6, 5, 5)), batches((3, 5, 10, 10), seed=1)
+    assert_same(steps(block, x, g, channels_last), steps(twin, x, g, channels_last), 1e-10)
+
+
+@pytest.mark.parametrize("norm", ["batch", None])
+@pytest.mark.parametrize("train", [True, False])
+def test_conv_block_matches_sequential(norm, train):
+    torch.manual_seed(1)
+    block = ConvBlock(3, 8, 4, 2, 1, norm=norm).double().train(train)
+    twin = plain_twin(block).train(train)
+    x, g = batches((4, 3, 16, 16)), batches((4, 8, 8, 8), seed=1)
+    assert_same(steps(block, x, g), steps(twin, x, g), 1e-10)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_projection_runs_as_a_matrix_multiply(channels_last, monkeypatch):
+    torch.manual_seed(2)
+    block = ConvTransposeBlock(10, 7, 4, 1, 0).double()
+    twin = plain_twin(block)
+    calls = []
+    real = torch.nn.functional.conv_transpose2d
+    monkeypatch.setattr(torch.nn.functional, "conv_transpose2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, g = batches((5, 10, 1, 1)), batches((5, 7, 4, 4), seed=1)
+    fused = steps(block, x, g, channels_last)
+    assert not calls  # the fused block never ran the general conv-transpose
+    assert_same(fused, steps(twin, x, g, channels_last), 1e-10)
+    if channels_last:
+        assert fused[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def dcgan(nz=16, ngf=8, ndf=8):
+    G = nn.Sequential(
+        nn.ConvTranspose2d(nz, ngf * 4, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh(),
+    )
+    D = nn.Sequential(
+        nn.Conv2d(3, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 4, 1, 4, 1, 0, bias=False),
+    )
+    return nn.ModuleDict({"G": G, "D": D})
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_converted_dcgan_matches_the_original(dtype, tol, memory_efficient):
+    torch.manual_seed(3)
+    original = dcgan().to(dtype)
+    converted = convert(copy.deepcopy(original), memory_efficient=memory_efficient)
+    assert isinstance(converted["G"], FusedSequential) and len(converted["G"].fused_groups()) == 4
+    assert len(converted["D"].fused_groups()) == 3
+    assert list(converted.state_dict()) == list(original.state_dict())
+    for _ in range(3):  # training steps: D on G's samples, gradients everywhere
+        z = torch.randn(6, 16, 1, 1, dtype=dtype)
+        results = []
+        for model in (converted, original):
+            model.zero_grad()
+            logits = model["D"](model["G"](z))
+            logits.square().mean().backward()
+            results.append((logits.detach(), [p.grad for p in model.parameters()], list(model.buffers())))
+        assert_same(*results, tol)
+    original.eval()
+    converted.eval()
+    z = torch.randn(4, 16, 1, 1, dtype=dtype)
+    torch.testing.assert_close(converted["G"](z), original["G"](z), rtol=tol, atol=tol)
+    # Either loads the other's checkpoint.
+    original.load_state_dict(converted.state_dict())
+    converted.load_state_dict(original.state_dict())
+
+
+def test_fold_for_inference():
+    torch.manual_seed(4)
+    model = convert(dcgan()).double()
+    for _ in range(2):  # give the running statistics something to hold
+        model["D"](model["G"](torch.randn(8, 16, 1, 1, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="model.eval"):
+        fold(model)
+    model.eval()
+    folded = fold(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert all(g.bn is None for g in folded["G"].fused_groups()) and len(folded["G"].fused_groups()) == 4
+    z = torch.randn(5, 16, 1, 1, dtype=torch.float64)
+    torch.testing.assert_close(folded["D"](folded["G"](z)), model["D"](model["G"](z)), rtol=1e-10, atol=1e-10)
+
+
+def test_torch_compile_fullgraph():
+    torch.manual_seed(5)
+    block = ConvTransposeBlock(8, 4)
+    twin = copy.deepcopy(block)
+    x, g = torch.randn(2, 8, 6, 6), torch.randn(2, 4, 12, 12)
+    compiled = torch.compile(block, fullgraph=True)
+    outs = [steps(m, [x], [g]) for m in (compiled, twin)]
+    assert_same(*outs, 1e-5)
+
+
+def test_gradcheck():
+    torch.manual_seed(6)
+    block = ConvBlock(2, 3, 3, 1, 1).double()
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    params = list(block.parameters())
+
+    def run(x, *ps):
+        for p, v in zip(params, ps):
+            p.data = v.detach()
+        return torch.func.functional_call(block, dict(zip([n for n, _ in block.named_parameters()], ps)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *[p.detach().clone().requires_grad_() for p in params]))
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: ConvTransposeBlock(4, 4)(torch.zeros(4, 3, 3)), ValueError, r"4-d \[N, C, H, W\] input"),
+        (lambda: ConvTransposeBlock(4, 4, act="gelu"), ValueError, "act must be one of"),
+        (lambda: ConvBlock(4, 4, norm="group"), ValueError, "norm must be 'batch' or None"),
+        (lambda: ConvTransposeBlock(4, 4)(torch.zeros(2, 5, 3, 3)), RuntimeError, "channels"),
+    ],
+)
+def test_bad_input_gives_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_blocks_run_the_reference_when_asked():
+    torch.manual_seed(7)
+    block = ConvTransposeBlock(4, 4).double()
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    twin = copy.deepcopy(block)
+    with aigc_fast.use_impl("reference"):
+        ref = block(x)
+    torch.testing.assert_close(twin(x), ref)
