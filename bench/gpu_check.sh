@@ -41,14 +41,14 @@ fi
 
 step "CUDA tests (log: $LOG/tests.log)"
 AIGC_FAST_REQUIRE_EXTENSION=1 $PYTEST tests/test_cuda.py tests/test_cuda_losses.py tests/test_cuda_bias_act.py \
-  >"$LOG/tests.log" 2>&1 || fail 4
+  tests/test_cuda_bn_act.py >"$LOG/tests.log" 2>&1 || fail 4
 tail -5 "$LOG/tests.log"
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
   step "compute-sanitizer memcheck, small subset (log: $LOG/memcheck.log)"
   # float32 (dtype0), bce: every kernel of the losses once; the compile test is too slow here.
   AIGC_FAST_REQUIRE_EXTENSION=1 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 \
-    $PYTEST tests/test_cuda_losses.py tests/test_cuda.py tests/test_cuda_bias_act.py \
+    $PYTEST tests/test_cuda_losses.py tests/test_cuda.py tests/test_cuda_bias_act.py tests/test_cuda_bn_act.py \
     -k "dtype0 and not compile and not graph and not strided" >"$LOG/memcheck.log" 2>&1
   rc=$?
   [ $rc = 124 ] && echo "memcheck ran out of time (120 s): see $LOG/memcheck.log"
@@ -60,13 +60,14 @@ fi
 
 step "CUDA benchmarks (log: $LOG/bench.log)"
 if $PY -c 'import pytest_benchmark' 2>/dev/null; then
-  for suite in reparameterize losses bias_act; do
+  for suite in reparameterize losses bias_act blocks; do
     # pytest-benchmark writes its JSON at the end: a suite cut off by timeout leaves none.
-    timeout 90 $PYTEST "bench/test_bench_$suite.py" -k "cuda and not noise_source" \
+    # (blocks: batch 64, no torch.compile rows: compiling each shape would not fit the budget)
+    timeout 90 $PYTEST "bench/test_bench_$suite.py" -k "cuda and not noise_source and not b128 and not compile" \
       --benchmark-json="$LOG/$suite-cuda.json" >>"$LOG/bench.log" 2>&1 || fail 6
   done
   step "results"
-  for suite in reparameterize losses bias_act; do
+  for suite in reparameterize losses bias_act blocks; do
     [ -f "$LOG/$suite-cuda.json" ] && $PY bench/report.py "$LOG/$suite-cuda.json" --memory peak | tee -a "$LOG/tables.md"
   done
 else

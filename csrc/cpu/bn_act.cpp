@@ -71,14 +71,16 @@ std::vector<Moments> stats_by_rows(const ChannelStats& op, const Geometry& g) {
       simd_for(row, [&](int64_t j) { s[j] += xr[j] - x[j]; });
     }
     const double count = double(rows * g.inner);
-    for (int64_t j = 0; j < row; ++j) channel_mean[j / g.inner] += double(rows) * double(x[j]) + double(s[j]);
+    fold_row(g, x, channel_mean);  // the shift, once per row of the block
+    for (int64_t c = 0; c < g.channels; ++c) channel_mean[c] *= double(rows);
+    fold_row(g, s, channel_mean);
     for (int64_t c = 0; c < g.channels; ++c) channel_mean[c] /= count;
-    for (int64_t j = 0; j < row; ++j) mu[j] = static_cast<T>(channel_mean[j / g.inner]);
+    fill_row(g, mu, [&](int64_t c) { return channel_mean[c]; });
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = x + r * row;
       simd_for(row, [&](int64_t j) { d[j] += (xr[j] - mu[j]) * (xr[j] - mu[j]); });
     }
-    for (int64_t j = 0; j < row; ++j) channel_m2[j / g.inner] += double(d[j]);
+    fold_row(g, d, channel_m2);
     for (int64_t c = 0; c < g.channels; ++c) {
       const double dm = channel_mean[c] - double(static_cast<T>(channel_mean[c]));
       merge_moments(partial[group * g.channels + c], count, channel_mean[c], channel_m2[c] - count * dm * dm);
@@ -183,9 +185,7 @@ void sums(BnActGrad& op) {
   // into per-channel float64 partials of the block's group, groups then added in order.
   const int64_t row = g.row(), groups = row_groups(g);
   std::vector<T> pattern(kParams * row);
-  for (int k = 0; k < kParams; ++k) {
-    for (int64_t j = 0; j < row; ++j) pattern[k * row + j] = params.values[k][g.channel_at(j)];
-  }
+  for (int k = 0; k < kParams; ++k) fill_row(g, &pattern[k * row], [&](int64_t c) { return params.values[k][c]; });
   std::vector<double> partial(groups * g.channels * 2, 0.0);
   reduce_rows(g, [&](int64_t group, int64_t begin, int64_t rows) {
     const int64_t len = rows * row;
@@ -209,10 +209,8 @@ void sums(BnActGrad& op) {
       });
     }
     double* into = &partial[group * g.channels * 2];
-    for (int64_t j = 0; j < row; ++j) {
-      into[2 * g.channel_at(j)] += double(s1[j]);
-      into[2 * g.channel_at(j) + 1] += double(s2[j]);
-    }
+    fold_row(g, s1, into, 2);
+    fold_row(g, s2, into + 1, 2);
   });
   for (int64_t group = 0; group < groups; ++group) {
     for (int64_t c = 0; c < g.channels; ++c) {

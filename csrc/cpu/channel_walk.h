@@ -30,14 +30,17 @@ namespace {
 constexpr int64_t kChunk = 4096;
 constexpr int64_t kMinRun = 16;
 // Reductions read runs shorter than this as rows (per-run overhead would dominate), when a
-// row holds at most kMaxRow elements.
+// row holds at most kMaxRow elements. Such a reduction goes in blocks of whole rows (at
+// most kReduceBlock elements, in L2) summed per element over at most kMaxRowsPerBlock rows
+// in the math type (a float32 sum's rounding grows with its length), then per channel in
+// float64; blocks form groups of about kGroupElements, the unit of parallel work.
 constexpr int64_t kMinReduceRun = 512;
 constexpr int64_t kMaxRow = 16384;
-// Partial sums run over at most this many rows (or run elements per SIMD lane) in the math
-// type before they go into float64: a float32 sum's rounding grows with its length.
+constexpr int64_t kReduceBlock = 32768;
 constexpr int64_t kMaxRowsPerBlock = 64;
+constexpr int64_t kGroupElements = 131072;
+// Long runs are reduced in pieces of this many elements (about 128 per SIMD lane).
 constexpr int64_t kReducePiece = 1024;
-constexpr int64_t kBlocksPerGroup = 64;
 
 // body(i) for i in [0, n) as one SIMD loop (body is inlined into each ISA clone).
 template <typename F>
@@ -136,29 +139,51 @@ void reduce_runs(const Geometry& g, const Run& run) {
                    body);
 }
 
-// Short runs: rows per block (whole rows, at most kChunk elements and kMaxRowsPerBlock rows).
+// Short runs: rows per block, and blocks per group.
 inline int64_t rows_per_block(const Geometry& g) {
-  return std::clamp<int64_t>(kChunk / g.row(), 1, kMaxRowsPerBlock);
+  return std::clamp<int64_t>(kReduceBlock / g.row(), 1, kMaxRowsPerBlock);
+}
+
+inline int64_t blocks_per_group(const Geometry& g) {
+  return std::max<int64_t>(1, kGroupElements / (rows_per_block(g) * g.row()));
 }
 
 inline int64_t row_groups(const Geometry& g) {
   const int64_t blocks = (g.rows() + rows_per_block(g) - 1) / rows_per_block(g);
-  return (blocks + kBlocksPerGroup - 1) / kBlocksPerGroup;
+  return (blocks + blocks_per_group(g) - 1) / blocks_per_group(g);
 }
 
-// Short runs: block(group, begin, rows) for every block, groups of kBlocksPerGroup blocks in
-// parallel, the blocks of a group in order on one thread.
+// Short runs: block(group, begin, rows) for every block, groups in parallel, the blocks of
+// a group in order on one thread.
 template <typename Block>
 void reduce_rows(const Geometry& g, const Block& block) {
   const int64_t per_block = rows_per_block(g), blocks = (g.rows() + per_block - 1) / per_block;
+  const int64_t per_group = blocks_per_group(g);
   for_units(row_groups(g), g.numel, [&](int64_t first, int64_t last) {
     for (int64_t group = first; group < last; ++group) {
-      for (int64_t b = group * kBlocksPerGroup; b < std::min(blocks, (group + 1) * kBlocksPerGroup); ++b) {
+      for (int64_t b = group * per_group; b < std::min(blocks, (group + 1) * per_group); ++b) {
         const int64_t row0 = b * per_block;
         block(group, row0 * g.row(), std::min(per_block, g.rows() - row0));
       }
     }
   });
+}
+
+// Adds each channel's segment of a row of per-element values (channel c: [c * inner,
+// (c + 1) * inner)) into per_channel[c * stride], in float64.
+template <typename T>
+void fold_row(const Geometry& g, const T* values, double* per_channel, int64_t stride = 1) {
+  for (int64_t c = 0; c < g.channels; ++c) {
+    double sum = 0;
+    for (int64_t i = 0; i < g.inner; ++i) sum += double(values[c * g.inner + i]);
+    per_channel[c * stride] += sum;
+  }
+}
+
+// A row whose channel c segment holds value(c).
+template <typename T, typename F>
+void fill_row(const Geometry& g, T* row, const F& value) {
+  for (int64_t c = 0; c < g.channels; ++c) std::fill(row + c * g.inner, row + (c + 1) * g.inner, static_cast<T>(value(c)));
 }
 
 // A scratch vector per thread, kept between calls (blocks are small; no allocation each).

@@ -1,0 +1,145 @@
+"""Conv blocks at DCGAN shapes, forward+backward: the fused block (vendor convolution +
+one bn_act / bias_act pass) against the plain nn.Sequential in eager mode and under
+torch.compile, NCHW and channels_last; plus the parts, for the breakdown: the convolution
+alone ("conv only", the part we do not own) and the part after it alone ("post": bn_act
+vs eager BatchNorm2d + activation on the conv's output, with "clone" as one read + write
+of that activation). A discriminator block measures the memory-saving mode.
+
+    pytest bench/test_bench_blocks.py --benchmark-json=bench/results/blocks-cpu.json
+    python bench/report.py bench/results/blocks-cpu.json --memory peak
+"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import aigc_fast
+from aigc_fast import reference
+from aigc_fast.nn import ConvBlock, ConvTransposeBlock
+
+from conftest import cpu_peak_bytes, devices, saved_for_backward_bytes, synchronized
+
+# name: (in_ch, out_ch, kernel, stride, padding, input side, norm, act) of a generator block.
+BLOCKS = {
+    "G 100->512 1->4": (100, 512, 4, 1, 0, 1, "batch", "relu"),
+    "G 512->256 4->8": (512, 256, 4, 2, 1, 4, "batch", "relu"),
+    "G 256->128 8->16": (256, 128, 4, 2, 1, 8, "batch", "relu"),
+    "G 128->64 16->32": (128, 64, 4, 2, 1, 16, "batch", "relu"),
+    "G 64->3 32->64 tanh": (64, 3, 4, 2, 1, 32, None, "tanh"),
+    "MNIST 100->256 1->7": (100, 256, 7, 1, 0, 1, "batch", "relu"),
+    "MNIST 256->128 7->14": (256, 128, 4, 2, 1, 7, "batch", "relu"),
+    "MNIST 128->1 14->28 tanh": (128, 1, 4, 2, 1, 14, None, "tanh"),
+}
+BATCHES = [64, 128]
+
+
+def block_and_twin(spec):
+    in_ch, out_ch, k, s, p, _, norm, act = spec
+    torch.manual_seed(0)
+    block = ConvTransposeBlock(in_ch, out_ch, k, s, p, norm=norm, act=act)
+    twin = nn.Sequential(*[copy.deepcopy(m) for m in block])
+    return block, twin
+
+
+def inputs(spec, batch, memory_format, device):
+    in_ch, side = spec[0], spec[5]
+    x = torch.randn(batch, in_ch, side, side, device=device).to(memory_format=memory_format)
+    return x
+
+
+def train_step(model, x, grad):
+    def step():
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        y = model(x)
+        y.backward(grad)
+        return y
+
+    return step
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")
+@pytest.mark.parametrize("name", BLOCKS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("provider", ["fused", "eager", "compile", "conv only"])
+def test_block(benchmark, cuda_peak, device, batch, name, layout, provider):
+    spec = BLOCKS[name]
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    block, twin = block_and_twin(spec)
+    block, twin = (m.to(device).to(memory_format=memory_format) for m in (block, twin))
+    model = {"fused": block, "eager": twin, "compile": torch.compile(twin, dynamic=False), "conv only": twin[0]}[provider]
+    x = inputs(spec, batch, memory_format, device).requires_grad_()
+    with torch.no_grad():
+        grad = torch.randn_like(model(x))
+    step = train_step(model, x, grad)
+    step()  # compile / warm up
+    benchmark.group = f"block {name} b{batch} {layout} {device}"
+    benchmark.extra_info.update(op="block", provider=provider, size=f"{name} b{batch} {layout}", device=device,
+                                numel=grad.numel(), pass_="fwd+bwd")
+    benchmark.pedantic(synchronized(step, device), rounds=5, warmup_rounds=1, iterations=1)
+    if provider in ("fused", "eager"):
+        if device == "cpu":
+            benchmark.extra_info["cpu_peak_bytes"] = cpu_peak_bytes(step, (x, *model.parameters()))
+        else:
+            benchmark.extra_info["cuda_peak_bytes"] = cuda_peak(step)
+
+
+POST_PROVIDERS = {
+    "fused": lambda h, bn, act: aigc_fast.bn_act(h, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                                 training=True, act=act, num_batches_tracked=bn.num_batches_tracked),
+    "eager": lambda h, bn, act: reference.bn_act(h, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                                 training=True, act=act, num_batches_tracked=bn.num_batches_tracked),
+}
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")
+@pytest.mark.parametrize("name", [n for n, s in BLOCKS.items() if s[6] == "batch"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("provider", [*POST_PROVIDERS, "clone"])
+def test_post(benchmark, device, batch, name, layout, provider):
+    """The part after the convolution alone: BatchNorm2d (training) + ReLU, forward+backward."""
+    _, out_ch, k, s, p, side, _, act = BLOCKS[name]
+    out_side = (side - 1) * s - 2 * p + k
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    h = torch.randn(batch, out_ch, out_side, out_side, device=device).to(memory_format=memory_format)
+    h.requires_grad_()
+    grad = torch.randn_like(h)
+    bn = nn.BatchNorm2d(out_ch).to(device)
+    if provider == "clone":  # one read + write of the activation, forward and backward
+        step = lambda: (h.detach().clone(), grad.clone())  # noqa: E731
+    else:
+        def step():
+            h.grad = bn.weight.grad = bn.bias.grad = None
+            y = POST_PROVIDERS[provider](h, bn, act)
+            y.backward(grad)
+            return y
+    step()
+    benchmark.group = f"post {name} b{batch} {layout} {device}"
+    benchmark.extra_info.update(op="post (BatchNorm2d + ReLU)", provider=provider, size=f"{name} b{batch} {layout}",
+                                device=device, numel=h.numel(), pass_="fwd+bwd")
+    benchmark.pedantic(synchronized(step, device), rounds=10, warmup_rounds=2, iterations=1)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_memory_saving_mode(benchmark, device, memory_efficient):
+    """A discriminator block (leaky ReLU, invertible): what autograd keeps, and the time."""
+    torch.manual_seed(0)
+    block = ConvBlock(128, 256, memory_efficient=memory_efficient).to(device)
+    x = torch.randn(64, 128, 16, 16, device=device, requires_grad=True)
+    post_input = torch.randn(64, 256, 8, 8, device=device, requires_grad=True)
+    bn = block[1]
+    kept = saved_for_backward_bytes(
+        lambda h: aigc_fast.bn_act(h, bn.weight, bn.bias, None, None, training=True, act="leaky_relu",
+                                   memory_efficient=memory_efficient), post_input)
+    step = train_step(block, x, torch.randn(64, 256, 8, 8, device=device))
+    step()
+    benchmark.group = f"memory-saving mode D 128->256 16->8 b64 {device}"
+    benchmark.extra_info.update(op="memory-saving mode", provider="memory_efficient" if memory_efficient else "fused",
+                                size="D 128->256 16->8 b64", device=device, saved_for_backward_bytes=kept,
+                                pass_="fwd+bwd")
+    benchmark.pedantic(synchronized(step, device), rounds=10, warmup_rounds=2, iterations=1)
