@@ -152,19 +152,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
   op.inner = inner_of(op.y);
   op.act = parse_act(act, negative_slope);
   op.slope = negative_slope;
-  op.mean = mean.to(math);
-  op.invstd = invstd.to(math);
-  const at::Tensor gamma = as_double(weight, 1.0, invstd);
-  if (!x.has_value()) {  // the memory-saving mode: xhat = (act^-1(y) - beta) / gamma
+  // batch_norm.h: S, R = mean, invstd; or beta, 1 / gamma in the memory-saving mode.
+  const at::Tensor gamma = as_double(weight, 1.0, invstd), invstd64 = invstd.to(at::kDouble);
+  at::Tensor shift = mean, ratio = invstd64;
+  if (!x.has_value()) {
     TORCH_CHECK(op.act == Act::kIdentity || op.act == Act::kTanh || (op.act == Act::kLeakyRelu && negative_slope > 0),
                 "bn_act's memory-saving mode needs an invertible activation (identity, tanh, or leaky_relu with "
                 "negative_slope > 0), got '", act, "' with negative_slope ", negative_slope);
-    op.beta = bias.has_value() ? bias->to(math) : at::zeros({channels}, y.options().dtype(math));
-    op.inv_gamma = gamma.reciprocal().to(math);
+    shift = bias.has_value() ? *bias : at::zeros({channels}, doubles);
+    ratio = gamma.reciprocal();
   }
+  op.shift = shift.to(math);
   const bool need_sums = output_mask[1] || output_mask[2] || (training && output_mask[0]);
   op.sum_dz = at::zeros({channels}, doubles);
-  op.sum_dz_xhat = at::zeros({channels}, doubles);
+  op.sum_dz_centered = at::zeros({channels}, doubles);
   if (need_sums) {
 #ifdef AIGC_FAST_WITH_CUDA
     if (y.is_cuda()) {
@@ -175,14 +176,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
       bn_act_sums_cpu(op);
     }
   }
+  const at::Tensor grad_gamma = op.sum_dz_centered * ratio, grad_beta = op.sum_dz;
   // Outputs not asked for are empty tensors (an op's outputs are always tensors).
   at::Tensor grad_x = at::empty({0}, y.options()), grad_weight = at::empty({0}, y.options().dtype(math));
   at::Tensor grad_bias = at::empty({0}, y.options().dtype(math));
   if (output_mask[0]) {
-    op.k = (gamma * invstd.to(at::kDouble)).to(math);
-    op.mean_dz = training ? (op.sum_dz / double(per_channel)).to(math) : at::zeros({channels}, y.options().dtype(math));
-    op.mean_dz_xhat =
-        training ? (op.sum_dz_xhat / double(per_channel)).to(math) : at::zeros({channels}, y.options().dtype(math));
+    op.a = (gamma * invstd64).to(math);
+    const double n = double(per_channel);
+    op.b = training ? (grad_gamma * ratio / -n).to(math) : at::zeros({channels}, y.options().dtype(math));
+    op.c = training ? (grad_beta / -n).to(math) : at::zeros({channels}, y.options().dtype(math));
     op.grad_x = at::empty_like(op.y);
 #ifdef AIGC_FAST_WITH_CUDA
     if (y.is_cuda()) {
@@ -194,11 +196,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
     }
     grad_x = op.grad_x;
   }
-  if (output_mask[1]) grad_weight = op.sum_dz_xhat.to(weight.has_value() ? weight->scalar_type() : math);
-  if (output_mask[2]) grad_bias = op.sum_dz.to(bias.has_value() ? bias->scalar_type() : math);
+  if (output_mask[1]) grad_weight = grad_gamma.to(weight.has_value() ? weight->scalar_type() : math);
+  if (output_mask[2]) grad_bias = grad_beta.to(bias.has_value() ? bias->scalar_type() : math);
   return {grad_x, grad_weight, grad_bias};
 }
-
 TORCH_LIBRARY_FRAGMENT(aigc_fast, m) {
   m.def(
       "bn_act(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, "

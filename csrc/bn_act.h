@@ -28,17 +28,18 @@ struct ChannelAffineAct {
   at::Tensor y;  // laid out like x
 };
 
-// The bn_act backward: two passes (per-channel sums, then dx), see batch_norm.h.
+// The bn_act backward: two passes (per-channel sums, then dx), with the coefficients of
+// batch_norm.h.
 struct BnActGrad {
   at::Tensor grad_y, y, x;  // same layout; x undefined in the memory-saving mode
   int64_t channels, inner;
-  at::Tensor mean, invstd, beta, inv_gamma;  // [channels], math type (beta, inv_gamma: memory-saving mode)
+  at::Tensor shift;  // [channels], math type: S = mean (or beta in the memory-saving mode)
   Act act;
   double slope;
-  // pass 1: per-channel sums of dz and dz * xhat ([channels], float64)
-  at::Tensor sum_dz, sum_dz_xhat;
-  // pass 2 (when grad_x is defined): dx = k * ((dz - mean_dz) - xhat * mean_dz_xhat)
-  at::Tensor k, mean_dz, mean_dz_xhat;  // [channels], math type
+  // pass 1: per-channel sums of dz and dz * (u - S) ([channels], float64)
+  at::Tensor sum_dz, sum_dz_centered;
+  // pass 2 (when grad_x is defined): dx = a * ((dz + c) + b * (u - S))
+  at::Tensor a, b, c;  // [channels], math type
   at::Tensor grad_x;
 };
 

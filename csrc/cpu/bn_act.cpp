@@ -110,8 +110,8 @@ void stats(ChannelStats& op) {
 
 // ---- backward ----
 
-// The per-channel parameters of the backward, in the order the element functions read them.
-enum Param { kMean, kInvstd, kBeta, kInvGamma, kK, kMeanDz, kMeanDzXhat, kParams };
+// The per-channel coefficients of the backward (batch_norm.h), in this order.
+enum Param { kShift, kA, kB, kC, kParams };
 
 template <typename T>
 ChannelParams<T, kParams> grad_params(const BnActGrad& op) {
@@ -125,13 +125,12 @@ ChannelParams<T, kParams> grad_params(const BnActGrad& op) {
     return v;
   };
   ChannelParams<T, kParams> params;
-  params.values = {values(op.mean),  values(op.invstd),  values(op.beta),        values(op.inv_gamma),
-                   values(op.k),     values(op.mean_dz), values(op.mean_dz_xhat)};
+  params.values = {values(op.shift), values(op.a), values(op.b), values(op.c)};
   return params;
 }
 
-// Calls body(dy, y, x, begin, len) on the chunk's inputs in the math type (x null in the
-// memory-saving mode).
+// Calls body(dy, y, x) on the chunk's inputs in the math type (x null in the memory-saving
+// mode).
 template <typename T, typename Body>
 void with_grad_inputs(const BnActGrad& op, int64_t begin, int64_t len, const Body& body) {
   alignas(64) T dy_buf[kChunk], y_buf[kChunk], x_buf[kChunk];
@@ -141,51 +140,48 @@ void with_grad_inputs(const BnActGrad& op, int64_t begin, int64_t len, const Bod
   body(dy, y, x);
 }
 
-// sum(dz) and sum(dz * xhat) over one piece of a channel's run (scalar parameters).
+// sum(dz) and sum(dz * (u - S)) over one piece of a channel's run.
 template <bool kFromOutput, Act A, typename T>
-AIGC_CPU_CLONES void piece_sums(const T* dy, const T* y, const T* x, int64_t n, const T* p, T slope, T& sum_dz,
-                                T& sum_dz_xhat) {
-  const T mean = p[kMean], invstd = p[kInvstd], beta = p[kBeta], inv_gamma = p[kInvGamma];
+AIGC_CPU_CLONES void piece_sums(const T* dy, const T* y, const T* x, int64_t n, T shift, T slope, T& sum_dz,
+                                T& sum_dz_centered) {
   T s1 = 0, s2 = 0;
   _Pragma("omp simd reduction(+ : s1, s2)")
   for (int64_t i = 0; i < n; ++i) {
-    T xhat, dz;
-    normalized_and_dz<kFromOutput, A>(dy[i], y[i], kFromOutput ? T(0) : x[i], mean, invstd, beta, inv_gamma, slope,
-                                      xhat, dz);
+    T dz, centered;
+    dz_and_centered<kFromOutput, A>(dy[i], y[i], kFromOutput ? T(0) : x[i], shift, slope, dz, centered);
     s1 += dz;
-    s2 += dz * xhat;
+    s2 += dz * centered;
   }
   sum_dz = s1;
-  sum_dz_xhat = s2;
+  sum_dz_centered = s2;
 }
 
 template <bool kFromOutput, Act A, typename T>
 void sums(BnActGrad& op) {
   const Geometry g{op.y.numel(), op.channels, op.inner};
   const ChannelParams<T, kParams> params = grad_params<T>(op);
+  const std::vector<T>& shifts = params.values[kShift];
   const T slope = static_cast<T>(op.slope);
   double* sum_dz = op.sum_dz.mutable_data_ptr<double>();
-  double* sum_dz_xhat = op.sum_dz_xhat.mutable_data_ptr<double>();
+  double* sum_dz_centered = op.sum_dz_centered.mutable_data_ptr<double>();
   std::fill(sum_dz, sum_dz + g.channels, 0.0);
-  std::fill(sum_dz_xhat, sum_dz_xhat + g.channels, 0.0);
+  std::fill(sum_dz_centered, sum_dz_centered + g.channels, 0.0);
   if (!reduce_by_rows(g)) {
     reduce_runs(g, [&](int64_t channel, int64_t begin, int64_t len) {
       with_grad_inputs<T>(op, begin, len, [&](const T* dy, const T* y, const T* x) {
-        T p[kParams];
-        for (int k = 0; k < kParams; ++k) p[k] = params.values[k][channel];
         T s1, s2;
-        piece_sums<kFromOutput, A>(dy, y, x, len, p, slope, s1, s2);
+        piece_sums<kFromOutput, A>(dy, y, x, len, shifts[channel], slope, s1, s2);
         sum_dz[channel] += double(s1);
-        sum_dz_xhat[channel] += double(s2);
+        sum_dz_centered[channel] += double(s2);
       });
     });
     return;
   }
-  // Short runs: per-element sums over a block's rows (parameters as a row pattern), folded
+  // Short runs: per-element sums over a block's rows (the shift as a row pattern), folded
   // into per-channel float64 partials of the block's group, groups then added in order.
   const int64_t row = g.row(), groups = row_groups(g);
-  std::vector<T> pattern(kParams * row);
-  for (int k = 0; k < kParams; ++k) fill_row(g, &pattern[k * row], [&](int64_t c) { return params.values[k][c]; });
+  std::vector<T> shift_row(row);
+  fill_row(g, shift_row.data(), [&](int64_t c) { return shifts[c]; });
   std::vector<double> partial(groups * g.channels * 2, 0.0);
   reduce_rows(g, [&](int64_t group, int64_t begin, int64_t rows) {
     const int64_t len = rows * row;
@@ -196,16 +192,14 @@ void sums(BnActGrad& op) {
     T* s2 = scratch<T, 4>(row).data();
     std::fill(s1, s1 + row, T(0));
     std::fill(s2, s2 + row, T(0));
-    const T *mean = &pattern[kMean * row], *invstd = &pattern[kInvstd * row], *beta = &pattern[kBeta * row],
-            *inv_gamma = &pattern[kInvGamma * row];
+    const T* shift = shift_row.data();
     for (int64_t r = 0; r < rows; ++r) {
       const T *dyr = dy + r * row, *yr = y + r * row, *xr = x == nullptr ? nullptr : x + r * row;
       simd_for(row, [&](int64_t j) {
-        T xhat, dz;
-        normalized_and_dz<kFromOutput, A>(dyr[j], yr[j], kFromOutput ? T(0) : xr[j], mean[j], invstd[j], beta[j],
-                                          inv_gamma[j], slope, xhat, dz);
+        T dz, centered;
+        dz_and_centered<kFromOutput, A>(dyr[j], yr[j], kFromOutput ? T(0) : xr[j], shift[j], slope, dz, centered);
         s1[j] += dz;
-        s2[j] += dz * xhat;
+        s2[j] += dz * centered;
       });
     }
     double* into = &partial[group * g.channels * 2];
@@ -215,7 +209,7 @@ void sums(BnActGrad& op) {
   for (int64_t group = 0; group < groups; ++group) {
     for (int64_t c = 0; c < g.channels; ++c) {
       sum_dz[c] += partial[(group * g.channels + c) * 2];
-      sum_dz_xhat[c] += partial[(group * g.channels + c) * 2 + 1];
+      sum_dz_centered[c] += partial[(group * g.channels + c) * 2 + 1];
     }
   }
 }
@@ -231,14 +225,12 @@ void grad_input(BnActGrad& op) {
       segments([&](int64_t pos, int64_t n, auto step, const auto& p) {
         constexpr int64_t S = decltype(step)::value;
         const T *dys = dy + pos, *ys = y + pos, *xs = x == nullptr ? nullptr : x + pos;
-        const T *mean = p[kMean], *invstd = p[kInvstd], *beta = p[kBeta], *inv_gamma = p[kInvGamma], *k = p[kK],
-                *mean_dz = p[kMeanDz], *mean_dz_xhat = p[kMeanDzXhat];
+        const T *shift = p[kShift], *a = p[kA], *b = p[kB], *c = p[kC];
         T* dxs = dx + pos;
         simd_for(n, [&](int64_t i) {
-          T xhat, dz;
-          normalized_and_dz<kFromOutput, A>(dys[i], ys[i], kFromOutput ? T(0) : xs[i], mean[i * S], invstd[i * S],
-                                            beta[i * S], inv_gamma[i * S], slope, xhat, dz);
-          dxs[i] = bn_grad_input(dz, xhat, k[i * S], mean_dz[i * S], mean_dz_xhat[i * S]);
+          T dz, centered;
+          dz_and_centered<kFromOutput, A>(dys[i], ys[i], kFromOutput ? T(0) : xs[i], shift[i * S], slope, dz, centered);
+          dxs[i] = bn_grad_input(dz, centered, a[i * S], b[i * S], c[i * S]);
         });
       });
       store(dx, op.grad_x, begin, len);

@@ -5,9 +5,9 @@
 // Maps (one output element per input element, with per-channel parameters) go in chunks
 // of at most kChunk elements, in parallel. Where a channel's elements come in runs of at
 // least kMinRun (NCHW), a chunk splits into runs and the kernel sees each parameter as a
-// scalar (step 0); where runs are short (channels_last), a chunk is whole rows and the
-// kernel sees each parameter as a per-element pattern built once (step 1), so a chunk is
-// one vector loop however few channels there are.
+// scalar (step 0); where runs are short (channels_last, small NCHW maps), the kernel sees
+// each parameter as a per-element pattern over whole rows, built once (step 1), so a chunk
+// is one or two vector loops however few elements a channel has in a row.
 //
 // Reductions (per-channel sums) must not depend on the thread count: long runs are reduced
 // one channel per task, runs in order; short runs go in fixed blocks of whole rows, each
@@ -28,7 +28,9 @@ namespace aigc_fast {
 namespace {
 
 constexpr int64_t kChunk = 4096;
-constexpr int64_t kMinRun = 16;
+constexpr int64_t kMinRun = 64;
+// Patterns cover whole rows of at most this many elements (P of them stay in L2).
+constexpr int64_t kMaxPatternRow = 16384;
 // Reductions read runs shorter than this as rows (per-run overhead would dominate), when a
 // row holds at most kMaxRow elements. Such a reduction goes in blocks of whole rows (at
 // most kReduceBlock elements, in L2) summed per element over at most kMaxRowsPerBlock rows
@@ -60,11 +62,11 @@ struct Geometry {
 };
 
 // Per-channel values of P parameters, and (for short runs) their per-element pattern over
-// one chunk of whole rows.
+// whole rows.
 template <typename T, size_t P>
 struct ChannelParams {
   std::array<std::vector<T>, P> values;   // [channels] each
-  std::array<std::vector<T>, P> pattern;  // [rows_per_chunk * row] each, short runs only
+  std::array<std::vector<T>, P> pattern;  // one period of whole rows each, short runs only
 };
 
 // Calls chunk(begin, len, segments) for chunks of x (in parallel), where segments(seg)
@@ -72,43 +74,43 @@ struct ChannelParams {
 // k's value (step 0) or at the value of element `pos` (step 1).
 template <typename T, size_t P, typename Chunk>
 void map_channels(const Geometry& g, ChannelParams<T, P>& params, const Chunk& chunk) {
-  const bool short_runs = g.inner < kMinRun && g.channels > 1;
-  if (short_runs && g.row() <= kChunk) {
-    const int64_t rows_per_chunk = std::max<int64_t>(1, kChunk / g.row()), size = rows_per_chunk * g.row();
+  // (With inner 1 the pattern of a long row is the parameters themselves: no size limit.)
+  if (g.inner < kMinRun && g.channels > 1 && (g.row() <= kMaxPatternRow || g.inner == 1)) {
+    // The pattern's period: as many whole rows as fit in a chunk (a chunk is then exactly
+    // one period), or one row longer than a chunk (chunks then split where a row ends).
+    const int64_t period = g.row() <= kChunk ? g.row() * (kChunk / g.row()) : g.row();
+    const int64_t size = std::min(period, kChunk);
     for (size_t k = 0; k < P; ++k) {
-      params.pattern[k].resize(size);
-      for (int64_t j = 0; j < size; ++j) params.pattern[k][j] = params.values[k][g.channel_at(j)];
+      params.pattern[k].resize(period);
+      for (int64_t j = 0; j < period; ++j) params.pattern[k][j] = params.values[k][g.channel_at(j)];
     }
     for_units((g.numel + size - 1) / size, g.numel, [&](int64_t first, int64_t last) {
       for (int64_t c = first; c < last; ++c) {
         const int64_t begin = c * size, len = std::min(size, g.numel - begin);
         chunk(begin, len, [&](const auto& seg) {
           std::array<const T*, P> p;
-          for (size_t k = 0; k < P; ++k) p[k] = params.pattern[k].data();
-          seg(int64_t(0), len, Step1{}, p);
+          for (int64_t pos = 0; pos < len;) {
+            const int64_t phase = (begin + pos) % period, n = std::min(len - pos, period - phase);
+            for (size_t k = 0; k < P; ++k) p[k] = params.pattern[k].data() + phase;
+            seg(pos, n, Step1{}, p);
+            pos += n;
+          }
         });
       }
     });
     return;
   }
-  const bool slices = short_runs && g.inner == 1;  // a row wider than a chunk
   for_units((g.numel + kChunk - 1) / kChunk, g.numel, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       const int64_t begin = c * kChunk, len = std::min(kChunk, g.numel - begin);
       chunk(begin, len, [&](const auto& seg) {
         std::array<const T*, P> p;
-        for (int64_t pos = 0; pos < len;) {
+        for (int64_t pos = 0; pos < len;) {  // runs of one channel (or what of them lies in this chunk)
           const int64_t channel = g.channel_at(begin + pos);
           for (size_t k = 0; k < P; ++k) p[k] = params.values[k].data() + channel;
-          if (slices) {  // the slice of the parameters from this channel to the row's end
-            const int64_t n = std::min(len - pos, g.channels - channel);
-            seg(pos, n, Step1{}, p);
-            pos += n;
-          } else {  // one run (or what of it lies in this chunk)
-            const int64_t end = std::min(len, ((begin + pos) / g.inner + 1) * g.inner - begin);
-            seg(pos, end - pos, Step0{}, p);
-            pos = end;
-          }
+          const int64_t end = std::min(len, ((begin + pos) / g.inner + 1) * g.inner - begin);
+          seg(pos, end - pos, Step0{}, p);
+          pos = end;
         }
       });
     }

@@ -73,18 +73,15 @@ __global__ void stats_merge_kernel(const double* partials, int64_t channels, int
   var[c] = v > 0.0 ? v : 0.0;
 }
 
-// The backward's per-channel parameters (math-type tensors; beta and inv_gamma only in
-// the memory-saving mode).
+// The backward's per-channel coefficients (batch_norm.h; math-type tensors).
 struct GradParams {
-  Ref mean, invstd, beta, inv_gamma, k, mean_dz, mean_dz_xhat;
+  Ref shift, a, b, c;
 };
 
 template <bool kFromOutput, Act A, typename T>
-__device__ void element(Ref dy, Ref y, Ref x, const GradParams& p, int64_t c, int64_t i, T slope, T& xhat, T& dz) {
-  const T beta = kFromOutput ? load<T>(p.beta, c) : T(0), inv_gamma = kFromOutput ? load<T>(p.inv_gamma, c) : T(0);
-  const T mean = kFromOutput ? T(0) : load<T>(p.mean, c), invstd = kFromOutput ? T(0) : load<T>(p.invstd, c);
-  normalized_and_dz<kFromOutput, A>(load<T>(dy, i), load<T>(y, i), kFromOutput ? T(0) : load<T>(x, i), mean, invstd,
-                                    beta, inv_gamma, slope, xhat, dz);
+__device__ void element(Ref dy, Ref y, Ref x, const GradParams& p, int64_t c, int64_t i, T slope, T& dz, T& centered) {
+  dz_and_centered<kFromOutput, A>(load<T>(dy, i), load<T>(y, i), kFromOutput ? T(0) : load<T>(x, i),
+                                  load<T>(p.shift, c), slope, dz, centered);
 }
 
 template <bool kFromOutput, Act A, typename T>
@@ -92,10 +89,10 @@ __global__ void sums_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s,
   const int64_t c = blockIdx.y, split = blockIdx.x;
   T s1 = 0, s2 = 0;
   for (int64_t k = s.begin(split) + threadIdx.x; k < s.begin(split + 1); k += blockDim.x) {
-    T xhat, dz;
-    element<kFromOutput, A>(dy, y, x, p, c, s.offset(c, k), slope, xhat, dz);
+    T dz, centered;
+    element<kFromOutput, A>(dy, y, x, p, c, s.offset(c, k), slope, dz, centered);
     s1 += dz;
-    s2 += dz * xhat;
+    s2 += dz * centered;
   }
   const T sum1 = block_sum(s1), sum2 = block_sum(s2);
   if (threadIdx.x == 0) {
@@ -105,7 +102,7 @@ __global__ void sums_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s,
 }
 
 __global__ void sums_merge_kernel(const double* partials, int64_t channels, int64_t splits, double* sum_dz,
-                                  double* sum_dz_xhat) {
+                                  double* sum_dz_centered) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= channels) return;
   double s1 = 0, s2 = 0;
@@ -114,7 +111,7 @@ __global__ void sums_merge_kernel(const double* partials, int64_t channels, int6
     s2 += partials[(c * splits + split) * 2 + 1];
   }
   sum_dz[c] = s1;
-  sum_dz_xhat[c] = s2;
+  sum_dz_centered[c] = s2;
 }
 
 template <bool kFromOutput, Act A, typename T>
@@ -122,15 +119,14 @@ __global__ void grad_input_kernel(Ref dy, Ref y, Ref x, GradParams p, int64_t n,
                                   T slope, Ref dx) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = (i / inner) % channels;
-    T xhat, dz;
-    element<kFromOutput, A>(dy, y, x, p, c, i, slope, xhat, dz);
-    store(dx, i, bn_grad_input(dz, xhat, load<T>(p.k, c), load<T>(p.mean_dz, c), load<T>(p.mean_dz_xhat, c)));
+    T dz, centered;
+    element<kFromOutput, A>(dy, y, x, p, c, i, slope, dz, centered);
+    store(dx, i, bn_grad_input(dz, centered, load<T>(p.a, c), load<T>(p.b, c), load<T>(p.c, c)));
   }
 }
 
 GradParams grad_params(const BnActGrad& op) {
-  return GradParams{optional_ref(op.mean), optional_ref(op.invstd), optional_ref(op.beta), optional_ref(op.inv_gamma),
-                    optional_ref(op.k),    optional_ref(op.mean_dz), optional_ref(op.mean_dz_xhat)};
+  return GradParams{optional_ref(op.shift), optional_ref(op.a), optional_ref(op.b), optional_ref(op.c)};
 }
 
 // f(from_output, act, T{}) for the op's mode, activation and math type.
@@ -189,7 +185,7 @@ void bn_act_sums_cuda(BnActGrad& op) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   sums_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(
       partials.const_data_ptr<double>(), op.channels, s.splits, op.sum_dz.mutable_data_ptr<double>(),
-      op.sum_dz_xhat.mutable_data_ptr<double>());
+      op.sum_dz_centered.mutable_data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

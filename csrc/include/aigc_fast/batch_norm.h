@@ -10,15 +10,19 @@
 // first keeps (x - mean) exact for x close to a large mean, where ATen's
 // x * scale + (beta - mean * scale) rounds x * scale at the scale of the mean.
 //
-// Backward, with dz = dy * act'(z) read from y (activations.h) and xhat = (x - mean) * invstd:
-//   dbeta  = sum(dz)                 dgamma = sum(dz * xhat)
-//   dx     = gamma * invstd * (dz - dbeta / n - xhat * dgamma / n)    (batch statistics)
-//   dx     = gamma * invstd * dz                                      (running statistics)
-// (The per-channel steps between the passes, invstd = 1 / sqrt(var + eps) and nn.BatchNorm's
-// running update, are a few float64 ATen ops on [channels] tensors in bn_act.cpp.)
-// In the memory-saving mode (inplace_abn) x is not kept: z = act^-1(y) and
-// xhat = (z - beta) / gamma, for the invertible activations (identity, leaky_relu with
-// slope > 0, tanh).
+// Backward, with dz = dy * act'(z) read from y (activations.h), and xhat = (u - S) * R where
+// u = x, S = mean, R = invstd; or, in the memory-saving mode (inplace_abn's, for the
+// invertible activations: identity, leaky_relu with slope > 0, tanh), where x is not kept,
+// u = z = act^-1(y), S = beta, R = 1 / gamma:
+//   pass 1: per channel  sum(dz)  and  sum(dz * (u - S))
+//           dbeta = sum(dz),  dgamma = R * sum(dz * (u - S))
+//   pass 2: dx = A ((dz + C) + B (u - S)),  A = gamma * invstd,  B = -R dgamma / n,  C = -dbeta / n
+//           (the textbook A (dz - dbeta / n - xhat dgamma / n), dz - dbeta / n formed first as
+//           there; B = C = 0 with running statistics)
+// So pass 1 reads one per-channel value (S) and pass 2 four (S, A, B, C): where they are
+// read per element from a row pattern (channels_last), fewer is faster. (The per-channel
+// steps between passes, invstd = 1 / sqrt(var + eps), nn.BatchNorm's running update and
+// these coefficients, are float64 ATen ops on [channels] tensors in bn_act.cpp.)
 #pragma once
 
 #include <cmath>
@@ -79,24 +83,24 @@ AIGC_HD T act_inverse(T y, T slope) {
   }
 }
 
-// xhat and dz of one element, from x (kept input) or from y alone (memory-saving mode).
+// dz and the centered value u - S of one element, from x (kept input) or from y alone
+// (memory-saving mode).
 template <bool kFromOutput, Act A, typename T>
-AIGC_HD void normalized_and_dz(T dy, T y, T x, T mean, T invstd, T beta, T inv_gamma, T slope, T& xhat, T& dz) {
+AIGC_HD void dz_and_centered(T dy, T y, T x, T shift, T slope, T& dz, T& centered) {
   dz = dy * act_grad_from_output<A>(y, slope);
   if constexpr (kFromOutput) {
     if constexpr (A == Act::kIdentity || A == Act::kLeakyRelu || A == Act::kTanh) {
-      xhat = (act_inverse<A>(y, slope) - beta) * inv_gamma;
+      centered = act_inverse<A>(y, slope) - shift;
     }
   } else {
-    xhat = (x - mean) * invstd;
+    centered = x - shift;
   }
 }
 
-// dx of one element; k = gamma * invstd, mean_dz = dbeta / n, mean_dz_xhat = dgamma / n
-// (both 0 with running statistics).
+// dx of one element from the per-channel coefficients above.
 template <typename T>
-AIGC_HD T bn_grad_input(T dz, T xhat, T k, T mean_dz, T mean_dz_xhat) {
-  return k * ((dz - mean_dz) - xhat * mean_dz_xhat);
+AIGC_HD T bn_grad_input(T dz, T centered, T a, T b, T c) {
+  return a * ((dz + c) + b * centered);
 }
 
 }  // namespace aigc_fast
