@@ -4,9 +4,6 @@
 // gradient penalty such as R1 or WGAN-GP through a discriminator's first layer) the
 // backward is written with differentiable ATen ops on the same formulas instead of the
 // kernel, so second derivatives flow through y correctly.
-#include <ATen/ops/full_like.h>
-#include <ATen/ops/ones_like.h>
-#include <ATen/ops/where.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -14,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "act_derivative.h"
 #include "find_op.h"
 
 namespace aigc_fast {
@@ -35,15 +33,6 @@ auto backward_op() {
                                                  double, std::optional<at::ScalarType>)>(
           "aigc_fast::bias_act_backward");
   return op;
-}
-
-// f'(v) read from y, as differentiable ATen ops (the table of activations.h).
-at::Tensor derivative_from_output(const at::Tensor& y, const std::string& act, double slope) {
-  if (act == "relu") return y.gt(0).to(y.scalar_type());
-  if (act == "leaky_relu") return at::where(y.gt(0), at::ones_like(y), at::full_like(y, slope));
-  if (act == "tanh") return y.mul(y).neg().add(1);
-  if (act == "sigmoid") return y.mul(y.neg().add(1));
-  return at::ones_like(y);
 }
 
 class BiasActFunction : public torch::autograd::Function<BiasActFunction> {

@@ -6,9 +6,6 @@
 // ATen ops on the same formulas, with the batch statistics recomputed from x, so second
 // derivatives are exact; the memory-saving mode, having no x, refuses.
 #include <ATen/TensorOperators.h>
-#include <ATen/ops/full_like.h>
-#include <ATen/ops/ones_like.h>
-#include <ATen/ops/where.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -16,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "act_derivative.h"
 #include "find_op.h"
 
 namespace aigc_fast {
@@ -40,15 +38,6 @@ auto backward_op() {
                       const OptionalTensor&, const at::Tensor&, const at::Tensor&, bool, std::string, double,
                       std::array<bool, 3>)>("aigc_fast::bn_act_backward");
   return op;
-}
-
-// f'(z) read from y, as differentiable ATen ops (the table of activations.h).
-at::Tensor derivative_from_output(const at::Tensor& y, const std::string& act, double slope) {
-  if (act == "relu") return y.gt(0).to(y.scalar_type());
-  if (act == "leaky_relu") return at::where(y.gt(0), at::ones_like(y), at::full_like(y, slope));
-  if (act == "tanh") return y.mul(y).neg().add(1);
-  if (act == "sigmoid") return y.mul(y.neg().add(1));
-  return at::ones_like(y);
 }
 
 // The backward as differentiable ops, for second derivatives (batch_norm.h's formulas).

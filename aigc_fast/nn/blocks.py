@@ -159,18 +159,25 @@ class FusedSequential(nn.Sequential):
         return f"fused groups: {len(self.fused_groups())}, memory_efficient={self.memory_efficient}"
 
 
-def _block(conv: nn.Module, out_ch: int, norm: Optional[str], act: str, negative_slope: float,
-           memory_efficient: bool) -> list:
-    if norm not in ("batch", None):
-        raise ValueError(f"norm must be 'batch' or None, got {norm!r}")
-    modules = [conv]
-    if norm == "batch":
-        modules.append(nn.BatchNorm2d(out_ch))
-    modules.append(_activation_module(act, negative_slope))
-    return modules
+class _ConvNormAct(FusedSequential):
+    """conv -> BatchNorm2d (norm="batch") or nothing (norm=None) -> activation."""
+
+    conv_type = nn.Conv2d
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size=4, stride=2, padding=1, *, norm: Optional[str] = "batch",
+                 act: str = "relu", negative_slope: float = 0.2, bias: Optional[bool] = None,
+                 memory_efficient: bool = False):
+        if norm not in ("batch", None):
+            raise ValueError(f"norm must be 'batch' or None, got {norm!r}")
+        modules = [self.conv_type(in_ch, out_ch, kernel_size, stride, padding,
+                                  bias=norm is None if bias is None else bias)]
+        if norm == "batch":
+            modules.append(nn.BatchNorm2d(out_ch))
+        modules.append(_activation_module(act, negative_slope))
+        super().__init__(*modules, memory_efficient=memory_efficient)
 
 
-class ConvTransposeBlock(FusedSequential):
+class ConvTransposeBlock(_ConvNormAct):
     """ConvTranspose2d -> BatchNorm2d -> activation (a DCGAN generator block), fused.
 
     Holds the same modules as nn.Sequential(nn.ConvTranspose2d(...), nn.BatchNorm2d(out_ch),
@@ -178,24 +185,16 @@ class ConvTransposeBlock(FusedSequential):
     bias-free before BatchNorm); norm=None with act="tanh" is a generator's last layer.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size=4, stride=2, padding=1, *, norm: Optional[str] = "batch",
-                 act: str = "relu", negative_slope: float = 0.2, bias: Optional[bool] = None,
-                 memory_efficient: bool = False):
-        conv = nn.ConvTranspose2d(in_ch, out_ch, kernel_size, stride, padding, bias=norm is None if bias is None else bias)
-        super().__init__(*_block(conv, out_ch, norm, act, negative_slope, memory_efficient),
-                         memory_efficient=memory_efficient)
+    conv_type = nn.ConvTranspose2d
 
 
-class ConvBlock(FusedSequential):
+class ConvBlock(_ConvNormAct):
     """Conv2d -> BatchNorm2d -> activation (a DCGAN discriminator block; LeakyReLU(0.2) by
     default), fused. Loads the state_dict of the equivalent nn.Sequential."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size=4, stride=2, padding=1, *, norm: Optional[str] = "batch",
-                 act: str = "leaky_relu", negative_slope: float = 0.2, bias: Optional[bool] = None,
-                 memory_efficient: bool = False):
-        conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, bias=norm is None if bias is None else bias)
-        super().__init__(*_block(conv, out_ch, norm, act, negative_slope, memory_efficient),
-                         memory_efficient=memory_efficient)
+    def __init__(self, in_ch: int, out_ch: int, kernel_size=4, stride=2, padding=1, *, act: str = "leaky_relu",
+                 **kwargs):
+        super().__init__(in_ch, out_ch, kernel_size, stride, padding, act=act, **kwargs)
 
 
 def convert(module: nn.Module, *, memory_efficient: bool = False) -> nn.Module:
