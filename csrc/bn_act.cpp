@@ -118,9 +118,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   ChannelAffineAct op{xo,
                       channels,
                       inner_of(xo),
-                      mean.to(math, /*non_blocking=*/false, /*copy=*/true),  // an output: never a buffer's alias
+                      mean.to(math, /*non_blocking=*/false, /*copy=*/true).contiguous(),  // never a buffer's alias
                       scale.to(math),
-                      bias.has_value() ? bias->to(math) : at::zeros({channels}, x.options().dtype(math)),
+                      bias.has_value() ? bias->to(math).contiguous() : at::zeros({channels}, x.options().dtype(math)),
                       activation,
                       negative_slope,
                       at::empty_like(xo)};
@@ -162,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
     shift = bias.has_value() ? *bias : at::zeros({channels}, doubles);
     ratio = gamma.reciprocal();
   }
-  op.shift = shift.to(math);
+  op.shift = shift.to(math).contiguous();  // kernels read [channels] vectors densely
   const bool need_sums = output_mask[1] || output_mask[2] || (training && output_mask[0]);
   op.sum_dz = at::zeros({channels}, doubles);
   op.sum_dz_centered = at::zeros({channels}, doubles);

@@ -90,8 +90,10 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
     const bool training = ctx->saved_data["training"].toBool();
     const std::string act = ctx->saved_data["act"].toStringRef();
     const double slope = ctx->saved_data["slope"].toDouble();
+    // needs_input_grad counts only the tensors given: without a weight, the bias is input 1.
+    const int bias_index = weight.has_value() ? 2 : 1;
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), weight.has_value() && ctx->needs_input_grad(1),
-                                   bias.has_value() && ctx->needs_input_grad(2)};
+                                   bias.has_value() && ctx->needs_input_grad(bias_index)};
     variable_list out(12);
     if (!grads[0].defined()) return out;  // only the statistics were used: no gradient
     at::Tensor grad_x, grad_weight, grad_bias;

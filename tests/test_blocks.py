@@ -196,3 +196,28 @@ def test_blocks_run_the_reference_when_asked():
     with aigc_fast.use_impl("reference"):
         ref = block(x)
     torch.testing.assert_close(twin(x), ref)
+
+
+def test_convert_keeps_each_child_mode_and_fold_skips_untracked_batchnorm():
+    torch.manual_seed(8)
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU()).double()
+    seq[1].eval()  # a frozen BatchNorm inside a training model
+    twin = copy.deepcopy(seq)
+    fused = convert(seq)
+    assert fused.training and not fused[1].training and fused[4].training
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), twin(x))
+    fused.eval()
+    twin.eval()
+    folded = fold(fused)
+    assert isinstance(folded[4], nn.BatchNorm2d)  # no running statistics: nothing to fold
+    torch.testing.assert_close(folded(x), twin(x))
+
+
+def test_dilated_projection_is_not_a_matrix_multiply():
+    block = FusedSequential(nn.ConvTranspose2d(6, 3, 3, 1, 0, dilation=2), nn.ReLU()).double()
+    x = torch.randn(2, 6, 1, 1, dtype=torch.float64)
+    y = block(x)
+    assert y.shape == (2, 3, 5, 5)
+    torch.testing.assert_close(y, torch.relu(block[0](x)))

@@ -334,3 +334,31 @@ def test_nan_stays_in_its_channel():
 def test_bad_input_gives_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_bias_without_weight_and_strided_parameters():
+    """Gradients reach a bias given without a weight; strided parameter vectors are read by
+    value, not as if they were dense."""
+    x, grad_out = data((4, 3, 5, 5), torch.float64)
+    for running in (False, True):
+        b1 = torch.randn(6, dtype=torch.float64)[::2].clone().requires_grad_()
+        b2 = b1.detach().clone().requires_grad_()
+        stats = (torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)) if running else (None, None)
+        y1 = aigc_fast.bn_act(x, None, b1, *[s if s is None else s.clone() for s in stats], training=True, act="tanh")
+        y2 = reference.bn_act(x, None, b2, *[s if s is None else s.clone() for s in stats], training=True, act="tanh")
+        y1.backward(grad_out)
+        y2.backward(grad_out)
+        torch.testing.assert_close(y1, y2)
+        torch.testing.assert_close(b1.grad, b2.grad)
+    strided_weight = torch.randn(6, dtype=torch.float64)[::2]
+    strided_bias = torch.randn(6, dtype=torch.float64)[1::2]
+    for memory_efficient in (False, True):
+        x_ = x.clone().requires_grad_()
+        y = aigc_fast.bn_act(x_, strided_weight, strided_bias, None, None, training=True, act="leaky_relu",
+                             memory_efficient=memory_efficient)
+        torch.testing.assert_close(y, reference.bn_act(x, strided_weight.contiguous(), strided_bias.contiguous(),
+                                                       None, None, training=True, act="leaky_relu"))
+        y.backward(grad_out)
+        x2 = x.clone().requires_grad_()
+        reference.bn_act(x2, strided_weight, strided_bias, None, None, training=True, act="leaky_relu").backward(grad_out)
+        torch.testing.assert_close(x_.grad, x2.grad)

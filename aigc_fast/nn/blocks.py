@@ -89,8 +89,8 @@ def _is_projection(conv: nn.Module, x: torch.Tensor) -> bool:
     """A conv-transpose of a 1x1 map without padding (a generator's first layer, latent z
     to k x k): every output pixel is one kernel tap, so it is one matrix multiply."""
     return (isinstance(conv, nn.ConvTranspose2d) and x.dim() == 4 and x.shape[-2:] == (1, 1)
-            and conv.padding == (0, 0) and conv.output_padding == (0, 0) and conv.groups == 1
-            and conv.padding_mode == "zeros")
+            and conv.padding == (0, 0) and conv.output_padding == (0, 0) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
 def _convolve(conv: nn.Module, x: torch.Tensor, with_bias: bool) -> torch.Tensor:
@@ -208,7 +208,7 @@ def convert(module: nn.Module, *, memory_efficient: bool = False) -> nn.Module:
         fused = FusedSequential(memory_efficient=memory_efficient)
         for name, child in module.named_children():
             fused.add_module(name, child)
-        fused.train(module.training)
+        fused.training = module.training  # the container's flag only: children keep their own modes
         return fused
     return module
 
@@ -236,7 +236,9 @@ def fold(module: nn.Module) -> nn.Module:
         names = [name for name, _ in seq.named_children()]
         children = list(seq)
         for group in seq.fused_groups():
-            if group.bn is not None:
+            # A BatchNorm without running statistics normalizes with the batch's, even in eval:
+            # there is nothing to fold.
+            if group.bn is not None and children[group.bn].running_mean is not None:
                 setattr(seq, names[group.conv], _fold_group(children[group.conv], children[group.bn]))
                 setattr(seq, names[group.bn], FoldedBatchNorm())
     return module

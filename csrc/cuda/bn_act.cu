@@ -1,7 +1,8 @@
 // CUDA kernels of aigc_fast::bn_act's statistics and backward (its normalize pass is in
 // bias_act.cu). Reductions are two-stage and deterministic: block (split, channel) reduces
 // a fixed slice of the channel's elements with block_sum, and one thread per channel
-// merges the slices in order in float64 (merge_moments of batch_norm.h for the statistics).
+// merges the slices in order in float64 (merge_moments of batch_norm.h for the statistics,
+// which also merges the threads of a block).
 // The per-element math is batch_norm.h's, as on CPU.
 //
 // Element k of channel c sits at ((k / inner) * channels + c) * inner + k % inner: for
@@ -35,27 +36,33 @@ ChannelSlices slices_of(int64_t numel, int64_t channels, int64_t inner) {
   return ChannelSlices{channels, inner, per_channel, splits};
 }
 
-// Stage 1 of the statistics: sums of x - shift and (x - shift)^2 over a slice, shift the
-// channel's first element (so float sums round at the scale of the spread, not the mean),
-// as the slice's moments (3 doubles per (channel, split)).
+// Stage 1 of the statistics: each thread keeps the moments of its elements of the slice
+// (Welford's update in the math type), and thread 0 merges the threads' moments in order
+// with merge_moments (float64), as the CPU merges its tiles: no sum of squares, so a
+// channel far from zero keeps its variance. Out: 3 doubles per (channel, split).
 template <typename T>
 __global__ void stats_kernel(Ref x, ChannelSlices s, double* partials) {
-  const int64_t c = blockIdx.y, split = blockIdx.x;
-  const int64_t begin = s.begin(split), end = s.begin(split + 1);
-  const T shift = load<T>(x, s.offset(c, 0));
-  T s1 = 0, s2 = 0;
-  for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) {
-    const T d = load<T>(x, s.offset(c, k)) - shift;
-    s1 += d;
-    s2 += d * d;
+  __shared__ double counts[kMaxThreads], means[kMaxThreads], m2s[kMaxThreads];
+  const int64_t c = blockIdx.x, split = blockIdx.y;  // channels on x: up to 2^31 - 1 of them
+  T n = 0, mean = 0, m2 = 0;
+  for (int64_t k = s.begin(split) + threadIdx.x; k < s.begin(split + 1); k += blockDim.x) {
+    const T v = load<T>(x, s.offset(c, k));
+    n += T(1);
+    const T delta = v - mean;
+    mean += delta / n;
+    m2 += delta * (v - mean);
   }
-  const T sum1 = block_sum(s1), sum2 = block_sum(s2);
+  counts[threadIdx.x] = double(n);
+  means[threadIdx.x] = double(mean);
+  m2s[threadIdx.x] = double(m2);
+  __syncthreads();
   if (threadIdx.x == 0) {
-    const double n = double(end - begin), mean_d = double(sum1) / n;
+    Moments total{0, 0, 0};
+    for (int t = 0; t < blockDim.x; ++t) merge_moments(total, counts[t], means[t], m2s[t]);
     double* out = partials + (c * s.splits + split) * 3;
-    out[0] = n;
-    out[1] = double(shift) + mean_d;
-    out[2] = n > 0 ? double(sum2) - n * mean_d * mean_d : 0.0;
+    out[0] = total.count;
+    out[1] = total.mean;
+    out[2] = total.m2;
   }
 }
 
@@ -86,7 +93,7 @@ __device__ void element(Ref dy, Ref y, Ref x, const GradParams& p, int64_t c, in
 
 template <bool kFromOutput, Act A, typename T>
 __global__ void sums_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s, T slope, double* partials) {
-  const int64_t c = blockIdx.y, split = blockIdx.x;
+  const int64_t c = blockIdx.x, split = blockIdx.y;  // channels on x: up to 2^31 - 1 of them
   T s1 = 0, s2 = 0;
   for (int64_t k = s.begin(split) + threadIdx.x; k < s.begin(split + 1); k += blockDim.x) {
     T dz, centered;
@@ -159,7 +166,7 @@ void channel_stats_cuda(ChannelStats& op) {
   const at::Tensor partials = at::empty({op.channels * s.splits * 3}, op.mean.options());
   with_math_type(op.x, [&](auto type) {
     using T = decltype(type);
-    stats_kernel<T><<<dim3(s.splits, op.channels), kMaxThreads, 0, stream>>>(ref(op.x), s,
+    stats_kernel<T><<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(ref(op.x), s,
                                                                             partials.mutable_data_ptr<double>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -178,7 +185,7 @@ void bn_act_sums_cuda(BnActGrad& op) {
   dispatch_grad(op, [&](auto from_output, auto act, auto type) {
     using T = decltype(type);
     sums_kernel<decltype(from_output)::value, decltype(act)::value, T>
-        <<<dim3(s.splits, op.channels), kMaxThreads, 0, stream>>>(ref(op.grad_y), ref(op.y), x, grad_params(op), s,
+        <<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(ref(op.grad_y), ref(op.y), x, grad_params(op), s,
                                                                    static_cast<T>(op.slope),
                                                                    partials.mutable_data_ptr<double>());
   });
