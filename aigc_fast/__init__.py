@@ -11,7 +11,7 @@ from . import _extension
 
 _extension.load()  # never raises: without kernels every op runs its reference
 
-from . import nn, reference  # noqa: E402
+from . import models, nn, reference  # noqa: E402
 from ._impl import get_impl, set_impl, use_impl  # noqa: E402
 from ._info import info  # noqa: E402
 from ._version import __version__  # noqa: E402
@@ -25,6 +25,7 @@ __all__ = [
     "gan_g_loss",
     "get_impl",
     "info",
+    "models",
     "nn",
     "reference",
     "reparameterize",

@@ -1,0 +1,115 @@
+"""The models: shapes for every supported size, the DCGAN conventions, the two backends
+(same parameters and state_dict keys, the same outputs and gradients, checkpoints loading
+across), the VAEs' loss and sampling, and bad arguments."""
+
+import pytest
+import torch
+from torch import nn
+
+from aigc_fast.models import ConvVAE, DCGANDiscriminator, DCGANGenerator, MLPVAE
+from aigc_fast.nn import FusedSequential
+
+SIZES = [16, 28, 32, 64, 128]
+
+
+def twins(cls, **kw):
+    """The model in both backends with the same weights (fused first)."""
+    torch.manual_seed(0)
+    fused = cls(backend="fused", **kw).double()
+    reference = cls(backend="reference", **kw).double()
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    reference.load_state_dict(fused.state_dict())
+    return fused, reference
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dcgan_shapes_and_conventions(size):
+    G = DCGANGenerator(nz=16, ngf=8, channels=3, image_size=size)
+    D = DCGANDiscriminator(ndf=8, channels=3, image_size=size)
+    images = G(torch.randn(5, 16))
+    assert images.shape == (5, 3, size, size) and images.abs().max() <= 1
+    assert G(torch.randn(5, 16, 1, 1)).shape == images.shape
+    assert D(images).shape == (5,)
+    convs = [m for m in [*G.modules(), *D.modules()] if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert all(c.bias is None for c in convs)
+    weights = torch.cat([c.weight.flatten() for c in convs])
+    assert abs(weights.std().item() - 0.02) < 0.003 and abs(weights.mean().item()) < 0.002
+    assert isinstance(G.main, FusedSequential)
+    assert len(G.main.fused_groups()) == sum(isinstance(m, nn.ConvTranspose2d) for m in G.modules())
+    first_d_block = D.main[:2]
+    assert isinstance(first_d_block[1], nn.LeakyReLU)  # no BatchNorm on D's first block
+
+
+def test_mnist_dcgan_matches_the_issue_shapes():
+    G = DCGANGenerator(nz=100, ngf=64, channels=1, image_size=28)
+    widths = [m.out_channels for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert widths == [256, 128, 1]  # 100 -> 256@7 -> 128@14 -> 1@28
+    D = DCGANDiscriminator(ndf=64, channels=1, image_size=28)
+    assert [m.out_channels for m in D.modules() if isinstance(m, nn.Conv2d)] == [128, 256, 1]
+
+
+@pytest.mark.parametrize("cls, kw, make_input", [
+    (DCGANGenerator, dict(nz=8, ngf=4, channels=1, image_size=28), lambda: torch.randn(4, 8, dtype=torch.float64)),
+    (DCGANDiscriminator, dict(ndf=4, channels=3, image_size=32), lambda: torch.randn(4, 3, 32, 32, dtype=torch.float64)),
+])
+def test_backends_agree(cls, kw, make_input):
+    fused, reference = twins(cls, **kw)
+    x = make_input()
+    for train in (True, False):
+        fused.train(train)
+        reference.train(train)
+        outs = []
+        for model in (fused, reference):
+            model.zero_grad()
+            y = model(x)
+            y.square().sum().backward()
+            outs.append([y.detach()] + [p.grad for p in model.parameters()] + list(model.buffers()))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls, kw, shape", [
+    (ConvVAE, dict(latent_dim=6, channels=1, image_size=28, base=8), (4, 1, 28, 28)),
+    (ConvVAE, dict(latent_dim=6, channels=3, image_size=32, base=8), (4, 3, 32, 32)),
+    (MLPVAE, dict(input_dim=64, hidden=32, latent_dim=4), (4, 1, 8, 8)),
+])
+def test_vaes(cls, kw, shape):
+    fused, reference = twins(cls, **kw)
+    x = torch.rand(shape, dtype=torch.float64)
+    for model in (fused, reference):
+        model.eval()  # z = mu: both backends see the same z
+    results = []
+    for model in (fused, reference):
+        model.zero_grad()
+        loss, recon, kl = model.loss(x)
+        loss.backward()
+        results.append([loss.detach(), recon, kl] + [p.grad for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    fused.train()
+    recon_logits, mu, logvar = fused(x)
+    assert mu.shape == logvar.shape == (shape[0], kw["latent_dim"])
+    assert recon_logits.numel() == x.numel()
+    samples = fused.sample(3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape[0] == 3 and samples.min() >= 0 and samples.max() <= 1
+
+
+def test_mlp_vae_loads_the_pytorch_example_checkpoint():
+    class ExampleVAE(nn.Module):  # examples/vae/main.py's layers
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
+            self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
+
+    MLPVAE().load_state_dict(ExampleVAE().state_dict())
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: DCGANGenerator(image_size=48), "image_size must be a power of two from 16 to 128, or 28"),
+    (lambda: DCGANDiscriminator(image_size=256), "image_size must be"),
+    (lambda: DCGANGenerator(backend="triton"), "backend must be one of"),
+    (lambda: MLPVAE(backend="cuda"), "backend must be one of"),
+])
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
