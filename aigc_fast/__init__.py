@@ -11,7 +11,7 @@ from . import _extension
 
 _extension.load()  # never raises: without kernels every op runs its reference
 
-from . import data, models, nn, reference  # noqa: E402
+from . import data, models, nn, reference, train  # noqa: E402
 from ._impl import get_impl, set_impl, use_impl  # noqa: E402
 from ._info import info  # noqa: E402
 from ._version import __version__  # noqa: E402
@@ -31,6 +31,7 @@ __all__ = [
     "reference",
     "reparameterize",
     "set_impl",
+    "train",
     "use_impl",
     "vae_loss",
 ]

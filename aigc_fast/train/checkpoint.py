@@ -1,0 +1,36 @@
+"""Checkpoints written atomically: to a temporary file in the same folder, flushed, then
+renamed over the old one, so a crash or kill mid-save leaves the previous checkpoint
+intact (rename within a file system is atomic)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import torch
+
+
+def save_atomic(state: Dict[str, Any], path: Union[str, Path]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    # Our own files: full state (optimizers, RNG states, config), not only tensors.
+    return torch.load(path, map_location=map_location, weights_only=False)

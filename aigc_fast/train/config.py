@@ -1,0 +1,74 @@
+"""Training configurations: dataclasses with the field's defaults, round-tripping to JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+
+@dataclasses.dataclass
+class _Config:
+    out_dir: str = "runs/run"
+    epochs: int = 1            # epochs to run in this call of fit (a resumed run runs this many more)
+    batch_size: int = 128
+    image_size: int = 28
+    channels: int = 1
+    backend: str = "fused"     # "fused" or "reference": the same model, parameters and keys
+    seed: int = 0
+    device: str = "cpu"
+    max_steps: Optional[int] = None  # stop early after this many steps in total (tests, smoke runs)
+    log_every: int = 10        # metrics rows (JSONL) every this many steps
+    sample_every: int = 200    # a sample grid every this many steps (and at the end)
+    num_samples: int = 64
+    flip: bool = False         # random horizontal flips of the training images
+    progress: bool = True      # a tqdm progress bar
+
+    def to_json(self, path: Union[str, Path, None] = None) -> str:
+        text = json.dumps({"kind": self.kind, **dataclasses.asdict(self)}, indent=2)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: Union[str, Path]):
+        text = Path(text_or_path).read_text() if Path(str(text_or_path)).suffix == ".json" else str(text_or_path)
+        values = json.loads(text)
+        kind = values.pop("kind", cls.kind)
+        if kind != cls.kind:
+            raise ValueError(f"this is a {kind!r} config, not a {cls.kind!r} one")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclasses.dataclass
+class GANConfig(_Config):
+    """DCGAN defaults: Adam lr 2e-4, betas (0.5, 0.999), batch 128, images in [-1, 1]."""
+
+    kind = "gan"
+    out_dir: str = "runs/gan"
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    loss: str = "bce"          # bce (non-saturating G), hinge, lsgan, wgan
+    lr: float = 2e-4
+    betas: Tuple[float, float] = (0.5, 0.999)
+
+
+@dataclasses.dataclass
+class VAEConfig(_Config):
+    """VAE defaults: Adam lr 1e-3, inputs in [0, 1], BCE reconstruction, beta 1."""
+
+    kind = "vae"
+    out_dir: str = "runs/vae"
+    model: str = "conv"        # "conv" (ConvVAE) or "mlp" (the 784-400-20 MLPVAE)
+    latent_dim: int = 20
+    base: int = 32
+    recon_loss: str = "bce"
+    beta: float = 1.0
+    lr: float = 1e-3
+    betas: Tuple[float, float] = (0.9, 0.999)

@@ -1,0 +1,120 @@
+"""The trainers: configs round-trip to JSON; a GAN and a VAE run on tiny data and leave
+metrics, sample grids and a checkpoint; a run stopped mid-epoch and resumed reaches the
+same weights as an uninterrupted one (both backends); the fused backend tracks the
+reference step by step; a save interrupted by an exception leaves the previous checkpoint;
+a NaN loss stops the run naming the step."""
+
+import json
+
+import pytest
+import torch
+
+from aigc_fast.data import ImageData
+from aigc_fast.train import (GANConfig, GANTrainer, NonFiniteLossError, VAEConfig, VAETrainer, load_checkpoint,
+                             save_atomic)
+
+
+def tiny_gan(tmp_path, **kw):
+    base = dict(out_dir=str(tmp_path), image_size=16, channels=1, nz=8, ngf=4, ndf=4, batch_size=8, epochs=2,
+                log_every=1, sample_every=3, num_samples=4, progress=False)
+    return GANConfig(**{**base, **kw})
+
+
+def tiny_images(n=32, size=16, seed=0):
+    return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_configs_round_trip_through_json(tmp_path):
+    for config in (GANConfig(loss="hinge", betas=(0.0, 0.9), max_steps=7), VAEConfig(model="mlp", beta=4.0)):
+        assert type(config).from_json(config.to_json()) == config
+        path = tmp_path / f"{config.kind}.json"
+        config.to_json(path)
+        assert type(config).from_json(path) == config
+    with pytest.raises(ValueError, match="not a 'vae' one"):
+        VAEConfig.from_json(GANConfig().to_json())
+    with pytest.raises(ValueError, match="unknown GANConfig fields"):
+        GANConfig.from_json(json.dumps({"kind": "gan", "learning_rate": 1}))
+
+
+def test_gan_run_leaves_metrics_samples_and_checkpoint(tmp_path):
+    trainer = GANTrainer(tiny_gan(tmp_path))
+    metrics = trainer.fit(tiny_images())
+    assert trainer.step == 8 and trainer.epoch == 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9)) and all(r["d_loss"] > 0 for r in rows)
+    assert {"d_loss", "g_loss", "images_per_s"} <= set(metrics)
+    assert (tmp_path / "samples" / "final.png").is_file() and (tmp_path / "samples" / "step0000003.png").is_file()
+    assert GANConfig.from_json(tmp_path / "config.json") == trainer.config
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 8 and set(state["modules"]) == {"G", "D", "opt_g", "opt_d"}
+    assert trainer.generate(3, seed=0).shape == (3, 1, 16, 16)
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_resume_reaches_the_uninterrupted_weights(tmp_path, backend):
+    images = tiny_images(40)  # 5 batches of 8 per epoch
+    whole = GANTrainer(tiny_gan(tmp_path / "whole", backend=backend, flip=True))
+    whole.fit(ImageData(images * 2 - 1, flip=True))
+    first = GANTrainer(tiny_gan(tmp_path / "split", backend=backend, flip=True, max_steps=3))
+    first.fit(ImageData(images * 2 - 1, flip=True))  # stops mid-epoch 0
+    resumed = GANTrainer(tiny_gan(tmp_path / "split", backend=backend, flip=True))
+    resumed.fit(ImageData(images * 2 - 1, flip=True), resume=True)
+    assert resumed.step == whole.step == 10
+    for a, b in zip([*whole.G.state_dict().values(), *whole.D.state_dict().values()],
+                    [*resumed.G.state_dict().values(), *resumed.D.state_dict().values()]):
+        assert torch.equal(a, b)
+
+
+def test_fused_tracks_reference(tmp_path):
+    losses = {}
+    for backend in ("fused", "reference"):
+        trainer = GANTrainer(tiny_gan(tmp_path / backend, backend=backend, epochs=1))
+        trainer.fit(tiny_images())
+        losses[backend] = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
+    for f, r in zip(losses["fused"], losses["reference"]):
+        assert f["d_loss"] == pytest.approx(r["d_loss"], rel=1e-4, abs=1e-5)
+        assert f["g_loss"] == pytest.approx(r["g_loss"], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("model", ["conv", "mlp"])
+def test_vae_learns(tmp_path, model):
+    config = VAEConfig(out_dir=str(tmp_path), model=model, image_size=16, channels=1, latent_dim=4, base=8,
+                       batch_size=16, epochs=6, log_every=1, sample_every=1000, num_samples=4, progress=False)
+    trainer = VAETrainer(config)
+    stripes = ((torch.arange(16)[:, None] + torch.arange(16)) % 4 == 0).float()
+    images = stripes.expand(64, 1, 16, 16).clone()  # structure to learn (random pixels have none)
+    images[::2] = 1 - images[::2]
+    trainer.fit(images)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < 0.9 * rows[0]["loss"]
+    assert (tmp_path / "samples" / "final.png").is_file()
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"step": 1}, path)
+
+    class Explodes:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_atomic({"step": 2, "bad": Explodes()}, path)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
+
+
+def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
+    images = tiny_images(32)
+    images[20] = float("nan")  # in the third batch of epoch 1 (order is seeded), or earlier
+    config = VAEConfig(out_dir=str(tmp_path), model="mlp", image_size=16, latent_dim=2, batch_size=8, epochs=3,
+                       progress=False)
+    trainer = VAETrainer(config)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step \d+ \(epoch 0\)"):
+        trainer.fit(ImageData(images))
+    assert trainer.step < 4
+
+
+def test_wgan_without_a_constraint_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="Lipschitz"):
+        GANTrainer(tiny_gan(tmp_path, loss="wgan"))
