@@ -43,6 +43,25 @@ struct BnActGrad {
   at::Tensor grad_x;
 };
 
+// Calls f(from_output, act, T{}) with the backward's mode (std::true_type: x not kept, the
+// memory-saving mode), activation and math type (double for float64, else float) as
+// compile-time values: the one dispatch of the CPU and CUDA backward kernels.
+template <typename F>
+void with_grad_kernel(const BnActGrad& op, const F& f) {
+  with_act(op.act, [&](auto act) {
+    constexpr Act A = decltype(act)::value;
+    const auto with_type = [&](auto from_output) {
+      op.y.scalar_type() == at::kDouble ? f(from_output, act, double{}) : f(from_output, act, float{});
+    };
+    if (op.x.defined()) return with_type(std::false_type{});
+    if constexpr (A == Act::kIdentity || A == Act::kLeakyRelu || A == Act::kTanh) {
+      with_type(std::true_type{});
+    } else {
+      TORCH_CHECK(false, "bn_act: the memory-saving backward needs an invertible activation");
+    }
+  });
+}
+
 void channel_stats_cpu(ChannelStats& op);
 void channel_affine_act_cpu(ChannelAffineAct& op, bool affine);
 void bn_act_sums_cpu(BnActGrad& op);

@@ -48,10 +48,8 @@ class FoldedBatchNorm(nn.Identity):
 
 @dataclass(frozen=True)
 class _Group:
-    """Children [start, stop) of a Sequential that run as convolution + one fused op."""
+    """Children of a Sequential that run as convolution + one fused op (indices)."""
 
-    start: int
-    stop: int
     conv: int
     bn: Optional[int]
     act: str
@@ -77,7 +75,7 @@ def _plan(children: List[nn.Module]) -> List[Union[int, _Group]]:
             if bn is not None or act is not None:
                 name, slope = act or ("identity", 0.0)
                 if name != "leaky_relu" or slope >= 0:  # the kernels need slope >= 0 (else: run as is)
-                    steps.append(_Group(i, j, i, bn, name, slope))
+                    steps.append(_Group(i, bn, name, slope))
                     i = j
                     continue
         steps.append(i)
@@ -101,9 +99,9 @@ def _convolve(conv: nn.Module, x: torch.Tensor, with_bias: bool) -> torch.Tensor
         if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
             h = h.contiguous(memory_format=torch.channels_last)  # a channels_last model, as the conv would
         return h if bias is None else h + bias.view(1, -1, 1, 1).to(h.dtype)
-    if isinstance(conv, nn.ConvTranspose2d):
+    if isinstance(conv, nn.ConvTranspose2d):  # (padding_mode is always "zeros" for these)
         return F.conv_transpose2d(x, conv.weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
-                                  conv.dilation) if conv.padding_mode == "zeros" else conv(x)
+                                  conv.dilation)
     if conv.padding_mode != "zeros":
         return conv._conv_forward(x, conv.weight, bias)
     return F.conv2d(x, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)

@@ -14,18 +14,6 @@
 namespace aigc_fast {
 namespace {
 
-// The values of a [channels] tensor in the math type; `fill` where the tensor is undefined.
-template <typename T>
-std::vector<T> channel_values(const at::Tensor& t, int64_t channels, T fill) {
-  std::vector<T> values(channels, fill);
-  if (t.defined()) {
-    std::vector<T> scratch(channels);
-    const T* v = load(t, 0, channels, scratch.data());
-    std::copy(v, v + channels, values.begin());
-  }
-  return values;
-}
-
 template <bool kAffine, Act A, typename T>
 void affine_act(ChannelAffineAct& op) {
   ChannelParams<T, 3> params;

@@ -115,17 +115,9 @@ enum Param { kShift, kA, kB, kC, kParams };
 
 template <typename T>
 ChannelParams<T, kParams> grad_params(const BnActGrad& op) {
-  const auto values = [&](const at::Tensor& t) {
-    std::vector<T> v(op.channels, T(0));
-    if (t.defined()) {
-      std::vector<T> scratch(op.channels);
-      const T* p = load(t, 0, op.channels, scratch.data());
-      std::copy(p, p + op.channels, v.begin());
-    }
-    return v;
-  };
   ChannelParams<T, kParams> params;
-  params.values = {values(op.shift), values(op.a), values(op.b), values(op.c)};
+  params.values = {channel_values<T>(op.shift, op.channels, T(0)), channel_values<T>(op.a, op.channels, T(0)),
+                   channel_values<T>(op.b, op.channels, T(0)), channel_values<T>(op.c, op.channels, T(0))};
   return params;
 }
 
@@ -238,24 +230,6 @@ void grad_input(BnActGrad& op) {
   });
 }
 
-// Calls f<kFromOutput, A, T>() for the op's mode, activation and math type.
-template <typename F>
-void dispatch_grad(const BnActGrad& op, const F& f) {
-  with_act(op.act, [&](auto act) {
-    constexpr Act A = decltype(act)::value;
-    const bool dbl = op.y.scalar_type() == at::kDouble;
-    if (!op.x.defined()) {
-      if constexpr (A == Act::kIdentity || A == Act::kLeakyRelu || A == Act::kTanh) {
-        dbl ? f(std::true_type{}, act, double{}) : f(std::true_type{}, act, float{});
-      } else {
-        TORCH_CHECK(false, "bn_act: the memory-saving backward needs an invertible activation");
-      }
-    } else {
-      dbl ? f(std::false_type{}, act, double{}) : f(std::false_type{}, act, float{});
-    }
-  });
-}
-
 }  // namespace
 
 void channel_stats_cpu(ChannelStats& op) {
@@ -263,13 +237,13 @@ void channel_stats_cpu(ChannelStats& op) {
 }
 
 void bn_act_sums_cpu(BnActGrad& op) {
-  dispatch_grad(op, [&](auto from_output, auto act, auto type) {
+  with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
     sums<decltype(from_output)::value, decltype(act)::value, decltype(type)>(op);
   });
 }
 
 void bn_act_grad_input_cpu(BnActGrad& op) {
-  dispatch_grad(op, [&](auto from_output, auto act, auto type) {
+  with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
     grad_input<decltype(from_output)::value, decltype(act)::value, decltype(type)>(op);
   });
 }

@@ -61,6 +61,18 @@ struct Geometry {
   int64_t channel_at(int64_t pos) const { return (pos / inner) % channels; }
 };
 
+// The values of a [channels] tensor in the math type; `fill` where the tensor is undefined.
+template <typename T>
+std::vector<T> channel_values(const at::Tensor& t, int64_t channels, T fill) {
+  std::vector<T> values(channels, fill);
+  if (t.defined()) {
+    std::vector<T> scratch(channels);
+    const T* v = load(t, 0, channels, scratch.data());
+    std::copy(v, v + channels, values.begin());
+  }
+  return values;
+}
+
 // Per-channel values of P parameters, and (for short runs) their per-element pattern over
 // whole rows.
 template <typename T, size_t P>

@@ -136,25 +136,6 @@ GradParams grad_params(const BnActGrad& op) {
   return GradParams{optional_ref(op.shift), optional_ref(op.a), optional_ref(op.b), optional_ref(op.c)};
 }
 
-// f(from_output, act, T{}) for the op's mode, activation and math type.
-template <typename F>
-void dispatch_grad(const BnActGrad& op, const F& f) {
-  with_act(op.act, [&](auto act) {
-    constexpr Act A = decltype(act)::value;
-    with_math_type(op.y, [&](auto type) {
-      if (!op.x.defined()) {
-        if constexpr (A == Act::kIdentity || A == Act::kLeakyRelu || A == Act::kTanh) {
-          f(std::true_type{}, act, type);
-        } else {
-          TORCH_CHECK(false, "bn_act: the memory-saving backward needs an invertible activation");
-        }
-      } else {
-        f(std::false_type{}, act, type);
-      }
-    });
-  });
-}
-
 int merge_blocks(int64_t channels) { return static_cast<int>((channels + kThreads - 1) / kThreads); }
 
 }  // namespace
@@ -182,7 +163,7 @@ void bn_act_sums_cuda(BnActGrad& op) {
   const ChannelSlices s = slices_of(op.y.numel(), op.channels, op.inner);
   const at::Tensor partials = at::empty({op.channels * s.splits * 2}, op.sum_dz.options());
   const Ref x = optional_ref(op.x);
-  dispatch_grad(op, [&](auto from_output, auto act, auto type) {
+  with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
     using T = decltype(type);
     sums_kernel<decltype(from_output)::value, decltype(act)::value, T>
         <<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(ref(op.grad_y), ref(op.y), x, grad_params(op), s,
@@ -201,7 +182,7 @@ void bn_act_grad_input_cuda(BnActGrad& op) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t n = op.y.numel();
   const Ref x = optional_ref(op.x);
-  dispatch_grad(op, [&](auto from_output, auto act, auto type) {
+  with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
     using T = decltype(type);
     grad_input_kernel<decltype(from_output)::value, decltype(act)::value, T><<<grid_for(n), kThreads, 0, stream>>>(
         ref(op.grad_y), ref(op.y), x, grad_params(op), n, op.channels, op.inner, static_cast<T>(op.slope),
