@@ -189,3 +189,12 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
         raise ValueError("no images to train on")
     unit = fit_size(to_model_range(images, "vae"), image_size, channels)  # resized in [0, 1]
     return ImageData(unit * 2 - 1 if kind == "gan" else unit, labels, flip=flip)
+
+
+def holdout_split(n: int, holdout: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, held-out indices) of n items, the held-out share `holdout` (rounded).
+    The split is a fixed permutation (seed 0, whatever the run's seed), so every run on the
+    same data and its evaluation agree on which images were never trained on."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    held = round(n * holdout)
+    return order[held:].sort().values, order[:held].sort().values

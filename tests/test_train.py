@@ -16,7 +16,7 @@ from aigc_fast.train import (GANConfig, GANTrainer, NonFiniteLossError, VAEConfi
 
 def tiny_gan(tmp_path, **kw):
     base = dict(out_dir=str(tmp_path), image_size=16, channels=1, nz=8, ngf=4, ndf=4, batch_size=8, epochs=2,
-                log_every=1, sample_every=3, num_samples=4, progress=False)
+                log_every=1, sample_every=3, num_samples=4, progress=False, holdout=0.0)
     return GANConfig(**{**base, **kw})
 
 
@@ -79,7 +79,7 @@ def test_fused_tracks_reference(tmp_path):
 @pytest.mark.parametrize("model", ["conv", "mlp"])
 def test_vae_learns(tmp_path, model):
     config = VAEConfig(out_dir=str(tmp_path), model=model, image_size=16, channels=1, latent_dim=4, base=8,
-                       batch_size=16, epochs=6, log_every=1, sample_every=1000, num_samples=4, progress=False)
+                       batch_size=16, epochs=6, log_every=1, sample_every=1000, num_samples=4, progress=False, holdout=0.0)
     trainer = VAETrainer(config)
     stripes = ((torch.arange(16)[:, None] + torch.arange(16)) % 4 == 0).float()
     images = stripes.expand(64, 1, 16, 16).clone()  # structure to learn (random pixels have none)
@@ -108,7 +108,7 @@ def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
     images = tiny_images(32)
     images[20] = float("nan")  # in the third batch of epoch 1 (order is seeded), or earlier
     config = VAEConfig(out_dir=str(tmp_path), model="mlp", image_size=16, latent_dim=2, batch_size=8, epochs=3,
-                       progress=False)
+                       progress=False, holdout=0.0)
     trainer = VAETrainer(config)
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step \d+ \(epoch 0\)"):
         trainer.fit(ImageData(images))

@@ -1,5 +1,6 @@
 """Training: GANTrainer / VAETrainer with JSON-round-tripping configs, atomic checkpoints,
-exact resume, NaN detection, metrics and sample grids in a run directory.
+exact resume, mixed precision, torch.compile, DDP under torchrun, NaN detection, metrics
+and sample grids in a run directory.
 
     trainer = aigc_fast.train.VAETrainer(aigc_fast.train.VAEConfig(epochs=5, out_dir="runs/vae"))
     trainer.fit("mnist")
@@ -7,7 +8,9 @@ exact resume, NaN detection, metrics and sample grids in a run directory.
 
 from .checkpoint import load_checkpoint, save_atomic
 from .config import GANConfig, VAEConfig
-from .trainer import GANTrainer, NonFiniteLossError, VAETrainer
+from .gan import GANTrainer
+from .trainer import NonFiniteLossError, load_run
+from .vae import VAETrainer
 
 __all__ = ["GANConfig", "GANTrainer", "NonFiniteLossError", "VAEConfig", "VAETrainer", "load_checkpoint",
-           "save_atomic"]
+           "load_run", "save_atomic"]

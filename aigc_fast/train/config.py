@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 @dataclasses.dataclass
 class _Config:
@@ -24,6 +26,18 @@ class _Config:
     num_samples: int = 64
     flip: bool = False         # random horizontal flips of the training images
     progress: bool = True      # a tqdm progress bar
+    data: Optional[str] = None  # what fit() trains on when given nothing: "mnist", "digits", a folder, a .npz
+    holdout: float = 0.1       # this share of the data (a fixed split) is kept out of training, for evaluation
+    precision: str = "fp32"    # "fp32", "bf16" (autocast) or "fp16" (autocast and a GradScaler)
+    channels_last: bool = False  # models and images in channels_last memory format
+    compile: bool = False      # torch.compile the models (training steps) before the first step
+    deterministic: bool = False  # torch.use_deterministic_algorithms; no cuDNN autotuning
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout is a share of the data in [0, 1), got {self.holdout}")
 
     def to_json(self, path: Union[str, Path, None] = None) -> str:
         text = json.dumps({"kind": self.kind, **dataclasses.asdict(self)}, indent=2)

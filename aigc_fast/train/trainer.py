@@ -1,24 +1,26 @@
-"""The training loop GANTrainer and VAETrainer share: data in any form, seeded shuffling
-that a resume can replay, metrics, sample grids, atomic checkpoints, NaN detection."""
+"""The training loop GANTrainer and VAETrainer share: data in any form with a fixed held-out
+split, seeded shuffling that a resume can replay, mixed precision, channels_last,
+torch.compile, DistributedDataParallel under torchrun, metrics, sample grids, atomic
+checkpoints, NaN detection."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import data as data_lib
 from ..images import save_grid
-from ..models import ConvVAE, DCGANDiscriminator, DCGANGenerator, MLPVAE
-from ..models._backend import impl as backend_impl
-from ..ops.losses import gan_d_loss, gan_g_loss
 from .checkpoint import load_checkpoint, save_atomic
-from .config import GANConfig, VAEConfig
+from .distributed import Group
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -27,31 +29,69 @@ class NonFiniteLossError(FloatingPointError):
 
 class _Trainer:
     kind = ""
-    data_kind = ""  # the image range the model wants: "gan" [-1, 1], "vae" [0, 1]
+    value_range: Tuple[float, float] = (0.0, 1.0)  # of the images the model trains on and generates
 
     def __init__(self, config):
         self.config = config
-        self.device = torch.device(config.device)
+        self.group = Group(config.device)
+        self.device = self.group.device
         self.run_dir = Path(config.out_dir)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
-        torch.manual_seed(config.seed)
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+            torch.use_deterministic_algorithms(True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not config.deterministic
+        torch.manual_seed(config.seed)  # the same initial weights in every process
         self.build()
+        if self.group.distributed:  # but each process its own noise and flips
+            torch.manual_seed(config.seed + 7919 * self.group.rank)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.step = 0
         self.epoch = 0  # the epoch in progress
         self.batch_in_epoch = 0  # batches of it already trained
 
     # ---- what each trainer defines ----
     def build(self) -> None:
+        """Creates the models (on self.device, in the configured memory format), their
+        optimizers, and the runners the steps call (see prepare)."""
         raise NotImplementedError
 
     def train_step(self, images: torch.Tensor) -> Dict[str, float]:
         raise NotImplementedError
 
-    def snapshot(self, tag: str) -> None:
+    def generate(self, n: int, *, seed: Optional[int] = None) -> torch.Tensor:
+        """n images in value_range, from the model in eval mode."""
         raise NotImplementedError
 
     def modules(self) -> Dict[str, Any]:
+        """What a checkpoint holds: models and optimizers by name."""
         raise NotImplementedError
+
+    # ---- what the steps use ----
+    def place(self, module: nn.Module) -> nn.Module:
+        """module on this trainer's device and memory format."""
+        module = module.to(self.device)
+        return module.to(memory_format=torch.channels_last) if self.config.channels_last else module
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """What a training step calls: module under DistributedDataParallel when distributed,
+        then torch.compile when configured (the module itself keeps the weights and keys)."""
+        module = self.group.wrap(module)
+        return torch.compile(module) if self.config.compile else module
+
+    def autocast(self):
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward and step, through the GradScaler in fp16 (a step whose gradients
+        overflowed is skipped and the scale lowered; scaler.update runs once per step)."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
 
     # ---- data ----
     def dataset(self, data) -> Dataset:
@@ -63,71 +103,109 @@ class _Trainer:
         if isinstance(data, Dataset):
             return data
         return data_lib.load(data, image_size=self.config.image_size, channels=self.config.channels,
-                             kind=self.data_kind, flip=self.config.flip)
+                             kind=self.kind, flip=self.config.flip)
+
+    def split(self, dataset: Dataset) -> Tuple[Dataset, Dataset]:
+        """(training part, held-out part) by the fixed split of data.holdout_split."""
+        train, held = data_lib.holdout_split(len(dataset), self.config.holdout)
+        return Subset(dataset, train.tolist()), Subset(dataset, held.tolist())
 
     def _batches(self, n: int):
-        """This epoch's batches of indices, from a permutation seeded by (seed, epoch), so a
-        resumed run replays the same order and skips what it already trained."""
+        """This process's batches of indices for this epoch, from a permutation seeded by
+        (seed, epoch), so a resumed run replays the same order and skips what it already
+        trained. Under torchrun each global batch is split between the processes."""
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epoch))
-        per = self.config.batch_size
-        return [order[i * per:(i + 1) * per].tolist() for i in range(self.batch_in_epoch, n // per)]
+        per, world, rank = self.config.batch_size, self.group.world, self.group.rank
+        step = per * world
+        return [order[i * step + rank * per:i * step + (rank + 1) * per].tolist()
+                for i in range(self.batch_in_epoch, n // step)]
 
     # ---- checkpoints ----
     def state_dict(self) -> Dict[str, Any]:
+        """The full state; collective under torchrun (every process's RNG state is kept)."""
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         return {
             "kind": self.kind, "config": json.loads(self.config.to_json()), "step": self.step, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "modules": {name: m.state_dict() for name, m in self.modules().items()},
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "scaler": self.scaler.state_dict(),
+            "rng": self.group.gather(rng),  # one per process, in rank order
         }
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: Dict[str, Any], *, restore_rng: bool = True) -> None:
+        """Loads a checkpoint's state; restore_rng=False leaves the global RNG alone (for
+        generation and evaluation)."""
         if state.get("kind") != self.kind:
             raise ValueError(f"this is a {state.get('kind')!r} checkpoint, not a {self.kind!r} one")
+        if restore_rng and len(state["rng"]) != self.group.world:
+            raise ValueError(f"this checkpoint was written by {len(state['rng'])} process(es); resume it with "
+                             f"the same number (this run has {self.group.world}) to continue the same data order")
         for name, module in self.modules().items():
             module.load_state_dict(state["modules"][name])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if not restore_rng:
+            return
+        rng = state["rng"][self.group.rank]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     def save(self) -> Path:
-        save_atomic(self.state_dict(), self.checkpoint_path)
+        state = self.state_dict()
+        if self.group.main:
+            save_atomic(state, self.checkpoint_path)
         return self.checkpoint_path
 
+
     # ---- the loop ----
-    def fit(self, data, *, resume: Union[bool, str, Path] = False) -> Dict[str, float]:
+    def fit(self, data=None, *, resume: Union[bool, str, Path] = False) -> Dict[str, float]:
         """Trains for config.epochs epochs (a resumed, partly trained epoch counts as one) or
-        until config.max_steps steps in total; returns the last step's metrics."""
-        dataset = self.dataset(data)
-        if len(dataset) < self.config.batch_size:
-            raise ValueError(f"{len(dataset)} images are fewer than one batch of {self.config.batch_size}")
+        until config.max_steps steps in total; returns the last step's metrics (the mean
+        over processes). data: see dataset(); None trains on config.data."""
+        if data is None:
+            if self.config.data is None:
+                raise ValueError("no data: pass fit(data) or set config.data ('mnist', 'digits', a folder, a file)")
+            data = self.config.data
+        elif isinstance(data, (str, Path)):
+            self.config.data = str(data)  # recorded, so evaluate and resume find it
+        train, _ = self.split(self.dataset(data))
+        global_batch = self.config.batch_size * self.group.world
+        if len(train) < global_batch:
+            raise ValueError(f"{len(train)} training images are fewer than one batch of {global_batch}")
         if resume:
             self.load_state_dict(load_checkpoint(self.checkpoint_path if resume is True else resume,
                                                  map_location=self.device))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config.to_json(self.run_dir / "config.json")
-        per_epoch = len(dataset) // self.config.batch_size
+        if self.group.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.to_json(self.run_dir / "config.json")
+        per_epoch = len(train) // global_batch
         end_epoch = self.epoch + self.config.epochs
         metrics: Dict[str, float] = {}
-        bar = _progress(self.config.progress, total=(end_epoch - self.epoch) * per_epoch - self.batch_in_epoch)
-        with open(self.run_dir / "metrics.jsonl", "a") as log:
+        main = self.group.main
+        bar = _progress(self.config.progress and main,
+                        total=(end_epoch - self.epoch) * per_epoch - self.batch_in_epoch)
+        memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        with open(self.run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
             while self.epoch < end_epoch:
-                for indices in self._batches(len(dataset)):
+                for indices in self._batches(len(train)):
                     started = time.perf_counter()
-                    images = torch.stack([dataset[i][0] for i in indices]).to(self.device)
-                    metrics = self.train_step(images)
+                    images = torch.stack([train[i][0] for i in indices])
+                    images = images.to(self.device, memory_format=memory_format)
+                    metrics = self.group.mean(self.train_step(images))
+                    self.scaler.update()
                     self._check_finite(metrics)
                     self.step += 1
                     self.batch_in_epoch += 1
-                    metrics["images_per_s"] = len(indices) / (time.perf_counter() - started)
+                    metrics["images_per_s"] = global_batch / (time.perf_counter() - started)
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()}, refresh=False)
-                    if self.step % self.config.log_every == 0:
+                    if main and self.step % self.config.log_every == 0:
                         log.write(json.dumps({"step": self.step, "epoch": self.epoch, **metrics}) + "\n")
                         log.flush()
-                    if self.step % self.config.sample_every == 0:
+                    if main and self.step % self.config.sample_every == 0:
                         self.snapshot(f"step{self.step:07d}")
                     if self.config.max_steps is not None and self.step >= self.config.max_steps:
                         return self._finish(bar, metrics)
@@ -139,8 +217,14 @@ class _Trainer:
     def _finish(self, bar, metrics: Dict[str, float]) -> Dict[str, float]:
         bar.close()
         self.save()
-        self.snapshot("final")
+        if self.group.main:
+            self.snapshot("final")
         return metrics
+
+    def snapshot(self, tag: str) -> None:
+        """A grid of generate(num_samples) from the run's fixed seed: samples/<tag>.png."""
+        images = self.generate(self.config.num_samples, seed=self.config.seed + 1)
+        _save_grid_if_possible(images, self.run_dir / "samples" / f"{tag}.png", self.value_range)
 
     def _check_finite(self, metrics: Dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -149,6 +233,31 @@ class _Trainer:
                     "no checkpoint was written yet"
                 raise NonFiniteLossError(f"{name} became {value} at step {self.step + 1} (epoch {self.epoch}); "
                                          f"training stopped, {last}")
+
+
+def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Trainer:
+    """The trainer of a finished or stopped run, from its config.json and checkpoint.pt
+    (single process, no compile, no progress bar): for generate and evaluate."""
+    from .config import GANConfig, VAEConfig
+    from .gan import GANTrainer
+    from .vae import VAETrainer
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    kind = json.loads((run_dir / "config.json").read_text()).get("kind")
+    config_class = {"gan": GANConfig, "vae": VAEConfig}.get(kind)
+    if config_class is None:
+        raise ValueError(f"{run_dir / 'config.json'} has unknown kind {kind!r}")
+    config = config_class.from_json(run_dir / "config.json")
+    config.out_dir, config.compile, config.progress, config.deterministic = str(run_dir), False, False, False
+    if device is not None:
+        config.device = device
+    with torch.random.fork_rng(devices=[]):  # building seeds the global RNG; the caller's is left as it was
+        trainer = {"gan": GANTrainer, "vae": VAETrainer}[kind](config)
+    trainer.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location=trainer.device),
+                            restore_rng=False)
+    return trainer
 
 
 class _NoProgress:
@@ -168,106 +277,6 @@ def _progress(enabled: bool, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="step", dynamic_ncols=True)
-
-
-class GANTrainer(_Trainer):
-    """DCGAN training: per step, one discriminator update on real and generated images, then
-    one generator update, with the fused GAN losses of config.loss."""
-
-    kind, data_kind = "gan", "gan"
-
-    def __init__(self, config: Optional[GANConfig] = None):
-        super().__init__(config or GANConfig())
-
-    def build(self) -> None:
-        c = self.config
-        if c.loss not in ("bce", "hinge", "lsgan"):
-            # wgan's critic must be kept 1-Lipschitz (clipping or a gradient penalty); without
-            # that the losses diverge, so refuse rather than train something meaningless.
-            raise ValueError(f"GANTrainer trains loss='bce', 'hinge' or 'lsgan', got {c.loss!r} "
-                             "(wgan needs a Lipschitz constraint on D that the trainer does not add yet)")
-        self.G = DCGANGenerator(c.nz, c.ngf, c.channels, c.image_size, backend=c.backend).to(self.device)
-        self.D = DCGANDiscriminator(c.ndf, c.channels, c.image_size, backend=c.backend).to(self.device)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=c.lr, betas=tuple(c.betas))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=c.lr, betas=tuple(c.betas))
-        self.fixed_noise = torch.randn(c.num_samples, c.nz, generator=torch.Generator().manual_seed(c.seed + 1))
-        self.impl = backend_impl(c.backend)
-
-    def modules(self) -> Dict[str, Any]:
-        return {"G": self.G, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d}
-
-    def train_step(self, real: torch.Tensor) -> Dict[str, float]:
-        z = torch.randn(real.shape[0], self.config.nz, device=self.device)
-        fake = self.G(z)
-        d_loss = gan_d_loss(self.D(real), self.D(fake.detach()), self.config.loss, impl=self.impl)
-        self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opt_d.step()
-        g_loss = gan_g_loss(self.D(fake), self.config.loss, impl=self.impl)
-        self.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.opt_g.step()
-        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
-
-    @torch.no_grad()
-    def generate(self, n: int, *, seed: Optional[int] = None) -> torch.Tensor:
-        """n images in [-1, 1] from the generator in eval mode (BatchNorm's running statistics)."""
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        was = self.G.training
-        self.G.eval()
-        try:
-            return self.G(torch.randn(n, self.config.nz, generator=g).to(self.device))
-        finally:
-            self.G.train(was)
-
-    def snapshot(self, tag: str) -> None:
-        was = self.G.training
-        self.G.eval()
-        with torch.no_grad():
-            images = self.G(self.fixed_noise.to(self.device))
-        self.G.train(was)
-        _save_grid_if_possible(images, self.run_dir / "samples" / f"{tag}.png", (-1.0, 1.0))
-
-
-class VAETrainer(_Trainer):
-    """VAE training on the negative ELBO (fused reparameterization and loss)."""
-
-    kind, data_kind = "vae", "vae"
-
-    def __init__(self, config: Optional[VAEConfig] = None):
-        super().__init__(config or VAEConfig())
-
-    def build(self) -> None:
-        c = self.config
-        if c.model == "mlp":
-            self.model = MLPVAE(c.channels * c.image_size ** 2, 400, c.latent_dim, backend=c.backend)
-        elif c.model == "conv":
-            self.model = ConvVAE(c.latent_dim, c.channels, c.image_size, c.base, backend=c.backend)
-        else:
-            raise ValueError(f"model must be 'conv' or 'mlp', got {c.model!r}")
-        self.model.to(self.device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=tuple(c.betas))
-        self.fixed_z = torch.randn(c.num_samples, c.latent_dim, generator=torch.Generator().manual_seed(c.seed + 1))
-
-    def modules(self) -> Dict[str, Any]:
-        return {"model": self.model, "opt": self.opt}
-
-    def train_step(self, x: torch.Tensor) -> Dict[str, float]:
-        loss, recon, kl = self.model.loss(x, beta=self.config.beta, recon_loss=self.config.recon_loss)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.item(), "recon": recon.item(), "kl": kl.item()}
-
-    def snapshot(self, tag: str) -> None:
-        c = self.config
-        was = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            images = torch.sigmoid(self.model.decode(self.fixed_z.to(self.device)))
-        self.model.train(was)
-        _save_grid_if_possible(images.view(-1, c.channels, c.image_size, c.image_size),
-                               self.run_dir / "samples" / f"{tag}.png", (0.0, 1.0))
 
 
 _warned_no_pillow = False

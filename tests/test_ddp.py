@@ -1,0 +1,36 @@
+"""DistributedDataParallel under torchrun, 2 CPU processes on gloo: the processes keep
+identical weights, rank 0 alone writes the run directory, and a run stopped and resumed
+under torchrun reaches the weights of an uninterrupted one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+
+
+def torchrun(out, max_steps, resume=False):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(WORKER), str(out), str(max_steps), "resume" if resume else "fresh"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_two_gloo_processes_train_one_model_and_resume_exactly(tmp_path):
+    whole = torchrun(tmp_path / "whole", 10)  # 40 images, global batch 8: 5 steps per epoch, 2 epochs
+    assert [r["world"] for r in whole] == [2, 2] and whole[0]["step"] == 10
+    assert whole[0]["weights"] == whole[1]["weights"]  # gradients averaged, same update everywhere
+    rows = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == list(range(1, 11))  # one writer: rank 0
+    torchrun(tmp_path / "split", 3)
+    resumed = torchrun(tmp_path / "split", 10, resume=True)
+    assert resumed[0]["weights"] == whole[0]["weights"] and resumed[1]["weights"] == whole[1]["weights"]

@@ -1,0 +1,110 @@
+"""Trainer options: bf16/fp16 mixed precision (fp16 with a GradScaler whose state is
+checkpointed), channels_last (the same losses as NCHW), torch.compile (the same losses as
+eager), deterministic mode (two runs bit-identical), the fixed held-out split."""
+
+import json
+
+import pytest
+import torch
+
+from aigc_fast.data import holdout_split
+from aigc_fast.train import GANConfig, GANTrainer, VAEConfig, VAETrainer, load_checkpoint, load_run
+
+
+def gan(tmp_path, **kw):
+    base = dict(out_dir=str(tmp_path), image_size=16, channels=1, nz=8, ngf=4, ndf=4, batch_size=8, epochs=1,
+                log_every=1, sample_every=1000, num_samples=4, progress=False, holdout=0.0)
+    return GANTrainer(GANConfig(**{**base, **kw}))
+
+
+def vae(tmp_path, **kw):
+    base = dict(out_dir=str(tmp_path), image_size=16, channels=1, latent_dim=4, base=8, batch_size=8, epochs=1,
+                log_every=1, sample_every=1000, num_samples=4, progress=False, holdout=0.0)
+    return VAETrainer(VAEConfig(**{**base, **kw}))
+
+
+def images(n=32):
+    return torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def losses(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("make", [gan, vae])
+def test_mixed_precision_trains_near_fp32(tmp_path, make, precision):
+    make(tmp_path / "fp32").fit(images())
+    trainer = make(tmp_path / precision, precision=precision)
+    trainer.fit(images())
+    for low, full in zip(losses(tmp_path / precision), losses(tmp_path / "fp32")):
+        for name in full:
+            if name not in ("step", "epoch", "images_per_s"):
+                assert low[name] == pytest.approx(full[name], rel=0.05, abs=0.05), name
+    scaler = load_checkpoint(tmp_path / precision / "checkpoint.pt")["scaler"]
+    assert bool(scaler) == (precision == "fp16")  # fp16's loss scale is part of the state
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        GANConfig(precision="fp8")
+
+
+@pytest.mark.parametrize("make", [gan, vae])
+def test_channels_last_gives_the_nchw_losses(tmp_path, make):
+    make(tmp_path / "nchw").fit(images())
+    trainer = make(tmp_path / "cl", channels_last=True)
+    trainer.fit(images())
+    conv = next(m for m in trainer.modules().values() if isinstance(m, torch.nn.Module))
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in conv.parameters())
+    for a, b in zip(losses(tmp_path / "cl"), losses(tmp_path / "nchw")):
+        for name in b:
+            if name not in ("step", "epoch", "images_per_s"):
+                assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-4), name
+
+
+def test_compile_gives_the_eager_losses(tmp_path):
+    torch._dynamo.reset()
+    vae(tmp_path / "eager", max_steps=3).fit(images())
+    vae(tmp_path / "compiled", max_steps=3, compile=True).fit(images())
+    for a, b in zip(losses(tmp_path / "compiled"), losses(tmp_path / "eager")):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_deterministic_runs_are_bit_identical(tmp_path):
+    try:
+        runs = []
+        for name in ("a", "b"):
+            trainer = gan(tmp_path / name, deterministic=True)
+            trainer.fit(images())
+            assert torch.are_deterministic_algorithms_enabled()
+            runs.append(trainer.G.state_dict())
+        assert all(torch.equal(x, y) for x, y in zip(runs[0].values(), runs[1].values()))
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_holdout_split_is_fixed_and_kept_out_of_training(tmp_path):
+    train, held = holdout_split(100, 0.1)
+    assert len(held) == 10 and len(train) == 90 and not set(train.tolist()) & set(held.tolist())
+    assert torch.equal(holdout_split(100, 0.1)[1], held)  # whatever the run's seed
+    seen = []
+    trainer = gan(tmp_path, holdout=0.25, seed=3)
+    trainer.train_step = lambda x: seen.append(x.clone()) or {"d_loss": 1.0, "g_loss": 1.0}
+    data = torch.arange(32, dtype=torch.float32).view(32, 1, 1, 1).expand(32, 1, 16, 16) / 31
+    trainer.fit(data)
+    trained = {round((v + 1) / 2 * 31) for v in torch.cat(seen)[:, 0, 0, 0].tolist()}  # GAN range [-1, 1]
+    _, held = holdout_split(32, 0.25)
+    assert len(trained) == 24 and not trained & set(held.tolist())
+
+
+def test_load_run_restores_the_trained_model_without_touching_the_rng(tmp_path):
+    trainer = vae(tmp_path, max_steps=2)
+    trainer.fit(images())
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    loaded = load_run(tmp_path)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert loaded.step == 2 and isinstance(loaded, VAETrainer)
+    assert torch.equal(loaded.generate(4, seed=1), trainer.generate(4, seed=1))
