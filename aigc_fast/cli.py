@@ -1,27 +1,122 @@
-"""The aigc-fast command."""
+"""The aigc-fast command: info, train, sample, evaluate.
+
+    aigc-fast train vae --data mnist --epochs 5 --out-dir runs/mnist-vae
+    aigc-fast train gan --resume runs/mnist-gan --epochs 5      # five more epochs
+    aigc-fast sample runs/mnist-gan -n 1000
+    aigc-fast evaluate runs/mnist-gan
+    torchrun --nproc_per_node 2 -m aigc_fast train gan --data mnist   # DistributedDataParallel
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
+
+
+def _config_options(parser: argparse.ArgumentParser, config_class) -> None:
+    """One --option per config field (--out-dir for out_dir, --flip/--no-flip for booleans),
+    absent unless given, so a resumed run keeps its recorded values for the rest."""
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        kind = str(field.type)
+        help_text = f"(default {field.default!r})"
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif kind.startswith("Tuple"):
+            parser.add_argument(flag, type=float, nargs=2, default=argparse.SUPPRESS, help=help_text)
+        else:
+            convert = {"int": int, "float": float, "Optional[int]": int}.get(kind, str)
+            parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text)
+
+
+def _train(args, given: dict) -> int:
+    from .train import GANConfig, GANTrainer, VAEConfig, VAETrainer
+
+    config_class, trainer_class = {"gan": (GANConfig, GANTrainer), "vae": (VAEConfig, VAETrainer)}[args.model]
+    if args.resume:
+        recorded = Path(args.resume) / "config.json"
+        if not recorded.is_file():
+            raise SystemExit(f"aigc-fast: --resume {args.resume}: no config.json there (not a run directory)")
+        config = config_class.from_json(recorded)
+        config.out_dir = args.resume
+    elif args.config:
+        config = config_class.from_json(Path(args.config))
+    else:
+        config = config_class()
+    config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    if config.data is None:
+        config.data = "mnist"
+    trainer = trainer_class(config)
+    metrics = trainer.fit(resume=bool(args.resume))
+    if trainer.group.main:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(f"step {trainer.step} (epoch {trainer.epoch}): {shown}\nrun directory: {trainer.run_dir} "
+              f"(checkpoint.pt, metrics.jsonl, samples/)")
+    return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="aigc-fast", description="Fused GAN/VAE kernels for PyTorch")
+    from .train import GANConfig, VAEConfig
+
+    parser = argparse.ArgumentParser(prog="aigc-fast", description="Fused GAN/VAE kernels and training for PyTorch")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="versions, compiled backends, and which implementation each op uses")
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
+
+    train = commands.add_parser("train", help="train a DCGAN or a VAE (run directory: --out-dir)")
+    models = train.add_subparsers(dest="model", required=True)
+    for name, config_class in (("gan", GANConfig), ("vae", VAEConfig)):
+        sub = models.add_parser(name, help=config_class.__doc__.splitlines()[0])
+        sub.add_argument("--config", help="a config JSON file (flags override it)")
+        sub.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint and config")
+        _config_options(sub, config_class)
+
+    sample = commands.add_parser("sample", help="generate images from a run: PNGs, samples.npz, grid.png")
+    sample.add_argument("run_dir")
+    sample.add_argument("-n", type=int, default=64, help="how many images (default 64)")
+    sample.add_argument("--out", help="output folder (default RUN_DIR/generated)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--balanced", action="store_true",
+                        help="n/K images of each class, labelled by the run's evaluation classifier")
+    sample.add_argument("--device", help="default: the run's device")
+
+    evaluate = commands.add_parser("evaluate", help="FID/KID/IS/coverage/CAS (and ELBO/NLL for a VAE) of a run")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("-n", type=int, help="images to generate (default: as many as the real training set)")
+    evaluate.add_argument("--data", help="the real data, if the run did not record it")
+    evaluate.add_argument("--nll-samples", type=int, default=100, help="importance samples per image (VAE)")
+    evaluate.add_argument("--device", help="default: the run's device")
+
     args = parser.parse_args(argv)
-
-    import aigc_fast
-
     if args.command == "info":
+        import aigc_fast
+
         if args.json:
             print(json.dumps(aigc_fast.info(print_report=False), indent=2))
         else:
             aigc_fast.info()
-    return 0
+        return 0
+    if args.command == "train":
+        given = {k: v for k, v in vars(args).items() if k not in ("command", "model", "config", "resume")}
+        return _train(args, given)
+    if args.command == "sample":
+        from .sampling import sample_run
+
+        out = sample_run(args.run_dir, args.n, args.out, seed=args.seed, balanced=args.balanced, device=args.device)
+        print(f"{args.n} images in {out}/images, {out}/samples.npz, grid {out}/grid.png")
+        return 0
+    if args.command == "evaluate":
+        from .evaluation import evaluate as run_evaluation, format_table
+
+        results = run_evaluation(args.run_dir, n=args.n, data=args.data, device=args.device,
+                                 nll_samples=args.nll_samples)
+        print(format_table(results), end="")
+        print(f"written to {Path(args.run_dir) / 'eval'}/metrics.json and metrics.md")
+        return 0
+    return 2
 
 
 if __name__ == "__main__":

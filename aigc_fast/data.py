@@ -179,6 +179,9 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
             images, labels = load_image_folder(path, image_size, channels)
         elif path.suffix in (".npy", ".npz"):
             images = load_array(path)
+            if path.suffix == ".npz":
+                with np.load(path) as archive:  # labels, when the archive has them (aigc-fast sample writes them)
+                    labels = torch.from_numpy(archive["labels"]).long() if "labels" in archive.files else None
         else:
             raise ValueError(f"data must be one of {BUILTIN}, an image folder or a .npy/.npz file, got {source!r}")
     elif isinstance(source, (np.ndarray, torch.Tensor)):

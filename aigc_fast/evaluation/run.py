@@ -1,0 +1,130 @@
+"""Evaluating a run directory: its real data (the same fixed held-out split the trainer
+kept out), the evaluation classifier (trained once, cached in RUN_DIR/eval/), samples from
+the trained model, and the metrics, written to RUN_DIR/eval/metrics.json and metrics.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+
+from .. import data as data_lib
+from ..train.trainer import _Trainer, load_run
+from .classifier import Classifier, accuracy, features_and_probs, train_classifier
+from .likelihood import vae_likelihood
+from .metrics import class_coverage, frechet_distance, inception_score, kernel_distance
+
+
+class RealData:
+    """A run's real images in [0, 1] with labels, split as the trainer split them."""
+
+    def __init__(self, trainer: _Trainer, data=None):
+        c = trainer.config
+        source = data if data is not None else c.data
+        if source is None:
+            raise ValueError("the run does not record its data (it was trained on an in-memory set): pass data=")
+        if c.holdout <= 0:
+            raise ValueError("evaluation needs held-out real images: this run was trained with holdout=0")
+        self.source = str(source)
+        loaded = data_lib.load(source, image_size=c.image_size, channels=c.channels, kind="vae")
+        train, held = data_lib.holdout_split(len(loaded), c.holdout)
+        self.train_images, self.train_labels = loaded.images[train], loaded.labels[train]
+        self.held_images, self.held_labels = loaded.images[held], loaded.labels[held]
+        self.num_classes = int(loaded.labels.max()) + 1
+        if self.num_classes < 2:
+            raise ValueError(f"{source} has no class labels (one class): the classifier-based metrics need them "
+                             "(built-in sets, or an image folder with one subfolder per class)")
+
+
+def run_classifier(run_dir: Union[str, Path], real: RealData, *, epochs: int = 6) -> Tuple[Classifier, float]:
+    """(classifier, its held-out accuracy): from RUN_DIR/eval/classifier.pt when it was
+    trained on the same data and split, else trained now and cached there."""
+    path = Path(run_dir) / "eval" / "classifier.pt"
+    key = {"data": real.source, "shape": list(real.train_images.shape[1:]), "held_out": len(real.held_images),
+           "classes": real.num_classes, "epochs": epochs}
+    if path.is_file():
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached["key"] == key:
+            model = Classifier(real.train_images.shape[1], real.num_classes)
+            model.load_state_dict(cached["state"])
+            return model.eval(), cached["accuracy"]
+    model = train_classifier(real.train_images, real.train_labels, real.num_classes, epochs=epochs)
+    acc = accuracy(model, real.held_images, real.held_labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "state": model.state_dict(), "accuracy": acc}, path)
+    return model, acc
+
+
+@torch.no_grad()
+def generate_unit(trainer: _Trainer, n: int, *, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """n generated images in [0, 1] on the CPU, in batches (seeded per batch)."""
+    lo, hi = trainer.value_range
+    parts = [trainer.generate(min(batch_size, n - i), seed=seed + i).cpu() for i in range(0, n, batch_size)]
+    return ((torch.cat(parts) - lo) / (hi - lo)).clamp(0, 1)
+
+
+def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, device: Optional[str] = None,
+             seed: int = 12345, nll_samples: int = 100, write: bool = True) -> Dict[str, float]:
+    """The run's metrics (see the README's table of what each means). n: images to generate
+    (default: as many as the real training images)."""
+    run_dir = Path(run_dir)
+    trainer = load_run(run_dir, device=device)
+    real = RealData(trainer, data)
+    classifier, test_accuracy = run_classifier(run_dir, real)
+    n = n or len(real.train_images)
+    fake = generate_unit(trainer, n, seed=seed)
+    f_train, _ = features_and_probs(classifier, real.train_images)
+    f_held, p_held = features_and_probs(classifier, real.held_images)
+    f_fake, p_fake = features_and_probs(classifier, fake)
+    pseudo = p_fake.argmax(1)
+    coverage, class_kl = class_coverage(pseudo, real.num_classes)
+    kid, kid_std = kernel_distance(f_fake, f_train)
+    score, score_std = inception_score(p_fake)
+    cas_model = train_classifier(fake, pseudo, real.num_classes)
+    results = {
+        "kind": trainer.kind, "step": trainer.step, "data": real.source, "generated": n,
+        "real_train": len(real.train_images), "real_held_out": len(real.held_images),
+        "fid": frechet_distance(f_fake, f_train), "fid_real_held_out": frechet_distance(f_held, f_train),
+        "kid": kid, "kid_std": kid_std, "kid_real_held_out": kernel_distance(f_held, f_train)[0],
+        "inception_score": score, "inception_score_std": score_std,
+        "inception_score_real_held_out": inception_score(p_held)[0],
+        "class_coverage": coverage, "class_kl": class_kl,
+        "cas": accuracy(cas_model, real.held_images, real.held_labels), "classifier_accuracy": test_accuracy,
+    }
+    if trainer.kind == "vae":
+        likelihood = vae_likelihood(trainer.model, real.held_images.to(trainer.device),
+                                    recon_loss=trainer.config.recon_loss, samples=nll_samples)
+        results.update({f"held_out_{k}": v for k, v in likelihood.items()})
+    if write:
+        out = run_dir / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(results, indent=2))
+        (out / "metrics.md").write_text(format_table(results))
+    return results
+
+
+_ROWS = [  # (key, label, the real-data reference it is read against)
+    ("fid", "FID (classifier features, vs real train)", "fid_real_held_out"),
+    ("kid", "KID", "kid_real_held_out"),
+    ("inception_score", "Inception Score (classifier)", "inception_score_real_held_out"),
+    ("class_coverage", "class coverage", None),
+    ("class_kl", "class KL to uniform (nats)", None),
+    ("cas", "CAS: accuracy on real held-out of a classifier trained on samples", "classifier_accuracy"),
+    ("held_out_neg_elbo", "held-out -ELBO (nats/image)", None),
+    ("held_out_nll", "held-out NLL, importance-sampled (nats/image)", None),
+]
+
+
+def format_table(results: Dict[str, float]) -> str:
+    """A Markdown table: each metric of the generated images beside the same metric of real
+    held-out images (what a perfect generator would score, at this sample size)."""
+    lines = [f"{results['kind'].upper()} run at step {results['step']}, {results['generated']} generated images, "
+             f"data {results['data']} ({results['real_train']} train / {results['real_held_out']} held out)", "",
+             "| metric | generated | real held-out |", "|---|---:|---:|"]
+    for key, label, reference in _ROWS:
+        if key in results:
+            ref = f"{results[reference]:.4g}" if reference else ""
+            lines.append(f"| {label} | {results[key]:.4g} | {ref} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""Generated images to disk: a folder of PNGs, one .npz, and a grid, from a trained run.
+
+    aigc_fast.sampling.sample_run("runs/mnist-gan", 1000)          # aigc-fast sample DIR -n 1000
+    aigc_fast.sampling.sample_run("runs/mnist-gan", 1000, balanced=True)
+
+balanced=True labels the samples with the run's evaluation classifier and keeps n / K of
+each class, in one subfolder per class: aigc_fast.data.load(folder) reads it back with those
+labels, ready to mix into a classifier's training set as class-balanced augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from .images import save_grid
+
+
+def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optional[torch.Tensor] = None) -> Path:
+    """images [N, C, H, W] in [0, 1] -> out_dir/images/NNNNNN.png (or images/class_LLL/NNNNNN.png
+    when labelled: zero-padded, so the folder loader's sorted subfolders keep label order), out_dir/samples.npz (uint8 "images" [N, C, H, W], and "labels"), and
+    out_dir/grid.png (the first 64)."""
+    from PIL import Image  # the 'data' extra
+
+    out = Path(out_dir)
+    pixels = (images.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    folder = out / "images"
+    for i, image in enumerate(pixels):
+        path = folder / (f"class_{int(labels[i]):03d}" if labels is not None else "") / f"{i:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        array = image.permute(1, 2, 0).numpy()
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+    arrays = {"images": pixels.numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy().astype(np.int64)
+    np.savez_compressed(out / "samples.npz", **arrays)
+    save_grid(images[:64], out / "grid.png", value_range=(0.0, 1.0))
+    return out
+
+
+def sample_run(run_dir: Union[str, Path], n: int, out_dir: Union[str, Path, None] = None, *, seed: int = 0,
+               balanced: bool = False, device: Optional[str] = None) -> Path:
+    """n images from the run's trained model, written by write_samples to out_dir (default
+    RUN_DIR/generated). balanced: n // K of each of the K classes the evaluation classifier
+    (trained on the run's real data, cached) assigns; generation continues until every class
+    is filled, and stops with an error naming the missing classes if the model rarely makes
+    them (mode collapse)."""
+    from .evaluation.run import RealData, generate_unit, run_classifier
+    from .evaluation.classifier import features_and_probs
+    from .train.trainer import load_run
+
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    trainer = load_run(run_dir, device=device)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "generated"
+    if not balanced:
+        return write_samples(generate_unit(trainer, n, seed=seed), out)
+    real = RealData(trainer)
+    classifier, _ = run_classifier(run_dir, real)
+    per_class = n // real.num_classes
+    if per_class < 1:
+        raise ValueError(f"balanced sampling needs n >= {real.num_classes} (one per class)")
+    kept = {k: [] for k in range(real.num_classes)}
+    for attempt in range(20):  # up to 20 rounds of n candidates
+        images = generate_unit(trainer, n, seed=seed + attempt * n)
+        labels = features_and_probs(classifier, images)[1].argmax(1)
+        for k in kept:
+            kept[k].extend(images[labels == k][:per_class - len(kept[k])])
+        if all(len(v) == per_class for v in kept.values()):
+            break
+    missing = [k for k, v in kept.items() if len(v) < per_class]
+    if missing:
+        raise RuntimeError(f"after {20 * n} samples, classes {missing} still have fewer than {per_class}: "
+                           "the model rarely generates them")
+    labels = torch.arange(real.num_classes).repeat_interleave(per_class)
+    return write_samples(torch.stack([im for k in kept for im in kept[k]]), out, labels)

@@ -1,0 +1,147 @@
+"""Evaluation: each metric against an independent formula or a known case (FID of a set
+with itself is 0, of a shifted set the shift squared, SciPy's sqrtm formula on random
+features; KID against a direct MMD; IS and coverage on one-hot extremes; a VAE whose
+posterior is its prior has NLL = -ELBO exactly); then a whole run evaluated, and
+samples written and read back with their labels."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aigc_fast import data as data_lib
+from aigc_fast.evaluation import (class_coverage, evaluate, frechet_distance, inception_score, kernel_distance,
+                                  vae_likelihood)
+from aigc_fast.models import MLPVAE
+from aigc_fast.sampling import sample_run, write_samples
+from aigc_fast.train import GANConfig, GANTrainer
+
+
+def feats(n, d=8, seed=0, shift=0.0, scale=1.0):
+    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(100)) / d ** 0.5 + torch.eye(d)  # one distribution
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) @ mix.double()) * scale + shift
+
+
+def test_frechet_distance_known_cases():
+    a = feats(500)
+    assert abs(frechet_distance(a, a)) < 1e-9
+    shift = torch.arange(8, dtype=torch.float64) / 4
+    assert frechet_distance(a, a + shift) == pytest.approx(float(shift.square().sum()), rel=1e-9)
+    x, y = torch.randn(400, 1, dtype=torch.float64), 3 * torch.randn(300, 1, dtype=torch.float64) + 2
+    expected = (x.mean() - y.mean()) ** 2 + (x.std() - y.std()) ** 2  # 1-d: (μ1-μ2)² + (σ1-σ2)²
+    assert frechet_distance(x, y) == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_frechet_distance_matches_the_scipy_formula():
+    linalg = pytest.importorskip("scipy.linalg")
+    a, b = feats(600, seed=1).numpy(), feats(700, seed=2, shift=0.3, scale=1.5).numpy()
+    mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real  # pytorch-fid's formula
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert frechet_distance(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected, rel=1e-7)
+
+
+def test_kernel_distance_is_the_unbiased_mmd():
+    a, b = feats(60, seed=3), feats(60, seed=4, shift=1.0)
+    mean, _ = kernel_distance(a, b, subsets=1, subset_size=60)  # a whole-set "subset": order does not matter
+    k = lambda x, y: (x @ y.T / 8 + 1) ** 3
+    m = 60
+    direct = ((k(a, a).sum() - k(a, a).trace()) + (k(b, b).sum() - k(b, b).trace())) / (m * (m - 1)) \
+        - 2 * k(a, b).mean()
+    assert mean == pytest.approx(float(direct), rel=1e-10)
+    same, same_std = kernel_distance(feats(400, seed=5), feats(400, seed=6), subset_size=200)
+    far, _ = kernel_distance(feats(400, seed=5), feats(400, seed=6, shift=2.0), subset_size=200)
+    assert abs(same) < 3 * same_std + 1e-3 and far > 100 * abs(same)
+
+
+def test_inception_score_and_coverage_extremes():
+    confident = torch.eye(10)[torch.arange(1000) % 10]
+    assert inception_score(confident, splits=1)[0] == pytest.approx(10, rel=1e-9)
+    ordered = torch.eye(10)[torch.arange(1000) // 100]  # sorted by class, as datasets often are
+    assert inception_score(ordered, splits=1)[0] == pytest.approx(10, rel=1e-9)
+    assert inception_score(ordered)[0] > 9  # splits of a shuffle, not one class per split (which scores 1)
+    assert inception_score(torch.eye(10)[torch.zeros(1000, dtype=torch.long)])[0] == pytest.approx(1)
+    assert inception_score(torch.full((1000, 10), 0.1))[0] == pytest.approx(1)
+    assert class_coverage(torch.arange(1000) % 10, 10) == pytest.approx((1.0, 0.0))
+    assert class_coverage(torch.zeros(1000, dtype=torch.long), 10) == pytest.approx((0.1, math.log(10)))
+
+
+def test_vae_nll_equals_the_elbo_when_the_posterior_is_the_prior():
+    class PriorVAE(torch.nn.Module):  # q(z|x) = p(z), p(x|z) independent of z: log p(x) is exact
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.linspace(-2, 2, 16)
+
+        def encode(self, x):
+            return torch.zeros(x.shape[0], 3), torch.zeros(x.shape[0], 3)
+
+        def decode(self, z):
+            return self.logits.expand(z.shape[0], 16)
+
+    x = torch.rand(10, 1, 4, 4)
+    r = vae_likelihood(PriorVAE(), x, samples=7)
+    exact = torch.nn.functional.binary_cross_entropy_with_logits(PriorVAE().logits.expand(10, 16), x.view(10, 16),
+                                                                 reduction="sum").item() / 10
+    assert r["kl"] == pytest.approx(0, abs=1e-12)
+    assert r["nll"] == pytest.approx(exact, rel=1e-6) and r["neg_elbo"] == pytest.approx(exact, rel=1e-6)
+
+
+def test_importance_sampling_tightens_the_bound():
+    torch.manual_seed(0)
+    model = MLPVAE(64, 32, 4)
+    x = torch.rand(50, 64)
+    r = vae_likelihood(model, x, samples=200)
+    assert r["nll"] < r["neg_elbo"] and r["neg_elbo"] == pytest.approx(r["recon"] + r["kl"])
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("PIL")
+    out = tmp_path_factory.mktemp("digits-gan")
+    config = GANConfig(out_dir=str(out), data="digits", image_size=16, channels=1, nz=16, ngf=8, ndf=8,
+                       batch_size=32, max_steps=4, holdout=0.2, progress=False, sample_every=1000)
+    GANTrainer(config).fit()
+    return out
+
+
+def test_evaluate_a_run(digits_run):
+    results = evaluate(digits_run, n=300)
+    assert results["classifier_accuracy"] > 0.85  # the feature space knows the digits
+    assert results["real_held_out"] == round(1797 * 0.2) and results["generated"] == 300
+    assert results["fid"] > 5 * results["fid_real_held_out"]  # 4 steps of training: far from real
+    assert 0 <= results["class_coverage"] <= 1 and 1 <= results["inception_score"] <= 10
+    assert json.loads((digits_run / "eval" / "metrics.json").read_text())["fid"] == results["fid"]
+    assert "| FID" in (digits_run / "eval" / "metrics.md").read_text()
+    cached = (digits_run / "eval" / "classifier.pt").stat().st_mtime
+    assert evaluate(digits_run, n=300, write=False)["fid"] == results["fid"]  # seeded; classifier reused
+    assert (digits_run / "eval" / "classifier.pt").stat().st_mtime == cached
+
+
+def test_samples_round_trip_with_labels(tmp_path):
+    pytest.importorskip("PIL")
+    images, labels = torch.rand(12, 1, 8, 8), torch.arange(12) % 3
+    write_samples(images, tmp_path, labels)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["class_000", "class_001", "class_002"]
+    for source in (tmp_path / "images", tmp_path / "samples.npz"):
+        loaded = data_lib.load(source, image_size=8, channels=1, kind="vae")
+        assert sorted(loaded.labels.tolist()) == sorted(labels.tolist())
+    back = np.load(tmp_path / "samples.npz")["images"]
+    assert back.dtype == np.uint8 and np.abs(back / 255 - images.numpy()).max() <= 0.5 / 255 + 1e-6
+    assert (tmp_path / "grid.png").is_file()
+
+
+def test_balanced_sampling(digits_run, tmp_path, monkeypatch):
+    import aigc_fast.evaluation.run as run
+
+    real = data_lib.load("digits", image_size=16, channels=1, kind="vae").images[:400]
+    monkeypatch.setattr(run, "generate_unit", lambda trainer, n, seed=0: real[torch.randperm(400)[:n]])
+    out = sample_run(digits_run, 50, tmp_path / "balanced", balanced=True)
+    labels = np.load(out / "samples.npz")["labels"]
+    assert np.bincount(labels).tolist() == [5] * 10
+    monkeypatch.setattr(run, "generate_unit", lambda trainer, n, seed=0: torch.zeros(n, 1, 16, 16))
+    with pytest.raises(RuntimeError, match="rarely generates them"):
+        sample_run(digits_run, 50, tmp_path / "collapsed", balanced=True)
