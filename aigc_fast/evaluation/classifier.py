@@ -36,12 +36,31 @@ class Classifier(nn.Module):
         return self.head(self.features(images))
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 6,
+def perturb(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Half the batch, at random, with what generated images tend to have and clean real
+    ones do not: lower contrast, a grey background, pixel noise, a shift of up to 2 pixels.
+    A classifier trained on clean MNIST alone called every sample of a 5-epoch DCGAN an
+    "8" (the noisy background reads as ink); trained with this it spreads them over all ten
+    classes, at 96-97% held-out accuracy instead of 98-99%."""
+    n = images.shape[0]
+
+    def uniform(lo, hi):
+        return torch.empty(n, 1, 1, 1).uniform_(lo, hi, generator=generator).to(images.device)
+
+    noise = torch.randn(images.shape, generator=generator).to(images.device)
+    x = uniform(0.6, 1.0) * images + uniform(0.0, 0.3) + uniform(0.0, 0.2) * noise
+    x = torch.roll(x, shifts=torch.randint(-2, 3, (2,), generator=generator).tolist(), dims=(2, 3))
+    chosen = torch.rand(n, 1, 1, 1, generator=generator).to(images.device) < 0.5
+    return torch.where(chosen, x.clamp(0, 1), images)
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 8,
                      batch_size: int = 128, seed: int = 0) -> Classifier:
-    """A Classifier fitted to (images in [0, 1], labels) with Adam 1e-3 and a cosine decay,
-    seeded (its own generator for init and order)."""
+    """A Classifier fitted to (images in [0, 1], labels) with Adam 1e-3, a cosine decay and
+    perturb() on half of each batch, seeded (init, order and perturbations)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed + 1)
         model = Classifier(images.shape[1], num_classes).to(images.device)
         steps = epochs * max(1, len(images) // batch_size)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -51,7 +70,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
             order = torch.randperm(len(images))
             for i in range(max(1, len(images) // batch_size)):
                 idx = order[i * batch_size:(i + 1) * batch_size]
-                loss = F.cross_entropy(model(images[idx]), labels[idx])
+                loss = F.cross_entropy(model(perturb(images[idx], g)), labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -38,7 +38,7 @@ class RealData:
                              "(built-in sets, or an image folder with one subfolder per class)")
 
 
-def run_classifier(run_dir: Union[str, Path], real: RealData, *, epochs: int = 6) -> Tuple[Classifier, float]:
+def run_classifier(run_dir: Union[str, Path], real: RealData, *, epochs: int = 8) -> Tuple[Classifier, float]:
     """(classifier, its held-out accuracy): from RUN_DIR/eval/classifier.pt when it was
     trained on the same data and split, else trained now and cached there."""
     path = Path(run_dir) / "eval" / "classifier.pt"

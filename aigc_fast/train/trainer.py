@@ -171,7 +171,9 @@ class _Trainer:
             data = self.config.data
         elif isinstance(data, (str, Path)):
             self.config.data = str(data)  # recorded, so evaluate and resume find it
-        train, _ = self.split(self.dataset(data))
+        train, held = self.split(self.dataset(data))
+        shown = held if len(held) else train  # what VAE reconstruction grids show: unseen images when there are some
+        self.preview = torch.stack([shown[i][0] for i in range(min(self.config.num_samples // 2, len(shown)))])
         global_batch = self.config.batch_size * self.group.world
         if len(train) < global_batch:
             raise ValueError(f"{len(train)} training images are fewer than one batch of {global_batch}")
@@ -282,10 +284,10 @@ def _progress(enabled: bool, total: int):
 _warned_no_pillow = False
 
 
-def _save_grid_if_possible(images: torch.Tensor, path: Path, value_range) -> None:
+def _save_grid_if_possible(images: torch.Tensor, path: Path, value_range, nrow: int = 0) -> None:
     global _warned_no_pillow
     try:
-        save_grid(images, path, value_range=value_range)
+        save_grid(images, path, nrow=nrow, value_range=value_range)
     except ModuleNotFoundError as exc:
         if not _warned_no_pillow:
             import warnings

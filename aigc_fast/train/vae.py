@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional
 
 import torch
 
 from ..models import ConvVAE, MLPVAE
 from .config import VAEConfig
-from .trainer import _Trainer
+from .trainer import _save_grid_if_possible, _Trainer
 
 
 class VAETrainer(_Trainer):
@@ -39,6 +40,23 @@ class VAETrainer(_Trainer):
             loss, recon, kl = self.model.loss(x, self.run_model(x), beta=c.beta, recon_loss=c.recon_loss)
         self.optimize(loss, self.opt)
         return {"loss": loss.item(), "recon": recon.item(), "kl": kl.item()}
+
+    def snapshot(self, tag: str) -> None:
+        """The sample grid, and samples/recon_<tag>.png: rows of real images (held-out ones
+        when the run has a held-out split) alternating with their reconstructions (z = mu)."""
+        super().snapshot(tag)
+        real = self.preview.to(self.device)
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                recon = torch.sigmoid(self.model(real)[0].float()).view_as(real)
+        finally:
+            self.model.train(was)
+        per_row = math.ceil(math.sqrt(2 * len(real)))  # a square grid of real rows over reconstruction rows
+        pairs = [t for i in range(0, len(real), per_row) for t in (real[i:i + per_row], recon[i:i + per_row])]
+        _save_grid_if_possible(torch.cat(pairs), self.run_dir / "samples" / f"recon_{tag}.png", self.value_range,
+                               nrow=per_row)
 
     @torch.no_grad()
     def generate(self, n: int, *, seed: Optional[int] = None) -> torch.Tensor:
