@@ -173,7 +173,9 @@ class _Trainer:
             self.config.data = str(data)  # recorded, so evaluate and resume find it
         train, held = self.split(self.dataset(data))
         shown = held if len(held) else train  # what VAE reconstruction grids show: unseen images when there are some
-        self.preview = torch.stack([shown[i][0] for i in range(min(self.config.num_samples // 2, len(shown)))])
+        picks = torch.linspace(0, len(shown) - 1, min(self.config.num_samples // 2, len(shown))).long().tolist()
+        with torch.random.fork_rng(devices=[]):  # reading may flip at random: keep the training RNG stream as is
+            self.preview = torch.stack([shown[i][0] for i in picks])  # spread out: data is often sorted by class
         global_batch = self.config.batch_size * self.group.world
         if len(train) < global_batch:
             raise ValueError(f"{len(train)} training images are fewer than one batch of {global_batch}")
