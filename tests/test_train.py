@@ -43,6 +43,9 @@ def test_gan_run_leaves_metrics_samples_and_checkpoint(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9)) and all(r["d_loss"] > 0 for r in rows)
     assert {"d_loss", "g_loss", "images_per_s"} <= set(metrics)
+    epochs = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+    assert [(e["epoch"], e["step"], e["steps"]) for e in epochs] == [(0, 4, 4), (1, 8, 4)]
+    assert epochs[1]["d_loss"] == pytest.approx(sum(r["d_loss"] for r in rows[4:]) / 4)
     assert (tmp_path / "samples" / "final.png").is_file() and (tmp_path / "samples" / "step0000003.png").is_file()
     assert GANConfig.from_json(tmp_path / "config.json") == trainer.config
     state = load_checkpoint(tmp_path / "checkpoint.pt")

@@ -194,6 +194,8 @@ class _Trainer:
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         with open(self.run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
             while self.epoch < end_epoch:
+                epoch_sums: Dict[str, float] = {}
+                epoch_started, epoch_steps = time.perf_counter(), 0
                 for indices in self._batches(len(train)):
                     started = time.perf_counter()
                     images = torch.stack([train[i][0] for i in indices])
@@ -204,6 +206,9 @@ class _Trainer:
                     self.step += 1
                     self.batch_in_epoch += 1
                     metrics["images_per_s"] = global_batch / (time.perf_counter() - started)
+                    epoch_steps += 1
+                    for name, value in metrics.items():
+                        epoch_sums[name] = epoch_sums.get(name, 0.0) + value
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()}, refresh=False)
                     if main and self.step % self.config.log_every == 0:
@@ -213,10 +218,20 @@ class _Trainer:
                         self.snapshot(f"step{self.step:07d}")
                     if self.config.max_steps is not None and self.step >= self.config.max_steps:
                         return self._finish(bar, metrics)
+                if main and epoch_steps:
+                    self._log_epoch(epoch_sums, epoch_steps, time.perf_counter() - epoch_started)
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.save()
         return self._finish(bar, metrics)
+
+    def _log_epoch(self, sums: Dict[str, float], steps: int, seconds: float) -> None:
+        """One row of epochs.jsonl: the epoch's mean metrics over the steps this call of
+        fit trained in it (all of them, unless it resumed mid-epoch) and its wall time."""
+        row = {"epoch": self.epoch, "step": self.step, "steps": steps, "seconds": seconds,
+               **{name: total / steps for name, total in sums.items()}}
+        with open(self.run_dir / "epochs.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def _finish(self, bar, metrics: Dict[str, float]) -> Dict[str, float]:
         bar.close()
