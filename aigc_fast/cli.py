@@ -29,7 +29,17 @@ def _config_options(parser: argparse.ArgumentParser, config_class) -> None:
             parser.add_argument(flag, type=float, nargs=2, default=argparse.SUPPRESS, help=help_text)
         else:
             convert = {"int": int, "float": float, "Optional[int]": int}.get(kind, str)
+            if kind.startswith("Optional"):  # "none" clears it (e.g. a recorded --max-steps on --resume)
+                convert = _or_none(convert)
             parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text)
+
+
+def _or_none(convert):
+    def parse(text: str):
+        return None if text.lower() == "none" else convert(text)
+
+    parse.__name__ = convert.__name__  # argparse names the type in its error messages
+    return parse
 
 
 def _train(args, given: dict) -> int:
@@ -40,6 +50,8 @@ def _train(args, given: dict) -> int:
         recorded = Path(args.resume) / "config.json"
         if not recorded.is_file():
             raise SystemExit(f"aigc-fast: --resume {args.resume}: no config.json there (not a run directory)")
+        if "out_dir" in given and Path(given["out_dir"]) != Path(args.resume):
+            raise SystemExit("aigc-fast: --resume continues the run in its own directory; drop --out-dir")
         config = config_class.from_json(recorded)
         config.out_dir = args.resume
     elif args.config:
@@ -106,7 +118,11 @@ def main(argv=None) -> int:
         from .sampling import sample_run
 
         out = sample_run(args.run_dir, args.n, args.out, seed=args.seed, balanced=args.balanced, device=args.device)
-        print(f"{args.n} images in {out}/images, {out}/samples.npz, grid {out}/grid.png")
+        import numpy as np
+
+        with np.load(out / "samples.npz") as written:
+            count = len(written["images"])  # balanced: n // classes of each
+        print(f"{count} images in {out}/images, {out}/samples.npz, grid {out}/grid.png")
         return 0
     if args.command == "evaluate":
         from .evaluation import evaluate as run_evaluation, format_table

@@ -27,10 +27,14 @@ def test_train_resume_sample_evaluate(tmp_path, capsys):
     config = json.loads((run / "config.json").read_text())
     assert config["latent_dim"] == 4 and config["betas"] == [0.8, 0.99] and config["data"] == "digits"
     assert "step 3 (epoch 0)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="drop --out-dir"):
+        main(["train", "vae", "--resume", str(run), "--out-dir", str(tmp_path / "elsewhere")])
     assert main(["train", "vae", "--resume", str(run), "--max-steps", "5"]) == 0
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]  # continued, not restarted
     assert json.loads((run / "config.json").read_text())["latent_dim"] == 4
+    assert main(["train", "vae", "--resume", str(run), "--max-steps", "none", "--epochs", "1"]) == 0
+    assert json.loads((run / "config.json").read_text())["max_steps"] is None  # "none" clears a recorded limit
 
     assert main(["sample", str(run), "-n", "10", "--out", str(tmp_path / "gen")]) == 0
     assert len(list((tmp_path / "gen" / "images").glob("*.png"))) == 10

@@ -147,3 +147,35 @@ def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
 def test_wgan_without_a_constraint_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Lipschitz"):
         GANTrainer(tiny_gan(tmp_path, loss="wgan"))
+
+
+def test_max_steps_counts_before_the_step_and_epoch_boundaries_roll_over(tmp_path):
+    images = tiny_images(32)  # 4 batches of 8 per epoch
+    zero = GANTrainer(tiny_gan(tmp_path / "zero", max_steps=0))
+    zero.fit(images)
+    assert zero.step == 0
+    first = GANTrainer(tiny_gan(tmp_path / "run", max_steps=4))  # stops exactly at the end of epoch 0
+    first.fit(images)
+    assert (first.step, first.epoch, first.batch_in_epoch) == (4, 1, 0)
+    again = GANTrainer(tiny_gan(tmp_path / "run", epochs=1))
+    again.fit(images, resume=True)
+    assert (again.step, again.epoch) == (8, 2)  # a whole new epoch, not the finished one again
+    rows = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["steps"], r["complete"]) for r in rows] == [(0, 4, True), (1, 4, True)]
+
+
+def test_resume_refuses_settings_that_change_the_data_order(tmp_path):
+    GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images())
+    with pytest.raises(ValueError, match=r"batch_size 8 -> 4"):
+        GANTrainer(tiny_gan(tmp_path, batch_size=4)).fit(tiny_images(), resume=True)
+
+
+def test_mse_vae_generates_its_decoder_means(tmp_path):
+    config = VAEConfig(out_dir=str(tmp_path), model="mlp", recon_loss="mse", image_size=16, latent_dim=2, batch_size=8,
+                       max_steps=2, num_samples=1, progress=False, holdout=0.0)
+    trainer = VAETrainer(config)
+    trainer.fit(tiny_images())
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(3))
+    trainer.model.eval()
+    expected = trainer.model.decode(z).clamp(0, 1).view(5, 1, 16, 16)  # no sigmoid: mse decodes means
+    torch.testing.assert_close(trainer.generate(5, seed=3), expected)

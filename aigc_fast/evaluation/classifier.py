@@ -58,8 +58,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
                      batch_size: int = 128, seed: int = 0) -> Classifier:
     """A Classifier fitted to (images in [0, 1], labels) with Adam 1e-3, a cosine decay and
     perturb() on half of each batch, seeded (init, order and perturbations)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the model is built on the CPU: its generator alone is seeded
+        torch.random.default_generator.manual_seed(seed)
         g = torch.Generator().manual_seed(seed + 1)
         model = Classifier(images.shape[1], num_classes).to(images.device)
         steps = epochs * max(1, len(images) // batch_size)

@@ -44,7 +44,9 @@ class _VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """n images in [0, 1] decoded from z ~ N(0, I)."""
+        """n images in [0, 1] decoded from z ~ N(0, I): the sigmoid of the decoder's logits,
+        as for a model trained with the BCE reconstruction loss (an "mse" model's outputs are
+        the images themselves: decode(z).clamp(0, 1))."""
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         return torch.sigmoid(self.decode(z))

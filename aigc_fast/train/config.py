@@ -68,7 +68,7 @@ class GANConfig(_Config):
     nz: int = 100
     ngf: int = 64
     ndf: int = 64
-    loss: str = "bce"          # bce (non-saturating G), hinge, lsgan, wgan
+    loss: str = "bce"          # bce (non-saturating G), hinge or lsgan
     lr: float = 2e-4
     betas: Tuple[float, float] = (0.5, 0.999)
 

@@ -37,19 +37,29 @@ class _Trainer:
         self.device = self.group.device
         self.run_dir = Path(config.out_dir)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
-        if config.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
-            torch.use_deterministic_algorithms(True)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = not config.deterministic
-        torch.manual_seed(config.seed)  # the same initial weights in every process
+        # Models are built on the CPU: seeding the CPU generator alone gives the same initial
+        # weights in every process (the CUDA generator is seeded when training starts).
+        torch.random.default_generator.manual_seed(config.seed)
         self.build()
         if self.group.distributed:  # but each process its own noise and flips
-            torch.manual_seed(config.seed + 7919 * self.group.rank)
+            torch.random.default_generator.manual_seed(self._process_seed)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.step = 0
         self.epoch = 0  # the epoch in progress
         self.batch_in_epoch = 0  # batches of it already trained
+
+    @property
+    def _process_seed(self) -> int:
+        return self.config.seed + 7919 * self.group.rank
+
+    def _configure_backends(self) -> None:
+        """Process-wide settings a training run asks for, set when it starts (not by
+        load_run, which only generates)."""
+        if self.config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+            torch.use_deterministic_algorithms(True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not self.config.deterministic
 
     # ---- what each trainer defines ----
     def build(self) -> None:
@@ -124,7 +134,7 @@ class _Trainer:
     def state_dict(self) -> Dict[str, Any]:
         """The full state; collective under torchrun (every process's RNG state is kept)."""
         rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         return {
             "kind": self.kind, "config": json.loads(self.config.to_json()), "step": self.step, "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -138,20 +148,34 @@ class _Trainer:
         generation and evaluation)."""
         if state.get("kind") != self.kind:
             raise ValueError(f"this is a {state.get('kind')!r} checkpoint, not a {self.kind!r} one")
+        if isinstance(state["rng"], dict):  # written before checkpoints kept one RNG state per process
+            state["rng"] = [state["rng"]]
         if restore_rng and len(state["rng"]) != self.group.world:
             raise ValueError(f"this checkpoint was written by {len(state['rng'])} process(es); resume it with "
                              f"the same number (this run has {self.group.world}) to continue the same data order")
         for name, module in self.modules().items():
             module.load_state_dict(state["modules"][name])
-        if state["scaler"]:
+        if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         if not restore_rng:
             return
         rng = state["rng"][self.group.rank]
         torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if self.device.type == "cuda" and isinstance(rng["cuda"], torch.Tensor):
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    _REPLAY_FIELDS = ("seed", "batch_size", "holdout", "data", "image_size", "channels")
+
+    def _check_resumable(self, state: Dict[str, Any]) -> None:
+        """A resumed run replays the recorded data order and split: refuse settings that
+        would silently change which images a batch (or the held-out set) holds."""
+        recorded = state.get("config", {})
+        changed = [f"{name} {recorded[name]!r} -> {getattr(self.config, name)!r}" for name in self._REPLAY_FIELDS
+                   if name in recorded and recorded[name] != getattr(self.config, name)]
+        if changed:
+            raise ValueError("cannot resume with different data settings (the data order and held-out split "
+                             f"would change): {', '.join(changed)}; start a new run instead")
 
     def save(self) -> Path:
         state = self.state_dict()
@@ -173,15 +197,20 @@ class _Trainer:
             self.config.data = str(data)  # recorded, so evaluate and resume find it
         train, held = self.split(self.dataset(data))
         shown = held if len(held) else train  # what VAE reconstruction grids show: unseen images when there are some
-        picks = torch.linspace(0, len(shown) - 1, min(self.config.num_samples // 2, len(shown))).long().tolist()
+        picks = torch.linspace(0, len(shown) - 1, min(max(1, self.config.num_samples // 2), len(shown))).long().tolist()
         with torch.random.fork_rng(devices=[]):  # reading may flip at random: keep the training RNG stream as is
             self.preview = torch.stack([shown[i][0] for i in picks])  # spread out: data is often sorted by class
         global_batch = self.config.batch_size * self.group.world
         if len(train) < global_batch:
             raise ValueError(f"{len(train)} training images are fewer than one batch of {global_batch}")
         if resume:
-            self.load_state_dict(load_checkpoint(self.checkpoint_path if resume is True else resume,
-                                                 map_location=self.device))
+            # On the CPU: RNG states must stay there; load_state_dict moves the rest to the models.
+            state = load_checkpoint(self.checkpoint_path if resume is True else resume, map_location="cpu")
+            self._check_resumable(state)
+            self.load_state_dict(state)
+        elif self.step == 0 and self.device.type == "cuda":
+            torch.cuda.manual_seed(self._process_seed)  # this process's GPU noise, from the run's seed
+        self._configure_backends()
         if self.group.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.to_json(self.run_dir / "config.json")
@@ -197,6 +226,8 @@ class _Trainer:
                 epoch_sums: Dict[str, float] = {}
                 epoch_started, epoch_steps = time.perf_counter(), 0
                 for indices in self._batches(len(train)):
+                    if self.config.max_steps is not None and self.step >= self.config.max_steps:
+                        return self._finish(bar, metrics, (epoch_sums, epoch_steps, epoch_started))
                     started = time.perf_counter()
                     images = torch.stack([train[i][0] for i in indices])
                     images = images.to(self.device, memory_format=memory_format)
@@ -216,24 +247,28 @@ class _Trainer:
                         log.flush()
                     if main and self.step % self.config.sample_every == 0:
                         self.snapshot(f"step{self.step:07d}")
-                    if self.config.max_steps is not None and self.step >= self.config.max_steps:
-                        return self._finish(bar, metrics)
-                if main and epoch_steps:
-                    self._log_epoch(epoch_sums, epoch_steps, time.perf_counter() - epoch_started)
+                self._log_epoch(epoch_sums, epoch_steps, epoch_started, complete=True)
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.save()
         return self._finish(bar, metrics)
 
-    def _log_epoch(self, sums: Dict[str, float], steps: int, seconds: float) -> None:
-        """One row of epochs.jsonl: the epoch's mean metrics over the steps this call of
-        fit trained in it (all of them, unless it resumed mid-epoch) and its wall time."""
-        row = {"epoch": self.epoch, "step": self.step, "steps": steps, "seconds": seconds,
-               **{name: total / steps for name, total in sums.items()}}
+    def _log_epoch(self, sums: Dict[str, float], steps: int, started: float, *, complete: bool) -> None:
+        """One row of epochs.jsonl: the epoch's mean losses over the steps this call of fit
+        trained in it (all of them unless it resumed mid-epoch, or stopped at max_steps:
+        complete false), images/s as images over seconds, and the wall time."""
+        if not (self.group.main and steps):
+            return
+        seconds = time.perf_counter() - started
+        means = {name: total / steps for name, total in sums.items() if name != "images_per_s"}
+        row = {"epoch": self.epoch, "step": self.step, "steps": steps, "complete": complete, "seconds": seconds,
+               **means, "images_per_s": steps * self.config.batch_size * self.group.world / seconds}
         with open(self.run_dir / "epochs.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def _finish(self, bar, metrics: Dict[str, float]) -> Dict[str, float]:
+    def _finish(self, bar, metrics: Dict[str, float], epoch_so_far=None) -> Dict[str, float]:
+        if epoch_so_far is not None:
+            self._log_epoch(*epoch_so_far, complete=False)
         bar.close()
         self.save()
         if self.group.main:
@@ -272,10 +307,9 @@ def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Tra
     config.out_dir, config.compile, config.progress, config.deterministic = str(run_dir), False, False, False
     if device is not None:
         config.device = device
-    with torch.random.fork_rng(devices=[]):  # building seeds the global RNG; the caller's is left as it was
+    with torch.random.fork_rng(devices=[]):  # building seeds the CPU generator; the caller's is left as it was
         trainer = {"gan": GANTrainer, "vae": VAETrainer}[kind](config)
-    trainer.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location=trainer.device),
-                            restore_rng=False)
+    trainer.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location="cpu"), restore_rng=False)
     return trainer
 
 

@@ -41,6 +41,12 @@ class VAETrainer(_Trainer):
         self.optimize(loss, self.opt)
         return {"loss": loss.item(), "recon": recon.item(), "kl": kl.item()}
 
+    def to_images(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs as images in [0, 1]: for recon_loss "bce" they are logits (the
+        sigmoid gives the Bernoulli means); for "mse" they are the means themselves."""
+        decoded = decoded.float()
+        return torch.sigmoid(decoded) if self.config.recon_loss == "bce" else decoded.clamp(0, 1)
+
     def snapshot(self, tag: str) -> None:
         """The sample grid, and samples/recon_<tag>.png: rows of real images (held-out ones
         when the run has a held-out split) alternating with their reconstructions (z = mu)."""
@@ -50,7 +56,7 @@ class VAETrainer(_Trainer):
         self.model.eval()
         try:
             with torch.no_grad():
-                recon = torch.sigmoid(self.model(real)[0].float()).view_as(real)
+                recon = self.to_images(self.model(real)[0]).view_as(real)
         finally:
             self.model.train(was)
         per_row = math.ceil(math.sqrt(2 * len(real)))  # a square grid of real rows over reconstruction rows
@@ -68,6 +74,6 @@ class VAETrainer(_Trainer):
         self.model.eval()
         try:
             z = torch.randn(n, c.latent_dim, generator=g).to(self.device)
-            return torch.sigmoid(self.model.decode(z).float()).view(n, c.channels, c.image_size, c.image_size)
+            return self.to_images(self.model.decode(z)).view(n, c.channels, c.image_size, c.image_size)
         finally:
             self.model.train(was)
