@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import torch
 
@@ -17,6 +18,17 @@ def _devices() -> list:
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     return devices
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this x86 CPU computes in bfloat16 natively (AMX-BF16 or AVX512-BF16), where
+    bf16 autocast speeds convolutions up; elsewhere oneDNN emulates bf16, slower than fp32
+    (measured on an AVX2 EPYC: a conv-VAE step 10x slower)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split(":", 1)[1].split()))
 
 
 def collect() -> dict:
@@ -45,6 +57,7 @@ def collect() -> dict:
         "cpu_kernels": runtime.get("cpu_kernels"),
         "cuda_archs": _extension.BUILD_INFO.get("cuda_archs"),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "gpus_visible": gpus,
         "impl_default": choice or "fused where available",
         "ops": ops,

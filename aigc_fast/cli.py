@@ -1,9 +1,10 @@
-"""The aigc-fast command: info, train, sample, evaluate.
+"""The aigc-fast command: info, train, sample, evaluate, bench.
 
     aigc-fast train vae --data mnist --epochs 5 --out-dir runs/mnist-vae
     aigc-fast train gan --resume runs/mnist-gan --epochs 5      # five more epochs
     aigc-fast sample runs/mnist-gan -n 1000
     aigc-fast evaluate runs/mnist-gan
+    aigc-fast bench --workloads dcgan28,vae28
     torchrun --nproc_per_node 2 -m aigc_fast train gan --data mnist   # DistributedDataParallel
 """
 
@@ -102,6 +103,19 @@ def main(argv=None) -> int:
     evaluate.add_argument("--nll-samples", type=int, default=100, help="importance samples per image (VAE)")
     evaluate.add_argument("--device", help="default: the run's device")
 
+    bench = commands.add_parser("bench", help="time full training steps: fused vs eager vs torch.compile")
+    bench.add_argument("--workloads", default="dcgan28,vae28", help="of dcgan28, dcgan64, vae28, vae64")
+    bench.add_argument("--providers", default="fused,eager,compile", help="of fused, eager, compile, fused+compile")
+    bench.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (comma-separated for several)")
+    bench.add_argument("--layouts", default="nchw,channels_last", help="nchw and/or channels_last")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--repeats", type=int, default=5, help="timed steps per case (after warm-up)")
+    bench.add_argument("--out", default="bench-results", help="folder for steps.csv, steps.md, steps.png")
+    bench.add_argument("--breakdown", action="store_true",
+                       help="also profile one fused step per workload: shares of convolution, aigc_fast, optimizer, other")
+    bench.add_argument("--ops", action="store_true",
+                       help="also run the op suites (pytest-benchmark, from a source checkout's bench/)")
+
     args = parser.parse_args(argv)
     if args.command == "info":
         import aigc_fast
@@ -132,7 +146,50 @@ def main(argv=None) -> int:
         print(format_table(results), end="")
         print(f"written to {Path(args.run_dir) / 'eval'}/metrics.json and metrics.md")
         return 0
+    if args.command == "bench":
+        return _bench(args)
     return 2
+
+
+def _bench(args) -> int:
+    from . import benchmark
+
+    out = Path(args.out)
+    if args.ops:
+        import subprocess
+
+        if not Path("bench/conftest.py").is_file():
+            raise SystemExit("aigc-fast bench --ops: run it from the aigc_fast source folder (the op suites are bench/*.py)")
+        out.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "-k", "not b128",
+                               f"--benchmark-json={out / 'ops.json'}"])
+        if done.returncode:
+            return done.returncode
+        subprocess.run([sys.executable, "bench/report.py", str(out / "ops.json")])
+    settings = [(p, layout == "channels_last") for p in args.precision.split(",") for layout in args.layouts.split(",")]
+    rows = benchmark.run(args.workloads.split(","), args.providers.split(","), settings, device=args.device,
+                         repeats=args.repeats)
+    benchmark.write_csv(rows, out / "steps.csv")
+    table = benchmark.markdown(rows)
+    if args.breakdown:
+        table += "\nWhere a fused step's CPU op time goes (profiler self time):\n\n| workload | setting |" \
+                 " convolution | aigc_fast | optimizer | other |\n|---|---|---:|---:|---:|---:|\n"
+        for workload in args.workloads.split(","):
+            for precision, channels_last in settings:
+                step, _ = benchmark.make_step(workload, "fused", precision=precision, channels_last=channels_last,
+                                              device=args.device)
+                benchmark.time_step(step, warmup=2, repeats=0)
+                shares = benchmark.breakdown(step)
+                layout = "channels_last" if channels_last else "nchw"
+                table += f"| {workload} | {precision} {layout} | " + " | ".join(
+                    f"{100 * shares[k]:.0f}%" for k in ("convolution", "aigc_fast", "optimizer", "other")) + " |\n"
+    (out / "steps.md").write_text(table)
+    chart = benchmark.bar_chart(rows, out / "steps.png")
+    print()
+    print(table, end="")
+    print(f"written: {out / 'steps.csv'}, {out / 'steps.md'}"
+          + (f", {chart}" if chart else " (pip install matplotlib for the chart)"))
+    return 0
 
 
 if __name__ == "__main__":

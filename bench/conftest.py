@@ -5,6 +5,8 @@ import platform
 import pytest
 import torch
 
+from aigc_fast import benchmark as benchmark_lib
+
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
@@ -63,21 +65,8 @@ def cuda_peak():
 
 
 def cpu_peak_bytes(step, leaves=()):
-    """Peak bytes the CPU allocator held during one call of `step`, beyond what was held
-    before it, from the profiler's allocation events (CPU tensors have no allocator
-    statistics; tracemalloc does not see them). None if this torch lacks those events."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """aigc_fast.benchmark.cpu_peak_bytes of one call of `step`, with the leaves' gradients
+    freed before (not during) it."""
     for t in leaves:
-        t.grad = None  # freed before, not during, the measured call
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            step()
-        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    except AttributeError:
-        return None
-    held = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        held += e.nbytes()
-        peak = max(peak, held)
-    return peak
+        t.grad = None
+    return benchmark_lib.cpu_peak_bytes(step)

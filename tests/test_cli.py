@@ -63,3 +63,18 @@ def test_python_dash_m_and_the_console_script(tmp_path):
                            "--out-dir", str(tmp_path / "gan")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "gan" / "checkpoint.pt").is_file() and (tmp_path / "gan" / "samples" / "final.png").is_file()
+
+
+def test_bench_writes_csv_table_and_breakdown(tmp_path, capsys):
+    import csv
+
+    assert main(["bench", "--workloads", "vae28", "--providers", "fused,eager", "--layouts", "nchw", "--repeats", "1",
+                 "--breakdown", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "steps.csv")))
+    assert [(r["workload"], r["provider"], r["memory_format"]) for r in rows] == [("vae28", "fused", "nchw"),
+                                                                                  ("vae28", "eager", "nchw")]
+    assert all(float(r["median_s"]) > 0 and r["torch"] and r["date"] for r in rows)
+    table = (tmp_path / "steps.md").read_text()
+    assert "| vae28 | fp32 | nchw |" in table and "×)" in table and "| convolution |" in table
+    shares = [float(c.strip(" %")) for c in table.splitlines()[-1].split("|")[3:7]]
+    assert 95 <= sum(shares) <= 105  # the breakdown's shares add up

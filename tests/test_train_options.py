@@ -13,13 +13,15 @@ from aigc_fast.train import GANConfig, GANTrainer, VAEConfig, VAETrainer, load_c
 
 def gan(tmp_path, **kw):
     base = dict(out_dir=str(tmp_path), image_size=16, channels=1, nz=8, ngf=4, ndf=4, batch_size=8, epochs=1,
-                log_every=1, sample_every=1000, num_samples=4, progress=False, holdout=0.0)
+                log_every=1, sample_every=1000, num_samples=4, progress=False, holdout=0.0, precision="fp32",
+                channels_last=False)
     return GANTrainer(GANConfig(**{**base, **kw}))
 
 
 def vae(tmp_path, **kw):
     base = dict(out_dir=str(tmp_path), image_size=16, channels=1, latent_dim=4, base=8, batch_size=8, epochs=1,
-                log_every=1, sample_every=1000, num_samples=4, progress=False, holdout=0.0)
+                log_every=1, sample_every=1000, num_samples=4, progress=False, holdout=0.0, precision="fp32",
+                channels_last=False)
     return VAETrainer(VAEConfig(**{**base, **kw}))
 
 
@@ -43,6 +45,19 @@ def test_mixed_precision_trains_near_fp32(tmp_path, make, precision):
                 assert low[name] == pytest.approx(full[name], rel=0.05, abs=0.05), name
     scaler = load_checkpoint(tmp_path / precision / "checkpoint.pt")["scaler"]
     assert bool(scaler) == (precision == "fp16")  # fp16's loss scale is part of the state
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
+    import aigc_fast._info as info
+    from aigc_fast.train.config import resolve_precision
+
+    monkeypatch.setattr(info, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"
+    monkeypatch.setattr(info, "cpu_has_native_bf16", lambda: True)
+    trainer = gan(tmp_path, precision="auto")
+    assert trainer.config.precision == "bf16"  # resolved once: config.json records what ran
+    assert GANConfig().channels_last  # the faster layout by default
 
 
 def test_unknown_precision_is_refused():

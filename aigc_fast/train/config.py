@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclasses.dataclass
@@ -28,8 +30,8 @@ class _Config:
     progress: bool = True      # a tqdm progress bar
     data: Optional[str] = None  # what fit() trains on when given nothing: "mnist", "digits", a folder, a .npz
     holdout: float = 0.1       # this share of the data (a fixed split) is kept out of training, for evaluation
-    precision: str = "fp32"    # "fp32", "bf16" (autocast) or "fp16" (autocast and a GradScaler)
-    channels_last: bool = False  # models and images in channels_last memory format
+    precision: str = "auto"    # "fp32", "bf16" (autocast), "fp16" (autocast + GradScaler); auto: see resolve_precision
+    channels_last: bool = True   # models and images in channels_last (faster convolutions on CPU and GPU)
     compile: bool = False      # torch.compile the models (training steps) before the first step
     deterministic: bool = False  # torch.use_deterministic_algorithms; no cuDNN autotuning
 
@@ -57,6 +59,19 @@ class _Config:
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> the fastest precision this device runs correctly: bf16 on a GPU with bf16
+    tensor cores or a CPU with native bf16 (AMX-BF16/AVX512-BF16), else fp32 (a CPU without
+    them emulates bf16, far slower than fp32). Anything else is returned as it is."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    from .._info import cpu_has_native_bf16
+
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .. import data as data_lib
 from ..images import save_grid
 from .checkpoint import load_checkpoint, save_atomic
+from .config import resolve_precision
 from .distributed import Group
 
 
@@ -35,6 +36,7 @@ class _Trainer:
         self.config = config
         self.group = Group(config.device)
         self.device = self.group.device
+        config.precision = resolve_precision(config.precision, self.device)  # what ran is what config.json says
         self.run_dir = Path(config.out_dir)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         # Models are built on the CPU: seeding the CPU generator alone gives the same initial

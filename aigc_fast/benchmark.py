@@ -1,0 +1,230 @@
+"""Training-step benchmarks: one full step of the package's trainers (forward, losses,
+backward, optimizer steps; for a GAN both D and G) per workload, provider and setting,
+timed and with its peak memory. Used by `aigc-fast bench` and bench/test_bench_steps.py.
+
+Providers: "fused" (the fused backend), "eager" (the reference backend: plain PyTorch),
+"compile" (the reference under torch.compile), "fused+compile".
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from ._info import cpu_has_native_bf16
+
+WORKLOADS = {  # name: (kind, config fields) -- the workloads of issue 6
+    "dcgan28": ("gan", dict(image_size=28, channels=1, batch_size=128)),
+    "dcgan64": ("gan", dict(image_size=64, channels=3, batch_size=128)),
+    "vae28": ("vae", dict(image_size=28, channels=1, batch_size=128)),
+    "vae64": ("vae", dict(image_size=64, channels=3, batch_size=64)),
+}
+PROVIDERS = {"fused": ("fused", False), "eager": ("reference", False), "compile": ("reference", True),
+             "fused+compile": ("fused", True)}
+
+
+def make_step(workload: str, provider: str, *, precision: str = "fp32", channels_last: bool = False,
+              device: str = "cpu") -> Tuple[Callable[[], Dict[str, float]], int]:
+    """(a function running one training step on a fixed batch, the batch size)."""
+    from .train import GANConfig, GANTrainer, VAEConfig, VAETrainer
+
+    kind, fields = WORKLOADS[workload]
+    backend, compiled = PROVIDERS[provider]
+    config_class, trainer_class = (GANConfig, GANTrainer) if kind == "gan" else (VAEConfig, VAETrainer)
+    config = config_class(**fields, backend=backend, compile=compiled, precision=precision,
+                          channels_last=channels_last, device=device, progress=False,
+                          out_dir=tempfile.mkdtemp(prefix="aigc-fast-bench-"))
+    trainer = trainer_class(config)
+    shape = (config.batch_size, config.channels, config.image_size, config.image_size)
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    lo, hi = trainer.value_range
+    images = (images * (hi - lo) + lo).to(trainer.device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+
+    def step() -> Dict[str, float]:
+        metrics = trainer.train_step(images)  # .item() on the losses: the step has finished
+        trainer.scaler.update()
+        return metrics
+
+    return step, config.batch_size
+
+
+def time_step(step: Callable[[], Dict[str, float]], *, warmup: int = 2, repeats: int = 5) -> List[float]:
+    """Seconds of each of `repeats` steps after `warmup` untimed ones (compilation, caches)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def cpu_peak_bytes(step: Callable[[], object]) -> Optional[int]:
+    """Peak bytes the CPU allocator held during one call of `step`, beyond what was held
+    before it, from the profiler's allocation events (CPU tensors have no allocator
+    statistics; tracemalloc does not see them). None if this torch lacks those events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except AttributeError:
+        return None
+    held = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        held += e.nbytes()
+        peak = max(peak, held)
+    return peak
+
+
+def peak_bytes(step: Callable[[], object], device: str) -> Optional[int]:
+    """A step's peak memory beyond what was held before it: CUDA's allocator statistics on
+    a GPU, the CPU allocator's events on the CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    return cpu_peak_bytes(step)
+
+
+def breakdown(step: Callable[[], object]) -> Dict[str, float]:
+    """Shares of one step's CPU-side op time (the profiler's self time of each top-level op
+    category): convolutions (the vendor library), aigc_fast's kernels, the optimizer, and
+    everything else. On a GPU the kernels' device time is what matters: see bench/."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    shares = {"convolution": 0.0, "aigc_fast": 0.0, "optimizer": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        name = event.key
+        if "conv" in name or "mkldnn" in name:
+            shares["convolution"] += event.self_cpu_time_total
+        elif name.startswith("aigc_fast::"):
+            shares["aigc_fast"] += event.self_cpu_time_total
+        elif "_foreach_" in name or "Optimizer.step" in name or "adam" in name.lower():
+            shares["optimizer"] += event.self_cpu_time_total
+        else:
+            shares["other"] += event.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {k: v / total for k, v in shares.items()}
+
+
+def run(workloads: List[str], providers: List[str], settings: List[Tuple[str, bool]], *, device: str = "cpu",
+        repeats: int = 5, memory: bool = True, log: Callable[[str], None] = print) -> List[Dict[str, object]]:
+    """One row per (workload, setting, provider): median and spread of the step time,
+    images/s, peak memory, and the machine facts."""
+    facts = machine_facts(device)
+    rows = []
+    for workload in workloads:
+        for precision, channels_last in settings:
+            for provider in providers:
+                step, batch = make_step(workload, provider, precision=precision, channels_last=channels_last,
+                                        device=device)
+                times = time_step(step, warmup=3 if "compile" in provider else 2, repeats=repeats)
+                median = statistics.median(times)
+                row = {**facts, "workload": workload, "provider": provider, "precision": precision,
+                       "memory_format": "channels_last" if channels_last else "nchw", "median_s": median,
+                       "min_s": min(times), "max_s": max(times), "images_per_s": batch / median,
+                       "peak_bytes": peak_bytes(step, device) if memory else None}
+                rows.append(row)
+                log(f"{workload} {precision} {row['memory_format']} {provider}: {median * 1e3:.1f} ms "
+                    f"({batch / median:.0f} images/s)")
+    return rows
+
+
+def machine_facts(device: str = "cpu") -> Dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "", "torch": torch.__version__}
+
+
+def write_csv(rows: List[Dict[str, object]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def markdown(rows: List[Dict[str, object]]) -> str:
+    """One table: a row per workload and setting, a column per provider (median ms and
+    speed-up over eager in the same setting), and the fused step's peak memory over eager's."""
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    groups: Dict[tuple, Dict[str, Dict[str, object]]] = {}
+    for r in rows:
+        groups.setdefault((r["workload"], r["precision"], r["memory_format"]), {})[r["provider"]] = r
+    f = rows[0]
+    lines = [f"{f['cpu']}{', ' + f['gpu'] if f['gpu'] else ''}, {f['threads']} threads, torch {f['torch']}, "
+             f"{f['date']}. One training step, median ms (speed-up over eager at the same setting).", "",
+             "| workload | precision | layout | " + " | ".join(providers) + " | peak memory fused / eager |",
+             "|---|---|---|" + "---:|" * (len(providers) + 1)]
+    for (workload, precision, layout), by in groups.items():
+        eager = by.get("eager")
+        cells = []
+        for p in providers:
+            r = by.get(p)
+            if r is None:
+                cells.append("")
+                continue
+            speedup = f" ({eager['median_s'] / r['median_s']:.2f}×)" if eager and p != "eager" else ""
+            cells.append(f"{r['median_s'] * 1e3:.1f}{speedup}")
+        fused = by.get("fused")
+        mem = (f"{fused['peak_bytes'] / 2**20:.0f} / {eager['peak_bytes'] / 2**20:.0f} MiB"
+               if fused and eager and fused["peak_bytes"] and eager["peak_bytes"] else "")
+        lines.append(f"| {workload} | {precision} | {layout} | " + " | ".join(cells) + f" | {mem} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows: List[Dict[str, object]], path: Path) -> Optional[Path]:
+    """A PNG of each provider's speed-up over eager per workload and setting (needs
+    matplotlib; None without it)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    eager = {(r["workload"], r["precision"], r["memory_format"]): r["median_s"] for r in rows if r["provider"] == "eager"}
+    providers = [p for p in dict.fromkeys(r["provider"] for r in rows) if p != "eager"]
+    groups = list(eager)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 3.5))
+    width = 0.8 / max(1, len(providers))
+    for i, p in enumerate(providers):
+        values = [next((eager[g] / r["median_s"] for r in rows if r["provider"] == p
+                        and (r["workload"], r["precision"], r["memory_format"]) == g), 0) for g in groups]
+        ax.bar([x + i * width for x in range(len(groups))], values, width, label=p)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([x + width * (len(providers) - 1) / 2 for x in range(len(groups))])
+    ax.set_xticklabels([f"{w}\n{pr} {mf}" for w, pr, mf in groups], fontsize=8)
+    ax.set_ylabel("speed-up over eager")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
