@@ -2,12 +2,14 @@
 # One call for a fresh CUDA machine that has PyTorch, nvcc and ninja but maybe no internet:
 # builds aigc_fast from this checkout for the visible GPU's architecture, runs the CUDA
 # tests (and compute-sanitizer memcheck on a small subset when the tool is there), runs
-# the CUDA rows of the op benchmarks, and prints a compact table last.
+# the CUDA rows of the op and training-step benchmarks, and prints a compact table last.
 #
 #   bash bench/gpu_check.sh LOG_DIR        (full logs and benchmark JSON go to LOG_DIR)
 #
-# Budget: about 8 minutes on one H200 (build ~2-3 on 16 cores, tests ~1, memcheck <= 2,
-# benchmarks <= 1.5 per suite: every step after the build has its own timeout). The exit
+# Budget: aimed at 8 minutes on one H200 (build ~2-3 on 16 cores, tests ~1, memcheck
+# <= 2, each op suite <= 1.5, the step suites <= 4.5). Every stage after the build has
+# its own timeout, so a stage that hangs cannot eat the rest; if every one ran to its
+# limit the total would be ~16 minutes. Not yet run on a GPU. The exit
 # status names the first failure: 2 no GPU or pytest, 3 build, 4 tests, 5 memcheck,
 # 6 benchmarks, 7 no pytest-benchmark.
 set -uo pipefail
@@ -66,8 +68,14 @@ if $PY -c 'import pytest_benchmark' 2>/dev/null; then
     timeout 90 $PYTEST "bench/test_bench_$suite.py" -k "cuda and not noise_source and not b128 and not compile" \
       --benchmark-json="$LOG/$suite-cuda.json" >>"$LOG/bench.log" 2>&1 || fail 6
   done
+  # Whole training steps: fused vs eager in every setting, and torch.compile for the DCGAN
+  # 64x64 goal (>= 1.3x eager, not slower than compile) in the default bf16 channels_last.
+  timeout 120 $PYTEST bench/test_bench_steps.py -k "cuda and not compile" \
+    --benchmark-json="$LOG/steps-cuda.json" >>"$LOG/bench.log" 2>&1 || fail 6
+  timeout 150 $PYTEST bench/test_bench_steps.py -k "cuda and dcgan64 and bf16 and channels_last" \
+    --benchmark-json="$LOG/steps-compile-cuda.json" >>"$LOG/bench.log" 2>&1 || fail 6
   step "results"
-  for suite in reparameterize losses bias_act blocks; do
+  for suite in reparameterize losses bias_act blocks steps steps-compile; do
     [ -f "$LOG/$suite-cuda.json" ] && $PY bench/report.py "$LOG/$suite-cuda.json" --memory peak | tee -a "$LOG/tables.md"
   done
 else
