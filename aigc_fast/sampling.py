@@ -19,9 +19,10 @@ from .images import save_grid
 
 
 def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optional[torch.Tensor] = None) -> Path:
-    """images [N, C, H, W] in [0, 1] -> out_dir/images/NNNNNN.png (or images/class_LLL/NNNNNN.png
-    when labelled: zero-padded, so the folder loader's sorted subfolders keep label order), out_dir/samples.npz (uint8 "images" [N, C, H, W], and "labels"), and
-    out_dir/grid.png (the first 64)."""
+    """images [N, C, H, W] in [0, 1] -> out_dir/images/NNNNNN.png (images/class_LLL/NNNNNN.png
+    when labelled: zero-padded, so the folder loader's sorted subfolders keep label order),
+    out_dir/samples.npz (uint8 "images" [N, C, H, W], and "labels"), and out_dir/grid.png
+    (the first 64)."""
     from PIL import Image  # the 'data' extra
 
     out = Path(out_dir)
