@@ -53,15 +53,7 @@ def saved_for_backward_bytes(fn, *inputs):
 def cuda_peak():
     """Peak CUDA memory of one call, beyond what was allocated before it."""
 
-    def measure(fn):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-
-    return measure
+    return lambda fn: benchmark_lib.peak_bytes(fn, "cuda")
 
 
 def cpu_peak_bytes(step, leaves=()):
