@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -20,15 +21,21 @@ def _devices() -> list:
     return devices
 
 
+def cpu_info(field: str) -> Optional[str]:
+    """The first value of `field` ("model name", "flags") in /proc/cpuinfo; None where
+    there is no such file or field (not Linux, not x86)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this x86 CPU computes in bfloat16 natively (AMX-BF16 or AVX512-BF16), where
     bf16 autocast speeds convolutions up; elsewhere oneDNN emulates bf16, slower than fp32
     (measured on an AVX2 EPYC: a conv-VAE step 10x slower)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split(":", 1)[1].split()))
+    return bool({"amx_bf16", "avx512_bf16"} & set((cpu_info("flags") or "").split()))
 
 
 def collect() -> dict:

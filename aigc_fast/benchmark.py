@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ._info import cpu_has_native_bf16
+from ._info import cpu_info
 
 WORKLOADS = {  # name: (kind, config fields) -- the workloads of issue 6
     "dcgan28": ("gan", dict(image_size=28, channels=1, batch_size=128)),
@@ -149,14 +149,7 @@ def run(workloads: List[str], providers: List[str], settings: List[Tuple[str, bo
 
 
 def machine_facts(device: str = "cpu") -> Dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_info("model name") or platform.processor() or platform.machine()
     return {"date": datetime.date.today().isoformat(), "cpu": cpu, "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "", "torch": torch.__version__}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -89,7 +89,14 @@ def load_array(path: Union[str, Path]) -> torch.Tensor:
     """Images from a .npy file or a .npz archive (its "images" or "x" array, or its only
     one), as a tensor [N, C, H, W]: [N, H, W] gains a channel axis, and [N, H, W, C] with
     C in (1, 3, 4) is read as channels-last."""
+    return _load_array_file(path)[0]
+
+
+def _load_array_file(path: Union[str, Path]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """load_array's images, and the archive's "labels" array when it has one (aigc-fast
+    sample writes them), in one read."""
     path = Path(path)
+    labels = None
     if path.suffix == ".npy":
         array = np.load(path)
     elif path.suffix == ".npz":
@@ -98,9 +105,11 @@ def load_array(path: Union[str, Path]) -> torch.Tensor:
             if len(keys) != 1 and keys == archive.files:
                 raise ValueError(f"{path} holds {archive.files}: name the images array 'images' or 'x'")
             array = archive[keys[0]]
+            if "labels" in archive.files:
+                labels = torch.from_numpy(archive["labels"]).long()
     else:
         raise ValueError(f"arrays are read from .npy or .npz files, got {path}")
-    return _as_nchw(torch.from_numpy(np.ascontiguousarray(array)), str(path))
+    return _as_nchw(torch.from_numpy(np.ascontiguousarray(array)), str(path)), labels
 
 
 def _as_nchw(images: torch.Tensor, name: str) -> torch.Tensor:
@@ -178,10 +187,7 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
         if path.is_dir():
             images, labels = load_image_folder(path, image_size, channels)
         elif path.suffix in (".npy", ".npz"):
-            images = load_array(path)
-            if path.suffix == ".npz":
-                with np.load(path) as archive:  # labels, when the archive has them (aigc-fast sample writes them)
-                    labels = torch.from_numpy(archive["labels"]).long() if "labels" in archive.files else None
+            images, labels = _load_array_file(path)
         else:
             raise ValueError(f"data must be one of {BUILTIN}, an image folder or a .npy/.npz file, got {source!r}")
     elif isinstance(source, (np.ndarray, torch.Tensor)):

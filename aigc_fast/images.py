@@ -10,15 +10,19 @@ import numpy as np
 import torch
 
 
+def to_uint8(images: torch.Tensor, value_range: Tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Images in value_range (clamped) as uint8 0-255 on the CPU, rounded to nearest."""
+    images = images.detach().float().cpu().clamp(*value_range)
+    return ((images - value_range[0]) / (value_range[1] - value_range[0]) * 255 + 0.5).to(torch.uint8)
+
+
 def make_grid(images: torch.Tensor, nrow: int = 0, padding: int = 2, value_range: Tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
     """[N, C, H, W] images in value_range -> one uint8 [rows*(H+p)+p, cols*(W+p)+p, C] array."""
-    images = images.detach().float().cpu().clamp(*value_range)
-    images = (images - value_range[0]) / (value_range[1] - value_range[0])
-    n, c, h, w = images.shape
+    pixels = to_uint8(images, value_range).permute(0, 2, 3, 1).numpy()
+    n, h, w, c = pixels.shape
     cols = nrow or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding, c), dtype=np.uint8)
-    pixels = (images.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
     for i in range(n):
         r, col = divmod(i, cols)
         top, left = padding + r * (h + padding), padding + col * (w + padding)

@@ -15,7 +15,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .images import save_grid
+from .images import save_grid, to_uint8
 
 
 def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optional[torch.Tensor] = None) -> Path:
@@ -26,7 +26,7 @@ def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optio
     from PIL import Image  # the 'data' extra
 
     out = Path(out_dir)
-    pixels = (images.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    pixels = to_uint8(images, (0.0, 1.0))
     folder = out / "images"
     for i, image in enumerate(pixels):
         path = folder / (f"class_{int(labels[i]):03d}" if labels is not None else "") / f"{i:06d}.png"

@@ -16,11 +16,13 @@ import os
 import pytest
 import torch
 
+import aigc_fast
 from aigc_fast import benchmark as steps
 
 from conftest import devices, synchronized
 
 ALL = os.environ.get("AIGC_FAST_BENCH_ALL") == "1"
+NATIVE_BF16 = aigc_fast.info(print_report=False)["cpu_native_bf16"]
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -29,7 +31,7 @@ ALL = os.environ.get("AIGC_FAST_BENCH_ALL") == "1"
 @pytest.mark.parametrize("workload", list(steps.WORKLOADS))
 @pytest.mark.parametrize("device", devices())
 def test_step(benchmark, device, workload, provider, precision, layout):
-    if device == "cpu" and not ALL and (workload.endswith("64") or (precision == "bf16" and not steps.cpu_has_native_bf16())):
+    if device == "cpu" and not ALL and (workload.endswith("64") or (precision == "bf16" and not NATIVE_BF16)):
         pytest.skip("slow on this CPU (AIGC_FAST_BENCH_ALL=1 runs it)")
     torch.manual_seed(0)
     step, batch = steps.make_step(workload, provider, precision=precision, channels_last=layout == "channels_last",

@@ -7,6 +7,7 @@ power of two from 16 to 128, and 28 (MNIST)."""
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -16,11 +17,12 @@ from . import _backend
 SIZES = (16, 32, 64, 128, 28)
 
 
-def _check_size(image_size: int) -> int:
-    """The number of stride-2 (up or down) steps between 4x4 (7x7 for 28) and the image."""
+def _geometry(image_size: int) -> Tuple[int, int]:
+    """(stride-2 steps, side of the smallest map): the models go between a 4x4 map (7x7 for
+    28) and the image in stride-2 (up or down) steps."""
     if image_size not in SIZES:
         raise ValueError(f"image_size must be a power of two from 16 to 128, or 28, got {image_size}")
-    return 2 if image_size == 28 else int(math.log2(image_size)) - 2
+    return (2, 7) if image_size == 28 else (int(math.log2(image_size)) - 2, 4)
 
 
 def dcgan_init_(module: nn.Module) -> nn.Module:
@@ -46,9 +48,8 @@ class DCGANGenerator(nn.Module):
     def __init__(self, nz: int = 100, ngf: int = 64, channels: int = 3, image_size: int = 64,
                  backend: str = "fused"):
         super().__init__()
-        steps = _check_size(image_size)
+        steps, first_side = _geometry(image_size)
         self.nz, self.channels, self.image_size, self.backend = nz, channels, image_size, backend
-        first_side = 7 if image_size == 28 else 4
         widths = [ngf * 2 ** (steps - i) for i in range(steps)]  # before each stride-2 step
         layers = [nn.ConvTranspose2d(nz, widths[0], first_side, 1, 0, bias=False), nn.BatchNorm2d(widths[0]),
                   nn.ReLU(True)]
@@ -74,9 +75,8 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, ndf: int = 64, channels: int = 3, image_size: int = 64, backend: str = "fused"):
         super().__init__()
-        steps = _check_size(image_size)
+        steps, last_side = _geometry(image_size)
         self.channels, self.image_size, self.backend = channels, image_size, backend
-        last_side = 7 if image_size == 28 else 4
         # the mirror of the generator: widths after each stride-2 step
         widths = [ndf * 2 ** i for i in range(steps)] if image_size != 28 else [ndf * 2, ndf * 4]
         layers = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]

@@ -14,7 +14,7 @@ from ..ops.bias_act import bias_act
 from ..ops.losses import vae_loss
 from ..ops.reparameterize import reparameterize
 from . import _backend
-from .dcgan import _check_size
+from .dcgan import _geometry
 
 
 class _VAE(nn.Module):
@@ -64,9 +64,8 @@ class ConvVAE(_VAE):
     def __init__(self, latent_dim: int = 20, channels: int = 1, image_size: int = 28, base: int = 32,
                  backend: str = "fused"):
         super().__init__()
-        steps = _check_size(image_size)
+        steps, side = _geometry(image_size)
         self.latent_dim, self.channels, self.image_size, self.backend = latent_dim, channels, image_size, backend
-        side = 7 if image_size == 28 else 4
         widths = [base * 2 ** i for i in range(steps)]
         enc = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         for w_in, w_out in zip(widths, widths[1:]):
