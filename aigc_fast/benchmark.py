@@ -193,8 +193,29 @@ def markdown(rows: List[Dict[str, object]]) -> str:
 
 
 def bar_chart(rows: List[Dict[str, object]], path: Path) -> Optional[Path]:
-    """A PNG of each provider's speed-up over eager per workload and setting (needs
-    matplotlib; None without it)."""
+    """The training-step chart: each provider's speed-up over eager per workload and setting,
+    and the fused step's peak memory over eager's."""
+    groups = list(dict.fromkeys((r["workload"], r["precision"], r["memory_format"]) for r in rows))
+    by = {(r["workload"], r["precision"], r["memory_format"], r["provider"]): r for r in rows}
+    providers = [p for p in dict.fromkeys(r["provider"] for r in rows) if p != "eager"]
+
+    def ratio(group, provider, key, invert=False):
+        a, b = by.get((*group, provider)), by.get((*group, "eager"))
+        if not (a and b and a[key] and b[key]):
+            return None
+        return b[key] / a[key] if invert else a[key] / b[key]
+
+    speedups = {p: [ratio(g, p, "median_s", invert=True) for g in groups] for p in providers}
+    memory = [ratio(g, "fused", "peak_bytes") for g in groups]
+    labels = [f"{w}\n{pr} {mf}" for w, pr, mf in groups]
+    return comparison_chart(labels, speedups, memory, path, title="training step")
+
+
+def comparison_chart(labels: List[str], speedups: Dict[str, List[Optional[float]]],
+                     memory: List[Optional[float]], path: Path, *, title: str = "") -> Optional[Path]:
+    """A PNG with two panels of horizontal bars, one row per label: each provider's speed-up
+    over eager, and the fused peak memory over eager's (where measured). Used for the step
+    suite here and the op suites in bench/report.py. Needs matplotlib (None without it)."""
     try:
         import matplotlib
 
@@ -202,22 +223,28 @@ def bar_chart(rows: List[Dict[str, object]], path: Path) -> Optional[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    eager = {(r["workload"], r["precision"], r["memory_format"]): r["median_s"] for r in rows if r["provider"] == "eager"}
-    providers = [p for p in dict.fromkeys(r["provider"] for r in rows) if p != "eager"]
-    groups = list(eager)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 3.5))
-    width = 0.8 / max(1, len(providers))
-    for i, p in enumerate(providers):
-        values = [next((eager[g] / r["median_s"] for r in rows if r["provider"] == p
-                        and (r["workload"], r["precision"], r["memory_format"]) == g), 0) for g in groups]
-        ax.bar([x + i * width for x in range(len(groups))], values, width, label=p)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks([x + width * (len(providers) - 1) / 2 for x in range(len(groups))])
-    ax.set_xticklabels([f"{w}\n{pr} {mf}" for w, pr, mf in groups], fontsize=8)
-    ax.set_ylabel("speed-up over eager")
-    ax.legend(fontsize=8)
+    has_memory = any(m is not None for m in memory)
+    fig, axes = plt.subplots(1, 2 if has_memory else 1, figsize=(11 if has_memory else 7, 1.2 + 0.32 * len(labels)),
+                             sharey=True, squeeze=False, gridspec_kw={"width_ratios": [3, 1.3] if has_memory else [1]})
+    ax = axes[0][0]
+    rows = range(len(labels))
+    height = 0.8 / max(1, len(speedups))
+    for i, (provider, values) in enumerate(speedups.items()):
+        ax.barh([r + i * height for r in rows], [v or 0 for v in values], height, label=provider)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks([r + height * (len(speedups) - 1) / 2 for r in rows])
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_ylim(len(labels) - 0.5 + height * (len(speedups) - 1), -0.5)  # first label on top
+    ax.set_xlabel("speed-up over eager (higher is faster)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    if has_memory:
+        mem = axes[0][1]
+        mem.barh([r + height * (len(speedups) - 1) / 2 for r in rows], [m or 0 for m in memory], 0.5, color="gray")
+        mem.axvline(1.0, color="black", linewidth=0.8)
+        mem.set_xlabel("peak memory, fused / eager")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -103,18 +103,21 @@ def main(argv=None) -> int:
     evaluate.add_argument("--nll-samples", type=int, default=100, help="importance samples per image (VAE)")
     evaluate.add_argument("--device", help="default: the run's device")
 
-    bench = commands.add_parser("bench", help="time full training steps: fused vs eager vs torch.compile")
+    bench = commands.add_parser("bench", help="time full training steps (and with --ops each op): fused vs eager "
+                                              "vs torch.compile")
     bench.add_argument("--workloads", default="dcgan28,vae28", help="of dcgan28, dcgan64, vae28, vae64")
     bench.add_argument("--providers", default="fused,eager,compile", help="of fused, eager, compile, fused+compile")
     bench.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (comma-separated for several)")
     bench.add_argument("--layouts", default="nchw,channels_last", help="nchw and/or channels_last")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--repeats", type=int, default=5, help="timed steps per case (after warm-up)")
-    bench.add_argument("--out", default="bench-results", help="folder for steps.csv, steps.md, steps.png")
+    bench.add_argument("--out", default="bench-results", help="folder for steps.csv, .md, .png (and ops.*)")
     bench.add_argument("--breakdown", action="store_true",
                        help="also profile one fused step per workload: shares of convolution, aigc_fast, optimizer, other")
     bench.add_argument("--ops", action="store_true",
                        help="also run the op suites (pytest-benchmark, from a source checkout's bench/)")
+    bench.add_argument("--ops-filter", default="not b128", help="pytest -k expression selecting the op cases "
+                       "(default: all but the batch-128 conv blocks, which would double the run)")
 
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -151,21 +154,40 @@ def main(argv=None) -> int:
     return 2
 
 
+OP_SUITES = ["bench/test_bench_reparameterize.py", "bench/test_bench_losses.py", "bench/test_bench_bias_act.py",
+             "bench/test_bench_blocks.py"]
+
+
+def _bench_ops(out: Path, selection: str) -> int:
+    """The op suites (pytest-benchmark, from a source checkout) into ops.json, and from it
+    ops.md (the tables), ops.csv and ops.png (bench/report.py)."""
+    import subprocess
+
+    if not Path("bench/conftest.py").is_file():
+        raise SystemExit("aigc-fast bench --ops: run it from the aigc_fast source folder (the op suites are bench/*.py)")
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # Run from the output folder: `python -m pytest` puts its working folder on sys.path, and
+    # from the source folder that would import the uncompiled source instead of the package.
+    done = subprocess.run([sys.executable, "-m", "pytest", *(str(Path(s).resolve()) for s in OP_SUITES), "-q",
+                           "-k", selection, f"--benchmark-json={out / 'ops.json'}"], cwd=out)
+    if done.returncode:
+        return done.returncode
+    with open(out / "ops.md", "w") as md:
+        done = subprocess.run([sys.executable, "bench/report.py", str(out / "ops.json"), "--memory", "peak",
+                               "--csv", str(out / "ops.csv"), "--chart", str(out / "ops.png")], stdout=md)
+    print(f"written: {out / 'ops.json'}, {out / 'ops.md'}, {out / 'ops.csv'}, {out / 'ops.png'}")
+    return done.returncode
+
+
 def _bench(args) -> int:
     from . import benchmark
 
     out = Path(args.out)
     if args.ops:
-        import subprocess
-
-        if not Path("bench/conftest.py").is_file():
-            raise SystemExit("aigc-fast bench --ops: run it from the aigc_fast source folder (the op suites are bench/*.py)")
-        out.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "-k", "not b128",
-                               f"--benchmark-json={out / 'ops.json'}"])
-        if done.returncode:
-            return done.returncode
-        subprocess.run([sys.executable, "bench/report.py", str(out / "ops.json")])
+        returncode = _bench_ops(out, args.ops_filter)
+        if returncode:
+            return returncode
     settings = [(p, layout == "channels_last") for p in args.precision.split(",") for layout in args.layouts.split(",")]
     rows = benchmark.run(args.workloads.split(","), args.providers.split(","), settings, device=args.device,
                          repeats=args.repeats)

@@ -49,6 +49,17 @@ def saved_for_backward_bytes(fn, *inputs):
     return sum(n for ptr, n in saved.items() if ptr not in held)
 
 
+def nbytes(*tensors):
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def copy_floor(*tensors):
+    """A floor no implementation can beat: cloning `tensors`. Returns (the step, the bytes it
+    reads and writes), so the report can turn the clone's time into this machine's copy
+    bandwidth at that size, and set each fused op's own bytes per second against it."""
+    return (lambda: [t.detach().clone() for t in tensors]), 2 * nbytes(*tensors)
+
+
 @pytest.fixture
 def cuda_peak():
     """Peak CUDA memory of one call, beyond what was allocated before it."""

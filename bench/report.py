@@ -1,11 +1,20 @@
-"""Turns a pytest-benchmark JSON file into the Markdown table the README shows.
+"""Turns pytest-benchmark JSON files of the op suites into the Markdown tables the README
+shows, and optionally a CSV (one row per measurement, with the machine) and a PNG chart
+(speed-up over eager and peak memory over eager, forward+backward, per op and size).
 
-    python bench/report.py bench/results/reparameterize.json
+    python bench/report.py bench/results/reparameterize-cpu.json
+    python bench/report.py bench/results/*-cpu.json --csv ops.csv --chart ops.png > ops.md
 """
 
 import argparse
+import csv
 import json
 from collections import defaultdict
+from pathlib import Path
+
+from aigc_fast.benchmark import comparison_chart
+
+FLOORS = ("clone", "autograd")  # providers that measure a floor, not an implementation
 
 
 def fmt_ms(seconds):
@@ -16,70 +25,128 @@ def fmt_bytes(n):
     return "-" if n is None else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB" if n else "0"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("json_file")
-    parser.add_argument("--memory", choices=["all", "peak"], default="all",
-                        help="memory columns: all, or only the peak ones (narrower tables)")
-    args = parser.parse_args(argv)
-    data = json.load(open(args.json_file))
+def machine(data):
     m = data["machine_info"]
-    cpu = m.get("cpu", {}).get("brand_raw") or m.get("cpu_model")
-    print(
-        f"Machine: {cpu}, {m.get('threads')} threads, GPU: {m.get('gpu') or 'none'}; "
-        f"torch {m.get('torch')}; {data['datetime'][:10]}. Medians in ms (IQR in brackets).\n"
-    )
-    tables = defaultdict(lambda: defaultdict(dict))  # one table per op
+    return {"date": data["datetime"][:10], "cpu": m.get("cpu", {}).get("brand_raw") or m.get("cpu_model"),
+            "threads": m.get("threads"), "gpu": m.get("gpu") or "", "torch": m.get("torch")}
+
+
+def measurements(data):
+    """One flat record per benchmark: where, what, and the numbers."""
     for b in data["benchmarks"]:
         x = b["extra_info"]
-        key = (x["device"], x["pass_"], x["size"])
-        tables[x["op"]][key][x["provider"]] = (
-            b["stats"]["median"], b["stats"]["iqr"], x.get("saved_for_backward_bytes"), x.get("cuda_peak_bytes"),
-            x.get("cpu_peak_bytes"),
-        )
-    for op, rows in tables.items():
-        print(f"**{op}**\n")
-        print_table(rows, args.memory)
-        print()
+        yield {**machine(data), "op": x["op"], "device": x["device"], "pass": x["pass_"], "size": x["size"],
+               "provider": x["provider"], "median_s": b["stats"]["median"], "iqr_s": b["stats"]["iqr"],
+               "bytes_moved": x.get("bytes_moved"), "saved_for_backward_bytes": x.get("saved_for_backward_bytes"),
+               "cuda_peak_bytes": x.get("cuda_peak_bytes"), "cpu_peak_bytes": x.get("cpu_peak_bytes")}
+
+
+def gb_per_s(record):
+    moved = record and record.get("bytes_moved")
+    return moved / record["median_s"] / 1e9 if moved else None
+
+
+def tables(records):
+    """{op: {(device, pass, size): {provider: record}}}, in first-seen order."""
+    out = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        out[r["op"]][r["device"], r["pass"], r["size"]][r["provider"]] = r
+    return out
 
 
 def print_table(rows, memory="all"):
-    providers = []
-    for per_provider in rows.values():
-        providers += [p for p in per_provider if p not in providers]
+    providers = list(dict.fromkeys(p for per_provider in rows.values() for p in per_provider))
     header = ["device", "pass", "size"] + providers
     has_speedup = {"fused", "eager"} <= set(providers)
     if has_speedup:
         header += ["fused vs eager"] + (["fused vs compile"] if "compile" in providers else [])
     if "clone" in providers:
         header += ["fused / clone"]
+    has_bandwidth = any(gb_per_s(r.get("fused")) for r in rows.values())
+    if has_bandwidth:
+        header += ["GB/s fused / copy"]
     memory_columns = [
-        (index, label)
-        for index, label in ((2, "saved for bwd"), (3, "CUDA peak"), (4, "CPU peak"))
+        (key, label)
+        for key, label in (("saved_for_backward_bytes", "saved for bwd"), ("cuda_peak_bytes", "CUDA peak"),
+                           ("cpu_peak_bytes", "CPU peak"))
         if memory == "all" or "peak" in label
-        if any(len(v) > index and v[index] is not None for r in rows.values() for v in r.values())
+        if any(v.get(key) is not None for r in rows.values() for v in r.values())
     ]
-    measured = [p for p in providers if p not in ("clone", "autograd")]  # the floors keep nothing
+    measured = [p for p in providers if p not in FLOORS]  # the floors keep nothing
     for _, label in memory_columns:
         header += [f"{label} ({p})" for p in measured]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for key, per_provider in rows.items():
+    for key, by in rows.items():
         cells = list(key)
         for p in providers:
-            cells.append(f"{fmt_ms(per_provider[p][0])} ({fmt_ms(per_provider[p][1])})" if p in per_provider else "-")
+            cells.append(f"{fmt_ms(by[p]['median_s'])} ({fmt_ms(by[p]['iqr_s'])})" if p in by else "-")
+        fused = by.get("fused", {}).get("median_s")
         if has_speedup:
-            fused = per_provider.get("fused", (None,))[0]
             for other in ["eager"] + (["compile"] if "compile" in providers else []):
-                base = per_provider.get(other, (None,))[0]
+                base = by.get(other, {}).get("median_s")
                 cells.append(f"{base / fused:.1f}x" if fused and base else "-")
         if "clone" in providers:
-            fused, clone = per_provider.get("fused", (None,))[0], per_provider.get("clone", (None,))[0]
+            clone = by.get("clone", {}).get("median_s")
             cells.append(f"{fused / clone:.1f}" if fused and clone else "-")
-        for index, _ in memory_columns:
-            cells += [fmt_bytes(per_provider[p][index]) if p in per_provider and len(per_provider[p]) > index else "-"
-                      for p in measured]
+        if has_bandwidth:
+            achieved, copy = gb_per_s(by.get("fused")), gb_per_s(by.get("clone"))
+            cells.append("-" if achieved is None else f"{achieved:.1f}" if copy is None
+                         else f"{achieved:.1f} / {copy:.1f} ({100 * achieved / copy:.0f}%)")
+        for key_, _ in memory_columns:
+            cells += [fmt_bytes(by[p].get(key_)) if p in by else "-" for p in measured]
         print("| " + " | ".join(cells) + " |")
+
+
+def write_csv(records, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]) + ["gb_per_s"])
+        writer.writeheader()
+        writer.writerows({**r, "gb_per_s": gb_per_s(r)} for r in records)
+
+
+def chart(records, path):
+    """Forward+backward rows that have both a fused and an eager measurement: the fused op's
+    and torch.compile's speed-up over eager, and the fused peak memory over eager's."""
+    labels, speedups, memory = [], defaultdict(list), []
+    providers = [p for p in ("fused", "compile") if any(r["provider"] == p for r in records)]
+    for op, rows in tables(records).items():
+        for (device, pass_, size), by in rows.items():
+            if pass_ != "fwd+bwd" or not {"fused", "eager"} <= set(by):
+                continue
+            labels.append(f"{op} {size}" + (f" {device}" if device != "cpu" else ""))
+            eager = by["eager"]
+            for p in providers:
+                speedups[p].append(eager["median_s"] / by[p]["median_s"] if p in by else None)
+            peak = "cuda_peak_bytes" if device.startswith("cuda") else "cpu_peak_bytes"
+            fused_peak, eager_peak = by["fused"].get(peak), eager.get(peak)
+            memory.append(fused_peak / eager_peak if fused_peak and eager_peak else None)
+    return comparison_chart(labels, dict(speedups), memory, Path(path), title="ops, forward+backward")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json_files", nargs="+")
+    parser.add_argument("--memory", choices=["all", "peak"], default="all",
+                        help="memory columns: all, or only the peak ones (narrower tables)")
+    parser.add_argument("--csv", help="also write every measurement to this CSV file")
+    parser.add_argument("--chart", help="also draw the speed-up and memory chart to this PNG file")
+    args = parser.parse_args(argv)
+    records = []
+    for name in args.json_files:
+        data = json.load(open(name))
+        m = machine(data)
+        print(f"Machine: {m['cpu']}, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; torch {m['torch']}; "
+              f"{m['date']}. Medians in ms (IQR in brackets).\n")
+        records += list(measurements(data))
+        for op, rows in tables(measurements(data)).items():
+            print(f"**{op}**\n")
+            print_table(rows, args.memory)
+            print()
+    if args.csv:
+        write_csv(records, args.csv)
+    if args.chart and chart(records, args.chart) is None:
+        print("(no chart: pip install matplotlib)")
 
 
 if __name__ == "__main__":

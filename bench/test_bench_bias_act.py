@@ -14,7 +14,7 @@ import torch
 import aigc_fast
 from aigc_fast import reference
 
-from conftest import cpu_peak_bytes, devices, synchronized
+from conftest import copy_floor, cpu_peak_bytes, devices, nbytes, synchronized
 
 # name: (activation shape, act); batch 128, as DCGAN trains.
 SHAPES = {
@@ -43,8 +43,11 @@ def test_bias_act(benchmark, cuda_peak, device, size, layout, provider, pass_):
     x = torch.randn(shape, device=device).to(memory_format=memory_format).requires_grad_(pass_ == "fwd+bwd")
     bias = torch.randn(shape[1], device=device, requires_grad=pass_ == "fwd+bwd")
     grad = torch.randn(shape, device=device).to(memory_format=memory_format)
+    # The fused kernels read x and write y; the backward reads grad and y, writes grad_x, and
+    # the bias gradient reads grad_x once more: 2 activations forward, 6 forward+backward.
+    moved = nbytes(x) * (2 if pass_ == "fwd" else 6)
     if provider == "clone":  # forward reads x, writes y; backward reads grad and y, writes grad_x
-        step = lambda: (x.clone(), grad.clone())  # noqa: E731
+        step, moved = copy_floor(x, grad)
     elif pass_ == "fwd":
         def step():
             with torch.no_grad():
@@ -58,7 +61,8 @@ def test_bias_act(benchmark, cuda_peak, device, size, layout, provider, pass_):
     step()  # compile / warm up
     benchmark.group = f"bias_act {pass_} {size} {layout} {device}"
     benchmark.extra_info.update(op="bias_act", provider=provider, size=f"{size} {layout}", numel=x.numel(),
-                                pass_=pass_, device=device)
+                                pass_=pass_, device=device,
+                                bytes_moved=moved if provider in ("fused", "clone") else None)
     benchmark.pedantic(synchronized(step, device), rounds=30, warmup_rounds=3, iterations=1)
     if pass_ == "fwd+bwd" and provider != "clone":
         if device == "cpu":

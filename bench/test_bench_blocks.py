@@ -19,7 +19,7 @@ import aigc_fast
 from aigc_fast import reference
 from aigc_fast.nn import ConvBlock, ConvTransposeBlock
 
-from conftest import cpu_peak_bytes, devices, saved_for_backward_bytes, synchronized
+from conftest import copy_floor, cpu_peak_bytes, devices, nbytes, saved_for_backward_bytes, synchronized
 
 # name: (in_ch, out_ch, kernel, stride, padding, input side, norm, act) of a generator block.
 BLOCKS = {
@@ -109,8 +109,11 @@ def test_post(benchmark, device, batch, name, layout, provider):
     h.requires_grad_()
     grad = torch.randn_like(h)
     bn = nn.BatchNorm2d(out_ch).to(device)
+    # bn_act moves 10 activation-sized streams: statistics 1, normalize 2, the backward's
+    # sums 3 and the input gradient 4 (README, "conv blocks").
+    moved = 10 * nbytes(h)
     if provider == "clone":  # one read + write of the activation, forward and backward
-        step = lambda: (h.detach().clone(), grad.clone())  # noqa: E731
+        step, moved = copy_floor(h, grad)
     else:
         def step():
             h.grad = bn.weight.grad = bn.bias.grad = None
@@ -120,7 +123,8 @@ def test_post(benchmark, device, batch, name, layout, provider):
     step()
     benchmark.group = f"post {name} b{batch} {layout} {device}"
     benchmark.extra_info.update(op="post (BatchNorm2d + ReLU)", provider=provider, size=f"{name} b{batch} {layout}",
-                                device=device, numel=h.numel(), pass_="fwd+bwd")
+                                device=device, numel=h.numel(), pass_="fwd+bwd",
+                                bytes_moved=moved if provider in ("fused", "clone") else None)
     benchmark.pedantic(synchronized(step, device), rounds=10, warmup_rounds=2, iterations=1)
 
 

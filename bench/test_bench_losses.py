@@ -3,6 +3,9 @@ forward+backward, at the sizes training uses. Two floors no implementation can b
 "clone" clones the tensors the op must read and write (the logits and their gradients;
 the image, target and recon gradient), and "autograd" runs forward+backward of a
 one-op graph (the first input's sum): the autograd engine's fixed cost per backward.
+"bytes_moved" is what the fused kernels read and write: the inputs, and in forward+backward
+also the gradients, written once in the forward pass (loss.backward() returns them as they
+are).
 
     pytest bench/test_bench_losses.py --benchmark-json=bench/results/losses-cpu.json
     python bench/report.py bench/results/losses-cpu.json
@@ -14,7 +17,7 @@ import torch
 import aigc_fast
 from aigc_fast import reference
 
-from conftest import cpu_peak_bytes, devices, saved_for_backward_bytes, synchronized
+from conftest import copy_floor, cpu_peak_bytes, devices, nbytes, saved_for_backward_bytes, synchronized
 
 LOGIT_COUNTS = [64, 512, 4096]
 # name: (batch, image shape, latent): MNIST-like and CelebA-64-like VAEs.
@@ -39,14 +42,11 @@ def provider_fn(provider, name):
     return getattr(reference, name) if provider == "eager" else _compiled[name]
 
 
-def clone_all(*tensors):
-    return [t.clone() for t in tensors]
-
-
 def run_benchmark(benchmark, cuda_peak, device, fn, inputs, pass_, op, size, provider, floor_tensors):
     leaves = [t for t in inputs if t.requires_grad]
+    moved = nbytes(*inputs, *leaves)
     if provider == "clone":
-        step = lambda: clone_all(*floor_tensors)  # noqa: E731
+        step, moved = copy_floor(*floor_tensors)
     elif provider == "autograd":
         def step():
             for t in leaves:
@@ -67,7 +67,8 @@ def run_benchmark(benchmark, cuda_peak, device, fn, inputs, pass_, op, size, pro
     step()  # compile / warm up
     numel = sum(t.numel() for t in inputs)
     benchmark.group = f"{op} {pass_} {size} {device}"
-    benchmark.extra_info.update(op=op, provider=provider, size=size, numel=numel, pass_=pass_, device=device)
+    benchmark.extra_info.update(op=op, provider=provider, size=size, numel=numel, pass_=pass_, device=device,
+                                bytes_moved=moved if provider in ("fused", "clone") else None)
     benchmark.pedantic(synchronized(step, device), rounds=30 if numel >= 1 << 20 else 200, warmup_rounds=3, iterations=1)
     if pass_ == "fwd+bwd" and provider not in FLOORS:
         benchmark.extra_info["saved_for_backward_bytes"] = saved_for_backward_bytes(fn, *inputs)

@@ -1,10 +1,13 @@
 """Reparameterization: fused vs eager reference vs torch.compile(reference), forward and
 forward+backward, from a VAE latent (128 x 64) to 4M elements, sampling alone ("z") and
-with the per-sample KL a VAE needs ("z+kl").
+with the per-sample KL a VAE needs ("z+kl"). "clone" is a copy of as many bytes as the
+fused kernels read and write, the memory floor (MOVED).
 
     pytest bench/test_bench_reparameterize.py --benchmark-json=bench/results/reparameterize.json
     python bench/report.py bench/results/reparameterize.json
 """
+
+import math
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ import torch
 import aigc_fast
 from aigc_fast.reference import reparameterize as reference
 
-from conftest import cpu_peak_bytes, devices, saved_for_backward_bytes, synchronized
+from conftest import copy_floor, cpu_peak_bytes, devices, saved_for_backward_bytes, synchronized
 
 SHAPES = {"128x64": (128, 64), "512x512": (512, 512), "1M": (1024, 1024), "4M": (4096, 1024)}
 _compiled_reference = torch.compile(reference, dynamic=False)
@@ -22,6 +25,10 @@ PROVIDERS = {
     "eager": lambda mu, lv, kl: reference(mu, lv, return_kl=kl),
     "compile": lambda mu, lv, kl: _compiled_reference(mu, lv, return_kl=kl),
 }
+# Latent-sized tensors the fused kernels read and write: the forward reads mu and logvar and
+# writes z (the per-sample KL is negligible); the backward reads grad_z, mu and z (logvar
+# too with the KL) and writes both gradients.
+MOVED = {("z", "fwd"): 3, ("z", "fwd+bwd"): 8, ("z+kl", "fwd"): 3, ("z+kl", "fwd+bwd"): 9}
 
 
 def make_inputs(shape, device, requires_grad):
@@ -32,19 +39,22 @@ def make_inputs(shape, device, requires_grad):
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("size", SHAPES)
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", [*PROVIDERS, "clone"])
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("outputs", ["z", "z+kl"])
 def test_reparameterize(benchmark, cuda_peak, device, size, provider, pass_, outputs):
     shape = SHAPES[size]
     with_kl = outputs == "z+kl"
+    moved = MOVED[outputs, pass_] * 4 * math.prod(shape)  # float32
 
     def fn(mu, logvar):
         return PROVIDERS[provider](mu, logvar, with_kl)
 
     mu, logvar = make_inputs(shape, device, requires_grad=pass_ == "fwd+bwd")
     grads = (torch.ones(shape, device=device), torch.ones(shape[0], device=device))
-    if pass_ == "fwd":
+    if provider == "clone":  # a touched buffer (an untouched one would read the zero page)
+        step, moved = copy_floor(torch.ones(moved // 2 // 4, device=device))
+    elif pass_ == "fwd":
         def step():
             with torch.no_grad():
                 return fn(mu, logvar)
@@ -58,9 +68,12 @@ def test_reparameterize(benchmark, cuda_peak, device, size, provider, pass_, out
     step()  # compile / warm up
     benchmark.group = f"reparameterize {outputs} {pass_} {size} {device}"
     benchmark.extra_info.update(op=f"reparameterize ({outputs})", provider=provider, size=size, numel=mu.numel(),
-                                pass_=pass_, device=device)
+                                pass_=pass_, device=device,
+                                bytes_moved=moved if provider in ("fused", "clone") else None)
     benchmark.pedantic(synchronized(step, device), rounds=20 if mu.numel() >= 1 << 20 else 200,
                        warmup_rounds=3, iterations=1)
+    if provider == "clone":
+        return
     if pass_ == "fwd+bwd":
         benchmark.extra_info["saved_for_backward_bytes"] = saved_for_backward_bytes(fn, mu, logvar)
         if device == "cpu":

@@ -78,3 +78,8 @@ def test_bench_writes_csv_table_and_breakdown(tmp_path, capsys):
     assert "| vae28 | fp32 | nchw |" in table and "×)" in table and "| convolution |" in table
     shares = [float(c.strip(" %")) for c in table.splitlines()[-1].split("|")[3:7]]
     assert 95 <= sum(shares) <= 105  # the breakdown's shares add up
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG"

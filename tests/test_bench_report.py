@@ -1,0 +1,73 @@
+"""The benchmark report: bench/report.py's tables, bandwidth column, CSV and chart from a
+pytest-benchmark JSON file, and `aigc-fast bench --ops` end to end on one small case."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_report():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_benchmark(provider, median, pass_="fwd+bwd", **extra):
+    return {"stats": {"median": median, "iqr": median / 10},
+            "extra_info": {"op": "toy", "device": "cpu", "pass_": pass_, "size": "1M", "provider": provider, **extra}}
+
+
+@pytest.fixture
+def results(tmp_path):
+    data = {"datetime": "2026-11-29T10:00:00", "machine_info": {"cpu": {"brand_raw": "Test CPU"}, "threads": 2,
+                                                                  "gpu": None, "torch": "2.x"},
+            "benchmarks": [fake_benchmark("fused", 0.004, bytes_moved=40_000_000, cpu_peak_bytes=2**20),
+                           fake_benchmark("eager", 0.012, cpu_peak_bytes=2**21),
+                           fake_benchmark("compile", 0.008),
+                           fake_benchmark("clone", 0.002, bytes_moved=32_000_000),
+                           fake_benchmark("fused", 0.001, pass_="fwd", bytes_moved=8_000_000)]}
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_table_speedups_and_bandwidth(results, capsys):
+    load_report().main([str(results)])
+    out = capsys.readouterr().out
+    assert "Test CPU, 2 threads, GPU: none; torch 2.x; 2026-11-29" in out
+    header, _, row = [line for line in out.splitlines() if line.startswith("|")][:3]
+    cells = dict(zip(header.split(" | "), row.split(" | ")))
+    assert cells["fused vs eager"] == "3.0x" and cells["fused vs compile"] == "2.0x"
+    assert cells["fused / clone"] == "2.0"
+    # 40 MB in 4 ms is 10 GB/s; the clone moved 32 MB in 2 ms: 16 GB/s of copy bandwidth.
+    assert cells["GB/s fused / copy"] == "10.0 / 16.0 (62%)"
+    assert "| 8.0 |" in out  # forward: no clone row, the fused bandwidth alone
+
+
+def test_csv_and_chart(results, tmp_path):
+    pytest.importorskip("matplotlib")
+    load_report().main([str(results), "--csv", str(tmp_path / "ops.csv"), "--chart", str(tmp_path / "ops.png")])
+    rows = list(csv.DictReader(open(tmp_path / "ops.csv")))
+    assert len(rows) == 5 and {r["cpu"] for r in rows} == {"Test CPU"} and rows[0]["date"] == "2026-11-29"
+    assert float(rows[0]["gb_per_s"]) == pytest.approx(10.0)
+    assert (tmp_path / "ops.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_ops_end_to_end(tmp_path, monkeypatch):
+    pytest.importorskip("pytest_benchmark")
+    from aigc_fast.cli import main
+
+    monkeypatch.chdir(ROOT)  # the op suites are in the source checkout's bench/
+    assert main(["bench", "--ops", "--ops-filter", "test_reparameterize and 128x64 and z- and fwd+bwd",
+                 "--workloads", "vae28", "--providers", "fused", "--layouts", "nchw", "--repeats", "1",
+                 "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "ops.csv")))
+    assert sorted(r["provider"] for r in rows) == ["clone", "compile", "eager", "fused"]
+    assert "GB/s fused / copy" in (tmp_path / "ops.md").read_text()
+    assert (tmp_path / "steps.csv").is_file()
