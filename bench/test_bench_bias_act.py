@@ -1,7 +1,7 @@
 """bias_act at the shapes of a DCGAN's blocks without BatchNorm: the generator's final
 activation (64x64x3 and MNIST 28x28x1 images, tanh) and the discriminator's first layer
 (64 channels at 32x32, leaky ReLU), NCHW and channels_last; fused vs eager vs
-torch.compile(reference), plus "clone" (one read and one write of the activation: the
+torch.compile(reference), plus "copy" (one read and one write of the activation: the
 floor of any elementwise pass).
 
     pytest bench/test_bench_bias_act.py --benchmark-json=bench/results/bias_act-cpu.json
@@ -33,10 +33,10 @@ PROVIDERS = {
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("size", SHAPES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("provider", [*PROVIDERS, "clone"])
+@pytest.mark.parametrize("provider", [*PROVIDERS, "copy"])
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
 def test_bias_act(benchmark, cuda_peak, device, size, layout, provider, pass_):
-    if provider == "clone" and pass_ == "fwd":
+    if provider == "copy" and pass_ == "fwd":
         pytest.skip("the floor is listed once, with forward+backward")
     shape, act = SHAPES[size]
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -46,25 +46,24 @@ def test_bias_act(benchmark, cuda_peak, device, size, layout, provider, pass_):
     # The fused kernels read x and write y; the backward reads grad and y, writes grad_x, and
     # the bias gradient reads grad_x once more: 2 activations forward, 6 forward+backward.
     moved = nbytes(x) * (2 if pass_ == "fwd" else 6)
-    if provider == "clone":  # forward reads x, writes y; backward reads grad and y, writes grad_x
+    if provider == "copy":  # forward reads x, writes y; backward reads grad and y, writes grad_x
         step, moved = copy_floor(x, grad)
     elif pass_ == "fwd":
         def step():
             with torch.no_grad():
-                return PROVIDERS[provider](x, bias, act)
+                PROVIDERS[provider](x, bias, act)
     else:
         def step():
             x.grad = bias.grad = None
             y = PROVIDERS[provider](x, bias, act)
             y.backward(grad)
-            return y
     step()  # compile / warm up
     benchmark.group = f"bias_act {pass_} {size} {layout} {device}"
     benchmark.extra_info.update(op="bias_act", provider=provider, size=f"{size} {layout}", numel=x.numel(),
                                 pass_=pass_, device=device,
-                                bytes_moved=moved if provider in ("fused", "clone") else None)
+                                bytes_moved=moved if provider in ("fused", "copy") else None)
     benchmark.pedantic(synchronized(step, device), rounds=30, warmup_rounds=3, iterations=1)
-    if pass_ == "fwd+bwd" and provider != "clone":
+    if pass_ == "fwd+bwd" and provider != "copy":
         if device == "cpu":
             benchmark.extra_info["cpu_peak_bytes"] = cpu_peak_bytes(step, (x, bias))
         else:

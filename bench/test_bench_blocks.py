@@ -2,7 +2,7 @@
 one bn_act / bias_act pass) against the plain nn.Sequential in eager mode and under
 torch.compile, NCHW and channels_last; plus the parts, for the breakdown: the convolution
 alone ("conv only", the part we do not own) and the part after it alone ("post": bn_act
-vs eager BatchNorm2d + activation on the conv's output, with "clone" as one read + write
+vs eager BatchNorm2d + activation on the conv's output, with "copy" as one read + write
 of that activation). A discriminator block measures the memory-saving mode.
 
     pytest bench/test_bench_blocks.py --benchmark-json=bench/results/blocks-cpu.json
@@ -55,7 +55,6 @@ def train_step(model, x, grad):
         x.grad = None
         y = model(x)
         y.backward(grad)
-        return y
 
     return step
 
@@ -99,7 +98,7 @@ POST_PROVIDERS = {
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")
 @pytest.mark.parametrize("name", [n for n, s in BLOCKS.items() if s[6] == "batch"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("provider", [*POST_PROVIDERS, "clone"])
+@pytest.mark.parametrize("provider", [*POST_PROVIDERS, "copy"])
 def test_post(benchmark, device, batch, name, layout, provider):
     """The part after the convolution alone: BatchNorm2d (training) + ReLU, forward+backward."""
     _, out_ch, k, s, p, side, _, act = BLOCKS[name]
@@ -112,19 +111,18 @@ def test_post(benchmark, device, batch, name, layout, provider):
     # bn_act moves 10 activation-sized streams: statistics 1, normalize 2, the backward's
     # sums 3 and the input gradient 4 (README, "conv blocks").
     moved = 10 * nbytes(h)
-    if provider == "clone":  # one read + write of the activation, forward and backward
+    if provider == "copy":  # one read + write of the activation, forward and backward
         step, moved = copy_floor(h, grad)
     else:
         def step():
             h.grad = bn.weight.grad = bn.bias.grad = None
             y = POST_PROVIDERS[provider](h, bn, act)
             y.backward(grad)
-            return y
     step()
     benchmark.group = f"post {name} b{batch} {layout} {device}"
     benchmark.extra_info.update(op="post (BatchNorm2d + ReLU)", provider=provider, size=f"{name} b{batch} {layout}",
                                 device=device, numel=h.numel(), pass_="fwd+bwd",
-                                bytes_moved=moved if provider in ("fused", "clone") else None)
+                                bytes_moved=moved if provider in ("fused", "copy") else None)
     benchmark.pedantic(synchronized(step, device), rounds=10, warmup_rounds=2, iterations=1)
 
 

@@ -1,8 +1,9 @@
 """GAN and VAE losses: fused vs eager reference vs torch.compile(reference), forward and
 forward+backward, at the sizes training uses. Two floors no implementation can beat:
-"clone" clones the tensors the op must read and write (the logits and their gradients;
-the image, target and recon gradient), and "autograd" runs forward+backward of a
-one-op graph (the first input's sum): the autograd engine's fixed cost per backward.
+"copy" copies the tensors the op must read and write (the logits and their gradients;
+the image, target and recon gradient) into buffers allocated beforehand, and "autograd"
+runs forward+backward of a one-op graph (the first input's sum): the autograd engine's
+fixed cost per backward.
 "bytes_moved" is what the fused kernels read and write: the inputs, and in forward+backward
 also the gradients, written once in the forward pass (loss.backward() returns them as they
 are).
@@ -32,8 +33,8 @@ VAE_SIZES = {
 _compiled = {name: torch.compile(getattr(reference, name), dynamic=False) for name in ("gan_d_loss", "gan_g_loss", "vae_loss")}
 
 
-PROVIDERS = ["fused", "eager", "compile", "clone", "autograd"]
-FLOORS = ("clone", "autograd")
+PROVIDERS = ["fused", "eager", "compile", "copy", "autograd"]
+FLOORS = ("copy", "autograd")
 
 
 def provider_fn(provider, name):
@@ -45,7 +46,7 @@ def provider_fn(provider, name):
 def run_benchmark(benchmark, cuda_peak, device, fn, inputs, pass_, op, size, provider, floor_tensors):
     leaves = [t for t in inputs if t.requires_grad]
     moved = nbytes(*inputs, *leaves)
-    if provider == "clone":
+    if provider == "copy":
         step, moved = copy_floor(*floor_tensors)
     elif provider == "autograd":
         def step():
@@ -55,20 +56,19 @@ def run_benchmark(benchmark, cuda_peak, device, fn, inputs, pass_, op, size, pro
     elif pass_ == "fwd":
         def step():
             with torch.no_grad():
-                return fn(*inputs)
+                fn(*inputs)
     else:
         def step():
             for t in leaves:
                 t.grad = None  # as zero_grad(set_to_none=True) does
             out = fn(*inputs)
             (out[0] if isinstance(out, tuple) else out).backward()
-            return out
 
     step()  # compile / warm up
     numel = sum(t.numel() for t in inputs)
     benchmark.group = f"{op} {pass_} {size} {device}"
     benchmark.extra_info.update(op=op, provider=provider, size=size, numel=numel, pass_=pass_, device=device,
-                                bytes_moved=moved if provider in ("fused", "clone") else None)
+                                bytes_moved=moved if provider in ("fused", "copy") else None)
     benchmark.pedantic(synchronized(step, device), rounds=30 if numel >= 1 << 20 else 200, warmup_rounds=3, iterations=1)
     if pass_ == "fwd+bwd" and provider not in FLOORS:
         benchmark.extra_info["saved_for_backward_bytes"] = saved_for_backward_bytes(fn, *inputs)

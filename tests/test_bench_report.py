@@ -30,7 +30,7 @@ def results(tmp_path):
             "benchmarks": [fake_benchmark("fused", 0.004, bytes_moved=40_000_000, cpu_peak_bytes=2**20),
                            fake_benchmark("eager", 0.012, cpu_peak_bytes=2**21),
                            fake_benchmark("compile", 0.008),
-                           fake_benchmark("clone", 0.002, bytes_moved=32_000_000),
+                           fake_benchmark("copy", 0.002, bytes_moved=32_000_000),
                            fake_benchmark("fused", 0.001, pass_="fwd", bytes_moved=8_000_000)]}
     path = tmp_path / "toy.json"
     path.write_text(json.dumps(data))
@@ -44,8 +44,8 @@ def test_table_speedups_and_bandwidth(results, capsys):
     header, _, row = [line for line in out.splitlines() if line.startswith("|")][:3]
     cells = dict(zip(header.split(" | "), row.split(" | ")))
     assert cells["fused vs eager"] == "3.0x" and cells["fused vs compile"] == "2.0x"
-    assert cells["fused / clone"] == "2.0"
-    # 40 MB in 4 ms is 10 GB/s; the clone moved 32 MB in 2 ms: 16 GB/s of copy bandwidth.
+    assert cells["fused / copy"] == "2.0"
+    # 40 MB in 4 ms is 10 GB/s; the copy moved 32 MB in 2 ms: 16 GB/s of copy bandwidth.
     assert cells["GB/s fused / copy"] == "10.0 / 16.0 (62%)"
     assert "| 8.0 |" in out  # forward: no clone row, the fused bandwidth alone
 
@@ -68,6 +68,6 @@ def test_bench_ops_end_to_end(tmp_path, monkeypatch):
                  "--workloads", "vae28", "--providers", "fused", "--layouts", "nchw", "--repeats", "1",
                  "--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "ops.csv")))
-    assert sorted(r["provider"] for r in rows) == ["clone", "compile", "eager", "fused"]
+    assert sorted(r["provider"] for r in rows) == ["compile", "copy", "eager", "fused"]
     assert "GB/s fused / copy" in (tmp_path / "ops.md").read_text()
     assert (tmp_path / "steps.csv").is_file()
