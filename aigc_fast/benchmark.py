@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import math
 import platform
 import statistics
 import tempfile
@@ -229,8 +230,9 @@ def comparison_chart(labels: List[str], speedups: Dict[str, List[Optional[float]
     ax = axes[0][0]
     rows = range(len(labels))
     height = 0.8 / max(1, len(speedups))
-    for i, (provider, values) in enumerate(speedups.items()):
-        ax.barh([r + i * height for r in rows], [v or 0 for v in values], height, label=provider)
+    for i, (provider, values) in enumerate(speedups.items()):  # NaN: no bar where not measured
+        ax.barh([r + i * height for r in rows], [math.nan if v is None else v for v in values], height,
+                label=provider)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks([r + height * (len(speedups) - 1) / 2 for r in rows])
     ax.set_yticklabels(labels, fontsize=7)
@@ -240,7 +242,8 @@ def comparison_chart(labels: List[str], speedups: Dict[str, List[Optional[float]
     ax.legend(fontsize=7, loc="lower right")
     if has_memory:
         mem = axes[0][1]
-        mem.barh([r + height * (len(speedups) - 1) / 2 for r in rows], [m or 0 for m in memory], 0.5, color="gray")
+        mem.barh([r + height * (len(speedups) - 1) / 2 for r in rows], [math.nan if m is None else m for m in memory],
+                 0.5, color="gray")
         mem.axvline(1.0, color="black", linewidth=0.8)
         mem.set_xlabel("peak memory, fused / eager")
     fig.tight_layout()

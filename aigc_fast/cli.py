@@ -176,7 +176,8 @@ def _bench_ops(out: Path, selection: str) -> int:
     with open(out / "ops.md", "w") as md:
         done = subprocess.run([sys.executable, "bench/report.py", str(out / "ops.json"), "--memory", "peak",
                                "--csv", str(out / "ops.csv"), "--chart", str(out / "ops.png")], stdout=md)
-    print(f"written: {out / 'ops.json'}, {out / 'ops.md'}, {out / 'ops.csv'}, {out / 'ops.png'}")
+    written = [out / f"ops.{ext}" for ext in ("json", "md", "csv", "png")]
+    print("written: " + ", ".join(str(p) for p in written if p.is_file()))
     return done.returncode
 
 

@@ -57,21 +57,21 @@ def nbytes(*tensors):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def copy_floor(*tensors):
-    """The memory floor no implementation can beat: copying `tensors` into buffers allocated
-    (and touched) beforehand. Returns (the step, the bytes it reads and writes): the report
-    turns them into this machine's copy bandwidth at that size and sets each fused op's own
-    bytes per second against it. Not a clone: a clone's time at these sizes is mostly the
-    allocator's (glibc maps blocks of 16-32 MiB fresh, page faults and all, depending on
-    what was freed before), which measured 3.6-18 GB/s for the same bytes."""
-    pairs = [(t.detach(), torch.empty_like(t)) for t in tensors]
+def copy_floor(moved, device):
+    """The memory floor no implementation can beat: copying `moved` bytes (reading half,
+    writing half) into a buffer allocated and touched beforehand. Returns the step. The
+    report turns its time into this machine's copy bandwidth at that size and sets each
+    fused op's own bytes per second against it. Not a clone: a clone's time at these sizes
+    is mostly the allocator's (glibc maps blocks of 16-32 MiB fresh, page faults and all,
+    depending on what was freed before), which measured 3.6-18 GB/s for the same bytes."""
+    source = torch.ones(max(1, moved // 8), device=device)  # float32: moved / 2 bytes
+    target = torch.empty_like(source)
 
     def step():
-        for source, target in pairs:
-            target.copy_(source)
+        target.copy_(source)
 
     step()
-    return step, 2 * nbytes(*tensors)
+    return step
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ shows, and optionally a CSV (one row per measurement, with the machine) and a PN
 import argparse
 import csv
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -106,6 +107,8 @@ def print_table(rows, memory="all"):
 
 
 def write_csv(records, path):
+    if not records:
+        raise SystemExit(f"{path}: no measurements to write")
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]) + ["gb_per_s"])
         writer.writeheader()
@@ -153,7 +156,7 @@ def main(argv=None):
     if args.csv:
         write_csv(records, args.csv)
     if args.chart and chart(records, args.chart) is None:
-        print("(no chart: pip install matplotlib)")
+        print("no chart: pip install matplotlib", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 #
 #   bash bench/run.sh [OUT]          (default OUT: bench-results; needs the bench extra)
 #
-# About 25 minutes on a 2-core CPU; leave the machine otherwise idle while it runs.
+# About 15 minutes on a 2-core CPU; leave the machine otherwise idle while it runs.
 set -euo pipefail
 OUT=${1:-bench-results}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # relative to the caller, before the cd below
