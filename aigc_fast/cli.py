@@ -24,6 +24,8 @@ def _config_options(parser: argparse.ArgumentParser, config_class) -> None:
         flag = "--" + field.name.replace("_", "-")
         kind = str(field.type)
         help_text = f"(default {field.default!r})"
+        if field.name == "data":  # the command trains on something: the built-in MNIST
+            help_text = "mnist, digits, an image folder or an .npy/.npz file (default 'mnist')"
         if kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif kind.startswith("Tuple"):
