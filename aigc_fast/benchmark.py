@@ -129,23 +129,35 @@ def breakdown(step: Callable[[], object]) -> Dict[str, float]:
 def run(workloads: List[str], providers: List[str], settings: List[Tuple[str, bool]], *, device: str = "cpu",
         repeats: int = 5, memory: bool = True, log: Callable[[str], None] = print) -> List[Dict[str, object]]:
     """One row per (workload, setting, provider): median and spread of the step time,
-    images/s, peak memory, and the machine facts."""
+    images/s, peak memory, and the machine facts.
+
+    The providers of one workload and setting are timed in turns, one step each per round,
+    rather than one provider's steps after another's: on a shared machine whose speed
+    drifts over minutes, a drift then lands on every provider alike instead of on
+    whichever ran during it."""
     facts = machine_facts(device)
     rows = []
     for workload in workloads:
         for precision, channels_last in settings:
+            steps = {}
             for provider in providers:
-                step, batch = make_step(workload, provider, precision=precision, channels_last=channels_last,
-                                        device=device)
-                times = time_step(step, warmup=3 if "compile" in provider else 2, repeats=repeats)
-                median = statistics.median(times)
+                steps[provider], batch = make_step(workload, provider, precision=precision,
+                                                   channels_last=channels_last, device=device)
+                time_step(steps[provider], warmup=3 if "compile" in provider else 2, repeats=0)
+            times: Dict[str, List[float]] = {p: [] for p in providers}
+            for _ in range(repeats):
+                for provider in providers:
+                    times[provider] += time_step(steps[provider], warmup=0, repeats=1)
+            for provider in providers:
+                median = statistics.median(times[provider])
                 row = {**facts, "workload": workload, "provider": provider, "precision": precision,
                        "memory_format": "channels_last" if channels_last else "nchw", "median_s": median,
-                       "min_s": min(times), "max_s": max(times), "images_per_s": batch / median,
-                       "peak_bytes": peak_bytes(step, device) if memory else None}
+                       "min_s": min(times[provider]), "max_s": max(times[provider]), "images_per_s": batch / median,
+                       "peak_bytes": peak_bytes(steps[provider], device) if memory else None}
                 rows.append(row)
                 log(f"{workload} {precision} {row['memory_format']} {provider}: {median * 1e3:.1f} ms "
                     f"({batch / median:.0f} images/s)")
+            del steps  # before the next setting's models are built
     return rows
 
 

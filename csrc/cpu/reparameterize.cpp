@@ -3,7 +3,6 @@
 #include "../reparameterize.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 
 #include <cstring>
 #include <type_traits>
@@ -11,6 +10,7 @@
 #include "aigc_fast/normal.h"
 #include "aigc_fast/reparameterize.h"
 #include "isa.h"
+#include "parallel.h"
 #include "philox_avx2.h"
 
 namespace aigc_fast {
@@ -178,7 +178,7 @@ void forward_impl(ReparamForward& op) {
   T* kl_slots = !with_kl ? nullptr
                 : op.kl_partials.defined() ? op.kl_partials.data_ptr<T>()
                                            : op.kl.data_ptr<T>();
-  at::parallel_for(0, tiles.count(), 1, [&](int64_t first, int64_t last) {
+  for_units(tiles.count(), op.mu.numel(), [&](int64_t first, int64_t last) {
     T mu_buf[kChunk], logvar_buf[kChunk], eps_buf[kChunk], z_buf[kChunk];
     float normals[kMaxBlocks * kNormalsPerBlock];
     for (int64_t t = first; t < last; ++t) {
@@ -212,7 +212,7 @@ void backward_impl(ReparamBackward& op) {
   scalar_t* d_mu = data_or_null<scalar_t>(op.grad_mu);
   scalar_t* d_logvar = data_or_null<scalar_t>(op.grad_logvar);
   scalar_t* d_eps = data_or_null<scalar_t>(op.grad_eps);
-  at::parallel_for(0, tiles.count(), 1, [&](int64_t first, int64_t last) {
+  for_units(tiles.count(), op.mu.numel(), [&](int64_t first, int64_t last) {
     T g_buf[kChunk], mu_buf[kChunk], logvar_buf[kChunk], src_buf[kChunk];
     T d_mu_buf[kChunk], d_logvar_buf[kChunk], d_eps_buf[kChunk];
     float normals[kMaxBlocks * kNormalsPerBlock];

@@ -3,8 +3,7 @@
 // autocast gives bfloat16 activations next to float32 data and parameters): the tensor's
 // own memory when it already holds T, else a converted copy in scratch; outputs are
 // written in place or converted on store. Conversions run in AIGC_CPU_CLONES loops, so
-// they vectorize with the kernels. And a parallel loop that stays on the calling thread
-// for small work.
+// they vectorize with the kernels. (for_units, the parallel loop, is in parallel.h.)
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -14,6 +13,7 @@
 #include <type_traits>
 
 #include "isa.h"
+#include "parallel.h"
 
 namespace aigc_fast {
 namespace {
@@ -53,17 +53,6 @@ void store(const T* values, const at::Tensor& t, int64_t begin, int64_t n) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "aigc_fast_store", [&] {
     if constexpr (!std::is_same_v<scalar_t, T>) convert(values, t.mutable_data_ptr<scalar_t>() + begin, n);
   });
-}
-
-// Below this many elements a kernel runs on the calling thread: waking the pool costs more
-// than the work.
-constexpr int64_t kParallelMinElements = 32768;
-
-// Runs body(first, last) over [0, units), in parallel only when there is enough work.
-template <typename F>
-void for_units(int64_t units, int64_t elements, const F& body) {
-  if (elements < kParallelMinElements) return body(int64_t(0), units);
-  at::parallel_for(0, units, 1, body);
 }
 
 }  // namespace
