@@ -20,7 +20,8 @@ from aigc_fast.benchmark import comparison_chart
 FLOORS = ("copy", "clone", "autograd")
 
 
-def copy_floor(by):
+def floor_record(by):
+    """The copy floor's measurement among one row's providers, under either name."""
     return by.get("copy") or by.get("clone")
 
 
@@ -95,10 +96,10 @@ def print_table(rows, memory="all"):
                 base = by.get(other, {}).get("median_s")
                 cells.append(f"{base / fused:.1f}x" if fused and base else "-")
         if floor:
-            floor_s = (copy_floor(by) or {}).get("median_s")
+            floor_s = (floor_record(by) or {}).get("median_s")
             cells.append(f"{fused / floor_s:.1f}" if fused and floor_s else "-")
         if has_bandwidth:
-            achieved, copy = gb_per_s(by.get("fused")), gb_per_s(copy_floor(by))
+            achieved, copy = gb_per_s(by.get("fused")), gb_per_s(floor_record(by))
             cells.append("-" if achieved is None else f"{achieved:.1f}" if copy is None
                          else f"{achieved:.1f} / {copy:.1f} ({100 * achieved / copy:.0f}%)")
         for key_, _ in memory_columns:
@@ -148,8 +149,9 @@ def main(argv=None):
         m = machine(data)
         print(f"Machine: {m['cpu']}, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; torch {m['torch']}; "
               f"{m['date']}. Medians in ms (IQR in brackets).\n")
-        records += list(measurements(data))
-        for op, rows in tables(measurements(data)).items():
+        found = list(measurements(data))
+        records += found
+        for op, rows in tables(found).items():
             print(f"**{op}**\n")
             print_table(rows, args.memory)
             print()

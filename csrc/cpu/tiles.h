@@ -7,7 +7,6 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
 #include <type_traits>
