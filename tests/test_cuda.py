@@ -32,7 +32,7 @@ def test_cuda_matches_reference(dtype, with_kl):
     z, kl = out if with_kl else (out, None)
     loss = (z.double() * grad.cuda()).sum() + (kl.double().sum() if with_kl else 0)
     loss.backward()
-    exact_leaves = [t.double().requires_grad_() for t in (mu, logvar, eps)]
+    exact_leaves = [t.clone().requires_grad_() for t in (mu, logvar, eps)]  # not t itself: ref_leaves copy it
     out_x = ref_reparameterize(*exact_leaves[:2], eps=exact_leaves[2], return_kl=with_kl)
     z_x, kl_x = out_x if with_kl else (out_x, None)
     ((z_x * grad).sum() + (kl_x.sum() if with_kl else 0)).backward()
@@ -52,7 +52,7 @@ def test_cuda_rng_backward_matches_cpu():
     mu, logvar = torch.randn(64, 100), torch.randn(64, 100)
     grads = []
     for device in ("cpu", "cuda"):
-        m, l = mu.to(device).requires_grad_(), logvar.to(device).requires_grad_()
+        m, l = mu.to(device, copy=True).requires_grad_(), logvar.to(device, copy=True).requires_grad_()
         z, kl = torch.ops.aigc_fast.reparameterize(m, l, None, seed.to(device), True)
         (z.sum() + kl.sum()).backward()
         grads.append((m.grad.cpu(), l.grad.cpu(), kl.detach().cpu()))

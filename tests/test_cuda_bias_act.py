@@ -28,8 +28,10 @@ def test_cuda_matches_cpu(dtype, act, layout):
     grad = torch.randn(x.shape, generator=g).to(dtype)
     results = []
     for device in ("cpu", "cuda"):
-        xd = LAYOUTS[layout](x.to(device)).requires_grad_()
-        bd = bias.to(device).requires_grad_()
+        # Copies on every device: x.to("cpu") would be x itself, marked as requiring grad by
+        # the CPU run, and the CUDA copy of it would then not be a leaf.
+        xd = LAYOUTS[layout](x.to(device, copy=True)).requires_grad_()
+        bd = bias.to(device, copy=True).requires_grad_()
         y = aigc_fast.bias_act(xd, bd, act)
         y.backward(LAYOUTS[layout](grad.to(device)))
         results.append([t.cpu() for t in (y.detach(), xd.grad, bd.grad)])

@@ -16,9 +16,12 @@ pytestmark = [requires_cuda, requires_fused, pytest.mark.cuda]
 def assert_same_math(gpu, cpu):
     """Per-element results: the same bits in float32 and the 16-bit dtypes (fastmath.h is
     built from IEEE-exact operations on both devices); float64 uses each platform's libm
-    exp/log1p (glibc vs libdevice, both within 1 ulp), so a few ulp there."""
+    exp/log1p (glibc vs libdevice, both within 1 ulp), so a few ulp there: of the element,
+    or, where a gradient is a difference that cancels (sigmoid(x) - target near zero), of
+    the terms it cancels, bounded by the largest gradient (measured on an H200: 7e-14
+    relative, 3.5e-17 absolute against gradients up to ~0.1)."""
     if cpu.dtype == torch.float64:
-        torch.testing.assert_close(gpu, cpu, rtol=1e-15, atol=1e-300)
+        torch.testing.assert_close(gpu, cpu, rtol=1e-15, atol=1e-15 * float(cpu.abs().max()))
     else:
         torch.testing.assert_close(gpu, cpu, rtol=0, atol=0)
 
