@@ -2,15 +2,14 @@
 // (batch or running statistics) + affine + activation in one pass over x after the
 // statistics pass, and a two-pass backward (kernels in cpu/ and cuda/, math in
 // include/aigc_fast/batch_norm.h, autograd in bn_act_autograd.cpp). The steps between the
-// passes act on [channels] vectors and are written once here, as float64 ATen ops.
+// passes (running update, invstd, coefficients) are bn_act.h's per-channel steps, which
+// the kernels run where they merge their partials.
 #include "bn_act.h"
 
-#include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/ones.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -36,23 +35,33 @@ void check_channel_vector(const std::optional<at::Tensor>& t, const char* name, 
 // for channels_last); a single channel is one long run.
 int64_t inner_of(const at::Tensor& x) { return x.size(1) > 1 ? x.stride(1) : std::max<int64_t>(x.numel(), 1); }
 
-at::Tensor as_double(const std::optional<at::Tensor>& t, double fill, const at::Tensor& like_channels) {
-  if (t.has_value()) return t->to(at::kDouble);
-  return at::full({like_channels.size(0)}, fill, like_channels.options().dtype(at::kDouble));
+// A [channels] vector the per-channel step can index densely (undefined when absent).
+at::Tensor dense_channels(const std::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }
+
+// Copies a dense stand-in's update back into a buffer that was not dense itself.
+void write_back(const std::optional<at::Tensor>& buffer, const at::Tensor& dense) {
+  if (buffer.has_value() && !dense.is_same(*buffer)) buffer->copy_(dense);
 }
 
-void run_stats(ChannelStats& op) {
-#ifdef AIGC_FAST_WITH_CUDA
-  if (op.x.is_cuda()) return channel_stats_cuda(op);
-#endif
-  channel_stats_cpu(op);
-}
+// The kernels of one device, chosen once per call from the tensor they read.
+struct Kernels {
+  void (*stats)(ChannelStats&);
+  void (*forward_channels)(const BnForwardChannels&, int64_t);
+  void (*affine_act)(ChannelAffineAct&, bool);
+  void (*sums)(BnActGrad&);
+  void (*backward_channels)(const BnBackwardChannels&, int64_t);
+  void (*grad_input)(BnActGrad&);
+};
 
-void run_affine_act(ChannelAffineAct& op) {
+const Kernels& kernels_for(const at::Tensor& t) {
+  static const Kernels cpu{channel_stats_cpu, forward_channels_cpu, channel_affine_act_cpu,
+                           bn_act_sums_cpu,   backward_channels_cpu, bn_act_grad_input_cpu};
 #ifdef AIGC_FAST_WITH_CUDA
-  if (op.x.is_cuda()) return channel_affine_act_cuda(op, true);
+  static const Kernels cuda{channel_stats_cuda, forward_channels_cuda, channel_affine_act_cuda,
+                            bn_act_sums_cuda,   backward_channels_cuda, bn_act_grad_input_cuda};
+  if (t.is_cuda()) return cuda;
 #endif
-  channel_affine_act_cpu(op, true);
+  return cpu;
 }
 
 }  // namespace
@@ -63,6 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
     const std::optional<at::Tensor>& num_batches_tracked, bool training, std::optional<double> momentum, double eps,
     std::string act, double negative_slope, bool memory_efficient) {
   check_float_tensor(x, "x");
+  const c10::DeviceGuard guard(x.device());
   TORCH_CHECK(x.dim() >= 2, "x must have a batch and a channel dimension ([N, C, ...]), got shape ", x.sizes());
   const Act activation = parse_act(act, negative_slope);
   (void)memory_efficient;  // what autograd keeps (bn_act_autograd.cpp); the forward is the same
@@ -80,52 +90,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   TORCH_CHECK(x.numel() > 0, "bn_act needs a non-empty x, got shape ", x.sizes());
   TORCH_CHECK(!training || per_channel > 1, "Expected more than 1 value per channel when training, got input size ",
               x.sizes());
-  const at::ScalarType math = math_dtype(x.scalar_type());
-  const at::TensorOptions doubles = x.options().dtype(at::kDouble);
+  const at::TensorOptions math = x.options().dtype(math_dtype(x.scalar_type()));
+  if (training && num_batches_tracked.has_value()) num_batches_tracked->add_(1);
 
-  // Per-channel mean and biased variance (float64) from the batch or the running buffers.
-  at::Tensor mean, var;
-  const at::Tensor xo = in_memory_order(x);
-  if (training) {
-    ChannelStats stats{xo, channels, inner_of(xo), at::empty({channels}, doubles), at::empty({channels}, doubles)};
-    run_stats(stats);
-    mean = stats.mean;
-    var = stats.var;
-    if (num_batches_tracked.has_value()) num_batches_tracked->add_(1);
-    if (running_mean.has_value()) {
-      // nn.BatchNorm: running = factor * batch + (1 - factor) * running, with the unbiased
-      // variance; factor = momentum, or 1 / num_batches_tracked (a cumulative average).
-      TORCH_CHECK(momentum.has_value() || num_batches_tracked.has_value(),
-                  "momentum=None (a cumulative average) needs num_batches_tracked");
-      const at::Tensor unbiased = var * (double(per_channel) / double(per_channel - 1));
-      if (momentum.has_value()) {
-        const double f = *momentum;
-        running_mean->copy_(mean * f + running_mean->to(at::kDouble) * (1.0 - f));
-        running_var->copy_(unbiased * f + running_var->to(at::kDouble) * (1.0 - f));
-      } else {
-        const at::Tensor f = num_batches_tracked->to(at::kDouble).reciprocal();
-        running_mean->copy_(mean * f + running_mean->to(at::kDouble) * (1.0 - f));
-        running_var->copy_(unbiased * f + running_var->to(at::kDouble) * (1.0 - f));
-      }
-    }
-  } else {
-    mean = running_mean->to(at::kDouble);
-    var = running_var->to(at::kDouble);
+  // The per-channel step (bn_act.h) reads and writes the [channels] vectors directly.
+  // Running buffers are updated in place: a non-dense one goes through a dense copy.
+  const at::Tensor weight_d = dense_channels(weight), bias_d = dense_channels(bias);
+  const at::Tensor running_mean_d = dense_channels(running_mean), running_var_d = dense_channels(running_var);
+  at::Tensor counter;  // num_batches_tracked as int64 on x's device, when momentum is None
+  BnForwardChannels step{};
+  step.weight = optional_ref(weight_d);
+  step.bias = optional_ref(bias_d);
+  step.running_mean = optional_ref(running_mean_d);
+  step.running_var = optional_ref(running_var_d);
+  step.momentum = momentum.value_or(0.0);
+  if (training && running_mean.has_value() && !momentum.has_value()) {
+    TORCH_CHECK(num_batches_tracked.has_value(), "momentum=None (a cumulative average) needs num_batches_tracked");
+    counter = num_batches_tracked->to(x.device(), at::kLong).contiguous();
+    step.num_batches_tracked = counter.const_data_ptr<int64_t>();
   }
-  const at::Tensor invstd = (var + eps).rsqrt();
-  const at::Tensor scale = as_double(weight, 1.0, mean) * invstd;
-
-  ChannelAffineAct op{xo,
-                      channels,
-                      inner_of(xo),
-                      mean.to(math, /*non_blocking=*/false, /*copy=*/true).contiguous(),  // never a buffer's alias
-                      scale.to(math),
-                      bias.has_value() ? bias->to(math).contiguous() : at::zeros({channels}, x.options().dtype(math)),
-                      activation,
-                      negative_slope,
-                      at::empty_like(xo)};
-  run_affine_act(op);
-  return {op.y, op.mean, invstd.to(math)};
+  step.eps = eps;
+  step.bessel = training ? double(per_channel) / double(per_channel - 1) : 1.0;
+  step.training = training;
+  const at::Tensor mean = at::empty({channels}, math), invstd = at::empty({channels}, math);
+  ChannelAffineAct op{in_memory_order(x), channels, 0, mean, at::empty({channels}, math), at::empty({channels}, math),
+                      activation, negative_slope, at::Tensor()};
+  op.inner = inner_of(op.x);
+  step.mean = ref(mean);
+  step.invstd = ref(invstd);
+  step.scale = ref(op.scale);
+  step.beta = ref(op.beta);
+  const Kernels& kernels = kernels_for(x);
+  if (training) {
+    ChannelStats stats{op.x, channels, op.inner, step};
+    kernels.stats(stats);
+  } else {
+    kernels.forward_channels(step, channels);
+  }
+  write_back(running_mean, running_mean_d);
+  write_back(running_var, running_var_d);
+  op.y = at::empty_like(op.x);
+  kernels.affine_act(op, /*affine=*/true);
+  return {op.y, mean, invstd};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
@@ -133,6 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, const at::Tensor& mean,
     const at::Tensor& invstd, bool training, std::string act, double negative_slope, std::array<bool, 3> output_mask) {
   check_float_tensor(y, "y");
+  const c10::DeviceGuard guard(y.device());
   check_like(grad_y, "grad_y", y, "y");
   TORCH_CHECK(y.dim() >= 2 && y.numel() > 0, "y must be a non-empty [N, C, ...] tensor, got shape ", y.sizes());
   if (x.has_value()) check_like(*x, "x", y, "y");
@@ -141,8 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
   check_channel_vector(mean, "mean", y);
   check_channel_vector(invstd, "invstd", y);
   const int64_t channels = y.size(1), per_channel = y.numel() / channels;
-  const at::ScalarType math = math_dtype(y.scalar_type());
-  const at::TensorOptions doubles = y.options().dtype(at::kDouble);
+  const at::TensorOptions math = y.options().dtype(math_dtype(y.scalar_type()));
 
   BnActGrad op;
   op.y = in_memory_order(y);
@@ -152,52 +158,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
   op.inner = inner_of(op.y);
   op.act = parse_act(act, negative_slope);
   op.slope = negative_slope;
-  // batch_norm.h: S, R = mean, invstd; or beta, 1 / gamma in the memory-saving mode.
-  const at::Tensor gamma = as_double(weight, 1.0, invstd), invstd64 = invstd.to(at::kDouble);
-  at::Tensor shift = mean, ratio = invstd64;
+  // batch_norm.h: S = mean; or beta in the memory-saving mode.
+  op.shift = mean.to(math.dtype()).contiguous();  // kernels read [channels] vectors densely
   if (!x.has_value()) {
     TORCH_CHECK(op.act == Act::kIdentity || op.act == Act::kTanh || (op.act == Act::kLeakyRelu && negative_slope > 0),
                 "bn_act's memory-saving mode needs an invertible activation (identity, tanh, or leaky_relu with "
                 "negative_slope > 0), got '", act, "' with negative_slope ", negative_slope);
-    shift = bias.has_value() ? *bias : at::zeros({channels}, doubles);
-    ratio = gamma.reciprocal();
+    op.shift = bias.has_value() ? bias->to(math.dtype()).contiguous() : at::zeros({channels}, math);
   }
-  op.shift = shift.to(math).contiguous();  // kernels read [channels] vectors densely
-  const bool need_sums = output_mask[1] || output_mask[2] || (training && output_mask[0]);
-  op.sum_dz = at::zeros({channels}, doubles);
-  op.sum_dz_centered = at::zeros({channels}, doubles);
-  if (need_sums) {
-#ifdef AIGC_FAST_WITH_CUDA
-    if (y.is_cuda()) {
-      bn_act_sums_cuda(op);
-    } else
-#endif
-    {
-      bn_act_sums_cpu(op);
-    }
-  }
-  const at::Tensor grad_gamma = op.sum_dz_centered * ratio, grad_beta = op.sum_dz;
   // Outputs not asked for are empty tensors (an op's outputs are always tensors).
-  at::Tensor grad_x = at::empty({0}, y.options()), grad_weight = at::empty({0}, y.options().dtype(math));
-  at::Tensor grad_bias = at::empty({0}, y.options().dtype(math));
+  at::Tensor grad_x = at::empty({0}, y.options());
+  // (In the parameter's dtype; in the math type for an absent one.)
+  at::Tensor grad_weight = at::empty({output_mask[1] ? channels : 0}, weight.has_value() ? weight->options() : math);
+  at::Tensor grad_bias = at::empty({output_mask[2] ? channels : 0}, bias.has_value() ? bias->options() : math);
+  const at::Tensor weight_d = dense_channels(weight), invstd_d = invstd.contiguous();
+  BnBackwardChannels& step = op.step;
+  step.weight = optional_ref(weight_d);
+  step.invstd = ref(invstd_d);
+  step.from_output = !x.has_value();
+  step.training = training;
+  step.n = double(per_channel);
+  step.grad_weight = ref(grad_weight);  // null data when empty: not written
+  step.grad_bias = ref(grad_bias);
   if (output_mask[0]) {
-    op.a = (gamma * invstd64).to(math);
-    const double n = double(per_channel);
-    op.b = training ? (grad_gamma * ratio / -n).to(math) : at::zeros({channels}, y.options().dtype(math));
-    op.c = training ? (grad_beta / -n).to(math) : at::zeros({channels}, y.options().dtype(math));
+    op.a = at::empty({channels}, math);
+    op.b = at::empty({channels}, math);
+    op.c = at::empty({channels}, math);
+    step.a = ref(op.a);
+    step.b = ref(op.b);
+    step.c = ref(op.c);
+  }
+  const bool need_sums = output_mask[1] || output_mask[2] || (training && output_mask[0]);
+  const Kernels& kernels = kernels_for(y);
+  if (need_sums) {
+    kernels.sums(op);
+  } else if (output_mask[0]) {
+    kernels.backward_channels(step, channels);  // eval, dx only: no sum is needed (zeros)
+  }
+  if (output_mask[0]) {
     op.grad_x = at::empty_like(op.y);
-#ifdef AIGC_FAST_WITH_CUDA
-    if (y.is_cuda()) {
-      bn_act_grad_input_cuda(op);
-    } else
-#endif
-    {
-      bn_act_grad_input_cpu(op);
-    }
+    kernels.grad_input(op);
     grad_x = op.grad_x;
   }
-  if (output_mask[1]) grad_weight = grad_gamma.to(weight.has_value() ? weight->scalar_type() : math);
-  if (output_mask[2]) grad_bias = grad_beta.to(bias.has_value() ? bias->scalar_type() : math);
   return {grad_x, grad_weight, grad_bias};
 }
 TORCH_LIBRARY_FRAGMENT(aigc_fast, m) {

@@ -8,14 +8,77 @@
 
 #include "aigc_fast/batch_norm.h"
 #include "bias_act.h"  // with_act
+#include "tensor_ref.h"
 
 namespace aigc_fast {
 
-// Per-channel statistics of x: mean and biased variance, in float64 (the kernels' merge type).
+// The per-channel steps between the passes, in float64, written once for both devices: the
+// CPU runs them in a loop after its reductions, the CUDA kernels one thread per channel (in
+// the kernel that merges the reduction's partials). Each [channels] vector is read and
+// written in its own dtype through a Ref, so no per-channel ATen op (on CUDA, a kernel
+// launch each) runs between the passes. Vectors are dense; an absent one has null data.
+
+// Forward: nn.BatchNorm's running update (training), invstd, and the normalize
+// coefficients of the affine pass.
+struct BnForwardChannels {
+  Ref weight, bias;                     // absent: gamma 1, beta 0
+  Ref running_mean, running_var;        // read in eval; updated in training when present
+  const int64_t* num_batches_tracked;   // given for momentum=None: a cumulative average
+  double momentum, eps, bessel;         // bessel = n / (n - 1), for the unbiased variance
+  bool training;
+  Ref mean, invstd, scale, beta;        // outputs, in the math type
+};
+
+// One channel, with the batch's mean and biased variance (or, in eval, the running ones).
+AIGC_HD void bn_forward_channel(const BnForwardChannels& p, int64_t c, double mean, double var) {
+  if (p.training && p.running_mean.data != nullptr) {
+    // running = f * batch + (1 - f) * running, with the unbiased variance; f = momentum,
+    // or 1 / num_batches_tracked (already counting this batch).
+    const double f = p.num_batches_tracked != nullptr ? 1.0 / double(*p.num_batches_tracked) : p.momentum;
+    store(p.running_mean, c, mean * f + load<double>(p.running_mean, c) * (1.0 - f));
+    store(p.running_var, c, var * p.bessel * f + load<double>(p.running_var, c) * (1.0 - f));
+  }
+  const double invstd = 1.0 / sqrt(var + p.eps);
+  const double gamma = p.weight.data != nullptr ? load<double>(p.weight, c) : 1.0;
+  store(p.mean, c, mean);
+  store(p.invstd, c, invstd);
+  store(p.scale, c, gamma * invstd);
+  store(p.beta, c, p.bias.data != nullptr ? load<double>(p.bias, c) : 0.0);
+}
+
+// Eval: the statistics are the running buffers.
+AIGC_HD void bn_forward_channel_eval(const BnForwardChannels& p, int64_t c) {
+  bn_forward_channel(p, c, load<double>(p.running_mean, c), load<double>(p.running_var, c));
+}
+
+// Backward: the parameter gradients and the coefficients of the dx pass (batch_norm.h),
+// from the channel's sum(dz) and sum(dz * (u - S)).
+struct BnBackwardChannels {
+  Ref weight, invstd;          // gamma (absent: 1) and the forward's invstd
+  bool from_output, training;  // from_output: the memory-saving mode, R = 1 / gamma
+  double n;                    // values per channel
+  Ref a, b, c;                 // outputs, in the math type (absent when dx is not asked for)
+  Ref grad_weight, grad_bias;  // outputs (absent when not asked for)
+};
+
+AIGC_HD void bn_backward_channel(const BnBackwardChannels& p, int64_t ch, double sum_dz, double sum_dz_centered) {
+  const double gamma = p.weight.data != nullptr ? load<double>(p.weight, ch) : 1.0;
+  const double invstd = load<double>(p.invstd, ch);
+  const double ratio = p.from_output ? 1.0 / gamma : invstd;
+  const double grad_gamma = sum_dz_centered * ratio;
+  store(p.grad_weight, ch, grad_gamma);
+  store(p.grad_bias, ch, sum_dz);
+  store(p.a, ch, gamma * invstd);
+  store(p.b, ch, p.training ? grad_gamma * ratio / -p.n : 0.0);
+  store(p.c, ch, p.training ? sum_dz / -p.n : 0.0);
+}
+
+// The statistics pass of the forward in training: per-channel moments of x, then
+// bn_forward_channel for each channel.
 struct ChannelStats {
   at::Tensor x;  // dense
   int64_t channels, inner;
-  at::Tensor mean, var;  // [channels] float64 outputs
+  BnForwardChannels step{};
 };
 
 // y = act((x - mean) * scale + beta) per channel, or act(x + beta) without kAffine (bias_act).
@@ -36,10 +99,10 @@ struct BnActGrad {
   at::Tensor shift;  // [channels], math type: S = mean (or beta in the memory-saving mode)
   Act act;
   double slope;
-  // pass 1: per-channel sums of dz and dz * (u - S) ([channels], float64)
-  at::Tensor sum_dz, sum_dz_centered;
+  // pass 1: per-channel sums of dz and dz * (u - S), then bn_backward_channel
+  BnBackwardChannels step{};
   // pass 2 (when grad_x is defined): dx = a * ((dz + c) + b * (u - S))
-  at::Tensor a, b, c;  // [channels], math type
+  at::Tensor a, b, c;  // [channels], math type: step's outputs
   at::Tensor grad_x;
 };
 
@@ -62,14 +125,21 @@ void with_grad_kernel(const BnActGrad& op, const F& f) {
   });
 }
 
+// channel_stats: the statistics and step (training). forward_channels: the step alone
+// (eval). bn_act_sums: the backward's sums and step; backward_channels: the step alone,
+// with zero sums (no sum needed: eval, dx only).
 void channel_stats_cpu(ChannelStats& op);
+void forward_channels_cpu(const BnForwardChannels& step, int64_t channels);
 void channel_affine_act_cpu(ChannelAffineAct& op, bool affine);
 void bn_act_sums_cpu(BnActGrad& op);
+void backward_channels_cpu(const BnBackwardChannels& step, int64_t channels);
 void bn_act_grad_input_cpu(BnActGrad& op);
 #ifdef AIGC_FAST_WITH_CUDA
 void channel_stats_cuda(ChannelStats& op);
+void forward_channels_cuda(const BnForwardChannels& step, int64_t channels);
 void channel_affine_act_cuda(ChannelAffineAct& op, bool affine);
 void bn_act_sums_cuda(BnActGrad& op);
+void backward_channels_cuda(const BnBackwardChannels& step, int64_t channels);
 void bn_act_grad_input_cuda(BnActGrad& op);
 #endif
 

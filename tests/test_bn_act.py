@@ -138,6 +138,28 @@ def test_running_statistics_over_steps(momentum):
     torch.testing.assert_close(y, bn(x), rtol=1e-5, atol=1e-5)
 
 
+def test_running_buffers_strided_or_in_another_dtype():
+    """The running update is written in place whatever the buffers' layout and dtype: a
+    strided view of a larger buffer is updated through the view (the elements between
+    untouched), and float64 buffers next to float32 data stay float64."""
+    x, _ = data((8, 3, 4, 4), seed=3, mean=2.0)
+    bn = torch.nn.BatchNorm2d(3, affine=False)
+    bn(x)
+    mean_storage, var_storage = torch.full((6,), 7.0), torch.full((6,), 7.0)
+    running_mean, running_var = mean_storage[::2], var_storage[::2]
+    running_mean.zero_()
+    running_var.fill_(1.0)
+    aigc_fast.bn_act(x, None, None, running_mean, running_var, training=True, act="identity")
+    torch.testing.assert_close(running_mean, bn.running_mean)
+    torch.testing.assert_close(running_var, bn.running_var)
+    assert (mean_storage[1::2] == 7.0).all() and (var_storage[1::2] == 7.0).all()
+    mean64, var64 = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    aigc_fast.bn_act(x, None, None, mean64, var64, training=True, act="identity")
+    assert mean64.dtype == var64.dtype == torch.float64
+    torch.testing.assert_close(mean64, bn.running_mean.double(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(var64, bn.running_var.double(), rtol=1e-6, atol=1e-7)
+
+
 def test_no_running_statistics_and_no_affine():
     x, grad_out = data((4, 3, 6, 6), torch.float64)
     for training in (True, False):  # without buffers, eval uses the batch statistics too (as F.batch_norm)

@@ -61,25 +61,20 @@ std::vector<Moments> stats_by_rows(const ChannelStats& op, const Geometry& g) {
     T* mu = scratch<T, 3>(row).data();
     double* channel_mean = scratch<double, 4>(g.channels).data();
     double* channel_m2 = scratch<double, 5>(g.channels).data();
-    std::fill(s, s + row, T(0));
-    std::fill(d, d + row, T(0));
     std::fill(channel_mean, channel_mean + g.channels, 0.0);
     std::fill(channel_m2, channel_m2 + g.channels, 0.0);
     const T* x = load(op.x, begin, rows * row, x_buf);
-    for (int64_t r = 1; r < rows; ++r) {
-      const T* xr = x + r * row;
-      simd_for(row, [&](int64_t j) { s[j] += xr[j] - x[j]; });
-    }
+    column_sums(1, rows, row, s, [&](int64_t r, int64_t j) { return x[r * row + j] - x[j]; });
     const double count = double(rows * g.inner);
     fold_row(g, x, channel_mean);  // the shift, once per row of the block
     for (int64_t c = 0; c < g.channels; ++c) channel_mean[c] *= double(rows);
     fold_row(g, s, channel_mean);
     for (int64_t c = 0; c < g.channels; ++c) channel_mean[c] /= count;
     fill_row(g, mu, [&](int64_t c) { return channel_mean[c]; });
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = x + r * row;
-      simd_for(row, [&](int64_t j) { d[j] += (xr[j] - mu[j]) * (xr[j] - mu[j]); });
-    }
+    column_sums(0, rows, row, d, [&](int64_t r, int64_t j) {
+      const T v = x[r * row + j] - mu[j];
+      return v * v;
+    });
     fold_row(g, d, channel_m2);
     for (int64_t c = 0; c < g.channels; ++c) {
       const double dm = channel_mean[c] - double(static_cast<T>(channel_mean[c]));
@@ -100,11 +95,9 @@ template <typename T>
 void stats(ChannelStats& op) {
   const Geometry g{op.x.numel(), op.channels, op.inner};
   const std::vector<Moments> moments = reduce_by_rows(g) ? stats_by_rows<T>(op, g) : stats_by_runs<T>(op, g);
-  double* mean = op.mean.mutable_data_ptr<double>();
-  double* var = op.var.mutable_data_ptr<double>();
   for (int64_t c = 0; c < g.channels; ++c) {
-    mean[c] = moments[c].mean;
-    var[c] = std::max(moments[c].m2 / moments[c].count, 0.0);  // rounding never makes it negative
+    // (The biased variance; rounding never makes it negative.)
+    bn_forward_channel(op.step, c, moments[c].mean, std::max(moments[c].m2 / moments[c].count, 0.0));
   }
 }
 
@@ -148,29 +141,27 @@ AIGC_CPU_CLONES void piece_sums(const T* dy, const T* y, const T* x, int64_t n, 
   sum_dz_centered = s2;
 }
 
+// Per-channel sums of dz and dz * (u - S), float64, interleaved: [c * 2], [c * 2 + 1].
+using ChannelSums = std::vector<double>;
+
 template <bool kFromOutput, Act A, typename T>
-void sums(BnActGrad& op) {
-  const Geometry g{op.y.numel(), op.channels, op.inner};
-  const ChannelParams<T, kParams> params = grad_params<T>(op);
-  const std::vector<T>& shifts = params.values[kShift];
-  const T slope = static_cast<T>(op.slope);
-  double* sum_dz = op.sum_dz.mutable_data_ptr<double>();
-  double* sum_dz_centered = op.sum_dz_centered.mutable_data_ptr<double>();
-  std::fill(sum_dz, sum_dz + g.channels, 0.0);
-  std::fill(sum_dz_centered, sum_dz_centered + g.channels, 0.0);
-  if (!reduce_by_rows(g)) {
-    reduce_runs(g, [&](int64_t channel, int64_t begin, int64_t len) {
-      with_grad_inputs<T>(op, begin, len, [&](const T* dy, const T* y, const T* x) {
-        T s1, s2;
-        piece_sums<kFromOutput, A>(dy, y, x, len, shifts[channel], slope, s1, s2);
-        sum_dz[channel] += double(s1);
-        sum_dz_centered[channel] += double(s2);
-      });
+ChannelSums sums_by_runs(const BnActGrad& op, const Geometry& g, const std::vector<T>& shifts, T slope) {
+  ChannelSums sums(g.channels * 2, 0.0);
+  reduce_runs(g, [&](int64_t channel, int64_t begin, int64_t len) {
+    with_grad_inputs<T>(op, begin, len, [&](const T* dy, const T* y, const T* x) {
+      T s1, s2;
+      piece_sums<kFromOutput, A>(dy, y, x, len, shifts[channel], slope, s1, s2);
+      sums[channel * 2] += double(s1);
+      sums[channel * 2 + 1] += double(s2);
     });
-    return;
-  }
-  // Short runs: per-element sums over a block's rows (the shift as a row pattern), folded
-  // into per-channel float64 partials of the block's group, groups then added in order.
+  });
+  return sums;
+}
+
+// Short runs: per-element sums over a block's rows (the shift as a row pattern), folded
+// into per-channel float64 partials of the block's group, groups then added in order.
+template <bool kFromOutput, Act A, typename T>
+ChannelSums sums_by_rows(const BnActGrad& op, const Geometry& g, const std::vector<T>& shifts, T slope) {
   const int64_t row = g.row(), groups = row_groups(g);
   std::vector<T> shift_row(row);
   fill_row(g, shift_row.data(), [&](int64_t c) { return shifts[c]; });
@@ -198,12 +189,21 @@ void sums(BnActGrad& op) {
     fold_row(g, s1, into, 2);
     fold_row(g, s2, into + 1, 2);
   });
+  ChannelSums sums(g.channels * 2, 0.0);
   for (int64_t group = 0; group < groups; ++group) {
-    for (int64_t c = 0; c < g.channels; ++c) {
-      sum_dz[c] += partial[(group * g.channels + c) * 2];
-      sum_dz_centered[c] += partial[(group * g.channels + c) * 2 + 1];
-    }
+    for (int64_t i = 0; i < g.channels * 2; ++i) sums[i] += partial[group * g.channels * 2 + i];
   }
+  return sums;
+}
+
+template <bool kFromOutput, Act A, typename T>
+void sums(BnActGrad& op) {
+  const Geometry g{op.y.numel(), op.channels, op.inner};
+  const std::vector<T> shifts = channel_values<T>(op.shift, op.channels, T(0));
+  const T slope = static_cast<T>(op.slope);
+  const ChannelSums sums = reduce_by_rows(g) ? sums_by_rows<kFromOutput, A>(op, g, shifts, slope)
+                                             : sums_by_runs<kFromOutput, A>(op, g, shifts, slope);
+  for (int64_t c = 0; c < g.channels; ++c) bn_backward_channel(op.step, c, sums[c * 2], sums[c * 2 + 1]);
 }
 
 template <bool kFromOutput, Act A, typename T>
@@ -234,6 +234,14 @@ void grad_input(BnActGrad& op) {
 
 void channel_stats_cpu(ChannelStats& op) {
   op.x.scalar_type() == at::kDouble ? stats<double>(op) : stats<float>(op);
+}
+
+void forward_channels_cpu(const BnForwardChannels& step, int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c) bn_forward_channel_eval(step, c);
+}
+
+void backward_channels_cpu(const BnBackwardChannels& step, int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c) bn_backward_channel(step, c, 0.0, 0.0);
 }
 
 void bn_act_sums_cpu(BnActGrad& op) {

@@ -1,23 +1,23 @@
 // CUDA kernels of aigc_fast::bias_act and of bn_act's normalize pass: elementwise,
 // grid-stride, in memory order; element o belongs to channel (o / inner) % channels
-// (bias_act.h). The formulas are the headers the CPU kernels use. The bias gradient is a
+// (bias_act.h, ChannelOf). The formulas are the headers the CPU kernels use. The bias gradient is a
 // vendor reduction (bias_act.cpp).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../bias_act.h"
 #include "../bn_act.h"
+#include "../tensor_ref.h"
 #include "launch.cuh"
-#include "tensor_ref.cuh"
 
 namespace aigc_fast {
 namespace {
 
 template <bool kAffine, Act A, typename T>
-__global__ void affine_act_kernel(Ref x, Ref mean, Ref scale, Ref beta, int64_t n, int64_t channels, int64_t inner,
-                                  T slope, Ref y) {
+__global__ void affine_act_kernel(Ref x, Ref mean, Ref scale, Ref beta, int64_t n, ChannelOf channel_of, T slope,
+                                  Ref y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = (i / inner) % channels;
+    const int64_t c = channel_of(i);
     const T b = beta.data != nullptr ? load<T>(beta, c) : T(-0.0);  // x + (-0) is x
     const T m = kAffine ? load<T>(mean, c) : T(0), s = kAffine ? load<T>(scale, c) : T(1);
     store(y, i, normalize_act<kAffine, A>(load<T>(x, i), m, s, b, slope));
@@ -44,7 +44,8 @@ void channel_affine_act_cuda(ChannelAffineAct& op, bool affine) {
       const Ref x = ref(op.x), mean = optional_ref(op.mean), scale = optional_ref(op.scale), beta = optional_ref(op.beta);
       const T slope = static_cast<T>(op.slope);
       const auto kernel = affine ? affine_act_kernel<true, A, T> : affine_act_kernel<false, A, T>;
-      kernel<<<grid_for(n), kThreads, 0, stream>>>(x, mean, scale, beta, n, op.channels, op.inner, slope, ref(op.y));
+      kernel<<<grid_for(n), kThreads, 0, stream>>>(x, mean, scale, beta, n, ChannelOf(op.channels, op.inner), slope,
+                                                   ref(op.y));
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -5,17 +5,18 @@
 // which also merges the threads of a block).
 // The per-element math is batch_norm.h's, as on CPU.
 //
-// Element k of channel c sits at ((k / inner) * channels + c) * inner + k % inner: for
-// channels_last (inner = 1) a warp's reads are `channels` apart, which is correct but not
-// coalesced (a channels-innermost reduction is the next step for that layout).
+// Element k of channel c sits at ((k / inner) * channels + c) * inner + k % inner (the
+// division by Divider's multiply): for channels_last (inner = 1) a warp's reads are
+// `channels` apart, which is correct but not coalesced (a channels-innermost reduction is
+// the next step for that layout).
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../bn_act.h"
+#include "../tensor_ref.h"
 #include "block_reduce.cuh"
 #include "launch.cuh"
-#include "tensor_ref.cuh"
 
 namespace aigc_fast {
 namespace {
@@ -24,8 +25,13 @@ constexpr int64_t kPerSplit = 16384;  // elements of one channel per block, at l
 constexpr int64_t kMaxSplits = 256;
 
 struct ChannelSlices {
-  int64_t channels, inner, per_channel, splits;
-  __device__ int64_t offset(int64_t c, int64_t k) const { return ((k / inner) * channels + c) * inner + k % inner; }
+  int64_t channels;
+  Divider inner;
+  int64_t per_channel, splits;
+  __device__ int64_t offset(int64_t c, int64_t k) const {
+    const int64_t outer = inner.div(k);
+    return (outer * channels + c) * inner.divisor + (k - outer * inner.divisor);
+  }
   __device__ int64_t begin(int64_t split) const { return per_channel * split / splits; }
 };
 
@@ -33,19 +39,20 @@ ChannelSlices slices_of(int64_t numel, int64_t channels, int64_t inner) {
   const int64_t per_channel = numel / channels;
   int64_t splits = (per_channel + kPerSplit - 1) / kPerSplit;
   splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
-  return ChannelSlices{channels, inner, per_channel, splits};
+  return ChannelSlices{channels, Divider(inner), per_channel, splits};
 }
 
 // Stage 1 of the statistics: each thread keeps the moments of its elements of the slice
-// (Welford's update in the math type), and thread 0 merges the threads' moments in order
-// with merge_moments (float64), as the CPU merges its tiles: no sum of squares, so a
+// (Welford's update in the math type), and the block merges the threads' moments in a fixed
+// tree with merge_moments (float64), as the CPU merges its tiles: no sum of squares, so a
 // channel far from zero keeps its variance. Out: 3 doubles per (channel, split).
 template <typename T>
 __global__ void stats_kernel(Ref x, ChannelSlices s, double* partials) {
   __shared__ double counts[kMaxThreads], means[kMaxThreads], m2s[kMaxThreads];
   const int64_t c = blockIdx.x, split = blockIdx.y;  // channels on x: up to 2^31 - 1 of them
   T n = 0, mean = 0, m2 = 0;
-  for (int64_t k = s.begin(split) + threadIdx.x; k < s.begin(split + 1); k += blockDim.x) {
+  const int64_t end = s.begin(split + 1);
+  for (int64_t k = s.begin(split) + threadIdx.x; k < end; k += blockDim.x) {
     const T v = load<T>(x, s.offset(c, k));
     n += T(1);
     const T delta = v - mean;
@@ -56,9 +63,21 @@ __global__ void stats_kernel(Ref x, ChannelSlices s, double* partials) {
   means[threadIdx.x] = double(mean);
   m2s[threadIdx.x] = double(m2);
   __syncthreads();
+  // Pairwise in a fixed tree (deterministic): 8 rounds for 256 threads, where thread 0
+  // merging them one by one took 256 float64 merges in sequence.
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) {
+      const int t = threadIdx.x, u = t + half;
+      Moments m{counts[t], means[t], m2s[t]};
+      merge_moments(m, counts[u], means[u], m2s[u]);
+      counts[t] = m.count;
+      means[t] = m.mean;
+      m2s[t] = m.m2;
+    }
+    __syncthreads();
+  }
   if (threadIdx.x == 0) {
-    Moments total{0, 0, 0};
-    for (int t = 0; t < blockDim.x; ++t) merge_moments(total, counts[t], means[t], m2s[t]);
+    const Moments total{counts[0], means[0], m2s[0]};
     double* out = partials + (c * s.splits + split) * 3;
     out[0] = total.count;
     out[1] = total.mean;
@@ -66,8 +85,8 @@ __global__ void stats_kernel(Ref x, ChannelSlices s, double* partials) {
   }
 }
 
-__global__ void stats_merge_kernel(const double* partials, int64_t channels, int64_t splits, double* mean,
-                                   double* var) {
+// Stage 2, one thread per channel: merges the slices in order, then the channel's step.
+__global__ void stats_merge_kernel(const double* partials, int64_t channels, int64_t splits, BnForwardChannels step) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= channels) return;
   Moments m{0, 0, 0};
@@ -75,9 +94,13 @@ __global__ void stats_merge_kernel(const double* partials, int64_t channels, int
     const double* p = partials + (c * splits + split) * 3;
     merge_moments(m, p[0], p[1], p[2]);
   }
-  mean[c] = m.mean;
-  const double v = m.m2 / m.count;
-  var[c] = v > 0.0 ? v : 0.0;
+  const double var = m.m2 / m.count;
+  bn_forward_channel(step, c, m.mean, var > 0.0 ? var : 0.0);  // rounding never makes it negative
+}
+
+__global__ void forward_channels_kernel(BnForwardChannels step, int64_t channels) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c < channels) bn_forward_channel_eval(step, c);
 }
 
 // The backward's per-channel coefficients (batch_norm.h; math-type tensors).
@@ -95,7 +118,8 @@ template <bool kFromOutput, Act A, typename T>
 __global__ void sums_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s, T slope, double* partials) {
   const int64_t c = blockIdx.x, split = blockIdx.y;  // channels on x: up to 2^31 - 1 of them
   T s1 = 0, s2 = 0;
-  for (int64_t k = s.begin(split) + threadIdx.x; k < s.begin(split + 1); k += blockDim.x) {
+  const int64_t end = s.begin(split + 1);
+  for (int64_t k = s.begin(split) + threadIdx.x; k < end; k += blockDim.x) {
     T dz, centered;
     element<kFromOutput, A>(dy, y, x, p, c, s.offset(c, k), slope, dz, centered);
     s1 += dz;
@@ -108,8 +132,7 @@ __global__ void sums_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s,
   }
 }
 
-__global__ void sums_merge_kernel(const double* partials, int64_t channels, int64_t splits, double* sum_dz,
-                                  double* sum_dz_centered) {
+__global__ void sums_merge_kernel(const double* partials, int64_t channels, int64_t splits, BnBackwardChannels step) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= channels) return;
   double s1 = 0, s2 = 0;
@@ -117,15 +140,19 @@ __global__ void sums_merge_kernel(const double* partials, int64_t channels, int6
     s1 += partials[(c * splits + split) * 2];
     s2 += partials[(c * splits + split) * 2 + 1];
   }
-  sum_dz[c] = s1;
-  sum_dz_centered[c] = s2;
+  bn_backward_channel(step, c, s1, s2);
+}
+
+__global__ void backward_channels_kernel(BnBackwardChannels step, int64_t channels) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c < channels) bn_backward_channel(step, c, 0.0, 0.0);
 }
 
 template <bool kFromOutput, Act A, typename T>
-__global__ void grad_input_kernel(Ref dy, Ref y, Ref x, GradParams p, int64_t n, int64_t channels, int64_t inner,
-                                  T slope, Ref dx) {
+__global__ void grad_input_kernel(Ref dy, Ref y, Ref x, GradParams p, int64_t n, ChannelOf channel_of, T slope,
+                                  Ref dx) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = (i / inner) % channels;
+    const int64_t c = channel_of(i);
     T dz, centered;
     element<kFromOutput, A>(dy, y, x, p, c, i, slope, dz, centered);
     store(dx, i, bn_grad_input(dz, centered, load<T>(p.a, c), load<T>(p.b, c), load<T>(p.c, c)));
@@ -144,16 +171,20 @@ void channel_stats_cuda(ChannelStats& op) {
   const c10::cuda::CUDAGuard guard(op.x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const ChannelSlices s = slices_of(op.x.numel(), op.channels, op.inner);
-  const at::Tensor partials = at::empty({op.channels * s.splits * 3}, op.mean.options());
+  const at::Tensor partials = at::empty({op.channels * s.splits * 3}, op.x.options().dtype(at::kDouble));
   with_math_type(op.x, [&](auto type) {
     using T = decltype(type);
     stats_kernel<T><<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(ref(op.x), s,
                                                                             partials.mutable_data_ptr<double>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  stats_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(
-      partials.const_data_ptr<double>(), op.channels, s.splits, op.mean.mutable_data_ptr<double>(),
-      op.var.mutable_data_ptr<double>());
+  stats_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(partials.const_data_ptr<double>(),
+                                                                         op.channels, s.splits, op.step);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void forward_channels_cuda(const BnForwardChannels& step, int64_t channels) {
+  forward_channels_kernel<<<merge_blocks(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step, channels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -161,7 +192,7 @@ void bn_act_sums_cuda(BnActGrad& op) {
   const c10::cuda::CUDAGuard guard(op.y.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const ChannelSlices s = slices_of(op.y.numel(), op.channels, op.inner);
-  const at::Tensor partials = at::empty({op.channels * s.splits * 2}, op.sum_dz.options());
+  const at::Tensor partials = at::empty({op.channels * s.splits * 2}, op.y.options().dtype(at::kDouble));
   const Ref x = optional_ref(op.x);
   with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
     using T = decltype(type);
@@ -171,9 +202,13 @@ void bn_act_sums_cuda(BnActGrad& op) {
                                                                    partials.mutable_data_ptr<double>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  sums_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(
-      partials.const_data_ptr<double>(), op.channels, s.splits, op.sum_dz.mutable_data_ptr<double>(),
-      op.sum_dz_centered.mutable_data_ptr<double>());
+  sums_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(partials.const_data_ptr<double>(),
+                                                                        op.channels, s.splits, op.step);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void backward_channels_cuda(const BnBackwardChannels& step, int64_t channels) {
+  backward_channels_kernel<<<merge_blocks(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step, channels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -185,7 +220,7 @@ void bn_act_grad_input_cuda(BnActGrad& op) {
   with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
     using T = decltype(type);
     grad_input_kernel<decltype(from_output)::value, decltype(act)::value, T><<<grid_for(n), kThreads, 0, stream>>>(
-        ref(op.grad_y), ref(op.y), x, grad_params(op), n, op.channels, op.inner, static_cast<T>(op.slope),
+        ref(op.grad_y), ref(op.y), x, grad_params(op), n, ChannelOf(op.channels, op.inner), static_cast<T>(op.slope),
         ref(op.grad_x));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

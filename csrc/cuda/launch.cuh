@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 
+#include "aigc_fast/divider.h"
+
 namespace aigc_fast {
 namespace {
 
@@ -15,6 +17,17 @@ int grid_for(int64_t n) {
   const int64_t max_blocks = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 16;
   return static_cast<int>(blocks < max_blocks ? (blocks > 0 ? blocks : 1) : max_blocks);
 }
+
+// The channel of element i of an [outer, channels, inner] tensor in memory order,
+// (i / inner) % channels, with Divider's multiplies in place of 64-bit divisions.
+struct ChannelOf {
+  Divider inner, channels;
+  ChannelOf(int64_t channels_, int64_t inner_) : inner(inner_), channels(channels_) {}
+  __device__ int64_t operator()(int64_t i) const {
+    const int64_t row = inner.div(i);
+    return row - channels.div(row) * channels.divisor;
+  }
+};
 
 // f(T{}) with T the math type of t: double for float64, float for the rest.
 template <typename F>

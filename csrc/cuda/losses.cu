@@ -8,9 +8,9 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../losses.h"
+#include "../tensor_ref.h"
 #include "aigc_fast/kl.h"
 #include "block_reduce.cuh"
-#include "tensor_ref.cuh"
 
 namespace aigc_fast {
 namespace {

@@ -22,7 +22,7 @@
 // So pass 1 reads one per-channel value (S) and pass 2 four (S, A, B, C): where they are
 // read per element from a row pattern (channels_last), fewer is faster. (The per-channel
 // steps between passes, invstd = 1 / sqrt(var + eps), nn.BatchNorm's running update and
-// these coefficients, are float64 ATen ops on [channels] tensors in bn_act.cpp.)
+// these coefficients, are bn_act.h's, in float64.)
 #pragma once
 
 #include <cmath>

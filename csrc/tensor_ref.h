@@ -1,14 +1,16 @@
-// A tensor's memory and dtype, for CUDA kernels that take each input in its own dtype (as
-// autocast produces them) and compute in T. The dtype switch in load/store is the same for
-// a whole warp, so it costs no divergence.
+// A tensor's memory and dtype, for code that takes each input in its own dtype (as autocast
+// produces them) and computes in T: the CUDA kernels, and the per-channel steps that both
+// devices share (bn_act.h). On CUDA the dtype switch in load/store is the same for a whole
+// warp, so it costs no divergence.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "aigc_fast/hostdevice.h"
+
 namespace aigc_fast {
-namespace {
 
 enum class DType : int32_t { kFloat, kDouble, kHalf, kBFloat16 };
 
@@ -18,7 +20,7 @@ struct Ref {
   DType dtype;
 };
 
-Ref ref(const at::Tensor& t) {
+inline Ref ref(const at::Tensor& t) {
   const at::ScalarType s = t.scalar_type();
   const DType d = s == at::kDouble ? DType::kDouble
                   : s == at::kHalf ? DType::kHalf
@@ -28,10 +30,10 @@ Ref ref(const at::Tensor& t) {
 }
 
 // A Ref with no data for an undefined tensor (an absent optional input or output).
-Ref optional_ref(const at::Tensor& t) { return t.defined() ? ref(t) : Ref{nullptr, DType::kFloat}; }
+inline Ref optional_ref(const at::Tensor& t) { return t.defined() ? ref(t) : Ref{nullptr, DType::kFloat}; }
 
 template <typename T>
-__device__ T load(Ref r, int64_t i) {
+AIGC_HD T load(Ref r, int64_t i) {
   switch (r.dtype) {
     case DType::kDouble: return static_cast<T>(static_cast<const double*>(r.data)[i]);
     case DType::kHalf: return static_cast<T>(static_cast<float>(static_cast<const at::Half*>(r.data)[i]));
@@ -41,7 +43,7 @@ __device__ T load(Ref r, int64_t i) {
 }
 
 template <typename T>
-__device__ void store(Ref r, int64_t i, T v) {
+AIGC_HD void store(Ref r, int64_t i, T v) {
   if (r.data == nullptr) return;
   switch (r.dtype) {
     case DType::kDouble: static_cast<double*>(r.data)[i] = static_cast<double>(v); break;
@@ -51,5 +53,4 @@ __device__ void store(Ref r, int64_t i, T v) {
   }
 }
 
-}  // namespace
 }  // namespace aigc_fast
