@@ -33,11 +33,10 @@ constexpr int64_t kMinRun = 64;
 constexpr int64_t kMaxPatternRow = 16384;
 // Reductions read runs shorter than this as rows (per-run overhead would dominate), when a
 // row holds at most kMaxRow elements. Such a reduction goes in blocks of whole rows (at
-// most kReduceBlock elements, 256 KB of float32: in L2; each block then folds its rows into
-// per-channel partials, so long rows want several per block) summed per element over at
-// most kMaxRowsPerBlock rows
-// in the math type (a float32 sum's rounding grows with its length), then per channel in
-// float64; blocks form groups of about kGroupElements, the unit of parallel work.
+// most kReduceBlock elements, 256 KB of float32, in L2) summed per element over at most
+// kMaxRowsPerBlock rows in the math type (a float32 sum's rounding grows with its length),
+// then per channel in float64 (a fold per block, so long rows want several rows a block);
+// blocks form groups of about kGroupElements, the unit of parallel work.
 constexpr int64_t kMinReduceRun = 512;
 constexpr int64_t kMaxRow = 16384;
 constexpr int64_t kReduceBlock = 65536;
