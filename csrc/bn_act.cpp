@@ -127,8 +127,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   } else {
     kernels.forward_channels(step, channels);
   }
-  write_back(running_mean, running_mean_d);
-  write_back(running_var, running_var_d);
+  if (training) {  // eval never writes the buffers
+    write_back(running_mean, running_mean_d);
+    write_back(running_var, running_var_d);
+  }
   op.y = at::empty_like(op.x);
   kernels.affine_act(op, /*affine=*/true);
   return {op.y, mean, invstd};
@@ -168,9 +170,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
   }
   // Outputs not asked for are empty tensors (an op's outputs are always tensors).
   at::Tensor grad_x = at::empty({0}, y.options());
-  // (In the parameter's dtype; in the math type for an absent one.)
-  at::Tensor grad_weight = at::empty({output_mask[1] ? channels : 0}, weight.has_value() ? weight->options() : math);
-  at::Tensor grad_bias = at::empty({output_mask[2] ? channels : 0}, bias.has_value() ? bias->options() : math);
+  // (A gradient asked for is in its parameter's dtype; the rest, in the math type.)
+  at::Tensor grad_weight = output_mask[1] && weight.has_value() ? at::empty({channels}, weight->options())
+                                                                : at::empty({output_mask[1] ? channels : 0}, math);
+  at::Tensor grad_bias = output_mask[2] && bias.has_value() ? at::empty({channels}, bias->options())
+                                                            : at::empty({output_mask[2] ? channels : 0}, math);
   const at::Tensor weight_d = dense_channels(weight), invstd_d = invstd.contiguous();
   BnBackwardChannels& step = op.step;
   step.weight = optional_ref(weight_d);

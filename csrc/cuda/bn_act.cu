@@ -21,6 +21,7 @@
 namespace aigc_fast {
 namespace {
 
+static_assert((kMaxThreads & (kMaxThreads - 1)) == 0, "the stats kernel's tree merge halves the block");
 constexpr int64_t kPerSplit = 16384;  // elements of one channel per block, at least
 constexpr int64_t kMaxSplits = 256;
 
