@@ -72,6 +72,7 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
     auto [y, mean, invstd] = forward_op().call(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                                training, momentum, eps, act, slope, memory_efficient);
     ctx->mark_non_differentiable({mean, invstd});
+    ctx->set_materialize_grads(false);  // no zeros ops for the statistics' (unused) gradients
     // Undefined tensors stand for absent ones (x in the memory-saving mode, no weight/bias).
     ctx->save_for_backward({memory_efficient ? at::Tensor() : x, y, weight.value_or(at::Tensor()),
                             bias.value_or(at::Tensor()), mean, invstd});

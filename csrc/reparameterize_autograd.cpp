@@ -3,6 +3,7 @@
 // about 60 us per forward+backward, a quarter of the whole step at a 128x64 latent.
 // torch.compile traces through a C++ autograd kernel like this one (AOTAutograd runs it on
 // fake tensors), as it does for torchvision's ops.
+#include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -56,6 +57,7 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
                             from_z ? at::Tensor() : seed.value_or(at::Tensor()),
                             from_z ? z : at::Tensor()});
     ctx->saved_data["compute_kl"] = compute_kl;
+    ctx->set_materialize_grads(false);  // an unused output's gradient stays undefined, not a zeros op
     return {z, kl};
   }
 
@@ -68,13 +70,16 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     const bool need_logvar = ctx->needs_input_grad(1);
     const bool need_eps = eps.defined() && ctx->needs_input_grad(2);
     const bool kernel_mu = need_mu && compute_kl;  // without the KL term, dmu is grad_z itself
+    // Undefined: the output was not used (only the KL, say); its gradient is zero.
+    const at::Tensor grad_z = grads[0].defined() ? grads[0] : at::zeros_like(mu);
+    const OptionalTensor grad_kl = compute_kl ? if_defined(grads[1]) : std::nullopt;
     at::Tensor grad_mu, grad_logvar, grad_eps;
     if (kernel_mu || need_logvar || need_eps) {
-      std::tie(grad_mu, grad_logvar, grad_eps) = backward_op().call(
-          grads[0], compute_kl ? OptionalTensor(grads[1]) : std::nullopt, mu, logvar,
-          if_defined(eps), if_defined(seed), if_defined(z), {kernel_mu, need_logvar, need_eps});
+      std::tie(grad_mu, grad_logvar, grad_eps) =
+          backward_op().call(grad_z, grad_kl, mu, logvar, if_defined(eps), if_defined(seed), if_defined(z),
+                             {kernel_mu, need_logvar, need_eps});
     }
-    if (need_mu && !kernel_mu) grad_mu = grads[0];
+    if (need_mu && !kernel_mu) grad_mu = grad_z;
     return {need_mu ? grad_mu : at::Tensor(), need_logvar ? grad_logvar : at::Tensor(),
             need_eps ? grad_eps : at::Tensor(), at::Tensor(), at::Tensor()};
   }
