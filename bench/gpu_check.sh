@@ -2,7 +2,8 @@
 # One call for a fresh CUDA machine that has PyTorch, nvcc and ninja but maybe no internet:
 # builds aigc_fast from this checkout for the visible GPU's architecture, runs the CUDA
 # tests (and compute-sanitizer memcheck on a small subset when the tool is there), runs
-# the CUDA rows of the op and training-step benchmarks, and prints a compact table last.
+# the CUDA rows of the op and training-step benchmarks and the per-op profile (host ATen
+# calls, kernels and their time: bench/profile_ops.py), and prints compact tables last.
 #
 #   bash bench/gpu_check.sh LOG_DIR        (full logs and benchmark JSON go to LOG_DIR)
 #
@@ -74,7 +75,10 @@ if $PY -c 'import pytest_benchmark' 2>/dev/null; then
     --benchmark-json="$LOG/steps-cuda.json" >>"$LOG/bench.log" 2>&1 || fail 6
   timeout 150 $PYTEST bench/test_bench_steps.py -k "cuda and dcgan64 and bf16 and channels_last" \
     --benchmark-json="$LOG/steps-compile-cuda.json" >>"$LOG/bench.log" 2>&1 || fail 6
+  # Host cost against kernel time per op, fused and eager (bench/profile_ops.py).
+  timeout 90 $PY bench/profile_ops.py --device cuda >"$LOG/profile.md" 2>>"$LOG/bench.log" || fail 6
   step "results"
+  tee -a "$LOG/tables.md" <"$LOG/profile.md"
   for suite in reparameterize losses bias_act blocks steps steps-compile; do
     [ -f "$LOG/$suite-cuda.json" ] && $PY bench/report.py "$LOG/$suite-cuda.json" --memory peak | tee -a "$LOG/tables.md"
   done

@@ -75,3 +75,19 @@ def test_bench_ops_end_to_end(tmp_path, monkeypatch):
     assert sorted(r["provider"] for r in rows) == ["compile", "copy", "eager", "fused"]
     assert "GB/s fused / copy" in (tmp_path / "ops.md").read_text()
     assert (tmp_path / "steps.csv").is_file()
+
+
+def test_profile_ops_table_on_cpu(capsys):
+    """bench/profile_ops.py profiles every op, fused and eager, and the counts mean
+    something: the fused ops with many eager steps make fewer host ATen calls."""
+    spec = importlib.util.spec_from_file_location("profile_ops", ROOT / "bench" / "profile_ops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--device", "cpu", "--scale", "0.005", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| ") and not line.startswith("| op |")]
+    assert len(rows) == 2 * len(module.cases("cpu"))
+    calls = {(op.strip(), impl.strip()): int(n) for op, _, impl, _, n, *_ in rows}
+    for op in ("reparameterize (z+kl)", "vae_loss (bce)"):
+        assert 0 < calls[(op, "fused")] < calls[(op, "eager")]
+    assert all(float(row[3]) > 0 for row in rows)
