@@ -169,7 +169,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
     op.shift = bias.has_value() ? bias->to(math.dtype()).contiguous() : at::zeros({channels}, math);
   }
   // Outputs not asked for are empty tensors (an op's outputs are always tensors).
-  at::Tensor grad_x = at::empty({0}, y.options());
   // (A gradient asked for is in its parameter's dtype; the rest, in the math type.)
   at::Tensor grad_weight = output_mask[1] && weight.has_value() ? at::empty({channels}, weight->options())
                                                                 : at::empty({output_mask[1] ? channels : 0}, math);
@@ -199,12 +198,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
   } else if (output_mask[0]) {
     kernels.backward_channels(step, channels);  // eval, dx only: no sum is needed (zeros)
   }
-  if (output_mask[0]) {
-    op.grad_x = at::empty_like(op.y);
-    kernels.grad_input(op);
-    grad_x = op.grad_x;
-  }
-  return {grad_x, grad_weight, grad_bias};
+  if (!output_mask[0]) return {at::empty({0}, y.options()), grad_weight, grad_bias};
+  op.grad_x = at::empty_like(op.y);
+  kernels.grad_input(op);
+  return {op.grad_x, grad_weight, grad_bias};
 }
 TORCH_LIBRARY_FRAGMENT(aigc_fast, m) {
   m.def(
