@@ -113,9 +113,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   step.bessel = training ? double(per_channel) / double(per_channel - 1) : 1.0;
   step.training = training;
   const at::Tensor mean = at::empty({channels}, math), invstd = at::empty({channels}, math);
-  ChannelAffineAct op{in_memory_order(x), channels, 0, mean, at::empty({channels}, math), at::empty({channels}, math),
+  const at::Tensor xo = in_memory_order(x);
+  ChannelAffineAct op{xo,       channels, inner_of(xo), mean, at::empty({channels}, math), at::empty({channels}, math),
                       activation, negative_slope, at::Tensor()};
-  op.inner = inner_of(op.x);
   step.mean = ref(mean);
   step.invstd = ref(invstd);
   step.scale = ref(op.scale);
@@ -124,12 +124,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   if (training) {
     ChannelStats stats{op.x, channels, op.inner, step};
     kernels.stats(stats);
+    write_back(running_mean, running_mean_d);  // (eval never writes the buffers)
+    write_back(running_var, running_var_d);
   } else {
     kernels.forward_channels(step, channels);
-  }
-  if (training) {  // eval never writes the buffers
-    write_back(running_mean, running_mean_d);
-    write_back(running_var, running_var_d);
   }
   op.y = at::empty_like(op.x);
   kernels.affine_act(op, /*affine=*/true);

@@ -78,11 +78,10 @@ __global__ void stats_kernel(Ref x, ChannelSlices s, double* partials) {
     __syncthreads();
   }
   if (threadIdx.x == 0) {
-    const Moments total{counts[0], means[0], m2s[0]};
     double* out = partials + (c * s.splits + split) * 3;
-    out[0] = total.count;
-    out[1] = total.mean;
-    out[2] = total.m2;
+    out[0] = counts[0];
+    out[1] = means[0];
+    out[2] = m2s[0];
   }
 }
 
