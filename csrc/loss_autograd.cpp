@@ -7,6 +7,7 @@
 // vae_loss(reduction="none"). Nothing else is saved.
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include <functional>
@@ -83,7 +84,13 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
   }
 
   static at::Tensor scaled(const at::Tensor& grad, const at::Tensor& grad_loss) {
-    if (is_plain_cpu_one(grad_loss)) return grad;  // loss.backward(): no pass over memory
+    // loss.backward(): the saved gradient is the answer, no pass over memory. Only when the
+    // graph is freed right after this node: accumulation then takes the tensor (or a view
+    // of it, for an input that is a view) into .grad, and nothing else refers to it. With
+    // retain_graph, .grad would share memory with the saved gradient, and zeroing or
+    // clipping .grad in place would change (or, through the version counter, invalidate)
+    // what the next backward returns.
+    if (!torch::autograd::get_current_graph_task_keep_graph() && is_plain_cpu_one(grad_loss)) return grad;
     at::Tensor factor = grad_loss;
     if (grad_loss.dim() == 1) {  // one loss per sample: broadcast over each sample's elements
       std::vector<int64_t> shape(grad.dim(), 1);
@@ -93,11 +100,9 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     return grad.mul(factor).to(grad.scalar_type());
   }
 
-  // Whether grad_output is a plain CPU scalar equal to 1, as loss.backward() gives: then the
-  // saved gradient is the answer itself. (Autograd stays correct: the saved tensor is still
-  // referenced while retain_graph keeps it, so accumulation copies it rather than taking
-  // it.) Only checked where reading the value is free and possible: not on a GPU (a sync),
-  // not on a tensor being traced by torch.compile or wrapped by functorch (no value).
+  // Whether grad_output is a plain CPU scalar equal to 1, as loss.backward() gives. Only
+  // checked where reading the value is free and possible: not on a GPU (a sync), not on a
+  // tensor being traced by torch.compile or wrapped by functorch (no value).
   static bool is_plain_cpu_one(const at::Tensor& t) {
     const c10::DispatchKeySet plain{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
                                     c10::DispatchKey::AutogradCPU, c10::DispatchKey::AutocastCPU};

@@ -43,9 +43,14 @@ at::TensorOptions math_options(const at::Tensor& like, bool double_math) {
   return like.options().dtype(double_math ? at::kDouble : at::kFloat);
 }
 
-// A gradient laid out like the (dense) input it belongs to, or an empty placeholder.
+// A gradient laid out like the (dense) input it belongs to, or an empty placeholder. Kept in
+// float32 for 16-bit inputs: the backward multiplies it by grad_output (the loss scale, under
+// GradScaler) before it is rounded to the input's dtype, as eager PyTorch's float32 losses
+// do under autocast. Stored as float16 it would underflow first: a mean over 4096 logits
+// puts gradients near float16's smallest subnormal (6e-8) before any scale is applied.
 at::Tensor grad_like(const at::Tensor& t, bool wanted) {
-  return wanted ? at::empty_like(t) : at::empty({0}, t.options());
+  const at::ScalarType dtype = c10::promoteTypes(t.scalar_type(), at::kFloat);
+  return wanted ? at::empty_like(t, t.options().dtype(dtype)) : at::empty({0}, t.options().dtype(dtype));
 }
 
 void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref,

@@ -74,6 +74,7 @@ def test_other_dim_and_one_dimensional_bias_input():
     x, _ = inputs((3, 4, 5), dtype=torch.float64)
     bias = torch.randn(5, dtype=torch.float64)
     torch.testing.assert_close(aigc_fast.bias_act(x, bias, "tanh", dim=2), reference.bias_act(x, bias, "tanh", dim=2))
+    torch.testing.assert_close(aigc_fast.bias_act(x, bias, "tanh", dim=-1), aigc_fast.bias_act(x, bias, "tanh", dim=2))
     v, b = torch.randn(6, dtype=torch.float64, requires_grad=True), torch.randn(6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v, b: aigc_fast.bias_act(v, b, "sigmoid", dim=0), (v, b))
 

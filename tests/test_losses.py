@@ -335,6 +335,66 @@ def test_bit_identical_across_runs_and_thread_counts():
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
+def test_bce_gradient_of_a_confident_right_answer_keeps_its_digits():
+    """d/dx of softplus(-x) at x = 20 is -sigmoid(-20) = -2.06e-9: sigmoid(20) - 1 in float32
+    would round it to 0 (and lose most digits already at x = 10)."""
+    logits = torch.tensor([10.0, 20.0, 30.0], dtype=torch.float32, requires_grad=True)
+    aigc_fast.gan_g_loss(logits, "bce").backward()
+    exact = -torch.sigmoid(-logits.detach().double()) / 3
+    torch.testing.assert_close(logits.grad.double(), exact, rtol=1e-6, atol=0)
+    real = torch.tensor([15.0, 25.0], requires_grad=True)
+    fake = torch.tensor([-15.0, -25.0], requires_grad=True)
+    aigc_fast.gan_d_loss(real, fake, "bce").backward()
+    torch.testing.assert_close(real.grad.double(), -torch.sigmoid(-real.detach().double()) / 2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(fake.grad.double(), torch.sigmoid(fake.detach().double()) / 2, rtol=1e-6, atol=0)
+    recon = torch.tensor([[20.0, -20.0, 3.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.0, 0.25]])
+    aigc_fast.vae_loss(recon, target, torch.zeros(1, 2), torch.zeros(1, 2))[0].backward()
+    exact = torch.sigmoid(recon.detach().double()) - target.double()
+    exact[0, 0] = -torch.sigmoid(torch.tensor(-20.0, dtype=torch.float64))
+    torch.testing.assert_close(recon.grad.double(), exact, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_gradients_are_scaled_before_they_are_rounded(dtype):
+    """Under GradScaler the loss is multiplied by a large scale before backward. The fused
+    losses keep their precomputed gradients in float32, so the scale applies before the
+    gradient is rounded to the input's dtype: a mean over 4096 float16 logits has gradients
+    below float16's smallest subnormal, which would otherwise be 0 whatever the scale."""
+    scale = 65536.0
+    for kind in KINDS:
+        logits = (randn(4096, seed=31, scale=4.0) + 2).to(dtype).requires_grad_()
+        (aigc_fast.gan_g_loss(logits, kind) * scale).backward()
+        exact64 = logits.detach().double().requires_grad_()
+        (reference.gan_g_loss(exact64, kind) * scale).backward()
+        expected = exact64.grad.to(dtype)  # the float64 gradient, rounded once
+        assert logits.grad.dtype == dtype
+        assert (logits.grad == 0).sum() == (expected == 0).sum(), kind
+        torch.testing.assert_close(logits.grad, expected, rtol=0, atol=0) if kind in ("hinge", "wgan") else \
+            torch.testing.assert_close(logits.grad.double(), expected.double(), rtol=2 ** -7, atol=0)
+    out = torch.ops.aigc_fast.gan_d_loss(logits.detach(), logits.detach(), "bce", 1.0, [True, True])
+    assert out[1].dtype == out[2].dtype == torch.float32
+
+
+def test_second_backward_after_grad_is_changed_in_place():
+    """The first backward's .grad must not share memory with what the retained graph keeps:
+    zeroing it (zero_grad(set_to_none=False)), clipping it, or writing into it in place must
+    leave the next backward's gradient as it was. Also through a view of a leaf."""
+    for make in (lambda x: aigc_fast.gan_g_loss(x.view(2, 3), "bce"),
+                 lambda x: aigc_fast.vae_loss(x.view(2, 3), torch.rand(2, 3), torch.zeros(2, 1), torch.zeros(2, 1))[0]):
+        x = randn(6, seed=33, dtype=torch.float32).requires_grad_()
+        loss = make(x)
+        loss.backward(retain_graph=True)
+        first = x.grad.clone()
+        x.grad.zero_()  # what zero_grad(set_to_none=False) does
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close(x.grad, first)
+        torch.nn.utils.clip_grad_norm_([x], 1e-3)
+        x.grad.mul_(0)
+        loss.backward()
+        torch.testing.assert_close(x.grad, first)
+
+
 def test_backward_twice_with_retain_graph():
     """loss.backward() hands autograd the saved gradient itself (no scaling pass): a second
     backward through a retained graph must still see it unchanged."""
@@ -384,6 +444,10 @@ def test_gradients_only_for_inputs_that_require_them():
         (lambda: aigc_fast.gan_g_loss(torch.zeros(3, dtype=torch.int64)), TypeError, "fake_logits must be float16, bfloat16, float32 or float64, got torch.int64"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3, device="meta")), ValueError, "fake_logits must be on the same device as real_logits"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "hinge", real_label=0.9), ValueError, "real_label applies to kind 'bce' and 'lsgan' only"),
+        (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "bce", real_label=float("nan")), ValueError, r"real_label must be a probability in \[0, 1\], got nan"),
+        (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "lsgan", real_label=2.0), ValueError, "real_label must be a probability"),
+        (lambda: aigc_fast.nn.GANLoss("wgan", real_label=0.9), ValueError, "real_label applies to kind 'bce' and 'lsgan' only"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=torch.tensor(1.0, requires_grad=True)), TypeError, "beta is a constant of the loss"),
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 5), torch.zeros(2, 3), torch.zeros(2, 3)), ValueError, r"target must have the same shape as recon, got \[2, 5\] and \[2, 4\]"),
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 2)), ValueError, r"logvar must have the same shape as mu, got \[2, 2\] and \[2, 3\]"),
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(3, 3), torch.zeros(3, 3)), ValueError, "mu and recon must have the same batch size, got 3 and 2"),

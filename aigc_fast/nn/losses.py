@@ -4,7 +4,7 @@ from typing import Optional
 
 import torch
 
-from ..ops.losses import GAN_KINDS, RECON_LOSSES, REDUCTIONS, _choice, gan_d_loss, gan_g_loss, vae_loss
+from ..ops.losses import GAN_KINDS, RECON_LOSSES, REDUCTIONS, _choice, check_real_label, gan_d_loss, gan_g_loss, vae_loss
 
 
 class GANLoss(torch.nn.Module):
@@ -19,7 +19,7 @@ class GANLoss(torch.nn.Module):
         super().__init__()
         _choice(kind, "kind", GAN_KINDS)
         self.kind = kind
-        self.real_label = float(real_label)
+        self.real_label = check_real_label(kind, real_label)
         self.impl = impl
 
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -34,8 +34,9 @@ def bias_act(
     if bias is not None:
         _validate.float_tensor(bias, "bias")
         _validate.same_device(bias, "bias", x, "x")
-        if not 0 <= dim < x.dim():
+        if not -x.dim() <= dim < x.dim():
             raise ValueError(f"dim must index a dimension of x ({x.dim()}-d), got {dim}")
+        dim %= x.dim()  # a negative dim counts from the end, as in torch
         if bias.dim() != 1 or bias.shape[0] != x.shape[dim]:
             raise ValueError(f"bias must have shape [{x.shape[dim]}] (x.shape[{dim}]), got {list(bias.shape)}")
     if not _impl.use_fused(impl, "bias_act", x.device):

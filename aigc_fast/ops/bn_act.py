@@ -33,6 +33,14 @@ def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, 
             )
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must both be given or both be None")
+    if num_batches_tracked is not None:
+        if not isinstance(num_batches_tracked, torch.Tensor):
+            raise TypeError(f"num_batches_tracked must be a torch.Tensor, got {type(num_batches_tracked).__name__}")
+        _validate.same_device(num_batches_tracked, "num_batches_tracked", x, "x")
+        if num_batches_tracked.dtype.is_floating_point or num_batches_tracked.dtype.is_complex \
+                or num_batches_tracked.dtype == torch.bool or num_batches_tracked.numel() != 1:
+            raise TypeError("num_batches_tracked must be a one-element integer tensor (nn.BatchNorm's is a 0-d int64), "
+                            f"got {num_batches_tracked.dtype} of shape {list(num_batches_tracked.shape)}")
     _activations.check(act, negative_slope)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
@@ -105,6 +113,12 @@ def _stat_dtype(t: torch.Tensor) -> torch.dtype:
 
 def _fake_forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, act,
                   negative_slope, memory_efficient):
+    # One argument on the meta device sends the whole call here, with real tensors beside it:
+    # say so rather than hand back an uninitialised y.
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var), ("num_batches_tracked", num_batches_tracked)):
+        if t is not None:
+            _validate.same_device(t, name, x, "x")
     stats = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
     return torch.empty_like(_layout.in_memory_order(x)), stats, stats.clone()
 

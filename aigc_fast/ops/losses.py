@@ -26,6 +26,16 @@ def _logits(t, name: str) -> None:
         raise ValueError(f"{name} is empty: the mean of an empty batch is undefined")
 
 
+def check_real_label(kind: str, real_label) -> float:
+    """real_label as a float, checked against the kind (shared with nn.GANLoss)."""
+    real_label = float(real_label)
+    if real_label != 1.0 and kind not in ("bce", "lsgan"):
+        raise ValueError(f"real_label applies to kind 'bce' and 'lsgan' only, got real_label={real_label} with {kind!r}")
+    if not 0.0 <= real_label <= 1.0:  # also refuses NaN
+        raise ValueError(f"real_label must be a probability in [0, 1], got {real_label}")
+    return real_label
+
+
 def _needs_grad(t: torch.Tensor) -> bool:
     # Gradients are computed (and kept) only for inputs autograd will ask about.
     return t.requires_grad and torch.is_grad_enabled()
@@ -55,9 +65,7 @@ def gan_d_loss(
     _logits(fake_logits, "fake_logits")
     _validate.same_device(fake_logits, "fake_logits", real_logits, "real_logits")
     _choice(kind, "kind", GAN_KINDS)
-    real_label = float(real_label)
-    if real_label != 1.0 and kind not in ("bce", "lsgan"):
-        raise ValueError(f"real_label applies to kind 'bce' and 'lsgan' only, got real_label={real_label} with {kind!r}")
+    real_label = check_real_label(kind, real_label)
     if not _impl.use_fused(impl, "gan_d_loss", real_logits.device):
         return reference.gan_d_loss(real_logits, fake_logits, kind, real_label=real_label)
     mask = [_needs_grad(real_logits), _needs_grad(fake_logits)]
@@ -112,6 +120,9 @@ def vae_loss(
         raise ValueError("recon is an empty batch: the loss of no samples is undefined")
     _choice(recon_loss, "recon_loss", RECON_LOSSES)
     _choice(reduction, "reduction", REDUCTIONS)
+    if isinstance(beta, torch.Tensor) and beta.requires_grad:
+        raise TypeError("beta is a constant of the loss (a Python number or a tensor without grad); "
+                        "its gradient is not computed")
     beta = float(beta)
     if not _impl.use_fused(impl, "vae_loss", recon.device):
         return reference.vae_loss(recon, target, mu, logvar, recon_loss=recon_loss, beta=beta, reduction=reduction)
@@ -128,7 +139,9 @@ def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def _grad_like(t: torch.Tensor, wanted: bool) -> torch.Tensor:
-    return torch.empty_like(t) if wanted else t.new_empty((0,))
+    # At least float32 (csrc/losses.cpp, grad_like: loss scaling applies before rounding).
+    dtype = torch.promote_types(t.dtype, torch.float32)
+    return torch.empty_like(t, dtype=dtype) if wanted else t.new_empty((0,), dtype=dtype)
 
 
 def _fake_gan_d_loss(real, fake, kind, real_label, output_mask):

@@ -19,13 +19,12 @@ AIGC_HD T relu_keep_nan(T x) {
 
 // The pieces of softplus(x) = log(1 + e^x) and sigmoid(x), from one exp, and log1p_unit
 // (fastmath.h) for the rest. With e = exp(-|x|) in (0, 1], softplus(x) = max(x, 0) +
-// log1p(e), and sigmoid(x) is 1 / (1 + e) for x >= 0, e / (1 + e) below. log1p(e) keeps its
-// accuracy when e is far below 2^-24, where log(1 + e) would return 0 (softplus(-20) =
-// 2.06e-9, not 0).
+// log1p(e), and sigmoid(-|x|) = e / (1 + e). log1p(e) keeps its accuracy when e is far below
+// 2^-24, where log(1 + e) would return 0 (softplus(-20) = 2.06e-9, not 0).
 template <typename T>
 struct SoftplusSigmoid {
   T log1p_exp_minus_abs;  // log1p(e^-|x|): softplus(x) = max(x, 0) + this
-  T sigmoid;
+  T sigmoid_minus_abs;    // sigmoid(-|x|) = e / (1 + e), never formed as 1 - sigmoid(|x|)
 };
 
 template <typename T>
@@ -33,18 +32,20 @@ AIGC_HD SoftplusSigmoid<T> softplus_sigmoid(T x) {
   const T e = exp_math(x < T(0) ? x : -x);
   T inv_1pe;
   const T log1p_e = log1p_unit(e, inv_1pe);
-  return {log1p_e, x < T(0) ? e * inv_1pe : inv_1pe};
+  return {log1p_e, e * inv_1pe};
 }
 
 // Binary cross-entropy of logit x against a target probability y in [0, 1]:
 //   softplus(x) - y x,   d/dx = sigmoid(x) - y,   d/dy = -x.
 // Written as (x >= 0 ? (1 - y) x : -y x) + log1p(e^-|x|): softplus(x) - y x computed as
 // written would round 20 + 2e-9 to 20 and then cancel the 20, losing the whole loss of a
-// confident right answer.
+// confident right answer. The derivative likewise, as (x >= 0 ? (1 - y) - s : s - y) with
+// s = sigmoid(-|x|): sigmoid(20) - 1 rounds to 0, where -s keeps the -2.06e-9 (1 - y is
+// exact for the targets near 1 where that matters).
 template <typename T>
 AIGC_HD T bce_with_logits(T x, T y, T& d_x) {
   const SoftplusSigmoid<T> s = softplus_sigmoid(x);
-  d_x = s.sigmoid - y;
+  d_x = x < T(0) ? s.sigmoid_minus_abs - y : (T(1) - y) - s.sigmoid_minus_abs;
   const T linear = x < T(0) ? -y * x : (T(1) - y) * x;
   return linear + s.log1p_exp_minus_abs;
 }
