@@ -221,3 +221,53 @@ def test_dilated_projection_is_not_a_matrix_multiply():
     y = block(x)
     assert y.shape == (2, 3, 5, 5)
     torch.testing.assert_close(y, torch.relu(block[0](x)))
+
+
+def test_modules_with_hooks_run_as_themselves():
+    """torch.nn.utils.spectral_norm updates the weight in a forward pre-hook, a lazy conv
+    initializes itself in one, and feature extractors hook activations: a fused group reads
+    its modules' parameters without calling them, so convert() leaves hooked modules (and
+    the container's own hooks) to run as they are, and outputs and gradients stay equal."""
+    from torch.nn.utils import spectral_norm
+
+    def discriminator():
+        torch.manual_seed(9)
+        return nn.Sequential(spectral_norm(nn.Conv2d(3, 8, 4, 2, 1)), nn.LeakyReLU(0.2),
+                             nn.Conv2d(8, 16, 4, 2, 1), nn.BatchNorm2d(16), nn.LeakyReLU(0.2),
+                             spectral_norm(nn.Conv2d(16, 1, 4))).double()
+
+    original, converted = discriminator(), convert(discriminator())
+    assert len(converted.fused_groups()) == 1  # only the hook-free conv + BatchNorm + LeakyReLU
+    seen = []
+    converted[4].register_forward_hook(lambda *a: seen.append("child"))
+    converted.register_forward_hook(lambda *a: seen.append("container"))
+    assert len(converted.fused_groups()) == 0  # a hook added later is respected too
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    for model in (original, converted):
+        model(x).mean().backward()
+    torch.testing.assert_close(converted(x), original(x))
+    for a, b in zip(original.parameters(), converted.parameters()):
+        torch.testing.assert_close(b.grad, a.grad)
+    assert converted[0].weight_orig.grad is not None and seen[:2] == ["child", "container"]
+
+    lazy = convert(nn.Sequential(nn.LazyConv2d(4, 3), nn.BatchNorm2d(4), nn.ReLU()))
+    assert lazy(torch.randn(2, 3, 8, 8)).shape == (2, 4, 6, 6)  # initialized by its own hook
+    assert len(lazy.fused_groups()) == 1  # ... and fused from then on
+
+    with pytest.raises(TypeError, match="convert the model first, then compile it"):
+        convert(torch.compile(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())))
+
+
+def test_fold_of_a_parametrized_conv():
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(10)
+    model = convert(nn.Sequential(parametrizations.weight_norm(nn.Conv2d(3, 8, 3)), nn.BatchNorm2d(8),
+                                  nn.LeakyReLU(0.2)).double())
+    model(torch.randn(4, 3, 9, 9, dtype=torch.float64))  # running statistics
+    model.eval()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    folded = fold(model)
+    assert isinstance(folded[1], aigc_fast.nn.blocks.FoldedBatchNorm)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
+    assert torch.nn.utils.parametrize.is_parametrized(model[0])  # the user's model is untouched

@@ -56,9 +56,19 @@ class _Group:
     negative_slope: float
 
 
-def _plan(children: List[nn.Module]) -> List[Union[int, _Group]]:
+def _hooked(module: nn.Module) -> bool:
+    """Whether the module has hooks that only its own call runs: spectral_norm's weight
+    update (the torch.nn.utils one, a pre-hook), a lazy module's initialization, a feature
+    extractor's forward hook, a full backward hook. A fused group reads its modules'
+    parameters without calling them, so such a module runs as itself instead."""
+    return bool(module._forward_pre_hooks or module._forward_hooks or module._backward_pre_hooks
+                or module._backward_hooks)
+
+
+def _plan(children: List[nn.Module], *, hooks: bool = True) -> List[Union[int, _Group]]:
     """The Sequential's forward as steps: a child's index, or a fused group for each
-    conv [-> BatchNorm2d over its channels] [-> activation] with at least one of the two."""
+    conv [-> BatchNorm2d over its channels] [-> activation] with at least one of the two
+    and (unless hooks=False: the structure alone) no hooks on any of them."""
     steps: List[Union[int, _Group]] = []
     i = 0
     while i < len(children):
@@ -72,7 +82,7 @@ def _plan(children: List[nn.Module]) -> List[Union[int, _Group]]:
             act = _activation_of(children[j]) if j < len(children) else None
             if act is not None:
                 j += 1
-            if bn is not None or act is not None:
+            if (bn is not None or act is not None) and not (hooks and any(_hooked(m) for m in children[i:j])):
                 name, slope = act or ("identity", 0.0)
                 if name != "leaky_relu" or slope >= 0:  # the kernels need slope >= 0 (else: run as is)
                     steps.append(_Group(i, bn, name, slope))
@@ -197,24 +207,42 @@ class ConvBlock(_ConvNormAct):
 
 def convert(module: nn.Module, *, memory_efficient: bool = False) -> nn.Module:
     """Fuses every conv [-> BatchNorm2d] [-> activation] run inside the model's nn.Sequential
-    containers, in place: each such Sequential becomes a FusedSequential holding the same
-    modules (weights, buffers and state_dict keys unchanged). Returns the model (itself
-    converted if it is a Sequential). Runs written out in a custom forward are left alone."""
-    for name, child in list(module.named_children()):
-        setattr(module, name, convert(child, memory_efficient=memory_efficient))
-    if type(module) is nn.Sequential and any(not isinstance(s, int) for s in _plan(list(module))):
-        fused = FusedSequential(memory_efficient=memory_efficient)
-        for name, child in module.named_children():
-            fused.add_module(name, child)
-        fused.training = module.training  # the container's flag only: children keep their own modes
-        return fused
+    containers, in place: each such Sequential becomes a FusedSequential, the same object
+    with the same modules (weights, buffers, state_dict keys and hooks unchanged). Returns
+    the model. Runs written out in a custom forward are left alone, and so are modules with
+    hooks (they run as themselves, see _hooked). Convert before torch.compile, not after."""
+    if isinstance(getattr(module, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+        raise TypeError("convert() got a torch.compile'd module, whose compiled forward would keep running the "
+                        "unconverted model: convert the model first, then compile it (torch.compile(convert(model)))")
+    for child in module.children():
+        convert(child, memory_efficient=memory_efficient)
+    # On structure alone: a lazy conv fuses once its initializing hook is gone.
+    if type(module) is nn.Sequential and any(not isinstance(s, int) for s in _plan(list(module), hooks=False)):
+        # A class change, not a new container: the user's references, the container's own
+        # hooks and attributes stay. FusedSequential adds one attribute and no state.
+        module.__class__ = FusedSequential
+        module.memory_efficient = memory_efficient
     return module
+
+
+def _plain_copy(conv: nn.Module) -> nn.Module:
+    """A copy of the conv without parametrizations (weight_norm, spectral_norm from
+    torch.nn.utils.parametrizations), whose weight fold() then sets. Built anew rather than
+    copied and stripped: remove_parametrizations edits the parametrized class, which the
+    copy shares with the user's model."""
+    if not torch.nn.utils.parametrize.is_parametrized(conv):
+        return copy.deepcopy(conv)
+    base = type(conv).__bases__[0]  # the conv class the parametrization wrapped
+    extra = {"output_padding": conv.output_padding} if isinstance(conv, nn.ConvTranspose2d) else {}
+    return base(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                device=conv.weight.device, dtype=conv.weight.dtype, **extra)
 
 
 def _fold_group(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-    folded = copy.deepcopy(conv)
+    folded = _plain_copy(conv)
     folded.weight, folded.bias = fuse_conv_bn_weights(
         conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias,
         transpose=isinstance(conv, nn.ConvTranspose2d),
