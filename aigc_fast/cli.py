@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def _train(args, given: dict) -> int:
     trainer = trainer_class(config)
     metrics = trainer.fit(resume=bool(args.resume))
     if trainer.group.main:
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or (
+            f"nothing to train: the run had already reached max_steps={config.max_steps} "
+            "(give a larger --max-steps)" if config.max_steps is not None else "no step trained")
         print(f"step {trainer.step} (epoch {trainer.epoch}): {shown}\nrun directory: {trainer.run_dir} "
               f"(checkpoint.pt, metrics.jsonl, samples/)")
     return 0
@@ -122,6 +125,15 @@ def main(argv=None) -> int:
                        "(default: all but the batch-128 conv blocks, which would double the run)")
 
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as error:  # a user's mistake: one line, not a traceback
+        if os.environ.get("AIGC_FAST_TRACEBACK") == "1":
+            raise
+        parser.exit(2, f"aigc-fast {args.command}: error: {error}\n(AIGC_FAST_TRACEBACK=1 shows where)\n")
+
+
+def _run(args) -> int:
     if args.command == "info":
         import aigc_fast
 

@@ -53,6 +53,14 @@ def test_gan_run_leaves_metrics_samples_and_checkpoint(tmp_path):
     assert trainer.generate(3, seed=0).shape == (3, 1, 16, 16)
 
 
+def test_a_fresh_run_does_not_overwrite_a_finished_one(tmp_path):
+    GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images())
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="already holds a run .*resume it"):
+        GANTrainer(tiny_gan(tmp_path, max_steps=3, seed=1)).fit(tiny_images())
+    assert (tmp_path / "metrics.jsonl").read_text() == before and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
 @pytest.mark.parametrize("backend", ["fused", "reference"])
 def test_resume_reaches_the_uninterrupted_weights(tmp_path, backend):
     images = tiny_images(40)  # 5 batches of 8 per epoch

@@ -191,6 +191,10 @@ class _Trainer:
         """Trains for config.epochs epochs (a resumed, partly trained epoch counts as one) or
         until config.max_steps steps in total; returns the last step's metrics (the mean
         over processes). data: see dataset(); None trains on config.data."""
+        if not resume and self.step == 0 and self.checkpoint_path.exists():
+            # A fresh run here would overwrite that run's checkpoint and mix its logs into theirs.
+            raise ValueError(f"{self.run_dir} already holds a run ({self.checkpoint_path.name}): resume it "
+                             "(fit(resume=True), aigc-fast train --resume DIR) or choose another out_dir")
         if data is None:
             if self.config.data is None:
                 raise ValueError("no data: pass fit(data) or set config.data ('mnist', 'digits', a folder, a file)")
