@@ -4,7 +4,8 @@ from typing import Optional
 
 import torch
 
-from ..ops.losses import GAN_KINDS, RECON_LOSSES, REDUCTIONS, _choice, check_real_label, gan_d_loss, gan_g_loss, vae_loss
+from ..ops.losses import (GAN_KINDS, RECON_LOSSES, REDUCTIONS, _choice, check_real_label, gan_d_loss, gan_g_loss,
+                          vae_loss)
 
 
 class GANLoss(torch.nn.Module):
