@@ -185,6 +185,9 @@ def _bench_ops(out: Path, selection: str) -> int:
     # from the source folder that would import the uncompiled source instead of the package.
     done = subprocess.run([sys.executable, "-m", "pytest", *(str(Path(s).resolve()) for s in OP_SUITES), "-q",
                            "-k", selection, f"--benchmark-json={out / 'ops.json'}"], cwd=out)
+    if done.returncode == 5:  # pytest: no test collected
+        raise ValueError(f"--ops-filter {selection!r} selects no op benchmark (a pytest -k expression over "
+                         "the test ids in bench/test_bench_*.py, e.g. 'reparameterize and 4M')")
     if done.returncode:
         return done.returncode
     with open(out / "ops.md", "w") as md:
