@@ -79,8 +79,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_backward_op(
   check_float_tensor(mu, "mu");
   check_like(logvar, "logvar", mu, "mu");
   check_like(grad_z, "grad_z", mu, "mu");
-  TORCH_CHECK(int(eps.has_value()) + int(seed.has_value()) + int(z.has_value()) == 1,
-              "reparameterize_backward takes exactly one of eps, seed or z");
+  // z - mu, with the seed's noise where that loses precision (recovery_is_lossy), when both come.
+  TORCH_CHECK(int(eps.has_value()) + int(seed.has_value() || z.has_value()) == 1,
+              "reparameterize_backward takes exactly one source of std * eps: eps, seed, z, or z and seed");
   if (eps.has_value()) check_like(*eps, "eps", mu, "mu");
   if (z.has_value()) check_like(*z, "z", mu, "mu");
   if (seed.has_value()) check_seed(*seed, mu);

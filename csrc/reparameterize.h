@@ -29,7 +29,8 @@ struct ReparamForward {
 struct ReparamBackward {
   at::Tensor grad_z, mu, logvar;     // contiguous
   std::optional<at::Tensor> grad_kl;  // [rows], math dtype
-  // Exactly one source of std * eps: explicit eps, the regenerated noise of `seed`, or z - mu.
+  // The source of std * eps: explicit eps, the regenerated noise of `seed`, or z - mu (with
+  // `seed` too: its noise where z - mu loses precision, see recovery_is_lossy).
   std::optional<at::Tensor> eps, seed, z;
   at::Tensor grad_mu, grad_logvar, grad_eps;  // outputs (undefined when not asked)
   RowTiles tiles;

@@ -38,10 +38,11 @@ OptionalTensor if_defined(const at::Tensor& t) {
 }
 
 // Whether the backward recovers std * eps as z - mu from the saved output z. Yes for
-// float32/float64 (relative error about 2^-24 (1 + |mu| / |z - mu|)); for 16-bit dtypes the
-// rounding of z would swamp a small std * eps, so the backward regenerates the noise from
-// the seed. z is an output the caller keeps anyway, so saving it costs no memory; the
-// noise itself is never kept.
+// float32/float64, except where |z| is so far above std that the rounding of z would swamp
+// std * eps (recovery_is_lossy: the seed's noise is regenerated there, so the seed is saved
+// too); for 16-bit dtypes that is everywhere, so the backward regenerates all the noise.
+// z is an output the caller keeps anyway, so saving it costs no memory; the noise itself is
+// never kept.
 bool recover_from_z(const OptionalTensor& eps, const at::Tensor& mu) {
   return !eps.has_value() && (mu.scalar_type() == at::kFloat || mu.scalar_type() == at::kDouble);
 }
@@ -53,8 +54,7 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [z, kl] = forward_op().call(mu, logvar, eps, seed, compute_kl);
     const bool from_z = recover_from_z(eps, mu);
-    ctx->save_for_backward({mu, logvar, eps.value_or(at::Tensor()),
-                            from_z ? at::Tensor() : seed.value_or(at::Tensor()),
+    ctx->save_for_backward({mu, logvar, eps.value_or(at::Tensor()), seed.value_or(at::Tensor()),
                             from_z ? z : at::Tensor()});
     ctx->saved_data["compute_kl"] = compute_kl;
     ctx->set_materialize_grads(false);  // an unused output's gradient stays undefined, not a zeros op

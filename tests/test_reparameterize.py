@@ -106,6 +106,29 @@ def test_rng_backward_uses_forward_noise(dtype):
     assert torch.equal(mu_.grad, torch.ones_like(mu_))
 
 
+@pytest.mark.parametrize("dtype, far", [(torch.float32, 1e4), (torch.float64, 1e12)])
+def test_backward_regenerates_the_noise_where_z_minus_mu_would_lose_it(dtype, far):
+    """z - mu is exact up to the rounding of z, half an ulp of |z|: against std that is all
+    of it once |mu| / std nears 2^24 (float32). There, and only there, the backward uses the
+    seed's noise: dlogvar = g eps std / 2 to float32 precision at |mu| / std = 2e8 (it was 0)."""
+    n = 5000  # three tiles; the far elements interleaved with ordinary ones
+    mu = torch.full((n,), far, dtype=torch.float64)
+    logvar = torch.full((n,), -20.0, dtype=torch.float64)
+    mu[::2], logvar[::2] = 0.5, 0.3
+    mu[:2048] = 0.5  # a tile with no far element: z - mu only
+    logvar[:2048] = 0.3
+    seed = torch.tensor([4321, 7])
+    mu_, lv_ = mu.to(dtype).requires_grad_(), logvar.to(dtype).requires_grad_()
+    z, _ = torch.ops.aigc_fast.reparameterize(mu_, lv_, None, seed, False)
+    z.backward(torch.ones_like(z))
+    noise, _ = torch.ops.aigc_fast.reparameterize(torch.zeros_like(mu), torch.zeros_like(mu), None, seed, False)
+    expected = 0.5 * noise * torch.exp(0.5 * logvar)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(lv_.grad.double(), expected, rtol=rtol, atol=rtol * 1e-3)
+    far_elements = mu != 0.5
+    assert far_elements.sum() > 1000 and (lv_.grad[far_elements] != 0).all()
+
+
 def test_gradcheck_explicit_eps():
     mu, logvar, eps = (t.requires_grad_() for t in inputs((6, 5), torch.float64, seed=6))
     fn = lambda m, l, e: aigc_fast.reparameterize(m, l, eps=e, return_kl=True)  # noqa: E731

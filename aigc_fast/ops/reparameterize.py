@@ -39,7 +39,8 @@ def reparameterize(
 
     The noise comes from Philox4x32-10 keyed by (seed, offset) drawn from `generator`, so
     torch.manual_seed reproduces it; it is never stored: the backward recovers std * eps as
-    z - mu (float32/float64) or regenerates it from the seed (float16/bfloat16).
+    z - mu (float32/float64; regenerating the noise where |z| is so far above std that z's
+    rounding would swamp it) or regenerates it from the seed (float16/bfloat16).
     """
     _validate.float_tensor(mu, "mu")
     _validate.like(logvar, "logvar", mu, "mu")

@@ -14,4 +14,5 @@
 // Ask the vectorizer for a SIMD loop even when it cannot prove the body is worth it.
 #define AIGC_SIMD _Pragma("omp simd")
 #define AIGC_SIMD_SUM(var) _Pragma(AIGC_STRINGIFY(omp simd reduction(+ : var)))
+#define AIGC_SIMD_OR(var) _Pragma(AIGC_STRINGIFY(omp simd reduction(| : var)))
 #define AIGC_STRINGIFY(x) #x

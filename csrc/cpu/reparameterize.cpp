@@ -82,11 +82,21 @@ AIGC_CPU_CLONES T forward_tile(const T* mu, const T* logvar, const T* eps, int64
   return kl;
 }
 
-// `source` is eps, or z when from_z (then std * eps = z - mu).
+// `source` is eps, or z when from_z (then std * eps = z - mu). `noise`, with from_z: the
+// regenerated eps of a tile where recovery_is_lossy holds somewhere; each element then takes
+// std * eps where z - mu would lose it and z - mu elsewhere, as the CUDA kernel decides it.
 template <typename T>
 AIGC_CPU_CLONES void backward_tile(const T* g, T gk, const T* mu, const T* logvar, const T* source,
-                                   bool from_z, int64_t n, T* d_mu, T* d_logvar, T* d_eps) {
-  if (from_z && gk == T(0)) {  // the common case: no KL term, so no exp at all
+                                   bool from_z, const T* noise, int64_t n, T* d_mu, T* d_logvar, T* d_eps) {
+  if (from_z && noise != nullptr) {
+    AIGC_SIMD
+    for (int64_t i = 0; i < n; ++i) {
+      const T std = std_from_logvar(logvar[i]);
+      const T std_eps = recovery_is_lossy(source[i], logvar[i]) ? std * noise[i] : source[i] - mu[i];
+      d_logvar[i] = grad_logvar(g[i], std_eps, gk, logvar[i], std);
+      d_mu[i] = grad_mu(g[i], gk, mu[i]);
+    }
+  } else if (from_z && gk == T(0)) {  // the common case: no KL term, so no exp at all
     AIGC_SIMD
     for (int64_t i = 0; i < n; ++i) {
       d_logvar[i] = grad_logvar(g[i], source[i] - mu[i], T(0), T(0), T(1));
@@ -108,6 +118,15 @@ AIGC_CPU_CLONES void backward_tile(const T* g, T gk, const T* mu, const T* logva
       d_eps[i] = grad_eps(g[i], std);
     }
   }
+}
+
+// Whether any element of the tile needs its regenerated noise (recovery_is_lossy).
+template <typename T>
+AIGC_CPU_CLONES bool any_lossy(const T* z, const T* logvar, int64_t n) {
+  int lossy = 0;
+  AIGC_SIMD_OR(lossy)
+  for (int64_t i = 0; i < n; ++i) lossy |= static_cast<int>(recovery_is_lossy(z[i], logvar[i]));
+  return lossy != 0;
 }
 
 // A tile's view of a tensor in the math type: the tensor's own memory when it already has
@@ -213,20 +232,24 @@ void backward_impl(ReparamBackward& op) {
   scalar_t* d_logvar = data_or_null<scalar_t>(op.grad_logvar);
   scalar_t* d_eps = data_or_null<scalar_t>(op.grad_eps);
   for_units(tiles.count(), op.mu.numel(), [&](int64_t first, int64_t last) {
-    T g_buf[kChunk], mu_buf[kChunk], logvar_buf[kChunk], src_buf[kChunk];
+    T g_buf[kChunk], mu_buf[kChunk], logvar_buf[kChunk], src_buf[kChunk], noise_buf[kChunk];
     T d_mu_buf[kChunk], d_logvar_buf[kChunk], d_eps_buf[kChunk];
     float normals[kMaxBlocks * kNormalsPerBlock];
     for (int64_t t = first; t < last; ++t) {
       const int64_t begin = tiles.begin(t), n = tiles.end(t) - begin;
+      const T* lv = load(logvar, begin, n, logvar_buf);
       const T* src = given != nullptr
                          ? load(given, begin, n, src_buf)
                          : noise_as(fill_normals(seed, offset, begin, begin + n, normals), n, src_buf);
+      // z - mu, with the seed's noise in the tiles where that would lose precision somewhere.
+      const T* noise = from_z && op.seed.has_value() && any_lossy(src, lv, n)
+                           ? noise_as(fill_normals(seed, offset, begin, begin + n, normals), n, noise_buf)
+                           : nullptr;
       T* out_mu = target(d_mu, begin, d_mu_buf);
       T* out_logvar = target(d_logvar, begin, d_logvar_buf);
       T* out_eps = target(d_eps, begin, d_eps_buf);
       backward_tile(load(g, begin, n, g_buf), gk != nullptr ? gk[tiles.row(t)] : T(0),
-                    load(mu, begin, n, mu_buf), load(logvar, begin, n, logvar_buf), src, from_z, n,
-                    out_mu, out_logvar, out_eps);
+                    load(mu, begin, n, mu_buf), lv, src, from_z, noise, n, out_mu, out_logvar, out_eps);
       store(out_mu, d_mu, begin, n);
       store(out_logvar, d_logvar, begin, n);
       store(out_eps, d_eps, begin, n);

@@ -68,8 +68,10 @@ __global__ void backward_kernel(const scalar_t* __restrict__ g, const T* __restr
     const int64_t first_block = begin / kNormalsPerBlock;
     const int64_t last_block = (end - 1) / kNormalsPerBlock;
     for (int64_t block = first_block + threadIdx.x; block <= last_block; block += blockDim.x) {
+      // Drawn only when an element of the block needs it: with z given, where z - mu would
+      // lose precision (recovery_is_lossy), which is almost nowhere.
       Normal4 normals{};
-      if (seed != nullptr) normals = normal_block(key, offset, static_cast<uint64_t>(block));
+      bool drawn = false;
 #pragma unroll
       for (int k = 0; k < kNormalsPerBlock; ++k) {
         const int64_t i = block * kNormalsPerBlock + k;
@@ -77,8 +79,13 @@ __global__ void backward_kernel(const scalar_t* __restrict__ g, const T* __restr
         const T gi = static_cast<T>(g[i]), m = static_cast<T>(mu[i]);
         const T lv = static_cast<T>(logvar[i]);
         const T std = std_from_logvar(lv);
-        const T std_eps = z != nullptr ? static_cast<T>(z[i]) - m
-                                       : std * noise_at<T>(eps, normals, i, k);
+        const T zi = z != nullptr ? static_cast<T>(z[i]) : T(0);
+        const bool recover = z != nullptr && !(seed != nullptr && recovery_is_lossy(zi, lv));
+        if (!recover && eps == nullptr && !drawn) {
+          normals = normal_block(key, offset, static_cast<uint64_t>(block));
+          drawn = true;
+        }
+        const T std_eps = recover ? zi - m : std * noise_at<T>(eps, normals, i, k);
         if (d_mu != nullptr) d_mu[i] = static_cast<scalar_t>(grad_mu(gi, gk, m));
         if (d_logvar != nullptr) d_logvar[i] = static_cast<scalar_t>(grad_logvar(gi, std_eps, gk, lv, std));
         if (d_eps != nullptr) d_eps[i] = static_cast<scalar_t>(grad_eps(gi, std));
