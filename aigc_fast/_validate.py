@@ -33,3 +33,12 @@ def same_shape(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> 
         raise ValueError(
             f"{name} must have the same shape as {ref_name}, got {list(t.shape)} and {list(ref.shape)}"
         )
+
+
+def fake_inputs_on(ref_name: str, ref: torch.Tensor, **others) -> None:
+    """For the fake kernels: one argument on the meta device sends a whole call there, with
+    real tensors beside it, and the fake would hand back uninitialised outputs. Raise the
+    error the real op gives instead."""
+    for name, t in others.items():
+        if isinstance(t, torch.Tensor):
+            same_device(t, name, ref, ref_name)

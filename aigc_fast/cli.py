@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -125,12 +126,14 @@ def main(argv=None) -> int:
                        "(default: all but the batch-128 conv blocks, which would double the run)")
 
     args = parser.parse_args(argv)
+    if args.command == "bench" or os.environ.get("AIGC_FAST_TRACEBACK") == "1":
+        return _run(args)
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError) as error:  # a user's mistake: one line, not a traceback
-        if os.environ.get("AIGC_FAST_TRACEBACK") == "1":
-            raise
-        parser.exit(2, f"aigc-fast {args.command}: error: {error}\n(AIGC_FAST_TRACEBACK=1 shows where)\n")
+    except (ValueError, FileNotFoundError) as error:  # most likely the arguments: one line, and where it was raised
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        parser.exit(2, f"aigc-fast {args.command}: error: {error}\n(raised at {Path(where.filename).name}:"
+                       f"{where.lineno}; AIGC_FAST_TRACEBACK=1 shows the traceback)\n")
 
 
 def _run(args) -> int:
@@ -186,8 +189,8 @@ def _bench_ops(out: Path, selection: str) -> int:
     done = subprocess.run([sys.executable, "-m", "pytest", *(str(Path(s).resolve()) for s in OP_SUITES), "-q",
                            "-k", selection, f"--benchmark-json={out / 'ops.json'}"], cwd=out)
     if done.returncode == 5:  # pytest: no test collected
-        raise ValueError(f"--ops-filter {selection!r} selects no op benchmark (a pytest -k expression over "
-                         "the test ids in bench/test_bench_*.py, e.g. 'reparameterize and 4M')")
+        raise SystemExit(f"aigc-fast bench: --ops-filter {selection!r} selects no op benchmark (a pytest -k "
+                         "expression over the test ids in bench/test_bench_*.py, e.g. 'reparameterize and 4M')")
     if done.returncode:
         return done.returncode
     with open(out / "ops.md", "w") as md:

@@ -91,7 +91,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   TORCH_CHECK(!training || per_channel > 1, "Expected more than 1 value per channel when training, got input size ",
               x.sizes());
   const at::TensorOptions math = x.options().dtype(math_dtype(x.scalar_type()));
-  if (training && num_batches_tracked.has_value()) num_batches_tracked->add_(1);
+  if (num_batches_tracked.has_value()) {  // as the fake kernel checks it, so compile agrees with eager
+    TORCH_CHECK(num_batches_tracked->device() == x.device(), "num_batches_tracked must be on the same device as x, got ",
+                num_batches_tracked->device(), " and ", x.device());
+    if (training) num_batches_tracked->add_(1);
+  }
 
   // The per-channel step (bn_act.h) reads and writes the [channels] vectors directly.
   // Running buffers are updated in place: a non-dense one goes through a dense copy.
@@ -106,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   step.momentum = momentum.value_or(0.0);
   if (training && running_mean.has_value() && !momentum.has_value()) {
     TORCH_CHECK(num_batches_tracked.has_value(), "momentum=None (a cumulative average) needs num_batches_tracked");
-    counter = num_batches_tracked->to(x.device(), at::kLong).contiguous();
+    counter = num_batches_tracked->to(at::kLong).contiguous();
     step.num_batches_tracked = counter.const_data_ptr<int64_t>();
   }
   step.eps = eps;

@@ -261,13 +261,18 @@ def test_modules_with_hooks_run_as_themselves():
 def test_fold_of_a_parametrized_conv():
     from torch.nn.utils import parametrizations
 
+    class MyConv(nn.Conv2d):  # a user's subclass with its own constructor
+        def __init__(self, channels):
+            super().__init__(3, channels, 3)
+
     torch.manual_seed(10)
-    model = convert(nn.Sequential(parametrizations.weight_norm(nn.Conv2d(3, 8, 3)), nn.BatchNorm2d(8),
+    model = convert(nn.Sequential(parametrizations.weight_norm(MyConv(8)), nn.BatchNorm2d(8),
                                   nn.LeakyReLU(0.2)).double())
     model(torch.randn(4, 3, 9, 9, dtype=torch.float64))  # running statistics
     model.eval()
     x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
     folded = fold(model)
     assert isinstance(folded[1], aigc_fast.nn.blocks.FoldedBatchNorm)
+    assert type(folded[0]) is MyConv and not folded[0].training
     torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
     assert torch.nn.utils.parametrize.is_parametrized(model[0])  # the user's model is untouched

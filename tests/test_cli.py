@@ -48,6 +48,25 @@ def test_train_resume_sample_evaluate(tmp_path, capsys):
     assert metrics["held_out_nll"] <= metrics["held_out_neg_elbo"] * 1.01 and metrics["generated"] == 100
 
 
+def test_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """An argument the config refuses, and a fresh run into a finished run's folder: one line
+    naming the problem and where it was raised, exit status 2, no traceback."""
+    monkeypatch.delenv("AIGC_FAST_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "vae", *TINY, "--precision", "bf17", "--out-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "aigc-fast train: error:" in err and "bf17" in err
+    assert "Traceback" not in err and "raised at" in err
+    assert main(["train", "vae", *TINY, "--latent-dim", "4", "--base", "8", "--max-steps", "1",
+                 "--out-dir", str(tmp_path / "b")]) == 0
+    with pytest.raises(SystemExit):
+        main(["train", "vae", *TINY, "--max-steps", "1", "--out-dir", str(tmp_path / "b")])
+    assert "already holds a run" in capsys.readouterr().err
+    monkeypatch.setenv("AIGC_FAST_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="bf17"):
+        main(["train", "vae", *TINY, "--precision", "bf17", "--out-dir", str(tmp_path / "c")])
+
+
 def test_bad_resume_directory_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="not a run directory"):
         main(["train", "gan", "--resume", str(tmp_path)])

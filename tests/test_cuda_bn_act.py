@@ -93,3 +93,11 @@ def test_cuda_converted_dcgan_matches_the_original():
             outs.append([logits.detach()] + [p.grad for p in model.parameters()] + list(model.buffers()))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_counter_on_another_device_is_refused():
+    """The C++ op refuses what its fake kernel refuses, so eager and torch.compile agree."""
+    x = torch.randn(4, 3, 5, 5, device="cuda")
+    stats = torch.zeros(3, device="cuda"), torch.ones(3, device="cuda")
+    with pytest.raises(RuntimeError, match="num_batches_tracked must be on the same device as x"):
+        torch.ops.aigc_fast.bn_act(x, None, None, *stats, torch.tensor(0), True, None, 1e-5, "relu", 0.2, False)

@@ -100,3 +100,20 @@ def test_cli_info(tmp_path):
     assert facts["torch"] == torch.__version__
     assert facts["extension"] == aigc_fast.info(print_report=False)["extension"]
     assert "cpu" in facts["ops"]["reparameterize"]
+
+
+@pytest.mark.skipif(not aigc_fast._extension.LOADED, reason="needs the compiled ops")
+@pytest.mark.parametrize("call, name", [
+    (lambda m: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), torch.zeros(3, device=m), 1, "relu", 0.2), "bias"),
+    (lambda m: torch.ops.aigc_fast.reparameterize(torch.zeros(3), torch.zeros(3), None,
+                                                  torch.tensor([1, 2], device=m), False), "seed"),
+    (lambda m: torch.ops.aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3, device=m), "bce", 1.0,
+                                              [False, False]), "fake_logits"),
+    (lambda m: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3),
+                                            torch.zeros(2, 3, device=m), "bce", 1.0, "mean", [False] * 4), "logvar"),
+])
+def test_raw_ops_refuse_one_meta_argument_beside_real_tensors(call, name):
+    """One meta argument sends a raw op call to its fake kernel: it must raise the real op's
+    error, not hand back an uninitialised CPU tensor."""
+    with pytest.raises(ValueError, match=f"{name} must be on the same device as"):
+        call("meta")

@@ -59,6 +59,9 @@ def test_a_fresh_run_does_not_overwrite_a_finished_one(tmp_path):
     with pytest.raises(ValueError, match="already holds a run .*resume it"):
         GANTrainer(tiny_gan(tmp_path, max_steps=3, seed=1)).fit(tiny_images())
     assert (tmp_path / "metrics.jsonl").read_text() == before and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+    (tmp_path / "checkpoint.pt").unlink()  # as a run stopped before its first checkpoint leaves it
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics.jsonl\)"):
+        GANTrainer(tiny_gan(tmp_path, max_steps=3, seed=1)).fit(tiny_images())
 
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])

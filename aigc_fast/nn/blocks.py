@@ -227,16 +227,14 @@ def convert(module: nn.Module, *, memory_efficient: bool = False) -> nn.Module:
 
 def _plain_copy(conv: nn.Module) -> nn.Module:
     """A copy of the conv without parametrizations (weight_norm, spectral_norm from
-    torch.nn.utils.parametrizations), whose weight fold() then sets. Built anew rather than
-    copied and stripped: remove_parametrizations edits the parametrized class, which the
-    copy shares with the user's model."""
-    if not torch.nn.utils.parametrize.is_parametrized(conv):
-        return copy.deepcopy(conv)
-    base = type(conv).__bases__[0]  # the conv class the parametrization wrapped
-    extra = {"output_padding": conv.output_padding} if isinstance(conv, nn.ConvTranspose2d) else {}
-    return base(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                device=conv.weight.device, dtype=conv.weight.dtype, **extra)
+    torch.nn.utils.parametrizations), whose weight and bias fold() then sets. The copy
+    leaves the parametrized class (shared with the user's model, which
+    remove_parametrizations would edit) for the class it wrapped, keeping everything else."""
+    folded = copy.deepcopy(conv)
+    if torch.nn.utils.parametrize.is_parametrized(folded):
+        folded.__class__ = type(conv).__bases__[0]  # the conv's own class, before parametrization
+        del folded.parametrizations
+    return folded
 
 
 def _fold_group(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:

@@ -45,10 +45,12 @@ def bias_act(
 
 
 def _fake_forward(x, bias, dim, act, negative_slope):
+    _validate.fake_inputs_on("x", x, bias=bias)
     return torch.empty_like(_layout.in_memory_order(x))
 
 
 def _fake_backward(grad_y, y, dim, act, negative_slope, bias_dtype):
+    _validate.fake_inputs_on("y", y, grad_y=grad_y)
     grad_bias = y.new_empty((0,)) if bias_dtype is None else y.new_empty((y.shape[dim],), dtype=bias_dtype)
     return torch.empty_like(_layout.in_memory_order(y)), grad_bias
 

@@ -145,6 +145,7 @@ def _grad_like(t: torch.Tensor, wanted: bool) -> torch.Tensor:
 
 
 def _fake_gan_d_loss(real, fake, kind, real_label, output_mask):
+    _validate.fake_inputs_on("real_logits", real, fake_logits=fake)
     loss = real.new_empty((), dtype=_math_dtype(real, fake))
     return loss, _grad_like(real.contiguous(), output_mask[0]), _grad_like(fake.contiguous(), output_mask[1])
 
@@ -154,6 +155,7 @@ def _fake_gan_g_loss(fake, kind, need_grad):
 
 
 def _fake_vae_loss(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask):
+    _validate.fake_inputs_on("recon", recon, target=target, mu=mu, logvar=logvar)
     recon_l = _layout.in_memory_order(recon)
     target_l = _layout.in_order_of(target, recon_l)
     shape = (recon.shape[0],) if reduction == "none" else ()

@@ -68,11 +68,13 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _fake_forward(mu, logvar, eps, seed, compute_kl):
+    _validate.fake_inputs_on("mu", mu, logvar=logvar, eps=eps, seed=seed)
     z = torch.empty_like(mu, memory_format=torch.contiguous_format)
     return z, mu.new_empty(_kl_shape(mu, compute_kl), dtype=_math_dtype(mu.dtype))
 
 
 def _fake_backward(grad_z, grad_kl, mu, logvar, eps, seed, z, output_mask):
+    _validate.fake_inputs_on("mu", mu, grad_z=grad_z, grad_kl=grad_kl, logvar=logvar, eps=eps, seed=seed, z=z)
     def grad(wanted: bool) -> torch.Tensor:
         return torch.empty_like(mu, memory_format=torch.contiguous_format) if wanted else mu.new_empty((0,))
 
