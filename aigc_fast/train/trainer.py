@@ -191,11 +191,14 @@ class _Trainer:
         """Trains for config.epochs epochs (a resumed, partly trained epoch counts as one) or
         until config.max_steps steps in total; returns the last step's metrics (the mean
         over processes). data: see dataset(); None trains on config.data."""
-        earlier = [f for f in (self.checkpoint_path, self.run_dir / "metrics.jsonl") if f.exists()]
-        if not resume and self.step == 0 and earlier:
-            # A fresh run here would overwrite that run's checkpoint and mix its logs into theirs
-            # (a run stopped before its first checkpoint has left its metrics already).
-            raise ValueError(f"{self.run_dir} already holds a run ({', '.join(f.name for f in earlier)}): resume it "
+        # A fresh run in another run's directory would overwrite its checkpoint and mix its logs
+        # into theirs (a run stopped before its first checkpoint has left its metrics already).
+        # Every process looks before any writes (gather is a barrier), and all decide alike.
+        fresh = not resume and self.step == 0
+        mine = [f.name for f in (self.checkpoint_path, self.run_dir / "metrics.jsonl") if fresh and f.exists()]
+        earlier = sorted(set(name for names in self.group.gather(mine) for name in names))
+        if earlier:
+            raise ValueError(f"{self.run_dir} already holds a run ({', '.join(earlier)}): resume it "
                              "(fit(resume=True), aigc-fast train --resume DIR) or choose another out_dir")
         if data is None:
             if self.config.data is None:
