@@ -126,11 +126,11 @@ def main(argv=None) -> int:
                        "(default: all but the batch-128 conv blocks, which would double the run)")
 
     args = parser.parse_args(argv)
-    if args.command == "bench" or os.environ.get("AIGC_FAST_TRACEBACK") == "1":
-        return _run(args)
     try:
         return _run(args)
     except (ValueError, FileNotFoundError) as error:  # most likely the arguments: one line, and where it was raised
+        if args.command == "bench" or os.environ.get("AIGC_FAST_TRACEBACK") == "1":
+            raise
         where = traceback.extract_tb(error.__traceback__)[-1]
         parser.exit(2, f"aigc-fast {args.command}: error: {error}\n(raised at {Path(where.filename).name}:"
                        f"{where.lineno}; AIGC_FAST_TRACEBACK=1 shows the traceback)\n")

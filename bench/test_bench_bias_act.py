@@ -23,6 +23,7 @@ SHAPES = {
     "D in 64x32x32 leaky": ((128, 64, 32, 32), "leaky_relu"),
 }
 GPU_SHAPES = {"D in 64x128x128 leaky": ((128, 64, 128, 128), "leaky_relu")}  # 512 MiB (conftest.skip_gpu_only)
+ALL_SHAPES = {**SHAPES, **GPU_SHAPES}
 _compiled = torch.compile(reference.bias_act, dynamic=False)
 PROVIDERS = {
     "fused": lambda x, b, act: aigc_fast.bias_act(x, b, act, impl="fused"),
@@ -32,7 +33,7 @@ PROVIDERS = {
 
 
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("size", {**SHAPES, **GPU_SHAPES})
+@pytest.mark.parametrize("size", ALL_SHAPES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("provider", [*PROVIDERS, "copy"])
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
@@ -40,7 +41,7 @@ def test_bias_act(benchmark, cuda_peak, device, size, layout, provider, pass_):
     if provider == "copy" and pass_ == "fwd":
         pytest.skip("the floor is listed once, with forward+backward")
     skip_gpu_only(device, size, GPU_SHAPES)
-    shape, act = {**SHAPES, **GPU_SHAPES}[size]
+    shape, act = ALL_SHAPES[size]
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.randn(shape, device=device).to(memory_format=memory_format).requires_grad_(pass_ == "fwd+bwd")
     bias = torch.randn(shape[1], device=device, requires_grad=pass_ == "fwd+bwd")

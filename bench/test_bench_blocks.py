@@ -103,17 +103,18 @@ def conv_output(name):
 
 POST_SHAPES = {name: conv_output(name) for name, spec in BLOCKS.items() if spec[6] == "batch"}
 GPU_POST_SHAPES = {"G 128->64 64->128": (64, 128, "relu")}  # 256 MiB at batch 64 (conftest.skip_gpu_only)
+ALL_POST_SHAPES = {**POST_SHAPES, **GPU_POST_SHAPES}
 
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")
-@pytest.mark.parametrize("name", {**POST_SHAPES, **GPU_POST_SHAPES})
+@pytest.mark.parametrize("name", ALL_POST_SHAPES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("provider", [*POST_PROVIDERS, "copy"])
 def test_post(benchmark, device, batch, name, layout, provider):
     """The part after the convolution alone: BatchNorm2d (training) + ReLU, forward+backward."""
     skip_gpu_only(device, name, GPU_POST_SHAPES)
-    out_ch, out_side, act = {**POST_SHAPES, **GPU_POST_SHAPES}[name]
+    out_ch, out_side, act = ALL_POST_SHAPES[name]
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     h = torch.randn(batch, out_ch, out_side, out_side, device=device).to(memory_format=memory_format)
     h.requires_grad_()

@@ -29,6 +29,7 @@ VAE_SIZES = {
     "b512 3x64x64 z256": (512, (3, 64, 64), 256),
 }
 GPU_VAE_SIZES = {"b2048 3x128x128 z512": (2048, (3, 128, 128), 512)}  # 384 MiB an image tensor
+ALL_VAE_SIZES = {**VAE_SIZES, **GPU_VAE_SIZES}
 _compiled = {name: torch.compile(getattr(reference, name), dynamic=False) for name in ("gan_d_loss", "gan_g_loss", "vae_loss")}
 
 
@@ -94,7 +95,7 @@ def test_gan_d_loss(benchmark, cuda_peak, device, count, kind, provider, pass_):
 
 
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("size", {**VAE_SIZES, **GPU_VAE_SIZES})
+@pytest.mark.parametrize("size", ALL_VAE_SIZES)
 @pytest.mark.parametrize("recon_loss", ["bce", "mse"])
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
@@ -102,7 +103,7 @@ def test_vae_loss(benchmark, cuda_peak, device, size, recon_loss, provider, pass
     if provider in FLOORS and pass_ == "fwd":
         pytest.skip("the floors are listed once, with forward+backward")
     skip_gpu_only(device, size, GPU_VAE_SIZES)
-    batch, image, latent = {**VAE_SIZES, **GPU_VAE_SIZES}[size]
+    batch, image, latent = ALL_VAE_SIZES[size]
     grad = pass_ == "fwd+bwd"
     recon = torch.randn(batch, *image, device=device, requires_grad=grad)
     target = torch.rand(batch, *image, device=device)

@@ -19,6 +19,7 @@ from conftest import copy_floor, cpu_peak_bytes, devices, saved_for_backward_byt
 
 SHAPES = {"128x64": (128, 64), "512x512": (512, 512), "1M": (1024, 1024), "4M": (4096, 1024)}
 GPU_SHAPES = {"128M": (16384, 8192)}  # 512 MiB a tensor (conftest.skip_gpu_only)
+ALL_SHAPES = {**SHAPES, **GPU_SHAPES}
 _compiled_reference = torch.compile(reference, dynamic=False)
 
 PROVIDERS = {
@@ -41,13 +42,13 @@ def make_inputs(shape, device, requires_grad):
 
 
 @pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("size", {**SHAPES, **GPU_SHAPES})
+@pytest.mark.parametrize("size", ALL_SHAPES)
 @pytest.mark.parametrize("provider", [*PROVIDERS, "copy"])
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("outputs", ["z", "z+kl"])
 def test_reparameterize(benchmark, cuda_peak, device, size, provider, pass_, outputs):
     skip_gpu_only(device, size, GPU_SHAPES)
-    shape = {**SHAPES, **GPU_SHAPES}[size]
+    shape = ALL_SHAPES[size]
     with_kl = outputs == "z+kl"
     moved = MOVED[outputs, pass_] * 4 * math.prod(shape)  # float32
 

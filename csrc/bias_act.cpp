@@ -41,8 +41,7 @@ at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bia
   op.inner = std::max<int64_t>(x.numel(), 1);
   if (bias.has_value()) {
     check_float_tensor(*bias, "bias");
-    TORCH_CHECK(bias->device() == x.device(), "bias must be on the same device as x, got ",
-                bias->device(), " and ", x.device());
+    check_same_device(*bias, "bias", x, "x");
     TORCH_CHECK(dim >= 0 && dim < x.dim(), "dim must index a dimension of x (", x.dim(),
                 "-d), got ", dim);
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(dim), "bias must have shape [",

@@ -25,8 +25,7 @@ namespace {
 void check_channel_vector(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
   if (!t.has_value()) return;
   check_float_tensor(*t, name);
-  TORCH_CHECK(t->device() == x.device(), name, " must be on the same device as x, got ", t->device(), " and ",
-              x.device());
+  check_same_device(*t, name, x, "x");
   TORCH_CHECK(t->dim() == 1 && t->size(0) == x.size(1), name, " must have shape [", x.size(1),
               "] (one value per channel of x, x.shape[1]), got ", t->sizes());
 }
@@ -92,8 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
               x.sizes());
   const at::TensorOptions math = x.options().dtype(math_dtype(x.scalar_type()));
   if (num_batches_tracked.has_value()) {  // as the fake kernel checks it, so compile agrees with eager
-    TORCH_CHECK(num_batches_tracked->device() == x.device(), "num_batches_tracked must be on the same device as x, got ",
-                num_batches_tracked->device(), " and ", x.device());
+    check_same_device(*num_batches_tracked, "num_batches_tracked", x, "x");
     if (training) num_batches_tracked->add_(1);
   }
 

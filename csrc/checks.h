@@ -24,11 +24,16 @@ inline void check_float_tensor(const at::Tensor& t, const char* name) {
               " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
 }
 
+inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                              const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), name, " must be on the same device as ", ref_name,
+              ", got ", t.device(), " and ", ref.device());
+}
+
 inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& ref,
                        const char* ref_name) {
   check_float_tensor(t, name);
-  TORCH_CHECK(t.device() == ref.device(), name, " must be on the same device as ", ref_name,
-              ", got ", t.device(), " and ", ref.device());
+  check_same_device(t, name, ref, ref_name);
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have the same dtype as ",
               ref_name, ", got ", t.scalar_type(), " and ", ref.scalar_type());
   TORCH_CHECK(t.sizes() == ref.sizes(), name, " must have the same shape as ", ref_name, ", got ",

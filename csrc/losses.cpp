@@ -53,12 +53,6 @@ at::Tensor grad_like(const at::Tensor& t, bool wanted) {
   return wanted ? at::empty_like(t, t.options().dtype(dtype)) : at::empty({0}, t.options().dtype(dtype));
 }
 
-void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& ref,
-                       const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), name, " must be on the same device as ", ref_name,
-              ", got ", t.device(), " and ", ref.device());
-}
-
 LogitTerm make_term(const at::Tensor& x, const char* name, const std::string& kind, Role role,
                     double real_label, bool want_grad) {
   check_float_tensor(x, name);

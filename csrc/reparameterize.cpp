@@ -22,8 +22,7 @@ void check_seed(const at::Tensor& seed, const at::Tensor& mu) {
   TORCH_CHECK(seed.scalar_type() == at::kLong && seed.dim() == 1 && seed.size(0) == 2,
               "seed must be an int64 tensor of shape [2] holding (seed, offset), got ",
               seed.scalar_type(), " of shape ", seed.sizes());
-  TORCH_CHECK(seed.device() == mu.device(), "seed must be on the same device as mu, got ",
-              seed.device(), " and ", mu.device());
+  check_same_device(seed, "seed", mu, "mu");
 }
 
 std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
