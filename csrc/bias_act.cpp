@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "device_kernel.h"
 #include "layout.h"
 
 namespace aigc_fast {
@@ -52,14 +53,7 @@ at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bia
     op.inner = op.channels > 1 ? op.x.stride(dim) : std::max<int64_t>(op.x.numel(), 1);
   }
   op.y = at::empty_like(op.x);
-  if (x.numel() == 0) return op.y;
-#ifdef AIGC_FAST_WITH_CUDA
-  if (x.is_cuda()) {
-    bias_act_cuda(op);
-    return op.y;
-  }
-#endif
-  bias_act_cpu(op);
+  if (x.numel() > 0) run_on_device(x, op, bias_act_cpu, AIGC_CUDA_KERNEL(bias_act_cuda));
   return op.y;
 }
 
@@ -75,16 +69,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
   op.y = in_memory_order(y);
   op.grad_y = in_order_of(grad_y, op.y);
   op.grad_x = at::empty_like(op.y);
-  if (y.numel() > 0) {
-#ifdef AIGC_FAST_WITH_CUDA
-    if (y.is_cuda()) {
-      bias_act_grad_cuda(op);
-    } else
-#endif
-    {
-      bias_act_grad_cpu(op);
-    }
-  }
+  if (y.numel() > 0) run_on_device(y, op, bias_act_grad_cpu, AIGC_CUDA_KERNEL(bias_act_grad_cuda));
   at::Tensor grad_bias = at::empty({0}, y.options());
   if (bias_dtype.has_value()) {  // the bias gradient, in the bias's dtype
     TORCH_CHECK(dim >= 0 && dim < y.dim(), "dim must index a dimension of y (", y.dim(), "-d), got ", dim);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "device_kernel.h"
 #include "layout.h"
 
 namespace aigc_fast {
@@ -71,10 +72,7 @@ void run(GanLoss& op) {
   const at::Tensor& x = op.terms[0].x;
   op.partials = at::empty({tiles}, x.options().dtype(at::kDouble));
   op.loss = at::empty({}, math_options(x, op.double_math));
-#ifdef AIGC_FAST_WITH_CUDA
-  if (x.is_cuda()) return gan_loss_cuda(op);
-#endif
-  gan_loss_cpu(op);
+  run_on_device(x, op, gan_loss_cpu, AIGC_CUDA_KERNEL(gan_loss_cuda));
 }
 
 void check_label(const std::string& kind, double real_label) {
@@ -168,14 +166,7 @@ vae_loss_op(const at::Tensor& recon, const at::Tensor& target, const at::Tensor&
   op.loss = at::empty(shape, options);
   op.recon_out = at::empty(shape, options);
   op.kl_out = at::empty(shape, options);
-#ifdef AIGC_FAST_WITH_CUDA
-  if (recon.is_cuda()) {
-    vae_loss_cuda(op);
-  } else
-#endif
-  {
-    vae_loss_cpu(op);
-  }
+  run_on_device(recon, op, vae_loss_cpu, AIGC_CUDA_KERNEL(vae_loss_cuda));
   return {op.loss, op.recon_out, op.kl_out, op.grad_recon, op.grad_target, op.grad_mu, op.grad_logvar};
 }
 

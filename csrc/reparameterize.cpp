@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "device_kernel.h"
 
 namespace aigc_fast {
 namespace {
@@ -59,14 +60,9 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_op(const at::Tensor& mu, const
   } else {
     op.kl = at::empty({0}, kl_options);
   }
-  if (mu.numel() == 0) return {op.z, op.kl};
-#ifdef AIGC_FAST_WITH_CUDA
-  if (mu.is_cuda()) {
-    reparameterize_forward_cuda(op);
-    return {op.z, op.kl};
+  if (mu.numel() > 0) {
+    run_on_device(mu, op, reparameterize_forward_cpu, AIGC_CUDA_KERNEL(reparameterize_forward_cuda));
   }
-#endif
-  reparameterize_forward_cpu(op);
   return {op.z, op.kl};
 }
 
@@ -110,13 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_backward_op(
   op.grad_logvar = like_mu(output_mask[1]);
   op.grad_eps = like_mu(output_mask[2] && eps.has_value());
   if (mu.numel() > 0) {
-#ifdef AIGC_FAST_WITH_CUDA
-    if (mu.is_cuda()) {
-      reparameterize_backward_cuda(op);
-      return {op.grad_mu, op.grad_logvar, op.grad_eps};
-    }
-#endif
-    reparameterize_backward_cpu(op);
+    run_on_device(mu, op, reparameterize_backward_cpu, AIGC_CUDA_KERNEL(reparameterize_backward_cuda));
   }
   return {op.grad_mu, op.grad_logvar, op.grad_eps};
 }
