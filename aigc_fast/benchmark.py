@@ -59,6 +59,15 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
     return step, config.batch_size
 
 
+def compile_strictly() -> None:
+    """Makes a compiled provider fail loudly instead of timing eager PyTorch under its name.
+    Dynamo compiles a function once per variant it meets (shapes, strides, grad mode, the
+    module instance) and, past `recompile_limit` variants of one code object (8), runs it
+    eagerly from then on without a word; a benchmark that reuses one compiled function over
+    many sizes, or builds several compiled models of one class, crosses that silently."""
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+
+
 def time_step(step: Callable[[], Dict[str, float]], *, warmup: int = 2, repeats: int = 5) -> List[float]:
     """Seconds of each of `repeats` steps after `warmup` untimed ones (compilation, caches)."""
     for _ in range(warmup):
@@ -136,9 +145,13 @@ def run(workloads: List[str], providers: List[str], settings: List[Tuple[str, bo
     drifts over minutes, a drift then lands on every provider alike instead of on
     whichever ran during it."""
     facts = machine_facts(device)
+    compile_strictly()
     rows = []
     for workload in workloads:
         for precision, channels_last in settings:
+            # The previous setting's compiled code is dead: without this, the compiled
+            # providers' variants pile up on the models' shared code objects.
+            torch.compiler.reset()
             steps = {}
             for provider in providers:
                 steps[provider], batch = make_step(workload, provider, precision=precision,
@@ -237,7 +250,7 @@ def comparison_chart(labels: List[str], speedups: Dict[str, List[Optional[float]
     except ImportError:
         return None
     has_memory = any(m is not None for m in memory)
-    fig, axes = plt.subplots(1, 2 if has_memory else 1, figsize=(11 if has_memory else 7, 1.2 + 0.32 * len(labels)),
+    fig, axes = plt.subplots(1, 2 if has_memory else 1, figsize=(11 if has_memory else 7, 1.5 + 0.32 * len(labels)),
                              sharey=True, squeeze=False, gridspec_kw={"width_ratios": [3, 1.3] if has_memory else [1]})
     ax = axes[0][0]
     rows = range(len(labels))
@@ -250,8 +263,9 @@ def comparison_chart(labels: List[str], speedups: Dict[str, List[Optional[float]
     ax.set_yticklabels(labels, fontsize=7)
     ax.set_ylim(len(labels) - 0.5 + height * (len(speedups) - 1), -0.5)  # first label on top
     ax.set_xlabel("speed-up over eager (higher is faster)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=9)
+    # Above the bars, not among them: inside the axes it covered whichever bars were there.
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(speedups), frameon=False)
     if has_memory:
         mem = axes[0][1]
         mem.barh([r + height * (len(speedups) - 1) / 2 for r in rows], [math.nan if m is None else m for m in memory],

@@ -8,6 +8,19 @@ import torch
 from aigc_fast import benchmark as benchmark_lib
 
 
+def pytest_configure(config):
+    benchmark_lib.compile_strictly()
+
+
+@pytest.fixture(autouse=True)
+def fresh_compile_cache():
+    """Each case compiles its own variants: the suites build one compiled function per op
+    and call it at every size, and the variants of all earlier cases would otherwise count
+    towards dynamo's recompile limit (see aigc_fast.benchmark.compile_strictly)."""
+    torch.compiler.reset()
+    yield
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["threads"] = torch.get_num_threads()
@@ -84,16 +97,12 @@ def copy_floor(moved, device):
     return step
 
 
-@pytest.fixture
-def cuda_peak():
-    """Peak CUDA memory of one call, beyond what was allocated before it."""
-
-    return lambda fn: benchmark_lib.peak_bytes(fn, "cuda")
-
-
-def cpu_peak_bytes(step, leaves=()):
-    """aigc_fast.benchmark.cpu_peak_bytes of one call of `step`, with the leaves' gradients
-    freed before (not during) it."""
+def peak_memory(step, device, leaves=()):
+    """{"cpu_peak_bytes" or "cuda_peak_bytes": the peak of one call of `step` beyond what was
+    held before it (aigc_fast.benchmark.peak_bytes)}, with the leaves' gradients freed
+    before (not during) the call, on both devices alike: a gradient the previous round left
+    would otherwise count in the baseline and be freed and reused inside the step."""
     for t in leaves:
         t.grad = None
-    return benchmark_lib.cpu_peak_bytes(step)
+    key = "cuda_peak_bytes" if device == "cuda" else "cpu_peak_bytes"
+    return {key: benchmark_lib.peak_bytes(step, device)}

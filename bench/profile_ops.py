@@ -39,16 +39,27 @@ def _batch(n, scale):
     return max(2, round(n * scale))
 
 
+def _training_step(run, *leaves):
+    """`run` as a training step calls it: the leaves' gradients freed first (as
+    zero_grad(set_to_none=True) does), so a call neither adds into the last call's gradients
+    nor skips the losses' zero-copy backward."""
+    def step():
+        for t in leaves:
+            t.grad = None
+        run()
+    return step
+
+
 def _reparameterize(device):
     def make(impl, scale):
         rows = _batch(2048, scale)
         mu, logvar = _leaf(rows, 2048, device=device), _leaf(rows, 2048, device=device)
         fn = aigc_fast.reparameterize if impl == "fused" else reference.reparameterize
 
-        def step():
+        def run():
             z, kl = fn(mu, logvar, return_kl=True)
             (z.sum() + kl.sum()).backward()
-        return step, f"{rows}x2048"
+        return _training_step(run, mu, logvar), f"{rows}x2048"
     return Case("reparameterize (z+kl)", make)
 
 
@@ -57,7 +68,7 @@ def _gan_d_loss(device):
         n = _batch(4096, scale)
         real, fake = _leaf(n, 1, device=device), _leaf(n, 1, device=device)
         fn = aigc_fast.gan_d_loss if impl == "fused" else reference.gan_d_loss
-        return lambda: fn(real, fake, "bce").backward(), f"{n}"
+        return _training_step(lambda: fn(real, fake, "bce").backward(), real, fake), f"{n}"
     return Case("gan_d_loss (bce)", make)
 
 
@@ -67,7 +78,8 @@ def _vae_loss(device):
         recon, mu, logvar = _leaf(b, 3, 64, 64, device=device), _leaf(b, 256, device=device), _leaf(b, 256, device=device)
         target = torch.rand(b, 3, 64, 64, device=device)
         fn = aigc_fast.vae_loss if impl == "fused" else reference.vae_loss
-        return lambda: fn(recon, target, mu, logvar)[0].backward(), f"b{b} 3x64x64, z256"
+        return (_training_step(lambda: fn(recon, target, mu, logvar)[0].backward(), recon, mu, logvar),
+                f"b{b} 3x64x64, z256")
     return Case("vae_loss (bce)", make)
 
 
@@ -77,7 +89,7 @@ def _bias_act(device):
         bias = _leaf(64, device=device)
         grad = torch.randn_like(x)
         fn = aigc_fast.bias_act if impl == "fused" else reference.bias_act
-        return lambda: fn(x, bias, "leaky_relu").backward(grad), "x".join(map(str, x.shape))
+        return _training_step(lambda: fn(x, bias, "leaky_relu").backward(grad), x, bias), "x".join(map(str, x.shape))
     return Case("bias_act (leaky_relu)", make)
 
 
@@ -89,10 +101,10 @@ def _bn_act(device, channels_last):
         grad = torch.randn_like(x)
         fn = aigc_fast.bn_act if impl == "fused" else reference.bn_act
 
-        def step():
+        def run():
             fn(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, training=True, act="relu",
                num_batches_tracked=bn.num_batches_tracked).backward(grad)
-        return step, "x".join(map(str, x.shape)) + (" channels_last" if channels_last else " nchw")
+        return _training_step(run, x, bn.weight, bn.bias), "x".join(map(str, x.shape)) + (" channels_last" if channels_last else " nchw")
     return Case("bn_act (relu, training)", make)
 
 

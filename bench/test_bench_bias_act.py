@@ -14,7 +14,7 @@ import torch
 import aigc_fast
 from aigc_fast import reference
 
-from conftest import copy_floor, cpu_peak_bytes, devices, nbytes, skip_gpu_only, synchronized
+from conftest import copy_floor, devices, nbytes, peak_memory, skip_gpu_only, synchronized
 
 # name: (activation shape, act); batch 128, as DCGAN trains.
 SHAPES = {
@@ -37,7 +37,7 @@ PROVIDERS = {
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("provider", [*PROVIDERS, "copy"])
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
-def test_bias_act(benchmark, cuda_peak, device, size, layout, provider, pass_):
+def test_bias_act(benchmark, device, size, layout, provider, pass_):
     if provider == "copy" and pass_ == "fwd":
         pytest.skip("the floor is listed once, with forward+backward")
     skip_gpu_only(device, size, GPU_SHAPES)
@@ -67,7 +67,4 @@ def test_bias_act(benchmark, cuda_peak, device, size, layout, provider, pass_):
                                 bytes_moved=moved if provider in ("fused", "copy") else None)
     benchmark.pedantic(synchronized(step, device), rounds=30, warmup_rounds=3, iterations=1)
     if pass_ == "fwd+bwd" and provider != "copy":
-        if device == "cpu":
-            benchmark.extra_info["cpu_peak_bytes"] = cpu_peak_bytes(step, (x, bias))
-        else:
-            benchmark.extra_info["cuda_peak_bytes"] = cuda_peak(step)
+        benchmark.extra_info.update(peak_memory(step, device, (x, bias)))

@@ -19,7 +19,7 @@ import aigc_fast
 from aigc_fast import reference
 from aigc_fast.nn import ConvBlock, ConvTransposeBlock
 
-from conftest import (copy_floor, cpu_peak_bytes, devices, nbytes, saved_for_backward_bytes, skip_gpu_only,
+from conftest import (copy_floor, devices, nbytes, peak_memory, saved_for_backward_bytes, skip_gpu_only,
                       synchronized)
 
 # name: (in_ch, out_ch, kernel, stride, padding, input side, norm, act) of a generator block.
@@ -65,7 +65,7 @@ def train_step(model, x, grad):
 @pytest.mark.parametrize("name", BLOCKS)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("provider", ["fused", "eager", "compile", "conv only"])
-def test_block(benchmark, cuda_peak, device, batch, name, layout, provider):
+def test_block(benchmark, device, batch, name, layout, provider):
     spec = BLOCKS[name]
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     block, twin = block_and_twin(spec)
@@ -81,10 +81,7 @@ def test_block(benchmark, cuda_peak, device, batch, name, layout, provider):
                                 numel=grad.numel(), pass_="fwd+bwd")
     benchmark.pedantic(synchronized(step, device), rounds=5, warmup_rounds=1, iterations=1)
     if provider in ("fused", "eager"):
-        if device == "cpu":
-            benchmark.extra_info["cpu_peak_bytes"] = cpu_peak_bytes(step, (x, *model.parameters()))
-        else:
-            benchmark.extra_info["cuda_peak_bytes"] = cuda_peak(step)
+        benchmark.extra_info.update(peak_memory(step, device, (x, *model.parameters())))
 
 
 POST_PROVIDERS = {

@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+
+from aigc_fast import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,3 +94,18 @@ def test_profile_ops_table_on_cpu(capsys):
     for op in ("reparameterize (z+kl)", "vae_loss (bce)"):
         assert 0 < calls[(op, "fused")] < calls[(op, "eager")]
     assert all(float(row[3]) > 0 for row in rows)
+
+
+def test_compile_strictly_turns_the_silent_eager_fallback_into_an_error():
+    """Past dynamo's recompile limit a compiled function runs eagerly without a word; the
+    benchmarks' "compile" provider would then time eager PyTorch under its name."""
+    import torch._dynamo.config as dynamo_config
+
+    with dynamo_config.patch(fail_on_recompile_limit_hit=False, recompile_limit=2):
+        benchmark.compile_strictly()
+        double = torch.compile(lambda x: x * 2, dynamic=False, backend="eager")
+        double(torch.ones(1))
+        double(torch.ones(2))
+        with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+            double(torch.ones(3))
+    torch.compiler.reset()
