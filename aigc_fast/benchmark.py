@@ -265,7 +265,8 @@ def comparison_chart(labels: List[str], speedups: Dict[str, List[Optional[float]
     ax.set_xlabel("speed-up over eager (higher is faster)")
     fig.suptitle(title, fontsize=9)
     # Above the bars, not among them: inside the axes it covered whichever bars were there.
-    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(speedups), frameon=False)
+    if speedups:
+        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(speedups), frameon=False)
     if has_memory:
         mem = axes[0][1]
         mem.barh([r + height * (len(speedups) - 1) / 2 for r in rows], [math.nan if m is None else m for m in memory],
