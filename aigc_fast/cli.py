@@ -50,7 +50,7 @@ def _or_none(convert):
 def _train(args, given: dict) -> int:
     from .train import GANConfig, GANTrainer, VAEConfig, VAETrainer
 
-    config_class, trainer_class = {"gan": (GANConfig, GANTrainer), "vae": (VAEConfig, VAETrainer)}[args.model]
+    config_class, trainer_class = {"gan": (GANConfig, GANTrainer), "vae": (VAEConfig, VAETrainer)}[args.kind]
     if args.resume:
         recorded = Path(args.resume) / "config.json"
         if not recorded.is_file():
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     info.add_argument("--json", action="store_true", help="print the facts as JSON")
 
     train = commands.add_parser("train", help="train a DCGAN or a VAE (run directory: --out-dir)")
-    models = train.add_subparsers(dest="model", required=True)
+    # dest "kind", not "model": VAEConfig has a field `model` (its --model flag), which would overwrite it.
+    models = train.add_subparsers(dest="kind", required=True)
     for name, config_class in (("gan", GANConfig), ("vae", VAEConfig)):
         sub = models.add_parser(name, help=config_class.__doc__.splitlines()[0])
         sub.add_argument("--config", help="a config JSON file (flags override it)")
@@ -146,7 +147,7 @@ def _run(args) -> int:
             aigc_fast.info()
         return 0
     if args.command == "train":
-        given = {k: v for k, v in vars(args).items() if k not in ("command", "model", "config", "resume")}
+        given = {k: v for k, v in vars(args).items() if k not in ("command", "kind", "config", "resume")}
         return _train(args, given)
     if args.command == "sample":
         from .sampling import sample_run

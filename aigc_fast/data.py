@@ -188,6 +188,9 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
             images, labels = load_image_folder(path, image_size, channels)
         elif path.suffix in (".npy", ".npz"):
             images, labels = _load_array_file(path)
+        elif not path.exists():
+            raise FileNotFoundError(f"data: no folder {str(source)!r} (relative paths start at {Path.cwd()}); "
+                                    f"the built-in sets are {BUILTIN}")
         else:
             raise ValueError(f"data must be one of {BUILTIN}, an image folder or a .npy/.npz file, got {source!r}")
     elif isinstance(source, (np.ndarray, torch.Tensor)):

@@ -9,6 +9,7 @@ labels, ready to mix into a classifier's training set as class-balanced augmenta
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Optional, Union
 
@@ -28,6 +29,13 @@ def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optio
     out = Path(out_dir)
     pixels = to_uint8(images, (0.0, 1.0))
     folder = out / "images"
+    if folder.is_dir() and any(folder.iterdir()):
+        # An earlier call's samples are replaced, not mixed with these: leftovers would join
+        # the folder's images (and, unlabelled, class 0) when it is loaded as a dataset.
+        if not (out / "samples.npz").is_file():
+            raise ValueError(f"{folder} already holds files that write_samples did not write; choose another "
+                             "output folder")
+        shutil.rmtree(folder)
     for i, image in enumerate(pixels):
         path = folder / (f"class_{int(labels[i]):03d}" if labels is not None else "") / f"{i:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

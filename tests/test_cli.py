@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from aigc_fast.cli import main
 
@@ -102,3 +103,25 @@ def test_bench_writes_csv_table_and_breakdown(tmp_path, capsys):
     except ImportError:
         return
     assert (tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_model_flag_picks_the_vae(tmp_path):
+    """VAEConfig's field `model` has its flag, which must not clash with the subcommand."""
+    run = tmp_path / "mlp"
+    assert main(["train", "vae", *TINY, "--model", "mlp", "--latent-dim", "4", "--max-steps", "1",
+                 "--out-dir", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["model"] == "mlp"
+
+
+def test_sampling_again_replaces_the_earlier_samples(tmp_path):
+    from aigc_fast.sampling import write_samples
+
+    images = torch.rand(5, 1, 8, 8)
+    write_samples(images, tmp_path / "gen")
+    write_samples(images[:2], tmp_path / "gen", torch.tensor([0, 1]))
+    assert sorted(p.relative_to(tmp_path / "gen" / "images").as_posix()
+                  for p in (tmp_path / "gen" / "images").rglob("*.png")) == ["class_000/000000.png", "class_001/000001.png"]
+    (tmp_path / "mine" / "images").mkdir(parents=True)
+    (tmp_path / "mine" / "images" / "holiday.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="did not write"):
+        write_samples(images, tmp_path / "mine")

@@ -109,7 +109,22 @@ def test_mlp_vae_loads_the_pytorch_example_checkpoint():
     (lambda: DCGANDiscriminator(image_size=256), "image_size must be"),
     (lambda: DCGANGenerator(backend="triton"), "backend must be one of"),
     (lambda: MLPVAE(backend="cuda"), "backend must be one of"),
+    (lambda: DCGANDiscriminator(ndf=4, channels=1, image_size=28)(torch.zeros(2, 1, 32, 32)),
+     r"takes images \[N, 1, 28, 28\], got shape \[2, 1, 32, 32\]"),
+    (lambda: ConvVAE(4, channels=1, image_size=16, base=4)(torch.zeros(2, 3, 16, 16)), r"\[N, 1, 16, 16\]"),
+    (lambda: MLPVAE()(torch.zeros(2, 3, 28, 28)), r"takes \[N, 784\] .*got shape \[2, 3, 28, 28\]"),
 ])
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_vae_sample_runs_in_eval_mode_and_leaves_the_mode_alone():
+    vae = ConvVAE(4, channels=1, image_size=16, base=4)
+    with torch.no_grad():
+        expected = torch.sigmoid(vae.eval().decode(torch.randn(3, 4, generator=torch.Generator().manual_seed(0))))
+    vae.train()
+    tracked = [m.num_batches_tracked.item() for m in vae.modules() if isinstance(m, nn.BatchNorm2d)]
+    images = vae.sample(3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(images, expected)  # BatchNorm's running statistics, not the batch's
+    assert vae.training and [m.num_batches_tracked.item() for m in vae.modules() if isinstance(m, nn.BatchNorm2d)] == tracked

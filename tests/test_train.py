@@ -60,7 +60,7 @@ def test_a_fresh_run_does_not_overwrite_a_finished_one(tmp_path):
         GANTrainer(tiny_gan(tmp_path, max_steps=3, seed=1)).fit(tiny_images())
     assert (tmp_path / "metrics.jsonl").read_text() == before and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
     (tmp_path / "checkpoint.pt").unlink()  # as a run stopped before its first checkpoint leaves it
-    with pytest.raises(ValueError, match=r"already holds a run \(metrics.jsonl\)"):
+    with pytest.raises(ValueError, match="stopped before its first checkpoint, so there is nothing to resume"):
         GANTrainer(tiny_gan(tmp_path, max_steps=3, seed=1)).fit(tiny_images())
 
 
@@ -190,3 +190,58 @@ def test_mse_vae_generates_its_decoder_means(tmp_path):
     trainer.model.eval()
     expected = trainer.model.decode(z).clamp(0, 1).view(5, 1, 16, 16)  # no sigmoid: mse decodes means
     torch.testing.assert_close(trainer.generate(5, seed=3), expected)
+
+
+def test_resume_takes_the_new_lr_and_betas_and_refuses_another_model(tmp_path):
+    GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images())
+    with pytest.raises(ValueError, match="different model .*ngf 4 -> 8"):
+        GANTrainer(tiny_gan(tmp_path, ngf=8, max_steps=3)).fit(tiny_images(), resume=True)
+    resumed = GANTrainer(tiny_gan(tmp_path, lr=1e-5, betas=(0.9, 0.99), max_steps=3))
+    resumed.fit(tiny_images(), resume=True)
+    for optimizer in (resumed.opt_g, resumed.opt_d):
+        assert optimizer.param_groups[0]["lr"] == 1e-5 and optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["modules"]["opt_d"]["param_groups"][0]["lr"] == 1e-5 and state["config"]["lr"] == 1e-5
+
+
+def test_resume_drops_the_rows_logged_after_the_checkpoint(tmp_path):
+    GANTrainer(tiny_gan(tmp_path, max_steps=3)).fit(tiny_images())
+    with open(tmp_path / "metrics.jsonl", "a") as log:  # as a run stopped two steps after it leaves them
+        log.writelines(json.dumps({"step": s, "epoch": 1, "d_loss": 1.0}) + "\n" for s in (4, 5))
+    GANTrainer(tiny_gan(tmp_path, max_steps=6)).fit(tiny_images(), resume=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_images_outside_the_trainers_range_are_refused(tmp_path):
+    config = VAEConfig(out_dir=str(tmp_path), image_size=16, channels=1, latent_dim=2, base=4, batch_size=8,
+                       max_steps=1, progress=False, holdout=0.0)
+    with pytest.raises(ValueError, match=r"vae trainer trains on images in \[0, 1\].*\[-1"):
+        VAETrainer(config).fit(ImageData(tiny_images() * 2 - 1))
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_data_path_is_recorded_absolute(tmp_path, monkeypatch):
+    import numpy as np
+
+    np.savez(tmp_path / "images.npz", images=(tiny_images().numpy() * 255).astype(np.uint8))
+    monkeypatch.chdir(tmp_path)
+    trainer = GANTrainer(tiny_gan(tmp_path / "run", max_steps=1))
+    trainer.fit("images.npz")
+    assert trainer.config.data == str(tmp_path / "images.npz")
+    GANTrainer(tiny_gan(tmp_path / "run", max_steps=2, data="images.npz")).fit(resume=True)  # same file, relative
+    with pytest.raises(FileNotFoundError, match="no folder '.*missing'"):
+        GANTrainer(tiny_gan(tmp_path / "other", max_steps=1)).fit("missing")
+
+
+def test_config_checks_and_files(tmp_path):
+    for field in ("log_every", "sample_every", "batch_size", "num_samples"):
+        with pytest.raises(ValueError, match=f"{field} must be an integer >= 1"):
+            GANConfig(**{field: 0})
+    (tmp_path / "my.cfg").write_text(GANConfig(nz=7).to_json())
+    assert GANConfig.from_json(str(tmp_path / "my.cfg")).nz == 7
+    with pytest.raises(FileNotFoundError, match="no config file"):
+        GANConfig.from_json(str(tmp_path / "none.cfg"))
+    (tmp_path / "bad.json").write_text("nz: 7")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        GANConfig.from_json(tmp_path / "bad.json")

@@ -25,6 +25,14 @@ def _geometry(image_size: int) -> Tuple[int, int]:
     return (2, 7) if image_size == 28 else (int(math.log2(image_size)) - 2, 4)
 
 
+def _check_images(images: torch.Tensor, channels: int, image_size: int, model: str) -> None:
+    """The models' convolutions would take other sizes too and return the wrong number of
+    outputs (a 28x28 discriminator gives 4 logits per 32x32 image): refuse them instead."""
+    if images.dim() != 4 or tuple(images.shape[1:]) != (channels, image_size, image_size):
+        raise ValueError(f"{model} takes images [N, {channels}, {image_size}, {image_size}], "
+                         f"got shape {list(images.shape)}")
+
+
 def dcgan_init_(module: nn.Module) -> nn.Module:
     """DCGAN's initialization, in place: conv weights ~ N(0, 0.02), BatchNorm weights ~
     N(1, 0.02) and biases 0."""
@@ -87,4 +95,5 @@ class DCGANDiscriminator(nn.Module):
         dcgan_init_(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _check_images(images, self.channels, self.image_size, type(self).__name__)
         return self.main(images).flatten()

@@ -14,7 +14,7 @@ from ..ops.bias_act import bias_act
 from ..ops.losses import vae_loss
 from ..ops.reparameterize import reparameterize
 from . import _backend
-from .dcgan import _geometry
+from .dcgan import _check_images, _geometry
 
 
 class _VAE(nn.Module):
@@ -44,12 +44,18 @@ class _VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """n images in [0, 1] decoded from z ~ N(0, I): the sigmoid of the decoder's logits,
-        as for a model trained with the BCE reconstruction loss (an "mse" model's outputs are
-        the images themselves: decode(z).clamp(0, 1))."""
+        """n images in [0, 1] decoded from z ~ N(0, I) in eval mode (BatchNorm's running
+        statistics, which the call leaves alone; the model's mode is restored after): the
+        sigmoid of the decoder's logits, as for a model trained with the BCE reconstruction
+        loss (an "mse" model's outputs are the images themselves: decode(z).clamp(0, 1))."""
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return torch.sigmoid(self.decode(z))
+        was = self.training
+        self.eval()
+        try:
+            return torch.sigmoid(self.decode(z))
+        finally:
+            self.train(was)
 
 
 class ConvVAE(_VAE):
@@ -79,6 +85,7 @@ class ConvVAE(_VAE):
         self.decoder = _backend.sequential(backend, *dec)
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_images(x, self.channels, self.image_size, type(self).__name__)
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
 
@@ -104,6 +111,11 @@ class MLPVAE(_VAE):
         return bias_act(F.linear(x, layer.weight), layer.bias, "relu")  # bias + ReLU in one pass
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        # One flat vector per sample: a reshape(-1, input_dim) would turn an RGB image into
+        # three "images" without a word.
+        if x.dim() < 2 or x[0].numel() != self.input_dim:
+            raise ValueError(f"MLPVAE(input_dim={self.input_dim}) takes [N, {self.input_dim}] or images of "
+                             f"{self.input_dim} values each, got shape {list(x.shape)}")
         h = self._linear_relu(self.fc1, x.reshape(-1, self.input_dim))
         return self.fc21(h), self.fc22(h)
 

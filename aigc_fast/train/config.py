@@ -36,6 +36,10 @@ class _Config:
     deterministic: bool = False  # torch.use_deterministic_algorithms; no cuDNN autotuning
 
     def __post_init__(self):
+        for name in ("epochs", "batch_size", "log_every", "sample_every", "num_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "epochs" else 1):
+                raise ValueError(f"{name} must be an integer >= {0 if name == 'epochs' else 1}, got {value!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0 <= self.holdout < 1:
@@ -49,8 +53,17 @@ class _Config:
 
     @classmethod
     def from_json(cls, text_or_path: Union[str, Path]):
-        text = Path(text_or_path).read_text() if Path(str(text_or_path)).suffix == ".json" else str(text_or_path)
-        values = json.loads(text)
+        """From a JSON file (any name) or JSON text."""
+        text, source = str(text_or_path), "the config text"
+        if isinstance(text_or_path, Path) or not text.lstrip().startswith("{"):
+            source = text
+            if not Path(text).is_file():
+                raise FileNotFoundError(f"no config file {text}")
+            text = Path(text).read_text()
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{source} is not valid JSON: {error}") from None
         kind = values.pop("kind", cls.kind)
         if kind != cls.kind:
             raise ValueError(f"this is a {kind!r} config, not a {cls.kind!r} one")

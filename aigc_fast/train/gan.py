@@ -17,6 +17,7 @@ from .trainer import _Trainer
 class GANTrainer(_Trainer):
     kind = "gan"
     value_range = (-1.0, 1.0)
+    _ARCHITECTURE_FIELDS = ("nz", "ngf", "ndf")
 
     def __init__(self, config: Optional[GANConfig] = None):
         super().__init__(config or GANConfig())

@@ -168,16 +168,44 @@ class _Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     _REPLAY_FIELDS = ("seed", "batch_size", "holdout", "data", "image_size", "channels")
+    _ARCHITECTURE_FIELDS: Tuple[str, ...] = ()  # the model's shape: each trainer names its own
 
     def _check_resumable(self, state: Dict[str, Any]) -> None:
-        """A resumed run replays the recorded data order and split: refuse settings that
-        would silently change which images a batch (or the held-out set) holds."""
-        recorded = state.get("config", {})
-        changed = [f"{name} {recorded[name]!r} -> {getattr(self.config, name)!r}" for name in self._REPLAY_FIELDS
-                   if name in recorded and recorded[name] != getattr(self.config, name)]
-        if changed:
+        """A resumed run replays the recorded data order and split, into the recorded models:
+        refuse settings that would silently change which images a batch (or the held-out set)
+        holds, or that the checkpoint's weights cannot fill."""
+        recorded = dict(state.get("config", {}))
+        if isinstance(recorded.get("data"), str):
+            recorded["data"] = _recorded_data(recorded["data"])  # runs that recorded a relative path
+
+        def changed(names):
+            return [f"{name} {recorded[name]!r} -> {getattr(self.config, name)!r}" for name in names
+                    if name in recorded and recorded[name] != getattr(self.config, name)]
+
+        if changed(self._ARCHITECTURE_FIELDS):
+            raise ValueError(f"cannot resume with a different model ({', '.join(changed(self._ARCHITECTURE_FIELDS))}): "
+                             "the checkpoint's weights would not fit; start a new run instead")
+        if changed(self._REPLAY_FIELDS):
             raise ValueError("cannot resume with different data settings (the data order and held-out split "
-                             f"would change): {', '.join(changed)}; start a new run instead")
+                             f"would change): {', '.join(changed(self._REPLAY_FIELDS))}; start a new run instead")
+
+    def _apply_optimizer_settings(self) -> None:
+        """A checkpoint's optimizer state carries the lr and betas it ran with; a resumed run
+        takes the config's (which config.json records), so `--resume --lr 1e-5` lowers it."""
+        for module in self.modules().values():
+            if isinstance(module, torch.optim.Optimizer):
+                for group in module.param_groups:
+                    group["lr"], group["betas"] = self.config.lr, tuple(self.config.betas)
+
+    def _check_value_range(self, images: torch.Tensor) -> None:
+        """Images outside the range the models train on (a VAE's BCE needs [0, 1] targets)
+        train without an error into meaningless losses: refuse them, from a sample."""
+        lo, hi = self.value_range
+        seen_lo, seen_hi = float(images.min()), float(images.max())
+        if seen_lo < lo - 1e-3 or seen_hi > hi + 1e-3:
+            raise ValueError(f"the {self.kind} trainer trains on images in [{lo:g}, {hi:g}], but the data holds "
+                             f"values in [{seen_lo:.3g}, {seen_hi:.3g}] (aigc_fast.data.load(..., kind={self.kind!r}) "
+                             "scales images to that range)")
 
     def save(self) -> Path:
         state = self.state_dict()
@@ -197,6 +225,9 @@ class _Trainer:
         fresh = not resume and self.step == 0
         mine = [f.name for f in (self.checkpoint_path, self.run_dir / "metrics.jsonl") if fresh and f.exists()]
         earlier = sorted(set(name for names in self.group.gather(mine) for name in names))
+        if earlier == ["metrics.jsonl"]:
+            raise ValueError(f"{self.run_dir} holds the metrics of a run that stopped before its first checkpoint, "
+                             "so there is nothing to resume: delete the directory or choose another out_dir")
         if earlier:
             raise ValueError(f"{self.run_dir} already holds a run ({', '.join(earlier)}): resume it "
                              "(fit(resume=True), aigc-fast train --resume DIR) or choose another out_dir")
@@ -204,13 +235,15 @@ class _Trainer:
             if self.config.data is None:
                 raise ValueError("no data: pass fit(data) or set config.data ('mnist', 'digits', a folder, a file)")
             data = self.config.data
-        elif isinstance(data, (str, Path)):
-            self.config.data = str(data)  # recorded, so evaluate and resume find it
+        if isinstance(data, (str, Path)):
+            # Recorded (a path as an absolute one), so evaluate and resume find it from anywhere.
+            data = self.config.data = _recorded_data(data)
         train, held = self.split(self.dataset(data))
         shown = held if len(held) else train  # what VAE reconstruction grids show: unseen images when there are some
         picks = torch.linspace(0, len(shown) - 1, min(max(1, self.config.num_samples // 2), len(shown))).long().tolist()
         with torch.random.fork_rng(devices=[]):  # reading may flip at random: keep the training RNG stream as is
             self.preview = torch.stack([shown[i][0] for i in picks])  # spread out: data is often sorted by class
+        self._check_value_range(self.preview)
         global_batch = self.config.batch_size * self.group.world
         if len(train) < global_batch:
             raise ValueError(f"{len(train)} training images are fewer than one batch of {global_batch}")
@@ -219,6 +252,9 @@ class _Trainer:
             state = load_checkpoint(self.checkpoint_path if resume is True else resume, map_location="cpu")
             self._check_resumable(state)
             self.load_state_dict(state)
+            self._apply_optimizer_settings()
+            if self.group.main:
+                _drop_rows_after(self.step, self.run_dir / "metrics.jsonl", self.run_dir / "epochs.jsonl")
         elif self.step == 0 and self.device.type == "cuda":
             torch.cuda.manual_seed(self._process_seed)  # this process's GPU noise, from the run's seed
         self._configure_backends()
@@ -322,6 +358,27 @@ def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Tra
         trainer = {"gan": GANTrainer, "vae": VAETrainer}[kind](config)
     trainer.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location="cpu"), restore_rng=False)
     return trainer
+
+
+def _recorded_data(data: Union[str, Path]) -> str:
+    """What config.data records: a built-in name as it is, a path made absolute."""
+    if isinstance(data, str) and data in data_lib.BUILTIN:
+        return data
+    return str(Path(data).expanduser().resolve())
+
+
+def _drop_rows_after(step: int, *logs: Path) -> None:
+    """Removes the rows logged after `step` (the checkpoint a run resumes from): a run
+    stopped between checkpoints logged steps it will now train again."""
+    for path in logs:
+        if not path.is_file():
+            continue
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            temporary = path.with_suffix(path.suffix + ".tmp")
+            temporary.write_text("".join(kept))
+            temporary.replace(path)
 
 
 class _NoProgress:

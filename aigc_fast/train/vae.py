@@ -15,6 +15,7 @@ from .trainer import _save_grid_if_possible, _Trainer
 class VAETrainer(_Trainer):
     kind = "vae"
     value_range = (0.0, 1.0)
+    _ARCHITECTURE_FIELDS = ("model", "latent_dim", "base")
 
     def __init__(self, config: Optional[VAEConfig] = None):
         super().__init__(config or VAEConfig())
