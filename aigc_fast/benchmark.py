@@ -251,7 +251,8 @@ def comparison_chart(labels: List[str], speedups: Dict[str, List[Optional[float]
         return None
     has_memory = any(m is not None for m in memory)
     fig, axes = plt.subplots(1, 2 if has_memory else 1, figsize=(11 if has_memory else 7, 1.5 + 0.32 * len(labels)),
-                             sharey=True, squeeze=False, gridspec_kw={"width_ratios": [3, 1.3] if has_memory else [1]})
+                             sharey=True, squeeze=False, gridspec_kw={"width_ratios": [3, 1.3] if has_memory else [1]},
+                             layout="constrained")
     ax = axes[0][0]
     rows = range(len(labels))
     height = 0.8 / max(1, len(speedups))
@@ -264,16 +265,16 @@ def comparison_chart(labels: List[str], speedups: Dict[str, List[Optional[float]
     ax.set_ylim(len(labels) - 0.5 + height * (len(speedups) - 1), -0.5)  # first label on top
     ax.set_xlabel("speed-up over eager (higher is faster)")
     fig.suptitle(title, fontsize=9)
-    # Above the bars, not among them: inside the axes it covered whichever bars were there.
+    # Above the panels, not among the bars: inside the axes it covered whichever were there.
     if speedups:
-        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(speedups), frameon=False)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside upper left", ncol=len(speedups), frameon=False,
+                   fontsize=7)
     if has_memory:
         mem = axes[0][1]
         mem.barh([r + height * (len(speedups) - 1) / 2 for r in rows], [math.nan if m is None else m for m in memory],
                  0.5, color="gray")
         mem.axvline(1.0, color="black", linewidth=0.8)
         mem.set_xlabel("peak memory, fused / eager")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -30,7 +30,9 @@ def fmt_ms(seconds):
 
 
 def fmt_bytes(n):
-    return "-" if n is None else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB" if n else "0"
+    if n is None:
+        return "-"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB" if n >= 2**10 else f"{n} B"
 
 
 def machine(data):
