@@ -208,6 +208,7 @@ def test_resume_drops_the_rows_logged_after_the_checkpoint(tmp_path):
     GANTrainer(tiny_gan(tmp_path, max_steps=3)).fit(tiny_images())
     with open(tmp_path / "metrics.jsonl", "a") as log:  # as a run stopped two steps after it leaves them
         log.writelines(json.dumps({"step": s, "epoch": 1, "d_loss": 1.0}) + "\n" for s in (4, 5))
+        log.write('{"step": 6, "epo')  # a row cut short by the stop
     GANTrainer(tiny_gan(tmp_path, max_steps=6)).fit(tiny_images(), resume=True)
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]

@@ -4,6 +4,7 @@ logits (the BCE of vae_loss takes logits; `sample` applies the sigmoid)."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -113,7 +114,7 @@ class MLPVAE(_VAE):
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # One flat vector per sample: a reshape(-1, input_dim) would turn an RGB image into
         # three "images" without a word.
-        if x.dim() < 2 or x[0].numel() != self.input_dim:
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.input_dim:
             raise ValueError(f"MLPVAE(input_dim={self.input_dim}) takes [N, {self.input_dim}] or images of "
                              f"{self.input_dim} values each, got shape {list(x.shape)}")
         h = self._linear_relu(self.fc1, x.reshape(-1, self.input_dim))

@@ -369,12 +369,20 @@ def _recorded_data(data: Union[str, Path]) -> str:
 
 def _drop_rows_after(step: int, *logs: Path) -> None:
     """Removes the rows logged after `step` (the checkpoint a run resumes from): a run
-    stopped between checkpoints logged steps it will now train again."""
+    stopped between checkpoints logged steps it will now train again. A row cut short by
+    the stop (not valid JSON) goes too."""
+
+    def keep(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except json.JSONDecodeError:
+            return False
+
     for path in logs:
         if not path.is_file():
             continue
         lines = path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
+        kept = [line for line in lines if line.strip() and keep(line)]
         if len(kept) != len(lines):
             temporary = path.with_suffix(path.suffix + ".tmp")
             temporary.write_text("".join(kept))
