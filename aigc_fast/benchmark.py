@@ -8,6 +8,7 @@ Providers: "fused" (the fused backend), "eager" (the reference backend: plain Py
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import math
@@ -59,13 +60,21 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
     return step, config.batch_size
 
 
-def compile_strictly() -> None:
-    """Makes a compiled provider fail loudly instead of timing eager PyTorch under its name.
-    Dynamo compiles a function once per variant it meets (shapes, strides, grad mode, the
-    module instance) and, past `recompile_limit` variants of one code object (8), runs it
-    eagerly from then on without a word; a benchmark that reuses one compiled function over
-    many sizes, or builds several compiled models of one class, crosses that silently."""
-    torch._dynamo.config.fail_on_recompile_limit_hit = True
+def compile_strictly():
+    """A context in which a compiled provider fails loudly instead of timing eager PyTorch
+    under its name. Dynamo compiles a function once per variant it meets (shapes, strides,
+    grad mode, the module instance) and, past `recompile_limit` variants of one code object
+    (8), runs it eagerly from then on without a word; a benchmark that reuses one compiled
+    function over many sizes, or builds several compiled models of one class, crosses that
+    silently."""
+    config = torch._dynamo.config
+    if not hasattr(config, "fail_on_recompile_limit_hit"):  # an older torch
+        import warnings
+
+        warnings.warn("this torch cannot make dynamo fail at its recompile limit: a compiled provider past it "
+                      "would time eager PyTorch", RuntimeWarning, stacklevel=2)
+        return contextlib.nullcontext()
+    return config.patch(fail_on_recompile_limit_hit=True)
 
 
 def time_step(step: Callable[[], Dict[str, float]], *, warmup: int = 2, repeats: int = 5) -> List[float]:
@@ -143,9 +152,16 @@ def run(workloads: List[str], providers: List[str], settings: List[Tuple[str, bo
     The providers of one workload and setting are timed in turns, one step each per round,
     rather than one provider's steps after another's: on a shared machine whose speed
     drifts over minutes, a drift then lands on every provider alike instead of on
-    whichever ran during it."""
+    whichever ran during it.
+
+    Compiled providers run under compile_strictly, and torch.compile's caches are reset
+    (torch.compiler.reset) before each setting, the caller's compiled code included."""
+    with compile_strictly():
+        return _run(workloads, providers, settings, device=device, repeats=repeats, memory=memory, log=log)
+
+
+def _run(workloads, providers, settings, *, device, repeats, memory, log):
     facts = machine_facts(device)
-    compile_strictly()
     rows = []
     for workload in workloads:
         for precision, channels_last in settings:

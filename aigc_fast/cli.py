@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     bench.add_argument("--ops", action="store_true",
                        help="also run the op suites (pytest-benchmark, from a source checkout's bench/)")
     bench.add_argument("--ops-filter", default="not b128", help="pytest -k expression selecting the op cases "
-                       "(default: all but the batch-128 conv blocks, which would double the run)")
+                       "(default: all but the batch-128 conv blocks, which would double the run; '' selects all)")
 
     args = parser.parse_args(argv)
     try:

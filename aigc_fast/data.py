@@ -188,7 +188,7 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
             images, labels = load_image_folder(path, image_size, channels)
         elif path.suffix in (".npy", ".npz"):
             images, labels = _load_array_file(path)
-        elif not path.exists():
+        elif len(path.parts) > 1 and not path.exists():  # a path, not a mistyped name
             raise FileNotFoundError(f"data: no folder {str(source)!r} (relative paths start at {Path.cwd()}); "
                                     f"the built-in sets are {BUILTIN}")
         else:

@@ -9,6 +9,7 @@ labels, ready to mix into a classifier's training set as class-balanced augmenta
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Optional, Union
@@ -17,6 +18,9 @@ import numpy as np
 import torch
 
 from .images import save_grid, to_uint8
+
+
+_SAMPLE_NAME = re.compile(r"(class_\d{3}/)?\d{6}\.png")  # the files write_samples writes under images/
 
 
 def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optional[torch.Tensor] = None) -> Path:
@@ -32,9 +36,12 @@ def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optio
     if folder.is_dir() and any(folder.iterdir()):
         # An earlier call's samples are replaced, not mixed with these: leftovers would join
         # the folder's images (and, unlabelled, class 0) when it is loaded as a dataset.
-        if not (out / "samples.npz").is_file():
-            raise ValueError(f"{folder} already holds files that write_samples did not write; choose another "
-                             "output folder")
+        # Only a folder of this function's own file names is removed.
+        foreign = [p for p in folder.rglob("*")
+                   if p.is_file() and not _SAMPLE_NAME.fullmatch(p.relative_to(folder).as_posix())]
+        if foreign:
+            raise ValueError(f"{folder} holds files that write_samples did not write (e.g. {foreign[0].name}); "
+                             "choose another output folder")
         shutil.rmtree(folder)
     for i, image in enumerate(pixels):
         path = folder / (f"class_{int(labels[i]):03d}" if labels is not None else "") / f"{i:06d}.png"

@@ -8,8 +8,10 @@ import torch
 from aigc_fast import benchmark as benchmark_lib
 
 
-def pytest_configure(config):
-    benchmark_lib.compile_strictly()
+@pytest.fixture(scope="session", autouse=True)
+def strict_compile():
+    with benchmark_lib.compile_strictly():
+        yield
 
 
 @pytest.fixture(autouse=True)

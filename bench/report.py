@@ -2,8 +2,8 @@
 shows, and optionally a CSV (one row per measurement, with the machine) and a PNG chart
 (speed-up over eager and peak memory over eager, forward+backward, per op and size).
 
-    python bench/report.py bench/results/reparameterize-cpu.json
-    python bench/report.py bench/results/*-cpu.json --csv ops.csv --chart ops.png > ops.md
+    python bench/report.py bench/results/ops-cpu.json
+    python bench/report.py reparameterize.json losses.json --csv ops.csv --chart ops.png > ops.md
 """
 
 import argparse

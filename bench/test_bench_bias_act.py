@@ -4,8 +4,8 @@ activation (64x64x3 and MNIST 28x28x1 images, tanh) and the discriminator's firs
 torch.compile(reference), plus "copy" (as many bytes as the fused kernels read and write,
 copied: the memory floor).
 
-    pytest bench/test_bench_bias_act.py --benchmark-json=bench/results/bias_act-cpu.json
-    python bench/report.py bench/results/bias_act-cpu.json --memory peak
+    pytest bench/test_bench_bias_act.py --benchmark-json=bias_act.json
+    python bench/report.py bias_act.json --memory peak
 """
 
 import pytest

@@ -5,8 +5,8 @@ alone ("conv only", the part we do not own) and the part after it alone ("post":
 vs eager BatchNorm2d + activation on the conv's output, with "copy" of as many bytes as
 bn_act's kernels read and write as the memory floor). A discriminator block measures the memory-saving mode.
 
-    pytest bench/test_bench_blocks.py --benchmark-json=bench/results/blocks-cpu.json
-    python bench/report.py bench/results/blocks-cpu.json --memory peak
+    pytest bench/test_bench_blocks.py --benchmark-json=blocks.json
+    python bench/report.py blocks.json --memory peak
 """
 
 import copy

@@ -5,8 +5,8 @@ inputs, and the gradients, written once in the forward pass; loss.backward() ret
 as they are) into a buffer allocated beforehand, and "autograd" runs forward+backward of
 a one-op graph (the first input's sum): the autograd engine's fixed cost per backward.
 
-    pytest bench/test_bench_losses.py --benchmark-json=bench/results/losses-cpu.json
-    python bench/report.py bench/results/losses-cpu.json
+    pytest bench/test_bench_losses.py --benchmark-json=losses.json
+    python bench/report.py losses.json
 """
 
 import pytest

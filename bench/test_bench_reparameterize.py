@@ -3,8 +3,8 @@ forward+backward, from a VAE latent (128 x 64) to 4M elements, sampling alone ("
 with the per-sample KL a VAE needs ("z+kl"). "copy" reads and writes as many bytes
 as the fused kernels do (MOVED), into a buffer allocated beforehand: the memory floor.
 
-    pytest bench/test_bench_reparameterize.py --benchmark-json=bench/results/reparameterize.json
-    python bench/report.py bench/results/reparameterize.json
+    pytest bench/test_bench_reparameterize.py --benchmark-json=reparameterize.json
+    python bench/report.py reparameterize.json
 """
 
 import math

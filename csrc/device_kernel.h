@@ -1,12 +1,11 @@
 // Which device's kernel runs an op: the one its tensors live on. Host code calls
-// run_on_device(tensor, op, cpu_kernel, AIGC_CUDA_KERNEL(cuda_kernel)), so the build
-// without CUDA kernels (where the CUDA symbols do not exist) is handled here, once.
+// run_on_device(tensor, op, cpu_kernel, AIGC_CUDA_KERNEL(cuda_kernel)); in a build without
+// CUDA kernels, where the CUDA symbols do not exist, the macro makes that argument null, so
+// the call sites need no #ifdef of their own.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
-
-#include <type_traits>
 
 #ifdef AIGC_FAST_WITH_CUDA
 #define AIGC_CUDA_KERNEL(kernel) (&(kernel))
@@ -16,14 +15,22 @@
 
 namespace aigc_fast {
 
+// A kernel of `op`: void kernel(Op&). Named through a struct so that only `op` decides Op
+// (a nullptr argument could not), as C++20's std::type_identity would; C++17 builds too.
+template <typename Op>
+struct KernelOf {
+  using type = void (*)(Op&);
+};
+
 // Runs cuda(op) for a CUDA tensor, else cpu(op). A build without CUDA kernels registers no
 // CUDA implementation of any op, so a CUDA tensor reaches this only through a bug; the
 // check says so rather than calling a null pointer.
 template <typename Op>
-void run_on_device(const at::Tensor& on, Op& op, std::type_identity_t<void (*)(Op&)> cpu,
-                   std::type_identity_t<void (*)(Op&)> cuda) {
+void run_on_device(const at::Tensor& on, Op& op, typename KernelOf<Op>::type cpu,
+                   typename KernelOf<Op>::type cuda) {
   if (on.is_cuda()) {
-    TORCH_CHECK(cuda != nullptr, "aigc_fast: this build has no CUDA kernels (AIGC_FAST_CUDA=0)");
+    TORCH_CHECK(cuda != nullptr, "aigc_fast was built without its CUDA kernels; reinstall it where nvcc and "
+                "a CUDA build of torch are present");
     cuda(op);
   } else {
     cpu(op);

@@ -101,11 +101,11 @@ def test_compile_strictly_turns_the_silent_eager_fallback_into_an_error():
     benchmarks' "compile" provider would then time eager PyTorch under its name."""
     import torch._dynamo.config as dynamo_config
 
-    with dynamo_config.patch(fail_on_recompile_limit_hit=False, recompile_limit=2):
-        benchmark.compile_strictly()
+    with dynamo_config.patch(recompile_limit=2), benchmark.compile_strictly():
         double = torch.compile(lambda x: x * 2, dynamic=False, backend="eager")
         double(torch.ones(1))
         double(torch.ones(2))
         with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
             double(torch.ones(3))
+    assert not dynamo_config.fail_on_recompile_limit_hit  # the context restores the setting
     torch.compiler.reset()

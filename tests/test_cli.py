@@ -121,6 +121,9 @@ def test_sampling_again_replaces_the_earlier_samples(tmp_path):
     write_samples(images[:2], tmp_path / "gen", torch.tensor([0, 1]))
     assert sorted(p.relative_to(tmp_path / "gen" / "images").as_posix()
                   for p in (tmp_path / "gen" / "images").rglob("*.png")) == ["class_000/000000.png", "class_001/000001.png"]
+    (tmp_path / "gen" / "samples.npz").unlink()  # as a call stopped before its .npz leaves the folder
+    write_samples(images[:1], tmp_path / "gen")
+    assert [p.name for p in (tmp_path / "gen" / "images").rglob("*.png")] == ["000000.png"]
     (tmp_path / "mine" / "images").mkdir(parents=True)
     (tmp_path / "mine" / "images" / "holiday.png").write_bytes(b"")
     with pytest.raises(ValueError, match="did not write"):

@@ -214,10 +214,21 @@ def test_resume_drops_the_rows_logged_after_the_checkpoint(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_an_mlp_vae_resumes_whatever_base_says(tmp_path):
+    """base shapes only the conv VAE: the MLP's resume must not refuse a change of it."""
+    config = dict(out_dir=str(tmp_path), model="mlp", image_size=28, channels=1, latent_dim=2, batch_size=8,
+                  progress=False, holdout=0.0, log_every=1, sample_every=100, num_samples=4)
+    VAETrainer(VAEConfig(**config, max_steps=1)).fit(ImageData(torch.rand(16, 1, 28, 28)))
+    VAETrainer(VAEConfig(**config, base=8, max_steps=2)).fit(ImageData(torch.rand(16, 1, 28, 28)), resume=True)
+    with pytest.raises(ValueError, match="different model .*latent_dim 2 -> 3"):
+        VAETrainer(VAEConfig(**{**config, "latent_dim": 3}, max_steps=3)).fit(ImageData(torch.rand(16, 1, 28, 28)),
+                                                                             resume=True)
+
+
 def test_images_outside_the_trainers_range_are_refused(tmp_path):
     config = VAEConfig(out_dir=str(tmp_path), image_size=16, channels=1, latent_dim=2, base=4, batch_size=8,
                        max_steps=1, progress=False, holdout=0.0)
-    with pytest.raises(ValueError, match=r"vae trainer trains on images in \[0, 1\].*\[-1"):
+    with pytest.raises(ValueError, match=r"vae trainer's images are in \[0, 1\].*\[-1"):
         VAETrainer(config).fit(ImageData(tiny_images() * 2 - 1))
     assert not (tmp_path / "metrics.jsonl").exists()
 
@@ -231,8 +242,10 @@ def test_a_data_path_is_recorded_absolute(tmp_path, monkeypatch):
     trainer.fit("images.npz")
     assert trainer.config.data == str(tmp_path / "images.npz")
     GANTrainer(tiny_gan(tmp_path / "run", max_steps=2, data="images.npz")).fit(resume=True)  # same file, relative
-    with pytest.raises(FileNotFoundError, match="no folder '.*missing'"):
-        GANTrainer(tiny_gan(tmp_path / "other", max_steps=1)).fit("missing")
+    with pytest.raises(FileNotFoundError, match="no folder 'missing/images'"):
+        GANTrainer(tiny_gan(tmp_path / "other", max_steps=1)).fit("missing/images")
+    with pytest.raises(ValueError, match="data must be one of"):  # a mistyped name stays a name
+        GANTrainer(tiny_gan(tmp_path / "other", max_steps=1)).fit("mnsit")
 
 
 def test_config_checks_and_files(tmp_path):

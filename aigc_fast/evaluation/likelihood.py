@@ -11,6 +11,8 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
+from ..models._modes import eval_mode
+
 
 def _log_likelihood(logits: torch.Tensor, x: torch.Tensor, recon_loss: str) -> torch.Tensor:
     """log p(x | z) summed over pixels, [..., N]. "bce": Bernoulli with these logits (for
@@ -34,11 +36,9 @@ def vae_likelihood(model, images: torch.Tensor, *, recon_loss: str = "bce", samp
     """{"neg_elbo", "nll", "recon", "kl"} per image (nats, mean over images) of a VAE from
     aigc_fast.models (encode -> (mu, logvar), decode -> logits) in eval mode, on images in
     [0, 1]. neg_elbo uses one z per image; nll uses `samples` z per image."""
-    was = model.training
-    model.eval()
     g = torch.Generator().manual_seed(seed)
     totals = {"neg_elbo": 0.0, "nll": 0.0, "recon": 0.0, "kl": 0.0}
-    try:
+    with eval_mode(model):
         for x in images.split(batch_size):
             x = x.float()
             mu, logvar = (t.double() for t in model.encode(x))
@@ -53,6 +53,4 @@ def vae_likelihood(model, images: torch.Tensor, *, recon_loss: str = "bce", samp
             recon = -log_px_z[0]
             for name, value in (("neg_elbo", recon + kl), ("nll", nll), ("recon", recon), ("kl", kl)):
                 totals[name] += float(value.sum())
-    finally:
-        model.train(was)
     return {name: value / len(images) for name, value in totals.items()}

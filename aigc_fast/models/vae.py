@@ -15,6 +15,7 @@ from ..ops.bias_act import bias_act
 from ..ops.losses import vae_loss
 from ..ops.reparameterize import reparameterize
 from . import _backend
+from ._modes import eval_mode
 from .dcgan import _check_images, _geometry
 
 
@@ -51,12 +52,8 @@ class _VAE(nn.Module):
         loss (an "mse" model's outputs are the images themselves: decode(z).clamp(0, 1))."""
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return torch.sigmoid(self.decode(z))
-        finally:
-            self.train(was)
 
 
 class ConvVAE(_VAE):
@@ -114,7 +111,7 @@ class MLPVAE(_VAE):
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # One flat vector per sample: a reshape(-1, input_dim) would turn an RGB image into
         # three "images" without a word.
-        if x.dim() < 2 or math.prod(x.shape[1:]) != self.input_dim:
+        if (x.numel() if x.dim() == 1 else math.prod(x.shape[1:])) != self.input_dim:
             raise ValueError(f"MLPVAE(input_dim={self.input_dim}) takes [N, {self.input_dim}] or images of "
                              f"{self.input_dim} values each, got shape {list(x.shape)}")
         h = self._linear_relu(self.fc1, x.reshape(-1, self.input_dim))

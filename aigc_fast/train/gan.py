@@ -9,6 +9,7 @@ import torch
 
 from ..models import DCGANDiscriminator, DCGANGenerator
 from ..models._backend import impl as backend_impl
+from ..models._modes import eval_mode
 from ..ops.losses import gan_d_loss, gan_g_loss
 from .config import GANConfig
 from .trainer import _Trainer
@@ -17,7 +18,9 @@ from .trainer import _Trainer
 class GANTrainer(_Trainer):
     kind = "gan"
     value_range = (-1.0, 1.0)
-    _ARCHITECTURE_FIELDS = ("nz", "ngf", "ndf")
+
+    def _architecture_fields(self):
+        return ("nz", "ngf", "ndf")
 
     def __init__(self, config: Optional[GANConfig] = None):
         super().__init__(config or GANConfig())
@@ -63,9 +66,6 @@ class GANTrainer(_Trainer):
         """n images in [-1, 1] from the generator in eval mode (BatchNorm's running
         statistics); seed: a private generator, leaving the global RNG untouched."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
-        was = self.G.training
-        self.G.eval()
-        try:
-            return self.G(torch.randn(n, self.config.nz, generator=g).to(self.device)).float()
-        finally:
-            self.G.train(was)
+        z = torch.randn(n, self.config.nz, generator=g).to(self.device)
+        with eval_mode(self.G):
+            return self.G(z).float()

@@ -168,7 +168,10 @@ class _Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     _REPLAY_FIELDS = ("seed", "batch_size", "holdout", "data", "image_size", "channels")
-    _ARCHITECTURE_FIELDS: Tuple[str, ...] = ()  # the model's shape: each trainer names its own
+
+    def _architecture_fields(self) -> Tuple[str, ...]:
+        """The config fields that shape the models (each trainer names its own)."""
+        return ()
 
     def _check_resumable(self, state: Dict[str, Any]) -> None:
         """A resumed run replays the recorded data order and split, into the recorded models:
@@ -182,12 +185,14 @@ class _Trainer:
             return [f"{name} {recorded[name]!r} -> {getattr(self.config, name)!r}" for name in names
                     if name in recorded and recorded[name] != getattr(self.config, name)]
 
-        if changed(self._ARCHITECTURE_FIELDS):
-            raise ValueError(f"cannot resume with a different model ({', '.join(changed(self._ARCHITECTURE_FIELDS))}): "
-                             "the checkpoint's weights would not fit; start a new run instead")
-        if changed(self._REPLAY_FIELDS):
+        model = changed(self._architecture_fields())
+        if model:
+            raise ValueError(f"cannot resume with a different model ({', '.join(model)}): the checkpoint's "
+                             "weights would not fit; start a new run instead")
+        data = changed(self._REPLAY_FIELDS)
+        if data:
             raise ValueError("cannot resume with different data settings (the data order and held-out split "
-                             f"would change): {', '.join(changed(self._REPLAY_FIELDS))}; start a new run instead")
+                             f"would change): {', '.join(data)}; start a new run instead")
 
     def _apply_optimizer_settings(self) -> None:
         """A checkpoint's optimizer state carries the lr and betas it ran with; a resumed run
@@ -198,14 +203,16 @@ class _Trainer:
                     group["lr"], group["betas"] = self.config.lr, tuple(self.config.betas)
 
     def _check_value_range(self, images: torch.Tensor) -> None:
-        """Images outside the range the models train on (a VAE's BCE needs [0, 1] targets)
-        train without an error into meaningless losses: refuse them, from a sample."""
+        """Images outside the trainer's range train without an error into meaningless
+        losses (a VAE's BCE needs [0, 1] targets: -ELBO went negative) and generate into
+        the wrong range: refuse them, from a sample. (GAN data in [0, 1] is inside [-1, 1]
+        and passes: nothing in the values tells it apart.)"""
         lo, hi = self.value_range
         seen_lo, seen_hi = float(images.min()), float(images.max())
         if seen_lo < lo - 1e-3 or seen_hi > hi + 1e-3:
-            raise ValueError(f"the {self.kind} trainer trains on images in [{lo:g}, {hi:g}], but the data holds "
-                             f"values in [{seen_lo:.3g}, {seen_hi:.3g}] (aigc_fast.data.load(..., kind={self.kind!r}) "
-                             "scales images to that range)")
+            raise ValueError(f"the {self.kind} trainer's images are in [{lo:g}, {hi:g}] (what it trains on, generates "
+                             f"and draws), but the data holds values in [{seen_lo:.3g}, {seen_hi:.3g}]; "
+                             f"aigc_fast.data.load(..., kind={self.kind!r}) scales images to that range")
 
     def save(self) -> Path:
         state = self.state_dict()
@@ -361,10 +368,12 @@ def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Tra
 
 
 def _recorded_data(data: Union[str, Path]) -> str:
-    """What config.data records: a built-in name as it is, a path made absolute."""
-    if isinstance(data, str) and data in data_lib.BUILTIN:
-        return data
-    return str(Path(data).expanduser().resolve())
+    """What config.data records: a path that exists made absolute, anything else (a
+    built-in name, a mistyped one) as given, for data.load to judge."""
+    path = Path(data).expanduser()
+    if (isinstance(data, str) and data in data_lib.BUILTIN) or not path.exists():
+        return str(data)
+    return str(path.resolve())
 
 
 def _drop_rows_after(step: int, *logs: Path) -> None:
@@ -381,11 +390,12 @@ def _drop_rows_after(step: int, *logs: Path) -> None:
     for path in logs:
         if not path.is_file():
             continue
-        lines = path.read_text().splitlines(keepends=True)
+        text = path.read_text()
+        lines = text.splitlines()
         kept = [line for line in lines if line.strip() and keep(line)]
-        if len(kept) != len(lines):
+        if len(kept) != len(lines) or not text.endswith("\n"):
             temporary = path.with_suffix(path.suffix + ".tmp")
-            temporary.write_text("".join(kept))
+            temporary.write_text("".join(line + "\n" for line in kept))  # the next row starts on its own line
             temporary.replace(path)
 
 

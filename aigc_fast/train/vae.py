@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..models import ConvVAE, MLPVAE
+from ..models._modes import eval_mode
 from .config import VAEConfig
 from .trainer import _save_grid_if_possible, _Trainer
 
@@ -15,7 +16,9 @@ from .trainer import _save_grid_if_possible, _Trainer
 class VAETrainer(_Trainer):
     kind = "vae"
     value_range = (0.0, 1.0)
-    _ARCHITECTURE_FIELDS = ("model", "latent_dim", "base")
+
+    def _architecture_fields(self):
+        return ("model", "latent_dim") + (("base",) if self.config.model == "conv" else ())  # the MLP has no base
 
     def __init__(self, config: Optional[VAEConfig] = None):
         super().__init__(config or VAEConfig())
@@ -53,13 +56,8 @@ class VAETrainer(_Trainer):
         when the run has a held-out split) alternating with their reconstructions (z = mu)."""
         super().snapshot(tag)
         real = self.preview.to(self.device)
-        was = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                recon = self.to_images(self.model(real)[0]).view_as(real)
-        finally:
-            self.model.train(was)
+        with eval_mode(self.model), torch.no_grad():
+            recon = self.to_images(self.model(real)[0]).view_as(real)
         per_row = math.ceil(math.sqrt(2 * len(real)))  # a square grid of real rows over reconstruction rows
         pairs = [t for i in range(0, len(real), per_row) for t in (real[i:i + per_row], recon[i:i + per_row])]
         _save_grid_if_possible(torch.cat(pairs), self.run_dir / "samples" / f"recon_{tag}.png", self.value_range,
@@ -71,10 +69,6 @@ class VAETrainer(_Trainer):
         generator, leaving the global RNG untouched."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         c = self.config
-        was = self.model.training
-        self.model.eval()
-        try:
-            z = torch.randn(n, c.latent_dim, generator=g).to(self.device)
+        z = torch.randn(n, c.latent_dim, generator=g).to(self.device)
+        with eval_mode(self.model):
             return self.to_images(self.model.decode(z)).view(n, c.channels, c.image_size, c.image_size)
-        finally:
-            self.model.train(was)
