@@ -36,10 +36,11 @@ class _Config:
     deterministic: bool = False  # torch.use_deterministic_algorithms; no cuDNN autotuning
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "log_every", "sample_every", "num_samples"):
+        for name, least in (("epochs", 0), ("batch_size", 1), ("log_every", 1), ("sample_every", 1),
+                            ("num_samples", 1)):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "epochs" else 1):
-                raise ValueError(f"{name} must be an integer >= {0 if name == 'epochs' else 1}, got {value!r}")
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0 <= self.holdout < 1:
