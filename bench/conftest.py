@@ -23,6 +23,26 @@ def fresh_compile_cache():
     yield
 
 
+def _case(item):
+    """An item's case: its test function and every parameter but the provider."""
+    callspec = getattr(item, "callspec", None)
+    params = {} if callspec is None else callspec.params
+    return (str(item.path), item.originalname,
+            tuple((name, repr(value)) for name, value in params.items() if name != "provider"))
+
+
+def pytest_collection_modifyitems(items):
+    """Runs the providers of one case back to back. Parametrized in declaration order, the
+    suites would time every fused case first and every eager case minutes later, so a busy
+    or idle spell of a shared machine would land on one provider's column: the 2026-11-30
+    suite put the G 64->3 b128 block at 0.6x eager, and the same block timed alternately
+    with eager is 1.0x (bench/NOTES.md, "Benchmark order")."""
+    first_seen = {}
+    for index, item in enumerate(items):
+        first_seen.setdefault(_case(item), index)
+    items.sort(key=lambda item: first_seen[_case(item)])  # stable: providers keep their declared order
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["threads"] = torch.get_num_threads()

@@ -109,3 +109,23 @@ def test_compile_strictly_turns_the_silent_eager_fallback_into_an_error():
             double(torch.ones(3))
     assert not dynamo_config.fail_on_recompile_limit_hit  # the context restores the setting
     torch.compiler.reset()
+
+
+def test_op_suites_run_the_providers_of_a_case_back_to_back():
+    """bench/conftest.py reorders collection so every case's providers are timed together:
+    a machine's busy spell then lands on one case, not on one provider's whole column."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("pytest_benchmark")
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "bench/test_bench_blocks.py", "bench/test_bench_losses.py"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    ids = [line for line in done.stdout.splitlines() if "::" in line]
+    providers = {"fused", "eager", "compile", "conv only", "copy"}
+    cases = []  # the case of each item in run order: its id without the provider
+    for test_id in ids:
+        parts = test_id.split("[", 1)[1].rstrip("]").split("-")
+        cases.append((test_id.split("[")[0], tuple(p for p in parts if p not in providers)))
+    runs = [case for i, case in enumerate(cases) if i == 0 or case != cases[i - 1]]
+    assert len(ids) > 100 and len(runs) == len(set(runs))  # each case is one contiguous run
