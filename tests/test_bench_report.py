@@ -129,3 +129,22 @@ def test_op_suites_run_the_providers_of_a_case_back_to_back():
         cases.append((test_id.split("[")[0], tuple(p for p in parts if p not in providers)))
     runs = [case for i, case in enumerate(cases) if i == 0 or case != cases[i - 1]]
     assert len(ids) > 100 and len(runs) == len(set(runs))  # each case is one contiguous run
+
+
+def test_step_benchmark_times_every_setting_and_provider_in_turns(monkeypatch):
+    """benchmark.run takes one step of every (setting, provider) case per round, so a drift
+    of the machine's speed lands on all of them alike: comparisons across settings (the
+    default channels_last against eager NCHW) are as fair as those across providers."""
+    order = []
+
+    def make_step(workload, provider, *, precision, channels_last, device):
+        return (lambda: order.append((precision, channels_last, provider)) or {}), 8
+
+    monkeypatch.setattr(benchmark, "make_step", make_step)
+    settings = [("fp32", False), ("fp32", True)]
+    rows = benchmark.run(["vae28"], ["fused", "eager"], settings, repeats=3, memory=False, log=lambda _: None)
+    cases = [(p, cl, provider) for p, cl in settings for provider in ("fused", "eager")]
+    timed = order[-3 * len(cases):]  # after each case's warm-up steps
+    assert timed == cases * 3
+    assert [(r["precision"], r["memory_format"], r["provider"]) for r in rows] == [
+        (p, "channels_last" if cl else "nchw", provider) for p, cl, provider in cases]
