@@ -4,7 +4,7 @@
 #
 #   bash bench/run.sh [OUT]          (default OUT: bench-results; needs the bench extra)
 #
-# About 18 minutes on a 2-core CPU; leave the machine otherwise idle while it runs.
+# About 15 minutes on a 2-core CPU; leave the machine otherwise idle while it runs.
 # Every op case, the batch-128 conv blocks included (an empty -k expression selects all).
 set -euo pipefail
 OUT=${1:-bench-results}
