@@ -48,7 +48,7 @@ def _or_none(convert):
 
 
 def _train(args, given: dict) -> int:
-    from .train import GANConfig, GANTrainer, VAEConfig, VAETrainer
+    from .train import GANConfig, GANTrainer, TrainingInterrupted, VAEConfig, VAETrainer
 
     config_class, trainer_class = {"gan": (GANConfig, GANTrainer), "vae": (VAEConfig, VAETrainer)}[args.kind]
     if args.resume:
@@ -67,7 +67,13 @@ def _train(args, given: dict) -> int:
     if config.data is None:
         config.data = "mnist"
     trainer = trainer_class(config)
-    metrics = trainer.fit(resume=bool(args.resume))
+    try:
+        metrics = trainer.fit(resume=bool(args.resume))
+    except TrainingInterrupted as stopped:
+        if trainer.group.main:
+            print(f"aigc-fast: stopped by Ctrl-C after step {stopped.step} (epoch {trainer.epoch}); continue with "
+                  f"aigc-fast train {args.kind} --resume {trainer.run_dir}", file=sys.stderr)
+        return 130  # the shell's code for a SIGINT
     if trainer.group.main:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or (
             f"nothing to train: the run had already reached max_steps={config.max_steps} "

@@ -1,6 +1,6 @@
 """The aigc-fast command end to end on a tiny run: train (flags map onto the config),
-resume (five more steps from the checkpoint, recorded flags kept), sample, evaluate; and
-python -m aigc_fast."""
+resume (five more steps from the checkpoint, recorded flags kept), sample, evaluate; Ctrl-C
+(a real SIGINT) stopping a run with a checkpoint; and python -m aigc_fast."""
 
 import json
 import os
@@ -83,6 +83,32 @@ def test_python_dash_m_and_the_console_script(tmp_path):
                            "--out-dir", str(tmp_path / "gan")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "gan" / "checkpoint.pt").is_file() and (tmp_path / "gan" / "samples" / "final.png").is_file()
+
+
+def test_ctrl_c_stops_training_with_a_checkpoint_to_resume(tmp_path):
+    """A real SIGINT to `aigc-fast train`: the step in progress finishes, the checkpoint
+    holds the last logged step, the exit code is 130 and the message says how to resume."""
+    import signal
+    import time
+
+    from aigc_fast.train import load_checkpoint
+
+    run = tmp_path / "vae"
+    proc = subprocess.Popen([sys.executable, "-m", "aigc_fast", "train", "vae", *TINY, "--latent-dim", "4", "--base",
+                             "8", "--epochs", "1000", "--log-every", "1", "--out-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = run / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"--resume {run}" in err and "Traceback" not in err
+    last_logged = json.loads(log.read_text().splitlines()[-1])["step"]
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == last_logged >= 2
+    assert main(["train", "vae", "--resume", str(run), "--max-steps", str(last_logged + 1)]) == 0
 
 
 def test_bench_writes_csv_table_and_breakdown(tmp_path, capsys):

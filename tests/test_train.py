@@ -2,16 +2,18 @@
 metrics, sample grids and a checkpoint; a run stopped mid-epoch and resumed reaches the
 same weights as an uninterrupted one (both backends); the fused backend tracks the
 reference step by step; a save interrupted by an exception leaves the previous checkpoint;
-a NaN loss stops the run naming the step."""
+a NaN loss stops the run naming the step; Ctrl-C stops between steps with a checkpoint
+that resumes exactly."""
 
 import json
+import signal
 
 import pytest
 import torch
 
 from aigc_fast.data import ImageData
-from aigc_fast.train import (GANConfig, GANTrainer, NonFiniteLossError, VAEConfig, VAETrainer, load_checkpoint,
-                             save_atomic)
+from aigc_fast.train import (GANConfig, GANTrainer, NonFiniteLossError, TrainingInterrupted, VAEConfig, VAETrainer,
+                             load_checkpoint, save_atomic)
 
 
 def tiny_gan(tmp_path, **kw):
@@ -259,3 +261,45 @@ def test_config_checks_and_files(tmp_path):
     (tmp_path / "bad.json").write_text("nz: 7")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         GANConfig.from_json(tmp_path / "bad.json")
+
+
+def ctrl_c_during_step(trainer, at_step, presses=1):
+    """Makes `presses` Ctrl-Cs arrive in the middle of step `at_step` (after its D update)."""
+    train_step = trainer.train_step
+
+    def step(images):
+        metrics = train_step(images)
+        if trainer.step + 1 == at_step:
+            for _ in range(presses):
+                signal.raise_signal(signal.SIGINT)
+        return metrics
+
+    trainer.train_step = step
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path):
+    images = ImageData(tiny_images(40) * 2 - 1)  # 5 batches of 8 per epoch
+    whole = GANTrainer(tiny_gan(tmp_path / "whole"))
+    whole.fit(images)
+    handler = signal.getsignal(signal.SIGINT)
+    stopped = GANTrainer(tiny_gan(tmp_path / "split"))
+    ctrl_c_during_step(stopped, at_step=3)
+    with pytest.raises(TrainingInterrupted, match="after step 3") as caught:
+        stopped.fit(images)
+    assert isinstance(caught.value, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is handler
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 3
+    resumed = GANTrainer(tiny_gan(tmp_path / "split"))
+    resumed.fit(images, resume=True)
+    assert resumed.step == whole.step == 10
+    for a, b in zip([*whole.G.state_dict().values(), *whole.D.state_dict().values()],
+                    [*resumed.G.state_dict().values(), *resumed.D.state_dict().values()]):
+        assert torch.equal(a, b)
+
+
+def test_a_second_ctrl_c_interrupts_at_once(tmp_path):
+    trainer = GANTrainer(tiny_gan(tmp_path))
+    ctrl_c_during_step(trainer, at_step=7, presses=2)  # in epoch 1: epoch 0's checkpoint exists
+    with pytest.raises(KeyboardInterrupt) as caught:
+        trainer.fit(ImageData(tiny_images(40) * 2 - 1))
+    assert not isinstance(caught.value, TrainingInterrupted)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 5  # the last checkpoint, untouched

@@ -1,7 +1,7 @@
 """The training loop GANTrainer and VAETrainer share: data in any form with a fixed held-out
 split, seeded shuffling that a resume can replay, mixed precision, channels_last,
 torch.compile, DistributedDataParallel under torchrun, metrics, sample grids, atomic
-checkpoints, NaN detection."""
+checkpoints, NaN detection, Ctrl-C that stops between steps with a checkpoint."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ..images import save_grid
 from .checkpoint import load_checkpoint, save_atomic
 from .config import resolve_precision
 from .distributed import Group
+from .interrupt import TrainingInterrupted, stop_between_steps
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -275,13 +276,15 @@ class _Trainer:
         bar = _progress(self.config.progress and main,
                         total=(end_epoch - self.epoch) * per_epoch - self.batch_in_epoch)
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        with open(self.run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
+        log_file = open(self.run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext()
+        with stop_between_steps(enabled=self.group.world == 1) as stop, log_file as log:
             while self.epoch < end_epoch:
                 epoch_sums: Dict[str, float] = {}
                 epoch_started, epoch_steps = time.perf_counter(), 0
                 for indices in self._batches(len(train)):
-                    if self.config.max_steps is not None and self.step >= self.config.max_steps:
-                        return self._finish(bar, metrics, (epoch_sums, epoch_steps, epoch_started))
+                    if stop.requested or (self.config.max_steps is not None and self.step >= self.config.max_steps):
+                        return self._finish(bar, metrics, (epoch_sums, epoch_steps, epoch_started),
+                                            interrupted=stop.requested)
                     started = time.perf_counter()
                     images = torch.stack([train[i][0] for i in indices])
                     images = images.to(self.device, memory_format=memory_format)
@@ -305,7 +308,7 @@ class _Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.save()
-        return self._finish(bar, metrics)
+        return self._finish(bar, metrics, interrupted=stop.requested)
 
     def _log_epoch(self, sums: Dict[str, float], steps: int, started: float, *, complete: bool) -> None:
         """One row of epochs.jsonl: the epoch's mean losses over the steps this call of fit
@@ -320,13 +323,15 @@ class _Trainer:
         with open(self.run_dir / "epochs.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def _finish(self, bar, metrics: Dict[str, float], epoch_so_far=None) -> Dict[str, float]:
+    def _finish(self, bar, metrics: Dict[str, float], epoch_so_far=None, *, interrupted=False) -> Dict[str, float]:
         if epoch_so_far is not None:
             self._log_epoch(*epoch_so_far, complete=False)
         bar.close()
         self.save()
         if self.group.main:
             self.snapshot("final")
+        if interrupted:
+            raise TrainingInterrupted(self.step, self.checkpoint_path)
         return metrics
 
     def snapshot(self, tag: str) -> None:
