@@ -64,7 +64,8 @@ class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
         for (int64_t d = 0; d < y.dim(); ++d) {
           if (d != dim) dims.push_back(d);
         }
-        grad_bias = (dims.empty() ? grad_x : grad_x.sum(dims)).to(at::ScalarType(bias_dtype));
+        // (A 1-d y: the bias gradient is grad_x itself, cloned so the two never share memory.)
+        grad_bias = (dims.empty() ? grad_x.clone() : grad_x.sum(dims)).to(at::ScalarType(bias_dtype));
       }
     } else {
       const auto wanted = need_bias ? std::optional<at::ScalarType>(at::ScalarType(bias_dtype)) : std::nullopt;

@@ -46,6 +46,14 @@ AIGC_HD void bn_forward_channel(const BnForwardChannels& p, int64_t c, double me
   store(p.beta, c, p.bias.data != nullptr ? load<double>(p.bias, c) : 0.0);
 }
 
+// Training: the batch's moments of one channel. The biased variance m2 / count is never
+// negative but for rounding; the clamp keeps a NaN (from a NaN or infinite input), so the
+// running variance turns NaN as nn.BatchNorm2d's does.
+AIGC_HD void bn_forward_channel_batch(const BnForwardChannels& p, int64_t c, const Moments& m) {
+  const double var = m.m2 / m.count;
+  bn_forward_channel(p, c, m.mean, var < 0.0 ? 0.0 : var);
+}
+
 // Eval: the statistics are the running buffers.
 AIGC_HD void bn_forward_channel_eval(const BnForwardChannels& p, int64_t c) {
   bn_forward_channel(p, c, load<double>(p.running_mean, c), load<double>(p.running_var, c));

@@ -50,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_op(const at::Tensor& mu, const
   op.mu = mu.contiguous();
   op.logvar = logvar.contiguous();
   op.eps = contiguous(eps);
-  op.seed = seed;
+  op.seed = contiguous(seed);  // the kernels read seed[0] and seed[1] from its data pointer
   op.tiles = make_tiles(mu, compute_kl);
   op.z = at::empty(mu.sizes(), mu.options().memory_format(at::MemoryFormat::Contiguous));
   const auto kl_options = mu.options().dtype(math_dtype(mu.scalar_type()));
@@ -96,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_backward_op(
   op.mu = mu.contiguous();
   op.logvar = logvar.contiguous();
   op.eps = contiguous(eps);
-  op.seed = seed;
+  op.seed = contiguous(seed);  // the kernels read seed[0] and seed[1] from its data pointer
   op.z = contiguous(z);
   const auto like_mu = [&](bool wanted) {
     return wanted ? at::empty(mu.sizes(), mu.options().memory_format(at::MemoryFormat::Contiguous))

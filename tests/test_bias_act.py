@@ -196,6 +196,9 @@ def test_wide_rows_and_one_dimensional_bias_gradient():
     w = torch.randn(3, 9_000, dtype=torch.float32)
     c = torch.randn(9_000)
     torch.testing.assert_close(aigc_fast.bias_act(w, c, "tanh"), reference.bias_act(w, c, "tanh"))
+    xs, bs = v[:6].clone().requires_grad_(), b[:6].clone().requires_grad_()
+    gx, gb = torch.autograd.grad(aigc_fast.bias_act(xs, bs, "sigmoid", dim=0).sum(), [xs, bs], create_graph=True)
+    assert gx.data_ptr() != gb.data_ptr()  # nor do the differentiable backward's
     y = aigc_fast.bias_act(v[:6], b[:6], "sigmoid", dim=0)  # the op's outputs never alias
     torch.library.opcheck(torch.ops.aigc_fast.bias_act_backward, (torch.ones_like(y), y, 0, "sigmoid", 0.2, b.dtype))
 

@@ -96,8 +96,10 @@ def test_matches_reference(dtype, act, layout, training):
 
 
 # Shapes that take every walk: long runs (NCHW, H * W >= 512), short runs as rows (small
-# maps, channels_last, 1x1 maps, 2-D and 3-D inputs), rows wider than a chunk, one channel.
-SHAPES = [(2, 3, 32, 20), (8, 5, 1, 1), (16, 5), (3, 4, 9), (2, 600, 3, 3), (4, 1, 6, 6), (128, 3, 2, 2)]
+# maps, channels_last, 1x1 maps, 2-D and 3-D inputs), rows wider than a chunk, rows of
+# 16K-32K elements (blocks of a few rows), short runs in rows past 32K (runs again), one channel.
+SHAPES = [(2, 3, 32, 20), (8, 5, 1, 1), (16, 5), (3, 4, 9), (2, 600, 3, 3), (4, 1, 6, 6), (128, 3, 2, 2),
+          (3, 1200, 4, 4), (5, 20000), (2, 2100, 4, 4)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -320,10 +322,17 @@ def test_autocast_bf16():
 
 
 def test_nan_stays_in_its_channel():
+    """Output and running statistics alike, as nn.BatchNorm2d: the NaN channel's running
+    variance turns NaN too (a clamp of the variance must not make it 0)."""
     x, _ = data((4, 3, 5, 5))
     x[1, 1, 2, 2] = float("nan")
-    y = aigc_fast.bn_act(x, None, None, None, None, training=True, act="identity")
+    p, q = Params(3), Params(3)
+    y = aigc_fast.bn_act(x, None, None, p.running_mean, p.running_var, training=True, act="identity")
+    torch.nn.functional.batch_norm(x, q.running_mean, q.running_var, training=True)
     assert torch.isnan(y[:, 1]).all() and torch.isfinite(y[:, [0, 2]]).all()
+    for fused, eager in ((p.running_mean, q.running_mean), (p.running_var, q.running_var)):
+        assert torch.isnan(fused[1]) and torch.isnan(eager[1])
+        torch.testing.assert_close(fused[[0, 2]], eager[[0, 2]])
 
 
 @pytest.mark.parametrize(

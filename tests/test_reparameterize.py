@@ -255,6 +255,34 @@ def test_extreme_logvar_and_nan():
     assert torch.isnan(kl[0])  # NaN propagates to the KL, never dropped
 
 
+@pytest.mark.parametrize("source", ["eps", "seed"])
+def test_logvar_where_the_variance_overflows_but_z_does_not(source):
+    """std^2 overflows float32 from logvar ~ 88.7, z only from ~ 177: without a KL output
+    the logvar gradient (0.5 * g * std * eps) is finite there, on every backward path."""
+    mu = torch.zeros(4, requires_grad=True)
+    logvar = torch.tensor([80.0, 90.0, 100.0, 120.0], requires_grad=True)
+    if source == "eps":
+        eps = torch.tensor([1.0, -0.5, 0.25, 2.0])
+        z = aigc_fast.reparameterize(mu, logvar, eps=eps)
+    else:
+        z = aigc_fast.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(3))
+        eps = ((z - mu) / torch.exp(0.5 * logvar)).detach()
+    z.sum().backward()
+    assert torch.isfinite(logvar.grad).all()
+    logvar64 = logvar.detach().double()
+    expected = 0.5 * torch.exp(0.5 * logvar64) * eps.double()
+    torch.testing.assert_close(logvar.grad.double(), expected, rtol=1e-5, atol=0)
+
+
+def test_a_strided_seed_is_read_by_its_values():
+    """The raw op reads seed[0] and seed[1] from its storage: a strided view must mean its
+    own two values, not its storage's first two."""
+    stored = torch.tensor([123, 999, 456, 777])
+    strided, _ = op()(torch.zeros(64), torch.zeros(64), None, stored[::2], False)
+    copied, _ = op()(torch.zeros(64), torch.zeros(64), None, stored[::2].clone(), False)
+    assert torch.equal(strided, copied)
+
+
 def test_large_counter_offset_matches_numpy_philox():
     """The 64-bit Philox counter carries into its high word (elements past 2^34)."""
     from philox_numpy import normals

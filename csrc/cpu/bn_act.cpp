@@ -95,10 +95,7 @@ template <typename T>
 void stats(ChannelStats& op) {
   const Geometry g{op.x.numel(), op.channels, op.inner};
   const std::vector<Moments> moments = reduce_by_rows(g) ? stats_by_rows<T>(op, g) : stats_by_runs<T>(op, g);
-  for (int64_t c = 0; c < g.channels; ++c) {
-    // (The biased variance; rounding never makes it negative.)
-    bn_forward_channel(op.step, c, moments[c].mean, std::max(moments[c].m2 / moments[c].count, 0.0));
-  }
+  for (int64_t c = 0; c < g.channels; ++c) bn_forward_channel_batch(op.step, c, moments[c]);
 }
 
 // ---- backward ----

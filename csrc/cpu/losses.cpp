@@ -6,7 +6,6 @@
 
 #include <algorithm>
 
-#include "aigc_fast/kl.h"
 #include "isa.h"
 #include "tiles.h"
 
@@ -46,10 +45,10 @@ AIGC_CPU_CLONES T kl_block(const T* mu, const T* logvar, int64_t n, T scale, T* 
   T sum = T(0);
   AIGC_SIMD_SUM(sum)
   for (int64_t i = 0; i < n; ++i) {
-    const T var = exp_math(logvar[i]);
-    sum += kl_normal(mu[i], logvar[i], var);
-    d_mu[i] = mu[i] * scale;
-    d_logvar[i] = kl_normal_grad_logvar(logvar[i], var) * scale;
+    T dm, dl;
+    sum += kl_term_with_grads(mu[i], logvar[i], dm, dl);
+    d_mu[i] = dm * scale;
+    d_logvar[i] = dl * scale;
   }
   return sum;
 }

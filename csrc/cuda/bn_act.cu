@@ -94,8 +94,7 @@ __global__ void stats_merge_kernel(const double* partials, int64_t channels, int
     const double* p = partials + (c * splits + split) * 3;
     merge_moments(m, p[0], p[1], p[2]);
   }
-  const double var = m.m2 / m.count;
-  bn_forward_channel(step, c, m.mean, var > 0.0 ? var : 0.0);  // rounding never makes it negative
+  bn_forward_channel_batch(step, c, m);
 }
 
 __global__ void forward_channels_kernel(BnForwardChannels step, int64_t channels) {

@@ -9,7 +9,6 @@
 
 #include "../losses.h"
 #include "../tensor_ref.h"
-#include "aigc_fast/kl.h"
 #include "block_reduce.cuh"
 
 namespace aigc_fast {
@@ -84,11 +83,10 @@ __global__ void vae_units_kernel(VaeArgs v, int64_t units, double* __restrict__ 
     } else {  // one sample's KL
       const int64_t begin = (unit - recon_units) * v.latent;
       for (int64_t i = begin + threadIdx.x; i < begin + v.latent; i += blockDim.x) {
-        const T mu = load<T>(v.mu, i), logvar = load<T>(v.logvar, i);
-        const T var = exp_math(logvar);
-        sum += kl_normal(mu, logvar, var);
-        store(v.grad_mu, i, mu * kl_scale);
-        store(v.grad_logvar, i, kl_normal_grad_logvar(logvar, var) * kl_scale);
+        T d_mu, d_logvar;
+        sum += kl_term_with_grads(load<T>(v.mu, i), load<T>(v.logvar, i), d_mu, d_logvar);
+        store(v.grad_mu, i, d_mu * kl_scale);
+        store(v.grad_logvar, i, d_logvar * kl_scale);
       }
     }
     sum = block_sum(sum);

@@ -8,6 +8,7 @@
 
 #include "fastmath.h"
 #include "hostdevice.h"
+#include "kl.h"
 
 namespace aigc_fast {
 
@@ -98,6 +99,16 @@ AIGC_HD T recon_term(T x, T t, T& d_x, T& d_t) {
     if constexpr (kTargetGrad) d_t = -d_x;
   }
   return loss;
+}
+
+// The VAE's KL term of one latent element (kl.h), var = exp(logvar). Writes d/dmu and
+// d/dlogvar.
+template <typename T>
+AIGC_HD T kl_term_with_grads(T mu, T logvar, T& d_mu, T& d_logvar) {
+  const T var = exp_math(logvar);
+  d_mu = mu;
+  d_logvar = kl_normal_grad_logvar(logvar, var);
+  return kl_normal(mu, logvar, var);
 }
 
 }  // namespace aigc_fast
