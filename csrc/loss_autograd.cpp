@@ -126,7 +126,7 @@ using GanD = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, c
                                                            std::string, double, std::array<bool, 2>);
 using GanG = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, std::string, bool);
 using Vae = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, std::string, double,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, std::string, const at::Tensor&,
     std::string, std::array<bool, 4>);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_d_loss_autograd(const at::Tensor& real,
@@ -155,7 +155,7 @@ std::tuple<at::Tensor, at::Tensor> gan_g_loss_autograd(const at::Tensor& fake, s
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 vae_loss_autograd(const at::Tensor& recon, const at::Tensor& target, const at::Tensor& mu,
-                  const at::Tensor& logvar, std::string recon_loss, double beta,
+                  const at::Tensor& logvar, std::string recon_loss, const at::Tensor& beta,
                   std::string reduction, std::array<bool, 4> output_mask) {
   static const auto op = find_op<Vae>("aigc_fast::vae_loss");
   const std::vector<at::Tensor> inputs{recon, target, mu, logvar};

@@ -122,8 +122,8 @@ std::tuple<at::Tensor, at::Tensor> gan_g_loss_op(const at::Tensor& fake, std::st
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 vae_loss_op(const at::Tensor& recon, const at::Tensor& target, const at::Tensor& mu,
-            const at::Tensor& logvar, std::string recon_loss, double beta, std::string reduction,
-            std::array<bool, 4> output_mask) {
+            const at::Tensor& logvar, std::string recon_loss, const at::Tensor& beta,
+            std::string reduction, std::array<bool, 4> output_mask) {
   check_float_tensor(recon, "recon");
   check_float_tensor(target, "target");
   check_float_tensor(mu, "mu");
@@ -140,11 +140,17 @@ vae_loss_op(const at::Tensor& recon, const at::Tensor& target, const at::Tensor&
   TORCH_CHECK(mu.size(0) == recon.size(0), "mu and recon must have the same batch size, got ",
               mu.size(0), " and ", recon.size(0));
   TORCH_CHECK(recon.size(0) > 0, "recon is an empty batch: the loss of no samples is undefined");
+  // beta is a tensor, not a float, so that torch.compile keeps a changing beta (a KL warm-up)
+  // an input of one graph instead of a constant guarded per value; on the CPU, read with no
+  // device synchronization.
+  TORCH_CHECK(beta.dim() == 0 && beta.device().is_cpu() && at::isFloatingType(beta.scalar_type()),
+              "beta must be a 0-d floating-point CPU tensor, got ", beta.scalar_type(), " of shape ",
+              beta.sizes(), " on ", beta.device());
 
   VaeLoss op;
   op.recon_kind = parse_recon(recon_loss);
   op.reduction = parse_reduction(reduction);
-  op.beta = beta;
+  op.beta = beta.item<double>();
   // Read sample by sample in memory order (layout.h): in every dense layout kept as is,
   // contiguous and channels_last, each sample is one block.
   op.recon = in_memory_order(recon);
@@ -176,7 +182,7 @@ TORCH_LIBRARY_FRAGMENT(aigc_fast, m) {
       "bool[2] output_mask) -> (Tensor loss, Tensor grad_real, Tensor grad_fake)");
   m.def("gan_g_loss(Tensor fake_logits, str kind, bool need_grad) -> (Tensor loss, Tensor grad_fake)");
   m.def(
-      "vae_loss(Tensor recon, Tensor target, Tensor mu, Tensor logvar, str recon_loss, float beta, "
+      "vae_loss(Tensor recon, Tensor target, Tensor mu, Tensor logvar, str recon_loss, Tensor beta, "
       "str reduction, bool[4] output_mask) -> (Tensor loss, Tensor recon_term, Tensor kl_term, "
       "Tensor grad_recon, Tensor grad_target, Tensor grad_mu, Tensor grad_logvar)");
 }

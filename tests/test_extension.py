@@ -110,7 +110,8 @@ def test_cli_info(tmp_path):
     (lambda m: torch.ops.aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3, device=m), "bce", 1.0,
                                               [False, False]), "fake_logits"),
     (lambda m: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3),
-                                            torch.zeros(2, 3, device=m), "bce", 1.0, "mean", [False] * 4), "logvar"),
+                                            torch.zeros(2, 3, device=m), "bce", torch.tensor(1.0, dtype=torch.float64),
+                                            "mean", [False] * 4), "logvar"),
 ])
 def test_raw_ops_refuse_one_meta_argument_beside_real_tensors(call, name):
     """One meta argument sends a raw op call to its fake kernel: it must raise the real op's

@@ -148,6 +148,7 @@ def test_opcheck(dtype):
         return [t.detach().requires_grad_(wanted) for t, wanted in zip(tensors, mask)]
 
     ops = torch.ops.aigc_fast
+    as_beta = lambda b: torch.tensor(b, dtype=torch.float64)  # noqa: E731  (the op's beta: a 0-d CPU tensor)
     real, fake = randn(6, 1, seed=8, dtype=dtype), randn(4, seed=9, dtype=dtype)
     torch.library.opcheck(ops.gan_d_loss, (*leaves((real, fake), [True, True]), "bce", 0.9, [True, True]))
     torch.library.opcheck(ops.gan_d_loss, (*leaves((real, fake), [True, False]), "hinge", 1.0, [True, False]))
@@ -155,14 +156,14 @@ def test_opcheck(dtype):
     vae = vae_inputs(dtype, batch=3, image=(2, 4, 4), latent=5)
     for recon_loss, beta, reduction, mask in [("bce", 1.0, "mean", [True, False, True, True]),
                                               ("mse", 0.5, "none", [True, True, True, True])]:
-        torch.library.opcheck(ops.vae_loss, (*leaves(vae, mask), recon_loss, beta, reduction, mask))
+        torch.library.opcheck(ops.vae_loss, (*leaves(vae, mask), recon_loss, as_beta(beta), reduction, mask))
     channels_last = [vae[0].to(memory_format=torch.channels_last), *vae[1:]]
     mask = [True, False, False, True]
-    torch.library.opcheck(ops.vae_loss, (*leaves(channels_last, mask), "bce", 1.0, "sum", mask))
+    torch.library.opcheck(ops.vae_loss, (*leaves(channels_last, mask), "bce", as_beta(1.0), "sum", mask))
     mono = vae_inputs(dtype, batch=3, image=(1, 4, 4), latent=5)  # strides differ only in the size-1 dim
     mono[0] = mono[0].to(memory_format=torch.channels_last)
     mask = [True, True, False, False]
-    torch.library.opcheck(ops.vae_loss, (*leaves(mono, mask), "mse", 1.0, "none", mask))
+    torch.library.opcheck(ops.vae_loss, (*leaves(mono, mask), "mse", as_beta(1.0), "none", mask))
 
 
 def test_torch_compile_fullgraph_forward_and_backward():
@@ -183,6 +184,28 @@ def test_torch_compile_fullgraph_forward_and_backward():
         torch.testing.assert_close(c, e)
     for c, e in zip(leaves, twins):
         torch.testing.assert_close(c.grad, e.grad)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_torch_compile_keeps_one_graph_while_beta_changes(as_tensor):
+    """A KL warm-up changes beta every step: beta must be an input of the compiled graph,
+    not a constant compiled again per value (past 8 values dynamo would give up)."""
+    import torch._dynamo.config as dynamo_config
+    from torch._dynamo.testing import CompileCounter
+
+    recon, target, mu, logvar = vae_inputs(torch.float32, batch=4, image=(1, 8, 8), latent=6)
+    counter = CompileCounter()
+    step = torch.compile(lambda b: aigc_fast.vae_loss(recon, target, mu, logvar, beta=b)[0], backend=counter,
+                         fullgraph=True)
+    torch.compiler.reset()
+    with dynamo_config.patch(fail_on_recompile_limit_hit=True):
+        for i in range(12):
+            beta = min(1.0, i / 10)
+            got = step(torch.tensor(beta) if as_tensor else beta)
+            expected = aigc_fast.vae_loss(recon, target, mu, logvar, beta=beta)[0]
+            torch.testing.assert_close(got, expected)
+    assert counter.frame_count <= 2  # the first call may compile beta as a constant
+    torch.compiler.reset()
 
 
 def test_autocast_mixed_dtypes():
@@ -428,7 +451,7 @@ def test_gradients_only_for_inputs_that_require_them():
     loss, grad_real, grad_fake = torch.ops.aigc_fast.gan_d_loss(real, fake, "bce", 1.0, [False, True])
     assert grad_real.numel() == 0 and grad_fake.shape == fake.shape
     recon, target, mu, logvar = vae_inputs(torch.float32, batch=2, image=(4,), latent=2)
-    out = torch.ops.aigc_fast.vae_loss(recon, target, mu, logvar, "bce", 1.0, "mean", [True, False, False, True])
+    out = torch.ops.aigc_fast.vae_loss(recon, target, mu, logvar, "bce", torch.tensor(1.0, dtype=torch.float64), "mean", [True, False, False, True])
     assert [t.numel() > 0 for t in out[3:]] == [True, False, False, True]
     with torch.no_grad():  # nothing requires grad: nothing computed, nothing kept
         aigc_fast.gan_d_loss(real.requires_grad_(), fake, "bce")
@@ -457,8 +480,11 @@ def test_gradients_only_for_inputs_that_require_them():
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), recon_loss="l1"), ValueError, "recon_loss must be one of 'bce', 'mse', got 'l1'"),
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), reduction="avg"), ValueError, "reduction must be one of"),
         (lambda: torch.ops.aigc_fast.gan_g_loss(torch.zeros(3), "minimax", False), RuntimeError, "kind must be one of"),
-        (lambda: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), "bce", 1.0, "mean", [False] * 4), RuntimeError, "target must have the same shape as recon"),
-        (lambda: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), "bce", 1.0, "avg", [False] * 4), RuntimeError, "reduction must be 'mean', 'sum' or 'none'"),
+        (lambda: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), "bce", torch.tensor(1.0, dtype=torch.float64), "mean", [False] * 4), RuntimeError, "target must have the same shape as recon"),
+        (lambda: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), "bce", torch.tensor(1.0, dtype=torch.float64), "avg", [False] * 4), RuntimeError, "reduction must be 'mean', 'sum' or 'none'"),
+        (lambda: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), "bce", torch.ones(1), "mean", [False] * 4), RuntimeError, "beta must be a 0-d floating-point CPU tensor"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=torch.ones(2)), ValueError, r"beta must be a number or a one-element tensor, got shape \[2\]"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta="1"), TypeError, "beta must be a number or a one-element tensor, got str"),
     ],
 )
 def test_bad_input_gives_clear_errors(call, error, match):

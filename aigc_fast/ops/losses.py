@@ -3,6 +3,7 @@ computes the input gradients, so the backward only scales them by grad_output.""
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Tuple
 
 import torch
@@ -120,15 +121,29 @@ def vae_loss(
         raise ValueError("recon is an empty batch: the loss of no samples is undefined")
     _choice(recon_loss, "recon_loss", RECON_LOSSES)
     _choice(reduction, "reduction", REDUCTIONS)
-    if isinstance(beta, torch.Tensor) and beta.requires_grad:
-        raise TypeError("beta is a constant of the loss (a Python number or a tensor without grad); "
-                        "its gradient is not computed")
-    beta = float(beta)
+    beta = _beta_tensor(beta)
     if not _impl.use_fused(impl, "vae_loss", recon.device):
         return reference.vae_loss(recon, target, mu, logvar, recon_loss=recon_loss, beta=beta, reduction=reduction)
     mask = [_needs_grad(t) for t in (recon, target, mu, logvar)]
     out = torch.ops.aigc_fast.vae_loss(recon, target, mu, logvar, recon_loss, beta, reduction, mask)
     return out[0], out[1], out[2]
+
+
+def _beta_tensor(beta) -> torch.Tensor:
+    """beta as the op takes it: a 0-d float64 CPU tensor. A Python number becomes one
+    through torch.tensor, which torch.compile traces with the number as a graph input, so
+    a beta that changes every step (a KL warm-up) reuses one graph; a float argument would
+    be a constant, compiled again for each value. A CUDA tensor is copied (one sync)."""
+    if isinstance(beta, torch.Tensor):
+        if beta.requires_grad:
+            raise TypeError("beta is a constant of the loss (a Python number or a tensor without grad); "
+                            "its gradient is not computed")
+        if beta.numel() != 1:
+            raise ValueError(f"beta must be a number or a one-element tensor, got shape {list(beta.shape)}")
+        return beta.detach().reshape(()).to("cpu", torch.float64)
+    if not isinstance(beta, (numbers.Real, torch.SymInt, torch.SymFloat)):
+        raise TypeError(f"beta must be a number or a one-element tensor, got {type(beta).__name__}")
+    return torch.tensor(beta, dtype=torch.float64)
 
 
 # ---- shapes for torch.compile: these mirror the layouts csrc/losses.cpp chooses (_layout) ----
