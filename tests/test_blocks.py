@@ -276,3 +276,38 @@ def test_fold_of_a_parametrized_conv():
     assert type(folded[0]) is MyConv and not folded[0].training
     torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
     assert torch.nn.utils.parametrize.is_parametrized(model[0])  # the user's model is untouched
+
+
+def test_a_conv_subclass_with_its_own_forward_runs_as_itself():
+    """Weight standardization, QAT fake quantization: a subclass that changes what forward
+    computes is not fused (a fused group would call the plain functional conv); a subclass
+    that only adds a constructor still is (test_fold_of_a_parametrized_conv)."""
+    class StandardizedConv(nn.Conv2d):
+        def forward(self, x):
+            w = self.weight
+            w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+            return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    torch.manual_seed(11)
+    original = nn.Sequential(StandardizedConv(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU()).double()
+    converted = convert(copy.deepcopy(original))
+    assert not isinstance(converted, FusedSequential)  # nothing to fuse: left a plain Sequential
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(converted(x), original(x))
+
+
+def test_fold_refuses_a_batchnorm_in_training_and_keeps_a_grouped_transpose_exact():
+    torch.manual_seed(12)
+    model = convert(nn.Sequential(nn.ConvTranspose2d(8, 8, 4, 2, 1, groups=2), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).double())
+    model(torch.randn(4, 8, 5, 5, dtype=torch.float64))  # running statistics
+    model.eval()
+    model[4].train()  # one BatchNorm left in training mode under an eval model
+    with pytest.raises(ValueError, match="call model.eval"):
+        fold(model)
+    model.eval()
+    folded = fold(model)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
+    assert type(folded[1]) is nn.BatchNorm2d  # the grouped conv-transpose keeps its BatchNorm
+    assert isinstance(folded[4], aigc_fast.nn.blocks.FoldedBatchNorm)  # the plain conv's is folded

@@ -65,6 +65,18 @@ def _hooked(module: nn.Module) -> bool:
                 or module._backward_hooks)
 
 
+def _plain_conv(module: nn.Module) -> bool:
+    """A Conv2d/ConvTranspose2d whose forward is torch's own (parametrized ones included).
+    A subclass with its own forward or _conv_forward (weight standardization, QAT fake
+    quantization, a conv with BatchNorm inside) computes something a fused group, which
+    reads the weight and calls the functional conv, would not."""
+    for base in CONVS:
+        if isinstance(module, base):
+            cls = type(module)
+            return cls.forward is base.forward and getattr(cls, "_conv_forward", None) is getattr(base, "_conv_forward", None)
+    return False
+
+
 def _plan(children: List[nn.Module], *, hooks: bool = True) -> List[Union[int, _Group]]:
     """The Sequential's forward as steps: a child's index, or a fused group for each
     conv [-> BatchNorm2d over its channels] [-> activation] with at least one of the two
@@ -74,7 +86,7 @@ def _plan(children: List[nn.Module], *, hooks: bool = True) -> List[Union[int, _
     while i < len(children):
         conv = children[i]
         j, bn = i + 1, None
-        if isinstance(conv, CONVS):
+        if _plain_conv(conv):
             if j < len(children) and type(children[j]) is nn.BatchNorm2d and children[j].num_features == conv.out_channels:
                 bn, j = j, j + 1
             elif j < len(children) and isinstance(children[j], FoldedBatchNorm):
@@ -253,7 +265,7 @@ def fold(module: nn.Module) -> nn.Module:
     group's BatchNorm folded into its convolution's weight and bias (torch.nn.utils.fusion),
     so the group runs as convolution + bias_act. The BatchNorm modules become FoldedBatchNorm
     (an nn.Identity), so the other modules keep their names."""
-    if module.training:
+    if any(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         raise ValueError("fold() is for inference: call model.eval() first (BatchNorm must use its running statistics)")
     module = copy.deepcopy(module)
     for seq in [m for m in module.modules() if isinstance(m, FusedSequential)]:
@@ -262,7 +274,11 @@ def fold(module: nn.Module) -> nn.Module:
         for group in seq.fused_groups():
             # A BatchNorm without running statistics normalizes with the batch's, even in eval:
             # there is nothing to fold.
-            if group.bn is not None and children[group.bn].running_mean is not None:
+            # torch.nn.utils.fusion scales a transposed weight as [1, out, 1, 1], which a grouped
+            # one ([in, out / groups, kh, kw]) is not: such a group keeps its BatchNorm.
+            conv = children[group.conv]
+            grouped_transpose = isinstance(conv, nn.ConvTranspose2d) and conv.groups > 1
+            if group.bn is not None and children[group.bn].running_mean is not None and not grouped_transpose:
                 setattr(seq, names[group.conv], _fold_group(children[group.conv], children[group.bn]))
                 setattr(seq, names[group.bn], FoldedBatchNorm())
     return module
