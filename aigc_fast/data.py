@@ -26,7 +26,8 @@ _EXTRA_HINT = "pip install 'aigc_fast[data]'"
 
 
 def _require(module: str, what: str):
-    if importlib.util.find_spec(module) is None:
+    # (find_spec of "PIL.Image" raises, rather than returning None, when PIL itself is missing.)
+    if importlib.util.find_spec(module.partition(".")[0]) is None or importlib.util.find_spec(module) is None:
         raise ModuleNotFoundError(f"{what} needs the {module} package: {_EXTRA_HINT} (or pip install {module})")
     return importlib.import_module(module)
 
@@ -66,11 +67,15 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    loose = [p.name for p in files if len(p.relative_to(root).parts) == 1]
+    if classes and loose:  # they would silently join the first class
+        raise ValueError(f"{root} has class folders and also images directly inside it ({', '.join(loose[:3])}"
+                         f"{', ...' if len(loose) > 3 else ''}): move them into a class folder or elsewhere")
     images, labels = [], []
     for file in files:
         try:
             with Image.open(file) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
+                im = _eight_bit(im, Image).convert("L" if channels == 1 else "RGB")
                 scale = image_size / min(im.size)
                 im = im.resize((max(image_size, round(im.width * scale)), max(image_size, round(im.height * scale))),
                                Image.Resampling.BILINEAR)
@@ -83,6 +88,19 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
         parts = file.relative_to(root).parts
         labels.append(classes.index(parts[0]) if len(parts) > 1 else 0)
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+# Pillow's wide single-channel modes, by the value that stands for white: 16-bit
+# grayscale (PNG, TIFF; read as "I" by older Pillow) and float images in [0, 1].
+# convert("L") would clip them at 255, turning a 16-bit image nearly all white.
+_WHITE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def _eight_bit(im, Image):
+    if im.mode not in _WHITE:
+        return im
+    scaled = np.asarray(im, dtype=np.float64) * (255.0 / _WHITE[im.mode])
+    return Image.fromarray(np.rint(scaled).clip(0, 255).astype(np.uint8), "L")
 
 
 def load_array(path: Union[str, Path]) -> torch.Tensor:

@@ -79,8 +79,9 @@ def sample_run(run_dir: Union[str, Path], n: int, out_dir: Union[str, Path, None
     if per_class < 1:
         raise ValueError(f"balanced sampling needs n >= {real.num_classes} (one per class)")
     kept = {k: [] for k in range(real.num_classes)}
+    rounds = torch.Generator().manual_seed(seed)  # one stream of batch seeds over all rounds
     for attempt in range(20):  # up to 20 rounds of n candidates
-        images = generate_unit(trainer, n, seed=seed + attempt * n)
+        images = generate_unit(trainer, n, seed=rounds)
         labels = features_and_probs(classifier, images)[1].argmax(1)
         for k in kept:
             kept[k].extend(images[labels == k][:per_class - len(kept[k])])

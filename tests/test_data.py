@@ -58,6 +58,26 @@ def test_image_folder(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no image files"):
         data.load_image_folder(empty, 8)
+    (tmp_path / "dogs" / "broken.jpg").unlink()
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "preview.png")
+    with pytest.raises(ValueError, match=r"class folders and also images directly inside it \(preview\.png\)"):
+        data.load_image_folder(tmp_path, 32)  # it would have joined the first class
+
+
+@needs["PIL"]
+def test_sixteen_bit_and_float_images_keep_their_grey_levels(tmp_path):
+    """convert("L") clips 16-bit values at 255 (a 16-bit ramp came out nearly all white)."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 1, 16 * 16).reshape(16, 16)
+    Image.fromarray(np.rint(ramp * 255).astype(np.uint8)).save(tmp_path / "8bit.png")
+    Image.fromarray(np.rint(ramp * 65535).astype(np.uint16)).save(tmp_path / "16bit.png")
+    Image.fromarray(ramp.astype(np.float32), "F").save(tmp_path / "float.tif")
+    images, _ = data.load_image_folder(tmp_path, 16, channels=1)
+    sixteen, eight, floating = images.int()  # sorted: 16bit.png, 8bit.png, float.tif
+    assert (sixteen - eight).abs().max() <= 1 and (floating - eight).abs().max() <= 1
+    rgb, _ = data.load_image_folder(tmp_path, 16, channels=3)
+    assert (rgb[0].int() - eight).abs().max() <= 1
 
 
 def test_arrays(tmp_path):

@@ -114,11 +114,39 @@ def test_evaluate_a_run(digits_run):
     assert results["real_held_out"] == round(1797 * 0.2) and results["generated"] == 300
     assert results["fid"] > 5 * results["fid_real_held_out"]  # 4 steps of training: far from real
     assert 0 <= results["class_coverage"] <= 1 and 1 <= results["inception_score"] <= 10
+    assert 1 <= results["inception_score_matched"] <= 10 and "as many generated images as held-out ones" in \
+        (digits_run / "eval" / "metrics.md").read_text().split("Inception Score, ")[1]
     assert json.loads((digits_run / "eval" / "metrics.json").read_text())["fid"] == results["fid"]
     assert "| FID" in (digits_run / "eval" / "metrics.md").read_text()
     cached = (digits_run / "eval" / "classifier.pt").stat().st_mtime
     assert evaluate(digits_run, n=300, write=False)["fid"] == results["fid"]  # seeded; classifier reused
     assert (digits_run / "eval" / "classifier.pt").stat().st_mtime == cached
+
+
+def test_neg_elbo_averages_over_every_sample_drawn():
+    """-ELBO's reconstruction term is the mean of log p(x|z) over all `samples` z, not the
+    first z alone (one z made it shift with --nll-samples)."""
+    torch.manual_seed(1)
+    model = MLPVAE(16, 8, 3)
+    x = torch.rand(6, 16)
+    r = vae_likelihood(model, x, samples=5, batch_size=6, seed=7)
+    with torch.no_grad():
+        mu, logvar = (t.double() for t in model.encode(x))
+        eps = torch.randn((5,) + mu.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        logits = model.decode((mu + (0.5 * logvar).exp() * eps).flatten(0, 1).float()).double().view(5, 6, 16)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, x.double().expand(5, 6, 16),
+                                                                   reduction="none").sum(-1)  # [K, N]
+    assert r["recon"] == pytest.approx(bce.mean().item(), rel=1e-9)
+
+
+def test_generated_sets_of_different_seeds_share_no_images(digits_run):
+    from aigc_fast.evaluation.run import generate_unit
+    from aigc_fast.train import load_run
+
+    trainer = load_run(digits_run)
+    first, other = generate_unit(trainer, 40, seed=0, batch_size=20), generate_unit(trainer, 40, seed=20, batch_size=20)
+    assert not any(torch.equal(a, b) for a in first for b in other)  # seed + offset per batch had shared 20
+    assert torch.equal(generate_unit(trainer, 40, seed=0, batch_size=20), first)  # and a seed still reproduces
 
 
 def test_samples_round_trip_with_labels(tmp_path):

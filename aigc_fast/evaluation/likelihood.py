@@ -35,7 +35,8 @@ def vae_likelihood(model, images: torch.Tensor, *, recon_loss: str = "bce", samp
                    batch_size: int = 25, seed: int = 0) -> Dict[str, float]:
     """{"neg_elbo", "nll", "recon", "kl"} per image (nats, mean over images) of a VAE from
     aigc_fast.models (encode -> (mu, logvar), decode -> logits) in eval mode, on images in
-    [0, 1]. neg_elbo uses one z per image; nll uses `samples` z per image."""
+    [0, 1]. Both use the same `samples` z per image: neg_elbo (and recon) averages log p(x|z)
+    over them, nll is their importance-weighted bound."""
     g = torch.Generator().manual_seed(seed)
     totals = {"neg_elbo": 0.0, "nll": 0.0, "recon": 0.0, "kl": 0.0}
     with eval_mode(model):
@@ -50,7 +51,7 @@ def vae_likelihood(model, images: torch.Tensor, *, recon_loss: str = "bce", samp
             log_px_z = _log_likelihood(logits, target, recon_loss)                # [K, N]
             log_w = log_px_z + _log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - _log_normal(z, mu, logvar)
             nll = -(torch.logsumexp(log_w, 0) - math.log(samples))
-            recon = -log_px_z[0]
+            recon = -log_px_z.mean(0)
             for name, value in (("neg_elbo", recon + kl), ("nll", nll), ("recon", recon), ("kl", kl)):
                 totals[name] += float(value.sum())
     return {name: value / len(images) for name, value in totals.items()}

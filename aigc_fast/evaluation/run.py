@@ -58,10 +58,16 @@ def run_classifier(run_dir: Union[str, Path], real: RealData, *, epochs: int = 8
 
 
 @torch.no_grad()
-def generate_unit(trainer: _Trainer, n: int, *, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
-    """n generated images in [0, 1] on the CPU, in batches (seeded per batch)."""
+def generate_unit(trainer: _Trainer, n: int, *, seed: Union[int, torch.Generator] = 0,
+                  batch_size: int = 500) -> torch.Tensor:
+    """n generated images in [0, 1] on the CPU, in batches. Each batch's seed is drawn from
+    one generator seeded by `seed` (or `seed` itself, a torch.Generator, which then goes
+    on to the next call's batches), so sets of different seeds share no batch; per-batch
+    seeds of seed + offset had made seed 500's images those of seed 0 from the 501st on."""
     lo, hi = trainer.value_range
-    parts = [trainer.generate(min(batch_size, n - i), seed=seed + i).cpu() for i in range(0, n, batch_size)]
+    seeds = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    parts = [trainer.generate(min(batch_size, n - i), seed=int(torch.randint(2**62, (), generator=seeds))).cpu()
+             for i in range(0, n, batch_size)]
     return ((torch.cat(parts) - lo) / (hi - lo)).clamp(0, 1)
 
 
@@ -91,7 +97,10 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
         "fid": frechet_distance(f_fake, f_train), "fid_matched": frechet_distance(f_fake[:len(f_held)], f_train),
         "fid_real_held_out": frechet_distance(f_held, f_train),
         "kid": kid, "kid_std": kid_std, "kid_real_held_out": kernel_distance(f_held, f_train)[0],
+        # The Inception Score grows with the size of its splits: the real reference is set
+        # against as many generated images, besides the score of all n.
         "inception_score": score, "inception_score_std": score_std,
+        "inception_score_matched": inception_score(p_fake[:len(p_held)])[0],
         "inception_score_real_held_out": inception_score(p_held)[0],
         "class_coverage": coverage, "class_kl": class_kl,
         "cas": accuracy(cas_model, real.held_images, real.held_labels), "classifier_accuracy": test_accuracy,
@@ -112,7 +121,9 @@ _ROWS = [  # (key, label, the real-data reference it is read against)
     ("fid", "FID, all generated images vs real train (classifier features)", None),
     ("fid_matched", "FID, as many generated images as held-out ones", "fid_real_held_out"),
     ("kid", "KID", "kid_real_held_out"),
-    ("inception_score", "Inception Score (classifier)", "inception_score_real_held_out"),
+    ("inception_score", "Inception Score (classifier), all generated images", None),
+    ("inception_score_matched", "Inception Score, as many generated images as held-out ones",
+     "inception_score_real_held_out"),
     ("class_coverage", "class coverage", None),
     ("class_kl", "class KL to uniform (nats)", None),
     ("cas", "CAS: accuracy on real held-out of a classifier trained on samples", "classifier_accuracy"),
@@ -123,8 +134,8 @@ _ROWS = [  # (key, label, the real-data reference it is read against)
 
 def format_table(results: Dict[str, float]) -> str:
     """A Markdown table: each metric of the generated images beside the same metric of the
-    real held-out images (about what a perfect generator would score: FID at the same
-    sample size; KID is unbiased; IS from fewer images)."""
+    real held-out images (about what a perfect generator would score: FID and IS at the
+    same sample size; KID is unbiased)."""
     lines = [f"{results['kind'].upper()} run at step {results['step']}, {results['generated']} generated images, "
              f"data {results['data']} ({results['real_train']} train / {results['real_held_out']} held out)", "",
              "| metric | generated | real held-out |", "|---|---:|---:|"]
