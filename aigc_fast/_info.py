@@ -51,6 +51,8 @@ def collect() -> dict:
                 ops[op][device.type] = "reference (set by aigc_fast.set_impl)"
             elif reason is None:
                 ops[op][device.type] = "fused"
+            elif choice == "fused":  # forced where it cannot run: every call raises
+                ops[op][device.type] = f"error: fused is forced (aigc_fast.set_impl) but {reason}"
             else:
                 ops[op][device.type] = f"reference ({reason})"
     return {

@@ -90,6 +90,15 @@ def test_info_reports_versions_backends_and_choices(capsys):
         assert aigc_fast.info(print_report=False)["ops"]["reparameterize"]["cpu"].startswith("reference")
 
 
+def test_info_says_a_forced_fused_choice_cannot_run(monkeypatch):
+    """set_impl("fused") where the kernels cannot run makes every call raise: info() says so
+    rather than reporting the reference it will not run."""
+    monkeypatch.setattr(aigc_fast._impl, "fused_unavailable_reason", lambda device: "no kernels here")
+    with aigc_fast.use_impl("fused"):
+        assert aigc_fast.info(print_report=False)["ops"]["reparameterize"]["cpu"] == (
+            "error: fused is forced (aigc_fast.set_impl) but no kernels here")
+
+
 def test_cli_info(tmp_path):
     """The installed console script, run from a neutral folder as a user would."""
     script = shutil.which("aigc-fast", path=os.path.dirname(sys.executable))
