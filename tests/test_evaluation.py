@@ -123,6 +123,12 @@ def test_evaluate_a_run(digits_run):
     assert (digits_run / "eval" / "classifier.pt").stat().st_mtime == cached
 
 
+def test_evaluate_refuses_too_few_images_before_any_work(digits_run):
+    for n in (0, 1, -5):
+        with pytest.raises(ValueError, match="n must be at least 2"):
+            evaluate(digits_run, n=n, write=False)
+
+
 def test_neg_elbo_averages_over_every_sample_drawn():
     """-ELBO's reconstruction term is the mean of log p(x|z) over all `samples` z, not the
     first z alone (one z made it shift with --nll-samples)."""

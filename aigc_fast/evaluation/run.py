@@ -32,6 +32,9 @@ class RealData:
         train, held = data_lib.holdout_split(len(loaded), c.holdout)
         self.train_images, self.train_labels = loaded.images[train], loaded.labels[train]
         self.held_images, self.held_labels = loaded.images[held], loaded.labels[held]
+        if len(held) < 2:  # checked before a classifier trains for a minute
+            raise ValueError(f"holdout={c.holdout} keeps {len(held)} of {len(loaded)} images: the metrics of the "
+                             "real held-out images need at least 2")
         self.num_classes = int(loaded.labels.max()) + 1
         if self.num_classes < 2:
             raise ValueError(f"{source} has no class labels (one class): the classifier-based metrics need them "
@@ -75,11 +78,13 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
              seed: int = 12345, nll_samples: int = 100, write: bool = True) -> Dict[str, float]:
     """The run's metrics (see the README's table of what each means). n: images to generate
     (default: as many as the real training images)."""
+    if n is not None and n < 2:
+        raise ValueError(f"n must be at least 2 generated images (FID needs 2 to fit a covariance), got {n}")
     run_dir = Path(run_dir)
     trainer = load_run(run_dir, device=device)
     real = RealData(trainer, data)
     classifier, test_accuracy = run_classifier(run_dir, real)
-    n = n or len(real.train_images)
+    n = n if n is not None else len(real.train_images)
     fake = generate_unit(trainer, n, seed=seed)
     f_train, _ = features_and_probs(classifier, real.train_images)
     f_held, p_held = features_and_probs(classifier, real.held_images)
