@@ -13,7 +13,8 @@ several threads passes impl= per call.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+import re
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 
@@ -52,10 +53,39 @@ def use_impl(impl: Optional[str]) -> Iterator[None]:
         _default = previous
 
 
+def built_cuda_archs(arch_list: Optional[str]) -> List[Tuple[int, int, bool]]:
+    """(major, minor, with PTX) of each entry of a TORCH_CUDA_ARCH_LIST such as
+    "8.0;9.0+PTX"; [] when any entry is not of that form (named archs, "visible GPUs")."""
+    entries = [e for e in re.split(r"[;\s]+", arch_list or "") if e]
+    parsed = [re.fullmatch(r"(\d+)\.(\d+)[a-z]?(\+PTX)?", e) for e in entries]
+    if not entries or not all(parsed):
+        return []
+    return [(int(m.group(1)), int(m.group(2)), m.group(3) is not None) for m in parsed]
+
+
+def _cuda_arch_reason(device: torch.device) -> Optional[str]:
+    """Why the CUDA kernels cannot run on this GPU, if the build's arch list says so: a
+    binary for sm_XY runs on compute capability X.Y' with Y' >= Y, PTX for X.Y on any
+    X.Y or newer. Without this the default build of a machine with no GPU (8.0;9.0+PTX)
+    would fail at launch on a Turing or Volta GPU ("no kernel image") instead of falling
+    back to the reference. A build for the visible GPUs records no list (nothing to check).
+    Not checked while torch.compile traces (where it would break the graph)."""
+    archs = built_cuda_archs(_extension.BUILD_INFO.get("cuda_archs"))
+    if not archs or torch.compiler.is_compiling():
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    if any((a == major and b <= minor) or (ptx and (a, b) <= (major, minor)) for a, b, ptx in archs):
+        return None
+    return (f"aigc_fast's CUDA kernels were built for {_extension.BUILD_INFO['cuda_archs']}, which cannot run on "
+            f"this GPU (compute capability {major}.{minor}): reinstall with TORCH_CUDA_ARCH_LIST={major}.{minor}")
+
+
 def fused_unavailable_reason(device: torch.device) -> Optional[str]:
     """None when the fused kernels can run on `device`, else why not."""
     if not _extension.LOADED:
         return _extension.REASON
+    if device.type == "cuda" and "cuda" in _extension.compiled_backends():
+        return _cuda_arch_reason(device)
     if device.type == "meta" or device.type in _extension.compiled_backends():
         return None
     if device.type == "cuda":

@@ -127,3 +127,26 @@ def test_raw_ops_refuse_one_meta_argument_beside_real_tensors(call, name):
     error, not hand back an uninitialised CPU tensor."""
     with pytest.raises(ValueError, match=f"{name} must be on the same device as"):
         call("meta")
+
+
+def test_a_gpu_the_cuda_kernels_were_not_built_for_falls_back(monkeypatch):
+    """The default build without a visible GPU (8.0;9.0+PTX) cannot run on a Turing card:
+    the op must fall back to the reference (saying why), not fail at launch."""
+    from aigc_fast import _extension, _impl
+
+    assert _impl.built_cuda_archs("8.0;9.0+PTX") == [(8, 0, False), (9, 0, True)]
+    assert _impl.built_cuda_archs("visible GPUs") == [] and _impl.built_cuda_archs("Ampere") == []
+    monkeypatch.setattr(_extension, "LOADED", True)
+    monkeypatch.setattr(_extension, "compiled_backends", lambda: ["cpu", "cuda"])
+    monkeypatch.setitem(_extension.BUILD_INFO, "cuda_archs", "8.0;9.0+PTX")
+    cuda = torch.device("cuda", 0)
+    for capability, runs in [((7, 5), False), ((8, 0), True), ((8, 6), True), ((8, 9), True), ((9, 0), True),
+                             ((10, 0), True), ((12, 0), True)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        reason = _impl.fused_unavailable_reason(cuda)
+        assert (reason is None) == runs, (capability, reason)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))
+    assert "reinstall with TORCH_CUDA_ARCH_LIST=7.5" in _impl.fused_unavailable_reason(cuda)
+    assert not _impl.use_fused(None, "reparameterize", cuda)
+    with pytest.raises(RuntimeError, match="compute capability 7.5"):
+        _impl.use_fused("fused", "reparameterize", cuda)
