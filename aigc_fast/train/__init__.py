@@ -13,5 +13,5 @@ from .interrupt import TrainingInterrupted
 from .trainer import NonFiniteLossError, load_run
 from .vae import VAETrainer
 
-__all__ = ["GANConfig", "GANTrainer", "NonFiniteLossError", "TrainingInterrupted", "VAEConfig", "VAETrainer", "load_checkpoint",
-           "load_run", "save_atomic"]
+__all__ = ["GANConfig", "GANTrainer", "NonFiniteLossError", "TrainingInterrupted", "VAEConfig", "VAETrainer",
+           "load_checkpoint", "load_run", "save_atomic"]
