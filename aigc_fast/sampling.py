@@ -73,7 +73,7 @@ def sample_run(run_dir: Union[str, Path], n: int, out_dir: Union[str, Path, None
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "generated"
     if not balanced:
         return write_samples(generate_unit(trainer, n, seed=seed), out)
-    real = RealData(trainer)
+    real = RealData(trainer, needs_held_out=False)
     classifier, _ = run_classifier(run_dir, real)
     per_class = n // real.num_classes
     if per_class < 1:

@@ -129,6 +129,22 @@ def test_evaluate_refuses_too_few_images_before_any_work(digits_run):
             evaluate(digits_run, n=n, write=False)
 
 
+def test_balanced_sampling_of_a_run_without_held_out_images(tmp_path, monkeypatch):
+    """Balanced sampling needs the classifier, not held-out images: a holdout=0 run samples."""
+    import aigc_fast.evaluation.run as run
+
+    pytest.importorskip("sklearn")
+    out = tmp_path / "gan"
+    GANTrainer(GANConfig(out_dir=str(out), data="digits", image_size=16, channels=1, nz=16, ngf=8, ndf=8,
+                         batch_size=32, max_steps=1, holdout=0.0, progress=False, sample_every=1000)).fit()
+    real = data_lib.load("digits", image_size=16, channels=1, kind="vae").images[:400]
+    monkeypatch.setattr(run, "generate_unit", lambda trainer, n, seed=0: real[torch.randperm(400)[:n]])
+    written = sample_run(out, 20, tmp_path / "balanced", balanced=True)
+    assert sorted(np.load(written / "samples.npz")["labels"].tolist()) == sorted(list(range(10)) * 2)
+    with pytest.raises(ValueError, match="holdout=0"):
+        evaluate(out, n=20, write=False)  # the metrics do need them
+
+
 def test_neg_elbo_averages_over_every_sample_drawn():
     """-ELBO's reconstruction term is the mean of log p(x|z) over all `samples` z, not the
     first z alone (one z made it shift with --nll-samples)."""

@@ -20,19 +20,21 @@ from .metrics import class_coverage, frechet_distance, inception_score, kernel_d
 class RealData:
     """A run's real images in [0, 1] with labels, split as the trainer split them."""
 
-    def __init__(self, trainer: _Trainer, data=None):
+    def __init__(self, trainer: _Trainer, data=None, *, needs_held_out: bool = True):
+        """needs_held_out=False (balanced sampling, which only needs the classifier) accepts
+        a run trained with holdout=0: no held-out images then."""
         c = trainer.config
         source = data if data is not None else c.data
         if source is None:
             raise ValueError("the run does not record its data (it was trained on an in-memory set): pass data=")
-        if c.holdout <= 0:
+        if c.holdout <= 0 and needs_held_out:
             raise ValueError("evaluation needs held-out real images: this run was trained with holdout=0")
         self.source = str(source)
         loaded = data_lib.load(source, image_size=c.image_size, channels=c.channels, kind="vae")
         train, held = data_lib.holdout_split(len(loaded), c.holdout)
         self.train_images, self.train_labels = loaded.images[train], loaded.labels[train]
         self.held_images, self.held_labels = loaded.images[held], loaded.labels[held]
-        if len(held) < 2:  # checked before a classifier trains for a minute
+        if len(held) < 2 and needs_held_out:  # checked before a classifier trains for a minute
             raise ValueError(f"holdout={c.holdout} keeps {len(held)} of {len(loaded)} images: the metrics of the "
                              "real held-out images need at least 2")
         self.num_classes = int(loaded.labels.max()) + 1
@@ -42,8 +44,9 @@ class RealData:
 
 
 def run_classifier(run_dir: Union[str, Path], real: RealData, *, epochs: int = 8) -> Tuple[Classifier, float]:
-    """(classifier, its held-out accuracy): from RUN_DIR/eval/classifier.pt when it was
-    trained on the same data and split, else trained now and cached there."""
+    """(classifier, its held-out accuracy, NaN without held-out images): from
+    RUN_DIR/eval/classifier.pt when it was trained on the same data and split, else
+    trained now and cached there."""
     path = Path(run_dir) / "eval" / "classifier.pt"
     key = {"data": real.source, "shape": list(real.train_images.shape[1:]), "held_out": len(real.held_images),
            "classes": real.num_classes, "epochs": epochs}
@@ -54,7 +57,7 @@ def run_classifier(run_dir: Union[str, Path], real: RealData, *, epochs: int = 8
             model.load_state_dict(cached["state"])
             return model.eval(), cached["accuracy"]
     model = train_classifier(real.train_images, real.train_labels, real.num_classes, epochs=epochs)
-    acc = accuracy(model, real.held_images, real.held_labels)
+    acc = accuracy(model, real.held_images, real.held_labels) if len(real.held_images) else float("nan")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"key": key, "state": model.state_dict(), "accuracy": acc}, path)
     return model, acc
