@@ -194,7 +194,8 @@ class ImageData(Dataset):
 
 def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip: bool = False) -> ImageData:
     """An ImageData set from a built-in name ("mnist", "digits"), an image folder, a .npy/.npz
-    file, a uint8/float tensor or NumPy array of images, in the model's range and size."""
+    file, a uint8/float tensor or NumPy array of images, or an (images, labels) pair of
+    them, in the model's range and size."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     labels = None
@@ -213,6 +214,11 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
             raise ValueError(f"data must be one of {BUILTIN}, an image folder or a .npy/.npz file, got {source!r}")
     elif isinstance(source, (np.ndarray, torch.Tensor)):
         images = _as_nchw(torch.as_tensor(source), "images")
+    elif isinstance(source, tuple) and len(source) == 2:
+        images = _as_nchw(torch.as_tensor(source[0]), "images")
+        labels = torch.as_tensor(source[1]).long().flatten()
+        if len(labels) != len(images):
+            raise ValueError(f"(images, labels): {len(images)} images but {len(labels)} labels")
     else:
         raise TypeError(f"cannot load images from a {type(source).__name__}")
     if len(images) == 0:

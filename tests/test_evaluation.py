@@ -145,6 +145,23 @@ def test_balanced_sampling_of_a_run_without_held_out_images(tmp_path, monkeypatc
         evaluate(out, n=20, write=False)  # the metrics do need them
 
 
+def test_real_data_from_an_images_labels_pair(digits_run):
+    """A run trained on arrays in memory is evaluated against an (images, labels) pair: the
+    same split as the named set, and a short name for results and the classifier cache."""
+    from aigc_fast.evaluation.run import RealData
+    from aigc_fast.train import load_run
+
+    trainer = load_run(digits_run)
+    named, paired = RealData(trainer, "digits"), RealData(trainer, data_lib.load_digits())
+    for a, b in [(named.train_images, paired.train_images), (named.held_labels, paired.held_labels)]:
+        assert torch.equal(a, b)
+    assert paired.source.startswith("in-memory images [1797, 1, 8, 8] with labels (sha1 ") and len(paired.source) < 80
+    images, labels = data_lib.load_digits()
+    assert RealData(trainer, (images.flip(0), labels.flip(0))).source != paired.source  # other bytes, other key
+    with pytest.raises(ValueError, match="1797 images but 3 labels"):
+        data_lib.load((images, labels[:3]), image_size=8)
+
+
 def test_neg_elbo_averages_over_every_sample_drawn():
     """-ELBO's reconstruction term is the mean of log p(x|z) over all `samples` z, not the
     first z alone (one z made it shift with --nll-samples)."""

@@ -4,10 +4,12 @@ the trained model, and the metrics, written to RUN_DIR/eval/metrics.json and met
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from .. import data as data_lib
@@ -26,10 +28,11 @@ class RealData:
         c = trainer.config
         source = data if data is not None else c.data
         if source is None:
-            raise ValueError("the run does not record its data (it was trained on an in-memory set): pass data=")
+            raise ValueError("the run does not record its data (it was trained on an in-memory set): pass data= "
+                             "(a name, a path, or an (images, labels) pair)")
         if c.holdout <= 0 and needs_held_out:
             raise ValueError("evaluation needs held-out real images: this run was trained with holdout=0")
-        self.source = str(source)
+        self.source = _describe(source)
         loaded = data_lib.load(source, image_size=c.image_size, channels=c.channels, kind="vae")
         train, held = data_lib.holdout_split(len(loaded), c.holdout)
         self.train_images, self.train_labels = loaded.images[train], loaded.labels[train]
@@ -40,7 +43,22 @@ class RealData:
         self.num_classes = int(loaded.labels.max()) + 1
         if self.num_classes < 2:
             raise ValueError(f"{source} has no class labels (one class): the classifier-based metrics need them "
-                             "(built-in sets, or an image folder with one subfolder per class)")
+                             "(built-in sets, an image folder with one subfolder per class, an .npz with "
+                             "labels, or an (images, labels) pair)")
+
+
+def _describe(source) -> str:
+    """A name for the data in results and the classifier cache's key: the name or path as
+    given; for arrays in memory their shape and a digest of their bytes (two sets of the
+    same shape must not share a cached classifier, and a message must not print them)."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    parts = source if isinstance(source, tuple) else (source,)
+    digest = hashlib.sha1()
+    for part in parts:
+        digest.update(np.ascontiguousarray(torch.as_tensor(part).cpu().numpy()).tobytes())
+    shape = list(torch.as_tensor(parts[0]).shape)
+    return f"in-memory images {shape}{' with labels' if len(parts) == 2 else ''} (sha1 {digest.hexdigest()[:12]})"
 
 
 def run_classifier(run_dir: Union[str, Path], real: RealData, *, epochs: int = 8) -> Tuple[Classifier, float]:
