@@ -84,7 +84,8 @@ def bn_act(
     merges: no cancellation for large means) and updates running_mean/running_var in place
     as nn.BatchNorm does (momentum, unbiased variance; momentum=None is the cumulative
     average and needs num_batches_tracked, which is incremented as the module does).
-    training=False (or no running statistics) normalizes with the running statistics.
+    training=False normalizes with the running statistics when given; without them, with
+    the batch's (as nn.BatchNorm2d(track_running_stats=False) does in eval).
     act: "identity", "relu", "leaky_relu", "tanh" or "sigmoid". x: float16/bfloat16/float32/
     float64, NCHW or channels_last (y keeps x's memory format); parameters and running
     statistics in any float dtype. memory_efficient=True (inplace_abn's mode, for identity,

@@ -16,7 +16,7 @@ namespace aigc_fast {
 constexpr int kNormalsPerBlock = 4;
 
 // A 32-bit word as a uniform in (0, 1]: never 0, so the logarithm below is finite;
-// the smallest value 2^-33 bounds |normal| by sqrt(66 ln 2) = 6.77.
+// the smallest value 2^-33 bounds |normal| by sqrt(66 ln 2) = 6.76.
 AIGC_HD float uniform_open_zero(uint32_t word) {
   return fmaf(static_cast<float>(word), 2.3283064365386963e-10f, 1.1641532182693481e-10f);
 }
