@@ -261,6 +261,22 @@ def test_config_checks_and_files(tmp_path):
     (tmp_path / "bad.json").write_text("nz: 7")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         GANConfig.from_json(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="channels must be 1 .* or 3"):
+        VAEConfig(channels=2)
+    for bad, match in ((dict(recon_loss="l1"), "recon_loss must be 'bce' or 'mse'"), (dict(beta=-1.0), "beta")):
+        with pytest.raises(ValueError, match=match):  # refused before the run directory is written
+            VAETrainer(VAEConfig(out_dir=str(tmp_path / "vae"), progress=False, **bad))
+        assert not (tmp_path / "vae").exists()
+
+
+def test_resume_refuses_another_loss(tmp_path):
+    """From Python a fresh config's defaults would replace the recorded loss unnoticed."""
+    GANTrainer(tiny_gan(tmp_path, loss="hinge", max_steps=2)).fit(tiny_images())
+    with pytest.raises(ValueError, match="different loss \\(loss 'hinge' -> 'bce'\\)"):
+        GANTrainer(tiny_gan(tmp_path, max_steps=3)).fit(tiny_images(), resume=True)
+    resumed = GANTrainer(tiny_gan(tmp_path, loss="hinge", max_steps=3))
+    resumed.fit(tiny_images(), resume=True)
+    assert resumed.step == 3
 
 
 def ctrl_c_during_step(trainer, at_step, presses=1):

@@ -45,6 +45,8 @@ class _Config:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout is a share of the data in [0, 1), got {self.holdout}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
 
     def to_json(self, path: Union[str, Path, None] = None) -> str:
         text = json.dumps({"kind": self.kind, **dataclasses.asdict(self)}, indent=2)

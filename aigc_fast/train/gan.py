@@ -22,6 +22,9 @@ class GANTrainer(_Trainer):
     def _architecture_fields(self):
         return ("nz", "ngf", "ndf")
 
+    def _objective_fields(self):
+        return ("loss",)
+
     def __init__(self, config: Optional[GANConfig] = None):
         super().__init__(config or GANConfig())
 

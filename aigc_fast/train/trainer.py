@@ -174,6 +174,10 @@ class _Trainer:
         """The config fields that shape the models (each trainer names its own)."""
         return ()
 
+    def _objective_fields(self) -> Tuple[str, ...]:
+        """The config fields that define what the models are trained for (the loss)."""
+        return ()
+
     def _check_resumable(self, state: Dict[str, Any]) -> None:
         """A resumed run replays the recorded data order and split, into the recorded models:
         refuse settings that would silently change which images a batch (or the held-out set)
@@ -190,6 +194,11 @@ class _Trainer:
         if model:
             raise ValueError(f"cannot resume with a different model ({', '.join(model)}): the checkpoint's "
                              "weights would not fit; start a new run instead")
+        objective = changed(self._objective_fields())
+        if objective:  # from Python, a fresh config's defaults would otherwise replace the recorded loss
+            raise ValueError(f"cannot resume with a different loss ({', '.join(objective)}): the checkpoint was "
+                             "trained for the recorded one; pass the recorded config (load it with "
+                             "from_json(RUN_DIR/config.json)) or start a new run")
         data = changed(self._REPLAY_FIELDS)
         if data:
             raise ValueError("cannot resume with different data settings (the data order and held-out split "

@@ -20,6 +20,9 @@ class VAETrainer(_Trainer):
     def _architecture_fields(self):
         return ("model", "latent_dim") + (("base",) if self.config.model == "conv" else ())  # the MLP has no base
 
+    def _objective_fields(self):
+        return ("recon_loss",)  # what the decoder's outputs mean (logits or means)
+
     def __init__(self, config: Optional[VAEConfig] = None):
         super().__init__(config or VAEConfig())
 
@@ -31,6 +34,12 @@ class VAETrainer(_Trainer):
             model = ConvVAE(c.latent_dim, c.channels, c.image_size, c.base, backend=c.backend)
         else:
             raise ValueError(f"model must be 'conv' or 'mlp', got {c.model!r}")
+        # Checked before anything is written: a run directory whose config.json named another
+        # recon_loss would neither resume nor decode its samples right.
+        if c.recon_loss not in ("bce", "mse"):
+            raise ValueError(f"recon_loss must be 'bce' or 'mse', got {c.recon_loss!r}")
+        if not c.beta >= 0:
+            raise ValueError(f"beta weighs the KL term and must be >= 0, got {c.beta!r}")
         self.model = self.place(model)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=tuple(c.betas))
         self.run_model = self.prepare(self.model)
