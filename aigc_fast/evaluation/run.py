@@ -115,19 +115,20 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
     kid, kid_std = kernel_distance(f_fake, f_train)
     score, score_std = inception_score(p_fake)
     cas_model = train_classifier(fake, pseudo, real.num_classes)
+    m = min(n, len(f_held))  # the matched size: the held-out count, or n when fewer are generated
     results = {
         "kind": trainer.kind, "step": trainer.step, "data": real.source, "generated": n,
         "real_train": len(real.train_images), "real_held_out": len(real.held_images),
         # FID is biased upward at small sample sizes: the real reference (the held-out images)
-        # is compared with as many generated images, besides the FID of all n.
-        "fid": frechet_distance(f_fake, f_train), "fid_matched": frechet_distance(f_fake[:len(f_held)], f_train),
-        "fid_real_held_out": frechet_distance(f_held, f_train),
+        # is compared with as many generated images (m), besides the FID of all n.
+        "fid": frechet_distance(f_fake, f_train), "fid_matched": frechet_distance(f_fake[:m], f_train),
+        "fid_real_held_out": frechet_distance(f_held[:m], f_train),
         "kid": kid, "kid_std": kid_std, "kid_real_held_out": kernel_distance(f_held, f_train)[0],
         # The Inception Score grows with the size of its splits: the real reference is set
         # against as many generated images, besides the score of all n.
         "inception_score": score, "inception_score_std": score_std,
-        "inception_score_matched": inception_score(p_fake[:len(p_held)])[0],
-        "inception_score_real_held_out": inception_score(p_held)[0],
+        "inception_score_matched": inception_score(p_fake[:m])[0],
+        "inception_score_real_held_out": inception_score(p_held[:m])[0],
         "class_coverage": coverage, "class_kl": class_kl,
         "cas": accuracy(cas_model, real.held_images, real.held_labels), "classifier_accuracy": test_accuracy,
     }
