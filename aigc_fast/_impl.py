@@ -13,6 +13,7 @@ several threads passes impl= per call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from typing import Iterator, List, Optional, Tuple
 
@@ -70,14 +71,21 @@ def _cuda_arch_reason(device: torch.device) -> Optional[str]:
     would fail at launch on a Turing or Volta GPU ("no kernel image") instead of falling
     back to the reference. A build for the visible GPUs records no list (nothing to check).
     Not checked while torch.compile traces (where it would break the graph)."""
-    archs = built_cuda_archs(_extension.BUILD_INFO.get("cuda_archs"))
-    if not archs or torch.compiler.is_compiling():
+    arch_list = _extension.BUILD_INFO.get("cuda_archs")
+    if not arch_list or torch.compiler.is_compiling():
         return None
-    major, minor = torch.cuda.get_device_capability(device)
-    if any((a == major and b <= minor) or (ptx and (a, b) <= (major, minor)) for a, b, ptx in archs):
+    return _arch_mismatch(arch_list, tuple(torch.cuda.get_device_capability(device)))
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_mismatch(arch_list: str, capability: Tuple[int, int]) -> Optional[str]:
+    """_cuda_arch_reason's verdict, once per (arch list, GPU): every op call asks it."""
+    major, minor = capability
+    archs = built_cuda_archs(arch_list)
+    if not archs or any((a == major and b <= minor) or (ptx and (a, b) <= capability) for a, b, ptx in archs):
         return None
-    return (f"aigc_fast's CUDA kernels were built for {_extension.BUILD_INFO['cuda_archs']}, which cannot run on "
-            f"this GPU (compute capability {major}.{minor}): reinstall with TORCH_CUDA_ARCH_LIST={major}.{minor}")
+    return (f"aigc_fast's CUDA kernels were built for {arch_list}, which cannot run on this GPU (compute "
+            f"capability {major}.{minor}): reinstall with TORCH_CUDA_ARCH_LIST={major}.{minor}")
 
 
 def fused_unavailable_reason(device: torch.device) -> Optional[str]:

@@ -38,9 +38,9 @@ def pytest_collection_modifyitems(items):
     suite put the G 64->3 b128 block at 0.6x eager, and the same block timed alternately
     with eager is 1.0x (bench/NOTES.md, "Benchmark order")."""
     first_seen = {}
-    for index, item in enumerate(items):
-        first_seen.setdefault(_case(item), index)
-    items.sort(key=lambda item: first_seen[_case(item)])  # stable: providers keep their declared order
+    order = [first_seen.setdefault(_case(item), index) for index, item in enumerate(items)]
+    ranked = sorted(range(len(items)), key=order.__getitem__)  # stable: providers keep their declared order
+    items[:] = [items[i] for i in ranked]
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -279,6 +279,6 @@ def fold(module: nn.Module) -> nn.Module:
             conv = children[group.conv]
             grouped_transpose = isinstance(conv, nn.ConvTranspose2d) and conv.groups > 1
             if group.bn is not None and children[group.bn].running_mean is not None and not grouped_transpose:
-                setattr(seq, names[group.conv], _fold_group(children[group.conv], children[group.bn]))
+                setattr(seq, names[group.conv], _fold_group(conv, children[group.bn]))
                 setattr(seq, names[group.bn], FoldedBatchNorm())
     return module

@@ -186,23 +186,21 @@ class _Trainer:
         if isinstance(recorded.get("data"), str):
             recorded["data"] = _recorded_data(recorded["data"])  # runs that recorded a relative path
 
-        def changed(names):
-            return [f"{name} {recorded[name]!r} -> {getattr(self.config, name)!r}" for name in names
-                    if name in recorded and recorded[name] != getattr(self.config, name)]
-
-        model = changed(self._architecture_fields())
-        if model:
-            raise ValueError(f"cannot resume with a different model ({', '.join(model)}): the checkpoint's "
-                             "weights would not fit; start a new run instead")
-        objective = changed(self._objective_fields())
-        if objective:  # from Python, a fresh config's defaults would otherwise replace the recorded loss
-            raise ValueError(f"cannot resume with a different loss ({', '.join(objective)}): the checkpoint was "
-                             "trained for the recorded one; pass the recorded config (load it with "
-                             "from_json(RUN_DIR/config.json)) or start a new run")
-        data = changed(self._REPLAY_FIELDS)
-        if data:
-            raise ValueError("cannot resume with different data settings (the data order and held-out split "
-                             f"would change): {', '.join(data)}; start a new run instead")
+        # (The loss: from Python, a fresh config's default would otherwise replace the recorded one.)
+        refusals = [
+            (self._architecture_fields(), "cannot resume with a different model ({}): the checkpoint's weights "
+             "would not fit; start a new run instead"),
+            (self._objective_fields(), "cannot resume with a different loss ({}): the checkpoint was trained for "
+             "the recorded one; pass the recorded config (load it with from_json(RUN_DIR/config.json)) or start "
+             "a new run"),
+            (self._REPLAY_FIELDS, "cannot resume with different data settings (the data order and held-out split "
+             "would change): {}; start a new run instead"),
+        ]
+        for names, message in refusals:
+            changed = [f"{name} {recorded[name]!r} -> {getattr(self.config, name)!r}" for name in names
+                       if name in recorded and recorded[name] != getattr(self.config, name)]
+            if changed:
+                raise ValueError(message.format(", ".join(changed)))
 
     def _apply_optimizer_settings(self) -> None:
         """A checkpoint's optimizer state carries the lr and betas it ran with; a resumed run
