@@ -148,3 +148,12 @@ def test_step_benchmark_times_every_setting_and_provider_in_turns(monkeypatch):
     assert timed == cases * 3
     assert [(r["precision"], r["memory_format"], r["provider"]) for r in rows] == [
         (p, "channels_last" if cl else "nchw", provider) for p, cl, provider in cases]
+
+
+def test_a_step_benchmark_leaves_nothing_on_disk(tmp_path, monkeypatch):
+    """make_step builds a trainer but never fits it: no run directory may be created (each
+    step of an `aigc-fast bench` run had left an empty temporary folder behind)."""
+    monkeypatch.setattr(benchmark.tempfile, "tempdir", str(tmp_path))
+    step, batch = benchmark.make_step("vae28", "fused")
+    step()
+    assert batch == 128 and not [p for p in tmp_path.iterdir() if p.name.startswith("aigc-fast")]

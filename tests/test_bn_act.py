@@ -97,9 +97,10 @@ def test_matches_reference(dtype, act, layout, training):
 
 # Shapes that take every walk: long runs (NCHW, H * W >= 512), short runs as rows (small
 # maps, channels_last, 1x1 maps, 2-D and 3-D inputs), rows wider than a chunk, rows of
-# 16K-32K elements (blocks of a few rows), short runs in rows past 32K (runs again), one channel.
+# 16K-32K elements (blocks of a few rows), short runs in rows past 32K (panels of channels,
+# also of single elements), one channel.
 SHAPES = [(2, 3, 32, 20), (8, 5, 1, 1), (16, 5), (3, 4, 9), (2, 600, 3, 3), (4, 1, 6, 6), (128, 3, 2, 2),
-          (3, 1200, 4, 4), (5, 20000), (2, 2100, 4, 4)]
+          (3, 1200, 4, 4), (5, 20000), (2, 2100, 4, 4), (3, 40000), (2, 33000, 1, 2)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -115,6 +116,28 @@ def test_shapes_float64(shape, channels_last, training):
     ref = run(reference.bn_act, x, p, grad_out, training=training, layout=layout, act="leaky_relu", steps=2)
     for f, r in zip(fused[0] + fused[1], ref[0] + ref[1]):
         torch.testing.assert_close(f, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_past_32k_in_panels(dtype):
+    """Rows of more than 32768 elements with short runs are reduced in panels of channels
+    (each a copy of its rows' columns); every dtype, both thread counts, one result."""
+    shape = (4, 9000, 2, 2)  # panels of 8192 and 808 channels
+    x, grad_out = data(shape, dtype)
+    p = Params(shape[1], dtype=dtype)
+    threads = torch.get_num_threads()
+    try:
+        fused = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            fused.append(run(aigc_fast.bn_act, x, p, grad_out, training=True, layout=LAYOUTS["nchw"]))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(fused[0][0] + fused[0][1], fused[1][0] + fused[1][1]):
+        assert torch.equal(a, b)
+    same_dtype = run(reference.bn_act, x, p, grad_out, training=True, layout=LAYOUTS["nchw"])
+    exact = run(reference.bn_act, x, p, grad_out, cast=lambda t: t.double(), training=True, layout=LAYOUTS["nchw"])
+    compare(fused[0], same_dtype, exact, 4 * 2 * 2, dtype)
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.5, None])

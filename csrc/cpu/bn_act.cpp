@@ -38,23 +38,23 @@ AIGC_CPU_CLONES void piece_moments(const T* x, int64_t n, Moments& into) {
 }
 
 template <typename T>
-std::vector<Moments> stats_by_runs(const ChannelStats& op, const Geometry& g) {
-  std::vector<Moments> moments(g.channels, Moments{0, 0, 0});
+void stats_by_runs(const ChannelStats& op, const Geometry& g, Moments* moments) {
   reduce_runs(g, [&](int64_t channel, int64_t begin, int64_t len) {
     alignas(64) T buf[kChunk];
     piece_moments(load(op.x, begin, len, buf), len, moments[channel]);
   });
-  return moments;
 }
 
 // Short runs: the same two passes over a block of whole rows (in cache), with per-element
 // sums over the rows (shifted by the block's first row) folded into channel means, then
-// per-element squared deviations from the row pattern of those means.
+// per-element squared deviations from the row pattern of those means. Into moments[c] for
+// the panel's channels c.
 template <typename T>
-std::vector<Moments> stats_by_rows(const ChannelStats& op, const Geometry& g) {
+void stats_by_rows(const ChannelStats& op, const Panel& panel, Moments* moments) {
+  const Geometry& g = panel.g;
   const int64_t row = g.row(), groups = row_groups(g);
   std::vector<Moments> partial(groups * g.channels, Moments{0, 0, 0});
-  reduce_rows(g, [&](int64_t group, int64_t begin, int64_t rows) {
+  reduce_rows(g, [&](int64_t group, int64_t row0, int64_t rows) {
     T* x_buf = scratch<T, 0>(rows * row).data();
     T* s = scratch<T, 1>(row).data();
     T* d = scratch<T, 2>(row).data();
@@ -63,7 +63,7 @@ std::vector<Moments> stats_by_rows(const ChannelStats& op, const Geometry& g) {
     double* channel_m2 = scratch<double, 5>(g.channels).data();
     std::fill(channel_mean, channel_mean + g.channels, 0.0);
     std::fill(channel_m2, channel_m2 + g.channels, 0.0);
-    const T* x = load(op.x, begin, rows * row, x_buf);
+    const T* x = panel.rows(op.x, row0, rows, x_buf);
     column_sums(1, rows, row, s, [&](int64_t r, int64_t j) { return x[r * row + j] - x[j]; });
     const double count = double(rows * g.inner);
     fold_row(g, x, channel_mean);  // the shift, once per row of the block
@@ -81,20 +81,23 @@ std::vector<Moments> stats_by_rows(const ChannelStats& op, const Geometry& g) {
       merge_moments(partial[group * g.channels + c], count, channel_mean[c], channel_m2[c] - count * dm * dm);
     }
   });
-  std::vector<Moments> moments(g.channels, Moments{0, 0, 0});
   for (int64_t group = 0; group < groups; ++group) {
     for (int64_t c = 0; c < g.channels; ++c) {
       const Moments& p = partial[group * g.channels + c];
       merge_moments(moments[c], p.count, p.mean, p.m2);
     }
   }
-  return moments;
 }
 
 template <typename T>
 void stats(ChannelStats& op) {
   const Geometry g{op.x.numel(), op.channels, op.inner};
-  const std::vector<Moments> moments = reduce_by_rows(g) ? stats_by_rows<T>(op, g) : stats_by_runs<T>(op, g);
+  std::vector<Moments> moments(g.channels, Moments{0, 0, 0});
+  if (reduce_by_rows(g)) {
+    for_each_panel(g, [&](const Panel& panel) { stats_by_rows<T>(op, panel, moments.data() + panel.first); });
+  } else {
+    stats_by_runs<T>(op, g, moments.data());
+  }
   for (int64_t c = 0; c < g.channels; ++c) bn_forward_channel_batch(op.step, c, moments[c]);
 }
 
@@ -138,12 +141,8 @@ AIGC_CPU_CLONES void piece_sums(const T* dy, const T* y, const T* x, int64_t n, 
   sum_dz_centered = s2;
 }
 
-// Per-channel sums of dz and dz * (u - S), float64, interleaved: [c * 2], [c * 2 + 1].
-using ChannelSums = std::vector<double>;
-
 template <bool kFromOutput, Act A, typename T>
-ChannelSums sums_by_runs(const BnActGrad& op, const Geometry& g, const std::vector<T>& shifts, T slope) {
-  ChannelSums sums(g.channels * 2, 0.0);
+void sums_by_runs(const BnActGrad& op, const Geometry& g, const T* shifts, T slope, double* sums) {
   reduce_runs(g, [&](int64_t channel, int64_t begin, int64_t len) {
     with_grad_inputs<T>(op, begin, len, [&](const T* dy, const T* y, const T* x) {
       T s1, s2;
@@ -152,22 +151,23 @@ ChannelSums sums_by_runs(const BnActGrad& op, const Geometry& g, const std::vect
       sums[channel * 2 + 1] += double(s2);
     });
   });
-  return sums;
 }
 
 // Short runs: per-element sums over a block's rows (the shift as a row pattern), folded
-// into per-channel float64 partials of the block's group, groups then added in order.
+// into per-channel float64 partials of the block's group, groups then added in order. For
+// the panel's channels c: shifts[c] in, sums[c * 2] and sums[c * 2 + 1] out.
 template <bool kFromOutput, Act A, typename T>
-ChannelSums sums_by_rows(const BnActGrad& op, const Geometry& g, const std::vector<T>& shifts, T slope) {
+void sums_by_rows(const BnActGrad& op, const Panel& panel, const T* shifts, T slope, double* sums) {
+  const Geometry& g = panel.g;
   const int64_t row = g.row(), groups = row_groups(g);
   std::vector<T> shift_row(row);
   fill_row(g, shift_row.data(), [&](int64_t c) { return shifts[c]; });
   std::vector<double> partial(groups * g.channels * 2, 0.0);
-  reduce_rows(g, [&](int64_t group, int64_t begin, int64_t rows) {
+  reduce_rows(g, [&](int64_t group, int64_t row0, int64_t rows) {
     const int64_t len = rows * row;
-    const T* dy = load(op.grad_y, begin, len, scratch<T, 0>(len).data());
-    const T* y = load(op.y, begin, len, scratch<T, 1>(len).data());
-    const T* x = op.x.defined() ? load(op.x, begin, len, scratch<T, 2>(len).data()) : nullptr;
+    const T* dy = panel.rows(op.grad_y, row0, rows, scratch<T, 0>(len).data());
+    const T* y = panel.rows(op.y, row0, rows, scratch<T, 1>(len).data());
+    const T* x = op.x.defined() ? panel.rows(op.x, row0, rows, scratch<T, 2>(len).data()) : nullptr;
     T* s1 = scratch<T, 3>(row).data();
     T* s2 = scratch<T, 4>(row).data();
     std::fill(s1, s1 + row, T(0));
@@ -186,11 +186,9 @@ ChannelSums sums_by_rows(const BnActGrad& op, const Geometry& g, const std::vect
     fold_row(g, s1, into, 2);
     fold_row(g, s2, into + 1, 2);
   });
-  ChannelSums sums(g.channels * 2, 0.0);
   for (int64_t group = 0; group < groups; ++group) {
     for (int64_t i = 0; i < g.channels * 2; ++i) sums[i] += partial[group * g.channels * 2 + i];
   }
-  return sums;
 }
 
 template <bool kFromOutput, Act A, typename T>
@@ -198,8 +196,15 @@ void sums(BnActGrad& op) {
   const Geometry g{op.y.numel(), op.channels, op.inner};
   const std::vector<T> shifts = channel_values<T>(op.shift, op.channels, T(0));
   const T slope = static_cast<T>(op.slope);
-  const ChannelSums sums = reduce_by_rows(g) ? sums_by_rows<kFromOutput, A>(op, g, shifts, slope)
-                                             : sums_by_runs<kFromOutput, A>(op, g, shifts, slope);
+  // Per-channel sums of dz and dz * (u - S), float64, interleaved: [c * 2], [c * 2 + 1].
+  std::vector<double> sums(g.channels * 2, 0.0);
+  if (reduce_by_rows(g)) {
+    for_each_panel(g, [&](const Panel& panel) {
+      sums_by_rows<kFromOutput, A>(op, panel, shifts.data() + panel.first, slope, sums.data() + panel.first * 2);
+    });
+  } else {
+    sums_by_runs<kFromOutput, A>(op, g, shifts.data(), slope, sums.data());
+  }
   for (int64_t c = 0; c < g.channels; ++c) bn_backward_channel(op.step, c, sums[c * 2], sums[c * 2 + 1]);
 }
 

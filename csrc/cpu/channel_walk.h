@@ -11,7 +11,8 @@
 //
 // Reductions (per-channel sums) must not depend on the thread count: long runs are reduced
 // one channel per task, runs in order; short runs go in fixed blocks of whole rows, each
-// folded into per-channel partials of a fixed group of blocks, groups then merged in order.
+// folded into per-channel partials of a fixed group of blocks, groups then merged in order
+// (rows of many channels are cut into panels of channels, each reduced on its own).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -31,14 +32,14 @@ constexpr int64_t kChunk = 4096;
 constexpr int64_t kMinRun = 64;
 // Patterns cover whole rows of at most this many elements (P of them stay in L2).
 constexpr int64_t kMaxPatternRow = 16384;
-// Reductions read runs shorter than this as rows (per-run overhead would dominate), when a
-// row holds at most kMaxRow elements. Such a reduction goes in blocks of whole rows (at
-// most kReduceBlock elements, 256 KB of float32, in L2) summed per element over at most
-// kMaxRowsPerBlock rows in the math type (a float32 sum's rounding grows with its length),
-// then per channel in float64 (a fold per block, so long rows want several rows a block);
-// blocks form groups of about kGroupElements, the unit of parallel work.
+// Reductions read runs shorter than this as rows (per-run overhead would dominate). Such a
+// reduction goes in blocks of whole rows (at most kReduceBlock elements, 256 KB of float32,
+// in L2) summed per element over at most kMaxRowsPerBlock rows in the math type (a float32
+// sum's rounding grows with its length), then per channel in float64 (a fold per block, so
+// long rows want several rows a block); blocks form groups of about kGroupElements, the
+// unit of parallel work. Rows of many channels are reduced in panels (see Panel).
 constexpr int64_t kMinReduceRun = 512;
-constexpr int64_t kMaxRow = 32768;  // 2048 channels of 4x4 (16384: such a map ran 3x slower as runs)
+constexpr int64_t kMaxRow = 32768;  // 2048 channels of 4x4
 constexpr int64_t kReduceBlock = 65536;
 constexpr int64_t kMaxRowsPerBlock = 64;
 constexpr int64_t kGroupElements = 131072;
@@ -166,7 +167,53 @@ void map_channels(const Geometry& g, ChannelParams<T, P>& params, const Chunk& c
 }
 
 // Whether a reduction over g reads rows (short runs) or runs.
-inline bool reduce_by_rows(const Geometry& g) { return g.inner < kMinReduceRun && g.row() <= kMaxRow; }
+inline bool reduce_by_rows(const Geometry& g) { return g.inner < kMinReduceRun; }
+
+// Channels [first, first + g.channels) of every row of a tensor, reduced by rows as a tensor
+// of their own (g) whose rows lie `stride` elements apart. Rows are cut into such panels
+// of at most kMaxPanelChannels channels and kMaxRow elements. Each block folds its sums
+// into channels (a loop over the channels, ~3-4 ns each when the runs are single elements)
+// and each group merges its partials (a division per channel): with more channels than
+// kReduceBlock / kMaxRowsPerBlock = 1024, a block holds fewer than 64 rows and these
+// per-channel steps outweigh the per-element ones ([256, 16384]: 23 ms against eager's 8).
+// Read as runs instead, [128, 65536] took 1.4 s against eager's 82 ms.
+constexpr int64_t kMaxPanelChannels = kReduceBlock / kMaxRowsPerBlock;
+
+struct Panel {
+  Geometry g;
+  int64_t first, stride;
+
+  // Rows [row0, row0 + rows) of the panel in T, one after another: t's own memory where it
+  // holds them so, else copied into buf (rows * g.row() elements).
+  template <typename T>
+  const T* rows(const at::Tensor& t, int64_t row0, int64_t rows, T* buf) const {
+    const int64_t width = g.row();
+    if (width == stride) return load(t, row0 * stride, rows * stride, buf);
+    for (int64_t r = 0; r < rows; ++r) {
+      T* into = buf + r * width;
+      const T* from = load(t, (row0 + r) * stride + first * g.inner, width, into);
+      if (from != into) std::copy_n(from, width, into);
+    }
+    return buf;
+  }
+};
+
+// panel(p) for the panels of g (g itself when it has few enough channels). One panel
+// spreads its groups over the threads; several go in parallel, each on one thread (a
+// parallel loop inside runs on the calling thread), as a panel of few rows is one group.
+template <typename F>
+void for_each_panel(const Geometry& g, const F& panel) {
+  const int64_t per_panel = std::min(kMaxPanelChannels, std::max<int64_t>(1, kMaxRow / g.inner));
+  const int64_t panels = (g.channels + per_panel - 1) / per_panel;
+  const auto some = [&](int64_t first_panel, int64_t last_panel) {
+    for (int64_t i = first_panel; i < last_panel; ++i) {
+      const int64_t first = i * per_panel, channels = std::min(per_panel, g.channels - first);
+      panel(Panel{Geometry{g.rows() * channels * g.inner, channels, g.inner}, first, g.row()});
+    }
+  };
+  if (panels == 1) return some(0, 1);
+  for_units(panels, g.numel, some);
+}
 
 // Long runs: run(channel, begin, len) for every piece (at most kReducePiece elements) of every run
 // of the channel, in memory order, all pieces of a channel on one thread.
@@ -203,8 +250,8 @@ inline int64_t row_groups(const Geometry& g) {
   return (blocks + blocks_per_group(g) - 1) / blocks_per_group(g);
 }
 
-// Short runs: block(group, begin, rows) for every block, groups in parallel, the blocks of
-// a group in order on one thread.
+// Short runs: block(group, row0, rows) for every block (rows [row0, row0 + rows) of g),
+// groups in parallel, the blocks of a group in order on one thread.
 template <typename Block>
 void reduce_rows(const Geometry& g, const Block& block) {
   const int64_t per_block = rows_per_block(g), blocks = (g.rows() + per_block - 1) / per_block;
@@ -213,7 +260,7 @@ void reduce_rows(const Geometry& g, const Block& block) {
     for (int64_t group = first; group < last; ++group) {
       for (int64_t b = group * per_group; b < std::min(blocks, (group + 1) * per_group); ++b) {
         const int64_t row0 = b * per_block;
-        block(group, row0 * g.row(), std::min(per_block, g.rows() - row0));
+        block(group, row0, std::min(per_block, g.rows() - row0));
       }
     }
   });
