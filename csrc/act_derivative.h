@@ -1,23 +1,27 @@
-// The activation table's derivatives (activations.h: each read from the output y) as
-// differentiable ATen ops, for the autograd kernels' create_graph paths (second
+// The activation table's backward (activations.h: each derivative read from the output y)
+// as differentiable ATen ops, for the autograd kernels' create_graph paths (second
 // derivatives through bias_act and bn_act).
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/full_like.h>
-#include <ATen/ops/ones_like.h>
-#include <ATen/ops/where.h>
+#include <ATen/ops/leaky_relu_backward.h>
+#include <ATen/ops/threshold_backward.h>
 
 #include <string>
 
 namespace aigc_fast {
 
-inline at::Tensor derivative_from_output(const at::Tensor& y, const std::string& act, double slope) {
-  if (act == "relu") return y.gt(0).to(y.scalar_type());
-  if (act == "leaky_relu") return at::where(y.gt(0), at::ones_like(y), at::full_like(y, slope));
-  if (act == "tanh") return y.mul(y).neg().add(1);
-  if (act == "sigmoid") return y.mul(y.neg().add(1));
-  return at::ones_like(y);
+// grad_y * act'(from y). relu and leaky_relu go through PyTorch's own backward ops: their
+// derivative with respect to y is a zero that autograd still carries, so a gradient
+// penalty taken through the layer gives its bias a zero gradient (as plain PyTorch does)
+// rather than none, and an optimizer step after the penalty alone treats it the same.
+inline at::Tensor grad_through_activation(const at::Tensor& grad_y, const at::Tensor& y, const std::string& act,
+                                          double slope) {
+  if (act == "relu") return at::threshold_backward(grad_y, y, 0);
+  if (act == "leaky_relu") return at::leaky_relu_backward(grad_y, y, slope, /*self_is_result=*/true);
+  if (act == "tanh") return grad_y.mul(y.mul(y).neg().add(1));
+  if (act == "sigmoid") return grad_y.mul(y.mul(y.neg().add(1)));
+  return grad_y;
 }
 
 }  // namespace aigc_fast

@@ -58,7 +58,7 @@ class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
     const bool need_bias = bias_dtype >= 0 && ctx->needs_input_grad(1);
     at::Tensor grad_x, grad_bias;
     if (at::GradMode::is_enabled()) {
-      grad_x = grads[0].mul(derivative_from_output(y, act, slope));
+      grad_x = grad_through_activation(grads[0], y, act, slope);
       if (need_bias) {
         std::vector<int64_t> dims;
         for (int64_t d = 0; d < y.dim(); ++d) {

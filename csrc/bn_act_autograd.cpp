@@ -54,7 +54,7 @@ Outputs differentiable_backward(const at::Tensor& grad_y, const at::Tensor& y, c
   const at::Tensor invstd = training ? (x - mean).pow(2).mean(dims, true).add(eps).rsqrt()
                                      : saved_invstd.to(x.scalar_type()).reshape(shape);
   const at::Tensor xhat = (x - mean) * invstd;
-  const at::Tensor dz = grad_y * derivative_from_output(y, act, slope);
+  const at::Tensor dz = grad_through_activation(grad_y, y, act, slope);
   const at::Tensor sum_dz = dz.sum(dims, true), sum_dz_xhat = (dz * xhat).sum(dims, true);
   const at::Tensor k = (weight.has_value() ? weight->to(x.scalar_type()).reshape(shape) : at::ones_like(mean)) * invstd;
   const at::Tensor grad_x = training ? k * (dz - sum_dz / n - xhat * (sum_dz_xhat / n)) : k * dz;

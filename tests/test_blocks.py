@@ -311,3 +311,61 @@ def test_fold_refuses_a_batchnorm_in_training_and_keeps_a_grouped_transpose_exac
     torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
     assert type(folded[1]) is nn.BatchNorm2d  # the grouped conv-transpose keeps its BatchNorm
     assert isinstance(folded[4], aigc_fast.nn.blocks.FoldedBatchNorm)  # the plain conv's is folded
+
+
+def test_convert_leaves_a_group_before_an_in_place_module_and_passes_identity_placeholders():
+    """A fused op keeps its output for the backward, so a group followed by a module that
+    writes in place stays plain (MobileNet's Conv-BN-ReLU6(inplace=True) had failed in
+    backward); an nn.Identity standing for a left-out norm joins the group."""
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6(inplace=True),  # left plain
+        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.2), nn.Dropout(0.0, inplace=True),
+        nn.Conv2d(4, 5, 3, padding=1), nn.Identity(), nn.LeakyReLU(0.2, inplace=True),  # one group
+    ).double()
+    converted = convert(copy.deepcopy(model))
+    groups = converted.fused_groups()
+    assert [(g.conv, g.bn, g.act) for g in groups] == [(7, None, "leaky_relu")]
+    x = batches((2, 3, 6, 6))
+    g = batches((2, 5, 6, 6), seed=1)
+    assert_same(steps(converted, x, g), steps(model, x, g), 1e-10)
+
+
+def test_fold_converts_a_plain_model_first():
+    torch.manual_seed(9)
+    model = dcgan().double().eval()
+    folded = fold(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert not isinstance(model["G"], FusedSequential)  # the model itself is left as it was
+    z = torch.randn(3, 16, 1, 1, dtype=torch.float64)
+    torch.testing.assert_close(folded["D"](folded["G"](z)), model["D"](model["G"](z)), rtol=1e-10, atol=1e-10)
+
+
+def test_a_slice_of_a_block_is_a_fused_sequential_with_its_mode():
+    block = ConvTransposeBlock(8, 4, act="leaky_relu", memory_efficient=True)
+    head = block[:2]
+    assert type(head) is FusedSequential and head.memory_efficient and len(head) == 2
+    assert head[0] is block[0] and isinstance(block[-1], nn.LeakyReLU)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_gradient_penalty_gives_every_parameter_plain_pytorchs_gradient(act):
+    """R1 through a discriminator: the same gradient for every parameter as plain PyTorch,
+    including the BatchNorm bias's zero (None would make a penalty-only optimizer step skip
+    it, where plain PyTorch's Adam still moves it by its momentum)."""
+    torch.manual_seed(10)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), ACT_MODULES[act], nn.Conv2d(4, 2, 3, bias=True),
+                          ACT_MODULES[act], nn.Flatten(), nn.Linear(2 * 4 * 4, 1)).double()
+    fused = convert(copy.deepcopy(plain))
+    assert len(fused.fused_groups()) == 2
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    grads = []
+    for model in (fused, plain):
+        xr = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(model(xr).sum(), xr, create_graph=True)
+        g.square().sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

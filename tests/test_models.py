@@ -48,6 +48,46 @@ def test_mnist_dcgan_matches_the_issue_shapes():
     assert [m.out_channels for m in D.modules() if isinstance(m, nn.Conv2d)] == [128, 256, 1]
 
 
+def tutorial_dcgan(nz=100, ngf=64, ndf=64, nc=3):
+    """The 64x64 DCGAN of the PyTorch tutorial, written out as it is there."""
+    G = nn.Sequential(
+        nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 8), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh())
+    D = nn.Sequential(
+        nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False))
+    return G, D
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_dcgan_64_is_the_tutorials(backend):
+    """Same layers, widths and state_dict as the tutorial's nn.Sequential (its checkpoints
+    load), and the same outputs from the same weights."""
+    G, D = DCGANGenerator(backend=backend).double(), DCGANDiscriminator(backend=backend).double()
+    tutorial_G, tutorial_D = (m.double() for m in tutorial_dcgan())
+    for ours, theirs in ((G, tutorial_G), (D, tutorial_D)):
+        theirs_state = {f"main.{k}": v for k, v in theirs.state_dict().items()}
+        assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs_state.items()}
+        ours.load_state_dict(theirs_state)
+    z = torch.randn(3, 100, dtype=torch.float64)
+    images = G(z)
+    torch.testing.assert_close(images, tutorial_G(z[:, :, None, None]), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(D(images), tutorial_D(images).flatten(), rtol=1e-9, atol=1e-9)
+
+
+def test_generator_refuses_a_z_it_would_misread():
+    G = DCGANGenerator(nz=8, ngf=4, channels=1, image_size=28)
+    for bad in (torch.randn(2, 7), torch.randn(2, 8, 2, 2), torch.randn(8), torch.randn(2, 8, 1)):
+        with pytest.raises(ValueError, match=r"takes z \[N, 8\] or \[N, 8, 1, 1\]"):
+            G(bad)
+
+
 @pytest.mark.parametrize("cls, kw, make_input", [
     (DCGANGenerator, dict(nz=8, ngf=4, channels=1, image_size=28), lambda: torch.randn(4, 8, dtype=torch.float64)),
     (DCGANDiscriminator, dict(ndf=4, channels=3, image_size=32), lambda: torch.randn(4, 3, 32, 32, dtype=torch.float64)),

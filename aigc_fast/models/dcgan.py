@@ -58,7 +58,8 @@ class DCGANGenerator(nn.Module):
         super().__init__()
         steps, first_side = _geometry(image_size)
         self.nz, self.channels, self.image_size, self.backend = nz, channels, image_size, backend
-        widths = [ngf * 2 ** (steps - i) for i in range(steps)]  # before each stride-2 step
+        # before each stride-2 step: the tutorial's ngf*8, ngf*4, ... ngf at 64x64
+        widths = [ngf * 2 ** (steps - 1 - i) for i in range(steps)] if image_size != 28 else [ngf * 4, ngf * 2]
         layers = [nn.ConvTranspose2d(nz, widths[0], first_side, 1, 0, bias=False), nn.BatchNorm2d(widths[0]),
                   nn.ReLU(True)]
         for w_in, w_out in zip(widths, widths[1:]):
@@ -68,6 +69,11 @@ class DCGANGenerator(nn.Module):
         dcgan_init_(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # The first block would take any spatial size and return larger images (a 2x2 z gives
+        # 20x20 at 28), and its fused matrix multiply would name no argument: check here.
+        if z.dim() not in (2, 4) or z.shape[1] != self.nz or (z.dim() == 4 and z.shape[2:] != (1, 1)):
+            raise ValueError(f"{type(self).__name__} takes z [N, {self.nz}] or [N, {self.nz}, 1, 1], "
+                             f"got shape {list(z.shape)}")
         if z.dim() == 2:
             z = z[:, :, None, None]
         return self.main(z)

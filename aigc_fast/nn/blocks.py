@@ -11,6 +11,7 @@ BatchNorm into the convolutions for inference.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
@@ -77,10 +78,18 @@ def _plain_conv(module: nn.Module) -> bool:
     return False
 
 
+def _writes_in_place(module: nn.Module) -> bool:
+    """Whether the module overwrites its input (ReLU6(inplace=True), Dropout(inplace=True),
+    ...). A fused op keeps its output for the backward (the next layer usually keeps it
+    anyway), so such a module after a group would corrupt what the backward reads."""
+    return bool(getattr(module, "inplace", False))
+
+
 def _plan(children: List[nn.Module], *, hooks: bool = True) -> List[Union[int, _Group]]:
     """The Sequential's forward as steps: a child's index, or a fused group for each
-    conv [-> BatchNorm2d over its channels] [-> activation] with at least one of the two
-    and (unless hooks=False: the structure alone) no hooks on any of them."""
+    conv [-> BatchNorm2d over its channels] [-> Identity ...] [-> activation] with at least
+    one of BatchNorm and activation, (unless hooks=False: the structure alone) no hooks on
+    any of them, and not followed by a module that writes in place."""
     steps: List[Union[int, _Group]] = []
     i = 0
     while i < len(children):
@@ -91,10 +100,15 @@ def _plan(children: List[nn.Module], *, hooks: bool = True) -> List[Union[int, _
                 bn, j = j, j + 1
             elif j < len(children) and isinstance(children[j], FoldedBatchNorm):
                 j += 1
+            # nn.Identity placeholders (an optional norm left out) pass on to a real activation.
+            while j + 1 < len(children) and type(children[j]) is nn.Identity and _activation_of(children[j + 1]):
+                j += 1
             act = _activation_of(children[j]) if j < len(children) else None
             if act is not None:
                 j += 1
-            if (bn is not None or act is not None) and not (hooks and any(_hooked(m) for m in children[i:j])):
+            in_place_next = j < len(children) and _writes_in_place(children[j])
+            if (bn is not None or act is not None) and not in_place_next and not (
+                    hooks and any(_hooked(m) for m in children[i:j])):
                 name, slope = act or ("identity", 0.0)
                 if name != "leaky_relu" or slope >= 0:  # the kernels need slope >= 0 (else: run as is)
                     steps.append(_Group(i, bn, name, slope))
@@ -174,6 +188,11 @@ class FusedSequential(nn.Sequential):
 
     def fused_groups(self) -> List[_Group]:
         return [s for s in _plan(list(self)) if not isinstance(s, int)]
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):  # nn.Sequential's would call a block's own __init__ with a dict
+            return FusedSequential(OrderedDict(list(self._modules.items())[idx]), memory_efficient=self.memory_efficient)
+        return super().__getitem__(idx)
 
     def extra_repr(self) -> str:
         return f"fused groups: {len(self.fused_groups())}, memory_efficient={self.memory_efficient}"
@@ -261,13 +280,14 @@ def _fold_group(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
 
 
 def fold(module: nn.Module) -> nn.Module:
-    """For inference: a copy of the model (which must be in eval mode) with each fused
-    group's BatchNorm folded into its convolution's weight and bias (torch.nn.utils.fusion),
-    so the group runs as convolution + bias_act. The BatchNorm modules become FoldedBatchNorm
-    (an nn.Identity), so the other modules keep their names."""
+    """For inference: a converted copy of the model (which must be in eval mode; see
+    convert) with each fused group's BatchNorm folded into its convolution's weight and
+    bias (torch.nn.utils.fusion), so the group runs as convolution + bias_act. The
+    BatchNorm modules become FoldedBatchNorm (an nn.Identity), so the other modules keep
+    their names."""
     if any(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         raise ValueError("fold() is for inference: call model.eval() first (BatchNorm must use its running statistics)")
-    module = copy.deepcopy(module)
+    module = convert(copy.deepcopy(module))  # a plain model's groups, found the way convert finds them
     for seq in [m for m in module.modules() if isinstance(m, FusedSequential)]:
         names = [name for name, _ in seq.named_children()]
         children = list(seq)
