@@ -38,8 +38,16 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
     """(a function running one training step on a fixed batch, the batch size)."""
     from .train import GANConfig, GANTrainer, VAEConfig, VAETrainer
 
+    from ._impl import fused_unavailable_reason
+
     kind, fields = WORKLOADS[workload]
     backend, compiled = PROVIDERS[provider]
+    # The trainers fall back to the reference ops where the kernels cannot run (a missing
+    # build, another GPU architecture): a "fused" row would then time plain PyTorch.
+    reason = fused_unavailable_reason(torch.device(device)) if backend == "fused" else None
+    if reason is not None:
+        raise RuntimeError(f"the {provider!r} provider cannot run aigc_fast's kernels on {device}, so it would time "
+                           f"the reference ops under its name: {reason}")
     config_class, trainer_class = (GANConfig, GANTrainer) if kind == "gan" else (VAEConfig, VAETrainer)
     # train_step writes nothing (only fit creates the run directory), so out_dir is never made
     config = config_class(**fields, backend=backend, compile=compiled, precision=precision,
@@ -56,6 +64,8 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
     def step() -> Dict[str, float]:
         metrics = trainer.train_step(images)  # .item() on the losses: the step has finished
         trainer.scaler.update()
+        if trainer.device.type == "cuda":  # fp16's scale update is queued after those .item()s
+            torch.cuda.synchronize(trainer.device)
         return metrics
 
     return step, config.batch_size
@@ -158,6 +168,8 @@ def run(workloads: List[str], providers: List[str], settings: List[Tuple[str, bo
 
     Compiled providers run under compile_strictly, and torch.compile's caches are reset
     (torch.compiler.reset) before each workload, the caller's compiled code included."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1 (timed steps per case), got {repeats}")
     with compile_strictly(), _room_for_settings(len(settings)):
         return _run(workloads, providers, settings, device=device, repeats=repeats, memory=memory, log=log)
 
@@ -208,9 +220,13 @@ def _run(workloads, providers, settings, *, device, repeats, memory, log):
 
 
 def machine_facts(device: str = "cpu") -> Dict[str, object]:
+    from . import _extension
+    from ._version import __version__
+
     cpu = cpu_info("model name") or platform.processor() or platform.machine()
     return {"date": datetime.date.today().isoformat(), "cpu": cpu, "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "", "torch": torch.__version__}
+            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "", "torch": torch.__version__,
+            "aigc_fast": __version__, "kernels": ",".join(_extension.compiled_backends()) or "none"}
 
 
 def write_csv(rows: List[Dict[str, object]], path: Path) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import aigc_fast
 from aigc_fast import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +155,17 @@ def test_a_step_benchmark_leaves_nothing_on_disk(tmp_path, monkeypatch):
     """make_step builds a trainer but never fits it: no run directory may be created (each
     step of an `aigc-fast bench` run had left an empty temporary folder behind)."""
     monkeypatch.setattr(benchmark.tempfile, "tempdir", str(tmp_path))
-    step, batch = benchmark.make_step("vae28", "fused")
+    step, batch = benchmark.make_step("vae28", "eager")
     step()
     assert batch == 128 and not [p for p in tmp_path.iterdir() if p.name.startswith("aigc-fast")]
+
+
+def test_a_fused_step_without_kernels_refuses_to_time_the_reference(monkeypatch):
+    """With no kernels for the device the trainers run the reference ops: a "fused" row would
+    be plain PyTorch under the fused name (as from the source folder, or on an unbuilt GPU)."""
+    monkeypatch.setattr(aigc_fast._extension, "LOADED", False)
+    monkeypatch.setattr(aigc_fast._extension, "REASON", "not built (test)")
+    with pytest.raises(RuntimeError, match=r"'fused' provider cannot run aigc_fast's kernels on cpu.*not built"):
+        benchmark.make_step("vae28", "fused")
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        benchmark.run(["vae28"], ["eager"], [("fp32", False)], repeats=0, memory=False, log=lambda _: None)
