@@ -51,7 +51,10 @@ def _cuda_wanted():
 
 def _nvcc_version(cuda_home):
     nvcc = os.path.join(cuda_home, "bin", "nvcc")
-    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    done = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"`{nvcc} --version` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    out = done.stdout
     match = re.search(r"release (\d+)\.(\d+)", out)
     if not match:
         sys.exit(f"could not read the CUDA version from `{nvcc} --version`:\n{out}")
@@ -64,7 +67,8 @@ def _build_cuda():
     problems = []
     if torch.version.cuda is None:
         problems.append(f"torch {torch.__version__} is a CPU-only build")
-    if cuda_home is None:
+    # torch's CUDA_HOME may be /usr/local/cuda without a compiler (a runtime-only image).
+    if cuda_home is None or not os.path.isfile(os.path.join(cuda_home, "bin", "nvcc")):
         problems.append("nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
     if problems:
         if wanted:
@@ -81,9 +85,18 @@ def _build_cuda():
             f"with CUDA {torch_major}.x (or a torch built for CUDA {nvcc_major}), or build without "
             "CUDA kernels: AIGC_FAST_CUDA=0 pip install --no-build-isolation ."
         )
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        # Named here rather than left to torch, so _build_info.json records what was built
+        # and a binary moved to another GPU falls back instead of failing at launch.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _visible_archs() if torch.cuda.is_available() else DEFAULT_ARCHS
     return True
+
+
+def _visible_archs():
+    """The visible GPUs' architectures, PTX for the newest: what torch builds when the
+    list is unset and GPUs are visible."""
+    archs = sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return ";".join(archs) + "+PTX"
 
 
 def _nvcc_library_dirs():
@@ -103,8 +116,13 @@ def _wheel_cuda_includes():
     return sorted(glob.glob(os.path.join(site, "nvidia", "cu[0-9]*", "include")))
 
 
+def _sources(pattern):
+    # Relative to this folder (setuptools wants relative source paths), from wherever it runs.
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
 def _extension(with_cuda):
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
     if not with_cuda:
         return cpp_extension.CppExtension(
@@ -116,7 +134,7 @@ def _extension(with_cuda):
         )
     return cpp_extension.CUDAExtension(
         "aigc_fast._C",
-        sources + sorted(glob.glob("csrc/cuda/*.cu")),
+        sources + _sources("csrc/cuda/*.cu"),
         include_dirs=include_dirs + _wheel_cuda_includes(),
         library_dirs=_nvcc_library_dirs(),
         extra_compile_args={"cxx": CXX_FLAGS + ["-DAIGC_FAST_WITH_CUDA"], "nvcc": NVCC_FLAGS},
@@ -126,19 +144,29 @@ def _extension(with_cuda):
 
 class BuildExtension(cpp_extension.BuildExtension):
     """torch's build, plus _build_info.json beside the binary: the torch it was built
-    against, so `import aigc_fast` can refuse a stale or mismatched binary before loading."""
+    against and the binary's size, so `import aigc_fast` can refuse a stale, mismatched or
+    damaged binary before loading it."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        # setuptools skips an extension whose binary is newer than its .cpp/.cu files,
+        # blind to headers, flags and the torch it builds against: without ninja (which
+        # tracks all of that itself) an old binary would ship under new build facts.
+        self.force = True
 
     def run(self):
         super().run()
         with_cuda = any(isinstance(s, str) and s.endswith(".cu") for e in self.extensions for s in e.sources)
+        binary = self.get_ext_fullpath("aigc_fast._C")
         info = {
             "package_version": VERSION,
             "torch": torch.__version__,
             "torch_cuda": torch.version.cuda,
             "cuda": with_cuda,
-            "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs") if with_cuda else None,
+            "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
+            "binary_bytes": os.path.getsize(binary),
         }
-        path = os.path.join(os.path.dirname(self.get_ext_fullpath("aigc_fast._C")), "_build_info.json")
+        path = os.path.join(os.path.dirname(binary), "_build_info.json")
         with open(path, "w") as f:
             json.dump(info, f, indent=2)
 

@@ -44,20 +44,28 @@ def _disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "") not in ("", "0")
 
 
+def _in_source_folder() -> bool:
+    return os.path.exists(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py"))
+
+
 def _why_not_loadable(info: dict) -> str | None:
     if _disabled():
         return f"the compiled kernels are disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
-    if importlib.util.find_spec("aigc_fast._C") is None:
-        source_tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        if os.path.exists(os.path.join(source_tree, "setup.py")):
+    spec = importlib.util.find_spec("aigc_fast._C")
+    if spec is None:
+        if _in_source_folder():
             return (
                 f"the compiled kernels (aigc_fast._C) are not in {os.path.dirname(__file__)}: this "
-                "is the source folder, imported ahead of the installed package (run from another "
-                "folder, or use pytest rather than python -m pytest)"
+                "is the source folder, imported ahead of the installed package"
             )
-        return "the compiled kernels (aigc_fast._C) are not installed"
+        return "the compiled kernels (aigc_fast._C) are not installed (or were built for another Python)"
     if not info:
         return "aigc_fast._C has no _build_info.json beside it, so it cannot be checked"
+    # A truncated binary can crash the dynamic loader itself (a bus error, no exception to
+    # catch): check its size against the build's record before loading it.
+    size, built = os.path.getsize(spec.origin), info.get("binary_bytes")
+    if built is not None and size != built:
+        return f"{os.path.basename(spec.origin)} is damaged: {size} bytes, but the build wrote {built}"
     if info.get("torch") != torch.__version__:
         return f"aigc_fast._C was built against torch {info.get('torch')}, but torch {torch.__version__} is running"
     if info.get("package_version") != __version__:
@@ -83,9 +91,11 @@ def load() -> bool:
         reason = f"aigc_fast._C failed to load ({type(exc).__name__}: {exc})"
     LOADED, REASON = reason is None, reason or "loaded"
     if not LOADED and not _disabled():  # asked for by the user: nothing to warn about
+        fix = ("run from another folder (or use pytest rather than python -m pytest)"
+               if "this is the source folder" in REASON else REBUILD_HINT)
         warnings.warn(
             f"aigc_fast: {REASON}. Every op runs its pure-PyTorch reference instead "
-            f"(correct, but not fused). To use the kernels, {REBUILD_HINT}",
+            f"(correct, but not fused). To use the kernels, {fix}",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -54,14 +54,17 @@ def use_impl(impl: Optional[str]) -> Iterator[None]:
         _default = previous
 
 
-def built_cuda_archs(arch_list: Optional[str]) -> List[Tuple[int, int, bool]]:
-    """(major, minor, with PTX) of each entry of a TORCH_CUDA_ARCH_LIST such as
-    "8.0;9.0+PTX"; [] when any entry is not of that form (named archs, "visible GPUs")."""
+def built_cuda_archs(arch_list: Optional[str]) -> List[Tuple[int, int, str]]:
+    """(major, minor, kind) of each entry of a TORCH_CUDA_ARCH_LIST such as
+    "8.0;9.0+PTX;9.0a": kind "ptx" (runs on X.Y and newer), "exact" (an arch-specific "a"
+    build: X.Y only) or "sm" (X.Y' with Y' >= Y); [] when any entry is not of that form
+    (named archs; "visible GPUs", as builds before 2026-11-30 recorded)."""
     entries = [e for e in re.split(r"[;\s]+", arch_list or "") if e]
-    parsed = [re.fullmatch(r"(\d+)\.(\d+)[a-z]?(\+PTX)?", e) for e in entries]
+    parsed = [re.fullmatch(r"(\d+)\.(\d+)([a-z]?)(\+PTX)?", e) for e in entries]
     if not entries or not all(parsed):
         return []
-    return [(int(m.group(1)), int(m.group(2)), m.group(3) is not None) for m in parsed]
+    return [(int(m.group(1)), int(m.group(2)), "ptx" if m.group(4) else "exact" if m.group(3) == "a" else "sm")
+            for m in parsed]
 
 
 def _cuda_arch_reason(device: torch.device) -> Optional[str]:
@@ -69,8 +72,8 @@ def _cuda_arch_reason(device: torch.device) -> Optional[str]:
     binary for sm_XY runs on compute capability X.Y' with Y' >= Y, PTX for X.Y on any
     X.Y or newer. Without this the default build of a machine with no GPU (8.0;9.0+PTX)
     would fail at launch on a Turing or Volta GPU ("no kernel image") instead of falling
-    back to the reference. A build for the visible GPUs records no list (nothing to check).
-    Not checked while torch.compile traces (where it would break the graph)."""
+    back to the reference. A list it cannot read means nothing to check. Not checked while
+    torch.compile traces (where it would break the graph)."""
     arch_list = _extension.BUILD_INFO.get("cuda_archs")
     if not arch_list or torch.compiler.is_compiling():
         return None
@@ -82,7 +85,9 @@ def _arch_mismatch(arch_list: str, capability: Tuple[int, int]) -> Optional[str]
     """_cuda_arch_reason's verdict, once per (arch list, GPU): every op call asks it."""
     major, minor = capability
     archs = built_cuda_archs(arch_list)
-    if not archs or any((a == major and b <= minor) or (ptx and (a, b) <= capability) for a, b, ptx in archs):
+    runs = {"sm": lambda a, b: a == major and b <= minor, "exact": lambda a, b: (a, b) == capability,
+            "ptx": lambda a, b: (a, b) <= capability}
+    if not archs or any(runs[kind](a, b) for a, b, kind in archs):
         return None
     return (f"aigc_fast's CUDA kernels were built for {arch_list}, which cannot run on this GPU (compute "
             f"capability {major}.{minor}): reinstall with TORCH_CUDA_ARCH_LIST={major}.{minor}")

@@ -89,7 +89,8 @@ def sample_run(run_dir: Union[str, Path], n: int, out_dir: Union[str, Path, None
             break
     missing = [k for k, v in kept.items() if len(v) < per_class]
     if missing:
-        raise RuntimeError(f"after {20 * n} samples, classes {missing} still have fewer than {per_class}: "
-                           "the model rarely generates them")
+        # A ValueError, as for other requests the run cannot meet: the CLI reports it in one line.
+        raise ValueError(f"after {20 * n} samples, classes {missing} still have fewer than {per_class}: "
+                         "the model rarely generates them (sample without balanced, or train it further)")
     labels = torch.arange(real.num_classes).repeat_interleave(per_class)
     return write_samples(torch.stack([im for k in kept for im in kept[k]]), out, labels)

@@ -210,5 +210,5 @@ def test_balanced_sampling(digits_run, tmp_path, monkeypatch):
     labels = np.load(out / "samples.npz")["labels"]
     assert np.bincount(labels).tolist() == [5] * 10
     monkeypatch.setattr(run, "generate_unit", lambda trainer, n, seed=0: torch.zeros(n, 1, 16, 16))
-    with pytest.raises(RuntimeError, match="rarely generates them"):
+    with pytest.raises(ValueError, match="rarely generates them"):
         sample_run(digits_run, 50, tmp_path / "collapsed", balanced=True)

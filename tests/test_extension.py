@@ -60,7 +60,12 @@ def _damage_build_info(root, **changes):
         (lambda root: _damage_build_info(root, package_version="0.0.1"), "is stale"),
         (lambda root: (root / "aigc_fast" / "_build_info.json").write_text("{not json"), "failed to load"),
         (lambda root: [p.unlink() for p in (root / "aigc_fast").glob("_C*.so")], "aigc_fast._C) are not"),
-        (lambda root: [p.write_bytes(b"garbage") for p in (root / "aigc_fast").glob("_C*.so")], "failed to load"),
+        # Same size, not a library: the loader refuses it with an error.
+        (lambda root: [p.write_bytes(b"\0" * p.stat().st_size) for p in (root / "aigc_fast").glob("_C*.so")],
+         "failed to load"),
+        # Truncated (a full disk, an interrupted copy): the loader itself can crash with a bus
+        # error on such a file, so the size recorded at build time is checked first.
+        (lambda root: [os.truncate(p, 1000) for p in (root / "aigc_fast").glob("_C*.so")], "is damaged: 1000 bytes"),
     ],
 )
 def test_broken_extension_warns_once_and_runs_reference(package_copy, damage, reason):
@@ -134,8 +139,9 @@ def test_a_gpu_the_cuda_kernels_were_not_built_for_falls_back(monkeypatch):
     the op must fall back to the reference (saying why), not fail at launch."""
     from aigc_fast import _extension, _impl
 
-    assert _impl.built_cuda_archs("8.0;9.0+PTX") == [(8, 0, False), (9, 0, True)]
+    assert _impl.built_cuda_archs("8.0;9.0+PTX;9.0a") == [(8, 0, "sm"), (9, 0, "ptx"), (9, 0, "exact")]
     assert _impl.built_cuda_archs("visible GPUs") == [] and _impl.built_cuda_archs("Ampere") == []
+    assert _impl._arch_mismatch("9.0a", (9, 0)) is None and "cannot run" in _impl._arch_mismatch("9.0a", (10, 0))
     monkeypatch.setattr(_extension, "LOADED", True)
     monkeypatch.setattr(_extension, "compiled_backends", lambda: ["cpu", "cuda"])
     monkeypatch.setitem(_extension.BUILD_INFO, "cuda_archs", "8.0;9.0+PTX")

@@ -68,7 +68,6 @@ class GANTrainer(_Trainer):
     def generate(self, n: int, *, seed: Optional[int] = None) -> torch.Tensor:
         """n images in [-1, 1] from the generator in eval mode (BatchNorm's running
         statistics); seed: a private generator, leaving the global RNG untouched."""
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        z = torch.randn(n, self.config.nz, generator=g).to(self.device)
+        z = self._latents(n, self.config.nz, seed)
         with eval_mode(self.G):
             return self.G(z).float()

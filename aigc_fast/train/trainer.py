@@ -77,6 +77,13 @@ class _Trainer:
         """n images in value_range, from the model in eval mode."""
         raise NotImplementedError
 
+    def _latents(self, n: int, dim: int, seed: Optional[int]) -> torch.Tensor:
+        """z ~ N(0, I) [n, dim] on the device for generate: drawn on the CPU, from a private
+        generator when seeded (the global RNG untouched), so a seed gives the same images
+        on every device."""
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        return torch.randn(n, dim, generator=g).to(self.device)
+
     def modules(self) -> Dict[str, Any]:
         """What a checkpoint holds: models and optimizers by name."""
         raise NotImplementedError

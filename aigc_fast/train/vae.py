@@ -76,8 +76,7 @@ class VAETrainer(_Trainer):
     def generate(self, n: int, *, seed: Optional[int] = None) -> torch.Tensor:
         """n images in [0, 1] decoded from z ~ N(0, I) in eval mode; seed: a private
         generator, leaving the global RNG untouched."""
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
         c = self.config
-        z = torch.randn(n, c.latent_dim, generator=g).to(self.device)
+        z = self._latents(n, c.latent_dim, seed)
         with eval_mode(self.model):
             return self.to_images(self.model.decode(z)).view(n, c.channels, c.image_size, c.image_size)

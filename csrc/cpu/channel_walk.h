@@ -39,7 +39,7 @@ constexpr int64_t kMaxPatternRow = 16384;
 // long rows want several rows a block); blocks form groups of about kGroupElements, the
 // unit of parallel work. Rows of many channels are reduced in panels (see Panel).
 constexpr int64_t kMinReduceRun = 512;
-constexpr int64_t kMaxRow = 32768;  // 2048 channels of 4x4
+constexpr int64_t kMaxRow = 32768;  // elements of a panel's row: 1024 channels of 32-element runs
 constexpr int64_t kReduceBlock = 65536;
 constexpr int64_t kMaxRowsPerBlock = 64;
 constexpr int64_t kGroupElements = 131072;
