@@ -46,7 +46,7 @@ def _cuda_wanted():
         return None
     if value in ("0", "1"):
         return value == "1"
-    sys.exit(f"AIGC_FAST_CUDA must be 0, 1 or unset, got {value!r}")
+    sys.exit(f"AIGC_FAST_CUDA must be 0, 1, auto or unset, got {value!r}")
 
 
 def _nvcc_version(cuda_home):
@@ -83,7 +83,7 @@ def _build_cuda():
             f"nvcc is CUDA {nvcc_major}.{nvcc_minor} but torch {torch.__version__} was built with "
             f"CUDA {torch.version.cuda}; kernels built this way would not load. Install an nvcc "
             f"with CUDA {torch_major}.x (or a torch built for CUDA {nvcc_major}), or build without "
-            "CUDA kernels: AIGC_FAST_CUDA=0 pip install --no-build-isolation ."
+            "CUDA kernels: set AIGC_FAST_CUDA=0 for the install"
         )
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         # Named here rather than left to torch, so _build_info.json records what was built
@@ -110,10 +110,11 @@ def _nvcc_library_dirs():
 
 
 def _wheel_cuda_includes():
-    """Headers of the CUDA libraries torch ships as wheels (nvidia/cuXX/include), for
-    toolkits that carry only the runtime headers."""
+    """Headers of the CUDA libraries torch ships as wheels (nvidia/cuXX/include for torch's
+    CUDA major), for toolkits that carry only the runtime headers."""
     site = os.path.dirname(os.path.dirname(torch.__file__))
-    return sorted(glob.glob(os.path.join(site, "nvidia", "cu[0-9]*", "include")))
+    major = torch.version.cuda.split(".")[0]
+    return sorted(glob.glob(os.path.join(site, "nvidia", f"cu{major}", "include")))
 
 
 def _sources(pattern):

@@ -60,7 +60,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["threads"] = torch.get_num_threads()
     machine_info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    machine_info["cpu_model"] = platform.processor() or machine_info.get("cpu", {}).get("brand_raw")
+    machine_info["cpu_model"] = machine_info.get("cpu", {}).get("brand_raw") or platform.processor()
 
 
 def devices():
