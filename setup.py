@@ -93,10 +93,13 @@ def _build_cuda():
 
 
 def _visible_archs():
-    """The visible GPUs' architectures, PTX for the newest: what torch builds when the
-    list is unset and GPUs are visible."""
-    archs = sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-    return ";".join(archs) + "+PTX"
+    """What torch builds when the list is unset and GPUs are visible: each visible GPU's
+    architecture (capped at the newest this torch supports), oldest first, PTX for the
+    newest."""
+    supported = [int(a[3:]) for a in torch.cuda.get_arch_list() if a.startswith("sm_") and a[3:].isdigit()]
+    newest = max(((sm // 10, sm % 10) for sm in supported), default=(99, 9))
+    archs = sorted({min(torch.cuda.get_device_capability(i), newest) for i in range(torch.cuda.device_count())})
+    return ";".join("%d.%d" % a for a in archs) + "+PTX"
 
 
 def _nvcc_library_dirs():
@@ -117,13 +120,8 @@ def _wheel_cuda_includes():
     return sorted(glob.glob(os.path.join(site, "nvidia", f"cu{major}", "include")))
 
 
-def _sources(pattern):
-    # Relative to this folder (setuptools wants relative source paths), from wherever it runs.
-    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
-
-
 def _extension(with_cuda):
-    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
     if not with_cuda:
         return cpp_extension.CppExtension(
@@ -135,7 +133,7 @@ def _extension(with_cuda):
         )
     return cpp_extension.CUDAExtension(
         "aigc_fast._C",
-        sources + _sources("csrc/cuda/*.cu"),
+        sources + sorted(glob.glob("csrc/cuda/*.cu")),
         include_dirs=include_dirs + _wheel_cuda_includes(),
         library_dirs=_nvcc_library_dirs(),
         extra_compile_args={"cxx": CXX_FLAGS + ["-DAIGC_FAST_WITH_CUDA"], "nvcc": NVCC_FLAGS},
@@ -145,8 +143,7 @@ def _extension(with_cuda):
 
 class BuildExtension(cpp_extension.BuildExtension):
     """torch's build, plus _build_info.json beside the binary: the torch it was built
-    against and the binary's size, so `import aigc_fast` can refuse a stale, mismatched or
-    damaged binary before loading it."""
+    against, so `import aigc_fast` can refuse a stale or mismatched binary before loading it."""
 
     def finalize_options(self):
         super().finalize_options()
@@ -165,7 +162,6 @@ class BuildExtension(cpp_extension.BuildExtension):
             "torch_cuda": torch.version.cuda,
             "cuda": with_cuda,
             "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
-            "binary_bytes": os.path.getsize(binary),
         }
         path = os.path.join(os.path.dirname(binary), "_build_info.json")
         with open(path, "w") as f:

@@ -57,13 +57,13 @@ def use_impl(impl: Optional[str]) -> Iterator[None]:
 def built_cuda_archs(arch_list: Optional[str]) -> List[Tuple[int, int, str]]:
     """(major, minor, kind) of each entry of a TORCH_CUDA_ARCH_LIST such as
     "8.0;9.0+PTX;9.0a": kind "ptx" (runs on X.Y and newer), "exact" (an arch-specific "a"
-    build: X.Y only) or "sm" (X.Y' with Y' >= Y); [] when any entry is not of that form
+    build, PTX or not: X.Y only) or "sm" (X.Y' with Y' >= Y); [] when any entry is not of that form
     (named archs; "visible GPUs", as builds before 2026-11-30 recorded)."""
     entries = [e for e in re.split(r"[;\s]+", arch_list or "") if e]
     parsed = [re.fullmatch(r"(\d+)\.(\d+)([a-z]?)(\+PTX)?", e) for e in entries]
     if not entries or not all(parsed):
         return []
-    return [(int(m.group(1)), int(m.group(2)), "ptx" if m.group(4) else "exact" if m.group(3) == "a" else "sm")
+    return [(int(m.group(1)), int(m.group(2)), "exact" if m.group(3) == "a" else "ptx" if m.group(4) else "sm")
             for m in parsed]
 
 

@@ -167,5 +167,8 @@ def test_a_fused_step_without_kernels_refuses_to_time_the_reference(monkeypatch)
     monkeypatch.setattr(aigc_fast._extension, "REASON", "not built (test)")
     with pytest.raises(RuntimeError, match=r"'fused' provider cannot run aigc_fast's kernels on cpu.*not built"):
         benchmark.make_step("vae28", "fused")
+
+
+def test_a_step_benchmark_needs_a_timed_step():
     with pytest.raises(ValueError, match="repeats must be at least 1"):
         benchmark.run(["vae28"], ["eager"], [("fp32", False)], repeats=0, memory=False, log=lambda _: None)

@@ -329,6 +329,24 @@ def test_convert_leaves_a_group_before_an_in_place_module_and_passes_identity_pl
     x = batches((2, 3, 6, 6))
     g = batches((2, 5, 6, 6), seed=1)
     assert_same(steps(converted, x, g), steps(model, x, g), 1e-10)
+    # With no backward to come (no_grad, fold), what follows a group cannot matter.
+    assert len(converted.fused_groups(backward=False)) == 3
+    with torch.no_grad():
+        torch.testing.assert_close(converted.eval()(x[0]), model.eval()(x[0]), rtol=1e-10, atol=1e-10)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fold(converted).modules())
+
+
+@pytest.mark.parametrize("between", [[nn.Identity()], [nn.Dropout(0.5)], [nn.Identity(), nn.Dropout(0.0)]])
+def test_an_in_place_module_behind_pass_through_modules_also_keeps_a_group_plain(between):
+    """Identity, Flatten and Dropout (in eval, or at p = 0) hand on their input itself: an
+    in-place module after them overwrites the group's output just the same."""
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), *between, nn.ReLU6(inplace=True)).double().eval()
+    converted = convert(copy.deepcopy(model))
+    assert converted.fused_groups() == []
+    x = batches((2, 3, 6, 6))
+    g = batches((2, 4, 4, 4), seed=1)
+    assert_same(steps(converted, x, g), steps(model, x, g), 1e-10)
 
 
 def test_fold_converts_a_plain_model_first():

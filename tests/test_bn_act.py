@@ -118,11 +118,18 @@ def test_shapes_float64(shape, channels_last, training):
         torch.testing.assert_close(f, r, rtol=1e-10, atol=1e-10)
 
 
+# Rows of more than 1024 channels (or 32768 elements) with short runs are reduced in panels
+# of channels, each a copy of its rows' columns: one block per panel, panels of several
+# blocks and groups (copies of rows after the first), single-element and 4-element runs,
+# and channels_last.
+PANEL_CASES = [((4, 9000, 2, 2), "nchw"), ((600, 2048), "nchw"), ((130, 1500), "nchw"),
+               ((70, 1100, 2, 2), "channels_last")]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rows_past_32k_in_panels(dtype):
-    """Rows of more than 32768 elements with short runs are reduced in panels of channels
-    (each a copy of its rows' columns); every dtype, both thread counts, one result."""
-    shape = (4, 9000, 2, 2)  # panels of 8192 and 808 channels
+@pytest.mark.parametrize("shape, layout", PANEL_CASES)
+def test_rows_of_many_channels_in_panels(dtype, shape, layout):
+    """Every dtype, both thread counts, one result; against the reference and float64."""
     x, grad_out = data(shape, dtype)
     p = Params(shape[1], dtype=dtype)
     threads = torch.get_num_threads()
@@ -130,14 +137,14 @@ def test_rows_past_32k_in_panels(dtype):
         fused = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            fused.append(run(aigc_fast.bn_act, x, p, grad_out, training=True, layout=LAYOUTS["nchw"]))
+            fused.append(run(aigc_fast.bn_act, x, p, grad_out, training=True, layout=LAYOUTS[layout]))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(fused[0][0] + fused[0][1], fused[1][0] + fused[1][1]):
         assert torch.equal(a, b)
-    same_dtype = run(reference.bn_act, x, p, grad_out, training=True, layout=LAYOUTS["nchw"])
-    exact = run(reference.bn_act, x, p, grad_out, cast=lambda t: t.double(), training=True, layout=LAYOUTS["nchw"])
-    compare(fused[0], same_dtype, exact, 4 * 2 * 2, dtype)
+    same_dtype = run(reference.bn_act, x, p, grad_out, training=True, layout=LAYOUTS[layout])
+    exact = run(reference.bn_act, x, p, grad_out, cast=lambda t: t.double(), training=True, layout=LAYOUTS[layout])
+    compare(fused[0], same_dtype, exact, x.numel() // shape[1], dtype)
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.5, None])

@@ -78,18 +78,30 @@ def _plain_conv(module: nn.Module) -> bool:
     return False
 
 
-def _writes_in_place(module: nn.Module) -> bool:
-    """Whether the module overwrites its input (ReLU6(inplace=True), Dropout(inplace=True),
-    ...). A fused op keeps its output for the backward (the next layer usually keeps it
-    anyway), so such a module after a group would corrupt what the backward reads."""
-    return bool(getattr(module, "inplace", False))
+# Modules that can hand on their input itself or a view of it, which a later module may
+# then overwrite (Dropout does so in eval mode, and in any mode when p = 0).
+_PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
 
 
-def _plan(children: List[nn.Module], *, hooks: bool = True) -> List[Union[int, _Group]]:
+def _overwritten(following: List[nn.Module]) -> bool:
+    """Whether the modules after a group may overwrite its output: one that writes in
+    place (ReLU6(inplace=True), Dropout(inplace=True), ...), directly or after modules that
+    pass the output on. A fused op keeps its output for the backward (the next layer
+    usually keeps it anyway), so that would corrupt what the backward reads."""
+    for module in following:
+        if getattr(module, "inplace", False):
+            return True
+        if not isinstance(module, _PASS_THROUGH):
+            return False
+    return False
+
+
+def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = True) -> List[Union[int, _Group]]:
     """The Sequential's forward as steps: a child's index, or a fused group for each
     conv [-> BatchNorm2d over its channels] [-> Identity ...] [-> activation] with at least
     one of BatchNorm and activation, (unless hooks=False: the structure alone) no hooks on
-    any of them, and not followed by a module that writes in place."""
+    any of them, and (when a backward may follow) no module after it that may overwrite
+    its output."""
     steps: List[Union[int, _Group]] = []
     i = 0
     while i < len(children):
@@ -106,8 +118,8 @@ def _plan(children: List[nn.Module], *, hooks: bool = True) -> List[Union[int, _
             act = _activation_of(children[j]) if j < len(children) else None
             if act is not None:
                 j += 1
-            in_place_next = j < len(children) and _writes_in_place(children[j])
-            if (bn is not None or act is not None) and not in_place_next and not (
+            overwritten = backward and _overwritten(children[j:])
+            if (bn is not None or act is not None) and not overwritten and not (
                     hooks and any(_hooked(m) for m in children[i:j])):
                 name, slope = act or ("identity", 0.0)
                 if name != "leaky_relu" or slope >= 0:  # the kernels need slope >= 0 (else: run as is)
@@ -160,7 +172,7 @@ class FusedSequential(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         children = list(self)
         # Planned on every call (a few type checks), so swapping a child never leaves a stale plan.
-        for step in _plan(children):
+        for step in _plan(children, backward=torch.is_grad_enabled()):
             x = children[step](x) if isinstance(step, int) else self._run_group(step, children, x)
         return x
 
@@ -186,8 +198,10 @@ class FusedSequential(nn.Sequential):
             memory_efficient=memory_efficient,
         )
 
-    def fused_groups(self) -> List[_Group]:
-        return [s for s in _plan(list(self)) if not isinstance(s, int)]
+    def fused_groups(self, *, backward: Optional[bool] = None) -> List[_Group]:
+        """The groups forward fuses (with a backward possible: grad mode by default)."""
+        backward = torch.is_grad_enabled() if backward is None else backward
+        return [s for s in _plan(list(self), backward=backward) if not isinstance(s, int)]
 
     def __getitem__(self, idx):
         if isinstance(idx, slice):  # nn.Sequential's would call a block's own __init__ with a dict
@@ -248,7 +262,8 @@ def convert(module: nn.Module, *, memory_efficient: bool = False) -> nn.Module:
     for child in module.children():
         convert(child, memory_efficient=memory_efficient)
     # On structure alone: a lazy conv fuses once its initializing hook is gone.
-    if type(module) is nn.Sequential and any(not isinstance(s, int) for s in _plan(list(module), hooks=False)):
+    if type(module) is nn.Sequential and any(
+            not isinstance(s, int) for s in _plan(list(module), hooks=False, backward=False)):
         # A class change, not a new container: the user's references, the container's own
         # hooks and attributes stay. FusedSequential adds one attribute and no state.
         module.__class__ = FusedSequential
@@ -291,7 +306,7 @@ def fold(module: nn.Module) -> nn.Module:
     for seq in [m for m in module.modules() if isinstance(m, FusedSequential)]:
         names = [name for name, _ in seq.named_children()]
         children = list(seq)
-        for group in seq.fused_groups():
+        for group in seq.fused_groups(backward=False):  # inference: what follows a group cannot matter
             # A BatchNorm without running statistics normalizes with the batch's, even in eval:
             # there is nothing to fold.
             # torch.nn.utils.fusion scales a transposed weight as [1, out, 1, 1], which a grouped

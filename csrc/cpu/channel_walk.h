@@ -198,9 +198,12 @@ struct Panel {
   }
 };
 
-// panel(p) for the panels of g (g itself when it has few enough channels). One panel
-// spreads its groups over the threads; several go in parallel, each on one thread (a
-// parallel loop inside runs on the calling thread), as a panel of few rows is one group.
+// panel(p) for the panels of g (g itself when it has few enough channels). With at least
+// as many panels as threads, the panels go in parallel, each on one thread (the parallel
+// loop inside runs on the calling thread): a panel of few rows is a single group. With
+// fewer, they go one after another, each spreading its groups over the threads (2 panels
+// of [2048, 2048] on 16 threads would otherwise use 2). Either way each panel's blocks and
+// groups are fixed, so the results do not depend on the thread count.
 template <typename F>
 void for_each_panel(const Geometry& g, const F& panel) {
   const int64_t per_panel = std::min(kMaxPanelChannels, std::max<int64_t>(1, kMaxRow / g.inner));
@@ -211,7 +214,7 @@ void for_each_panel(const Geometry& g, const F& panel) {
       panel(Panel{Geometry{g.rows() * channels * g.inner, channels, g.inner}, first, g.row()});
     }
   };
-  if (panels == 1) return some(0, 1);
+  if (panels < at::get_num_threads()) return some(0, panels);
   for_units(panels, g.numel, some);
 }
 
