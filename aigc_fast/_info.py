@@ -48,11 +48,11 @@ def collect() -> dict:
         for device in _devices():
             reason = _impl.fused_unavailable_reason(device)
             if choice == "reference":
-                ops[op][device.type] = "reference (set by aigc_fast.set_impl)"
+                ops[op][device.type] = "reference (chosen with aigc_fast.set_impl / use_impl)"
             elif reason is None:
                 ops[op][device.type] = "fused"
             elif choice == "fused":  # forced where it cannot run: every call raises
-                ops[op][device.type] = f"error: fused is forced (aigc_fast.set_impl) but {reason}"
+                ops[op][device.type] = f"error: fused is forced (aigc_fast.set_impl / use_impl) but {reason}"
             else:
                 ops[op][device.type] = f"reference ({reason})"
     return {

@@ -336,6 +336,24 @@ def test_convert_leaves_a_group_before_an_in_place_module_and_passes_identity_pl
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fold(converted).modules())
 
 
+def test_an_in_place_module_after_a_converted_container_keeps_its_last_group_plain():
+    """Sequential(Sequential(conv, bn), ReLU(inplace=True)) trains without convert(): after
+    it too (the inner container's last group knows its output is overwritten), nested
+    deeper and behind a pass-through module as well."""
+    torch.manual_seed(12)
+    inner = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    deeper = nn.Sequential(nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)), nn.Dropout(0.0))
+    model = nn.Sequential(inner, nn.ReLU(inplace=True), deeper, nn.LeakyReLU(0.2, inplace=True),
+                          nn.Sequential(nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2))).double()
+    converted = convert(copy.deepcopy(model))
+    assert converted[0].fused_groups() == [] and converted[2][0].fused_groups() == []
+    assert len(converted[0].fused_groups(backward=False)) == 1
+    assert len(converted[4].fused_groups()) == 1  # nothing after it: fused
+    x = batches((2, 3, 8, 8))
+    g = batches((2, 2, 4, 4), seed=1)
+    assert_same(steps(converted, x, g), steps(model, x, g), 1e-10)
+
+
 @pytest.mark.parametrize("between", [[nn.Identity()], [nn.Dropout(0.5)], [nn.Identity(), nn.Dropout(0.0)]])
 def test_an_in_place_module_behind_pass_through_modules_also_keeps_a_group_plain(between):
     """Identity, Flatten and Dropout (in eval, or at p = 0) hand on their input itself: an

@@ -116,7 +116,7 @@ def test_info_says_a_forced_fused_choice_cannot_run(monkeypatch):
     monkeypatch.setattr(aigc_fast._impl, "fused_unavailable_reason", lambda device: "no kernels here")
     with aigc_fast.use_impl("fused"):
         assert aigc_fast.info(print_report=False)["ops"]["reparameterize"]["cpu"] == (
-            "error: fused is forced (aigc_fast.set_impl) but no kernels here")
+            "error: fused is forced (aigc_fast.set_impl / use_impl) but no kernels here")
 
 
 def test_cli_info(tmp_path):

@@ -83,25 +83,37 @@ def _plain_conv(module: nn.Module) -> bool:
 _PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
 
 
-def _overwritten(following: List[nn.Module]) -> bool:
+def _overwritten(following: List[nn.Module], then: bool = False) -> bool:
     """Whether the modules after a group may overwrite its output: one that writes in
     place (ReLU6(inplace=True), Dropout(inplace=True), ...), directly or after modules that
-    pass the output on. A fused op keeps its output for the backward (the next layer
-    usually keeps it anyway), so that would corrupt what the backward reads."""
+    pass the output on; `then` if they all pass it on (whether what comes after the
+    container overwrites its output). A fused op keeps its output for the backward (the
+    next layer usually keeps it anyway), so that would corrupt what the backward reads."""
     for module in following:
         if getattr(module, "inplace", False):
             return True
         if not isinstance(module, _PASS_THROUGH):
             return False
-    return False
+    return then
 
 
-def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = True) -> List[Union[int, _Group]]:
+def _mark_overwritten(seq: nn.Sequential) -> None:
+    """Records that what follows `seq` in its parent may overwrite its output, and so the
+    output of its last child that is not a pass-through, if that is a Sequential too."""
+    if isinstance(seq, FusedSequential):
+        seq.output_overwritten = True
+    last = next((m for m in reversed(list(seq)) if not isinstance(m, _PASS_THROUGH)), None)
+    if isinstance(last, nn.Sequential):
+        _mark_overwritten(last)
+
+
+def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = True,
+          output_overwritten: bool = False) -> List[Union[int, _Group]]:
     """The Sequential's forward as steps: a child's index, or a fused group for each
     conv [-> BatchNorm2d over its channels] [-> Identity ...] [-> activation] with at least
     one of BatchNorm and activation, (unless hooks=False: the structure alone) no hooks on
-    any of them, and (when a backward may follow) no module after it that may overwrite
-    its output."""
+    any of them, and (when a backward may follow) nothing after it, in the Sequential or
+    (output_overwritten) after it, that may overwrite its output."""
     steps: List[Union[int, _Group]] = []
     i = 0
     while i < len(children):
@@ -118,7 +130,7 @@ def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = Tru
             act = _activation_of(children[j]) if j < len(children) else None
             if act is not None:
                 j += 1
-            overwritten = backward and _overwritten(children[j:])
+            overwritten = backward and _overwritten(children[j:], output_overwritten)
             if (bn is not None or act is not None) and not overwritten and not (
                     hooks and any(_hooked(m) for m in children[i:j])):
                 name, slope = act or ("identity", 0.0)
@@ -168,11 +180,16 @@ class FusedSequential(nn.Sequential):
     def __init__(self, *modules: nn.Module, memory_efficient: bool = False):
         super().__init__(*modules)
         self.memory_efficient = memory_efficient
+        # Set by convert() when the module after this one in its parent writes in place.
+        self.output_overwritten = False
+
+    def _plan(self, backward: bool) -> List[Union[int, _Group]]:
+        return _plan(list(self), backward=backward, output_overwritten=getattr(self, "output_overwritten", False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         children = list(self)
         # Planned on every call (a few type checks), so swapping a child never leaves a stale plan.
-        for step in _plan(children, backward=torch.is_grad_enabled()):
+        for step in self._plan(backward=torch.is_grad_enabled()):
             x = children[step](x) if isinstance(step, int) else self._run_group(step, children, x)
         return x
 
@@ -201,7 +218,7 @@ class FusedSequential(nn.Sequential):
     def fused_groups(self, *, backward: Optional[bool] = None) -> List[_Group]:
         """The groups forward fuses (with a backward possible: grad mode by default)."""
         backward = torch.is_grad_enabled() if backward is None else backward
-        return [s for s in _plan(list(self), backward=backward) if not isinstance(s, int)]
+        return [s for s in self._plan(backward) if not isinstance(s, int)]
 
     def __getitem__(self, idx):
         if isinstance(idx, slice):  # nn.Sequential's would call a block's own __init__ with a dict
@@ -265,9 +282,15 @@ def convert(module: nn.Module, *, memory_efficient: bool = False) -> nn.Module:
     if type(module) is nn.Sequential and any(
             not isinstance(s, int) for s in _plan(list(module), hooks=False, backward=False)):
         # A class change, not a new container: the user's references, the container's own
-        # hooks and attributes stay. FusedSequential adds one attribute and no state.
+        # hooks and attributes stay. FusedSequential adds two attributes and no state.
         module.__class__ = FusedSequential
         module.memory_efficient = memory_efficient
+        module.output_overwritten = False
+    if isinstance(module, nn.Sequential):  # Sequential(Sequential(conv, bn), ReLU(inplace=True))
+        children = list(module)
+        for k, child in enumerate(children):
+            if isinstance(child, nn.Sequential) and _overwritten(children[k + 1:]):
+                _mark_overwritten(child)
     return module
 
 
