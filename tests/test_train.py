@@ -263,7 +263,7 @@ def test_config_checks_and_files(tmp_path):
         GANConfig.from_json(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="channels must be 1 .* or 3"):
         VAEConfig(channels=2)
-    for bad, match in ((dict(recon_loss="l1"), "recon_loss must be 'bce' or 'mse'"), (dict(beta=-1.0), "beta")):
+    for bad, match in ((dict(recon_loss="l1"), "recon_loss must be one of 'bce', 'mse', got 'l1'"), (dict(beta=-1.0), "beta")):
         with pytest.raises(ValueError, match=match):  # refused before the run directory is written
             VAETrainer(VAEConfig(out_dir=str(tmp_path / "vae"), progress=False, **bad))
         assert not (tmp_path / "vae").exists()

@@ -9,6 +9,7 @@ import torch
 
 from ..models import ConvVAE, MLPVAE
 from ..models._modes import eval_mode
+from ..ops.losses import RECON_LOSSES, _choice
 from .config import VAEConfig
 from .trainer import _save_grid_if_possible, _Trainer
 
@@ -36,8 +37,7 @@ class VAETrainer(_Trainer):
             raise ValueError(f"model must be 'conv' or 'mlp', got {c.model!r}")
         # Checked before anything is written: a run directory whose config.json named another
         # recon_loss would neither resume nor decode its samples right.
-        if c.recon_loss not in ("bce", "mse"):
-            raise ValueError(f"recon_loss must be 'bce' or 'mse', got {c.recon_loss!r}")
+        _choice(c.recon_loss, "recon_loss", RECON_LOSSES)
         if not c.beta >= 0:
             raise ValueError(f"beta weighs the KL term and must be >= 0, got {c.beta!r}")
         self.model = self.place(model)
