@@ -15,6 +15,7 @@ from aigc_fast.nn import convert
 from conftest import DTYPES, requires_cuda, requires_fused
 
 pytestmark = [requires_cuda, requires_fused, pytest.mark.cuda]
+GPU = "cuda"  # a name, so the tests can be dry-run with GPU = "cpu" where no GPU is visible
 
 LAYOUTS = {
     "nchw": lambda t: t,
@@ -22,16 +23,27 @@ LAYOUTS = {
 }
 
 
-def step(device, x, grad, params, layout, **kw):
+def step(device, x, grad, params, layout, *, param_grads=True, num_batches_tracked=None, **kw):
     # Copies on every device: x.to("cpu") would be x itself, and the CPU run would then mark
     # the caller's tensors as requiring grad (and update its running statistics in place).
     xd = LAYOUTS[layout](x.to(device, copy=True)).requires_grad_()
     w, b, rm, rv = (p.to(device, copy=True) for p in params)
-    w.requires_grad_()
-    b.requires_grad_()
-    y = aigc_fast.bn_act(xd, w, b, rm, rv, **kw)
+    w.requires_grad_(param_grads)
+    b.requires_grad_(param_grads)
+    counter = None if num_batches_tracked is None else num_batches_tracked.to(device, copy=True)
+    y = aigc_fast.bn_act(xd, w, b, rm, rv, num_batches_tracked=counter, **kw)
     y.backward(LAYOUTS[layout](grad.to(device)))
-    return [t.cpu() for t in (y.detach(), xd.grad, w.grad, b.grad, rm, rv)]
+    out = [y.detach(), xd.grad, w.grad, b.grad, rm, rv] + ([] if counter is None else [counter])
+    return [None if t is None else t.cpu() for t in out]
+
+
+def assert_same(gpu, cpu, tol):
+    assert len(gpu) == len(cpu)
+    for u, c in zip(gpu, cpu):
+        if c is None:
+            assert u is None
+        else:
+            torch.testing.assert_close(u, c, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -45,10 +57,58 @@ def test_cuda_matches_cpu(dtype, act, layout, training):
     pd = torch.float64 if dtype == torch.float64 else torch.float32
     params = [torch.rand(5, generator=g).to(pd) + 0.5, torch.randn(5, generator=g).to(pd),
               torch.randn(5, generator=g).to(pd), torch.rand(5, generator=g).to(pd) + 0.5]
-    cpu, gpu = (step(d, x, grad, params, layout, training=training, act=act) for d in ("cpu", "cuda"))
-    tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 2e-2)
-    for c, u in zip(cpu, gpu):
-        torch.testing.assert_close(u, c, rtol=tol, atol=tol)
+    cpu, gpu = (step(d, x, grad, params, layout, training=training, act=act) for d in ("cpu", GPU))
+    assert_same(gpu, cpu, {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 2e-2))
+
+
+# Shapes that take the kernels' other paths: several merge blocks (more than 256 channels),
+# several splits of a channel (more than 16384 values), and the short rows of many channels
+# that the CPU reduces in panels (2-D [N, C], or channels_last with small maps).
+LARGE_SHAPES = {
+    "300 channels": ((16, 300, 3, 3), "nchw"),
+    "65536 values per channel": ((64, 4, 32, 32), "nchw"),
+    "2-d, 4096 channels": ((128, 4096), "nchw"),
+    "channels_last 512@4x4": ((64, 512, 4, 4), "channels_last"),
+}
+
+
+@pytest.mark.parametrize("shape, layout", LARGE_SHAPES.values(), ids=list(LARGE_SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False])
+def test_cuda_matches_cpu_at_large_shapes(shape, layout, dtype, training):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=g) * 2 + 3).to(dtype)
+    grad = torch.randn(shape, generator=g).to(dtype)
+    c = shape[1]
+    params = [torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g),
+              torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5]
+    # The sums run in another order on each device: float32 rounding over up to 65536 terms.
+    cpu, gpu = (step(d, x, grad, params, layout, training=training, act="leaky_relu") for d in ("cpu", GPU))
+    assert_same(gpu, cpu, 1e-4 if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_cuda_cumulative_average_and_input_gradient_only(training):
+    """momentum=None reads num_batches_tracked on the device; without parameter gradients
+    the backward takes its input-gradient-only branch."""
+    g = torch.Generator().manual_seed(2)
+    x, grad = torch.randn(8, 6, 5, 5, generator=g, dtype=torch.float64), torch.randn(8, 6, 5, 5, generator=g, dtype=torch.float64)
+    params = [torch.rand(6, generator=g, dtype=torch.float64) + 0.5, torch.randn(6, generator=g, dtype=torch.float64),
+              torch.randn(6, generator=g, dtype=torch.float64), torch.rand(6, generator=g, dtype=torch.float64) + 0.5]
+    kw = dict(training=training, momentum=None, num_batches_tracked=torch.tensor(3), param_grads=False, act="tanh")
+    cpu, gpu = (step(d, x, grad, params, "nchw", **kw) for d in ("cpu", GPU))
+    assert_same(gpu, cpu, 1e-12)
+
+
+def test_cuda_half_model():
+    """A model moved to float16 whole (model.half()): float16 input, parameters and running
+    buffers; the statistics still run in float32."""
+    g = torch.Generator().manual_seed(3)
+    x, grad = torch.randn(8, 6, 5, 5, generator=g).half(), torch.randn(8, 6, 5, 5, generator=g).half()
+    params = [(torch.rand(6, generator=g) + 0.5).half(), torch.randn(6, generator=g).half(),
+              torch.randn(6, generator=g).half(), (torch.rand(6, generator=g) + 0.5).half()]
+    cpu, gpu = (step(d, x, grad, params, "channels_last", training=True, act="relu") for d in ("cpu", GPU))
+    assert_same(gpu, cpu, 2e-2)
 
 
 @pytest.mark.parametrize("act", ["identity", "leaky_relu", "tanh"])

@@ -95,10 +95,10 @@ def test_fused_tracks_reference(tmp_path, kind, monkeypatch):
     runs = {}
     for backend in ("fused", "reference"):
         if kind == "gan":
-            trainer = GANTrainer(tiny_gan(tmp_path / backend, backend=backend, epochs=3))
+            trainer = GANTrainer(tiny_gan(tmp_path / backend, backend=backend, epochs=3, precision="fp32"))
         else:
             trainer = VAETrainer(VAEConfig(out_dir=str(tmp_path / backend), backend=backend, image_size=16, latent_dim=4,
-                                           base=8, batch_size=8, epochs=3, log_every=1, sample_every=1000,
+                                           base=8, batch_size=8, epochs=3, log_every=1, sample_every=1000, precision="fp32",
                                            num_samples=4, progress=False, holdout=0.0))
         trainer.fit(tiny_images())
         rows = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]

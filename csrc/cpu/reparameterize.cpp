@@ -11,15 +11,15 @@
 #include "aigc_fast/reparameterize.h"
 #include "isa.h"
 #include "parallel.h"
-#include "philox_avx2.h"
+#include "philox_x86.h"
 
 namespace aigc_fast {
 namespace {
 
 constexpr int64_t kChunk = kReparamChunk;
 // Philox blocks one tile may touch (it may straddle blocks at both ends), rounded up to a
-// whole number of 8-lane vectors.
-constexpr int64_t kMaxBlocks = (kChunk / kNormalsPerBlock + 2 + 7) / 8 * 8;
+// whole number of 16-lane vectors.
+constexpr int64_t kMaxBlocks = (kChunk / kNormalsPerBlock + 2 + 15) / 16 * 16;
 
 // The four Philox words of blocks base .. base + n_blocks - 1, where base = base_hi:base_lo.
 AIGC_CPU_CLONES void philox_words_portable(uint64_t seed, uint32_t base_lo, uint32_t base_hi,
@@ -38,8 +38,15 @@ AIGC_CPU_CLONES void philox_words_portable(uint64_t seed, uint32_t base_lo, uint
 
 void philox_words(uint64_t seed, uint32_t base_lo, uint32_t base_hi, int n_blocks, uint32_t* w0,
                   uint32_t* w1, uint32_t* w2, uint32_t* w3) {
-#ifdef AIGC_HAVE_PHILOX_AVX2
-  if (avx2::use_avx2()) return avx2::philox_words(seed, base_lo, base_hi, n_blocks, w0, w1, w2, w3);
+#ifdef AIGC_HAVE_PHILOX_X86
+  switch (philox_path()) {
+    case PhiloxPath::kAvx512:
+      return avx512::philox_words(seed, base_lo, base_hi, n_blocks, w0, w1, w2, w3);
+    case PhiloxPath::kAvx2:
+      return avx2::philox_words(seed, base_lo, base_hi, n_blocks, w0, w1, w2, w3);
+    case PhiloxPath::kPortable:
+      break;
+  }
 #endif
   philox_words_portable(seed, base_lo, base_hi, n_blocks, w0, w1, w2, w3);
 }

@@ -13,6 +13,8 @@
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <limits>
+
 #include "../bn_act.h"
 #include "../tensor_ref.h"
 #include "block_reduce.cuh"
@@ -164,9 +166,16 @@ GradParams grad_params(const BnActGrad& op) {
 
 int merge_blocks(int64_t channels) { return static_cast<int>((channels + kThreads - 1) / kThreads); }
 
+// The reductions give each channel a column of blocks: gridDim.x caps the channels.
+void check_channel_grid(int64_t channels) {
+  TORCH_CHECK(channels <= std::numeric_limits<int32_t>::max(), "bn_act on CUDA takes at most 2^31 - 1 channels, got ",
+              channels);
+}
+
 }  // namespace
 
 void channel_stats_cuda(ChannelStats& op) {
+  check_channel_grid(op.channels);
   const c10::cuda::CUDAGuard guard(op.x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const ChannelSlices s = slices_of(op.x.numel(), op.channels, op.inner);
@@ -182,12 +191,15 @@ void channel_stats_cuda(ChannelStats& op) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The per-channel steps carry raw pointers only: the caller (bn_act_op, bn_act_backward_op)
+// holds the DeviceGuard of x's device, so the current stream is that device's.
 void forward_channels_cuda(const BnForwardChannels& step, int64_t channels) {
   forward_channels_kernel<<<merge_blocks(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step, channels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void bn_act_sums_cuda(BnActGrad& op) {
+  check_channel_grid(op.channels);
   const c10::cuda::CUDAGuard guard(op.y.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const ChannelSlices s = slices_of(op.y.numel(), op.channels, op.inner);

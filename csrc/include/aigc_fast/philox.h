@@ -29,7 +29,7 @@ AIGC_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 }
 
 // The ten rounds, written once for any word type W: one block at a time (uint32_t, on
-// both devices) or a vector of blocks in SIMD lanes (cpu/philox_avx2.h), which needs only
+// both devices) or a vector of blocks in SIMD lanes (cpu/philox_x86.h), which needs only
 // `^` and a `mulhilo32(uint32_t, W, W&, W&)` for its lanes.
 template <typename W>
 AIGC_HD void philox4x32_10_rounds(W& x, W& y, W& z, W& w, uint32_t k0, uint32_t k1) {
