@@ -14,42 +14,56 @@
 namespace aigc_fast {
 namespace {
 
-template <bool kAffine, Act A, typename T>
-void affine_act(ChannelAffineAct& op) {
+template <bool kAffine, Act A, typename T, typename S>
+void affine_act_in(ChannelAffineAct& op) {
   ChannelParams<T, 3> params;
   // Without a bias, x + (-0) is x for every x, -0 included.
   params.values = {channel_values<T>(op.mean, op.channels, T(0)), channel_values<T>(op.scale, op.channels, T(1)),
                    channel_values<T>(op.beta, op.channels, T(-0.0))};
   const T slope = static_cast<T>(op.slope);
   map_channels(Geometry{op.x.numel(), op.channels, op.inner}, params, [&](int64_t begin, int64_t len, const auto& segments) {
-    alignas(64) T x_buf[kChunk], y_buf[kChunk];
-    const T* x = load(op.x, begin, len, x_buf);
-    T* y = output(op.y, begin, y_buf);
+    alignas(64) S x_buf[kChunk], y_buf[kChunk];
+    const S* x = load(op.x, begin, len, x_buf);
+    S* y = output(op.y, begin, y_buf);
     segments([&](int64_t pos, int64_t n, auto step, const auto& p) {
-      constexpr int64_t S = decltype(step)::value;
-      const T *xs = x + pos, *mean = p[0], *scale = p[1], *beta = p[2];
-      T* ys = y + pos;
-      simd_for(n, [&](int64_t i) { ys[i] = normalize_act<kAffine, A>(xs[i], mean[i * S], scale[i * S], beta[i * S], slope); });
+      constexpr int64_t P = decltype(step)::value;
+      const S* xs = x + pos;
+      const T *mean = p[0], *scale = p[1], *beta = p[2];
+      S* ys = y + pos;
+      simd_for(n, [&](int64_t i) {
+        put(ys, i, normalize_act<kAffine, A>(math<T>(xs[i]), mean[i * P], scale[i * P], beta[i * P], slope));
+      });
     });
     store(y, op.y, begin, len);
   });
 }
 
-template <Act A, typename T>
-void act_backward(BiasActGrad& op) {
+// In the inputs' own 16-bit type where x and y share it (tiles.h's with_storage).
+template <bool kAffine, Act A, typename T>
+void affine_act(ChannelAffineAct& op) {
+  with_storage<T>({&op.x, &op.y}, [&](auto stored) { affine_act_in<kAffine, A, T, decltype(stored)>(op); });
+}
+
+template <Act A, typename T, typename S>
+void act_backward_in(BiasActGrad& op) {
   const T slope = static_cast<T>(op.slope);
   const int64_t n = op.y.numel();
   for_units((n + kChunk - 1) / kChunk, n, [&](int64_t first, int64_t last) {
-    alignas(64) T g_buf[kChunk], y_buf[kChunk], dx_buf[kChunk];
+    alignas(64) S g_buf[kChunk], y_buf[kChunk], dx_buf[kChunk];
     for (int64_t chunk = first; chunk < last; ++chunk) {
       const int64_t begin = chunk * kChunk, len = std::min(kChunk, n - begin);
-      const T* dy = load(op.grad_y, begin, len, g_buf);
-      const T* y = load(op.y, begin, len, y_buf);
-      T* dx = output(op.grad_x, begin, dx_buf);
-      simd_for(len, [&](int64_t i) { dx[i] = dy[i] * act_grad_from_output<A>(y[i], slope); });
+      const S* dy = load(op.grad_y, begin, len, g_buf);
+      const S* y = load(op.y, begin, len, y_buf);
+      S* dx = output(op.grad_x, begin, dx_buf);
+      simd_for(len, [&](int64_t i) { put(dx, i, math<T>(dy[i]) * act_grad_from_output<A>(math<T>(y[i]), slope)); });
       store(dx, op.grad_x, begin, len);
     }
   });
+}
+
+template <Act A, typename T>
+void act_backward(BiasActGrad& op) {
+  with_storage<T>({&op.grad_y, &op.y, &op.grad_x}, [&](auto stored) { act_backward_in<A, T, decltype(stored)>(op); });
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "isa.h"
 #include "parallel.h"
 #include "philox_x86.h"
+#include "tiles.h"
 
 namespace aigc_fast {
 namespace {
@@ -137,13 +138,13 @@ AIGC_CPU_CLONES bool any_lossy(const T* z, const T* logvar, int64_t n) {
 }
 
 // A tile's view of a tensor in the math type: the tensor's own memory when it already has
-// that type, else a converted copy in `scratch`.
+// that type, else a converted copy in `scratch` (tiles.h's vectorized conversions).
 template <typename T, typename scalar_t>
 const T* load(const scalar_t* data, int64_t begin, int64_t n, T* scratch) {
   if constexpr (std::is_same_v<T, scalar_t>) {
     return data + begin;
   } else {
-    for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<T>(data[begin + i]);
+    convert(data + begin, scratch, n);
     return scratch;
   }
 }
@@ -161,7 +162,7 @@ T* target(scalar_t* data, int64_t begin, T* scratch) {
 template <typename T, typename scalar_t>
 void store(const T* values, scalar_t* data, int64_t begin, int64_t n) {
   if (data == nullptr || static_cast<const void*>(values) == static_cast<const void*>(data + begin)) return;
-  for (int64_t i = 0; i < n; ++i) data[begin + i] = static_cast<scalar_t>(values[i]);
+  convert(values, data + begin, n);
 }
 
 template <typename T>
