@@ -31,6 +31,18 @@ def cpu_info(field: str) -> Optional[str]:
     return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
 
 
+def cpu_vector_isa() -> Optional[str]:
+    """This x86 CPU's widest vector ISA and its native bf16 ("AVX-512, AVX512-BF16"), which
+    set what the CPU benchmarks can reach: two machines may share a model name ("AMD EPYC")
+    but not these. None where /proc/cpuinfo has no flags (not Linux, not x86)."""
+    flags = set((cpu_info("flags") or "").split())
+    if not flags:
+        return None
+    widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    return ", ".join([widest] + [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
+                                 if flag in flags])
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this x86 CPU computes in bfloat16 natively (AMX-BF16 or AVX512-BF16), where
     bf16 autocast speeds convolutions up; elsewhere oneDNN emulates bf16, slower than fp32

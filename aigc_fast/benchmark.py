@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ._info import cpu_info
+from ._info import cpu_info, cpu_vector_isa
 
 WORKLOADS = {  # name: (kind, config fields) -- the workloads of issue 6
     "dcgan28": ("gan", dict(image_size=28, channels=1, batch_size=128)),
@@ -224,6 +224,8 @@ def machine_facts(device: str = "cpu") -> Dict[str, object]:
     from ._version import __version__
 
     cpu = cpu_info("model name") or platform.processor() or platform.machine()
+    isa = cpu_vector_isa()
+    cpu = f"{cpu} ({isa})" if isa else cpu
     return {"date": datetime.date.today().isoformat(), "cpu": cpu, "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "", "torch": torch.__version__,
             "aigc_fast": __version__, "kernels": ",".join(_extension.compiled_backends()) or "none"}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from aigc_fast import benchmark as benchmark_lib
+from aigc_fast._info import cpu_vector_isa
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,6 +62,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["threads"] = torch.get_num_threads()
     machine_info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     machine_info["cpu_model"] = machine_info.get("cpu", {}).get("brand_raw") or platform.processor()
+    machine_info["cpu_isa"] = cpu_vector_isa()
 
 
 def devices():

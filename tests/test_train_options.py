@@ -60,6 +60,23 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(tmp_path, monkeyp
     assert GANConfig().channels_last  # the faster layout by default
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx avx2 fma", "AVX2"),
+    ("sse2 avx2 avx512f avx512bw avx512_bf16", "AVX-512, AVX512-BF16"),
+    ("sse2 avx2 avx512f amx_bf16 amx_tile avx512_bf16", "AVX-512, AMX-BF16, AVX512-BF16"),
+    ("", None),
+])
+def test_benchmark_rows_name_the_vector_isa(monkeypatch, flags, expected):
+    """Two CPUs may share a model name ("AMD EPYC") but not what their numbers can reach."""
+    import aigc_fast._info as info
+    from aigc_fast import benchmark
+
+    monkeypatch.setattr(info, "cpu_info", lambda field: {"flags": flags, "model name": "AMD EPYC"}[field])
+    monkeypatch.setattr(benchmark, "cpu_info", info.cpu_info)
+    assert info.cpu_vector_isa() == expected
+    assert benchmark.machine_facts()["cpu"] == ("AMD EPYC" if expected is None else f"AMD EPYC ({expected})")
+
+
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         GANConfig(precision="fp8")
