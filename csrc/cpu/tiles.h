@@ -65,8 +65,8 @@ AIGC_CPU_CLONES void convert(const From* src, To* dst, int64_t n) {
 // activations and their gradients) read and write them in that type inside their own
 // vector loops, converting in registers: a converted copy of each input in scratch costs a
 // pass through L1 or L2 per tensor, which made the bfloat16 bn_act backward slower than
-// the float32 one. storage_of picks that type S (else T: copies as below); math<T> and put
-// are the conversions.
+// the float32 one. with_storage calls f with that type S (else with T, and tensors of other
+// types are copied as below); math<T> and put are the conversions.
 template <typename T, typename F>
 void with_storage(std::initializer_list<const at::Tensor*> tensors, const F& f) {
   if constexpr (std::is_same_v<T, float>) {
