@@ -78,9 +78,12 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
       if (d != dim) dims.push_back(d);
     }
     // The vendor reduction, in float32 (float64 for float64) whatever the gradient's dtype.
+    // Converted first, in grad_x's layout: sum(dims, dtype=float) on a bfloat16 tensor
+    // converts inside through a copy 10-20x slower (0.73 against 0.08 ms for a channels_last
+    // 128x32x14x14, 0.45 against 0.08 NCHW; the same sums, in another order).
     // (An empty dim list would mean "all dims" to sum: a 1-d y is its own bias gradient.)
     const at::Tensor summed = dims.empty() ? op.grad_x.clone()  // an output of its own
-                                           : op.grad_x.sum(dims, false, math_dtype(y.scalar_type()));
+                                           : op.grad_x.to(math_dtype(y.scalar_type())).sum(dims);
     grad_bias = summed.to(*bias_dtype);
   }
   return {op.grad_x, grad_bias};
