@@ -122,7 +122,23 @@ def load() -> bool:
             RuntimeWarning,
             stacklevel=3,
         )
+    _check_philox_cap()
     return LOADED
+
+
+PHILOX_CAPS = ("portable", "avx2")
+
+
+def _check_philox_cap() -> None:
+    """AIGC_FAST_PHILOX caps the lanes the CPU draws noise in (tests prove every path draws
+    the same bits); any other value is ignored by the kernels, so say so."""
+    cap = os.environ.get("AIGC_FAST_PHILOX", "")
+    if cap and cap not in PHILOX_CAPS:
+        warnings.warn(f"aigc_fast: AIGC_FAST_PHILOX={cap!r} is not one of {', '.join(PHILOX_CAPS)}; ignored "
+                      "(the CPU kernels use the widest Philox lanes the CPU has)", RuntimeWarning, stacklevel=3)
+    if os.environ.get("AIGC_FAST_PORTABLE_PHILOX"):
+        warnings.warn("aigc_fast: AIGC_FAST_PORTABLE_PHILOX is no longer read; use AIGC_FAST_PHILOX=portable",
+                      RuntimeWarning, stacklevel=3)
 
 
 def compiled_backends() -> list[str]:

@@ -76,6 +76,7 @@ def collect() -> dict:
         "built_against_torch": _extension.BUILD_INFO.get("torch"),
         "compiled_backends": _extension.compiled_backends(),
         "cpu_kernels": runtime.get("cpu_kernels"),
+        "cpu_philox_lanes": runtime.get("philox"),
         "cuda_archs": _extension.BUILD_INFO.get("cuda_archs"),
         "cpu_threads": torch.get_num_threads(),
         "cpu_native_bf16": cpu_has_native_bf16(),

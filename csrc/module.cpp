@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "cpu/philox_x86.h"
+
 namespace aigc_fast {
 namespace {
 
@@ -20,8 +22,23 @@ std::string cpu_isa() {
 #endif
 }
 
+// Which lanes the CPU kernels draw Philox noise in (AIGC_FAST_PHILOX caps it).
+std::string philox_lanes() {
+#ifdef AIGC_HAVE_PHILOX_X86
+  switch (philox_path()) {
+    case PhiloxPath::kAvx512:
+      return "avx512";
+    case PhiloxPath::kAvx2:
+      return "avx2";
+    case PhiloxPath::kPortable:
+      break;
+  }
+#endif
+  return "portable";
+}
+
 std::string build_info() {
-  std::string info = "cpu_kernels=" + cpu_isa();
+  std::string info = "cpu_kernels=" + cpu_isa() + ";philox=" + philox_lanes();
 #ifdef AIGC_FAST_WITH_CUDA
   info += ";cuda=1";
 #else

@@ -214,17 +214,19 @@ def test_negative_zero_is_kept():
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_16_bit_outputs_round_as_torch_does(dtype, layout):
     """A 16-bit x plus a float32 bias is one float32 add, then one rounding to x's type: the
-    kernels' own vectorized rounding must give torch's bits for every value, ties to even,
-    subnormals and overflow to inf included, and NaN for NaN. x takes all 2^16 bit patterns
-    of the type."""
-    x = torch.arange(2**16, dtype=torch.int32).to(torch.int16).view(dtype).reshape(4, 4, 64, 64).transpose(0, 1)
+    kernels' own vectorized rounding must give torch's bits for every value. Every channel
+    holds all 2^16 bit patterns of the type, and the channels' biases make ties (half an
+    ulp of 1), plain rounding, overflow to inf (past the largest finite value) and inexact
+    subnormals (half the smallest subnormal)."""
+    info = torch.finfo(dtype)
+    x = torch.arange(2**16, dtype=torch.int32).to(torch.int16).view(dtype).reshape(1, 1, 256, 256).repeat(2, 5, 1, 1)
     x = LAYOUTS[layout](x.contiguous())
-    ulp, largest = torch.finfo(dtype).eps, torch.finfo(dtype).max
-    # Per channel: none, half an ulp of 1 (ties), a non-tie fraction, and a push past the
-    # largest finite value for the largest inputs.
-    bias = torch.tensor([0.0, ulp / 2, -ulp * 0.7, largest / 64], dtype=torch.float32)
+    bias = torch.tensor([0.0, info.eps / 2, -info.eps * 0.7, info.max / 64, info.smallest_normal * info.eps / 2])
     y = aigc_fast.bias_act(x, bias, "identity")
+    exact = x.double() + bias.double()[:, None, None]
     expected = (x.float() + bias[:, None, None]).to(dtype)
+    assert expected.isinf().logical_and(x.isfinite()).any()  # the cases the docstring names occur
+    assert (expected.double() != exact).logical_and(expected.abs() < info.smallest_normal).any()
     nan = expected.isnan()
-    assert nan.sum() > 0 and torch.equal(y.isnan(), nan)  # NaN bits differ inside torch itself
+    assert torch.equal(y.isnan(), nan)  # NaN bits differ inside torch itself
     assert torch.equal(y.view(torch.int16)[~nan], expected.view(torch.int16)[~nan])

@@ -123,22 +123,40 @@ def test_more_than_2_to_the_31_elements():
 def test_every_cpu_philox_path_draws_the_same_bits():
     """The CPU has three Philox paths (AVX-512 lanes, AVX2 lanes, and portable code the
     compiler vectorizes) and takes the widest the CPU has; AIGC_FAST_PHILOX=avx2|portable
-    caps it. The counter's low word wraps inside the tensor (offset 2^32 - 9)."""
+    caps it, and the binary reports the path it took (so a cap that did nothing fails
+    here). The counter's low word wraps inside the tensor (offset 2^32 - 9)."""
     import os
     import subprocess
     import sys
 
+    from aigc_fast._info import cpu_info
+
+    flags = set((cpu_info("flags") or "").split())
+    widest = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "portable"
     probe = (
-        "import torch, aigc_fast; z = torch.zeros(100_003);"
+        "import sys, torch, aigc_fast; z = torch.zeros(100_003);"
         "n, _ = torch.ops.aigc_fast.reparameterize(z, z, None, torch.tensor([31, 2**32 - 9]), False);"
-        "torch.save(n, __import__('sys').argv[1])"
+        "torch.save((n, aigc_fast._extension.runtime_info()['philox']), sys.argv[1])"
     )
     expected = noise(100_003, 31, offset=2**32 - 9)
-    for path_cap in ("", "avx2", "portable"):
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"aigc_noise_{os.getpid()}_{path_cap}.pt")
-        env = dict(os.environ, AIGC_FAST_PHILOX=path_cap)
+    caps = {"": widest, "avx2": "avx2" if widest != "portable" else "portable", "portable": "portable"}
+    for cap, lanes in caps.items():
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"aigc_noise_{os.getpid()}_{cap}.pt")
+        env = dict(os.environ, AIGC_FAST_PHILOX=cap)
         run = subprocess.run([sys.executable, "-c", probe, path], env=env, capture_output=True, text=True, cwd=os.path.dirname(path))
         assert run.returncode == 0, run.stderr
-        drawn = torch.load(path)
+        drawn, taken = torch.load(path)
         os.remove(path)
-        assert torch.equal(drawn, expected), path_cap or "widest"
+        assert taken == lanes, (cap, taken)
+        assert torch.equal(drawn, expected), cap or "widest"
+
+
+def test_an_unknown_philox_cap_is_reported():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, AIGC_FAST_PHILOX="AVX2")
+    run = subprocess.run([sys.executable, "-c", "import aigc_fast"], env=env, capture_output=True, text=True,
+                         cwd=os.environ.get("TMPDIR", "/tmp"))
+    assert run.returncode == 0 and "AIGC_FAST_PHILOX='AVX2' is not one of portable, avx2; ignored" in run.stderr

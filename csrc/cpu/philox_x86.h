@@ -126,7 +126,8 @@ __attribute__((target("avx512f"))) inline void philox_words(uint64_t seed, uint3
 }  // namespace avx512
 
 // Which Philox path the CPU kernels take: the widest the CPU has, capped by
-// AIGC_FAST_PHILOX=portable|avx2 (the tests set it to prove every path draws the same bits).
+// AIGC_FAST_PHILOX=portable|avx2 (the tests set it to prove every path draws the same bits;
+// aigc_fast.info() shows the path taken, and the package warns about other values).
 enum class PhiloxPath { kPortable, kAvx2, kAvx512 };
 
 inline PhiloxPath philox_path() {
