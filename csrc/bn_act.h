@@ -142,10 +142,6 @@ void channel_affine_act_cpu(ChannelAffineAct& op, bool affine);
 void bn_act_sums_cpu(BnActGrad& op);
 void backward_channels_cpu(const BnBackwardChannels& step, int64_t channels);
 void bn_act_grad_input_cpu(BnActGrad& op);
-// Per-channel float64 sums of dz = grad_y * act'(y) over op.grad_y and op.y (x, shift and
-// the step unused), in the fixed order of bn_act's backward sums: bias_act's bias gradient
-// on the CPU, from the unrounded dz of 16-bit gradients. out holds op.channels values.
-void act_grad_sums_cpu(const BnActGrad& op, double* out);
 #ifdef AIGC_FAST_WITH_CUDA
 void channel_stats_cuda(ChannelStats& op);
 void forward_channels_cuda(const BnForwardChannels& step, int64_t channels);

@@ -202,12 +202,12 @@ void sums_by_rows(const BnActGrad& op, const Panel& panel, const T* shifts, T sl
   }
 }
 
-// Per-channel sums of dz and dz * (u - S), float64, interleaved: [c * 2], [c * 2 + 1].
 template <bool kFromOutput, Act A, typename T>
-std::vector<double> dz_sums(const BnActGrad& op) {
+void sums(BnActGrad& op) {
   const Geometry g{op.y.numel(), op.channels, op.inner};
   const std::vector<T> shifts = channel_values<T>(op.shift, op.channels, T(0));
   const T slope = static_cast<T>(op.slope);
+  // Per-channel sums of dz and dz * (u - S), float64, interleaved: [c * 2], [c * 2 + 1].
   std::vector<double> sums(g.channels * 2, 0.0);
   with_grad_storage<T>(op, [&](auto stored) {
     using S = decltype(stored);
@@ -219,13 +219,7 @@ std::vector<double> dz_sums(const BnActGrad& op) {
       sums_by_runs<kFromOutput, A, T, S>(op, g, shifts.data(), slope, sums.data());
     }
   });
-  return sums;
-}
-
-template <bool kFromOutput, Act A, typename T>
-void sums(BnActGrad& op) {
-  const std::vector<double> s = dz_sums<kFromOutput, A, T>(op);
-  for (int64_t c = 0; c < op.channels; ++c) bn_backward_channel(op.step, c, s[c * 2], s[c * 2 + 1]);
+  for (int64_t c = 0; c < g.channels; ++c) bn_backward_channel(op.step, c, sums[c * 2], sums[c * 2 + 1]);
 }
 
 template <bool kFromOutput, Act A, typename T, typename S>
@@ -275,15 +269,6 @@ void backward_channels_cpu(const BnBackwardChannels& step, int64_t channels) {
 void bn_act_sums_cpu(BnActGrad& op) {
   with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
     sums<decltype(from_output)::value, decltype(act)::value, decltype(type)>(op);
-  });
-}
-
-void act_grad_sums_cpu(const BnActGrad& op, double* out) {
-  with_act(op.act, [&](auto act) {
-    constexpr Act A = decltype(act)::value;
-    const std::vector<double> s =
-        op.y.scalar_type() == at::kDouble ? dz_sums<true, A, double>(op) : dz_sums<true, A, float>(op);
-    for (int64_t c = 0; c < op.channels; ++c) out[c] = s[c * 2];
   });
 }
 

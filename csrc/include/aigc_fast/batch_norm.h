@@ -91,8 +91,6 @@ AIGC_HD void dz_and_centered(T dy, T y, T x, T shift, T slope, T& dz, T& centere
   if constexpr (kFromOutput) {
     if constexpr (A == Act::kIdentity || A == Act::kLeakyRelu || A == Act::kTanh) {
       centered = act_inverse<A>(y, slope) - shift;
-    } else {
-      centered = T(0);  // no inverse; only the sum of dz is wanted (bias_act's bias gradient)
     }
   } else {
     centered = x - shift;
