@@ -135,18 +135,6 @@ AIGC_CPU_CLONES bool backward_tile(const T* g, T gk, const T* mu, const T* logva
   return lossy != 0;
 }
 
-// A tile's view of a tensor in the math type: the tensor's own memory when it already has
-// that type, else a converted copy in `scratch` (tiles.h's vectorized conversions).
-template <typename T, typename scalar_t>
-const T* load(const scalar_t* data, int64_t begin, int64_t n, T* scratch) {
-  if constexpr (std::is_same_v<T, scalar_t>) {
-    return data + begin;
-  } else {
-    convert(data + begin, scratch, n);
-    return scratch;
-  }
-}
-
 // Where a tile writes an output: straight into the tensor, or scratch to convert on store.
 template <typename T, typename scalar_t>
 T* target(scalar_t* data, int64_t begin, T* scratch) {

@@ -35,20 +35,27 @@ inline __attribute__((always_inline)) uint16_t bfloat16_bits(float f) {
 
 inline __attribute__((always_inline)) uint16_t half_bits(float f) { return c10::detail::fp16_ieee_from_fp32_value(f); }
 
+template <typename T, typename S>
+inline __attribute__((always_inline)) T math(S v) {
+  return static_cast<T>(v);
+}
+
+// out[i] = v in out's type, 16-bit types through the vectorizable roundings above.
+template <typename S, typename T>
+inline __attribute__((always_inline)) void put(S* out, int64_t i, T v) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    reinterpret_cast<uint16_t*>(out)[i] = bfloat16_bits(v);
+  } else if constexpr (std::is_same_v<S, c10::Half>) {
+    reinterpret_cast<uint16_t*>(out)[i] = half_bits(v);
+  } else {
+    out[i] = static_cast<S>(v);
+  }
+}
+
 template <typename To, typename From>
 AIGC_CPU_CLONES void convert(const From* src, To* dst, int64_t n) {
-  if constexpr (std::is_same_v<From, float> && std::is_same_v<To, c10::BFloat16>) {
-    uint16_t* out = reinterpret_cast<uint16_t*>(dst);
-    AIGC_SIMD
-    for (int64_t i = 0; i < n; ++i) out[i] = bfloat16_bits(src[i]);
-  } else if constexpr (std::is_same_v<From, float> && std::is_same_v<To, c10::Half>) {
-    uint16_t* out = reinterpret_cast<uint16_t*>(dst);
-    AIGC_SIMD
-    for (int64_t i = 0; i < n; ++i) out[i] = half_bits(src[i]);
-  } else {
-    AIGC_SIMD
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<To>(src[i]);
-  }
+  AIGC_SIMD
+  for (int64_t i = 0; i < n; ++i) put(dst, i, src[i]);
 }
 
 // Kernels whose inputs and outputs all hold one 16-bit type (autocast's bfloat16
@@ -56,7 +63,7 @@ AIGC_CPU_CLONES void convert(const From* src, To* dst, int64_t n) {
 // vector loops, converting in registers: a converted copy of each input in scratch costs a
 // pass through L1 or L2 per tensor, which made the bfloat16 bn_act backward slower than
 // the float32 one. with_storage calls f with that type S (else with T, and tensors of other
-// types are copied as below); math<T> and put are the conversions.
+// types are copied as below); math<T> and put (above) are the conversions.
 template <typename T, typename F>
 void with_storage(std::initializer_list<const at::Tensor*> tensors, const F& f) {
   if constexpr (std::is_same_v<T, float>) {
@@ -72,35 +79,24 @@ void with_storage(std::initializer_list<const at::Tensor*> tensors, const F& f) 
   f(T{});
 }
 
+// Elements [begin, begin + n) of data as T: data's own memory if it holds T, else
+// converted into scratch.
 template <typename T, typename S>
-inline __attribute__((always_inline)) T math(S v) {
-  return static_cast<T>(v);
-}
-
-template <typename S, typename T>
-inline __attribute__((always_inline)) void put(S* out, int64_t i, T v) {
-  if constexpr (std::is_same_v<S, c10::BFloat16>) {
-    reinterpret_cast<uint16_t*>(out)[i] = bfloat16_bits(v);
-  } else if constexpr (std::is_same_v<S, c10::Half>) {
-    reinterpret_cast<uint16_t*>(out)[i] = half_bits(v);
+const T* load(const S* data, int64_t begin, int64_t n, T* scratch) {
+  if constexpr (std::is_same_v<T, S>) {
+    return data + begin;
   } else {
-    out[i] = static_cast<S>(v);
+    convert(data + begin, scratch, n);
+    return scratch;
   }
 }
 
-// Elements [begin, begin + n) of t (in memory order) as T: t's own memory if it holds T,
-// else converted into scratch.
+// The same for elements [begin, begin + n) of t (in memory order), whatever its dtype.
 template <typename T>
 const T* load(const at::Tensor& t, int64_t begin, int64_t n, T* scratch) {
   const T* out = scratch;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "aigc_fast_load", [&] {
-    const scalar_t* src = t.const_data_ptr<scalar_t>() + begin;
-    if constexpr (std::is_same_v<scalar_t, T>) {
-      out = src;
-    } else {
-      convert(src, scratch, n);
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "aigc_fast_load",
+                                  [&] { out = load(t.const_data_ptr<scalar_t>(), begin, n, scratch); });
   return out;
 }
 
