@@ -202,6 +202,7 @@ def test_resume_takes_the_new_lr_and_betas_and_refuses_another_model(tmp_path):
     resumed.fit(tiny_images(), resume=True)
     for optimizer in (resumed.opt_g, resumed.opt_d):
         assert optimizer.param_groups[0]["lr"] == 1e-5 and optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+        assert optimizer.param_groups[0]["fused"]  # the fused Adam, before and after the resume
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["modules"]["opt_d"]["param_groups"][0]["lr"] == 1e-5 and state["config"]["lr"] == 1e-5
 

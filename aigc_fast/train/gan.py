@@ -37,8 +37,7 @@ class GANTrainer(_Trainer):
                              "(wgan needs a Lipschitz constraint on D that the trainer does not add yet)")
         self.G = self.place(DCGANGenerator(c.nz, c.ngf, c.channels, c.image_size, backend=c.backend))
         self.D = self.place(DCGANDiscriminator(c.ndf, c.channels, c.image_size, backend=c.backend))
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=c.lr, betas=tuple(c.betas))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=c.lr, betas=tuple(c.betas))
+        self.opt_g, self.opt_d = self.adam(self.G), self.adam(self.D)
         self.impl = backend_impl(c.backend)
         self.run_g, self.run_d = self.prepare(self.G), self.prepare(self.D)
         # The generator's update differentiates through D but never needs D's gradients:

@@ -41,7 +41,7 @@ class VAETrainer(_Trainer):
         if not c.beta >= 0:
             raise ValueError(f"beta weighs the KL term and must be >= 0, got {c.beta!r}")
         self.model = self.place(model)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=tuple(c.betas))
+        self.opt = self.adam(self.model)
         self.run_model = self.prepare(self.model)
 
     def modules(self) -> Dict[str, Any]:
