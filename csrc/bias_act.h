@@ -22,12 +22,18 @@ struct BiasAct {
   at::Tensor y;     // output, laid out like x
 };
 
-// Backward from the output alone: grad_x = grad_y * f'(v), with f'(v) read from y.
+// Backward from the output alone: grad_x = grad_y * f'(v), with f'(v) read from y. The
+// bias gradient sums dz = grad_y * f'(v) by channel in the math type, before dz is rounded to
+// a 16-bit grad_x: the CPU kernel in the same pass (bias_sums), the CUDA kernel by writing
+// dz for a vendor reduction where grad_x cannot hold it.
 struct BiasActGrad {
   at::Tensor grad_y, y;  // same layout
   Act act;
   double slope;
-  at::Tensor grad_x;  // laid out like y
+  int64_t channels = 1, inner = 1;  // the bias's channels, as in BiasAct
+  at::Tensor grad_x;     // laid out like y
+  at::Tensor bias_sums;  // CPU: float64 [channels], filled when defined
+  at::Tensor dz;         // CUDA: dz in the math type, laid out like y, written when defined
 };
 
 // The activation named `act` (the names of aigc_fast/_activations.py); a clear error otherwise.

@@ -230,3 +230,40 @@ def test_16_bit_outputs_round_as_torch_does(dtype, layout):
     nan = expected.isnan()
     assert torch.equal(y.isnan(), nan)  # NaN bits differ inside torch itself
     assert torch.equal(y.view(torch.int16)[~nan], expected.view(torch.int16)[~nan])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape, layout, dim", [
+    ((16, 32, 14, 14), "channels_last", 1),  # short rows: a pattern of whole rows
+    ((64, 3, 32, 32), "channels_last", 1),   # three channels (a generator's RGB layer), many groups
+    ((16, 32, 14, 14), "nchw", 1),           # runs of one channel
+    ((8, 1024, 7, 7), "nchw", 1),            # short runs in rows too long for a pattern
+    ((4, 20000), "nchw", 1),                 # rows longer than a chunk
+    ((4, 5, 300, 3), "nchw", 2),
+    ((3000,), "nchw", 0),                    # a 1-d y: each element is its own channel
+])
+def test_bias_gradient_sums_unrounded_dz_in_a_fixed_order(dtype, shape, layout, dim):
+    """On the CPU the bias gradient is the per-channel sum of dz = grad_y * act'(y) taken in
+    the pass that writes grad_x, before dz is rounded to a 16-bit grad_x: float32-close to a
+    float64 sum (summing the rounded grad_x is off by ~2^-9 per term), and the same bits for
+    1 and 2 threads."""
+    g = torch.Generator().manual_seed(0)
+    x, _ = inputs(shape, dtype)
+    cast = LAYOUTS[layout] if len(shape) == 4 else (lambda t: t)
+    x = cast(x)
+    y = aigc_fast.bias_act(x, torch.randn(shape[dim], generator=g), "leaky_relu", dim=dim)
+    grad_y = cast(torch.randn(shape, generator=g).to(dtype))
+    results = []
+    for threads in (1, 2):
+        with_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            results.append(torch.ops.aigc_fast.bias_act_backward(grad_y, y, dim, "leaky_relu", 0.2, torch.float32))
+        finally:
+            torch.set_num_threads(with_threads)
+    (grad_x, sums), (grad_x_2, sums_2) = results
+    assert torch.equal(sums, sums_2) and torch.equal(grad_x, grad_x_2)
+    dz = grad_y.float() * torch.where(y > 0, 1.0, 0.2)  # in float32, as the kernel computes it
+    assert torch.equal(grad_x, dz.to(dtype))  # the map itself is unchanged by the sums
+    exact = dz.double().sum([d for d in range(len(shape)) if d != dim]) if len(shape) > 1 else dz.double()
+    torch.testing.assert_close(sums.double(), exact, rtol=2e-6, atol=2e-6 * exact.abs().max().item())

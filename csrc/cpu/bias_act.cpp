@@ -25,7 +25,7 @@ void affine_act_in(ChannelAffineAct& op) {
     alignas(64) S x_buf[kChunk], y_buf[kChunk];
     const S* x = load(op.x, begin, len, x_buf);
     S* y = output(op.y, begin, y_buf);
-    segments([&](int64_t pos, int64_t n, auto step, const auto& p) {
+    segments([&](int64_t pos, int64_t n, auto step, const auto& p, auto*) {
       constexpr int64_t P = decltype(step)::value;
       const S* xs = x + pos;
       const T *mean = p[0], *scale = p[1], *beta = p[2];
@@ -44,21 +44,35 @@ void affine_act(ChannelAffineAct& op) {
   with_storage<T>({&op.x, &op.y}, [&](auto stored) { affine_act_in<kAffine, A, T, decltype(stored)>(op); });
 }
 
+// grad_x = grad_y * f'(v), and where asked (op.bias_sums) the bias gradient: the sums by
+// channel of the same products, taken before they are rounded to a 16-bit grad_x.
 template <Act A, typename T, typename S>
 void act_backward_in(BiasActGrad& op) {
   const T slope = static_cast<T>(op.slope);
-  const int64_t n = op.y.numel();
-  for_units((n + kChunk - 1) / kChunk, n, [&](int64_t first, int64_t last) {
+  ChannelParams<T, 0> none;
+  double* bias_sums = op.bias_sums.defined() ? op.bias_sums.mutable_data_ptr<double>() : nullptr;
+  const Geometry g{op.y.numel(), op.channels, op.inner};
+  map_channels(g, none, [&](int64_t begin, int64_t len, const auto& segments) {
     alignas(64) S g_buf[kChunk], y_buf[kChunk], dx_buf[kChunk];
-    for (int64_t chunk = first; chunk < last; ++chunk) {
-      const int64_t begin = chunk * kChunk, len = std::min(kChunk, n - begin);
-      const S* dy = load(op.grad_y, begin, len, g_buf);
-      const S* y = load(op.y, begin, len, y_buf);
-      S* dx = output(op.grad_x, begin, dx_buf);
-      simd_for(len, [&](int64_t i) { put(dx, i, math<T>(dy[i]) * act_grad_from_output<A>(math<T>(y[i]), slope)); });
-      store(dx, op.grad_x, begin, len);
-    }
-  });
+    const S* dy = load(op.grad_y, begin, len, g_buf);
+    const S* y = load(op.y, begin, len, y_buf);
+    S* dx = output(op.grad_x, begin, dx_buf);
+    segments([&](int64_t pos, int64_t n, auto step, const auto&, auto* acc) {
+      const S *dys = dy + pos, *ys = y + pos;
+      S* dxs = dx + pos;
+      const auto grad = [=](int64_t i) {
+        const T dz = math<T>(dys[i]) * act_grad_from_output<A>(math<T>(ys[i]), slope);
+        put(dxs, i, dz);
+        return dz;
+      };
+      if (acc == nullptr) {
+        simd_for(n, grad);
+      } else {
+        accumulate<decltype(step)::value, T>(acc, n, grad);
+      }
+    });
+    store(dx, op.grad_x, begin, len);
+  }, bias_sums);
 }
 
 template <Act A, typename T>

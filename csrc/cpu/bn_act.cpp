@@ -230,7 +230,7 @@ void grad_input_in(BnActGrad& op) {
     with_grad_inputs<S>(op, begin, len, [&](const S* dy, const S* y, const S* x) {
       alignas(64) S dx_buf[kChunk];
       S* dx = output(op.grad_x, begin, dx_buf);
-      segments([&](int64_t pos, int64_t n, auto step, const auto& p) {
+      segments([&](int64_t pos, int64_t n, auto step, const auto& p, auto*) {
         constexpr int64_t P = decltype(step)::value;
         const S *dys = dy + pos, *ys = y + pos, *xs = x == nullptr ? nullptr : x + pos;
         const T *shift = p[kShift], *a = p[kA], *b = p[kB], *c = p[kC];

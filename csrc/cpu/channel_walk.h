@@ -113,57 +113,125 @@ struct ChannelParams {
   std::array<std::vector<T>, P> pattern;  // one period of whole rows each, short runs only
 };
 
-// Calls chunk(begin, len, segments) for chunks of x (in parallel), where segments(seg)
-// calls seg(pos, n, step, params) for the chunk's pieces; params[k] points at parameter
-// k's value (step 0) or at the value of element `pos` (step 1).
-template <typename T, size_t P, typename Chunk>
-void map_channels(const Geometry& g, ChannelParams<T, P>& params, const Chunk& chunk) {
-  // (With inner 1 the pattern of a long row is the parameters themselves: no size limit.)
-  if (g.inner < kMinRun && g.channels > 1 && (g.row() <= kMaxPatternRow || g.inner == 1)) {
-    // The pattern's period: as many whole rows as fit in a chunk (a chunk is then exactly
-    // one period), or one row longer than a chunk (chunks then split where a row ends);
-    // never more rows than the tensor has. It is built per call, so it costs one fill per
-    // channel and row copies (a division per element here was a 0.1-0.4 ms floor per call).
-    const int64_t period =
-        std::min(g.numel, g.row() <= kChunk ? g.row() * (kChunk / g.row()) : g.row());
-    const int64_t size = std::min(period, kChunk);
-    for (size_t k = 0; k < P; ++k) {
-      std::vector<T>& pattern = params.pattern[k];
-      pattern.resize(period);
-      fill_row(g, pattern.data(), [&](int64_t c) { return params.values[k][c]; });
-      for (int64_t j = g.row(); j < period; j += g.row()) std::copy_n(pattern.data(), g.row(), pattern.data() + j);
-    }
-    for_units((g.numel + size - 1) / size, g.numel, [&](int64_t first, int64_t last) {
-      for (int64_t c = first; c < last; ++c) {
-        const int64_t begin = c * size, len = std::min(size, g.numel - begin);
-        chunk(begin, len, [&](const auto& seg) {
-          std::array<const T*, P> p;
-          for (int64_t pos = 0; pos < len;) {
-            const int64_t phase = (begin + pos) % period, n = std::min(len - pos, period - phase);
-            for (size_t k = 0; k < P; ++k) p[k] = params.pattern[k].data() + phase;
-            seg(pos, n, Step1{}, p);
-            pos += n;
-          }
-        });
-      }
-    });
-    return;
+// Adds each channel's segment of a row of per-element values (channel c: [c * inner,
+// (c + 1) * inner)) into per_channel[c * stride], in float64.
+// (A SIMD sum: in sequence, each float64 add waits for the last, and with a few rows per
+// block this fold cost more than the block's per-element sums.)
+template <typename T>
+AIGC_CPU_CLONES void fold_row(const Geometry& g, const T* values, double* per_channel, int64_t stride = 1) {
+  for (int64_t c = 0; c < g.channels; ++c) {
+    const T* v = values + c * g.inner;
+    double sum = 0;
+    AIGC_SIMD_SUM(sum)
+    for (int64_t i = 0; i < g.inner; ++i) sum += double(v[i]);
+    per_channel[c * stride] += sum;
   }
-  for_units((g.numel + kChunk - 1) / kChunk, g.numel, [&](int64_t first, int64_t last) {
-    for (int64_t c = first; c < last; ++c) {
-      const int64_t begin = c * kChunk, len = std::min(kChunk, g.numel - begin);
-      chunk(begin, len, [&](const auto& seg) {
-        std::array<const T*, P> p;
-        for (int64_t pos = 0; pos < len;) {  // runs of one channel (or what of them lies in this chunk)
+}
+
+// Calls chunk(begin, len, segments) for chunks of x (in parallel), where segments(seg)
+// calls seg(pos, n, step, params, acc) for the chunk's pieces; params[k] points at parameter
+// k's value (step 0) or at the value of element `pos` (step 1).
+//
+// With `sums`, the map also sums a value per element by channel (bias_act's backward: the
+// bias gradient from the pass that writes grad_x): acc points at the accumulator of the
+// piece's channel (step 0, a double) or of element pos in the pattern (step 1, a T), into
+// which seg adds its values (accumulate() below), and sums[c] receives channel c's total.
+// Sums do not depend on the thread count: chunks go in fixed groups, each on one thread
+// into accumulators of its own, folded per channel in float64 at its end and merged in
+// group order. Without `sums`, acc is null.
+template <typename T, size_t P, typename Chunk>
+void map_channels(const Geometry& g, ChannelParams<T, P>& params, const Chunk& chunk, double* sums = nullptr) {
+  // (With inner 1 the pattern of a long row is the parameters themselves: no size limit.)
+  const bool patterned = g.inner < kMinRun && g.channels > 1 && (g.row() <= kMaxPatternRow || g.inner == 1);
+  // The pattern's period: as many whole rows as fit in a chunk (a chunk is then exactly
+  // one period), or one row longer than a chunk (chunks then split where a row ends);
+  // never more rows than the tensor has. It is built per call, so it costs one fill per
+  // channel and row copies (a division per element here was a 0.1-0.4 ms floor per call).
+  const int64_t period = !patterned ? 0 : std::min(g.numel, g.row() <= kChunk ? g.row() * (kChunk / g.row()) : g.row());
+  const int64_t size = patterned ? std::min(period, kChunk) : kChunk;
+  for (size_t k = 0; patterned && k < P; ++k) {
+    std::vector<T>& pattern = params.pattern[k];
+    pattern.resize(period);
+    fill_row(g, pattern.data(), [&](int64_t c) { return params.values[k][c]; });
+    for (int64_t j = g.row(); j < period; j += g.row()) std::copy_n(pattern.data(), g.row(), pattern.data() + j);
+  }
+  // Chunk i, summing into pattern_acc (patterned) or run_acc (runs) when not null.
+  const auto walk = [&](int64_t i, T* pattern_acc, double* run_acc) {
+    const int64_t begin = i * size, len = std::min(size, g.numel - begin);
+    chunk(begin, len, [&](const auto& seg) {
+      std::array<const T*, P> p;
+      for (int64_t pos = 0; pos < len;) {
+        if (patterned) {
+          const int64_t phase = (begin + pos) % period, n = std::min(len - pos, period - phase);
+          for (size_t k = 0; k < P; ++k) p[k] = params.pattern[k].data() + phase;
+          seg(pos, n, Step1{}, p, pattern_acc == nullptr ? nullptr : pattern_acc + phase);
+          pos += n;
+        } else {  // runs of one channel (or what of them lies in this chunk)
           const int64_t channel = g.channel_at(begin + pos);
           for (size_t k = 0; k < P; ++k) p[k] = params.values[k].data() + channel;
           const int64_t end = std::min(len, ((begin + pos) / g.inner + 1) * g.inner - begin);
-          seg(pos, end - pos, Step0{}, p);
+          seg(pos, end - pos, Step0{}, p, run_acc == nullptr ? nullptr : run_acc + channel);
           pos = end;
         }
-      });
+      }
+    });
+  };
+  const int64_t chunks = (g.numel + size - 1) / size;
+  if (sums == nullptr) {
+    for_units(chunks, g.numel, [&](int64_t first, int64_t last) {
+      for (int64_t i = first; i < last; ++i) walk(i, nullptr, nullptr);
+    });
+    return;
+  }
+  // Groups of at most kGroupElements, and about 16 of them where that is smaller (work to
+  // spread over the threads; the grouping depends on the shape alone). A T accumulator
+  // then takes at most kGroupElements / kChunk = 32 values, one per chunk.
+  const int64_t per_group = std::clamp<int64_t>(chunks / 16, 1, std::max<int64_t>(1, kGroupElements / size));
+  const int64_t groups = (chunks + per_group - 1) / per_group;
+  std::vector<double> partial(groups * g.channels, 0.0);
+  for_units(groups, g.numel, [&](int64_t first, int64_t last) {
+    std::vector<T> pattern_acc(period);
+    std::vector<double> run_acc(patterned ? 0 : g.channels), row(patterned ? g.row() : 0);
+    for (int64_t group = first; group < last; ++group) {
+      std::fill(pattern_acc.begin(), pattern_acc.end(), T(0));
+      std::fill(run_acc.begin(), run_acc.end(), 0.0);
+      for (int64_t i = group * per_group; i < std::min(chunks, (group + 1) * per_group); ++i) {
+        walk(i, pattern_acc.data(), run_acc.data());
+      }
+      double* into = &partial[group * g.channels];
+      if (patterned) {  // the period's rows added into one (float64), then folded by channel
+        column_sums(0, period / g.row(), g.row(), row.data(),
+                    [&](int64_t r, int64_t j) { return double(pattern_acc[r * g.row() + j]); });
+        fold_row(g, row.data(), into);
+      } else {
+        std::copy(run_acc.begin(), run_acc.end(), into);
+      }
     }
   });
+  for (int64_t c = 0; c < g.channels; ++c) {
+    double total = 0;
+    for (int64_t group = 0; group < groups; ++group) total += partial[group * g.channels + c];
+    sums[c] = total;
+  }
+}
+
+// Adds value(i), i in [0, n), into a summing map's accumulator (map_channels): element by
+// element into a pattern's (step 1), as one sum into a run's (step 0). value is called
+// once per i, so it may also write an output.
+template <int64_t P, typename T, typename A, typename F>
+AIGC_CPU_CLONES void accumulate(A* acc, int64_t n, const F& value) {
+  if constexpr (P == 0) {
+    // (A copy of value: g++ 12 does not vectorize the reduction while it reads the
+    // lambda's captures through a reference.)
+    const F local = value;
+    T sum = 0;
+    AIGC_SIMD_SUM(sum)
+    for (int64_t i = 0; i < n; ++i) sum += local(i);
+    acc[0] += double(sum);
+  } else {
+    AIGC_SIMD
+    for (int64_t i = 0; i < n; ++i) acc[i] += value(i);
+  }
 }
 
 // Whether a reduction over g reads rows (short runs) or runs.
@@ -267,21 +335,6 @@ void reduce_rows(const Geometry& g, const Block& block) {
       }
     }
   });
-}
-
-// Adds each channel's segment of a row of per-element values (channel c: [c * inner,
-// (c + 1) * inner)) into per_channel[c * stride], in float64.
-// (A SIMD sum: in sequence, each float64 add waits for the last, and with a few rows per
-// block this fold cost more than the block's per-element sums.)
-template <typename T>
-AIGC_CPU_CLONES void fold_row(const Geometry& g, const T* values, double* per_channel, int64_t stride = 1) {
-  for (int64_t c = 0; c < g.channels; ++c) {
-    const T* v = values + c * g.inner;
-    double sum = 0;
-    AIGC_SIMD_SUM(sum)
-    for (int64_t i = 0; i < g.inner; ++i) sum += double(v[i]);
-    per_channel[c * stride] += sum;
-  }
 }
 
 // A scratch vector per thread, kept between calls (blocks are small; no allocation each).

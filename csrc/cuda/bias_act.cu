@@ -1,7 +1,7 @@
 // CUDA kernels of aigc_fast::bias_act and of bn_act's normalize pass: elementwise,
 // grid-stride, in memory order; element o belongs to channel (o / inner) % channels
 // (bias_act.h, ChannelOf). The formulas are the headers the CPU kernels use. The bias gradient is a
-// vendor reduction (bias_act.cpp).
+// vendor reduction of the unrounded products (bias_act.cpp).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -24,10 +24,13 @@ __global__ void affine_act_kernel(Ref x, Ref mean, Ref scale, Ref beta, int64_t 
   }
 }
 
+// dz (optional) receives the unrounded products for the bias gradient's vendor sum.
 template <Act A, typename T>
-__global__ void grad_kernel(Ref grad_y, Ref y, int64_t n, T slope, Ref grad_x) {
+__global__ void grad_kernel(Ref grad_y, Ref y, int64_t n, T slope, Ref grad_x, Ref dz) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    store(grad_x, i, load<T>(grad_y, i) * act_grad_from_output<A>(load<T>(y, i), slope));
+    const T product = load<T>(grad_y, i) * act_grad_from_output<A>(load<T>(y, i), slope);
+    store(grad_x, i, product);
+    if (dz.data != nullptr) store(dz, i, product);
   }
 }
 
@@ -65,7 +68,7 @@ void bias_act_grad_cuda(BiasActGrad& op) {
     with_math_type(op.y, [&](auto type) {
       using T = decltype(type);
       grad_kernel<A, T><<<grid_for(n), kThreads, 0, stream>>>(ref(op.grad_y), ref(op.y), n, static_cast<T>(op.slope),
-                                                              ref(op.grad_x));
+                                                              ref(op.grad_x), optional_ref(op.dz));
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
