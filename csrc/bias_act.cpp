@@ -5,7 +5,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/sum.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -79,11 +78,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
     for (int64_t d = 0; d < y.dim(); ++d) {
       if (d != dim) dims.push_back(d);
     }
-    if (y.is_cpu()) {
-      op.bias_sums = at::zeros({op.channels}, y.options().dtype(at::kDouble));
-    } else if (math_dtype(y.scalar_type()) != y.scalar_type()) {
-      op.dz = at::empty_like(op.y, y.options().dtype(math_dtype(y.scalar_type())));
-    }
+    op.sum_bias = true;
   }
   if (y.numel() > 0) run_on_device(y, op, bias_act_grad_cpu, AIGC_CUDA_KERNEL(bias_act_grad_cuda));
   at::Tensor grad_bias = at::empty({0}, y.options());
@@ -91,8 +86,9 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
     if (op.bias_sums.defined()) {
       grad_bias = op.bias_sums.to(*bias_dtype);
     } else {
-      // The vendor reduction over dz in the math type (grad_x itself for float32 and float64).
-      // (An empty dim list would mean "all dims" to sum: a 1-d y is its own bias gradient.)
+      // The vendor reduction of dz in the math type: the kernel's copy, or grad_x itself
+      // (float32, float64). (An empty dim list would mean "all dims" to sum: a 1-d y is its
+      // own bias gradient.)
       const at::Tensor& dz = op.dz.defined() ? op.dz : op.grad_x;
       grad_bias = (dims.empty() ? dz.clone() : dz.sum(dims)).to(*bias_dtype);
     }

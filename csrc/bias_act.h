@@ -22,18 +22,20 @@ struct BiasAct {
   at::Tensor y;     // output, laid out like x
 };
 
-// Backward from the output alone: grad_x = grad_y * f'(v), with f'(v) read from y. The
-// bias gradient sums dz = grad_y * f'(v) by channel in the math type, before dz is rounded to
-// a 16-bit grad_x: the CPU kernel in the same pass (bias_sums), the CUDA kernel by writing
-// dz for a vendor reduction where grad_x cannot hold it.
+// Backward from the output alone: grad_x = grad_y * f'(v), with f'(v) read from y. Where
+// sum_bias, the bias gradient sums dz = grad_y * f'(v) by channel in the math type, before
+// dz is rounded to a 16-bit grad_x: the CPU kernel in the same pass (bias_sums) where its
+// walk allows (channel_walk.h, can_sum_channels); otherwise a kernel writes dz for a vendor
+// sum where grad_x cannot hold it (dz), or leaves grad_x itself to be summed.
 struct BiasActGrad {
   at::Tensor grad_y, y;  // same layout
   Act act;
   double slope;
   int64_t channels = 1, inner = 1;  // the bias's channels, as in BiasAct
+  bool sum_bias = false;
   at::Tensor grad_x;     // laid out like y
-  at::Tensor bias_sums;  // CPU: float64 [channels], filled when defined
-  at::Tensor dz;         // CUDA: dz in the math type, laid out like y, written when defined
+  at::Tensor bias_sums;  // set by a kernel that summed: float64 [channels]
+  at::Tensor dz;         // set by a kernel that wrote dz: the math type, laid out like y
 };
 
 // The activation named `act` (the names of aigc_fast/_activations.py); a clear error otherwise.

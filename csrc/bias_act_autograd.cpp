@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "act_derivative.h"
+#include "checks.h"
 #include "find_op.h"
 
 namespace aigc_fast {
@@ -58,14 +59,17 @@ class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
     const bool need_bias = bias_dtype >= 0 && ctx->needs_input_grad(1);
     at::Tensor grad_x, grad_bias;
     if (at::GradMode::is_enabled()) {
-      grad_x = grad_through_activation(grads[0], y, act, slope);
+      // In the math type, as the kernels compute: the bias gradient sums the unrounded dz.
+      const at::ScalarType math_type = math_dtype(y.scalar_type());
+      const at::Tensor dz = grad_through_activation(grads[0].to(math_type), y.to(math_type), act, slope);
+      grad_x = dz.to(y.scalar_type());
       if (need_bias) {
         std::vector<int64_t> dims;
         for (int64_t d = 0; d < y.dim(); ++d) {
           if (d != dim) dims.push_back(d);
         }
-        // (A 1-d y: the bias gradient is grad_x itself, cloned so the two never share memory.)
-        grad_bias = (dims.empty() ? grad_x.clone() : grad_x.sum(dims)).to(at::ScalarType(bias_dtype));
+        // (A 1-d y: the bias gradient is dz itself, cloned so it never shares grad_x's memory.)
+        grad_bias = (dims.empty() ? dz.clone() : dz.sum(dims)).to(at::ScalarType(bias_dtype));
       }
     } else {
       const auto wanted = need_bias ? std::optional<at::ScalarType>(at::ScalarType(bias_dtype)) : std::nullopt;

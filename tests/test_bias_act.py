@@ -232,21 +232,26 @@ def test_16_bit_outputs_round_as_torch_does(dtype, layout):
     assert torch.equal(y.view(torch.int16)[~nan], expected.view(torch.int16)[~nan])
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("shape, layout, dim", [
     ((16, 32, 14, 14), "channels_last", 1),  # short rows: a pattern of whole rows
     ((64, 3, 32, 32), "channels_last", 1),   # three channels (a generator's RGB layer), many groups
     ((16, 32, 14, 14), "nchw", 1),           # runs of one channel
     ((8, 1024, 7, 7), "nchw", 1),            # short runs in rows too long for a pattern
     ((4, 20000), "nchw", 1),                 # rows longer than a chunk
-    ((4, 5, 300, 3), "nchw", 2),
+    ((4, 3000, 3), "nchw", 1),               # a pattern longer than a chunk, 3 elements a channel
+    ((40, 1, 30, 30), "nchw", 1),            # one channel
+    ((4, 5, 3000, 3), "nchw", 2),
     ((3000,), "nchw", 0),                    # a 1-d y: each element is its own channel
+    ((2, 150000), "nchw", 1),                # more channels than a group sums: dz for the vendor sum
+    ((150000,), "nchw", 0),
 ])
 def test_bias_gradient_sums_unrounded_dz_in_a_fixed_order(dtype, shape, layout, dim):
     """On the CPU the bias gradient is the per-channel sum of dz = grad_y * act'(y) taken in
-    the pass that writes grad_x, before dz is rounded to a 16-bit grad_x: float32-close to a
-    float64 sum (summing the rounded grad_x is off by ~2^-9 per term), and the same bits for
-    1 and 2 threads."""
+    the pass that writes grad_x, before dz is rounded to a 16-bit grad_x: close to a float64
+    sum (summing the rounded grad_x is off by ~2^-9 per term), and the same bits for 1 and
+    2 threads. Beyond what the pass can sum (more than 128K channels or elements a row),
+    the unrounded dz goes to the vendor's sum."""
     g = torch.Generator().manual_seed(0)
     x, _ = inputs(shape, dtype)
     cast = LAYOUTS[layout] if len(shape) == 4 else (lambda t: t)
@@ -262,8 +267,30 @@ def test_bias_gradient_sums_unrounded_dz_in_a_fixed_order(dtype, shape, layout, 
         finally:
             torch.set_num_threads(with_threads)
     (grad_x, sums), (grad_x_2, sums_2) = results
-    assert torch.equal(sums, sums_2) and torch.equal(grad_x, grad_x_2)
-    dz = grad_y.float() * torch.where(y > 0, 1.0, 0.2)  # in float32, as the kernel computes it
+    if y[0].numel() < 128 * 1024:  # summed by the pass (else ATen's sum, whose order may follow the threads)
+        assert torch.equal(sums, sums_2)
+    assert torch.equal(grad_x, grad_x_2)
+    math_type = torch.float64 if dtype == torch.float64 else torch.float32
+    slope = torch.where(y > 0, torch.ones_like(y, dtype=math_type), torch.full_like(y, 0.2, dtype=math_type))
+    dz = grad_y.to(math_type) * slope  # as the kernel computes it
     assert torch.equal(grad_x, dz.to(dtype))  # the map itself is unchanged by the sums
     exact = dz.double().sum([d for d in range(len(shape)) if d != dim]) if len(shape) > 1 else dz.double()
     torch.testing.assert_close(sums.double(), exact, rtol=2e-6, atol=2e-6 * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_bias_gradient_under_create_graph_sums_unrounded_dz_too(dtype):
+    """The differentiable backward (create_graph=True, for gradient penalties) computes as
+    the kernels do: dz in float32, grad_x its rounding, the bias gradient its sum."""
+    x, _ = inputs((8, 6, 5, 7), dtype)
+    bias = torch.randn(6, dtype=torch.float32)
+    grad_y = torch.randn(x.shape).to(dtype)
+    grads = []
+    for create_graph in (False, True):
+        xr, br = x.clone().requires_grad_(), bias.clone().requires_grad_()
+        grads.append(torch.autograd.grad(aigc_fast.bias_act(xr, br, "tanh"), (xr, br), grad_y,
+                                         create_graph=create_graph))
+    (gx, gb), (gx_graph, gb_graph) = grads
+    ulp = 2 ** -7 if dtype == torch.bfloat16 else 1e-6  # the same products, a rounding apart at most
+    torch.testing.assert_close(gx_graph.float(), gx.float(), rtol=ulp, atol=1e-6)
+    torch.testing.assert_close(gb_graph, gb, rtol=1e-5, atol=1e-5)  # float32 sums, not of the rounded grad_x

@@ -39,7 +39,7 @@ def test_cuda_matches_cpu(dtype, act, layout):
     exact = 0 if dtype != torch.float64 else 1e-15  # float64 uses each platform's libm
     torch.testing.assert_close(y_gpu, y_cpu, rtol=exact, atol=exact)
     torch.testing.assert_close(gx_gpu, gx_cpu, rtol=exact, atol=exact)
-    torch.testing.assert_close(gb_gpu, gb_cpu, rtol=1e-5, atol=1e-5)  # vendor sums, different order
+    torch.testing.assert_close(gb_gpu, gb_cpu, rtol=1e-5, atol=1e-5)  # sums of the same products, another order
 
 
 def test_cuda_compile_and_second_derivatives():

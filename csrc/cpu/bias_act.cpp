@@ -4,9 +4,13 @@
 #include "../bias_act.h"
 #include "../bn_act.h"
 
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+
 #include <algorithm>
 #include <vector>
 
+#include "../checks.h"
 #include "channel_walk.h"
 #include "isa.h"
 #include "tiles.h"
@@ -44,15 +48,16 @@ void affine_act(ChannelAffineAct& op) {
   with_storage<T>({&op.x, &op.y}, [&](auto stored) { affine_act_in<kAffine, A, T, decltype(stored)>(op); });
 }
 
-// grad_x = grad_y * f'(v), and where asked (op.bias_sums) the bias gradient: the sums by
-// channel of the same products, taken before they are rounded to a 16-bit grad_x.
+// grad_x = grad_y * f'(v), and where asked (BiasActGrad) the bias gradient's sums of the
+// same products, taken before they are rounded to a 16-bit grad_x: in this pass (bias_sums)
+// where the walk can sum, else written out for the vendor sum (dz).
 template <Act A, typename T, typename S>
 void act_backward_in(BiasActGrad& op) {
   const T slope = static_cast<T>(op.slope);
   ChannelParams<T, 0> none;
   double* bias_sums = op.bias_sums.defined() ? op.bias_sums.mutable_data_ptr<double>() : nullptr;
-  const Geometry g{op.y.numel(), op.channels, op.inner};
-  map_channels(g, none, [&](int64_t begin, int64_t len, const auto& segments) {
+  T* dz_out = op.dz.defined() ? op.dz.mutable_data_ptr<T>() : nullptr;
+  map_channels(Geometry{op.y.numel(), op.channels, op.inner}, none, [&](int64_t begin, int64_t len, const auto& segments) {
     alignas(64) S g_buf[kChunk], y_buf[kChunk], dx_buf[kChunk];
     const S* dy = load(op.grad_y, begin, len, g_buf);
     const S* y = load(op.y, begin, len, y_buf);
@@ -60,15 +65,19 @@ void act_backward_in(BiasActGrad& op) {
     segments([&](int64_t pos, int64_t n, auto step, const auto&, auto* acc) {
       const S *dys = dy + pos, *ys = y + pos;
       S* dxs = dx + pos;
+      // (Captures by value: accumulate's reduction does not vectorize through references.)
       const auto grad = [=](int64_t i) {
         const T dz = math<T>(dys[i]) * act_grad_from_output<A>(math<T>(ys[i]), slope);
         put(dxs, i, dz);
         return dz;
       };
-      if (acc == nullptr) {
-        simd_for(n, grad);
-      } else {
+      if (acc != nullptr) {
         accumulate<decltype(step)::value, T>(acc, n, grad);
+      } else if (dz_out != nullptr) {
+        T* dzs = dz_out + begin + pos;
+        simd_for(n, [=](int64_t i) { dzs[i] = grad(i); });
+      } else {
+        simd_for(n, grad);
       }
     });
     store(dx, op.grad_x, begin, len);
@@ -100,6 +109,14 @@ void bias_act_cpu(BiasAct& op) {
 }
 
 void bias_act_grad_cpu(BiasActGrad& op) {
+  if (op.sum_bias) {
+    const at::ScalarType math_type = math_dtype(op.y.scalar_type());
+    if (can_sum_channels(Geometry{op.y.numel(), op.channels, op.inner})) {
+      op.bias_sums = at::zeros({op.channels}, op.y.options().dtype(at::kDouble));
+    } else if (op.y.scalar_type() != math_type) {
+      op.dz = at::empty_like(op.y, op.y.options().dtype(math_type));
+    }
+  }
   with_act(op.act, [&](auto act) {
     constexpr Act A = decltype(act)::value;
     op.y.scalar_type() == at::kDouble ? act_backward<A, double>(op) : act_backward<A, float>(op);

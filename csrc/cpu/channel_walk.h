@@ -116,9 +116,16 @@ struct ChannelParams {
 // Adds each channel's segment of a row of per-element values (channel c: [c * inner,
 // (c + 1) * inner)) into per_channel[c * stride], in float64.
 // (A SIMD sum: in sequence, each float64 add waits for the last, and with a few rows per
-// block this fold cost more than the block's per-element sums.)
+// block this fold cost more than the block's per-element sums. With one element per
+// channel, channels_last, a vector add across the channels: a SIMD sum of one element
+// per channel cost ~3 ns a channel, as much as a block's per-element work.)
 template <typename T>
 AIGC_CPU_CLONES void fold_row(const Geometry& g, const T* values, double* per_channel, int64_t stride = 1) {
+  if (g.inner == 1) {
+    AIGC_SIMD
+    for (int64_t c = 0; c < g.channels; ++c) per_channel[c * stride] += double(values[c]);
+    return;
+  }
   for (int64_t c = 0; c < g.channels; ++c) {
     const T* v = values + c * g.inner;
     double sum = 0;
@@ -128,27 +135,48 @@ AIGC_CPU_CLONES void fold_row(const Geometry& g, const T* values, double* per_ch
   }
 }
 
+// How map_channels cuts g. (With inner 1 the pattern of a long row is the parameters
+// themselves: no size limit.) The pattern's period: as many whole rows as fit in a chunk
+// (a chunk is then exactly one period), or one row longer than a chunk (chunks then split
+// where a row ends); never more rows than the tensor has.
+struct MapLayout {
+  bool patterned;
+  int64_t period;  // patterned only
+  int64_t size;    // elements per chunk
+
+  explicit MapLayout(const Geometry& g)
+      : patterned(g.inner < kMinRun && g.channels > 1 && (g.row() <= kMaxPatternRow || g.inner == 1)),
+        period(!patterned ? 0 : std::min(g.numel, g.row() <= kChunk ? g.row() * (kChunk / g.row()) : g.row())),
+        size(patterned ? std::min(period, kChunk) : kChunk) {}
+
+  // A summing map's accumulators per group: one per element of the period, or per channel.
+  int64_t sum_width(const Geometry& g) const { return patterned ? period : g.channels; }
+};
+
+// Whether map_channels can sum over g: at most kGroupElements accumulators a group, so that
+// a group's fold is never more work than its elements and the groups' partial sums hold at
+// most numel doubles. (A 1-d tensor of 16M channels would otherwise want a 16M-double
+// partial per group.)
+inline bool can_sum_channels(const Geometry& g) { return MapLayout(g).sum_width(g) <= kGroupElements; }
+
 // Calls chunk(begin, len, segments) for chunks of x (in parallel), where segments(seg)
 // calls seg(pos, n, step, params, acc) for the chunk's pieces; params[k] points at parameter
 // k's value (step 0) or at the value of element `pos` (step 1).
 //
-// With `sums`, the map also sums a value per element by channel (bias_act's backward: the
-// bias gradient from the pass that writes grad_x): acc points at the accumulator of the
-// piece's channel (step 0, a double) or of element pos in the pattern (step 1, a T), into
-// which seg adds its values (accumulate() below), and sums[c] receives channel c's total.
-// Sums do not depend on the thread count: chunks go in fixed groups, each on one thread
-// into accumulators of its own, folded per channel in float64 at its end and merged in
-// group order. Without `sums`, acc is null.
+// With `sums` (where can_sum_channels), the map also sums a value per element by channel
+// (bias_act's backward: the bias gradient from the pass that writes grad_x): acc points at
+// the accumulator of the piece's channel (step 0, a double) or of element pos in the
+// pattern (step 1, a T), into which seg adds its values (accumulate() below), and sums[c]
+// receives channel c's total. Sums do not depend on the thread count: chunks go in fixed
+// groups, each on one thread into accumulators of its own, folded per channel in float64
+// at its end and merged in group order. Without `sums`, acc is null.
 template <typename T, size_t P, typename Chunk>
 void map_channels(const Geometry& g, ChannelParams<T, P>& params, const Chunk& chunk, double* sums = nullptr) {
-  // (With inner 1 the pattern of a long row is the parameters themselves: no size limit.)
-  const bool patterned = g.inner < kMinRun && g.channels > 1 && (g.row() <= kMaxPatternRow || g.inner == 1);
-  // The pattern's period: as many whole rows as fit in a chunk (a chunk is then exactly
-  // one period), or one row longer than a chunk (chunks then split where a row ends);
-  // never more rows than the tensor has. It is built per call, so it costs one fill per
-  // channel and row copies (a division per element here was a 0.1-0.4 ms floor per call).
-  const int64_t period = !patterned ? 0 : std::min(g.numel, g.row() <= kChunk ? g.row() * (kChunk / g.row()) : g.row());
-  const int64_t size = patterned ? std::min(period, kChunk) : kChunk;
+  const MapLayout layout(g);
+  const bool patterned = layout.patterned;
+  const int64_t period = layout.period, size = layout.size;
+  // The pattern is built per call, so it costs one fill per channel and row copies (a
+  // division per element here was a 0.1-0.4 ms floor per call).
   for (size_t k = 0; patterned && k < P; ++k) {
     std::vector<T>& pattern = params.pattern[k];
     pattern.resize(period);
@@ -184,9 +212,13 @@ void map_channels(const Geometry& g, ChannelParams<T, P>& params, const Chunk& c
     return;
   }
   // Groups of at most kGroupElements, and about 16 of them where that is smaller (work to
-  // spread over the threads; the grouping depends on the shape alone). A T accumulator
-  // then takes at most kGroupElements / kChunk = 32 values, one per chunk.
-  const int64_t per_group = std::clamp<int64_t>(chunks / 16, 1, std::max<int64_t>(1, kGroupElements / size));
+  // spread over the threads), but never fewer elements than accumulators (see
+  // can_sum_channels); the grouping depends on the shape alone. A T accumulator takes one
+  // value per chunk: at most kGroupElements / size, 64 (a chunk holds over 2048 elements
+  // but in tensors that small).
+  TORCH_INTERNAL_ASSERT(can_sum_channels(g) && g.numel % g.row() == 0);
+  const int64_t least = (layout.sum_width(g) + size - 1) / size;
+  const int64_t per_group = std::clamp<int64_t>(chunks / 16, least, std::max(least, kGroupElements / size));
   const int64_t groups = (chunks + per_group - 1) / per_group;
   std::vector<double> partial(groups * g.channels, 0.0);
   for_units(groups, g.numel, [&](int64_t first, int64_t last) {
