@@ -74,6 +74,9 @@ def _train(args, given: dict) -> int:
             print(f"aigc-fast: stopped by Ctrl-C after step {stopped.step} (epoch {trainer.epoch}); continue with "
                   f"aigc-fast train {args.kind} --resume {trainer.run_dir}", file=sys.stderr)
         return 130  # the shell's code for a SIGINT
+    # (Only after a run that ended well: destroying the group while another process still
+    # waits in a collective, after an error here, could hang it.)
+    trainer.group.close()
     if trainer.group.main:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or (
             f"nothing to train: the run had already reached max_steps={config.max_steps} "

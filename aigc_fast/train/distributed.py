@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any, Dict, List
 
 import torch
@@ -19,6 +20,7 @@ class Group:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = 0
         self.device = torch.device(device)
+        self._held: tuple = ()  # see _collective
         if self.world == 1:
             return
         cuda = self.device.type == "cuda"
@@ -53,16 +55,40 @@ class Group:
         if not self.distributed:
             return values
         t = torch.tensor(list(values.values()), dtype=torch.float64, device=self._comm_device)
-        dist.all_reduce(t)
+        self._collective(dist.all_reduce, t)
         return dict(zip(values, (t / self.world).tolist()))
 
     def gather(self, obj: Any) -> List[Any]:
-        """obj from every process, in rank order (on every process)."""
+        """obj from every process, in rank order (on every process): pickled, as
+        all_gather_object does, but through tensors this object keeps (_collective)."""
         if not self.distributed:
             return [obj]
-        out: List[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(self._comm_device)
+        size = torch.tensor([data.numel()], device=self._comm_device)
+        sizes = [torch.empty_like(size) for _ in range(self.world)]
+        self._collective(dist.all_gather, sizes, size)
+        longest = max(int(s) for s in sizes)
+        padded = torch.zeros(longest, dtype=torch.uint8, device=self._comm_device)
+        padded[:data.numel()] = data
+        out = [torch.empty_like(padded) for _ in range(self.world)]
+        self._collective(dist.all_gather, out, padded, keep=(size, sizes))
+        return [pickle.loads(o[:int(n)].cpu().numpy().tobytes()) for o, n in zip(out, sizes)]
+
+    def _collective(self, op, *tensors, keep: tuple = ()) -> None:
+        """op(*tensors), with the tensors referenced from here until the next collective.
+        Gloo's worker thread drops its reference to a finished collective after the caller
+        has moved on; if that reference were the last, freeing the tensors would need the
+        GIL, and a process already exiting then aborts ("terminate called without an
+        active exception": 1 run in ~10 of a 2-process job ended so). Held here, the
+        tensors are freed by Python itself, long after the worker let go."""
+        op(*tensors)
+        self._held = (*keep, *tensors)
+
+    def close(self) -> None:
+        """Ends the distributed run: the process group this process joined is destroyed
+        (torch asks for it before exit). A no-op outside torchrun."""
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
 
     @property
     def _comm_device(self) -> torch.device:
