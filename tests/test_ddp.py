@@ -34,3 +34,20 @@ def test_two_gloo_processes_train_one_model_and_resume_exactly(tmp_path):
     torchrun(tmp_path / "split", 3)
     resumed = torchrun(tmp_path / "split", 10, resume=True)
     assert resumed[0]["weights"] == whole[0]["weights"] and resumed[1]["weights"] == whole[1]["weights"]
+
+
+def test_the_command_under_torchrun_trains_and_exits_cleanly(tmp_path):
+    """`torchrun -m aigc_fast train` as the README shows it: both processes exit 0 (the
+    command destroys the process group at the end), rank 0 alone reports and writes."""
+    pytest.importorskip("sklearn")  # the "digits" data
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "aigc_fast",
+           "train", "gan", "--data", "digits", "--image-size", "16", "--batch-size", "8", "--ngf", "4", "--ndf", "4",
+           "--nz", "8", "--max-steps", "3", "--log-every", "1", "--sample-every", "1000", "--no-progress",
+           "--out-dir", str(out)]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("run directory:") == 1  # printed by rank 0 only
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3]
