@@ -103,7 +103,7 @@ class _Trainer:
     def adam(self, module: nn.Module) -> torch.optim.Adam:
         """Adam over module's parameters with the config's lr and betas, in PyTorch's fused
         implementation (one kernel per parameter) on CPU and CUDA: the same update in half
-        the time of the default foreach one at these models' sizes (bench/NOTES.md)."""
+        (conv VAE) to two-thirds (DCGAN) of the default foreach one's time (bench/NOTES.md)."""
         return torch.optim.Adam(module.parameters(), lr=self.config.lr, betas=tuple(self.config.betas),
                                 fused=self.device.type in ("cpu", "cuda"))
 
