@@ -9,7 +9,6 @@ labels, ready to mix into a classifier's training set as class-balanced augmenta
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Optional, Union
@@ -20,7 +19,9 @@ import torch
 from .images import save_grid, to_uint8
 
 
-_SAMPLE_NAME = re.compile(r"(class_\d{3}/)?\d{6}\.png")  # the files write_samples writes under images/
+# In images/: the files write_samples wrote there, one per line. Names alone do not say so:
+# a user's own 000007.png would pass for one of ours and be deleted.
+_WRITTEN = ".written-by-aigc-fast"
 
 
 def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optional[torch.Tensor] = None) -> Path:
@@ -36,18 +37,25 @@ def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optio
     if folder.is_dir() and any(folder.iterdir()):
         # An earlier call's samples are replaced, not mixed with these: leftovers would join
         # the folder's images (and, unlabelled, class 0) when it is loaded as a dataset.
-        # Only a folder of this function's own file names is removed.
+        # Only a folder holding nothing but the files an earlier call listed is removed.
+        listed = folder / _WRITTEN
+        ours = set(listed.read_text().splitlines()) if listed.is_file() else set()
         foreign = [p for p in folder.rglob("*")
-                   if p.is_file() and not _SAMPLE_NAME.fullmatch(p.relative_to(folder).as_posix())]
+                   if p.is_file() and p != listed and p.relative_to(folder).as_posix() not in ours]
         if foreign:
             raise ValueError(f"{folder} holds files that write_samples did not write (e.g. {foreign[0].name}); "
                              "choose another output folder")
         shutil.rmtree(folder)
+    written = []
     for i, image in enumerate(pixels):
-        path = folder / (f"class_{int(labels[i]):03d}" if labels is not None else "") / f"{i:06d}.png"
+        name = (f"class_{int(labels[i]):03d}/" if labels is not None else "") + f"{i:06d}.png"
+        path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         array = image.permute(1, 2, 0).numpy()
         Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+        written.append(name)
+    folder.mkdir(parents=True, exist_ok=True)  # (also for n = 0)
+    (folder / _WRITTEN).write_text("\n".join(written) + "\n")
     arrays = {"images": pixels.numpy()}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy().astype(np.int64)

@@ -154,3 +154,12 @@ def test_sampling_again_replaces_the_earlier_samples(tmp_path):
     (tmp_path / "mine" / "images" / "holiday.png").write_bytes(b"")
     with pytest.raises(ValueError, match="did not write"):
         write_samples(images, tmp_path / "mine")
+    # A user's file named as ours would be is not taken for one of ours (nor one added later).
+    (tmp_path / "numbered" / "images").mkdir(parents=True)
+    (tmp_path / "numbered" / "images" / "000007.png").write_bytes(b"mine")
+    with pytest.raises(ValueError, match="did not write"):
+        write_samples(images, tmp_path / "numbered")
+    (tmp_path / "gen" / "images" / "000042.png").write_bytes(b"mine")
+    with pytest.raises(ValueError, match="did not write"):
+        write_samples(images, tmp_path / "gen")
+    assert (tmp_path / "gen" / "images" / "000042.png").read_bytes() == b"mine"
