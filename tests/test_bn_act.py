@@ -374,8 +374,6 @@ def test_nan_stays_in_its_channel():
          ValueError, "act must be one of"),
         (lambda: aigc_fast.bn_act(torch.zeros(1, 3, 1, 1), None, None, None, None, training=True), ValueError,
          "Expected more than 1 value per channel when training"),
-        (lambda: aigc_fast.bn_act(torch.zeros(0, 3, 4, 4), None, None, None, None, training=True), ValueError,
-         "non-empty"),
         (lambda: aigc_fast.bn_act(torch.zeros(6), None, None, None, None, training=True), ValueError,
          r"\[N, C, ...\]"),
         (lambda: aigc_fast.bn_act(torch.zeros(2, 3, dtype=torch.int64), None, None, None, None, training=True),
@@ -440,3 +438,23 @@ def test_bias_without_weight_and_strided_parameters():
         x2 = x.clone().requires_grad_()
         reference.bn_act(x2, strided_weight, strided_bias, None, None, training=True, act="leaky_relu").backward(grad_out)
         torch.testing.assert_close(x_.grad, x2.grad)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_an_empty_batch_behaves_as_torch_batchnorm(training, layout):
+    """As nn.BatchNorm2d + ReLU: an empty output, running statistics
+    untouched, num_batches_tracked counted in training; the blocks pass it through too."""
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.zeros(0, 3, 4, 4).to(memory_format=memory_format).requires_grad_()
+    bn = torch.nn.BatchNorm2d(3).train(training)
+    mean, var, count = torch.zeros(3), torch.ones(3), torch.tensor(0)
+    y = aigc_fast.bn_act(x, bn.weight, bn.bias, mean, var, training=training, num_batches_tracked=count)
+    expected = torch.relu(bn(x))
+    assert y.shape == expected.shape
+    assert torch.equal(mean, bn.running_mean) and torch.equal(var, bn.running_var)
+    assert int(count) == int(bn.num_batches_tracked)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    block = aigc_fast.nn.ConvBlock(3, 4, 4, 2, 1).train(training)
+    assert block(torch.zeros(0, 3, 8, 8)).shape == (0, 4, 4, 4)

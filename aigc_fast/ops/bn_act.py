@@ -19,8 +19,6 @@ def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, 
     _validate.float_tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"x must have a batch and a channel dimension ([N, C, ...]), got shape {list(x.shape)}")
-    if x.numel() == 0:
-        raise ValueError(f"bn_act needs a non-empty x, got shape {list(x.shape)}")
     channels = x.shape[1]
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
         if t is None:
@@ -44,7 +42,7 @@ def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, 
     _activations.check(act, negative_slope)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    if training and x.numel() // channels <= 1:
+    if training and x.numel() > 0 and x.numel() // channels == 1:  # (an empty batch passes, as in torch)
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
     if training and momentum is None and running_mean is not None and num_batches_tracked is None:
         raise ValueError("momentum=None (a cumulative average) needs num_batches_tracked")
@@ -96,7 +94,9 @@ def bn_act(
     """
     _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope,
            num_batches_tracked, memory_efficient)
-    if not _impl.use_fused(impl, "bn_act", x.device):
+    # An empty batch goes through the reference, which is PyTorch's BatchNorm: an empty output,
+    # running statistics untouched, num_batches_tracked counted (the kernels need elements).
+    if x.numel() == 0 or not _impl.use_fused(impl, "bn_act", x.device):
         return reference.bn_act(x, weight, bias, running_mean, running_var, training=training, momentum=momentum,
                                 eps=eps, act=act, negative_slope=negative_slope,
                                 num_batches_tracked=num_batches_tracked)
