@@ -80,7 +80,8 @@ def _train(args, given: dict) -> int:
     if trainer.group.main:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or (
             f"nothing to train: the run had already reached max_steps={config.max_steps} "
-            "(give a larger --max-steps)" if config.max_steps is not None else "no step trained")
+            "(give a larger --max-steps, or --max-steps none to lift the cap)"
+            if config.max_steps is not None else "no step trained")
         print(f"step {trainer.step} (epoch {trainer.epoch}): {shown}\nrun directory: {trainer.run_dir} "
               f"(checkpoint.pt, metrics.jsonl, samples/)")
     return 0
@@ -144,6 +145,11 @@ def main(argv=None) -> int:
         where = traceback.extract_tb(error.__traceback__)[-1]
         parser.exit(2, f"aigc-fast {args.command}: error: {error}\n(raised at {Path(where.filename).name}:"
                        f"{where.lineno}; AIGC_FAST_TRACEBACK=1 shows the traceback)\n")
+    except FloatingPointError as error:  # a run whose loss went NaN or infinite: not the arguments' fault
+        if os.environ.get("AIGC_FAST_TRACEBACK") == "1":
+            raise
+        print(f"aigc-fast {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 def _run(args) -> int:

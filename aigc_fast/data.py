@@ -25,10 +25,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 _EXTRA_HINT = "pip install 'aigc_fast[data]'"
 
 
+# The pip distribution behind each top-level module _require is asked for.
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "PIL": "Pillow"}
+
+
 def _require(module: str, what: str):
     # (find_spec of "PIL.Image" raises, rather than returning None, when PIL itself is missing.)
-    if importlib.util.find_spec(module.partition(".")[0]) is None or importlib.util.find_spec(module) is None:
-        raise ModuleNotFoundError(f"{what} needs the {module} package: {_EXTRA_HINT} (or pip install {module})")
+    top = module.partition(".")[0]
+    if importlib.util.find_spec(top) is None or importlib.util.find_spec(module) is None:
+        raise ModuleNotFoundError(f"{what} needs the {module} module: {_EXTRA_HINT} "
+                                  f"(or pip install {_DISTRIBUTIONS.get(top, top)})")
     return importlib.import_module(module)
 
 

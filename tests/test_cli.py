@@ -163,3 +163,20 @@ def test_sampling_again_replaces_the_earlier_samples(tmp_path):
     with pytest.raises(ValueError, match="did not write"):
         write_samples(images, tmp_path / "gen")
     assert (tmp_path / "gen" / "images" / "000042.png").read_bytes() == b"mine"
+
+
+def test_bad_devices_configs_and_diverged_runs_are_one_line_errors(tmp_path, capsys):
+    """What the user-level audit found printed as tracebacks: a device torch cannot name or
+    this machine lacks, a config file that is not a JSON object, a run whose loss diverged."""
+    for device in ["tpu", *(["cuda"] if not torch.cuda.is_available() else [])]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "vae", *TINY, "--device", device, "--out-dir", str(tmp_path / device)])
+        assert exit_info.value.code == 2 and f"device {device!r}" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "vae", "--config", str(tmp_path / "list.json")])
+    assert exit_info.value.code == 2 and "JSON object" in capsys.readouterr().err
+    code = main(["train", "vae", *TINY, "--latent-dim", "4", "--base", "8", "--lr", "1e4", "--precision", "fp32",
+                 "--max-steps", "20", "--out-dir", str(tmp_path / "diverged")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1

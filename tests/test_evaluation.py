@@ -192,7 +192,8 @@ def test_samples_round_trip_with_labels(tmp_path):
     pytest.importorskip("PIL")
     images, labels = torch.rand(12, 1, 8, 8), torch.arange(12) % 3
     write_samples(images, tmp_path, labels)
-    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["class_000", "class_001", "class_002"]
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [".written-by-aigc-fast", "class_000",
+                                                                       "class_001", "class_002"]
     for source in (tmp_path / "images", tmp_path / "samples.npz"):
         loaded = data_lib.load(source, image_size=8, channels=1, kind="vae")
         assert sorted(loaded.labels.tolist()) == sorted(labels.tolist())

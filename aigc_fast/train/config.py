@@ -67,6 +67,8 @@ class _Config:
             values = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"{source} is not valid JSON: {error}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{source} must hold a JSON object of config fields, got {type(values).__name__}")
         kind = values.pop("kind", cls.kind)
         if kind != cls.kind:
             raise ValueError(f"this is a {kind!r} config, not a {cls.kind!r} one")

@@ -35,6 +35,7 @@ class _Trainer:
 
     def __init__(self, config):
         self.config = config
+        _check_device(config.device)
         self.group = Group(config.device)
         self.device = self.group.device
         config.precision = resolve_precision(config.precision, self.device)  # what ran is what config.json says
@@ -367,6 +368,17 @@ class _Trainer:
                     "no checkpoint was written yet"
                 raise NonFiniteLossError(f"{name} became {value} at step {self.step + 1} (epoch {self.epoch}); "
                                          f"training stopped, {last}")
+
+
+def _check_device(device: str) -> None:
+    """A clear error for a device torch cannot name or this machine does not have."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a device torch knows ({error})") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}, "
+                         f"CUDA build {torch.version.cuda or 'none'}); use device 'cpu'")
 
 
 def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Trainer:
