@@ -252,9 +252,12 @@ def test_a_data_path_is_recorded_absolute(tmp_path, monkeypatch):
 
 
 def test_config_checks_and_files(tmp_path):
-    for field in ("log_every", "sample_every", "batch_size", "num_samples"):
+    for field in ("log_every", "sample_every", "batch_size", "num_samples", "nz", "ngf", "ndf"):
         with pytest.raises(ValueError, match=f"{field} must be an integer >= 1"):
             GANConfig(**{field: 0})
+    for field in ("latent_dim", "base"):
+        with pytest.raises(ValueError, match=f"{field} must be an integer >= 1"):
+            VAEConfig(**{field: 0})
     (tmp_path / "my.cfg").write_text(GANConfig(nz=7).to_json())
     assert GANConfig.from_json(str(tmp_path / "my.cfg")).nz == 7
     with pytest.raises(FileNotFoundError, match="no config file"):

@@ -48,6 +48,8 @@ def reparameterize(
         _validate.like(eps, "eps", mu, "mu")
     if return_kl and mu.dim() == 0:
         raise ValueError("return_kl=True needs a batch dimension: mu must have at least 1 dimension")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if not _impl.use_fused(impl, "reparameterize", mu.device):
         return reference.reparameterize(mu, logvar, eps=eps, generator=generator, return_kl=return_kl)
     seed = None

@@ -36,8 +36,9 @@ class _Config:
     deterministic: bool = False  # torch.use_deterministic_algorithms; no cuDNN autotuning
 
     def __post_init__(self):
+        sizes = [(name, 1) for name in ("nz", "ngf", "ndf", "latent_dim", "base") if hasattr(self, name)]
         for name, least in (("epochs", 0), ("batch_size", 1), ("log_every", 1), ("sample_every", 1),
-                            ("num_samples", 1)):
+                            ("num_samples", 1), *sizes):
             value = getattr(self, name)
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
