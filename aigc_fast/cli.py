@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--balanced", action="store_true",
                         help="n/K images of each class, labelled by the run's evaluation classifier")
+    sample.add_argument("--data", help="with --balanced: the real data, if the run did not record it")
     sample.add_argument("--device", help="default: the run's device")
 
     evaluate = commands.add_parser("evaluate", help="FID/KID/IS/coverage/CAS (and ELBO/NLL for a VAE) of a run")
@@ -167,7 +168,8 @@ def _run(args) -> int:
     if args.command == "sample":
         from .sampling import sample_run
 
-        out = sample_run(args.run_dir, args.n, args.out, seed=args.seed, balanced=args.balanced, device=args.device)
+        out = sample_run(args.run_dir, args.n, args.out, seed=args.seed, balanced=args.balanced, data=args.data,
+                         device=args.device)
         import numpy as np
 
         with np.load(out / "samples.npz") as written:

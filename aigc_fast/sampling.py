@@ -65,12 +65,13 @@ def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optio
 
 
 def sample_run(run_dir: Union[str, Path], n: int, out_dir: Union[str, Path, None] = None, *, seed: int = 0,
-               balanced: bool = False, device: Optional[str] = None) -> Path:
+               balanced: bool = False, data=None, device: Optional[str] = None) -> Path:
     """n images from the run's trained model, written by write_samples to out_dir (default
     RUN_DIR/generated). balanced: n // K of each of the K classes the evaluation classifier
     (trained on the run's real data, cached) assigns; generation continues until every class
     is filled, and stops with an error naming the missing classes if the model rarely makes
-    them (mode collapse)."""
+    them (mode collapse). data: the real data for that classifier, as evaluate takes it, for
+    a run trained on an in-memory set (the run records names and paths itself)."""
     from .evaluation.run import RealData, generate_unit, run_classifier
     from .evaluation.classifier import features_and_probs
     from .train.trainer import load_run
@@ -81,7 +82,7 @@ def sample_run(run_dir: Union[str, Path], n: int, out_dir: Union[str, Path, None
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "generated"
     if not balanced:
         return write_samples(generate_unit(trainer, n, seed=seed), out)
-    real = RealData(trainer, needs_held_out=False)
+    real = RealData(trainer, data, needs_held_out=False)
     classifier, _ = run_classifier(run_dir, real)
     per_class = n // real.num_classes
     if per_class < 1:

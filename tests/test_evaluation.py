@@ -145,6 +145,24 @@ def test_balanced_sampling_of_a_run_without_held_out_images(tmp_path, monkeypatc
         evaluate(out, n=20, write=False)  # the metrics do need them
 
 
+def test_balanced_sampling_of_a_run_trained_in_memory(tmp_path, monkeypatch):
+    """A run fit on arrays records no data: balanced sampling takes data= for its classifier
+    (as evaluate does), and says so when it is missing."""
+    import aigc_fast.evaluation.run as run
+
+    pytest.importorskip("sklearn")
+    images, labels = data_lib.load_digits()
+    out = tmp_path / "gan"
+    GANTrainer(GANConfig(out_dir=str(out), image_size=16, channels=1, nz=16, ngf=8, ndf=8, batch_size=32,
+                         max_steps=1, holdout=0.0, progress=False, sample_every=1000)).fit(images)
+    real = data_lib.load("digits", image_size=16, channels=1, kind="vae").images[:400]
+    monkeypatch.setattr(run, "generate_unit", lambda trainer, n, seed=0: real[torch.randperm(400)[:n]])
+    with pytest.raises(ValueError, match="pass data="):
+        sample_run(out, 20, tmp_path / "balanced", balanced=True)
+    written = sample_run(out, 20, tmp_path / "balanced", balanced=True, data=(images, labels))
+    assert sorted(np.load(written / "samples.npz")["labels"].tolist()) == sorted(list(range(10)) * 2)
+
+
 def test_real_data_from_an_images_labels_pair(digits_run):
     """A run trained on arrays in memory is evaluated against an (images, labels) pair: the
     same split as the named set, and a short name for results and the classifier cache."""

@@ -29,7 +29,7 @@ class RealData:
         source = data if data is not None else c.data
         if source is None:
             raise ValueError("the run does not record its data (it was trained on an in-memory set): pass data= "
-                             "(a name, a path, or an (images, labels) pair)")
+                             "(a name, a path, or an (images, labels) pair; --data on the command line)")
         if c.holdout <= 0 and needs_held_out:
             raise ValueError("evaluation needs held-out real images: this run was trained with holdout=0")
         self.source = _describe(source)
