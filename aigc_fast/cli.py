@@ -79,6 +79,7 @@ def _train(args, given: dict) -> int:
     trainer.group.close()
     if trainer.group.main:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or (
+            "nothing to train: --epochs 0 asks for no epoch" if config.epochs == 0 else
             f"nothing to train: the run had already reached max_steps={config.max_steps} "
             "(give a larger --max-steps, or --max-steps none to lift the cap)"
             if config.max_steps is not None else "no step trained")

@@ -180,3 +180,6 @@ def test_bad_devices_configs_and_diverged_runs_are_one_line_errors(tmp_path, cap
                  "--max-steps", "20", "--out-dir", str(tmp_path / "diverged")])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "vae", *TINY, "--latent-dim", "4", "--base", "8", "--epochs", "0",
+                 "--out-dir", str(tmp_path / "none")]) == 0
+    assert "--epochs 0 asks for no epoch" in capsys.readouterr().out

@@ -325,7 +325,17 @@ def fold(module: nn.Module) -> nn.Module:
     their names."""
     if any(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         raise ValueError("fold() is for inference: call model.eval() first (BatchNorm must use its running statistics)")
-    module = convert(copy.deepcopy(module))  # a plain model's groups, found the way convert finds them
+    try:
+        module = convert(copy.deepcopy(module))  # a plain model's groups, found the way convert finds them
+    except RuntimeError as error:
+        if "deepcopy" not in str(error):
+            raise
+        # torch.nn.utils.spectral_norm (the hook-based one) leaves a computed weight that
+        # deepcopy refuses once the model has run forward.
+        raise ValueError("fold() copies the model, and torch could not copy it: a model using the hook-based "
+                         "torch.nn.utils.spectral_norm cannot be copied after a forward pass; use "
+                         "torch.nn.utils.parametrizations.spectral_norm (which fold() supports), or "
+                         f"remove_spectral_norm before folding ({error})") from None
     for seq in [m for m in module.modules() if isinstance(m, FusedSequential)]:
         names = [name for name, _ in seq.named_children()]
         children = list(seq)
