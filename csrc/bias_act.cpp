@@ -31,6 +31,11 @@ Act parse_act(const std::string& act, double slope) {
               act, "'");
 }
 
+void request_unrounded_dz(BiasActGrad& op) {
+  const at::ScalarType math_type = math_dtype(op.y.scalar_type());
+  if (op.y.scalar_type() != math_type) op.dz = at::empty_like(op.y, op.y.options().dtype(math_type));
+}
+
 at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t dim,
                        std::string act, double negative_slope) {
   check_float_tensor(x, "x");
@@ -70,14 +75,10 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
   op.grad_y = in_order_of(grad_y, op.y);
   op.grad_x = at::empty_like(op.y);
   op.inner = std::max<int64_t>(y.numel(), 1);  // without a bias, one "channel" (as in bias_act_op)
-  std::vector<int64_t> dims;  // the dimensions a bias gradient sums over
   if (bias_dtype.has_value()) {
     TORCH_CHECK(dim >= 0 && dim < y.dim(), "dim must index a dimension of y (", y.dim(), "-d), got ", dim);
     op.channels = y.size(dim);
     if (op.channels > 1) op.inner = op.y.stride(dim);
-    for (int64_t d = 0; d < y.dim(); ++d) {
-      if (d != dim) dims.push_back(d);
-    }
     op.sum_bias = true;
   }
   if (y.numel() > 0) run_on_device(y, op, bias_act_grad_cpu, AIGC_CUDA_KERNEL(bias_act_grad_cuda));
@@ -90,6 +91,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
       // (float32, float64). (An empty dim list would mean "all dims" to sum: a 1-d y is its
       // own bias gradient.)
       const at::Tensor& dz = op.dz.defined() ? op.dz : op.grad_x;
+      const std::vector<int64_t> dims = dims_except(y.dim(), dim);
       grad_bias = (dims.empty() ? dz.clone() : dz.sum(dims)).to(*bias_dtype);
     }
   }

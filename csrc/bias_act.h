@@ -8,6 +8,7 @@
 
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "aigc_fast/activations.h"
 
@@ -37,6 +38,19 @@ struct BiasActGrad {
   at::Tensor bias_sums;  // set by a kernel that summed: float64 [channels]
   at::Tensor dz;         // set by a kernel that wrote dz: the math type, laid out like y
 };
+
+// For a kernel that cannot sum the bias gradient in its pass: op.dz in the math type where
+// grad_x, in a 16-bit type, cannot hold the unrounded products (else grad_x itself is summed).
+void request_unrounded_dz(BiasActGrad& op);
+
+// The dimensions of an ndim-d tensor a bias gradient along `dim` sums over.
+inline std::vector<int64_t> dims_except(int64_t ndim, int64_t dim) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < ndim; ++d) {
+    if (d != dim) dims.push_back(d);
+  }
+  return dims;
+}
 
 // The activation named `act` (the names of aigc_fast/_activations.py); a clear error otherwise.
 Act parse_act(const std::string& act, double slope);

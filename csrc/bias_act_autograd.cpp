@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "act_derivative.h"
+#include "bias_act.h"
 #include "checks.h"
 #include "find_op.h"
 
@@ -64,10 +65,7 @@ class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
       const at::Tensor dz = grad_through_activation(grads[0].to(math_type), y.to(math_type), act, slope);
       grad_x = dz.to(y.scalar_type());
       if (need_bias) {
-        std::vector<int64_t> dims;
-        for (int64_t d = 0; d < y.dim(); ++d) {
-          if (d != dim) dims.push_back(d);
-        }
+        const std::vector<int64_t> dims = dims_except(y.dim(), dim);
         // (A 1-d y: the bias gradient is dz itself, cloned so it never shares grad_x's memory.)
         grad_bias = (dims.empty() ? dz.clone() : dz.sum(dims)).to(at::ScalarType(bias_dtype));
       }

@@ -4,13 +4,11 @@
 #include "../bias_act.h"
 #include "../bn_act.h"
 
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <vector>
 
-#include "../checks.h"
 #include "channel_walk.h"
 #include "isa.h"
 #include "tiles.h"
@@ -110,11 +108,10 @@ void bias_act_cpu(BiasAct& op) {
 
 void bias_act_grad_cpu(BiasActGrad& op) {
   if (op.sum_bias) {
-    const at::ScalarType math_type = math_dtype(op.y.scalar_type());
     if (can_sum_channels(Geometry{op.y.numel(), op.channels, op.inner})) {
       op.bias_sums = at::zeros({op.channels}, op.y.options().dtype(at::kDouble));
-    } else if (op.y.scalar_type() != math_type) {
-      op.dz = at::empty_like(op.y, op.y.options().dtype(math_type));
+    } else {
+      request_unrounded_dz(op);
     }
   }
   with_act(op.act, [&](auto act) {

@@ -3,12 +3,10 @@
 // (bias_act.h, ChannelOf). The formulas are the headers the CPU kernels use. The bias gradient is a
 // vendor reduction of the unrounded products (bias_act.cpp).
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../bias_act.h"
 #include "../bn_act.h"
-#include "../checks.h"
 #include "../tensor_ref.h"
 #include "launch.cuh"
 
@@ -63,8 +61,7 @@ void bias_act_cuda(BiasAct& op) {
 
 void bias_act_grad_cuda(BiasActGrad& op) {
   const c10::cuda::CUDAGuard guard(op.y.device());
-  const at::ScalarType math_type = math_dtype(op.y.scalar_type());
-  if (op.sum_bias && op.y.scalar_type() != math_type) op.dz = at::empty_like(op.y, op.y.options().dtype(math_type));
+  if (op.sum_bias) request_unrounded_dz(op);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t n = op.y.numel();
   with_act(op.act, [&](auto act) {
