@@ -3,7 +3,8 @@
 # checks what it has, builds aigc_fast from this checkout for the visible GPU's
 # architecture, runs the CUDA tests (and compute-sanitizer memcheck on a small subset when
 # the tool is there), the CUDA rows of the training-step and op benchmarks, the per-op
-# profile (host ATen calls, kernels and their time: bench/profile_ops.py) and
+# profile (host ATen calls, kernels and their time: bench/profile_ops.py), the kernels of
+# one training step (bench/profile_step.py) and
 # torch.compile on the DCGAN 64x64 goal, and prints every table again last, then one line
 # per stage.
 #
@@ -28,7 +29,7 @@ PY=${PYTHON:-python3}
 # package (python -P avoids that only from Python 3.11 on).
 cd "$LOG"
 # A reused folder must not report an earlier run's numbers (only what this script writes goes).
-rm -rf ./*-cuda.json steps-cli tables.md profile.md ./*.log machine.txt info.txt
+rm -rf ./*-cuda.json steps-cli tables.md profile.md profile-step.md ./*.log machine.txt info.txt
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 END=$((SECONDS + ${GPU_CHECK_BUDGET:-450}))
 RESERVE=15  # seconds kept for the tables at the end
@@ -177,6 +178,17 @@ if t=$(budget 90); then
   tee -a tables.md <profile.md
 else
   note "profile: skipped (out of time)"
+fi
+# The same for one whole training step, fused against eager: which kernels a step's time goes to.
+if t=$(budget 60); then
+  if AIGC_FAST_REQUIRE_EXTENSION=1 timeout "$t" "$PY" "$REPO/bench/profile_step.py" --device cuda >profile-step.md 2>profile-step.log; then
+    note "step profile: ok"
+  else
+    note "step profile: failed or cut off (see profile-step.log)"; fail 6
+  fi
+  tee -a tables.md <profile-step.md
+else
+  note "step profile: skipped (out of time)"
 fi
 if [ "$HAVE_BENCH" = 1 ]; then
   # torch.compile for the DCGAN 64x64 goal (not slower than compile) in the default bf16

@@ -1,0 +1,70 @@
+"""Where one whole training step spends its time, fused against eager: the step's wall
+time, its kernels' total device time and count, and the kernels that take most of it
+(summed by name over the step). A wall time far above the kernel time is host cost
+(launches, allocations, autograd, Python); a fused step whose kernel time is above
+eager's has a slow kernel, named in the table. The per-op view is bench/profile_ops.py.
+
+    python bench/profile_step.py                       (a GPU: dcgan64,vae64 in bf16 channels_last)
+    python bench/profile_step.py --workloads dcgan28 --precision fp32 --layout nchw --top 5
+"""
+
+import argparse
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from aigc_fast import benchmark
+from profile_ops import _short, _sync, wall_ms
+
+
+def kernel_totals(step, device):
+    """({kernel name: (calls, device us)}, host ATen calls) of one step."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        _sync(device)
+    totals = defaultdict(lambda: [0, 0.0])
+    aten = 0
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            totals[e.name][0] += 1
+            totals[e.name][1] += e.time_range.elapsed_us()
+        elif e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")):
+            aten += 1
+    return totals, aten
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workloads", default="dcgan64,vae64")
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--layout", default="channels_last", choices=("nchw", "channels_last"))
+    parser.add_argument("--providers", default="fused,eager")
+    parser.add_argument("--top", type=int, default=12, help="kernels listed per step")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "none"
+    print(f"{args.device}, GPU: {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.precision} {args.layout}. One training step per row (wall: median of rounds of 10).\n")
+    for workload in args.workloads.split(","):
+        print(f"**{workload}**\n")
+        print("| provider | wall ms | host ATen calls | kernels | kernel ms | longest kernels, summed by name: calls x, ms |")
+        print("|---|---:|---:|---:|---:|---|")
+        for provider in args.providers.split(","):
+            step, _ = benchmark.make_step(workload, provider, precision=args.precision,
+                                          channels_last=args.layout == "channels_last", device=args.device)
+            benchmark.time_step(step, warmup=3, repeats=0)
+            ms = wall_ms(step, args.device, args.repeats)
+            totals, aten = kernel_totals(step, args.device)
+            kernel_ms = sum(us for _, us in totals.values()) / 1e3
+            count = sum(n for n, _ in totals.values())
+            top = sorted(totals.items(), key=lambda kv: -kv[1][1])[: args.top]
+            listed = "<br>".join(f"{_short(name, 70)} {n}x {us / 1e3:.3f}" for name, (n, us) in top) or "-"
+            print(f"| {provider} | {ms:.2f} | {aten} | {count} | {kernel_ms:.2f} | {listed} |")
+        print()
+
+
+if __name__ == "__main__":
+    main()
