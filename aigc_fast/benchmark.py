@@ -3,7 +3,10 @@ backward, optimizer steps; for a GAN both D and G) per workload, provider and se
 timed and with its peak memory. Used by `aigc-fast bench` and bench/test_bench_steps.py.
 
 Providers: "fused" (the fused backend), "eager" (the reference backend: plain PyTorch),
-"compile" (the reference under torch.compile), "fused+compile".
+"compile" (the reference under torch.compile), "fused+compile", and on a GPU "fused+graph"
+and "eager+graph" (the step replayed as one CUDA graph, the trainers' default there: see
+aigc_fast/train/cuda_graph.py). The others run with cuda_graph=False, as a plain training
+loop does.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ WORKLOADS = {  # name: (kind, config fields) -- the workloads of issue 6
     "vae28": ("vae", dict(image_size=28, channels=1, batch_size=128)),
     "vae64": ("vae", dict(image_size=64, channels=3, batch_size=64)),
 }
-PROVIDERS = {"fused": ("fused", False), "eager": ("reference", False), "compile": ("reference", True),
-             "fused+compile": ("fused", True)}
+PROVIDERS = {  # name: (backend, torch.compile, CUDA graph)
+    "fused": ("fused", False, False), "eager": ("reference", False, False), "compile": ("reference", True, False),
+    "fused+compile": ("fused", True, False), "fused+graph": ("fused", False, True),
+    "eager+graph": ("reference", False, True),
+}
 
 
 def make_step(workload: str, provider: str, *, precision: str = "fp32", channels_last: bool = False,
@@ -41,7 +47,9 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
     from ._impl import fused_unavailable_reason
 
     kind, fields = WORKLOADS[workload]
-    backend, compiled = PROVIDERS[provider]
+    backend, compiled, graphed = PROVIDERS[provider]
+    if graphed and torch.device(device).type != "cuda":
+        raise ValueError(f"the {provider!r} provider replays CUDA graphs: it runs on a GPU only, not on {device}")
     # The trainers fall back to the reference ops where the kernels cannot run (a missing
     # build, another GPU architecture): a "fused" row would then time plain PyTorch.
     reason = fused_unavailable_reason(torch.device(device)) if backend == "fused" else None
@@ -50,7 +58,7 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
                            f"the reference ops under its name: {reason}")
     config_class, trainer_class = (GANConfig, GANTrainer) if kind == "gan" else (VAEConfig, VAETrainer)
     # train_step writes nothing (only fit creates the run directory), so out_dir is never made
-    config = config_class(**fields, backend=backend, compile=compiled, precision=precision,
+    config = config_class(**fields, backend=backend, compile=compiled, cuda_graph=graphed, precision=precision,
                           channels_last=channels_last, device=device, progress=False,
                           out_dir=str(Path(tempfile.gettempdir()) / "aigc-fast-bench-unused"))
     trainer = trainer_class(config)
@@ -68,6 +76,19 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
             torch.cuda.synchronize(trainer.device)
         return metrics
 
+    if graphed:  # the eager warm-up steps and the capture belong to setup, as compilation does
+        from .train.cuda_graph import WARMUP_STEPS
+
+        for _ in range(WARMUP_STEPS):
+            step()
+        # A replay allocates nothing: the step's memory is the graph's pool, held from the
+        # capture on. Its peak is measured here, over the capture and the first replay.
+        torch.cuda.synchronize(trainer.device)
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+        held = torch.cuda.memory_allocated(trainer.device)
+        step()
+        step.graph_peak_bytes = torch.cuda.max_memory_allocated(trainer.device) - held
+        assert trainer._graphed.captured
     return step, config.batch_size
 
 
@@ -121,7 +142,10 @@ def cpu_peak_bytes(step: Callable[[], object]) -> Optional[int]:
 
 def peak_bytes(step: Callable[[], object], device: str) -> Optional[int]:
     """A step's peak memory beyond what was held before it: CUDA's allocator statistics on
-    a GPU, the CPU allocator's events on the CPU."""
+    a GPU, the CPU allocator's events on the CPU. A step replayed as a CUDA graph: the peak
+    of its capture (make_step), since a replay allocates nothing of its own."""
+    if getattr(step, "graph_peak_bytes", None) is not None:
+        return step.graph_peak_bytes
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

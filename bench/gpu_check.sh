@@ -10,6 +10,10 @@
 #
 #   bash bench/gpu_check.sh LOG_DIR        (full logs and benchmark JSON go to LOG_DIR)
 #
+# A shorter check (a rerun after a fix): GPU_CHECK_MEMCHECK=0 skips compute-sanitizer,
+# GPU_CHECK_SUITES names the op suites to run (default "reparameterize losses bias_act
+# blocks"), GPU_CHECK_COMPILE=0 skips the torch.compile steps.
+#
 # Budget: GPU_CHECK_BUDGET seconds (default 450) for everything, so it ends inside 8
 # minutes with the tables printed. Each stage's timeout is the smaller of its own limit
 # and what is left; a stage that would start with too little left is skipped and says
@@ -114,7 +118,7 @@ if [ "$HAVE_PYTEST" = 1 ]; then
   if t=$(budget 150); then
     AIGC_FAST_REQUIRE_EXTENSION=1 timeout "$t" "${PYTEST[@]}" "$REPO"/tests/test_cuda.py \
       "$REPO"/tests/test_cuda_losses.py "$REPO"/tests/test_cuda_bias_act.py "$REPO"/tests/test_cuda_bn_act.py \
-      >tests.log 2>&1
+      "$REPO"/tests/test_cuda_train.py >tests.log 2>&1
     rc=$?
     tail -5 tests.log
     if [ $rc = 0 ]; then note "tests: $(tail -1 tests.log)"; else note "tests: FAILED (exit $rc): $(tail -1 tests.log)"; fail 4; fi
@@ -122,7 +126,9 @@ if [ "$HAVE_PYTEST" = 1 ]; then
     note "tests: skipped (out of time)"
   fi
 
-  if [ -z "$SANITIZER" ]; then
+  if [ "${GPU_CHECK_MEMCHECK:-1}" = 0 ]; then
+    note "memcheck: skipped (GPU_CHECK_MEMCHECK=0)"
+  elif [ -z "$SANITIZER" ]; then
     note "memcheck: skipped (compute-sanitizer not found in PATH or under CUDA_HOME)"
   elif ! t=$(budget 120); then
     note "memcheck: skipped (out of time)"
@@ -154,7 +160,7 @@ if [ "$HAVE_BENCH" = 1 ]; then
   # every setting; then the op suites (the goal: >= 85% of copy bandwidth at large sizes;
   # blocks at batch 64 without compile rows, which would not fit).
   bench_suite steps 150 20 bench/test_bench_steps.py -k "cuda and not compile"
-  for suite in reparameterize losses bias_act blocks; do
+  for suite in ${GPU_CHECK_SUITES:-reparameterize losses bias_act blocks}; do
     bench_suite "$suite" 90 15 "bench/test_bench_$suite.py" -k "cuda and not noise_source and not b128 and not compile"
   done
 else
@@ -181,7 +187,8 @@ else
 fi
 # The same for one whole training step, fused against eager: which kernels a step's time goes to.
 if t=$(budget 60); then
-  if AIGC_FAST_REQUIRE_EXTENSION=1 timeout "$t" "$PY" "$REPO/bench/profile_step.py" --device cuda >profile-step.md 2>profile-step.log; then
+  if AIGC_FAST_REQUIRE_EXTENSION=1 timeout "$t" "$PY" "$REPO/bench/profile_step.py" --device cuda \
+      --providers fused,eager,fused+graph >profile-step.md 2>profile-step.log; then
     note "step profile: ok"
   else
     note "step profile: failed or cut off (see profile-step.log)"; fail 6
@@ -190,7 +197,7 @@ if t=$(budget 60); then
 else
   note "step profile: skipped (out of time)"
 fi
-if [ "$HAVE_BENCH" = 1 ]; then
+if [ "$HAVE_BENCH" = 1 ] && [ "${GPU_CHECK_COMPILE:-1}" != 0 ]; then
   # torch.compile for the DCGAN 64x64 goal (not slower than compile) in the default bf16
   # channels_last, one provider per run: compiling is the slowest part of the check.
   bench_suite steps-compile 120 100 bench/test_bench_steps.py \

@@ -72,6 +72,11 @@ def print_table(rows, memory="all"):
     has_speedup = {"fused", "eager"} <= set(providers)
     if has_speedup:
         header += ["fused vs eager"] + (["fused vs compile"] if "compile" in providers else [])
+    # Steps on a GPU: the trainers' default (the fused step as one CUDA graph) against plain
+    # eager, and against eager replayed as a graph too (equal settings).
+    graph_pairs = [(a, b) for a, b in (("fused+graph", "eager"), ("fused+graph", "eager+graph"))
+                   if {a, b} <= set(providers)]
+    header += [f"{a} vs {b}" for a, b in graph_pairs]
     floor = next((p for p in ("copy", "clone") if p in providers), None)
     if floor:
         header += [f"fused / {floor}"]
@@ -99,6 +104,9 @@ def print_table(rows, memory="all"):
             for other in ["eager"] + (["compile"] if "compile" in providers else []):
                 base = by.get(other, {}).get("median_s")
                 cells.append(f"{base / fused:.1f}x" if fused and base else "-")
+        for a, b in graph_pairs:
+            mine, base = by.get(a, {}).get("median_s"), by.get(b, {}).get("median_s")
+            cells.append(f"{base / mine:.1f}x" if mine and base else "-")
         if floor:
             floor_s = (floor_record(by) or {}).get("median_s")
             cells.append(f"{fused / floor_s:.1f}" if fused and floor_s else "-")

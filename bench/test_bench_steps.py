@@ -33,6 +33,8 @@ NATIVE_BF16 = aigc_fast.info(print_report=False)["cpu_native_bf16"]
 def test_step(benchmark, device, workload, provider, precision, layout):
     if device == "cpu" and not ALL and (workload.endswith("64") or (precision == "bf16" and not NATIVE_BF16)):
         pytest.skip("slow on this CPU (AIGC_FAST_BENCH_ALL=1 runs it)")
+    if device != "cuda" and provider.endswith("+graph"):
+        pytest.skip("CUDA graphs run on a GPU only")
     torch.manual_seed(0)
     step, batch = steps.make_step(workload, provider, precision=precision, channels_last=layout == "channels_last",
                                   device=device)

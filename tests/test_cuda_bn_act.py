@@ -69,6 +69,9 @@ LARGE_SHAPES = {
     "65536 values per channel": ((64, 4, 32, 32), "nchw"),
     "2-d, 4096 channels": ((128, 4096), "nchw"),
     "channels_last 512@4x4": ((64, 512, 4, 4), "channels_last"),
+    "channels_last 65536 rows": ((64, 40, 32, 32), "channels_last"),
+    # past 2^23 elements channels_last takes the row kernels (bn_act.cu: kRowKernelsFrom)
+    "channels_last 2^21 rows, row kernels": ((33, 4, 256, 256), "channels_last"),
 }
 
 
@@ -123,8 +126,9 @@ def test_cuda_memory_efficient_mode(act):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-def test_cuda_large_mean_and_compile():
-    x = torch.randn(16, 4, 32, 32, device="cuda") + 1e4
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_large_mean_and_compile(layout):
+    x = LAYOUTS[layout](torch.randn(16, 4, 32, 32, device="cuda") + 1e4)
     rm, rv = torch.zeros(4, device="cuda"), torch.ones(4, device="cuda")
     aigc_fast.bn_act(x, None, None, rm, rv, training=True, momentum=1.0, act="identity")
     torch.testing.assert_close(rv.double().cpu(), x.double().var((0, 2, 3)).cpu(), rtol=1e-4, atol=0)

@@ -140,3 +140,26 @@ def test_load_run_restores_the_trained_model_without_touching_the_rng(tmp_path):
     assert torch.equal(torch.get_rng_state(), before)
     assert loaded.step == 2 and isinstance(loaded, VAETrainer)
     assert torch.equal(loaded.generate(4, seed=1), trainer.generate(4, seed=1))
+
+
+def test_cuda_graph_is_a_gpu_setting(tmp_path):
+    """cuda_graph (on by default) replays steps on a GPU only: on the CPU the steps run
+    eagerly and the optimizers are the plain fused ones; the flag round-trips the config
+    and the CLI (--no-cuda-graph), and the benchmark refuses its graph providers here.
+    (The graphed steps themselves: tests/test_cuda_train.py, on a GPU.)"""
+    import argparse
+
+    from aigc_fast import benchmark
+    from aigc_fast.cli import _config_options
+
+    trainer = gan(tmp_path)
+    assert trainer.config.cuda_graph and not trainer.cuda_graph and trainer._graphed is None
+    assert not trainer.opt_d.param_groups[0]["capturable"]
+    metrics = trainer.train_step(images(8) * 2 - 1)
+    assert set(metrics) == {"d_loss", "g_loss"} and all(isinstance(v, float) for v in metrics.values())
+    assert GANConfig.from_json(GANConfig(cuda_graph=False).to_json()).cuda_graph is False
+    parser = argparse.ArgumentParser()
+    _config_options(parser, GANConfig)
+    assert parser.parse_args(["--no-cuda-graph"]).cuda_graph is False
+    with pytest.raises(ValueError, match="GPU only"):
+        benchmark.make_step("dcgan28", "fused+graph", device="cpu")

@@ -33,6 +33,7 @@ class _Config:
     precision: str = "auto"    # "fp32", "bf16" (autocast), "fp16" (autocast + GradScaler); auto: see resolve_precision
     channels_last: bool = True   # models and images in channels_last (faster convolutions on CPU and GPU)
     compile: bool = False      # torch.compile the models (training steps) before the first step
+    cuda_graph: bool = True    # on a GPU, replay each step as one CUDA graph (eager with compile, fp16 or torchrun)
     deterministic: bool = False  # torch.use_deterministic_algorithms; no cuDNN autotuning
 
     def __post_init__(self):

@@ -48,7 +48,7 @@ class GANTrainer(_Trainer):
     def modules(self) -> Dict[str, Any]:
         return {"G": self.G, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d}
 
-    def train_step(self, real: torch.Tensor) -> Dict[str, float]:
+    def step_losses(self, real: torch.Tensor) -> Dict[str, torch.Tensor]:
         z = torch.randn(real.shape[0], self.config.nz, device=self.device)
         with self.autocast():
             fake = self.run_g(z)
@@ -61,7 +61,7 @@ class GANTrainer(_Trainer):
             self.optimize(g_loss, self.opt_g)
         finally:
             self.D.requires_grad_(True)
-        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
     @torch.no_grad()
     def generate(self, n: int, *, seed: Optional[int] = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from .. import data as data_lib
 from ..images import save_grid
 from .checkpoint import load_checkpoint, save_atomic
 from .config import resolve_precision
+from .cuda_graph import GraphedStep
 from .distributed import Group
 from .interrupt import TrainingInterrupted, stop_between_steps
 
@@ -44,13 +45,24 @@ class _Trainer:
         # Models are built on the CPU: seeding the CPU generator alone gives the same initial
         # weights in every process (the CUDA generator is seeded when training starts).
         torch.random.default_generator.manual_seed(config.seed)
+        self.cuda_graph = self._cuda_graph_applies()  # before build: the optimizers must be capturable
         self.build()
+        self._graphed = GraphedStep(self.step_losses) if self.cuda_graph else None
         if self.group.distributed:  # but each process its own noise and flips
             torch.random.default_generator.manual_seed(self._process_seed)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.step = 0
         self.epoch = 0  # the epoch in progress
         self.batch_in_epoch = 0  # batches of it already trained
+
+    def _cuda_graph_applies(self) -> bool:
+        """Whether steps replay as a CUDA graph (cuda_graph.py): on a GPU, unless compiled
+        (torch.compile has its own graphs: mode="reduce-overhead"), in fp16 (the GradScaler
+        reads its overflow check on the host) or under torchrun (DistributedDataParallel's
+        all-reduce would need its own capture)."""
+        c = self.config
+        return (c.cuda_graph and self.device.type == "cuda" and not c.compile and c.precision != "fp16"
+                and not self.group.distributed)
 
     @property
     def _process_seed(self) -> int:
@@ -71,8 +83,16 @@ class _Trainer:
         optimizers, and the runners the steps call (see prepare)."""
         raise NotImplementedError
 
-    def train_step(self, images: torch.Tensor) -> Dict[str, float]:
+    def step_losses(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One training step on a batch; its losses as detached 0-d tensors, not read (no
+        host synchronization inside a step, so that it can be captured as a CUDA graph)."""
         raise NotImplementedError
+
+    def train_step(self, images: torch.Tensor) -> Dict[str, float]:
+        """One training step on a batch (replayed as a CUDA graph where cuda_graph applies);
+        its losses as numbers, read in one device synchronization."""
+        losses = self._graphed(images) if self._graphed is not None else self.step_losses(images)
+        return dict(zip(losses, torch.stack([v.float() for v in losses.values()]).tolist()))
 
     def generate(self, n: int, *, seed: Optional[int] = None) -> torch.Tensor:
         """n images in value_range, from the model in eval mode."""
@@ -106,7 +126,7 @@ class _Trainer:
         implementation (one kernel per parameter) on CPU and CUDA: the same update in half
         (conv VAE) to two-thirds (DCGAN) of the default foreach one's time (bench/NOTES.md)."""
         return torch.optim.Adam(module.parameters(), lr=self.config.lr, betas=tuple(self.config.betas),
-                                fused=self.device.type in ("cpu", "cuda"))
+                                fused=self.device.type in ("cpu", "cuda"), capturable=self.cuda_graph)
 
     def autocast(self):
         if self.config.precision == "fp32":
@@ -173,6 +193,8 @@ class _Trainer:
                              f"the same number (this run has {self.group.world}) to continue the same data order")
         for name, module in self.modules().items():
             module.load_state_dict(state["modules"][name])
+        if self._graphed is not None:
+            self._graphed.reset()  # the optimizers' state tensors were replaced: capture again
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]

@@ -47,12 +47,12 @@ class VAETrainer(_Trainer):
     def modules(self) -> Dict[str, Any]:
         return {"model": self.model, "opt": self.opt}
 
-    def train_step(self, x: torch.Tensor) -> Dict[str, float]:
+    def step_losses(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         c = self.config
         with self.autocast():
             loss, recon, kl = self.model.loss(x, self.run_model(x), beta=c.beta, recon_loss=c.recon_loss)
         self.optimize(loss, self.opt)
-        return {"loss": loss.item(), "recon": recon.item(), "kl": kl.item()}
+        return {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
 
     def to_images(self, decoded: torch.Tensor) -> torch.Tensor:
         """Decoder outputs as images in [0, 1]: for recon_loss "bce" they are logits (the

@@ -6,9 +6,12 @@
 // The per-element math is batch_norm.h's, as on CPU.
 //
 // Element k of channel c sits at ((k / inner) * channels + c) * inner + k % inner (the
-// division by Divider's multiply): for channels_last (inner = 1) a warp's reads are
-// `channels` apart, which is correct but not coalesced (a channels-innermost reduction is
-// the next step for that layout).
+// division by Divider's multiply). Where channels are innermost (inner = 1: channels_last,
+// or [N, C]) that walk reads `channels` apart within a warp; past kRowKernelsFrom
+// elements those layouts take the row kernels instead: a block of 32 channels x 8 rows, a
+// warp reading 32 neighbouring channels of one row (coalesced), each thread one channel
+// over every 8th row of its split. Both write the same partials, merged by the same
+// kernels.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -87,6 +90,73 @@ __global__ void stats_kernel(Ref x, ChannelSlices s, double* partials) {
   }
 }
 
+// Where the row kernels take over. They read coalesced but split the rows 256 ways, and the
+// merge kernels then run 256 float64 merges in sequence per channel (~70 us for the
+// statistics, ~30 for the sums, on an H200): measured there (bench/NOTES.md, 2026-11-30),
+// the DCGAN 64x64 step's BatchNorms (up to 2^23 elements) spent 1.98 ms in the row kernels
+// and merges against 1.16 in the channel walk, while at 64x64x128x128 the post part took
+// 1.67 ms against 2.81. A merge in parallel over the splits would let them run everywhere.
+constexpr int64_t kRowKernelsFrom = int64_t(1) << 23;
+
+bool use_row_kernels(int64_t inner, int64_t numel) { return inner == 1 && numel > kRowKernelsFrom; }
+
+// The row kernels' block: 32 channels (one warp's lanes) by kRowLanes rows.
+constexpr int kRowLanes = kMaxThreads / 32;
+constexpr int64_t kRowsPerSplit = 64;  // rows of one split, at least
+static_assert(kRowLanes * 32 == kMaxThreads, "the row kernels' block is kMaxThreads threads");
+
+// [rows, channels] with channels innermost: splits of the rows, as ChannelSlices splits a
+// channel (per_channel = rows).
+ChannelSlices row_slices_of(int64_t numel, int64_t channels) {
+  const int64_t rows = numel / channels;
+  int64_t splits = (rows + kRowsPerSplit - 1) / kRowsPerSplit;
+  splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
+  return ChannelSlices{channels, Divider(1), rows, splits};
+}
+
+dim3 row_grid(const ChannelSlices& s) { return dim3(static_cast<unsigned>((s.channels + 31) / 32), s.splits); }
+
+// Stage 1 of the statistics for channels-innermost tensors: Welford per thread over its
+// rows (four loads in flight before their updates), then thread row 0 merges the block's
+// rows in order (merge_moments, float64). Same partials as stats_kernel.
+template <typename T>
+__global__ void stats_rows_kernel(Ref x, ChannelSlices s, double* partials) {
+  __shared__ double counts[kRowLanes][32], means[kRowLanes][32], m2s[kRowLanes][32];
+  const int lane = threadIdx.x, row_lane = threadIdx.y;
+  const int64_t c = blockIdx.x * int64_t(32) + lane, split = blockIdx.y;
+  T n = 0, mean = 0, m2 = 0;
+  auto update = [&](T v) {
+    n += T(1);
+    const T delta = v - mean;
+    mean += delta / n;
+    m2 += delta * (v - mean);
+  };
+  if (c < s.channels) {
+    const int64_t end = s.begin(split + 1);
+    int64_t r = s.begin(split) + row_lane;
+    for (; r + 3 * kRowLanes < end; r += 4 * kRowLanes) {
+      T v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = load<T>(x, (r + u * kRowLanes) * s.channels + c);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) update(v[u]);
+    }
+    for (; r < end; r += kRowLanes) update(load<T>(x, r * s.channels + c));
+  }
+  counts[row_lane][lane] = double(n);
+  means[row_lane][lane] = double(mean);
+  m2s[row_lane][lane] = double(m2);
+  __syncthreads();
+  if (row_lane == 0 && c < s.channels) {
+    Moments m{0, 0, 0};
+    for (int j = 0; j < kRowLanes; ++j) merge_moments(m, counts[j][lane], means[j][lane], m2s[j][lane]);
+    double* out = partials + (c * s.splits + split) * 3;
+    out[0] = m.count;
+    out[1] = m.mean;
+    out[2] = m.m2;
+  }
+}
+
 // Stage 2, one thread per channel: merges the slices in order, then the channel's step.
 __global__ void stats_merge_kernel(const double* partials, int64_t channels, int64_t splits, BnForwardChannels step) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -130,6 +200,38 @@ __global__ void sums_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s,
   if (threadIdx.x == 0) {
     partials[(c * s.splits + split) * 2] = double(sum1);
     partials[(c * s.splits + split) * 2 + 1] = double(sum2);
+  }
+}
+
+// sums_kernel for channels-innermost tensors (the row kernels' walk, as stats_rows_kernel);
+// thread row 0 adds the block's rows in order. Same partials as sums_kernel.
+template <bool kFromOutput, Act A, typename T>
+__global__ void sums_rows_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s, T slope, double* partials) {
+  __shared__ T sums1[kRowLanes][32], sums2[kRowLanes][32];
+  const int lane = threadIdx.x, row_lane = threadIdx.y;
+  const int64_t c = blockIdx.x * int64_t(32) + lane, split = blockIdx.y;
+  T s1 = 0, s2 = 0;
+  if (c < s.channels) {
+    const int64_t end = s.begin(split + 1);
+#pragma unroll 4
+    for (int64_t r = s.begin(split) + row_lane; r < end; r += kRowLanes) {
+      T dz, centered;
+      element<kFromOutput, A>(dy, y, x, p, c, r * s.channels + c, slope, dz, centered);
+      s1 += dz;
+      s2 += dz * centered;
+    }
+  }
+  sums1[row_lane][lane] = s1;
+  sums2[row_lane][lane] = s2;
+  __syncthreads();
+  if (row_lane == 0 && c < s.channels) {
+    double t1 = 0, t2 = 0;
+    for (int j = 0; j < kRowLanes; ++j) {
+      t1 += double(sums1[j][lane]);
+      t2 += double(sums2[j][lane]);
+    }
+    partials[(c * s.splits + split) * 2] = t1;
+    partials[(c * s.splits + split) * 2 + 1] = t2;
   }
 }
 
@@ -178,12 +280,17 @@ void channel_stats_cuda(ChannelStats& op) {
   check_channel_grid(op.channels);
   const c10::cuda::CUDAGuard guard(op.x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const ChannelSlices s = slices_of(op.x.numel(), op.channels, op.inner);
+  const bool rows = use_row_kernels(op.inner, op.x.numel());
+  const ChannelSlices s = rows ? row_slices_of(op.x.numel(), op.channels) : slices_of(op.x.numel(), op.channels, op.inner);
   const at::Tensor partials = at::empty({op.channels * s.splits * 3}, op.x.options().dtype(at::kDouble));
   with_math_type(op.x, [&](auto type) {
     using T = decltype(type);
-    stats_kernel<T><<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(ref(op.x), s,
-                                                                            partials.mutable_data_ptr<double>());
+    double* out = partials.mutable_data_ptr<double>();
+    if (rows) {
+      stats_rows_kernel<T><<<row_grid(s), dim3(32, kRowLanes), 0, stream>>>(ref(op.x), s, out);
+    } else {
+      stats_kernel<T><<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(ref(op.x), s, out);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   stats_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(partials.const_data_ptr<double>(),
@@ -202,15 +309,22 @@ void bn_act_sums_cuda(BnActGrad& op) {
   check_channel_grid(op.channels);
   const c10::cuda::CUDAGuard guard(op.y.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const ChannelSlices s = slices_of(op.y.numel(), op.channels, op.inner);
+  const bool rows = use_row_kernels(op.inner, op.y.numel());
+  const ChannelSlices s = rows ? row_slices_of(op.y.numel(), op.channels) : slices_of(op.y.numel(), op.channels, op.inner);
   const at::Tensor partials = at::empty({op.channels * s.splits * 2}, op.y.options().dtype(at::kDouble));
   const Ref x = optional_ref(op.x);
   with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
     using T = decltype(type);
-    sums_kernel<decltype(from_output)::value, decltype(act)::value, T>
-        <<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(ref(op.grad_y), ref(op.y), x, grad_params(op), s,
-                                                                   static_cast<T>(op.slope),
-                                                                   partials.mutable_data_ptr<double>());
+    constexpr bool kFromOutput = decltype(from_output)::value;
+    constexpr Act kAct = decltype(act)::value;
+    double* out = partials.mutable_data_ptr<double>();
+    if (rows) {
+      sums_rows_kernel<kFromOutput, kAct, T><<<row_grid(s), dim3(32, kRowLanes), 0, stream>>>(
+          ref(op.grad_y), ref(op.y), x, grad_params(op), s, static_cast<T>(op.slope), out);
+    } else {
+      sums_kernel<kFromOutput, kAct, T><<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(
+          ref(op.grad_y), ref(op.y), x, grad_params(op), s, static_cast<T>(op.slope), out);
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   sums_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(partials.const_data_ptr<double>(),
