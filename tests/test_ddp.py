@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
+
+from aigc_fast.train.distributed import _wait_until_released
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -45,9 +48,23 @@ def test_the_command_under_torchrun_trains_and_exits_cleanly(tmp_path):
            "train", "gan", "--data", "digits", "--image-size", "16", "--batch-size", "8", "--ngf", "4", "--ndf", "4",
            "--nz", "8", "--max-steps", "3", "--log-every", "1", "--sample-every", "1000", "--no-progress",
            "--out-dir", str(out)]
-    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=180)
+    # (From another folder: run from the repository, python -m would import its source
+    # folder, without the compiled kernels, ahead of the installed package.)
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("run directory:") == 1  # printed by rank 0 only
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3]
+
+
+def test_close_waits_until_no_cpp_code_holds_the_last_collectives_tensors():
+    """What Group.close() does before destroying the process group (an exiting process
+    whose gloo thread let go of a tensor later aborted, 1 run in ~10): here autograd's
+    graph stands in for the collective's work item that holds the tensors in C++."""
+    held = [torch.randn(3, requires_grad=True), torch.randn(3)]
+    assert _wait_until_released(held)
+    product = held[0] * held[1]  # the graph keeps both factors for the backward
+    assert not _wait_until_released(held, timeout_s=0.05)
+    del product
+    assert _wait_until_released(held) and len(held) == 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+import time
 from typing import Any, Dict, List
 
 import torch
@@ -20,7 +22,7 @@ class Group:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = 0
         self.device = torch.device(device)
-        self._held: tuple = ()  # see _collective
+        self._held: List[torch.Tensor] = []  # see _collective
         if self.world == 1:
             return
         cuda = self.device.type == "cuda"
@@ -75,21 +77,45 @@ class Group:
         return [pickle.loads(o[:int(n)].cpu().numpy().tobytes()) for o, n in zip(out, sizes)]
 
     def _collective(self, op, *tensors, keep: tuple = ()) -> None:
-        """op(*tensors), with the tensors referenced from here until the next collective.
-        Gloo's worker thread drops its reference to a finished collective after the caller
-        has moved on; if that reference were the last, freeing the tensors would need the
-        GIL, and a process already exiting then aborts ("terminate called without an
-        active exception": 1 run in ~10 of a 2-process job ended so). Held here, the
-        tensors are freed by Python itself, long after the worker let go."""
+        """op(*tensors); the tensors of the latest collective (and keep) stay referenced
+        here, so close() can wait until the backend has let go of them."""
         op(*tensors)
-        self._held = (*keep, *tensors)
+        flat = [t for item in (*keep, *tensors) for t in (item if isinstance(item, list) else [item])]
+        self._held = list({id(t): t for t in flat}.values())
 
     def close(self) -> None:
-        """Ends the distributed run: the process group this process joined is destroyed
-        (torch asks for it before exit). A no-op outside torchrun."""
+        """Ends the distributed run: once the backend's threads have let go of the last
+        collective's tensors (_wait_until_released), the process group this process joined
+        is destroyed (torch asks for it before exit). A no-op outside torchrun."""
         if self.distributed and dist.is_initialized():
+            held, self._held = self._held, []
+            _wait_until_released(held)
             dist.destroy_process_group()
 
     @property
     def _comm_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+
+def _wait_until_released(tensors: List[torch.Tensor], timeout_s: float = 5.0) -> bool:
+    """Waits (at most timeout_s) until no C++ code holds the tensors any more; True if none
+    does. tensors: a list that alone references them in Python.
+
+    Why: a tensor that C++ holds (gloo's worker thread keeps a finished collective's work
+    item a moment after the caller has moved on) holds a reference to its Python object,
+    and the thread that lets go last drops that reference under the GIL. If the process
+    has begun to exit by then, Python ends that thread inside C++ code and the process
+    aborts: "terminate called without an active exception" (1 run in ~10 of a 2-process
+    job; the stack went ProcessGroupGloo::runLoop, TensorImpl::decref_pyobject,
+    PyEval_AcquireThread). So a tensor is still held while its reference count is above
+    that of a fresh tensor held the same way (an entry of the list, the call's argument)."""
+    tensors.append(torch.empty(0))  # the baseline: no collective touched it
+    try:
+        deadline = time.monotonic() + timeout_s
+        while any(sys.getrefcount(tensors[i]) > sys.getrefcount(tensors[-1]) for i in range(len(tensors) - 1)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1e-4)  # without the GIL, so the thread can take it
+        return True
+    finally:
+        tensors.pop()
