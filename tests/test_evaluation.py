@@ -114,8 +114,11 @@ def test_evaluate_a_run(digits_run):
     assert results["real_held_out"] == round(1797 * 0.2) and results["generated"] == 300
     assert results["fid"] > 5 * results["fid_real_held_out"]  # 4 steps of training: far from real
     assert 0 <= results["class_coverage"] <= 1 and 1 <= results["inception_score"] <= 10
-    assert 1 <= results["inception_score_matched"] <= 10 and "as many generated images as held-out ones" in \
-        (digits_run / "eval" / "metrics.md").read_text().split("Inception Score, ")[1]
+    # The matched rows: as many images on both sides, here all 300 generated against 300 of the 359 held out.
+    assert results["matched"] == 300 and 1 <= results["inception_score_matched"] <= 10
+    table = (digits_run / "eval" / "metrics.md").read_text()
+    assert "| FID, 300 generated images (as many as the real column's) |" in table
+    assert "| Inception Score, 300 generated images (as many as the real column's) |" in table
     assert json.loads((digits_run / "eval" / "metrics.json").read_text())["fid"] == results["fid"]
     assert "| FID" in (digits_run / "eval" / "metrics.md").read_text()
     cached = (digits_run / "eval" / "classifier.pt").stat().st_mtime

@@ -118,7 +118,7 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
     m = min(n, len(f_held))  # the matched size: the held-out count, or n when fewer are generated
     results = {
         "kind": trainer.kind, "step": trainer.step, "data": real.source, "generated": n,
-        "real_train": len(real.train_images), "real_held_out": len(real.held_images),
+        "real_train": len(real.train_images), "real_held_out": len(real.held_images), "matched": m,
         # FID is biased upward at small sample sizes: the real reference (the held-out images)
         # is compared with as many generated images (m), besides the FID of all n.
         "fid": frechet_distance(f_fake, f_train), "fid_matched": frechet_distance(f_fake[:m], f_train),
@@ -146,10 +146,10 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
 
 _ROWS = [  # (key, label, the real-data reference it is read against)
     ("fid", "FID, all generated images vs real train (classifier features)", None),
-    ("fid_matched", "FID, as many generated images as held-out ones", "fid_real_held_out"),
+    ("fid_matched", "FID, {matched} generated images (as many as the real column's)", "fid_real_held_out"),
     ("kid", "KID", "kid_real_held_out"),
     ("inception_score", "Inception Score (classifier), all generated images", None),
-    ("inception_score_matched", "Inception Score, as many generated images as held-out ones",
+    ("inception_score_matched", "Inception Score, {matched} generated images (as many as the real column's)",
      "inception_score_real_held_out"),
     ("class_coverage", "class coverage", None),
     ("class_kl", "class KL to uniform (nats)", None),
@@ -169,5 +169,5 @@ def format_table(results: Dict[str, float]) -> str:
     for key, label, reference in _ROWS:
         if key in results:
             ref = f"{results[reference]:.4g}" if reference else ""
-            lines.append(f"| {label} | {results[key]:.4g} | {ref} |")
+            lines.append(f"| {label.format(matched=results.get('matched'))} | {results[key]:.4g} | {ref} |")
     return "\n".join(lines) + "\n"
