@@ -18,4 +18,7 @@ trainer.fit(torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0)
 weights = torch.cat([p.detach().flatten() for p in [*trainer.G.parameters(), *trainer.D.parameters()]])
 (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(
     {"world": trainer.group.world, "step": trainer.step, "weights": weights.tolist()}))
-trainer.group.close()  # as `aigc-fast train` does under torchrun
+if resume:  # as a script of one's own might end: the Group waits for gloo at exit
+    dist.destroy_process_group()
+else:
+    trainer.group.close()  # as `aigc-fast train` does under torchrun

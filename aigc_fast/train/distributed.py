@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import sys
@@ -29,6 +30,10 @@ class Group:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if cuda else "gloo")
         self.rank = dist.get_rank()
+        # A script that ends with destroy_process_group() alone, or with nothing, gets the
+        # wait of close() too, before the interpreter shuts down (this keeps the Group, a
+        # few small tensors, until then).
+        atexit.register(self._wait_for_backend)
         if cuda:  # torchrun's LOCAL_RANK picks this process's GPU
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
             torch.cuda.set_device(self.device)
@@ -88,9 +93,12 @@ class Group:
         collective's tensors (_wait_until_released), the process group this process joined
         is destroyed (torch asks for it before exit). A no-op outside torchrun."""
         if self.distributed and dist.is_initialized():
-            held, self._held = self._held, []
-            _wait_until_released(held)
+            self._wait_for_backend()
             dist.destroy_process_group()
+
+    def _wait_for_backend(self) -> None:
+        held, self._held = self._held, []
+        _wait_until_released(held)
 
     @property
     def _comm_device(self) -> torch.device:
@@ -104,10 +112,10 @@ def _wait_until_released(tensors: List[torch.Tensor], timeout_s: float = 5.0) ->
     Why: a tensor that C++ holds (gloo's worker thread keeps a finished collective's work
     item a moment after the caller has moved on) holds a reference to its Python object,
     and the thread that lets go last drops that reference under the GIL. If the process
-    has begun to exit by then, Python ends that thread inside C++ code and the process
-    aborts: "terminate called without an active exception" (1 run in ~10 of a 2-process
-    job; the stack went ProcessGroupGloo::runLoop, TensorImpl::decref_pyobject,
-    PyEval_AcquireThread). So a tensor is still held while its reference count is above
+    has begun to shut down by then (past its atexit callbacks), Python ends that thread
+    inside C++ code and the process aborts: "terminate called without an active
+    exception" (1 run in ~10 of a 2-process job; the stack went ProcessGroupGloo::runLoop,
+    TensorImpl::decref_pyobject, PyEval_AcquireThread). So a tensor is still held while its reference count is above
     that of a fresh tensor held the same way (an entry of the list, the call's argument)."""
     tensors.append(torch.empty(0))  # the baseline: no collective touched it
     try:
