@@ -48,8 +48,8 @@ def test_the_command_under_torchrun_trains_and_exits_cleanly(tmp_path):
            "train", "gan", "--data", "digits", "--image-size", "16", "--batch-size", "8", "--ngf", "4", "--ndf", "4",
            "--nz", "8", "--max-steps", "3", "--log-every", "1", "--sample-every", "1000", "--no-progress",
            "--out-dir", str(out)]
-    # (From another folder: run from the repository, python -m would import its source
-    # folder, without the compiled kernels, ahead of the installed package.)
+    # Run from tmp_path: from the repository root, python -m would put the source tree
+    # (no compiled kernels) ahead of the installed package.
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, capture_output=True,
                           text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -62,6 +62,12 @@ def test_close_waits_until_no_cpp_code_holds_the_last_collectives_tensors():
     """What Group.close() does before destroying the process group (an exiting process
     whose gloo thread let go of a tensor later aborted, 1 run in ~10): here autograd's
     graph stands in for the collective's work item that holds the tensors in C++."""
+    probe = torch.empty(1)
+    before = sys.getrefcount(probe)
+    view = probe.view(-1)  # holds its base in C++
+    if sys.getrefcount(probe) == before:
+        pytest.skip(f"torch {torch.__version__}'s reference counts do not show C++ holders (nothing to wait for)")
+    del view
     held = [torch.randn(3, requires_grad=True), torch.randn(3)]
     assert _wait_until_released(held)
     product = held[0] * held[1]  # the graph keeps both factors for the backward

@@ -258,7 +258,7 @@ def test_config_checks_and_files(tmp_path):
     for field in ("latent_dim", "base"):
         with pytest.raises(ValueError, match=f"{field} must be an integer >= 1"):
             VAEConfig(**{field: 0})
-    for bad in (-1, 2.5):
+    for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="max_steps must be None .* or an integer >= 0"):
             GANConfig(max_steps=bad)
     (tmp_path / "my.cfg").write_text(GANConfig(nz=7).to_json())

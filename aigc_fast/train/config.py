@@ -41,9 +41,10 @@ class _Config:
         for name, least in (("epochs", 0), ("batch_size", 1), ("log_every", 1), ("sample_every", 1),
                             ("num_samples", 1), *sizes):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < least:
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 0):
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 0):
             raise ValueError(f"max_steps must be None (no cap) or an integer >= 0, got {self.max_steps!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")

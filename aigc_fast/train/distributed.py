@@ -8,6 +8,7 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from typing import Any, Dict, List
 
 import torch
@@ -82,11 +83,14 @@ class Group:
         return [pickle.loads(o[:int(n)].cpu().numpy().tobytes()) for o, n in zip(out, sizes)]
 
     def _collective(self, op, *tensors, keep: tuple = ()) -> None:
-        """op(*tensors); the tensors of the latest collective (and keep) stay referenced
-        here, so close() can wait until the backend has let go of them."""
-        op(*tensors)
+        """op(*tensors). The tensors of the latest collective (and keep) stay referenced
+        here, set before the call so that one that raises is covered too: close() (or, at
+        exit, the atexit hook) waits until the backend has let go of them. They stay
+        referenced after that, so that with an older torch, whose reference counts do not
+        show C++ holders, the backend's thread still never frees their Python objects."""
         flat = [t for item in (*keep, *tensors) for t in (item if isinstance(item, list) else [item])]
         self._held = list({id(t): t for t in flat}.values())
+        op(*tensors)
 
     def close(self) -> None:
         """Ends the distributed run: once the backend's threads have let go of the last
@@ -97,8 +101,10 @@ class Group:
             dist.destroy_process_group()
 
     def _wait_for_backend(self) -> None:
-        held, self._held = self._held, []
-        _wait_until_released(held)
+        if self._held and not _wait_until_released(self._held):
+            warnings.warn("aigc_fast: the distributed backend still held the last collective's tensors after 5 s; "
+                          "if this process aborts at exit ('terminate called without an active exception'), "
+                          "that is why", RuntimeWarning, stacklevel=2)
 
     @property
     def _comm_device(self) -> torch.device:
@@ -107,16 +113,20 @@ class Group:
 
 def _wait_until_released(tensors: List[torch.Tensor], timeout_s: float = 5.0) -> bool:
     """Waits (at most timeout_s) until no C++ code holds the tensors any more; True if none
-    does. tensors: a list that alone references them in Python.
+    does. tensors: distinct tensors that this list alone references in Python (another
+    reference, or a tensor twice, reads as held: the wait then runs to the timeout).
 
-    Why: a tensor that C++ holds (gloo's worker thread keeps a finished collective's work
-    item a moment after the caller has moved on) holds a reference to its Python object,
-    and the thread that lets go last drops that reference under the GIL. If the process
-    has begun to shut down by then (past its atexit callbacks), Python ends that thread
-    inside C++ code and the process aborts: "terminate called without an active
-    exception" (1 run in ~10 of a 2-process job; the stack went ProcessGroupGloo::runLoop,
-    TensorImpl::decref_pyobject, PyEval_AcquireThread). So a tensor is still held while its reference count is above
-    that of a fresh tensor held the same way (an entry of the list, the call's argument)."""
+    Why: in recent torch (2.13 and 2.14 here) a tensor that C++ holds (gloo's worker thread
+    keeps a finished collective's work item a moment after the caller has moved on) holds
+    a reference to its Python object, and the thread that lets go last drops that
+    reference under the GIL. If the process has begun to shut down by then (past its atexit callbacks), Python
+    ends that thread inside C++ code and the process aborts: "terminate called without an
+    active exception" (1 run in ~10 of a 2-process job; the stack went
+    ProcessGroupGloo::runLoop, TensorImpl::decref_pyobject, PyEval_AcquireThread). So a
+    tensor is still held while its reference count is above that of a fresh tensor held
+    the same way (an entry of the list, the call's argument). Where the counts do not show
+    C++ holders (older torch) this returns at once; the tensors there only need to stay
+    referenced from Python, as Group keeps them."""
     tensors.append(torch.empty(0))  # the baseline: no collective touched it
     try:
         deadline = time.monotonic() + timeout_s
