@@ -22,10 +22,16 @@ from pathlib import Path
 def _config_options(parser: argparse.ArgumentParser, config_class) -> None:
     """One --option per config field (--out-dir for out_dir, --flip/--no-flip for booleans),
     absent unless given, so a resumed run keeps its recorded values for the rest."""
+    from .train.config import FIELD_CHOICES
+
     for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
         kind = str(field.type)
         help_text = f"(default {field.default!r})"
+        if field.name in FIELD_CHOICES:
+            help_text = f"{', '.join(FIELD_CHOICES[field.name])} {help_text}"
+        elif kind.startswith("Optional"):
+            help_text = f"a value, or none {help_text}"
         if field.name == "data":  # the command trains on something: the built-in MNIST
             help_text = "mnist, digits, an image folder or an .npy/.npz file (default 'mnist')"
         if kind == "bool":
@@ -141,7 +147,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError) as error:  # most likely the arguments: one line, and where it was raised
+    # Most likely the arguments (a value, a path that is a file, data of the wrong type): one
+    # line, and where it was raised.
+    except (ValueError, TypeError, OSError) as error:
         if args.command == "bench" or os.environ.get("AIGC_FAST_TRACEBACK") == "1":
             raise
         where = traceback.extract_tb(error.__traceback__)[-1]

@@ -147,10 +147,16 @@ def _as_nchw(images: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def to_model_range(images: torch.Tensor, kind: str) -> torch.Tensor:
-    """float32 images in [-1, 1] (kind "gan") or [0, 1] ("vae"), from uint8 (0-255) or float
-    images already in [0, 1]."""
+    """float32 images in [-1, 1] (kind "gan") or [0, 1] ("vae"), from uint8 (or other integer)
+    pixels 0-255, or float images already in [0, 1]."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not images.is_floating_point() and images.dtype not in (torch.uint8, torch.bool) and images.numel():
+        # Integer pixels (NumPy's default int64 of an array built from 0-255 values): uint8's scale.
+        lo, hi = images.min().item(), images.max().item()
+        if lo < 0 or hi > 255:
+            raise ValueError(f"integer images must hold pixel values 0-255 (as uint8 does), got values in [{lo}, {hi}]")
+        images = images.to(torch.uint8)
     if images.dtype == torch.uint8:
         unit = images.float() / 255.0
     elif images.is_floating_point():

@@ -34,6 +34,10 @@ def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optio
     out = Path(out_dir)
     pixels = to_uint8(images, (0.0, 1.0))
     folder = out / "images"
+    # samples.npz and grid.png are replaced only where an earlier call left its list of files.
+    theirs = [name for name in ("samples.npz", "grid.png") if (out / name).exists()]
+    if theirs and not (folder / _WRITTEN).is_file():
+        raise ValueError(f"{out} holds {theirs[0]}, which write_samples did not write; choose another output folder")
     if folder.is_dir() and any(folder.iterdir()):
         # An earlier call's samples are replaced, not mixed with these: leftovers would join
         # the folder's images (and, unlabelled, class 0) when it is loaded as a dataset.

@@ -63,6 +63,11 @@ def test_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["train", "vae", *TINY, "--max-steps", "1", "--out-dir", str(tmp_path / "b")])
     assert "already holds a run" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")  # an out-dir that is a file: the OS's one-line error
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "vae", *TINY, "--max-steps", "1", "--out-dir", str(tmp_path / "a-file")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "File exists" in err and "Traceback" not in err
     monkeypatch.setenv("AIGC_FAST_TRACEBACK", "1")
     with pytest.raises(ValueError, match="bf17"):
         main(["train", "vae", *TINY, "--precision", "bf17", "--out-dir", str(tmp_path / "c")])
@@ -163,6 +168,13 @@ def test_sampling_again_replaces_the_earlier_samples(tmp_path):
     with pytest.raises(ValueError, match="did not write"):
         write_samples(images, tmp_path / "gen")
     assert (tmp_path / "gen" / "images" / "000042.png").read_bytes() == b"mine"
+    # Nor a user's own samples.npz or grid.png in a folder write_samples never wrote to.
+    for name in ("samples.npz", "grid.png"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / name).write_bytes(b"mine")
+        with pytest.raises(ValueError, match=f"holds {name}, which write_samples did not write"):
+            write_samples(images, tmp_path / name)
+        assert (tmp_path / name / name).read_bytes() == b"mine"
 
 
 def test_bad_devices_configs_and_diverged_runs_are_one_line_errors(tmp_path, capsys):

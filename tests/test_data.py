@@ -100,6 +100,10 @@ def test_ranges_and_tensors():
     torch.testing.assert_close(data.to_model_range(u8, "vae"), torch.tensor([[[[0.0, 1.0]]]]))
     with pytest.raises(ValueError, match=r"float images must be in \[0, 1\]"):
         data.to_model_range(torch.full((1, 1, 2, 2), 3.0), "vae")
+    # Integer pixels (NumPy's default int64 for an array of 0-255 values) read as uint8's.
+    torch.testing.assert_close(data.to_model_range(u8.long(), "gan"), torch.tensor([[[[-1.0, 1.0]]]]))
+    with pytest.raises(ValueError, match=r"integer images must hold pixel values 0-255 .* got values in \[0, 300\]"):
+        data.to_model_range(torch.tensor([[[[0, 300]]]]), "vae")
     ds = data.load(torch.rand(4, 1, 28, 28), image_size=28, kind="gan")
     assert ds.images.min() >= -1 and ds.images.max() <= 1 and len(ds) == 4
     flipped = data.ImageData(torch.arange(4.0).view(1, 1, 1, 4), flip=True)

@@ -130,6 +130,8 @@ def test_evaluate_refuses_too_few_images_before_any_work(digits_run):
     for n in (0, 1, -5):
         with pytest.raises(ValueError, match="n must be at least 2"):
             evaluate(digits_run, n=n, write=False)
+    with pytest.raises(ValueError, match="nll_samples must be at least 1"):
+        evaluate(digits_run, n=300, nll_samples=0, write=False)
 
 
 def test_balanced_sampling_of_a_run_without_held_out_images(tmp_path, monkeypatch):

@@ -153,10 +153,28 @@ def test_mlp_vae_loads_the_pytorch_example_checkpoint():
      r"takes images \[N, 1, 28, 28\], got shape \[2, 1, 32, 32\]"),
     (lambda: ConvVAE(4, channels=1, image_size=16, base=4)(torch.zeros(2, 3, 16, 16)), r"\[N, 1, 16, 16\]"),
     (lambda: MLPVAE()(torch.zeros(2, 3, 28, 28)), r"takes \[N, 784\] .*got shape \[2, 3, 28, 28\]"),
+    (lambda: DCGANGenerator(ngf=0), "DCGANGenerator: ngf must be an integer >= 1, got 0"),
+    (lambda: DCGANDiscriminator(ndf=-2), "DCGANDiscriminator: ndf must be an integer >= 1, got -2"),
+    (lambda: ConvVAE(latent_dim=-1), "ConvVAE: latent_dim must be an integer >= 1, got -1"),
+    (lambda: ConvVAE(base=0), "ConvVAE: base must be an integer >= 1, got 0"),
+    (lambda: MLPVAE(hidden=0), "MLPVAE: hidden must be an integer >= 1, got 0"),
+    (lambda: ConvVAE(4, channels=1, image_size=16, base=4).sample(-1), "n must be an integer >= 0"),
 ])
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_integer_inputs_are_named():
+    """uint8 images or integer z: a TypeError naming the argument, not the first layer's
+    "expected scalar type" error."""
+    D = DCGANDiscriminator(ndf=4, channels=1, image_size=28)
+    with pytest.raises(TypeError, match="DCGANDiscriminator takes floating-point images .* got torch.uint8"):
+        D(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="DCGANGenerator takes floating-point z .* got torch.int64"):
+        DCGANGenerator(nz=8, ngf=4, channels=1, image_size=28)(torch.zeros(2, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="ConvVAE takes floating-point images"):
+        ConvVAE(4, channels=1, image_size=16, base=4)(torch.zeros(2, 1, 16, 16, dtype=torch.uint8))
 
 
 def test_vae_sample_runs_in_eval_mode_and_leaves_the_mode_alone():

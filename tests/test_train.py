@@ -258,6 +258,9 @@ def test_config_checks_and_files(tmp_path):
     for field in ("latent_dim", "base"):
         with pytest.raises(ValueError, match=f"{field} must be an integer >= 1"):
             VAEConfig(**{field: 0})
+    with pytest.raises(ValueError, match="image_size must be one of 16, 28, 32, 64, 128 for the convolutional"):
+        GANConfig(image_size=20)
+    assert VAEConfig(model="mlp", image_size=20).image_size == 20  # an MLP takes any size
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="max_steps must be None .* or an integer >= 0"):
             GANConfig(max_steps=bad)
@@ -326,3 +329,14 @@ def test_a_second_ctrl_c_interrupts_at_once(tmp_path):
         trainer.fit(ImageData(tiny_images(40) * 2 - 1))
     assert not isinstance(caught.value, TrainingInterrupted)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 5  # the last checkpoint, untouched
+
+
+def test_the_progress_bar_counts_to_whichever_end_comes_first(tmp_path, monkeypatch):
+    import aigc_fast.train.trainer as trainer_module
+
+    totals = []
+    monkeypatch.setattr(trainer_module, "_progress",
+                        lambda enabled, total: totals.append(total) or trainer_module._NoProgress())
+    GANTrainer(tiny_gan(tmp_path / "capped", max_steps=3, epochs=5)).fit(tiny_images())  # 4 steps an epoch
+    GANTrainer(tiny_gan(tmp_path / "epochs", max_steps=100, epochs=2)).fit(tiny_images())
+    assert totals == [3, 8]

@@ -101,6 +101,8 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
     (default: as many as the real training images)."""
     if n is not None and n < 2:
         raise ValueError(f"n must be at least 2 generated images (FID needs 2 to fit a covariance), got {n}")
+    if nll_samples < 1:
+        raise ValueError(f"nll_samples must be at least 1 (importance samples of z per held-out image), got {nll_samples}")
     run_dir = Path(run_dir)
     trainer = load_run(run_dir, device=device)
     real = RealData(trainer, data)

@@ -31,6 +31,20 @@ def _check_images(images: torch.Tensor, channels: int, image_size: int, model: s
     if images.dim() != 4 or tuple(images.shape[1:]) != (channels, image_size, image_size):
         raise ValueError(f"{model} takes images [N, {channels}, {image_size}, {image_size}], "
                          f"got shape {list(images.shape)}")
+    _check_float(images, "images", model)
+
+
+def _check_float(t: torch.Tensor, name: str, model: str) -> None:
+    """(Else the first layer's error names a scalar type, not the argument.)"""
+    if not t.is_floating_point():
+        raise TypeError(f"{model} takes floating-point {name} (uint8 images: aigc_fast.data.to_model_range), "
+                        f"got {t.dtype}")
+
+
+def _check_sizes(model: str, **sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{model}: {name} must be an integer >= 1, got {value!r}")
 
 
 def dcgan_init_(module: nn.Module) -> nn.Module:
@@ -56,6 +70,7 @@ class DCGANGenerator(nn.Module):
     def __init__(self, nz: int = 100, ngf: int = 64, channels: int = 3, image_size: int = 64,
                  backend: str = "fused"):
         super().__init__()
+        _check_sizes(type(self).__name__, nz=nz, ngf=ngf, channels=channels)
         steps, first_side = _geometry(image_size)
         self.nz, self.channels, self.image_size, self.backend = nz, channels, image_size, backend
         # before each stride-2 step: the tutorial's ngf*8, ngf*4, ... ngf at 64x64
@@ -74,6 +89,7 @@ class DCGANGenerator(nn.Module):
         if z.dim() not in (2, 4) or z.shape[1] != self.nz or (z.dim() == 4 and z.shape[2:] != (1, 1)):
             raise ValueError(f"{type(self).__name__} takes z [N, {self.nz}] or [N, {self.nz}, 1, 1], "
                              f"got shape {list(z.shape)}")
+        _check_float(z, "z", type(self).__name__)
         if z.dim() == 2:
             z = z[:, :, None, None]
         return self.main(z)
@@ -89,6 +105,7 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, ndf: int = 64, channels: int = 3, image_size: int = 64, backend: str = "fused"):
         super().__init__()
+        _check_sizes(type(self).__name__, ndf=ndf, channels=channels)
         steps, last_side = _geometry(image_size)
         self.channels, self.image_size, self.backend = channels, image_size, backend
         # the mirror of the generator: widths after each stride-2 step

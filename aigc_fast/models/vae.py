@@ -16,7 +16,7 @@ from ..ops.losses import vae_loss
 from ..ops.reparameterize import reparameterize
 from . import _backend
 from ._modes import eval_mode
-from .dcgan import _check_images, _geometry
+from .dcgan import _check_images, _check_sizes, _geometry
 
 
 class _VAE(nn.Module):
@@ -51,6 +51,8 @@ class _VAE(nn.Module):
         statistics, which the call leaves alone; the model's mode is restored after): the
         sigmoid of the decoder's logits, as for a model trained with the BCE reconstruction
         loss (an "mse" model's outputs are the images themselves: decode(z).clamp(0, 1))."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an integer >= 0 (how many samples), got {n!r}")
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         with eval_mode(self):
@@ -69,6 +71,7 @@ class ConvVAE(_VAE):
     def __init__(self, latent_dim: int = 20, channels: int = 1, image_size: int = 28, base: int = 32,
                  backend: str = "fused"):
         super().__init__()
+        _check_sizes(type(self).__name__, latent_dim=latent_dim, channels=channels, base=base)
         steps, side = _geometry(image_size)
         self.latent_dim, self.channels, self.image_size, self.backend = latent_dim, channels, image_size, backend
         widths = [base * 2 ** i for i in range(steps)]
@@ -99,6 +102,7 @@ class MLPVAE(_VAE):
 
     def __init__(self, input_dim: int = 784, hidden: int = 400, latent_dim: int = 20, backend: str = "fused"):
         super().__init__()
+        _check_sizes(type(self).__name__, input_dim=input_dim, hidden=hidden, latent_dim=latent_dim)
         _backend.check(backend)
         self.input_dim, self.latent_dim, self.backend = input_dim, latent_dim, backend
         self.fc1, self.fc21, self.fc22 = nn.Linear(input_dim, hidden), nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)

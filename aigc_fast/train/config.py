@@ -9,7 +9,16 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from ..models._backend import BACKENDS
+from ..models.dcgan import SIZES
+from ..ops.losses import RECON_LOSSES
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+GAN_LOSSES = ("bce", "hinge", "lsgan")  # what GANTrainer trains (wgan would need a Lipschitz constraint)
+VAE_MODELS = ("conv", "mlp")
+# The fields that take one of a few names, and those names (the command's help lists them).
+FIELD_CHOICES = {"precision": PRECISIONS, "backend": BACKENDS, "loss": GAN_LOSSES, "model": VAE_MODELS,
+                 "recon_loss": RECON_LOSSES}
 
 
 @dataclasses.dataclass
@@ -39,10 +48,13 @@ class _Config:
     def __post_init__(self):
         sizes = [(name, 1) for name in ("nz", "ngf", "ndf", "latent_dim", "base") if hasattr(self, name)]
         for name, least in (("epochs", 0), ("batch_size", 1), ("log_every", 1), ("sample_every", 1),
-                            ("num_samples", 1), *sizes):
+                            ("num_samples", 1), ("image_size", 1), *sizes):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if getattr(self, "model", "conv") == "conv" and self.image_size not in SIZES:  # (an MLP VAE takes any)
+            raise ValueError(f"image_size must be one of {', '.join(map(str, sorted(SIZES)))} for the convolutional "
+                             f"models, got {self.image_size}")
         if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
                                            or self.max_steps < 0):
             raise ValueError(f"max_steps must be None (no cap) or an integer >= 0, got {self.max_steps!r}")

@@ -17,8 +17,8 @@ What a replay needs, and how the trainers give it:
 - fresh random numbers per replay: PyTorch's CUDA generator and aigc_fast's kernels take
   their Philox offsets from the generator's graph-safe state, which advances per replay.
 
-A batch of another shape (an epoch's short last batch) runs eagerly; it writes the same
-parameters and optimizer state, so the graph carries on from it.
+A batch of another shape (from a caller's own loop; fit's batches all have one) runs
+eagerly; it writes the same parameters and optimizer state, so the graph carries on from it.
 """
 
 from __future__ import annotations

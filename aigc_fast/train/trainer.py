@@ -317,8 +317,10 @@ class _Trainer:
         end_epoch = self.epoch + self.config.epochs
         metrics: Dict[str, float] = {}
         main = self.group.main
-        bar = _progress(self.config.progress and main,
-                        total=(end_epoch - self.epoch) * per_epoch - self.batch_in_epoch)
+        total = (end_epoch - self.epoch) * per_epoch - self.batch_in_epoch
+        if self.config.max_steps is not None:  # the run stops at whichever comes first
+            total = max(0, min(total, self.config.max_steps - self.step))
+        bar = _progress(self.config.progress and main, total=total)
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         log_file = open(self.run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext()
         with stop_between_steps(enabled=self.group.world == 1) as stop, log_file as log:
