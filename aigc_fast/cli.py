@@ -59,10 +59,12 @@ def _train(args, given: dict) -> int:
     config_class, trainer_class = {"gan": (GANConfig, GANTrainer), "vae": (VAEConfig, VAETrainer)}[args.kind]
     if args.resume:
         recorded = Path(args.resume) / "config.json"
+        if not Path(args.resume).is_dir():
+            raise FileNotFoundError(f"--resume {args.resume}: no such folder (a run directory, as --out-dir made it)")
         if not recorded.is_file():
-            raise SystemExit(f"aigc-fast: --resume {args.resume}: no config.json there (not a run directory)")
+            raise ValueError(f"--resume {args.resume}: no config.json there (not a run directory)")
         if "out_dir" in given and Path(given["out_dir"]) != Path(args.resume):
-            raise SystemExit("aigc-fast: --resume continues the run in its own directory; drop --out-dir")
+            raise ValueError("--resume continues the run in its own directory; drop --out-dir")
         config = config_class.from_json(recorded)
         config.out_dir = args.resume
     elif args.config:

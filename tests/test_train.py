@@ -266,6 +266,8 @@ def test_config_checks_and_files(tmp_path):
             GANConfig(max_steps=bad)
     (tmp_path / "my.cfg").write_text(GANConfig(nz=7).to_json())
     assert GANConfig.from_json(str(tmp_path / "my.cfg")).nz == 7
+    with pytest.raises(ValueError, match=r"my.cfg is a 'gan' config, not a 'vae' one \(aigc-fast train gan"):
+        VAEConfig.from_json(str(tmp_path / "my.cfg"))
     with pytest.raises(FileNotFoundError, match="no config file"):
         GANConfig.from_json(str(tmp_path / "none.cfg"))
     (tmp_path / "bad.json").write_text("nz: 7")

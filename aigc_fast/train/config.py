@@ -88,7 +88,7 @@ class _Config:
             raise ValueError(f"{source} must hold a JSON object of config fields, got {type(values).__name__}")
         kind = values.pop("kind", cls.kind)
         if kind != cls.kind:
-            raise ValueError(f"this is a {kind!r} config, not a {cls.kind!r} one")
+            raise ValueError(f"{source} is a {kind!r} config, not a {cls.kind!r} one (aigc-fast train {kind} ...)")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(values) - set(fields)
         if unknown:
