@@ -37,7 +37,11 @@ def losses(run_dir):
 @pytest.mark.parametrize("make", [gan, vae])
 def test_mixed_precision_trains_near_fp32(tmp_path, make, precision):
     make(tmp_path / "fp32").fit(images())
-    trainer = make(tmp_path / precision, precision=precision)
+    if precision == "fp16":  # on a CPU: said to be slow, still trained right
+        with pytest.warns(RuntimeWarning, match="precision='fp16' on a CPU"):
+            trainer = make(tmp_path / precision, precision=precision)
+    else:
+        trainer = make(tmp_path / precision, precision=precision)
     trainer.fit(images())
     for low, full in zip(losses(tmp_path / precision), losses(tmp_path / "fp32")):
         for name in full:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -40,6 +41,10 @@ class _Trainer:
         self.group = Group(config.device)
         self.device = self.group.device
         config.precision = resolve_precision(config.precision, self.device)  # what ran is what config.json says
+        if config.precision == "fp16" and self.device.type == "cpu":
+            warnings.warn("precision='fp16' on a CPU: CPUs without native fp16 arithmetic convert it in software "
+                          "(the conv VAE 28x28 step took 427 ms against 29 in bf16 on an AVX-512 EPYC); bf16 is "
+                          "the CPU's 16-bit type and needs no loss scaling", RuntimeWarning, stacklevel=2)
         self.run_dir = Path(config.out_dir)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         # Models are built on the CPU: seeding the CPU generator alone gives the same initial
