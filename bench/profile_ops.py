@@ -131,20 +131,31 @@ def wall_ms(step, device, repeats):
     return statistics.median(times)
 
 
-def profile_once(step, device):
-    """(host ATen calls, kernels, kernel ms, the three longest kernels) of one call."""
+def profile_events(step, device):
+    """(host ATen calls, CUDA kernel events) of one call of step, synchronized."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:
         step()
         _sync(device)
     events = prof.events()
     # Top-level ATen calls: the ones not made by another ATen op.
-    aten = [e for e in events if e.name.startswith("aten::")
-            and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    aten = sum(1 for e in events if e.name.startswith("aten::")
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    return aten, [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def profile_once(step, device):
+    """(host ATen calls, kernels, kernel ms, the three longest kernels) of one call."""
+    aten, kernels = profile_events(step, device)
     kernel_us = [(e.time_range.elapsed_us(), e.name) for e in kernels]
     longest = sorted(kernel_us, reverse=True)[:3]
-    return len(aten), len(kernels), sum(us for us, _ in kernel_us) / 1e3, longest
+    return aten, len(kernels), sum(us for us, _ in kernel_us) / 1e3, longest
+
+
+def machine(device):
+    """The first words of a profile's heading: device, GPU, torch, threads."""
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "none"
+    return f"{device}, GPU: {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def _short(name, width=48):
@@ -157,9 +168,7 @@ def main(argv=None):
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every batch size")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
-    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "none"
-    print(f"{args.device}, GPU: {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"scale {args.scale}. One forward+backward per row.\n")
+    print(f"{machine(args.device)}, scale {args.scale}. One forward+backward per row.\n")
     print("| op | size | impl | wall ms | host ATen calls | kernels | kernel ms | longest kernels (us) |")
     print("|---|---|---|---:|---:|---:|---:|---|")
     for case in cases(args.device):

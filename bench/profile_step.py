@@ -12,26 +12,18 @@ import argparse
 from collections import defaultdict
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from aigc_fast import benchmark
-from profile_ops import _short, _sync, wall_ms
+from profile_ops import _short, machine, profile_events, wall_ms
 
 
 def kernel_totals(step, device):
     """({kernel name: (calls, device us)}, host ATen calls) of one step."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    with profile(activities=activities) as prof:
-        step()
-        _sync(device)
+    aten, kernels = profile_events(step, device)
     totals = defaultdict(lambda: [0, 0.0])
-    aten = 0
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            totals[e.name][0] += 1
-            totals[e.name][1] += e.time_range.elapsed_us()
-        elif e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")):
-            aten += 1
+    for e in kernels:
+        totals[e.name][0] += 1
+        totals[e.name][1] += e.time_range.elapsed_us()
     return totals, aten
 
 
@@ -45,9 +37,8 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=12, help="kernels listed per step")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "none"
-    print(f"{args.device}, GPU: {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.precision} {args.layout}. One training step per row (wall: median of rounds of 10).\n")
+    print(f"{machine(args.device)}, {args.precision} {args.layout}. One training step per row "
+          "(wall: median of rounds of 10).\n")
     for workload in args.workloads.split(","):
         print(f"**{workload}**\n")
         print("| provider | wall ms | host ATen calls | kernels | kernel ms | longest kernels, summed by name: calls x, ms |")
