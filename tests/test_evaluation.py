@@ -65,6 +65,12 @@ def test_inception_score_and_coverage_extremes():
     assert inception_score(ordered)[0] > 9  # splits of a shuffle, not one class per split (which scores 1)
     assert inception_score(torch.eye(10)[torch.zeros(1000, dtype=torch.long)])[0] == pytest.approx(1)
     assert inception_score(torch.full((1000, 10), 0.1))[0] == pytest.approx(1)
+    # Fewer rows than 2 * splits: fewer splits, none of one row (which would score 1).
+    few = torch.eye(10)[torch.arange(6) % 2]  # three of each class: one pair of 2 at least mixes, scoring 2
+    assert inception_score(few, splits=10) == inception_score(few, splits=3)
+    assert inception_score(few, splits=10)[0] > 1.3
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        inception_score(few[:1])
     assert class_coverage(torch.arange(1000) % 10, 10) == pytest.approx((1.0, 0.0))
     assert class_coverage(torch.zeros(1000, dtype=torch.long), 10) == pytest.approx((0.1, math.log(10)))
 
