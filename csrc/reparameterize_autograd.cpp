@@ -2,13 +2,17 @@
 // step then runs no Python for it: torch.library's Python register_autograd wrapper cost
 // about 60 us per forward+backward, a quarter of the whole step at a 128x64 latent.
 // torch.compile traces through a C++ autograd kernel like this one (AOTAutograd runs it on
-// fake tensors), as it does for torchvision's ops.
+// fake tensors), as it does for torchvision's ops. Under create_graph (a Hessian-vector
+// product through the sampling step) the backward is written with differentiable ATen ops
+// instead of the kernel, so second derivatives come out right.
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "find_op.h"
 
@@ -74,14 +78,51 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     const at::Tensor grad_z = grads[0].defined() ? grads[0] : at::zeros_like(mu);
     const OptionalTensor grad_kl = compute_kl ? if_defined(grads[1]) : std::nullopt;
     at::Tensor grad_mu, grad_logvar, grad_eps;
-    if (kernel_mu || need_logvar || need_eps) {
-      std::tie(grad_mu, grad_logvar, grad_eps) =
-          backward_op().call(grad_z, grad_kl, mu, logvar, if_defined(eps), if_defined(seed), if_defined(z),
-                             {kernel_mu, need_logvar, need_eps});
+    if (at::GradMode::is_enabled()) {
+      std::tie(grad_mu, grad_logvar, grad_eps) = differentiable_backward(grad_z, grad_kl, mu, logvar, eps, seed);
+    } else {
+      if (kernel_mu || need_logvar || need_eps) {
+        std::tie(grad_mu, grad_logvar, grad_eps) =
+            backward_op().call(grad_z, grad_kl, mu, logvar, if_defined(eps), if_defined(seed), if_defined(z),
+                               {kernel_mu, need_logvar, need_eps});
+      }
+      if (need_mu && !kernel_mu) grad_mu = grad_z;
     }
-    if (need_mu && !kernel_mu) grad_mu = grad_z;
     return {need_mu ? grad_mu : at::Tensor(), need_logvar ? grad_logvar : at::Tensor(),
             need_eps ? grad_eps : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+ private:
+  // The kernel's gradients as differentiable ATen ops, in the math dtype: d/dmu = grad_z,
+  // d/dlogvar = grad_z std eps / 2, d/deps = grad_z std, plus the KL's grad_kl mu and
+  // grad_kl (var - 1) / 2. The noise is a constant of the sample: the explicit eps (itself
+  // differentiated when it requires grad), or the seed's noise drawn again by the forward
+  // kernel at mu = 0, logvar = 0, where z = eps exactly (z - mu would carry z's rounding).
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> differentiable_backward(
+      const at::Tensor& grad_z, const OptionalTensor& grad_kl, const at::Tensor& mu, const at::Tensor& logvar,
+      const at::Tensor& eps, const at::Tensor& seed) {
+    const at::ScalarType math = mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    at::Tensor noise;
+    if (eps.defined()) {
+      noise = eps.to(math);
+    } else {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      const at::Tensor zero = at::zeros(mu.sizes(), mu.options().dtype(math));
+      noise = std::get<0>(forward_op().call(zero, zero, std::nullopt, seed, false));
+    }
+    const at::Tensor log_var = logvar.to(math), g = grad_z.to(math);
+    const at::Tensor std = log_var.mul(0.5).exp();
+    at::Tensor grad_mu = g, grad_logvar = g.mul(std).mul(noise).mul(0.5);
+    const at::Tensor grad_eps = g.mul(std);
+    if (grad_kl.has_value()) {  // one KL per row: broadcast over each row's elements
+      std::vector<int64_t> shape(mu.dim(), 1);
+      if (mu.dim() > 0) shape[0] = mu.size(0);
+      const at::Tensor gk = grad_kl->to(math).reshape(shape);
+      grad_mu = grad_mu.add(gk.mul(mu.to(math)));
+      grad_logvar = grad_logvar.add(gk.mul(log_var.expm1()).mul(0.5));
+    }
+    return {grad_mu.to(mu.scalar_type()), grad_logvar.to(logvar.scalar_type()),
+            eps.defined() ? grad_eps.to(eps.scalar_type()) : at::Tensor()};
   }
 };
 

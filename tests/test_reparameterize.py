@@ -143,6 +143,36 @@ def test_gradcheck_with_rng_and_fixed_seed(with_kl):
     assert torch.autograd.gradcheck(fn, (mu, logvar))
 
 
+def test_gradgradcheck_explicit_eps():
+    mu, logvar, eps = (t.requires_grad_() for t in inputs((6, 5), torch.float64, seed=8))
+    fn = lambda m, l, e: aigc_fast.reparameterize(m, l, eps=e, return_kl=True)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (mu, logvar, eps))
+
+
+@pytest.mark.parametrize("with_kl", [False, True])
+def test_gradgradcheck_with_rng_and_fixed_seed(with_kl):
+    mu, logvar, _ = (t.requires_grad_() for t in inputs((7, 9), torch.float64, seed=9))
+    seed = torch.tensor([99, 5])
+    fn = lambda m, l: op()(m, l, None, seed, with_kl)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (mu, logvar))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_second_derivatives_of_drawn_noise_match_the_formula(dtype):
+    # d2(sum z^2)/dlogvar2 with z = mu + std eps is std^2 eps^2 / 2 + z std eps / 2: the
+    # noise of the create_graph path must be the forward's, not z - mu's rounding.
+    mu, logvar, _ = (t.requires_grad_() for t in inputs((64, 33), dtype, seed=10))
+    z = aigc_fast.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(3))
+    (g,) = torch.autograd.grad(z.float().square().sum(), logvar, create_graph=True)
+    (h,) = torch.autograd.grad(g.float().sum(), logvar)
+    eps = aigc_fast.reparameterize(torch.zeros_like(mu), torch.zeros_like(logvar),
+                                   generator=torch.Generator().manual_seed(3)).double()
+    std = (0.5 * logvar.double()).exp()
+    expected = (std.square() * eps.square() / 2 + z.double() * std * eps / 2).detach()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(h.double(), expected, rtol=tol, atol=tol * float(expected.abs().max()))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_opcheck(dtype):
     mu, logvar, eps = (t.requires_grad_() for t in inputs((8, 12), dtype, seed=8))
