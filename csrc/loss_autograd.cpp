@@ -2,11 +2,13 @@
 // for them (see reparameterize_autograd.cpp for why that matters at small sizes).
 //
 // The loss kernels return the gradients of the loss with respect to the inputs marked in
-// output_mask, computed in the same pass as the loss. Autograd keeps exactly those, and its
-// backward only scales them by grad_output: a scalar, or one factor per sample for
-// vae_loss(reduction="none"). Nothing else is saved.
+// output_mask, computed in the same pass as the loss. Autograd keeps exactly those (and
+// references to the inputs, which the caller holds anyway), and its backward only scales
+// them by grad_output: a scalar, or one factor per sample for vae_loss(reduction="none").
+// Under create_graph (a gradient penalty taken through the loss) the gradients are
+// computed again as differentiable ATen ops of the inputs (loss_derivative.h), so second
+// derivatives come out right.
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
@@ -16,12 +18,24 @@
 #include <utility>
 
 #include "find_op.h"
+#include "loss_derivative.h"
+#include "losses.h"
 
 namespace aigc_fast {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+// A loss op's arguments other than its tensor inputs: what the create_graph path needs to
+// write the gradients again.
+struct LossSettings {
+  std::string loss;  // "gan_d_loss", "gan_g_loss" or "vae_loss"
+  std::string kind;  // the GAN kind, or the VAE's recon_loss
+  double real_label = 1.0;
+  std::string reduction;  // vae_loss
+  at::Tensor beta;        // vae_loss: a 0-d CPU tensor (a traced input under torch.compile)
+};
 
 class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradients> {
  public:
@@ -30,16 +44,23 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
   // where the mask, given as bits in `mask`, did not ask for it).
   static variable_list forward(AutogradContext* ctx, at::TensorList inputs,
                                const std::function<variable_list()>& kernel, int64_t n_values,
-                               int64_t mask) {
+                               int64_t mask, const LossSettings& settings) {
     variable_list outputs;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       outputs = kernel();
     }
-    const variable_list grads(outputs.begin() + n_values, outputs.end());
-    TORCH_INTERNAL_ASSERT(grads.size() == inputs.size());
-    ctx->save_for_backward(grads);
+    variable_list saved(outputs.begin() + n_values, outputs.end());  // the gradients, then the inputs
+    TORCH_INTERNAL_ASSERT(saved.size() == inputs.size());
+    saved.insert(saved.end(), inputs.begin(), inputs.end());
+    if (settings.beta.defined()) saved.push_back(settings.beta);
+    ctx->save_for_backward(saved);
     ctx->saved_data["mask"] = mask;
+    ctx->saved_data["inputs"] = int64_t(inputs.size());
+    ctx->saved_data["loss"] = settings.loss;
+    ctx->saved_data["kind"] = settings.kind;
+    ctx->saved_data["real_label"] = settings.real_label;
+    ctx->saved_data["reduction"] = settings.reduction;
     // Autograd would otherwise fill a zero gradient for every output nobody differentiates
     // (the logging terms and the gradients themselves): a full pass over an image-sized
     // tensor per step, for nothing.
@@ -50,37 +71,53 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const variable_list grads = ctx->get_saved_variables();
+    const variable_list saved = ctx->get_saved_variables();
     const int64_t mask = ctx->saved_data["mask"].toInt();
     const at::Tensor& grad_loss = grad_outputs[0];
-    variable_list result(grads.size() + 3);  // + the kernel, n_values and mask arguments
+    const size_t n = ctx->saved_data["inputs"].toInt();
+    variable_list result(n + 4);  // + the kernel, n_values, mask and settings arguments
     if (!grad_loss.defined()) return result;  // the loss itself was not differentiated
-    for (size_t i = 0; i < grads.size(); ++i) {
+    variable_list grads(saved.begin(), saved.begin() + n);
+    if (at::GradMode::is_enabled()) grads = differentiable_gradients(ctx, saved);
+    for (size_t i = 0; i < n; ++i) {
       if (!ctx->needs_input_grad(i)) continue;
       TORCH_CHECK((mask >> i) & 1, "aigc_fast: the gradient of input ", i,
                   " of this loss was not computed in the forward; call the op with output_mask[",
                   i, "] = True (the aigc_fast Python functions do)");
       result[i] = scaled(grads[i], grad_loss);
     }
-    return at::GradMode::is_enabled() ? once_differentiable(std::move(result)) : result;
+    return result;
   }
 
  private:
-  // The gradients are constants of the forward pass, so their own derivatives are not
-  // available. Under create_graph=True they are returned through a node that raises if
-  // anything differentiates them (what torch's @once_differentiable does), rather than
-  // letting a gradient penalty through the loss silently miss its second-order terms.
-  static variable_list once_differentiable(variable_list grads) {
-    for (at::Tensor& g : grads) {
-      if (!g.defined()) continue;
-      g = g.detach();
-      g.set_requires_grad(true);
+  // The kernel's gradients (each with the reduction's factor folded in) as differentiable
+  // functions of the inputs, in the math dtype: float64 if an input is, else float32.
+  static variable_list differentiable_gradients(AutogradContext* ctx, const variable_list& saved) {
+    const std::string loss = ctx->saved_data["loss"].toStringRef();
+    const std::string kind = ctx->saved_data["kind"].toStringRef();
+    const size_t n = ctx->saved_data["inputs"].toInt();
+    const variable_list inputs(saved.begin() + n, saved.begin() + 2 * n);
+    bool any_double = false;
+    for (const at::Tensor& t : inputs) any_double |= t.scalar_type() == at::kDouble;
+    variable_list x;
+    for (const at::Tensor& t : inputs) x.push_back(t.to(any_double ? at::kDouble : at::kFloat));
+    if (loss == "vae_loss") {
+      const at::Tensor& beta = saved[2 * n];
+      const double scale = ctx->saved_data["reduction"].toStringRef() == "mean" ? 1.0 / double(x[0].size(0)) : 1.0;
+      const auto [d_recon, d_target] = recon_term_grads(x[0], x[1], kind);
+      const auto [d_mu, d_logvar] = kl_term_grads(x[2], x[3]);
+      const at::Tensor kl_scale = beta.mul(scale);
+      return {d_recon.mul(scale), d_target.mul(scale), d_mu.mul(kl_scale), d_logvar.mul(kl_scale)};
     }
-    const auto error = std::make_shared<torch::autograd::DelayedError>(
-        "aigc_fast: the GAN and VAE loss ops are differentiable once; second derivatives "
-        "through them (e.g. a gradient penalty taken through the loss) are not implemented",
-        static_cast<int64_t>(grads.size()));
-    return error->apply(std::move(grads));
+    const double real_label = ctx->saved_data["real_label"].toDouble();
+    const std::vector<Role> roles =
+        loss == "gan_g_loss" ? std::vector<Role>{Role::kGenerator} : std::vector<Role>{Role::kReal, Role::kFake};
+    variable_list grads;
+    for (size_t i = 0; i < n; ++i) {  // each term is a mean over its logits
+      const auto [term, param] = gan_term(kind, roles[i], real_label);
+      grads.push_back(logit_term_grad(x[i], term, param).div(double(x[i].numel())));
+    }
+    return grads;
   }
 
   static at::Tensor scaled(const at::Tensor& grad, const at::Tensor& grad_loss) {
@@ -138,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_d_loss_autograd(const at::Ten
   const variable_list out = PrecomputedGradients::apply(
       at::TensorList(inputs),
       std::function<variable_list()>([&] { return to_list(op.call(real, fake, kind, real_label, output_mask)); }),
-      int64_t(1), bits(output_mask));
+      int64_t(1), bits(output_mask), LossSettings{"gan_d_loss", kind, real_label});
   return {out[0], out[1], out[2]};
 }
 
@@ -149,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor> gan_g_loss_autograd(const at::Tensor& fake, s
   const variable_list out = PrecomputedGradients::apply(
       at::TensorList(inputs),
       std::function<variable_list()>([&] { return to_list(op.call(fake, kind, need_grad)); }),
-      int64_t(1), int64_t(need_grad));
+      int64_t(1), int64_t(need_grad), LossSettings{"gan_g_loss", kind});
   return {out[0], out[1]};
 }
 
@@ -163,7 +200,7 @@ vae_loss_autograd(const at::Tensor& recon, const at::Tensor& target, const at::T
       at::TensorList(inputs), std::function<variable_list()>([&] {
         return to_list(op.call(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask));
       }),
-      int64_t(3), bits(output_mask));
+      int64_t(3), bits(output_mask), LossSettings{"vae_loss", recon_loss, 1.0, reduction, beta});
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6]};
 }
 

@@ -17,12 +17,7 @@
 #include "layout.h"
 
 namespace aigc_fast {
-namespace {
 
-enum class Role { kReal, kFake, kGenerator };
-
-// What each GAN loss kind asks of the real logits (D), the fake logits (D), and the fake
-// logits (G, non-saturating for bce), as the term shapes of aigc_fast/losses.h.
 std::pair<TermKind, double> gan_term(const std::string& kind, Role role, double real_label) {
   const double label = role == Role::kReal ? real_label : role == Role::kFake ? 0.0 : 1.0;
   const double sign = role == Role::kFake ? 1.0 : -1.0;
@@ -32,6 +27,8 @@ std::pair<TermKind, double> gan_term(const std::string& kind, Role role, double 
   if (kind == "wgan") return {TermKind::kLinear, sign};
   TORCH_CHECK(false, "kind must be one of 'bce', 'hinge', 'lsgan', 'wgan', got '", kind, "'");
 }
+
+namespace {
 
 bool any_double(std::initializer_list<const at::Tensor*> tensors) {
   for (const at::Tensor* t : tensors) {

@@ -9,7 +9,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "aigc_fast/losses.h"
@@ -19,6 +21,11 @@ namespace aigc_fast {
 
 // Elements per tile: a tile's float32 scratch stays in L1 on the CPU.
 constexpr int64_t kLossChunk = 4096;
+
+// What each GAN loss kind asks of the real logits (D), the fake logits (D), and the fake
+// logits (G, non-saturating for bce): a term shape of aigc_fast/losses.h and its parameter.
+enum class Role { kReal, kFake, kGenerator };
+std::pair<TermKind, double> gan_term(const std::string& kind, Role role, double real_label);
 
 // One term of a GAN loss: the mean over all elements of x of logit_term<kind>(x, param).
 struct LogitTerm {

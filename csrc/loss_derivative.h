@@ -1,0 +1,43 @@
+// The derivative column of the loss terms (aigc_fast/losses.h) as differentiable ATen ops,
+// for the create_graph path of the loss ops' autograd (loss_autograd.cpp): second
+// derivatives through a loss, as a gradient penalty taken through it needs. The kernels
+// compute the same derivatives per element in the forward pass; these run only when
+// autograd is asked to build a graph of the backward.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/threshold_backward.h>
+
+#include <string>
+#include <utility>
+
+#include "losses.h"
+
+namespace aigc_fast {
+
+// d/dx of logit_term<kind>(x, p). The hinge's step goes through PyTorch's relu backward, so
+// its (zero) derivative stays in the graph as it would in plain PyTorch.
+inline at::Tensor logit_term_grad(const at::Tensor& x, TermKind kind, double p) {
+  switch (kind) {
+    case TermKind::kBce: return x.sigmoid().sub(p);
+    case TermKind::kSquare: return x.sub(p);
+    case TermKind::kHinge: return at::threshold_backward(at::full_like(x, p), x.mul(p).add(1), 0);
+    default: return at::full_like(x, p);
+  }
+}
+
+// d/dx and d/dt of recon_term(x, t): bce against a target probability, or squared error.
+inline std::pair<at::Tensor, at::Tensor> recon_term_grads(const at::Tensor& x, const at::Tensor& t,
+                                                          const std::string& recon_loss) {
+  if (recon_loss == "bce") return {x.sigmoid().sub(t), x.neg()};
+  const at::Tensor d = x.sub(t).mul(2);
+  return {d, d.neg()};
+}
+
+// d/dmu and d/dlogvar of kl_normal(mu, logvar): mu and (exp(logvar) - 1) / 2.
+inline std::pair<at::Tensor, at::Tensor> kl_term_grads(const at::Tensor& mu, const at::Tensor& logvar) {
+  return {mu, logvar.expm1().mul(0.5)};
+}
+
+}  // namespace aigc_fast
