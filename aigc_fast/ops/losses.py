@@ -130,10 +130,12 @@ def vae_loss(
 
 
 def _beta_tensor(beta) -> torch.Tensor:
-    """beta as the op takes it: a 0-d float64 CPU tensor. A Python number becomes one
-    through torch.tensor, which torch.compile traces with the number as a graph input, so
-    a beta that changes every step (a KL warm-up) reuses one graph; a float argument would
-    be a constant, compiled again for each value. A CUDA tensor is copied (one sync)."""
+    """beta as the op takes it: a 0-d float64 CPU tensor. A Python number becomes one as
+    ones() * beta, which torch.compile traces with the number as a graph input, so a beta
+    that changes every step (a KL warm-up) reuses one graph; a float argument of the op
+    would be a constant, compiled again for each value. (torch.tensor(beta) is traced
+    symbolically by dynamo, but AOTAutograd then specializes it: a recompile per value
+    under the default backend.) A CUDA tensor is copied (one sync)."""
     if isinstance(beta, torch.Tensor):
         if beta.requires_grad:
             raise TypeError("beta is a constant of the loss (a Python number or a tensor without grad); "
@@ -143,7 +145,7 @@ def _beta_tensor(beta) -> torch.Tensor:
         return beta.detach().reshape(()).to("cpu", torch.float64)
     if not isinstance(beta, (numbers.Real, torch.SymInt, torch.SymFloat)):
         raise TypeError(f"beta must be a number or a one-element tensor, got {type(beta).__name__}")
-    return torch.tensor(beta, dtype=torch.float64)
+    return torch.ones((), dtype=torch.float64) * beta
 
 
 # ---- shapes for torch.compile: these mirror the layouts csrc/losses.cpp chooses (_layout) ----
