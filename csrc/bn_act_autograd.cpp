@@ -49,10 +49,12 @@ Outputs differentiable_backward(const at::Tensor& grad_y, const at::Tensor& y, c
   for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
   shape[1] = x.size(1);
   const double n = double(x.numel() / x.size(1));
+  // In eval the statistics are the running ones: constants (the saved outputs are detached,
+  // since unpacked they would lead back to this node, whose backward ignores them).
   const at::Tensor mean =
-      training ? x.mean(dims, /*keepdim=*/true) : saved_mean.to(x.scalar_type()).reshape(shape);
+      training ? x.mean(dims, /*keepdim=*/true) : saved_mean.detach().to(x.scalar_type()).reshape(shape);
   const at::Tensor invstd = training ? (x - mean).pow(2).mean(dims, true).add(eps).rsqrt()
-                                     : saved_invstd.to(x.scalar_type()).reshape(shape);
+                                     : saved_invstd.detach().to(x.scalar_type()).reshape(shape);
   const at::Tensor xhat = (x - mean) * invstd;
   const at::Tensor dz = grad_through_activation(grad_y, y, act, slope);
   const at::Tensor sum_dz = dz.sum(dims, true), sum_dz_xhat = (dz * xhat).sum(dims, true);
@@ -71,7 +73,8 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [y, mean, invstd] = forward_op().call(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                                training, momentum, eps, act, slope, memory_efficient);
-    ctx->mark_non_differentiable({mean, invstd});
+    // mean and invstd are not differentiable: bn_act_autograd returns them detached (not
+    // mark_non_differentiable, which compiled autograd refuses in a C++ Function).
     ctx->set_materialize_grads(false);  // no zeros ops for the statistics' (unused) gradients
     // Undefined tensors stand for absent ones (x in the memory-saving mode, no weight/bias).
     ctx->save_for_backward({memory_efficient ? at::Tensor() : x, y, weight.value_or(at::Tensor()),
@@ -124,7 +127,7 @@ Outputs bn_act_autograd(const at::Tensor& x, const OptionalTensor& weight, const
                         double eps, std::string act, double negative_slope, bool memory_efficient) {
   const variable_list out = BnActFunction::apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                                  training, momentum, eps, act, negative_slope, memory_efficient);
-  return {out[0], out[1], out[2]};
+  return {out[0], out[1].detach(), out[2].detach()};
 }
 
 }  // namespace

@@ -65,8 +65,8 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     // (the logging terms and the gradients themselves): a full pass over an image-sized
     // tensor per step, for nothing.
     ctx->set_materialize_grads(false);
-    // Only the loss (output 0) is differentiable; the logging terms and gradients are not.
-    ctx->mark_non_differentiable(variable_list(outputs.begin() + 1, outputs.end()));
+    // Only the loss (output 0) is differentiable; the op returns the logging terms and
+    // gradients detached (see detach_all_but_the_loss).
     return outputs;
   }
 
@@ -147,6 +147,15 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
   }
 };
 
+// The op's outputs as it returns them: the loss, then the logging terms and gradients
+// detached. Not mark_non_differentiable in forward: compiled autograd
+// (torch._dynamo.config.compiled_autograd) refuses a C++ Function that marks outputs so,
+// with an internal assert.
+variable_list detach_all_but_the_loss(variable_list outputs) {
+  for (size_t i = 1; i < outputs.size(); ++i) outputs[i] = outputs[i].detach();
+  return outputs;
+}
+
 template <typename Tuple>
 variable_list to_list(Tuple&& outputs) {
   return std::apply([](auto&... t) { return variable_list{t...}; }, outputs);
@@ -172,10 +181,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_d_loss_autograd(const at::Ten
                                                                    std::array<bool, 2> output_mask) {
   static const auto op = find_op<GanD>("aigc_fast::gan_d_loss");
   const std::vector<at::Tensor> inputs{real, fake};
-  const variable_list out = PrecomputedGradients::apply(
+  const variable_list out = detach_all_but_the_loss(PrecomputedGradients::apply(
       at::TensorList(inputs),
       std::function<variable_list()>([&] { return to_list(op.call(real, fake, kind, real_label, output_mask)); }),
-      int64_t(1), bits(output_mask), LossSettings{"gan_d_loss", kind, real_label});
+      int64_t(1), bits(output_mask), LossSettings{"gan_d_loss", kind, real_label}));
   return {out[0], out[1], out[2]};
 }
 
@@ -183,10 +192,10 @@ std::tuple<at::Tensor, at::Tensor> gan_g_loss_autograd(const at::Tensor& fake, s
                                                        bool need_grad) {
   static const auto op = find_op<GanG>("aigc_fast::gan_g_loss");
   const std::vector<at::Tensor> inputs{fake};
-  const variable_list out = PrecomputedGradients::apply(
+  const variable_list out = detach_all_but_the_loss(PrecomputedGradients::apply(
       at::TensorList(inputs),
       std::function<variable_list()>([&] { return to_list(op.call(fake, kind, need_grad)); }),
-      int64_t(1), int64_t(need_grad), LossSettings{"gan_g_loss", kind});
+      int64_t(1), int64_t(need_grad), LossSettings{"gan_g_loss", kind}));
   return {out[0], out[1]};
 }
 
@@ -196,11 +205,11 @@ vae_loss_autograd(const at::Tensor& recon, const at::Tensor& target, const at::T
                   std::string reduction, std::array<bool, 4> output_mask) {
   static const auto op = find_op<Vae>("aigc_fast::vae_loss");
   const std::vector<at::Tensor> inputs{recon, target, mu, logvar};
-  const variable_list out = PrecomputedGradients::apply(
+  const variable_list out = detach_all_but_the_loss(PrecomputedGradients::apply(
       at::TensorList(inputs), std::function<variable_list()>([&] {
         return to_list(op.call(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask));
       }),
-      int64_t(3), bits(output_mask), LossSettings{"vae_loss", recon_loss, 1.0, reduction, beta});
+      int64_t(3), bits(output_mask), LossSettings{"vae_loss", recon_loss, 1.0, reduction, beta}));
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6]};
 }
 
