@@ -215,6 +215,20 @@ def test_convert_keeps_each_child_mode_and_fold_skips_untracked_batchnorm():
     torch.testing.assert_close(folded(x), twin(x))
 
 
+def test_sync_batchnorm_after_convert_runs_unfused():
+    """convert_sync_batchnorm swaps the BatchNorms inside a converted model's containers:
+    their groups must then run SyncBatchNorm itself (statistics synced across processes),
+    not bn_act on the swapped module's parameters."""
+    torch.manual_seed(10)
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.Tanh()).double()
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(convert(copy.deepcopy(seq)))
+    assert isinstance(synced, FusedSequential) and isinstance(synced[1], nn.SyncBatchNorm)
+    groups = synced.fused_groups(backward=True)
+    assert [(g.conv, g.bn, g.act) for g in groups] == [(3, None, "tanh")]  # conv 0 + SyncBatchNorm unfused
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(synced.eval()(x), seq.eval()(x))  # (training needs a process group)
+
+
 def test_dilated_projection_is_not_a_matrix_multiply():
     block = FusedSequential(nn.ConvTranspose2d(6, 3, 3, 1, 0, dilation=2), nn.ReLU()).double()
     x = torch.randn(2, 6, 1, 1, dtype=torch.float64)
