@@ -129,32 +129,23 @@ def test_backward_regenerates_the_noise_where_z_minus_mu_would_lose_it(dtype, fa
     assert far_elements.sum() > 1000 and (lv_.grad[far_elements] != 0).all()
 
 
-def test_gradcheck_explicit_eps():
+CHECKS = [torch.autograd.gradcheck, torch.autograd.gradgradcheck]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=["gradcheck", "gradgradcheck"])
+def test_gradcheck_explicit_eps(check):
     mu, logvar, eps = (t.requires_grad_() for t in inputs((6, 5), torch.float64, seed=6))
     fn = lambda m, l, e: aigc_fast.reparameterize(m, l, eps=e, return_kl=True)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (mu, logvar, eps))
+    assert check(fn, (mu, logvar, eps))
 
 
+@pytest.mark.parametrize("check", CHECKS, ids=["gradcheck", "gradgradcheck"])
 @pytest.mark.parametrize("with_kl", [False, True])
-def test_gradcheck_with_rng_and_fixed_seed(with_kl):
+def test_gradcheck_with_rng_and_fixed_seed(with_kl, check):
     mu, logvar, _ = (t.requires_grad_() for t in inputs((7, 9), torch.float64, seed=7))
     seed = torch.tensor([99, 5])
     fn = lambda m, l: op()(m, l, None, seed, with_kl)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (mu, logvar))
-
-
-def test_gradgradcheck_explicit_eps():
-    mu, logvar, eps = (t.requires_grad_() for t in inputs((6, 5), torch.float64, seed=8))
-    fn = lambda m, l, e: aigc_fast.reparameterize(m, l, eps=e, return_kl=True)  # noqa: E731
-    assert torch.autograd.gradgradcheck(fn, (mu, logvar, eps))
-
-
-@pytest.mark.parametrize("with_kl", [False, True])
-def test_gradgradcheck_with_rng_and_fixed_seed(with_kl):
-    mu, logvar, _ = (t.requires_grad_() for t in inputs((7, 9), torch.float64, seed=9))
-    seed = torch.tensor([99, 5])
-    fn = lambda m, l: op()(m, l, None, seed, with_kl)  # noqa: E731
-    assert torch.autograd.gradgradcheck(fn, (mu, logvar))
+    assert check(fn, (mu, logvar))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
