@@ -62,6 +62,7 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
                           channels_last=channels_last, device=device, progress=False,
                           out_dir=str(Path(tempfile.gettempdir()) / "aigc-fast-bench-unused"))
     trainer = trainer_class(config)
+    trainer._configure_backends()  # what fit() sets: cudnn.benchmark on a GPU, as a training run has it
     shape = (config.batch_size, config.channels, config.image_size, config.image_size)
     images = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     lo, hi = trainer.value_range
@@ -264,6 +265,13 @@ def write_csv(rows: List[Dict[str, object]], path: Path) -> Path:
     return path
 
 
+def machine_line(row: Dict[str, object]) -> str:
+    """Where a row was measured, for a table's or chart's heading: CPU (and its kernel ISA
+    where recorded), GPU, threads, torch, date."""
+    return (f"{row['cpu']}{', ' + row['gpu'] if row['gpu'] else ''}, {row['threads']} threads, "
+            f"torch {row['torch']}, {row['date']}")
+
+
 def markdown(rows: List[Dict[str, object]]) -> str:
     """One table: a row per workload and setting, a column per provider (median ms and
     speed-up over eager in the same setting), and the fused step's peak memory over eager's."""
@@ -271,9 +279,7 @@ def markdown(rows: List[Dict[str, object]]) -> str:
     groups: Dict[tuple, Dict[str, Dict[str, object]]] = {}
     for r in rows:
         groups.setdefault((r["workload"], r["precision"], r["memory_format"]), {})[r["provider"]] = r
-    f = rows[0]
-    lines = [f"{f['cpu']}{', ' + f['gpu'] if f['gpu'] else ''}, {f['threads']} threads, torch {f['torch']}, "
-             f"{f['date']}. One training step, median ms (speed-up over eager at the same setting).", "",
+    lines = [f"{machine_line(rows[0])}. One training step, median ms (speed-up over eager at the same setting).", "",
              "| workload | precision | layout | " + " | ".join(providers) + " | peak memory fused / eager |",
              "|---|---|---|" + "---:|" * (len(providers) + 1)]
     for (workload, precision, layout), by in groups.items():
@@ -309,7 +315,7 @@ def bar_chart(rows: List[Dict[str, object]], path: Path) -> Optional[Path]:
     speedups = {p: [ratio(g, p, "median_s", invert=True) for g in groups] for p in providers}
     memory = [ratio(g, "fused", "peak_bytes") for g in groups]
     labels = [f"{w}\n{pr} {mf}" for w, pr, mf in groups]
-    return comparison_chart(labels, speedups, memory, path, title="training step")
+    return comparison_chart(labels, speedups, memory, path, title=f"training step; {machine_line(rows[0])}")
 
 
 def comparison_chart(labels: List[str], speedups: Dict[str, List[Optional[float]]],

@@ -17,6 +17,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 
 def _config_options(parser: argparse.ArgumentParser, config_class) -> None:
@@ -132,10 +133,11 @@ def main(argv=None) -> int:
 
     bench = commands.add_parser("bench", help="time full training steps (and with --ops each op): fused vs eager "
                                               "vs torch.compile")
-    bench.add_argument("--workloads", default="dcgan28,vae28", help="of dcgan28, dcgan64, vae28, vae64")
-    bench.add_argument("--providers", default="fused,eager,compile", help="of fused, eager, compile, fused+compile")
-    bench.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (comma-separated for several)")
-    bench.add_argument("--layouts", default="nchw,channels_last", help="nchw and/or channels_last")
+    bench.add_argument("--workloads", default="dcgan28,vae28", help=f"comma-separated, of {', '.join(_bench_lists()['workloads'])}")
+    bench.add_argument("--providers", default="fused,eager,compile",
+                       help=f"comma-separated, of {', '.join(_bench_lists()['providers'])} (the +graph ones on a GPU)")
+    bench.add_argument("--precision", default="fp32", help=f"comma-separated, of {', '.join(_bench_lists()['precision'])}")
+    bench.add_argument("--layouts", default="nchw,channels_last", help=f"comma-separated, of {', '.join(_bench_lists()['layouts'])}")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--repeats", type=int, default=5, help="timed steps per case (after warm-up)")
     bench.add_argument("--out", default="bench-results", help="folder for steps.csv, .md, .png (and ops.*)")
@@ -143,8 +145,9 @@ def main(argv=None) -> int:
                        help="also profile one fused step per workload: shares of convolution, aigc_fast, optimizer, other")
     bench.add_argument("--ops", action="store_true",
                        help="also run the op suites (pytest-benchmark, from a source checkout's bench/)")
-    bench.add_argument("--ops-filter", default="not b128", help="pytest -k expression selecting the op cases "
-                       "(default: all but the batch-128 conv blocks, which would double the run; '' selects all)")
+    bench.add_argument("--ops-filter", default="not ((test_block or test_post) and b128)",
+                       help="pytest -k expression selecting the op cases (default: all but the batch-128 conv "
+                       "blocks, which would double the run; '' selects all)")
 
     args = parser.parse_args(argv)
     try:
@@ -235,20 +238,40 @@ def _bench_ops(out: Path, selection: str) -> int:
     return failed or done.returncode
 
 
+def _bench_lists() -> Dict[str, Tuple[str, ...]]:
+    """The choices of aigc-fast bench's comma-separated options."""
+    from .benchmark import PROVIDERS, WORKLOADS
+
+    # Not "auto": a row must say the precision it ran in.
+    return {"workloads": tuple(WORKLOADS), "providers": tuple(PROVIDERS), "precision": ("fp32", "bf16", "fp16"),
+            "layouts": ("nchw", "channels_last")}
+
+
+def _bench_list(args, name: str) -> List[str]:
+    """A comma-separated option's values, each checked against its choices."""
+    values = getattr(args, name).split(",")
+    unknown = [v for v in values if v not in _bench_lists()[name]]
+    if unknown:
+        raise SystemExit(f"aigc-fast bench: --{name} {', '.join(map(repr, unknown))}: choose from "
+                         f"{', '.join(_bench_lists()[name])}")
+    return values
+
+
 def _bench(args) -> int:
     from . import benchmark
 
+    workloads, providers = _bench_list(args, "workloads"), _bench_list(args, "providers")
+    precisions, layouts = _bench_list(args, "precision"), _bench_list(args, "layouts")
     out = Path(args.out)
     returncode = _bench_ops(out, args.ops_filter) if args.ops else 0  # the steps run either way
-    settings = [(p, layout == "channels_last") for p in args.precision.split(",") for layout in args.layouts.split(",")]
-    rows = benchmark.run(args.workloads.split(","), args.providers.split(","), settings, device=args.device,
-                         repeats=args.repeats)
+    settings = [(p, layout == "channels_last") for p in precisions for layout in layouts]
+    rows = benchmark.run(workloads, providers, settings, device=args.device, repeats=args.repeats)
     benchmark.write_csv(rows, out / "steps.csv")
     table = benchmark.markdown(rows)
     if args.breakdown:
         table += "\nWhere a fused step's CPU op time goes (profiler self time):\n\n| workload | setting |" \
                  " convolution | aigc_fast | optimizer | other |\n|---|---|---:|---:|---:|---:|\n"
-        for workload in args.workloads.split(","):
+        for workload in workloads:
             for precision, channels_last in settings:
                 step, _ = benchmark.make_step(workload, "fused", precision=precision, channels_last=channels_last,
                                               device=args.device)

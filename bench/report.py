@@ -13,7 +13,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from aigc_fast.benchmark import comparison_chart
+from aigc_fast.benchmark import comparison_chart, machine_line
 
 # Providers that measure a floor, not an implementation. "clone" is the copy floor of the
 # results recorded before it became "copy" (a copy into a buffer allocated beforehand).
@@ -129,22 +129,30 @@ def write_csv(records, path):
 
 
 def chart(records, path):
-    """Forward+backward rows that have both a fused and an eager measurement: the fused op's
-    and torch.compile's speed-up over eager, and the fused peak memory over eager's."""
+    """Rows that have both a fused and an eager measurement, forward+backward for the ops
+    (a training step's rows are by setting): each provider's speed-up over eager, and the
+    fused peak memory over eager's. Titled with the machine; records of several machines
+    are refused (one chart, one machine)."""
+    machines = {tuple(r[k] for k in ("cpu", "gpu", "threads", "torch")) for r in records}
+    if len(machines) > 1:
+        raise SystemExit(f"--chart: the JSON files come from {len(machines)} machines or setups; chart them one by one")
     labels, speedups, memory = [], defaultdict(list), []
-    providers = [p for p in ("fused", "compile") if any(r["provider"] == p for r in records)]
+    # eager is the baseline, the floors and the conv-only part are not implementations of the op
+    providers = [p for p in dict.fromkeys(r["provider"] for r in records) if p not in ("eager", "conv only", *FLOORS)]
     for op, rows in tables(records).items():
         for (device, pass_, size), by in rows.items():
-            if pass_ != "fwd+bwd" or not {"fused", "eager"} <= set(by):
+            if pass_ in ("fwd", "bwd") or not {"fused", "eager"} <= set(by):
                 continue
-            labels.append(f"{op} {size}" + (f" {device}" if device != "cpu" else ""))
+            setting = "" if pass_ == "fwd+bwd" else f" {pass_}"  # a training step's precision and layout
+            labels.append(f"{op} {size}{setting}" + (f" {device}" if device != "cpu" else ""))
             eager = by["eager"]
             for p in providers:
                 speedups[p].append(eager["median_s"] / by[p]["median_s"] if p in by else None)
             peak = "cuda_peak_bytes" if device.startswith("cuda") else "cpu_peak_bytes"
             fused_peak, eager_peak = by["fused"].get(peak), eager.get(peak)
             memory.append(fused_peak / eager_peak if fused_peak and eager_peak else None)
-    return comparison_chart(labels, dict(speedups), memory, Path(path), title="ops, forward+backward")
+    return comparison_chart(labels, dict(speedups), memory, Path(path),
+                            title=f"forward+backward; {machine_line(records[0])}")
 
 
 def main(argv=None):

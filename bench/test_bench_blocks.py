@@ -9,6 +9,7 @@ bn_act's kernels read and write as the memory floor). A discriminator block meas
     python bench/report.py blocks.json --memory peak
 """
 
+import contextlib
 import copy
 
 import pytest
@@ -50,12 +51,16 @@ def inputs(spec, batch, memory_format, device):
     return x
 
 
-def train_step(model, x, grad):
+def train_step(model, x, grad, *, fused=False):
+    """Forward+backward of model on x. fused: under use_impl("fused"), which raises where
+    the kernels cannot run (as the other suites' impl="fused" does), instead of the blocks'
+    silent fall back to the reference ops, which would be timed under the name "fused"."""
     def step():
-        model.zero_grad(set_to_none=True)
-        x.grad = None
-        y = model(x)
-        y.backward(grad)
+        with aigc_fast.use_impl("fused") if fused else contextlib.nullcontext():
+            model.zero_grad(set_to_none=True)
+            x.grad = None
+            y = model(x)
+            y.backward(grad)
 
     return step
 
@@ -74,7 +79,7 @@ def test_block(benchmark, device, batch, name, layout, provider):
     x = inputs(spec, batch, memory_format, device).requires_grad_()
     with torch.no_grad():
         grad = torch.randn_like(model(x))
-    step = train_step(model, x, grad)
+    step = train_step(model, x, grad, fused=provider == "fused")
     step()  # compile / warm up
     benchmark.group = f"block {name} b{batch} {layout} {device}"
     benchmark.extra_info.update(op="block", provider=provider, size=f"{name} b{batch} {layout}", device=device,
@@ -86,7 +91,8 @@ def test_block(benchmark, device, batch, name, layout, provider):
 
 POST_PROVIDERS = {
     "fused": lambda h, bn, act: aigc_fast.bn_act(h, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                                                 training=True, act=act, num_batches_tracked=bn.num_batches_tracked),
+                                                 training=True, act=act, num_batches_tracked=bn.num_batches_tracked,
+                                                 impl="fused"),
     "eager": lambda h, bn, act: reference.bn_act(h, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                                                  training=True, act=act, num_batches_tracked=bn.num_batches_tracked),
 }
@@ -148,8 +154,8 @@ def test_memory_saving_mode(benchmark, device, memory_efficient):
     # autograd keeps of it counts; the scalar multiply itself keeps nothing.
     kept = saved_for_backward_bytes(
         lambda h: aigc_fast.bn_act(h * 1, bn.weight, bn.bias, None, None, training=True, act="leaky_relu",
-                                   memory_efficient=memory_efficient), post_input)
-    step = train_step(block, x, torch.randn(64, 256, 8, 8, device=device))
+                                   memory_efficient=memory_efficient, impl="fused"), post_input)
+    step = train_step(block, x, torch.randn(64, 256, 8, 8, device=device), fused=True)
     step()
     benchmark.group = f"memory-saving mode D 128->256 16->8 b64 {device}"
     benchmark.extra_info.update(op="memory-saving mode", provider="memory_efficient" if memory_efficient else "fused",

@@ -67,6 +67,39 @@ def test_chart(results, tmp_path):
     assert (tmp_path / "ops.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_chart_rows_title_and_one_machine(results, tmp_path, monkeypatch):
+    """Op rows forward+backward only, a training step's rows by setting; the machine in the
+    title; files from two machines refused rather than merged into one chart."""
+    report = load_report()
+    drawn = {}
+    monkeypatch.setattr(report, "comparison_chart", lambda labels, speedups, memory, path, title: drawn.update(
+        labels=labels, speedups=speedups, title=title))
+    data = json.loads(results.read_text())
+    data["benchmarks"] += [fake_benchmark("fused", 0.03, pass_="bf16 channels_last", op="step vae28"),
+                           fake_benchmark("eager", 0.06, pass_="bf16 channels_last", op="step vae28")]
+    for b in data["benchmarks"][-2:]:
+        b["extra_info"]["op"] = "step vae28"
+    results.write_text(json.dumps(data))
+    report.main([str(results), "--chart", str(tmp_path / "ops.png")])
+    assert drawn["labels"] == ["toy 1M", "step vae28 1M bf16 channels_last"]
+    assert drawn["speedups"] == {"fused": [3.0, 2.0], "compile": [1.5, None]}
+    assert "Test CPU, 2 threads, torch 2.x, 2026-11-29" in drawn["title"]
+    other = tmp_path / "other.json"
+    data["machine_info"]["cpu"]["brand_raw"] = "Another CPU"
+    other.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="2 machines"):
+        report.main([str(results), str(other), "--chart", str(tmp_path / "both.png")])
+
+
+@pytest.mark.parametrize("option, value", [("--layouts", "channels-last"), ("--providers", "fused,fsued"),
+                                           ("--workloads", "dcgan32"), ("--precision", "auto")])
+def test_bench_refuses_unknown_choices(option, value):
+    from aigc_fast import cli
+
+    with pytest.raises(SystemExit, match=f"--{option[2:]} .*choose from"):
+        cli.main(["bench", option, value])
+
+
 def test_bench_ops_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("pytest_benchmark")
     from aigc_fast.cli import main
