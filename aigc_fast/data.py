@@ -121,19 +121,27 @@ def _load_array_file(path: Union[str, Path]) -> Tuple[torch.Tensor, Optional[tor
     sample writes them), in one read."""
     path = Path(path)
     labels = None
-    if path.suffix == ".npy":
+    if path.suffix.lower() == ".npy":
         array = np.load(path)
-    elif path.suffix == ".npz":
+    elif path.suffix.lower() == ".npz":
         with np.load(path) as archive:
             keys = [k for k in ("images", "x") if k in archive.files] or archive.files
             if len(keys) != 1 and keys == archive.files:
                 raise ValueError(f"{path} holds {archive.files}: name the images array 'images' or 'x'")
             array = archive[keys[0]]
             if "labels" in archive.files:
-                labels = torch.from_numpy(archive["labels"]).long()
+                labels = _labels_for(array, archive["labels"], f"{path} (its 'labels' array)")
     else:
         raise ValueError(f"arrays are read from .npy or .npz files, got {path}")
     return _as_nchw(torch.from_numpy(np.ascontiguousarray(array)), str(path)), labels
+
+
+def _labels_for(images, labels, name: str) -> torch.Tensor:
+    """labels as int64 [N], one per image, or a ValueError naming where they came from."""
+    labels = torch.as_tensor(labels).long().flatten()
+    if len(labels) != len(images):
+        raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels")
+    return labels
 
 
 def _as_nchw(images: torch.Tensor, name: str) -> torch.Tensor:
@@ -170,13 +178,16 @@ def to_model_range(images: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def fit_size(images: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
-    """Float images resized to image_size (bilinear, antialiased) with `channels` channels
-    (RGB -> gray by luminance, gray -> RGB by repetition)."""
+    """Float images resized to image_size (bilinear, antialiased; a non-square image is
+    stretched, where an image folder's are center-cropped) with `channels` channels (RGB ->
+    gray by luminance, gray -> RGB by repetition, RGBA's alpha dropped)."""
+    if images.shape[1] == 4:  # RGBA: the colour, as image folders read it
+        images = images[:, :3]
     if images.shape[1] != channels:
         if images.shape[1] == 1 and channels == 3:
             images = images.expand(-1, 3, -1, -1)
-        elif images.shape[1] in (3, 4) and channels == 1:
-            images = (images[:, :3] * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        elif images.shape[1] == 3 and channels == 1:
+            images = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         else:
             raise ValueError(f"cannot turn {images.shape[1]}-channel images into {channels}-channel ones")
     if images.shape[-2:] != (image_size, image_size):
@@ -217,7 +228,7 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
         path = Path(source)
         if path.is_dir():
             images, labels = load_image_folder(path, image_size, channels)
-        elif path.suffix in (".npy", ".npz"):
+        elif path.suffix.lower() in (".npy", ".npz"):
             images, labels = _load_array_file(path)
         elif len(path.parts) > 1 and not path.exists():  # a path, not a mistyped name
             raise FileNotFoundError(f"data: no folder {str(source)!r} (relative paths start at {Path.cwd()}); "
@@ -228,9 +239,7 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
         images = _as_nchw(torch.as_tensor(source), "images")
     elif isinstance(source, tuple) and len(source) == 2:
         images = _as_nchw(torch.as_tensor(source[0]), "images")
-        labels = torch.as_tensor(source[1]).long().flatten()
-        if len(labels) != len(images):
-            raise ValueError(f"(images, labels): {len(images)} images but {len(labels)} labels")
+        labels = _labels_for(images, source[1], "(images, labels)")
     else:
         raise TypeError(f"cannot load images from a {type(source).__name__}")
     if len(images) == 0:

@@ -92,6 +92,21 @@ def test_arrays(tmp_path):
         data.load_array(tmp_path / "c.npz")
     ds = data.load(tmp_path / "a.npy", image_size=8, channels=1, kind="vae")
     assert ds.images.shape == (5, 1, 8, 8)
+    with open(tmp_path / "UPPER.NPY", "wb") as f:  # the suffix in either case (np.save would add ".npy")
+        np.save(f, nhwc)
+    assert torch.equal(data.load_array(tmp_path / "UPPER.NPY"), a)
+    assert len(data.load(tmp_path / "UPPER.NPY", image_size=8)) == 5
+    # RGBA: the alpha dropped, for RGB as for gray (as image folders read RGBA files)
+    rgba = np.concatenate([nhwc, np.full((5, 12, 12, 1), 7, np.uint8)], axis=-1)
+    np.save(tmp_path / "rgba.npy", rgba)
+    as_rgb = data.load(tmp_path / "rgba.npy", image_size=12, channels=3, kind="vae").images
+    torch.testing.assert_close(as_rgb, data.load(tmp_path / "a.npy", image_size=12, channels=3, kind="vae").images)
+    assert data.load(tmp_path / "rgba.npy", image_size=12, channels=1).images.shape == (5, 1, 12, 12)
+    # An archive's labels must match its images one for one, as an (images, labels) pair's do.
+    for count in (4, 6):
+        np.savez(tmp_path / "d.npz", images=nhwc, labels=np.arange(count))
+        with pytest.raises(ValueError, match=f"d.npz \\(its 'labels' array\\): 5 images but {count} labels"):
+            data.load(tmp_path / "d.npz", image_size=8)
 
 
 def test_ranges_and_tensors():

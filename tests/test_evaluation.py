@@ -6,6 +6,7 @@ samples written and read back with their labels."""
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -71,6 +72,9 @@ def test_inception_score_and_coverage_extremes():
     assert inception_score(few, splits=10)[0] > 1.3
     with pytest.raises(ValueError, match="at least 2 samples"):
         inception_score(few[:1])
+    # Splits of near-equal size: chunk() split 91 rows into 10 x 9 and a last split of one.
+    spread = torch.eye(10)[torch.arange(91) % 10]
+    assert inception_score(spread)[0] > inception_score(spread[:90])[0] - 0.1
     assert class_coverage(torch.arange(1000) % 10, 10) == pytest.approx((1.0, 0.0))
     assert class_coverage(torch.zeros(1000, dtype=torch.long), 10) == pytest.approx((0.1, math.log(10)))
 
@@ -130,6 +134,17 @@ def test_evaluate_a_run(digits_run):
     cached = (digits_run / "eval" / "classifier.pt").stat().st_mtime
     assert evaluate(digits_run, n=300, write=False)["fid"] == results["fid"]  # seeded; classifier reused
     assert (digits_run / "eval" / "classifier.pt").stat().st_mtime == cached
+
+
+def test_a_weak_evaluation_classifier_is_reported():
+    from aigc_fast.evaluation.run import _warn_if_weak
+
+    with pytest.warns(RuntimeWarning, match="reaches 40% on the real held-out images \\(chance 10%\\)"):
+        _warn_if_weak(0.4, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_weak(0.6, 10)  # over halfway from chance (10%) to perfect
+        _warn_if_weak(float("nan"), 10)  # no held-out images: nothing to say
 
 
 def test_evaluate_refuses_too_few_images_before_any_work(digits_run):

@@ -54,16 +54,16 @@ def inception_score(probs: torch.Tensor, *, splits: int = 10, seed: int = 0) -> 
     """exp(E_x KL(p(y|x) ‖ p(y))) from class probabilities [n, classes], over `splits`
     parts of a seeded shuffle (so that a set sorted by class, as real datasets often are,
     is not split by class); (mean, std). 1 for one class or uniform predictions; at most the
-    number of classes (confident predictions spread evenly over every class). Fewer than
-    2 * splits rows make fewer splits, of 2 rows or more: a split of one row scores 1
-    whatever the predictions."""
+    number of classes (confident predictions spread evenly over every class). The splits
+    differ in size by one row at most; fewer than 2 * splits rows make fewer splits, of 2
+    rows or more: a split of one row scores 1 whatever the predictions."""
     if splits < 1:
         raise ValueError(f"splits must be at least 1, got {splits}")
     if probs.shape[0] < 2:
         raise ValueError(f"the Inception Score needs at least 2 samples, got {probs.shape[0]}")
     probs = probs.double()[torch.randperm(probs.shape[0], generator=torch.Generator().manual_seed(seed))]
     scores = []
-    for part in probs.chunk(min(splits, probs.shape[0] // 2)):
+    for part in probs.tensor_split(min(splits, probs.shape[0] // 2)):  # chunk() can leave a 1-row last split
         marginal = part.mean(0, keepdim=True)
         kl = torch.xlogy(part, part) - torch.xlogy(part, marginal)  # 0 log 0 = 0, also where p(y) = 0
         scores.append(kl.sum(1).mean().exp())

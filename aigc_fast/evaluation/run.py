@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
@@ -107,6 +108,7 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
     trainer = load_run(run_dir, device=device)
     real = RealData(trainer, data)
     classifier, test_accuracy = run_classifier(run_dir, real)
+    _warn_if_weak(test_accuracy, real.num_classes)
     n = n if n is not None else len(real.train_images)
     fake = generate_unit(trainer, n, seed=seed)
     f_train, _ = features_and_probs(classifier, real.train_images)
@@ -144,6 +146,17 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
         (out / "metrics.json").write_text(json.dumps(results, indent=2))
         (out / "metrics.md").write_text(format_table(results))
     return results
+
+
+def _warn_if_weak(accuracy: float, num_classes: int) -> None:
+    """Every metric here reads the classifier's features or labels: one that is not even
+    halfway from chance to perfect on the real held-out images (too few images to train on)
+    makes them say little about the samples. (NaN, no held-out images: no warning.)"""
+    chance = 1 / num_classes
+    if accuracy < (chance + 1) / 2:
+        warnings.warn(f"the evaluation classifier reaches {accuracy:.0%} on the real held-out images (chance "
+                      f"{chance:.0%}): FID, KID, IS, coverage and CAS, all computed from it, say little about the "
+                      "samples; evaluate on more images", RuntimeWarning, stacklevel=3)
 
 
 _ROWS = [  # (key, label, the real-data reference it is read against)
