@@ -62,7 +62,7 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
                           channels_last=channels_last, device=device, progress=False,
                           out_dir=str(Path(tempfile.gettempdir()) / "aigc-fast-bench-unused"))
     trainer = trainer_class(config)
-    trainer._configure_backends()  # what fit() sets: cudnn.benchmark on a GPU, as a training run has it
+    trainer.configure_backends()  # as fit() does: cudnn.benchmark on a GPU, as a training run has it
     shape = (config.batch_size, config.channels, config.image_size, config.image_size)
     images = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     lo, hi = trainer.value_range

@@ -133,11 +133,12 @@ def main(argv=None) -> int:
 
     bench = commands.add_parser("bench", help="time full training steps (and with --ops each op): fused vs eager "
                                               "vs torch.compile")
-    bench.add_argument("--workloads", default="dcgan28,vae28", help=f"comma-separated, of {', '.join(_bench_lists()['workloads'])}")
-    bench.add_argument("--providers", default="fused,eager,compile",
-                       help=f"comma-separated, of {', '.join(_bench_lists()['providers'])} (the +graph ones on a GPU)")
-    bench.add_argument("--precision", default="fp32", help=f"comma-separated, of {', '.join(_bench_lists()['precision'])}")
-    bench.add_argument("--layouts", default="nchw,channels_last", help=f"comma-separated, of {', '.join(_bench_lists()['layouts'])}")
+    lists = _bench_lists()
+    for name, default, note in [("workloads", "dcgan28,vae28", ""), ("providers", "fused,eager,compile",
+                                " (the +graph ones on a GPU)"), ("precision", "fp32", ""),
+                                ("layouts", "nchw,channels_last", "")]:
+        bench.add_argument(f"--{name}", default=default, type=_comma_list(lists[name]),
+                           help=f"comma-separated, of {', '.join(lists[name])}{note} (default {default})")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--repeats", type=int, default=5, help="timed steps per case (after warm-up)")
     bench.add_argument("--out", default="bench-results", help="folder for steps.csv, .md, .png (and ops.*)")
@@ -247,21 +248,23 @@ def _bench_lists() -> Dict[str, Tuple[str, ...]]:
             "layouts": ("nchw", "channels_last")}
 
 
-def _bench_list(args, name: str) -> List[str]:
-    """A comma-separated option's values, each checked against its choices."""
-    values = getattr(args, name).split(",")
-    unknown = [v for v in values if v not in _bench_lists()[name]]
-    if unknown:
-        raise SystemExit(f"aigc-fast bench: --{name} {', '.join(map(repr, unknown))}: choose from "
-                         f"{', '.join(_bench_lists()[name])}")
-    return values
+def _comma_list(choices: Tuple[str, ...]):
+    """An argparse type: a comma-separated list, each value one of `choices` (argparse
+    reports any other with the usage line)."""
+    def parse(text: str) -> List[str]:
+        values = text.split(",")
+        unknown = [v for v in values if v not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))}: choose from {', '.join(choices)}")
+        return values
+
+    return parse
 
 
 def _bench(args) -> int:
     from . import benchmark
 
-    workloads, providers = _bench_list(args, "workloads"), _bench_list(args, "providers")
-    precisions, layouts = _bench_list(args, "precision"), _bench_list(args, "layouts")
+    workloads, providers, precisions, layouts = args.workloads, args.providers, args.precision, args.layouts
     out = Path(args.out)
     returncode = _bench_ops(out, args.ops_filter) if args.ops else 0  # the steps run either way
     settings = [(p, layout == "channels_last") for p in precisions for layout in layouts]

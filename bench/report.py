@@ -137,8 +137,10 @@ def chart(records, path):
     if len(machines) > 1:
         raise SystemExit(f"--chart: the JSON files come from {len(machines)} machines or setups; chart them one by one")
     labels, speedups, memory = [], defaultdict(list), []
-    # eager is the baseline, the floors and the conv-only part are not implementations of the op
-    providers = [p for p in dict.fromkeys(r["provider"] for r in records) if p not in ("eager", "conv only", *FLOORS)]
+    # eager is the baseline; the floors, the conv-only part and the memory-saving mode (timed
+    # against fused, not eager) are not implementations of the op to set against it
+    providers = [p for p in dict.fromkeys(r["provider"] for r in records)
+                 if p not in ("eager", "conv only", "memory_efficient", *FLOORS)]
     for op, rows in tables(records).items():
         for (device, pass_, size), by in rows.items():
             if pass_ in ("fwd", "bwd") or not {"fused", "eager"} <= set(by):
@@ -151,8 +153,9 @@ def chart(records, path):
             peak = "cuda_peak_bytes" if device.startswith("cuda") else "cpu_peak_bytes"
             fused_peak, eager_peak = by["fused"].get(peak), eager.get(peak)
             memory.append(fused_peak / eager_peak if fused_peak and eager_peak else None)
-    return comparison_chart(labels, dict(speedups), memory, Path(path),
-                            title=f"forward+backward; {machine_line(records[0])}")
+    dates = sorted({r["date"] for r in records})
+    where = machine_line({**records[0], "date": " to ".join(dict.fromkeys([dates[0], dates[-1]]))})
+    return comparison_chart(labels, dict(speedups), memory, Path(path), title=f"speed-up over eager; {where}")
 
 
 def main(argv=None):

@@ -50,7 +50,11 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       outputs = kernel();
     }
-    variable_list saved(outputs.begin() + n_values, outputs.end());  // the gradients, then the inputs
+    // The gradients, then the inputs. The gradients are saved as detached aliases: as
+    // outputs of this node they would come back from the saved list with this node as
+    // their grad_fn, and the backward's fast path hands them out as they are.
+    variable_list saved;
+    for (auto it = outputs.begin() + n_values; it != outputs.end(); ++it) saved.push_back(it->detach());
     TORCH_INTERNAL_ASSERT(saved.size() == inputs.size());
     saved.insert(saved.end(), inputs.begin(), inputs.end());
     if (settings.beta.defined()) saved.push_back(settings.beta);

@@ -114,9 +114,9 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     const at::Tensor std = log_var.mul(0.5).exp();
     at::Tensor grad_mu = g, grad_logvar = g.mul(std).mul(noise).mul(0.5);
     const at::Tensor grad_eps = g.mul(std);
-    if (grad_kl.has_value()) {  // one KL per row: broadcast over each row's elements
+    if (grad_kl.has_value()) {  // one KL per row (the op needs a row dimension): broadcast over its elements
       std::vector<int64_t> shape(mu.dim(), 1);
-      if (mu.dim() > 0) shape[0] = mu.size(0);
+      shape[0] = mu.size(0);
       const at::Tensor gk = grad_kl->to(math).reshape(shape);
       grad_mu = grad_mu.add(gk.mul(mu.to(math)));
       grad_logvar = grad_logvar.add(gk.mul(log_var.expm1()).mul(0.5));

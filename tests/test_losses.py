@@ -443,6 +443,39 @@ def test_backward_twice_with_retain_graph():
             torch.testing.assert_close(t.grad, 2 * g)
 
 
+LOSS_CASES = [  # (name, the loss of its inputs, the inputs): every kind, label, recon loss and reduction
+    *[(f"d {kind} label {label}", lambda r, f, kind=kind, label=label: aigc_fast.gan_d_loss(r, f, kind, real_label=label),
+       lambda: [randn(6, 2, seed=30), randn(5, seed=31)])
+      for kind in KINDS for label in ((1.0, 0.8) if kind in ("bce", "lsgan") else (1.0,))],
+    *[(f"g {kind}", lambda f, kind=kind: aigc_fast.gan_g_loss(f, kind), lambda: [randn(7, seed=32)]) for kind in KINDS],
+    *[(f"vae {recon} {reduction}", lambda *t, recon=recon, reduction=reduction: aigc_fast.vae_loss(
+        *t, recon_loss=recon, beta=0.7, reduction=reduction)[0].sum(),
+       lambda: vae_inputs(torch.float64, batch=3, image=(2, 3), latent=4))
+      for recon in ("bce", "mse") for reduction in ("mean", "sum", "none")],
+]
+
+
+@pytest.mark.parametrize("name, loss_of, make_inputs", LOSS_CASES, ids=[c[0] for c in LOSS_CASES])
+def test_create_graph_gradients_are_the_kernels(name, loss_of, make_inputs):
+    """The create_graph path computes the gradients again from the inputs: they must be the
+    kernel's (and gradgradcheck, which compares that path only with itself, cannot tell)."""
+    inputs = [t.requires_grad_() for t in make_inputs()]
+    kernel = torch.autograd.grad(loss_of(*inputs), inputs)
+    graph = torch.autograd.grad(loss_of(*inputs), inputs, create_graph=True)
+    with aigc_fast.use_impl("reference"):
+        expected = torch.autograd.grad(loss_of(*inputs), inputs)
+    for k, g, e in zip(kernel, graph, expected):
+        assert not k.requires_grad  # the kernel's gradients hand out no graph
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(k, e, rtol=1e-12, atol=1e-15)
+
+
+def test_create_graph_bce_keeps_a_confident_answers_tiny_gradient():
+    logits = torch.tensor([20.0, -20.0], requires_grad=True)  # float32: sigmoid(20) - 1 rounds to 0
+    (g,) = torch.autograd.grad(aigc_fast.gan_g_loss(logits, "bce"), logits, create_graph=True)
+    torch.testing.assert_close(g.detach(), torch.tensor([-2.0612e-9, -1.0]) / 2, rtol=1e-4, atol=0)  # a mean of 2
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_penalty_through_the_loss_reaches_the_parameters(dtype, kind):

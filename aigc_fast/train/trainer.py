@@ -73,9 +73,11 @@ class _Trainer:
     def _process_seed(self) -> int:
         return self.config.seed + 7919 * self.group.rank
 
-    def _configure_backends(self) -> None:
-        """Process-wide settings a training run asks for, set when it starts (not by
-        load_run, which only generates)."""
+    def configure_backends(self) -> None:
+        """Process-wide settings a training run asks for (deterministic algorithms; cuDNN
+        autotuning on a GPU), set by fit when it starts and by the step benchmark, which
+        times steps as fit runs them (not by load_run, which only generates). They stay
+        set for the process, as torch's own switches do."""
         if self.config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
             torch.use_deterministic_algorithms(True)
@@ -314,7 +316,7 @@ class _Trainer:
                 _drop_rows_after(self.step, self.run_dir / "metrics.jsonl", self.run_dir / "epochs.jsonl")
         elif self.step == 0 and self.device.type == "cuda":
             torch.cuda.manual_seed(self._process_seed)  # this process's GPU noise, from the run's seed
-        self._configure_backends()
+        self.configure_backends()
         if self.group.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.to_json(self.run_dir / "config.json")
