@@ -6,6 +6,7 @@
 // ATen ops on the same formulas, with the batch statistics recomputed from x, so second
 // derivatives are exact; the memory-saving mode, having no x, refuses.
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -50,7 +51,7 @@ Outputs differentiable_backward(const at::Tensor& grad_y, const at::Tensor& y, c
   shape[1] = x.size(1);
   const double n = double(x.numel() / x.size(1));
   // In eval the statistics are the running ones: constants (the saved outputs are detached,
-  // since unpacked they would lead back to this node, whose backward ignores them).
+  // since unpacked they would lead back to this node, which passes them no gradient in eval).
   const at::Tensor mean =
       training ? x.mean(dims, /*keepdim=*/true) : saved_mean.detach().to(x.scalar_type()).reshape(shape);
   const at::Tensor invstd = training ? (x - mean).pow(2).mean(dims, true).add(eps).rsqrt()
@@ -63,6 +64,24 @@ Outputs differentiable_backward(const at::Tensor& grad_y, const at::Tensor& y, c
   return {grad_x, sum_dz_xhat.reshape({-1}), sum_dz.reshape({-1})};
 }
 
+// d/dx of <g_mean, mean> + <g_invstd, invstd> for the batch statistics (training): mean =
+// sum(x) / n and invstd = (var + eps)^-1/2 with var = sum((x - mean)^2) / n, so
+// d mean/dx = 1 / n and d invstd/dx = -invstd^3 (x - mean) / n. Either gradient may be
+// undefined (not used).
+at::Tensor statistics_backward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+                               const at::Tensor& grad_mean, const at::Tensor& grad_invstd) {
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[1] = mean.size(0);
+  const c10::Scalar n(x.sym_numel() / x.sym_size(1));  // symbolic under torch.compile's dynamic shapes
+  at::Tensor grad = at::zeros_like(x, x.options().dtype(mean.scalar_type()));
+  if (grad_mean.defined()) grad = grad.add(grad_mean.reshape(shape).div(n));
+  if (grad_invstd.defined()) {
+    const at::Tensor centered = x.to(mean.scalar_type()).sub(mean.reshape(shape));
+    grad = grad.sub(centered.mul(grad_invstd.mul(invstd.pow(3)).reshape(shape).div(n)));
+  }
+  return grad.to(x.scalar_type());
+}
+
 class BnActFunction : public torch::autograd::Function<BnActFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptionalTensor& weight,
@@ -73,8 +92,10 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [y, mean, invstd] = forward_op().call(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                                training, momentum, eps, act, slope, memory_efficient);
-    // mean and invstd are not differentiable: bn_act_autograd returns them detached (not
-    // mark_non_differentiable, which compiled autograd refuses in a C++ Function).
+    // mean and invstd are differentiable outputs too (statistics_backward): the Python
+    // function drops them, but a caller of the raw op may use them. (Marking them
+    // non-differentiable instead: compiled autograd refuses a C++ Function that does so,
+    // and detaching them after this mutating op broke torch 2.13's inductor.)
     ctx->set_materialize_grads(false);  // no zeros ops for the statistics' (unused) gradients
     // Undefined tensors stand for absent ones (x in the memory-saving mode, no weight/bias).
     ctx->save_for_backward({memory_efficient ? at::Tensor() : x, y, weight.value_or(at::Tensor()),
@@ -99,9 +120,9 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), weight.has_value() && ctx->needs_input_grad(1),
                                    bias.has_value() && ctx->needs_input_grad(bias_index)};
     variable_list out(12);
-    if (!grads[0].defined()) return out;  // only the statistics were used: no gradient
     at::Tensor grad_x, grad_weight, grad_bias;
-    if (at::GradMode::is_enabled()) {
+    if (!grads[0].defined()) {  // only the statistics were used
+    } else if (at::GradMode::is_enabled()) {
       TORCH_CHECK(x.defined(),
                   "bn_act(memory_efficient=True) keeps only its output and supports first derivatives only; "
                   "use memory_efficient=False for double backward (a gradient penalty through this layer)");
@@ -113,6 +134,14 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
       std::tie(grad_x, grad_weight, grad_bias) = backward_op().call(
           grads[0], y, x.defined() ? OptionalTensor(x) : std::nullopt, weight, bias, mean, invstd, training, act,
           slope, mask);
+    }
+    // In eval the statistics are the running ones, constants: only batch statistics pass a
+    // gradient to x (the memory-saving mode keeps no x to compute it from).
+    if (training && mask[0] && (grads[1].defined() || grads[2].defined())) {
+      TORCH_CHECK(x.defined(), "bn_act(memory_efficient=True) keeps only its output: gradients through the "
+                  "batch statistics it returns need memory_efficient=False");
+      const at::Tensor through_statistics = statistics_backward(x, mean, invstd, grads[1], grads[2]);
+      grad_x = grad_x.defined() ? grad_x.add(through_statistics) : through_statistics;
     }
     out[0] = mask[0] ? grad_x : at::Tensor();
     out[1] = mask[1] ? grad_weight : at::Tensor();
@@ -127,7 +156,7 @@ Outputs bn_act_autograd(const at::Tensor& x, const OptionalTensor& weight, const
                         double eps, std::string act, double negative_slope, bool memory_efficient) {
   const variable_list out = BnActFunction::apply(x, weight, bias, running_mean, running_var, num_batches_tracked,
                                                  training, momentum, eps, act, negative_slope, memory_efficient);
-  return {out[0], out[1].detach(), out[2].detach()};
+  return {out[0], out[1], out[2]};
 }
 
 }  // namespace

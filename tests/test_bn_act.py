@@ -294,6 +294,34 @@ def test_second_derivatives(act):
         torch.autograd.grad(y.sum(), x, create_graph=True)[0].sum().backward()
 
 
+@pytest.mark.parametrize("shape", [(3, 2, 3, 2), (5, 3)])
+def test_the_raw_ops_batch_statistics_are_differentiable(shape):
+    """The raw op also returns the batch mean and invstd (the Python function drops them):
+    their gradients reach x, to first and second order, and in eval (running statistics)
+    they pass none."""
+    x, _ = data(shape, torch.float64, seed=9)
+    p = Params(shape[1], dtype=torch.float64)
+
+    def raw(t, w, b, training=True, memory_efficient=False):
+        stats = (p.running_mean.clone(), p.running_var.clone()) if not training else (None, None)
+        return torch.ops.aigc_fast.bn_act(t, w, b, *stats, None, training, 0.1, 1e-5, "tanh", 0.0, memory_efficient)
+
+    leaves = (x.requires_grad_(), p.weight.requires_grad_(), p.bias.requires_grad_())
+    assert torch.autograd.gradcheck(raw, leaves)
+    assert torch.autograd.gradgradcheck(raw, leaves)
+    _, mean, invstd = raw(*leaves)
+    (g,) = torch.autograd.grad(mean.sum() + invstd.sum(), x)
+    dims = [d for d in range(x.dim()) if d != 1]
+    expected_mean, expected_var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
+    expected = torch.autograd.grad((expected_mean.sum() + (expected_var + 1e-5).rsqrt().sum()), x)[0]
+    torch.testing.assert_close(g, expected)
+    _, mean, invstd = raw(*leaves, training=False)
+    assert torch.autograd.grad(mean.sum() + invstd.sum(), x, allow_unused=True, materialize_grads=True)[0].eq(0).all()
+    _, mean, _ = raw(*leaves, memory_efficient=True)
+    with pytest.raises(RuntimeError, match="batch statistics it returns need memory_efficient=False"):
+        mean.sum().backward()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_opcheck(dtype):
     x, grad_out = data((2, 3, 4, 5), dtype)
