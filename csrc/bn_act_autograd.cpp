@@ -121,8 +121,8 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
                                    bias.has_value() && ctx->needs_input_grad(bias_index)};
     variable_list out(12);
     at::Tensor grad_x, grad_weight, grad_bias;
-    if (!grads[0].defined()) {  // only the statistics were used
-    } else if (at::GradMode::is_enabled()) {
+    const bool output_used = grads[0].defined();  // else only the statistics were
+    if (output_used && at::GradMode::is_enabled()) {
       TORCH_CHECK(x.defined(),
                   "bn_act(memory_efficient=True) keeps only its output and supports first derivatives only; "
                   "use memory_efficient=False for double backward (a gradient penalty through this layer)");
@@ -130,7 +130,7 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
           grads[0], y, x, weight, mean, invstd, training, ctx->saved_data["eps"].toDouble(), act, slope);
       if (weight.has_value()) grad_weight = grad_weight.to(weight->scalar_type());
       if (bias.has_value()) grad_bias = grad_bias.to(bias->scalar_type());
-    } else {
+    } else if (output_used) {
       std::tie(grad_x, grad_weight, grad_bias) = backward_op().call(
           grads[0], y, x.defined() ? OptionalTensor(x) : std::nullopt, weight, bias, mean, invstd, training, act,
           slope, mask);
