@@ -15,6 +15,12 @@ def float_tensor(t, name: str) -> None:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
+def is_count(value, least: int) -> bool:
+    """Whether value is an integer >= least: a count or size (a bool, an int to Python, is
+    not one; neither is a float, even a whole one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def like(t, name: str, ref: torch.Tensor, ref_name: str) -> None:
     float_tensor(t, name)
     same_device(t, name, ref, ref_name)

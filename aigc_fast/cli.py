@@ -242,9 +242,11 @@ def _bench_ops(out: Path, selection: str) -> int:
 def _bench_lists() -> Dict[str, Tuple[str, ...]]:
     """The choices of aigc-fast bench's comma-separated options."""
     from .benchmark import PROVIDERS, WORKLOADS
+    from .train.config import PRECISIONS
 
     # Not "auto": a row must say the precision it ran in.
-    return {"workloads": tuple(WORKLOADS), "providers": tuple(PROVIDERS), "precision": ("fp32", "bf16", "fp16"),
+    return {"workloads": tuple(WORKLOADS), "providers": tuple(PROVIDERS),
+            "precision": tuple(p for p in PRECISIONS if p != "auto"),
             "layouts": ("nchw", "channels_last")}
 
 
@@ -264,17 +266,16 @@ def _comma_list(choices: Tuple[str, ...]):
 def _bench(args) -> int:
     from . import benchmark
 
-    workloads, providers, precisions, layouts = args.workloads, args.providers, args.precision, args.layouts
     out = Path(args.out)
     returncode = _bench_ops(out, args.ops_filter) if args.ops else 0  # the steps run either way
-    settings = [(p, layout == "channels_last") for p in precisions for layout in layouts]
-    rows = benchmark.run(workloads, providers, settings, device=args.device, repeats=args.repeats)
+    settings = [(p, layout == "channels_last") for p in args.precision for layout in args.layouts]
+    rows = benchmark.run(args.workloads, args.providers, settings, device=args.device, repeats=args.repeats)
     benchmark.write_csv(rows, out / "steps.csv")
     table = benchmark.markdown(rows)
     if args.breakdown:
         table += "\nWhere a fused step's CPU op time goes (profiler self time):\n\n| workload | setting |" \
                  " convolution | aigc_fast | optimizer | other |\n|---|---|---:|---:|---:|---:|\n"
-        for workload in workloads:
+        for workload in args.workloads:
             for precision, channels_last in settings:
                 step, _ = benchmark.make_step(workload, "fused", precision=precision, channels_last=channels_last,
                                               device=args.device)

@@ -12,6 +12,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from .._validate import is_count
 from . import _backend
 
 SIZES = (16, 32, 64, 128, 28)
@@ -43,7 +44,7 @@ def _check_float(t: torch.Tensor, name: str, model: str) -> None:
 
 def _check_sizes(model: str, **sizes: int) -> None:
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_count(value, 1):
             raise ValueError(f"{model}: {name} must be an integer >= 1, got {value!r}")
 
 

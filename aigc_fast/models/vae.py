@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validate import is_count
 from ..ops.bias_act import bias_act
 from ..ops.losses import vae_loss
 from ..ops.reparameterize import reparameterize
@@ -51,7 +52,7 @@ class _VAE(nn.Module):
         statistics, which the call leaves alone; the model's mode is restored after): the
         sigmoid of the decoder's logits, as for a model trained with the BCE reconstruction
         loss (an "mse" model's outputs are the images themselves: decode(z).clamp(0, 1))."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        if not is_count(n, 0):
             raise ValueError(f"n must be an integer >= 0 (how many samples), got {n!r}")
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)

@@ -9,6 +9,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from .._validate import is_count
 from ..models._backend import BACKENDS
 from ..models.dcgan import SIZES
 from ..ops.losses import RECON_LOSSES
@@ -50,13 +51,12 @@ class _Config:
         for name, least in (("epochs", 0), ("batch_size", 1), ("log_every", 1), ("sample_every", 1),
                             ("num_samples", 1), ("image_size", 1), *sizes):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not is_count(value, least):
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         if getattr(self, "model", "conv") == "conv" and self.image_size not in SIZES:  # (an MLP VAE takes any)
             raise ValueError(f"image_size must be one of {', '.join(map(str, sorted(SIZES)))} for the convolutional "
                              f"models, got {self.image_size}")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
-                                           or self.max_steps < 0):
+        if self.max_steps is not None and not is_count(self.max_steps, 0):
             raise ValueError(f"max_steps must be None (no cap) or an integer >= 0, got {self.max_steps!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")

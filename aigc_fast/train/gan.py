@@ -34,7 +34,7 @@ class GANTrainer(_Trainer):
             # wgan's critic must be kept 1-Lipschitz (clipping or a gradient penalty); without
             # that the losses diverge, so refuse rather than train something meaningless.
             why = " (wgan needs a Lipschitz constraint on D that the trainer does not add yet)" if c.loss == "wgan" else ""
-            raise ValueError(f"GANTrainer trains loss='bce', 'hinge' or 'lsgan', got {c.loss!r}{why}")
+            raise ValueError(f"GANTrainer trains loss one of {', '.join(map(repr, GAN_LOSSES))}, got {c.loss!r}{why}")
         self.G = self.place(DCGANGenerator(c.nz, c.ngf, c.channels, c.image_size, backend=c.backend))
         self.D = self.place(DCGANDiscriminator(c.ndf, c.channels, c.image_size, backend=c.backend))
         self.opt_g, self.opt_d = self.adam(self.G), self.adam(self.D)
