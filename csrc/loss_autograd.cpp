@@ -101,10 +101,9 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     const std::string kind = ctx->saved_data["kind"].toStringRef();
     const size_t n = ctx->saved_data["inputs"].toInt();
     const variable_list inputs(saved.begin() + n, saved.begin() + 2 * n);
-    bool any_double = false;
-    for (const at::Tensor& t : inputs) any_double |= t.scalar_type() == at::kDouble;
+    const at::ScalarType math = any_double(inputs) ? at::kDouble : at::kFloat;
     variable_list x;
-    for (const at::Tensor& t : inputs) x.push_back(t.to(any_double ? at::kDouble : at::kFloat));
+    for (const at::Tensor& t : inputs) x.push_back(t.to(math));
     if (loss == "vae_loss") {
       const at::Tensor& beta = saved[2 * n];
       const double scale = ctx->saved_data["reduction"].toStringRef() == "mean" ? 1.0 / double(x[0].size(0)) : 1.0;

@@ -28,14 +28,14 @@ std::pair<TermKind, double> gan_term(const std::string& kind, Role role, double 
   TORCH_CHECK(false, "kind must be one of 'bce', 'hinge', 'lsgan', 'wgan', got '", kind, "'");
 }
 
-namespace {
-
-bool any_double(std::initializer_list<const at::Tensor*> tensors) {
-  for (const at::Tensor* t : tensors) {
-    if (t->scalar_type() == at::kDouble) return true;
+bool any_double(at::TensorList tensors) {
+  for (const at::Tensor& t : tensors) {
+    if (t.scalar_type() == at::kDouble) return true;
   }
   return false;
 }
+
+namespace {
 
 at::TensorOptions math_options(const at::Tensor& like, bool double_math) {
   return like.options().dtype(double_math ? at::kDouble : at::kFloat);
@@ -103,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_d_loss_op(const at::Tensor& r
   GanLoss op;
   op.terms.push_back(make_term(real, "real_logits", kind, Role::kReal, real_label, output_mask[0]));
   op.terms.push_back(make_term(fake, "fake_logits", kind, Role::kFake, real_label, output_mask[1]));
-  op.double_math = any_double({&real, &fake});
+  op.double_math = any_double({real, fake});
   run(op);
   return {op.loss, op.terms[0].grad, op.terms[1].grad};
 }
@@ -112,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor> gan_g_loss_op(const at::Tensor& fake, std::st
                                                  bool need_grad) {
   GanLoss op;
   op.terms.push_back(make_term(fake, "fake_logits", kind, Role::kGenerator, 1.0, need_grad));
-  op.double_math = any_double({&fake});
+  op.double_math = any_double({fake});
   run(op);
   return {op.loss, op.terms[0].grad};
 }
@@ -157,7 +157,7 @@ vae_loss_op(const at::Tensor& recon, const at::Tensor& target, const at::Tensor&
   const int64_t batch = recon.size(0);
   op.recon_tiles = RowTiles::make(batch, recon.numel() / batch, kLossChunk);
   op.latent = mu.numel() / batch;
-  op.double_math = any_double({&recon, &target, &mu, &logvar});
+  op.double_math = any_double({recon, target, mu, logvar});
   op.grad_recon = grad_like(op.recon, output_mask[0]);
   op.grad_target = grad_like(op.target, output_mask[1]);
   op.grad_mu = grad_like(op.mu, output_mask[2]);

@@ -27,6 +27,9 @@ constexpr int64_t kLossChunk = 4096;
 enum class Role { kReal, kFake, kGenerator };
 std::pair<TermKind, double> gan_term(const std::string& kind, Role role, double real_label);
 
+// Whether the losses' math runs in float64: when any input is float64 (else float32).
+bool any_double(at::TensorList tensors);
+
 // One term of a GAN loss: the mean over all elements of x of logit_term<kind>(x, param).
 struct LogitTerm {
   at::Tensor x;     // dense; read in memory order
