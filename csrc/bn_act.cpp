@@ -155,7 +155,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
   BnActGrad op;
   op.y = in_memory_order(y);
   op.grad_y = in_order_of(grad_y, op.y);
-  if (x.has_value()) op.x = in_order_of(*x, op.y);
+  if (x.has_value()) {
+    op.x = in_order_of(*x, op.y);
+    op.beta = dense_channels(bias);
+  }
   op.channels = channels;
   op.inner = inner_of(op.y);
   op.act = parse_act(act, negative_slope);

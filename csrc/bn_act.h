@@ -6,6 +6,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cmath>
+#include <type_traits>
+
 #include "aigc_fast/batch_norm.h"
 #include "bias_act.h"  // with_act
 #include "tensor_ref.h"
@@ -17,6 +20,13 @@ namespace aigc_fast {
 // the kernel that merges the reduction's partials). Each [channels] vector is read and
 // written in its own dtype through a Ref, so no per-channel ATen op (on CUDA, a kernel
 // launch each) runs between the passes. Vectors are dense; an absent one has null data.
+
+// The normalize pass's scale, gamma * invstd (gamma absent: 1), in float64. Both passes
+// form it from invstd as stored in the math type, so the backward rounds it to the
+// forward's bits (which GradFrom::kInput needs to recompute z).
+AIGC_HD double bn_scale(const Ref& weight, int64_t c, double invstd) {
+  return (weight.data != nullptr ? load<double>(weight, c) : 1.0) * invstd;
+}
 
 // Forward: nn.BatchNorm's running update (training), invstd, and the normalize
 // coefficients of the affine pass.
@@ -38,11 +48,10 @@ AIGC_HD void bn_forward_channel(const BnForwardChannels& p, int64_t c, double me
     store(p.running_mean, c, mean * f + load<double>(p.running_mean, c) * (1.0 - f));
     store(p.running_var, c, var * p.bessel * f + load<double>(p.running_var, c) * (1.0 - f));
   }
-  const double invstd = 1.0 / sqrt(var + p.eps);
-  const double gamma = p.weight.data != nullptr ? load<double>(p.weight, c) : 1.0;
+  // scale from invstd as stored, as the backward (given the stored invstd) forms it too.
+  store(p.invstd, c, 1.0 / sqrt(var + p.eps));
   store(p.mean, c, mean);
-  store(p.invstd, c, invstd);
-  store(p.scale, c, gamma * invstd);
+  store(p.scale, c, bn_scale(p.weight, c, load<double>(p.invstd, c)));
   store(p.beta, c, p.bias.data != nullptr ? load<double>(p.bias, c) : 0.0);
 }
 
@@ -76,7 +85,7 @@ AIGC_HD void bn_backward_channel(const BnBackwardChannels& p, int64_t ch, double
   const double grad_gamma = sum_dz_centered * ratio;
   store(p.grad_weight, ch, grad_gamma);
   store(p.grad_bias, ch, sum_dz);
-  store(p.a, ch, gamma * invstd);
+  store(p.a, ch, bn_scale(p.weight, ch, invstd));  // the forward's scale
   store(p.b, ch, p.training ? grad_gamma * ratio / -p.n : 0.0);
   store(p.c, ch, p.training ? sum_dz / -p.n : 0.0);
 }
@@ -105,6 +114,7 @@ struct BnActGrad {
   at::Tensor grad_y, y, x;  // same layout; x undefined in the memory-saving mode
   int64_t channels, inner;
   at::Tensor shift;  // [channels], math type: S = mean (or beta in the memory-saving mode)
+  at::Tensor beta;   // [channels] or undefined (0): the forward's beta, for GradFrom::kInput
   Act act;
   double slope;
   // pass 1: per-channel sums of dz and dz * (u - S), then bn_backward_channel
@@ -114,19 +124,39 @@ struct BnActGrad {
   at::Tensor grad_x;
 };
 
-// Calls f(from_output, act, T{}) with the backward's mode (std::true_type: x not kept, the
-// memory-saving mode), activation and math type (double for float64, else float) as
-// compile-time values: the one dispatch of the CPU and CUDA backward kernels.
-template <typename F>
+// batch_norm.h's cut for an output of this dtype: the largest z whose output rounds to a
+// value that is not positive. Half the smallest subnormal of a 16-bit type is a tie, which
+// rounds to even (0); a float32 or float64 output is z itself.
+template <typename T>
+T output_cut(at::ScalarType dtype) {
+  if (dtype == at::kBFloat16) return static_cast<T>(std::ldexp(1.0, -134));
+  if (dtype == at::kHalf) return static_cast<T>(std::ldexp(1.0, -25));
+  return T(0);
+}
+
+// Calls f(from, act, T{}) with what the backward reads (batch_norm.h's GradFrom, as a
+// std::integral_constant), its activation and math type (double for float64, else float),
+// as compile-time values: the one dispatch of the CPU and CUDA backward kernels. x not
+// kept is the memory-saving mode (kOutput); with x, kInput where kInputAlone and the
+// activation allows it (the CPU kernels; the CUDA ones still read y there, unmeasured on
+// a GPU so far), else kInputAndOutput.
+template <bool kInputAlone, typename F>
 void with_grad_kernel(const BnActGrad& op, const F& f) {
   with_act(op.act, [&](auto act) {
     constexpr Act A = decltype(act)::value;
-    const auto with_type = [&](auto from_output) {
-      op.y.scalar_type() == at::kDouble ? f(from_output, act, double{}) : f(from_output, act, float{});
+    const auto with_type = [&](auto from) {
+      op.y.scalar_type() == at::kDouble ? f(from, act, double{}) : f(from, act, float{});
     };
-    if (op.x.defined()) return with_type(std::false_type{});
+    using std::integral_constant;
+    if (op.x.defined()) {
+      if constexpr (kInputAlone && (A == Act::kIdentity || A == Act::kRelu || A == Act::kLeakyRelu)) {
+        return with_type(integral_constant<GradFrom, GradFrom::kInput>{});
+      } else {
+        return with_type(integral_constant<GradFrom, GradFrom::kInputAndOutput>{});
+      }
+    }
     if constexpr (A == Act::kIdentity || A == Act::kLeakyRelu || A == Act::kTanh) {
-      with_type(std::true_type{});
+      with_type(integral_constant<GradFrom, GradFrom::kOutput>{});
     } else {
       TORCH_CHECK(false, "bn_act: the memory-saving backward needs an invertible activation");
     }

@@ -252,6 +252,33 @@ def test_memory_efficient_mode_keeps_only_the_output():
         assert any(t.untyped_storage().data_ptr() == y.untyped_storage().data_ptr() for t in big)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gradient_at_the_kink_is_the_outputs(dtype, act, layout):
+    """For relu and leaky_relu the backward reads no y: it recomputes z from x. Its
+    derivative must still be the one the output gives, also where a positive z rounds to an
+    output of 0: half the smallest subnormal of a 16-bit type is a tie, rounded to even."""
+    tiny = 2.0 ** {torch.bfloat16: -133, torch.float16: -24, torch.float32: -149}[dtype]  # smallest subnormal
+    # Eval with mean 0, variance 4, eps 0, gamma 1, beta 0: z = x / 2, exactly.
+    values = torch.tensor([tiny, 3 * tiny, 5 * tiny, 2 * tiny, -tiny, 0.0, 1.0, -1.0], dtype=torch.float64)
+    x = LAYOUTS[layout](values.repeat(4).reshape(2, 2, 2, 4).to(dtype))
+    kw = dict(training=False, eps=0.0, act=act, negative_slope=0.25)
+    outputs = []
+    for fn in (aigc_fast.bn_act, reference.bn_act):
+        x_ = x.clone().requires_grad_()
+        y = fn(x_, torch.ones(2), torch.zeros(2), torch.zeros(2), torch.full((2,), 4.0), **kw)
+        y.backward(torch.ones_like(y))
+        outputs.append((y.detach(), x_.grad))
+    (y, grad), (ref_y, ref_grad) = outputs
+    assert torch.equal(y, ref_y)
+    slope = 0.0 if act == "relu" else 0.25
+    expected = torch.where(y > 0, 1.0, slope) * 0.5  # act'(z) from the output, times gamma * invstd
+    assert torch.equal(grad.double(), expected.double()) and torch.equal(ref_grad, grad)
+    if dtype != torch.float32:  # the tie: tiny / 2 rounded to an output of 0, so act' is the slope
+        assert (y.flatten(1)[:, 0] == 0).all() and (grad.flatten(1)[:, 0] == 0.5 * slope).all()
+
+
 def test_deterministic_across_thread_counts():
     x, grad_out = data((32, 16, 24, 24))
     p = Params(16)

@@ -106,26 +106,42 @@ void stats(ChannelStats& op) {
 
 // ---- backward ----
 
-// The per-channel coefficients of the backward (batch_norm.h), in this order.
-enum Param { kShift, kA, kB, kC, kParams };
+// What batch_norm.h's dz_and_centered reads per channel, for every channel.
+template <typename T>
+struct GradChannels {
+  std::vector<T> shift, scale, beta;
+  T cut;
+
+  GradChannel<T> operator[](int64_t c) const { return {shift[c], scale[c], beta[c], cut}; }
+};
 
 template <typename T>
-ChannelParams<T, kParams> grad_params(const BnActGrad& op) {
-  ChannelParams<T, kParams> params;
-  params.values = {channel_values<T>(op.shift, op.channels, T(0)), channel_values<T>(op.a, op.channels, T(0)),
-                   channel_values<T>(op.b, op.channels, T(0)), channel_values<T>(op.c, op.channels, T(0))};
-  return params;
+GradChannels<T> grad_channels(const BnActGrad& op) {
+  GradChannels<T> ch{channel_values<T>(op.shift, op.channels, T(0)), std::vector<T>(op.channels),
+                     channel_values<T>(op.beta, op.channels, T(0)), output_cut<T>(op.y.scalar_type())};
+  for (int64_t c = 0; c < op.channels; ++c) {
+    ch.scale[c] = static_cast<T>(bn_scale(op.step.weight, c, load<double>(op.step.invstd, c)));
+  }
+  return ch;
 }
 
-// Calls body(dy, y, x) on the chunk's inputs in the storage type S (x null in the
-// memory-saving mode): the tensors' own memory, or copies in S where a tensor holds another
-// type (S is then the math type; see with_storage).
-template <typename S, typename Body>
+// One element's dz and u - S, reading only the tensors F needs (the others may be null).
+template <GradFrom F, Act A, typename T, typename S>
+inline __attribute__((always_inline)) void grad_element(const S* dy, const S* y, const S* x, int64_t i,
+                                                        const GradChannel<T>& ch, T slope, T& dz, T& centered) {
+  dz_and_centered<F, A>(math<T>(dy[i]), F == GradFrom::kInput ? T(0) : math<T>(y[i]),
+                        F == GradFrom::kOutput ? T(0) : math<T>(x[i]), ch, slope, dz, centered);
+}
+
+// Calls body(dy, y, x) on the chunk's inputs in the storage type S, null where F does not
+// read them: the tensors' own memory, or copies in S where a tensor holds another type (S is
+// then the math type; see with_storage).
+template <GradFrom F, typename S, typename Body>
 void with_grad_inputs(const BnActGrad& op, int64_t begin, int64_t len, const Body& body) {
   alignas(64) S dy_buf[kChunk], y_buf[kChunk], x_buf[kChunk];
   const S* dy = load(op.grad_y, begin, len, dy_buf);
-  const S* y = load(op.y, begin, len, y_buf);
-  const S* x = op.x.defined() ? load(op.x, begin, len, x_buf) : nullptr;
+  const S* y = F == GradFrom::kInput ? nullptr : load(op.y, begin, len, y_buf);
+  const S* x = F == GradFrom::kOutput ? nullptr : load(op.x, begin, len, x_buf);
   body(dy, y, x);
 }
 
@@ -135,15 +151,14 @@ void with_grad_storage(const BnActGrad& op, const F& f) {
 }
 
 // sum(dz) and sum(dz * (u - S)) over one piece of a channel's run.
-template <bool kFromOutput, Act A, typename T, typename S>
-AIGC_CPU_CLONES void piece_sums(const S* dy, const S* y, const S* x, int64_t n, T shift, T slope, T& sum_dz,
+template <GradFrom F, Act A, typename T, typename S>
+AIGC_CPU_CLONES void piece_sums(const S* dy, const S* y, const S* x, int64_t n, GradChannel<T> ch, T slope, T& sum_dz,
                                 T& sum_dz_centered) {
   T s1 = 0, s2 = 0;
   _Pragma("omp simd reduction(+ : s1, s2)")
   for (int64_t i = 0; i < n; ++i) {
     T dz, centered;
-    dz_and_centered<kFromOutput, A>(math<T>(dy[i]), math<T>(y[i]), kFromOutput ? T(0) : math<T>(x[i]), shift, slope,
-                                    dz, centered);
+    grad_element<F, A>(dy, y, x, i, ch, slope, dz, centered);
     s1 += dz;
     s2 += dz * centered;
   }
@@ -151,61 +166,136 @@ AIGC_CPU_CLONES void piece_sums(const S* dy, const S* y, const S* x, int64_t n, 
   sum_dz_centered = s2;
 }
 
-template <bool kFromOutput, Act A, typename T, typename S>
-void sums_by_runs(const BnActGrad& op, const Geometry& g, const T* shifts, T slope, double* sums) {
+template <GradFrom F, Act A, typename T, typename S>
+void sums_by_runs(const BnActGrad& op, const Geometry& g, const GradChannels<T>& ch, T slope, double* sums) {
   reduce_runs(g, [&](int64_t channel, int64_t begin, int64_t len) {
-    with_grad_inputs<S>(op, begin, len, [&](const S* dy, const S* y, const S* x) {
+    with_grad_inputs<F, S>(op, begin, len, [&](const S* dy, const S* y, const S* x) {
       T s1, s2;
-      piece_sums<kFromOutput, A>(dy, y, x, len, shifts[channel], slope, s1, s2);
+      piece_sums<F, A>(dy, y, x, len, ch[channel], slope, s1, s2);
       sums[channel * 2] += double(s1);
       sums[channel * 2 + 1] += double(s2);
     });
   });
 }
 
-// Short runs: per-element sums over a block's rows (the shift as a row pattern), folded
-// into per-channel float64 partials of the block's group, groups then added in order. For
-// the panel's channels c: shifts[c] in, sums[c * 2] and sums[c * 2 + 1] out.
-template <bool kFromOutput, Act A, typename T, typename S>
-void sums_by_rows(const BnActGrad& op, const Panel& panel, const T* shifts, T slope, double* sums) {
+// One block of rows of the short-run sums: the inputs F reads (rows x row elements each, the
+// others null; a row is `channels` runs of `inner` elements), the channels' values, and the
+// per-element sums out.
+template <typename T, typename S>
+struct SumsBlock {
+  const S *dy, *y, *x;
+  int64_t rows, channels, inner;
+  const T *shift, *scale, *beta;  // [channels]
+  T cut, slope;
+  T *s1, *s2;                     // [channels * inner]
+};
+
+// Element j of rows 0 .. kRows - 1 (kRows 1 or 4; rows `row` elements apart) added into its
+// per-element sums in row order, so the bits of a row-by-row loop, with its accumulators
+// loaded and stored once for the kRows rows. (The rows are written out: g++ 12 kept the
+// caller's loop scalar around a loop over them.)
+template <int64_t kRows, GradFrom F, Act A, typename T, typename S>
+inline __attribute__((always_inline)) void add_rows(const S* dy, const S* y, const S* x, int64_t row, int64_t j,
+                                                    const GradChannel<T>& ch, T slope, T* s1, T* s2) {
+  static_assert(kRows == 1 || kRows == 4, "add_rows takes one row or four");
+  T a1 = s1[j], a2 = s2[j];
+  T dz, centered;
+  grad_element<F, A>(dy, y, x, j, ch, slope, dz, centered);
+  a1 += dz;
+  a2 += dz * centered;
+  if constexpr (kRows == 4) {
+    grad_element<F, A>(dy, y, x, j + row, ch, slope, dz, centered);
+    a1 += dz;
+    a2 += dz * centered;
+    grad_element<F, A>(dy, y, x, j + 2 * row, ch, slope, dz, centered);
+    a1 += dz;
+    a2 += dz * centered;
+    grad_element<F, A>(dy, y, x, j + 3 * row, ch, slope, dz, centered);
+    a1 += dz;
+    a2 += dz * centered;
+  }
+  s1[j] = a1;
+  s2[j] = a2;
+}
+
+// Rows [r0, r0 + kRows) of a block added into its per-element sums (add_rows). A channel's
+// values are scalars over its run (NCHW), or read per element where runs are single
+// elements (channels_last).
+template <int64_t kRows, GradFrom F, Act A, typename T, typename S>
+AIGC_CPU_CLONES void sums_rows(const SumsBlock<T, S>& b, int64_t r0) {
+  const int64_t row = b.channels * b.inner;
+  const S* dy = b.dy + r0 * row;
+  const S* y = F == GradFrom::kInput ? nullptr : b.y + r0 * row;
+  const S* x = F == GradFrom::kOutput ? nullptr : b.x + r0 * row;
+  const T *shift = b.shift, *scale = b.scale, *beta = b.beta;
+  T *s1 = b.s1, *s2 = b.s2;
+  const T cut = b.cut, slope = b.slope;
+  if (b.inner == 1) {
+    AIGC_SIMD
+    for (int64_t c = 0; c < b.channels; ++c) {
+      const GradChannel<T> ch{shift[c], scale[c], beta[c], cut};
+      add_rows<kRows, F, A>(dy, y, x, row, c, ch, slope, s1, s2);
+    }
+    return;
+  }
+  for (int64_t c = 0; c < b.channels; ++c) {
+    const GradChannel<T> ch{shift[c], scale[c], beta[c], cut};
+    const int64_t first = c * b.inner;
+    AIGC_SIMD
+    for (int64_t i = first; i < first + b.inner; ++i) add_rows<kRows, F, A>(dy, y, x, row, i, ch, slope, s1, s2);
+  }
+}
+
+// A block's per-element sums, four rows at a time where it has them: a row at a time, the
+// input-only backward (three per-channel values an element, read as row patterns then) ran
+// its sums pass slower than reading y had at in-cache sizes (bench/NOTES.md).
+template <GradFrom F, Act A, typename T, typename S>
+void sums_block(const SumsBlock<T, S>& b) {
+  std::fill(b.s1, b.s1 + b.channels * b.inner, T(0));
+  std::fill(b.s2, b.s2 + b.channels * b.inner, T(0));
+  int64_t r = 0;
+  for (; r + 4 <= b.rows; r += 4) sums_rows<4, F, A>(b, r);
+  for (; r < b.rows; ++r) sums_rows<1, F, A>(b, r);
+}
+
+// Short runs: per-element sums over a block's rows (sums_block), folded into per-channel
+// float64 partials of the block's group, groups then added in order. For the panel's
+// channels c (ch[panel.first + c]): sums[c * 2] and sums[c * 2 + 1] out.
+template <GradFrom F, Act A, typename T, typename S>
+void sums_by_rows(const BnActGrad& op, const Panel& panel, const GradChannels<T>& ch, T slope, double* sums) {
   const Geometry& g = panel.g;
   const int64_t row = g.row(), groups = row_groups(g);
-  std::vector<T> shift_row(row);
-  fill_row(g, shift_row.data(), [&](int64_t c) { return shifts[c]; });
   std::vector<double> partial(groups * g.channels * 2, 0.0);
   reduce_rows(g, [&](int64_t group, int64_t row0, int64_t rows) {
     const int64_t len = rows * row;
-    const S* dy = panel.rows(op.grad_y, row0, rows, scratch<S, 0>(len).data());
-    const S* y = panel.rows(op.y, row0, rows, scratch<S, 1>(len).data());
-    const S* x = op.x.defined() ? panel.rows(op.x, row0, rows, scratch<S, 2>(len).data()) : nullptr;
-    T* s1 = scratch<T, 3>(row).data();
-    T* s2 = scratch<T, 4>(row).data();
-    std::fill(s1, s1 + row, T(0));
-    std::fill(s2, s2 + row, T(0));
-    const T* shift = shift_row.data();
-    for (int64_t r = 0; r < rows; ++r) {
-      const S *dyr = dy + r * row, *yr = y + r * row, *xr = x == nullptr ? nullptr : x + r * row;
-      simd_for(row, [&](int64_t j) {
-        T dz, centered;
-        dz_and_centered<kFromOutput, A>(math<T>(dyr[j]), math<T>(yr[j]), kFromOutput ? T(0) : math<T>(xr[j]), shift[j],
-                                        slope, dz, centered);
-        s1[j] += dz;
-        s2[j] += dz * centered;
-      });
-    }
+    SumsBlock<T, S> block{};
+    block.dy = panel.rows(op.grad_y, row0, rows, scratch<S, 0>(len).data());
+    block.y = F == GradFrom::kInput ? nullptr : panel.rows(op.y, row0, rows, scratch<S, 1>(len).data());
+    block.x = F == GradFrom::kOutput ? nullptr : panel.rows(op.x, row0, rows, scratch<S, 2>(len).data());
+    block.rows = rows;
+    block.channels = g.channels;
+    block.inner = g.inner;
+    block.shift = ch.shift.data() + panel.first;
+    block.scale = ch.scale.data() + panel.first;
+    block.beta = ch.beta.data() + panel.first;
+    block.cut = ch.cut;
+    block.slope = slope;
+    block.s1 = scratch<T, 3>(row).data();
+    block.s2 = scratch<T, 4>(row).data();
+    sums_block<F, A>(block);
     double* into = &partial[group * g.channels * 2];
-    fold_row(g, s1, into, 2);
-    fold_row(g, s2, into + 1, 2);
+    fold_row(g, block.s1, into, 2);
+    fold_row(g, block.s2, into + 1, 2);
   });
   for (int64_t group = 0; group < groups; ++group) {
     for (int64_t i = 0; i < g.channels * 2; ++i) sums[i] += partial[group * g.channels * 2 + i];
   }
 }
 
-template <bool kFromOutput, Act A, typename T>
+template <GradFrom F, Act A, typename T>
 void sums(BnActGrad& op) {
   const Geometry g{op.y.numel(), op.channels, op.inner};
-  const std::vector<T> shifts = channel_values<T>(op.shift, op.channels, T(0));
+  const GradChannels<T> ch = grad_channels<T>(op);
   const T slope = static_cast<T>(op.slope);
   // Per-channel sums of dz and dz * (u - S), float64, interleaved: [c * 2], [c * 2 + 1].
   std::vector<double> sums(g.channels * 2, 0.0);
@@ -213,32 +303,39 @@ void sums(BnActGrad& op) {
     using S = decltype(stored);
     if (reduce_by_rows(g)) {
       for_each_panel(g, [&](const Panel& panel) {
-        sums_by_rows<kFromOutput, A, T, S>(op, panel, shifts.data() + panel.first, slope, sums.data() + panel.first * 2);
+        sums_by_rows<F, A, T, S>(op, panel, ch, slope, sums.data() + panel.first * 2);
       });
     } else {
-      sums_by_runs<kFromOutput, A, T, S>(op, g, shifts.data(), slope, sums.data());
+      sums_by_runs<F, A, T, S>(op, g, ch, slope, sums.data());
     }
   });
   for (int64_t c = 0; c < g.channels; ++c) bn_backward_channel(op.step, c, sums[c * 2], sums[c * 2 + 1]);
 }
 
-template <bool kFromOutput, Act A, typename T, typename S>
+// The dx pass's per-channel values: S, beta (kInput), then batch_norm.h's A, B and C (A is
+// the forward's scale: bn_scale).
+enum Param { kShift, kBeta, kA, kB, kC, kParams };
+
+template <GradFrom F, Act A, typename T, typename S>
 void grad_input_in(BnActGrad& op) {
-  ChannelParams<T, kParams> params = grad_params<T>(op);
-  const T slope = static_cast<T>(op.slope);
+  ChannelParams<T, kParams> params;
+  params.values = {channel_values<T>(op.shift, op.channels, T(0)), channel_values<T>(op.beta, op.channels, T(0)),
+                   channel_values<T>(op.a, op.channels, T(0)), channel_values<T>(op.b, op.channels, T(0)),
+                   channel_values<T>(op.c, op.channels, T(0))};
+  const T slope = static_cast<T>(op.slope), cut = output_cut<T>(op.y.scalar_type());
   map_channels(Geometry{op.y.numel(), op.channels, op.inner}, params, [&](int64_t begin, int64_t len, const auto& segments) {
-    with_grad_inputs<S>(op, begin, len, [&](const S* dy, const S* y, const S* x) {
+    with_grad_inputs<F, S>(op, begin, len, [&](const S* dy, const S* y, const S* x) {
       alignas(64) S dx_buf[kChunk];
       S* dx = output(op.grad_x, begin, dx_buf);
       segments([&](int64_t pos, int64_t n, auto step, const auto& p, auto*) {
         constexpr int64_t P = decltype(step)::value;
-        const S *dys = dy + pos, *ys = y + pos, *xs = x == nullptr ? nullptr : x + pos;
-        const T *shift = p[kShift], *a = p[kA], *b = p[kB], *c = p[kC];
+        const S *dys = dy + pos, *ys = y == nullptr ? nullptr : y + pos, *xs = x == nullptr ? nullptr : x + pos;
+        const T *shift = p[kShift], *beta = p[kBeta], *a = p[kA], *b = p[kB], *c = p[kC];
         S* dxs = dx + pos;
-        simd_for(n, [&](int64_t i) {
+        simd_for(n, [&, cut, slope](int64_t i) {  // (by value, as in sums_by_rows)
           T dz, centered;
-          dz_and_centered<kFromOutput, A>(math<T>(dys[i]), math<T>(ys[i]), kFromOutput ? T(0) : math<T>(xs[i]),
-                                          shift[i * P], slope, dz, centered);
+          grad_element<F, A>(dys, ys, xs, i, GradChannel<T>{shift[i * P], a[i * P], beta[i * P], cut}, slope, dz,
+                             centered);
           put(dxs, i, bn_grad_input(dz, centered, a[i * P], b[i * P], c[i * P]));
         });
       });
@@ -247,9 +344,9 @@ void grad_input_in(BnActGrad& op) {
   });
 }
 
-template <bool kFromOutput, Act A, typename T>
+template <GradFrom F, Act A, typename T>
 void grad_input(BnActGrad& op) {
-  with_grad_storage<T>(op, [&](auto stored) { grad_input_in<kFromOutput, A, T, decltype(stored)>(op); });
+  with_grad_storage<T>(op, [&](auto stored) { grad_input_in<F, A, T, decltype(stored)>(op); });
 }
 
 }  // namespace
@@ -267,14 +364,14 @@ void backward_channels_cpu(const BnBackwardChannels& step, int64_t channels) {
 }
 
 void bn_act_sums_cpu(BnActGrad& op) {
-  with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
-    sums<decltype(from_output)::value, decltype(act)::value, decltype(type)>(op);
+  with_grad_kernel<true>(op, [&](auto from, auto act, auto type) {
+    sums<decltype(from)::value, decltype(act)::value, decltype(type)>(op);
   });
 }
 
 void bn_act_grad_input_cpu(BnActGrad& op) {
-  with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
-    grad_input<decltype(from_output)::value, decltype(act)::value, decltype(type)>(op);
+  with_grad_kernel<true>(op, [&](auto from, auto act, auto type) {
+    grad_input<decltype(from)::value, decltype(act)::value, decltype(type)>(op);
   });
 }
 

@@ -179,20 +179,23 @@ struct GradParams {
   Ref shift, a, b, c;
 };
 
-template <bool kFromOutput, Act A, typename T>
+// (with_grad_kernel<false>: these kernels read act'(z) from y, never GradFrom::kInput, so
+// the GradChannel's scale, beta and cut go unread.)
+template <GradFrom F, Act A, typename T>
 __device__ void element(Ref dy, Ref y, Ref x, const GradParams& p, int64_t c, int64_t i, T slope, T& dz, T& centered) {
-  dz_and_centered<kFromOutput, A>(load<T>(dy, i), load<T>(y, i), kFromOutput ? T(0) : load<T>(x, i),
-                                  load<T>(p.shift, c), slope, dz, centered);
+  const GradChannel<T> ch{load<T>(p.shift, c), T(1), T(0), T(0)};
+  dz_and_centered<F, A>(load<T>(dy, i), load<T>(y, i), F == GradFrom::kOutput ? T(0) : load<T>(x, i), ch, slope, dz,
+                        centered);
 }
 
-template <bool kFromOutput, Act A, typename T>
+template <GradFrom F, Act A, typename T>
 __global__ void sums_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s, T slope, double* partials) {
   const int64_t c = blockIdx.x, split = blockIdx.y;  // channels on x: up to 2^31 - 1 of them
   T s1 = 0, s2 = 0;
   const int64_t end = s.begin(split + 1);
   for (int64_t k = s.begin(split) + threadIdx.x; k < end; k += blockDim.x) {
     T dz, centered;
-    element<kFromOutput, A>(dy, y, x, p, c, s.offset(c, k), slope, dz, centered);
+    element<F, A>(dy, y, x, p, c, s.offset(c, k), slope, dz, centered);
     s1 += dz;
     s2 += dz * centered;
   }
@@ -205,7 +208,7 @@ __global__ void sums_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s,
 
 // sums_kernel for channels-innermost tensors (the row kernels' walk, as stats_rows_kernel);
 // thread row 0 adds the block's rows in order. Same partials as sums_kernel.
-template <bool kFromOutput, Act A, typename T>
+template <GradFrom F, Act A, typename T>
 __global__ void sums_rows_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlices s, T slope, double* partials) {
   __shared__ T sums1[kRowLanes][32], sums2[kRowLanes][32];
   const int lane = threadIdx.x, row_lane = threadIdx.y;
@@ -216,7 +219,7 @@ __global__ void sums_rows_kernel(Ref dy, Ref y, Ref x, GradParams p, ChannelSlic
 #pragma unroll 4
     for (int64_t r = s.begin(split) + row_lane; r < end; r += kRowLanes) {
       T dz, centered;
-      element<kFromOutput, A>(dy, y, x, p, c, r * s.channels + c, slope, dz, centered);
+      element<F, A>(dy, y, x, p, c, r * s.channels + c, slope, dz, centered);
       s1 += dz;
       s2 += dz * centered;
     }
@@ -251,13 +254,13 @@ __global__ void backward_channels_kernel(BnBackwardChannels step, int64_t channe
   if (c < channels) bn_backward_channel(step, c, 0.0, 0.0);
 }
 
-template <bool kFromOutput, Act A, typename T>
+template <GradFrom F, Act A, typename T>
 __global__ void grad_input_kernel(Ref dy, Ref y, Ref x, GradParams p, int64_t n, ChannelOf channel_of, T slope,
                                   Ref dx) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = channel_of(i);
     T dz, centered;
-    element<kFromOutput, A>(dy, y, x, p, c, i, slope, dz, centered);
+    element<F, A>(dy, y, x, p, c, i, slope, dz, centered);
     store(dx, i, bn_grad_input(dz, centered, load<T>(p.a, c), load<T>(p.b, c), load<T>(p.c, c)));
   }
 }
@@ -313,16 +316,16 @@ void bn_act_sums_cuda(BnActGrad& op) {
   const ChannelSlices s = rows ? row_slices_of(op.y.numel(), op.channels) : slices_of(op.y.numel(), op.channels, op.inner);
   const at::Tensor partials = at::empty({op.channels * s.splits * 2}, op.y.options().dtype(at::kDouble));
   const Ref x = optional_ref(op.x);
-  with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
+  with_grad_kernel<false>(op, [&](auto from, auto act, auto type) {
     using T = decltype(type);
-    constexpr bool kFromOutput = decltype(from_output)::value;
+    constexpr GradFrom kFrom = decltype(from)::value;
     constexpr Act kAct = decltype(act)::value;
     double* out = partials.mutable_data_ptr<double>();
     if (rows) {
-      sums_rows_kernel<kFromOutput, kAct, T><<<row_grid(s), dim3(32, kRowLanes), 0, stream>>>(
+      sums_rows_kernel<kFrom, kAct, T><<<row_grid(s), dim3(32, kRowLanes), 0, stream>>>(
           ref(op.grad_y), ref(op.y), x, grad_params(op), s, static_cast<T>(op.slope), out);
     } else {
-      sums_kernel<kFromOutput, kAct, T><<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(
+      sums_kernel<kFrom, kAct, T><<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(
           ref(op.grad_y), ref(op.y), x, grad_params(op), s, static_cast<T>(op.slope), out);
     }
   });
@@ -342,9 +345,9 @@ void bn_act_grad_input_cuda(BnActGrad& op) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t n = op.y.numel();
   const Ref x = optional_ref(op.x);
-  with_grad_kernel(op, [&](auto from_output, auto act, auto type) {
+  with_grad_kernel<false>(op, [&](auto from, auto act, auto type) {
     using T = decltype(type);
-    grad_input_kernel<decltype(from_output)::value, decltype(act)::value, T><<<grid_for(n), kThreads, 0, stream>>>(
+    grad_input_kernel<decltype(from)::value, decltype(act)::value, T><<<grid_for(n), kThreads, 0, stream>>>(
         ref(op.grad_y), ref(op.y), x, grad_params(op), n, ChannelOf(op.channels, op.inner), static_cast<T>(op.slope),
         ref(op.grad_x));
   });

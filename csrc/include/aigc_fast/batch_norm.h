@@ -10,10 +10,12 @@
 // first keeps (x - mean) exact for x close to a large mean, where ATen's
 // x * scale + (beta - mean * scale) rounds x * scale at the scale of the mean.
 //
-// Backward, with dz = dy * act'(z) read from y (activations.h), and xhat = (u - S) * R where
-// u = x, S = mean, R = invstd; or, in the memory-saving mode (inplace_abn's, for the
-// invertible activations: identity, leaky_relu with slope > 0, tanh), where x is not kept,
-// u = z = act^-1(y), S = beta, R = 1 / gamma:
+// Backward, with dz = dy * act'(z) and xhat = (u - S) * R where u = x, S = mean, R = invstd;
+// or, in the memory-saving mode (inplace_abn's, for the invertible activations: identity,
+// leaky_relu with slope > 0, tanh), where x is not kept, u = z = act^-1(y), S = beta,
+// R = 1 / gamma. act'(z) is read from y (activations.h), or, for the activations whose
+// derivative is a function of the output's sign (identity, relu, leaky_relu), found from
+// z recomputed from x as the forward computed it, so the backward reads no y (GradFrom):
 //   pass 1: per channel  sum(dz)  and  sum(dz * (u - S))
 //           dbeta = sum(dz),  dgamma = R * sum(dz * (u - S))
 //   pass 2: dx = A ((dz + C) + B (u - S)),  A = gamma * invstd,  B = -R dgamma / n,  C = -dbeta / n
@@ -48,10 +50,17 @@ AIGC_HD void merge_moments(Moments& a, double count, double mean, double m2) {
   a.count = total;
 }
 
+// The pre-activation z = (x - mean) * scale + beta from centered = x - mean: written once,
+// as the backward's GradFrom::kInput recomputes it and must get the forward's bits.
+template <typename T>
+AIGC_HD T preactivation(T centered, T scale, T beta) {
+  return centered * scale + beta;
+}
+
 template <bool kAffine, Act A, typename T>
 AIGC_HD T normalize_act(T x, T mean, T scale, T beta, T slope) {
   if constexpr (kAffine) {
-    return act_forward<A>((x - mean) * scale + beta, slope);
+    return act_forward<A>(preactivation(x - mean, scale, beta), slope);
   } else {
     return act_forward<A>(x + beta, slope);  // bias_act: x + bias
   }
@@ -83,17 +92,47 @@ AIGC_HD T act_inverse(T y, T slope) {
   }
 }
 
-// dz and the centered value u - S of one element, from x (kept input) or from y alone
-// (memory-saving mode).
-template <bool kFromOutput, Act A, typename T>
-AIGC_HD void dz_and_centered(T dy, T y, T x, T shift, T slope, T& dz, T& centered) {
-  dz = dy * act_grad_from_output<A>(y, slope);
-  if constexpr (kFromOutput) {
+// What the backward reads besides dy (bn_act.h's with_grad_kernel picks):
+//   kInputAndOutput  x for u - S, y for act'(z) (tanh, sigmoid);
+//   kInput           x alone: act'(z) from z = (x - mean) * scale + beta, the forward's
+//                    expression on the forward's per-channel values, so the same bits
+//                    (identity, relu, leaky_relu): one activation-sized stream less in
+//                    each of the two passes;
+//   kOutput          y alone (the memory-saving mode).
+enum class GradFrom : int { kInputAndOutput, kInput, kOutput };
+
+// act'(z) for the activations whose derivative depends only on whether the output is
+// positive, from z: y = act(z), rounded to the output's dtype, is positive exactly when z >
+// cut (0 for float32 and float64 outputs, half the smallest subnormal for 16-bit ones,
+// which rounds to 0), so this is act_grad_from_output of that y, bit for bit.
+template <Act A, typename T>
+AIGC_HD T act_grad_from_preactivation(T z, T cut, T slope) {
+  static_assert(A == Act::kIdentity || A == Act::kRelu || A == Act::kLeakyRelu,
+                "only a piecewise-linear activation's derivative follows from the sign of z");
+  return act_grad_from_output<A>(z > cut ? T(1) : T(0), slope);
+}
+
+// The per-channel values one element's backward reads: S, and for GradFrom::kInput the
+// forward's scale and beta and the output dtype's cut (unused otherwise).
+template <typename T>
+struct GradChannel {
+  T shift, scale, beta, cut;
+};
+
+// dz and the centered value u - S of one element.
+template <GradFrom F, Act A, typename T>
+AIGC_HD void dz_and_centered(T dy, T y, T x, const GradChannel<T>& ch, T slope, T& dz, T& centered) {
+  if constexpr (F == GradFrom::kOutput) {
+    dz = dy * act_grad_from_output<A>(y, slope);
     if constexpr (A == Act::kIdentity || A == Act::kLeakyRelu || A == Act::kTanh) {
-      centered = act_inverse<A>(y, slope) - shift;
+      centered = act_inverse<A>(y, slope) - ch.shift;
     }
+  } else if constexpr (F == GradFrom::kInput) {
+    centered = x - ch.shift;
+    dz = dy * act_grad_from_preactivation<A>(preactivation(centered, ch.scale, ch.beta), ch.cut, slope);
   } else {
-    centered = x - shift;
+    dz = dy * act_grad_from_output<A>(y, slope);
+    centered = x - ch.shift;
   }
 }
 
