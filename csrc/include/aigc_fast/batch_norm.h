@@ -21,8 +21,9 @@
 //   pass 2: dx = A ((dz + C) + B (u - S)),  A = gamma * invstd,  B = -R dgamma / n,  C = -dbeta / n
 //           (the textbook A (dz - dbeta / n - xhat dgamma / n), dz - dbeta / n formed first as
 //           there; B = C = 0 with running statistics)
-// So pass 1 reads one per-channel value (S) and pass 2 four (S, A, B, C): where they are
-// read per element from a row pattern (channels_last), fewer is faster. (The per-channel
+// So pass 1 reads one per-channel value (S) and pass 2 four (S, A, B, C), and reading no y
+// adds scale and beta to pass 1 and beta to pass 2 (scale is A): where they are read per
+// element from a row pattern (channels_last), fewer is faster. (The per-channel
 // steps between passes, invstd = 1 / sqrt(var + eps), nn.BatchNorm's running update and
 // these coefficients, are bn_act.h's, in float64.)
 #pragma once
