@@ -70,7 +70,8 @@ class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
         grad_bias = (dims.empty() ? dz.clone() : dz.sum(dims)).to(at::ScalarType(bias_dtype));
       }
     } else {
-      const auto wanted = need_bias ? std::optional<at::ScalarType>(at::ScalarType(bias_dtype)) : std::nullopt;
+      std::optional<at::ScalarType> wanted;
+      if (need_bias) wanted = at::ScalarType(bias_dtype);
       std::tie(grad_x, grad_bias) = backward_op().call(grads[0], y, dim, act, slope, wanted);
     }
     return {ctx->needs_input_grad(0) ? grad_x : at::Tensor(), need_bias ? grad_bias : at::Tensor(),

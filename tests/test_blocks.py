@@ -88,8 +88,9 @@ def test_projection_runs_as_a_matrix_multiply(channels_last, monkeypatch):
     fused = steps(block, x, g, channels_last)
     assert not calls  # the fused block never ran the general conv-transpose
     assert_same(fused, steps(twin, x, g, channels_last), 1e-10)
-    if channels_last:
+    if channels_last:  # the output and the weight's gradient keep the model's layout, as the conv's do
         assert fused[0].is_contiguous(memory_format=torch.channels_last)
+        assert fused[1][1].is_contiguous(memory_format=torch.channels_last) and not fused[1][1].is_contiguous()
 
 
 def dcgan(nz=16, ngf=8, ndf=8):

@@ -155,9 +155,14 @@ def _convolve(conv: nn.Module, x: torch.Tensor, with_bias: bool) -> torch.Tensor
     bias = conv.bias if with_bias else None
     if _is_projection(conv, x):
         w = conv.weight  # [in, out, kh, kw]
-        h = (x.flatten(1) @ w.flatten(1)).view(x.shape[0], *w.shape[1:])
         if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
-            h = h.contiguous(memory_format=torch.channels_last)  # a channels_last model, as the conv would
+            # A channels_last model: its weight is [in, kh, kw, out] in memory, so the product
+            # comes out [N, kh, kw, out], the channels_last output the conv would give, with no
+            # copy of the weight or the output either way (forward and backward).
+            w_hwc = w.permute(0, 2, 3, 1)
+            h = (x.flatten(1) @ w_hwc.flatten(1)).view(x.shape[0], *w_hwc.shape[1:]).permute(0, 3, 1, 2)
+        else:
+            h = (x.flatten(1) @ w.flatten(1)).view(x.shape[0], *w.shape[1:])
         return h if bias is None else h + bias.view(1, -1, 1, 1).to(h.dtype)
     if isinstance(conv, nn.ConvTranspose2d):  # (padding_mode is always "zeros" for these)
         return F.conv_transpose2d(x, conv.weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
