@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import _validate
+
 # name: (forward on the pre-activation v, derivative from the output y)
 ACTIVATIONS = {
     "identity": (lambda v, slope: v, lambda y, slope: torch.ones_like(y)),
@@ -21,6 +23,7 @@ ACTIVATIONS = {
 def check(act: str, negative_slope: float) -> None:
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {', '.join(map(repr, ACTIVATIONS))}, got {act!r}")
+    negative_slope = _validate.number(negative_slope, "negative_slope")  # (passed to the kernels for any act)
     if act == "leaky_relu" and negative_slope < 0:
         raise ValueError(
             f"negative_slope must be >= 0 (the backward reads the sign of the input from the output), got {negative_slope}"

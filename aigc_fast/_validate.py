@@ -3,6 +3,9 @@ same clear error (the C++ ops check again, for callers that use torch.ops direct
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -19,6 +22,23 @@ def is_count(value, least: int) -> bool:
     """Whether value is an integer >= least: a count or size (a bool, an int to Python, is
     not one; neither is a float, even a whole one)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def number(value, name: str) -> float:
+    """value as a float: a finite real number (a Python or NumPy int or float; not a bool, a
+    string or None), so a NaN or a typo is refused by name rather than carried into the
+    kernels or turned into NaN outputs."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def flag(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
 
 
 def like(t, name: str, ref: torch.Tensor, ref_name: str) -> None:

@@ -164,6 +164,9 @@ def test_nan_propagates():
         (lambda: aigc_fast.bias_act(torch.zeros(2, 3), torch.zeros(3, device="meta")), ValueError, "bias must be on the same device as x"),
         (lambda: aigc_fast.bias_act(torch.zeros(2, 3), None, "leaky_relu", negative_slope=-0.1), ValueError, "negative_slope must be >= 0"),
         (lambda: aigc_fast.bias_act(torch.zeros(3), torch.zeros(3), dim=1), ValueError, r"dim must index a dimension of x \(1-d\), got 1"),
+        (lambda: aigc_fast.bias_act(torch.zeros(2, 3), torch.zeros(3), dim=1.0), TypeError, "dim must be an int, got float"),
+        (lambda: aigc_fast.bias_act(torch.zeros(2, 3), None, "leaky_relu", negative_slope=float("nan")), ValueError, "negative_slope must be finite, got nan"),
+        (lambda: aigc_fast.bias_act(torch.zeros(2, 3), None, "leaky_relu", negative_slope=None), TypeError, "negative_slope must be a number, got NoneType"),
         (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), torch.zeros(4), 1, "relu", 0.2), RuntimeError, r"bias must have shape \[3\]"),
         (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), None, 1, "gelu", 0.2), RuntimeError, "act must be one of"),
     ],
@@ -294,3 +297,17 @@ def test_bias_gradient_under_create_graph_sums_unrounded_dz_too(dtype):
     ulp = 2 ** -7 if dtype == torch.bfloat16 else 1e-6  # the same products, a rounding apart at most
     torch.testing.assert_close(gx_graph.float(), gx.float(), rtol=ulp, atol=1e-6)
     torch.testing.assert_close(gb_graph, gb, rtol=1e-5, atol=1e-5)  # float32 sums, not of the rounded grad_x
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_gradient_at_a_nan_output_is_atens(act):
+    """relu passes the gradient of a NaN output on (ATen's threshold_backward), leaky_relu
+    scales it by the slope: a NaN in the activations is not hidden in the backward."""
+    x = torch.tensor([[1.0, float("nan"), -2.0], [0.5, 3.0, float("inf")]], requires_grad=True)
+    bias = torch.tensor([0.0, 0.0, float("nan")], requires_grad=True)
+    x_ref, bias_ref = (t.detach().clone().requires_grad_() for t in (x, bias))
+    g = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    aigc_fast.bias_act(x, bias, act).backward(g)
+    _activations.apply(act, x_ref + bias_ref, 0.2).backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, equal_nan=True)
+    torch.testing.assert_close(bias.grad, bias_ref.grad, equal_nan=True)

@@ -182,6 +182,10 @@ def test_gradcheck():
         (lambda: ConvTransposeBlock(4, 4, act="gelu"), ValueError, "act must be one of"),
         (lambda: ConvBlock(4, 4, norm="group"), ValueError, "norm must be 'batch' or None"),
         (lambda: ConvTransposeBlock(4, 4)(torch.zeros(2, 5, 3, 3)), RuntimeError, "channels"),
+        # A 1x1 input (the projection, a matrix multiply) the conv would refuse: the conv's error.
+        (lambda: ConvTransposeBlock(4, 3, 4, 1, 0)(torch.zeros(2, 5, 1, 1)), RuntimeError, "to have 4 channels, but got 5"),
+        (lambda: ConvTransposeBlock(4, 3, 4, 1, 0)(torch.zeros(2, 4, 1, 1, dtype=torch.float16)), RuntimeError,
+         "expected scalar type Half but found Float"),
     ],
 )
 def test_bad_input_gives_clear_errors(call, error, match):

@@ -420,6 +420,67 @@ def test_nan_stays_in_its_channel():
         torch.testing.assert_close(fused[[0, 2]], eager[[0, 2]])
 
 
+@pytest.mark.parametrize("act", ["identity", "relu", "leaky_relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_eval_gradients_at_inf_and_nan_are_atens(act, layout):
+    """With running statistics dx = dz * gamma * invstd does not depend on x, so an inf or NaN
+    element of x, or a NaN running mean, must not turn its channel's dx into NaN (0 * inf);
+    a NaN output passes its gradient on through relu, as ATen's threshold_backward does."""
+    x, g = data((3, 4, 2, 2), dtype=torch.float64)
+    x[0, 1, 0, 0], x[1, 2, 1, 1], x[2, 3, 0, 1] = float("inf"), float("-inf"), float("nan")
+    p = Params(4, dtype=torch.float64)
+    p.running_mean[0] = float("nan")
+
+    def eager(x, weight, bias, running_mean, running_var, **_):
+        return _activations.apply(act, torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias), 0.2)
+
+    fused = run(aigc_fast.bn_act, x, p, g, training=False, layout=LAYOUTS[layout], act=act)
+    expected = run(eager, x, p, g, training=False, layout=LAYOUTS[layout])
+    for f, e in zip(fused[0], expected[0]):
+        torch.testing.assert_close(f, e, equal_nan=True)
+    if act in ("identity", "relu", "leaky_relu"):  # (tanh and sigmoid read act' from a NaN output: NaN)
+        assert torch.isfinite(fused[0][1]).all()
+
+
+def test_statistics_that_overflow_float32_sums_are_exact():
+    """Finite data whose float32 sums overflow (|x| ~ 1e38, squares past 3.4e38) gets its
+    statistics in float64, as ATen's CPU BatchNorm accumulates them: a finite, right-signed
+    running mean and finite outputs, where the float sums had given -inf and NaN."""
+    for shape in [(4, 2, 2), (4, 2), (4, 2, 3, 3), (64, 2, 3, 3)]:
+        x = torch.zeros(shape)
+        x.view(-1)[0] = 2e38
+        p = Params(2)
+        y = aigc_fast.bn_act(x, None, None, p.running_mean, p.running_var, training=True, act="identity")
+        x64 = x.double().transpose(0, 1).reshape(2, -1)
+        mean, var = x64.mean(1), x64.var(1, unbiased=False)
+        expected = ((x.double() - mean.view(1, 2, *[1] * (x.dim() - 2))) / (var + 1e-5).sqrt().view(1, 2, *[1] * (x.dim() - 2)))
+        torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+        assert p.running_mean[0] > 0 and torch.isfinite(p.running_mean).all()
+        assert torch.isinf(p.running_var[0])  # the unbiased variance itself is past float32's range, as in ATen
+
+
+def test_the_reference_takes_what_the_fused_op_takes():
+    """Parameters and statistics in any float dtype, beside any x (ATen's batch_norm wants
+    x's, or float32 beside a 16-bit x): the reference twin converts, updating in place."""
+    x, g = data((4, 3, 2, 2))
+    for param_dtype in (torch.float64, torch.float16, torch.bfloat16):
+        p = Params(3, param_dtype=param_dtype)
+        fused = run(aigc_fast.bn_act, x, p, g, training=True)
+        ref = run(reference.bn_act, x, p, g, training=True)
+        for f, r in zip(fused[0] + fused[1], ref[0] + ref[1]):
+            assert f.dtype == r.dtype
+            torch.testing.assert_close(f, r, rtol=2e-2, atol=2e-2)
+
+
+def test_vmap_is_a_clear_error():
+    x = torch.randn(3, 4, 5)
+    with pytest.raises(RuntimeError, match="bn_act does not support torch.vmap"):
+        torch.func.vmap(lambda t: aigc_fast.bn_act(t, None, None, None, None, training=True))(x)
+    with aigc_fast.use_impl("reference"):  # what the message advises works
+        y = torch.func.vmap(lambda t: aigc_fast.bn_act(t, None, None, None, None, training=True))(x)
+    assert y.shape == x.shape
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
@@ -428,7 +489,23 @@ def test_nan_stays_in_its_channel():
         (lambda: aigc_fast.bn_act(torch.zeros(2, 3, 4, 4), None, None, None, None, training=True, act="gelu"),
          ValueError, "act must be one of"),
         (lambda: aigc_fast.bn_act(torch.zeros(1, 3, 1, 1), None, None, None, None, training=True), ValueError,
-         "Expected more than 1 value per channel when training"),
+         "Expected more than 1 value per channel when normalizing with the batch's statistics"),
+        (lambda: aigc_fast.bn_act(torch.zeros(1, 3, 1, 1), None, None, None, None, training=False), ValueError,
+         r"batch's statistics \(training, or no running statistics\)"),
+        (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training=True, eps=0.0), ValueError,
+         "eps must be positive when training, got 0.0"),
+        (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training=True, eps=float("nan")),
+         ValueError, "eps must be finite, got nan"),
+        (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training=True, eps=None), TypeError,
+         "eps must be a number, got NoneType"),
+        (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training=True, momentum="0.1"), TypeError,
+         "momentum must be a number, got str"),
+        (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training=True, act="leaky_relu",
+                                  negative_slope=float("nan")), ValueError, "negative_slope must be finite"),
+        (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training=True, negative_slope="0.2"),
+         TypeError, "negative_slope must be a number, got str"),
+        (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training="yes"), TypeError,
+         "training must be True or False, got str"),
         (lambda: aigc_fast.bn_act(torch.zeros(6), None, None, None, None, training=True), ValueError,
          r"\[N, C, ...\]"),
         (lambda: aigc_fast.bn_act(torch.zeros(2, 3, dtype=torch.int64), None, None, None, None, training=True),

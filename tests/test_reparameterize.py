@@ -249,11 +249,12 @@ def test_noncontiguous_inputs():
                                op()(mu_t.contiguous(), lv_t.contiguous(), None, seed, False)[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("impl", ["fused", "reference"])
 @pytest.mark.parametrize("shape", [(0,), (0, 5), (4, 0), (3, 0, 2)])
-def test_empty(shape):
+def test_empty(shape, impl):
     mu = torch.zeros(shape, requires_grad=True)
     logvar = torch.zeros(shape, requires_grad=True)
-    z, kl = aigc_fast.reparameterize(mu, logvar, return_kl=True)
+    z, kl = aigc_fast.reparameterize(mu, logvar, return_kl=True, impl=impl)
     assert z.shape == shape and kl.shape == (shape[0],)
     assert torch.equal(kl, torch.zeros(shape[0]))  # an empty latent has zero KL
     (z.sum() + kl.sum()).backward()
@@ -328,6 +329,7 @@ def test_large_counter_offset_matches_numpy_philox():
         (dict(mu=torch.tensor(0.0), logvar=torch.tensor(0.0), return_kl=True), ValueError, "needs a batch dimension"),
         (dict(mu=torch.zeros(3), logvar=torch.zeros(3), impl="fast"), ValueError, "impl must be one of"),
         (dict(mu=torch.zeros(3), logvar=torch.zeros(3), generator=5), TypeError, "generator must be a torch.Generator"),
+        (dict(mu=torch.zeros(3), logvar=torch.zeros(3), return_kl="yes"), TypeError, "return_kl must be True or False, got str"),
     ],
 )
 def test_bad_input_gives_clear_errors(kwargs, error, match):

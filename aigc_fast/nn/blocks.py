@@ -145,10 +145,12 @@ def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = Tru
 
 def _is_projection(conv: nn.Module, x: torch.Tensor) -> bool:
     """A conv-transpose of a 1x1 map without padding (a generator's first layer, latent z
-    to k x k): every output pixel is one kernel tap, so it is one matrix multiply."""
+    to k x k): every output pixel is one kernel tap, so it is one matrix multiply. (An input
+    the conv would refuse, wrong channels or dtype, goes to the conv, for its error.)"""
     return (isinstance(conv, nn.ConvTranspose2d) and x.dim() == 4 and x.shape[-2:] == (1, 1)
             and conv.padding == (0, 0) and conv.output_padding == (0, 0) and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == "zeros")
+            and conv.groups == 1 and conv.padding_mode == "zeros" and x.shape[1] == conv.in_channels
+            and (x.dtype == conv.weight.dtype or torch.is_autocast_enabled(x.device.type)))
 
 
 def _convolve(conv: nn.Module, x: torch.Tensor, with_bias: bool) -> torch.Tensor:

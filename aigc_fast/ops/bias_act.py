@@ -31,6 +31,8 @@ def bias_act(
     """
     _validate.float_tensor(x, "x")
     _activations.check(act, negative_slope)
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     if bias is not None:
         _validate.float_tensor(bias, "bias")
         _validate.same_device(bias, "bias", x, "x")

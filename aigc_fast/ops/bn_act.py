@@ -40,10 +40,16 @@ def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, 
             raise TypeError("num_batches_tracked must be a one-element integer tensor (nn.BatchNorm's is a 0-d int64), "
                             f"got {num_batches_tracked.dtype} of shape {list(num_batches_tracked.shape)}")
     _activations.check(act, negative_slope)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if training and x.numel() > 0 and x.numel() // channels == 1:  # (an empty batch passes, as in torch)
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
+    _validate.flag(training, "training")
+    _validate.flag(memory_efficient, "memory_efficient")
+    if momentum is not None:
+        _validate.number(momentum, "momentum")
+    eps = _validate.number(eps, "eps")
+    if eps < 0 or (training and eps == 0):  # (nn.BatchNorm refuses eps = 0 in training too)
+        raise ValueError(f"eps must be {'positive when training' if training else '>= 0'}, got {eps}")
+    if (training or running_mean is None) and x.numel() > 0 and x.numel() // channels == 1:  # (an empty batch passes)
+        raise ValueError("Expected more than 1 value per channel when normalizing with the batch's statistics "
+                         f"(training, or no running statistics), got input size {list(x.shape)}")
     if training and momentum is None and running_mean is not None and num_batches_tracked is None:
         raise ValueError("momentum=None (a cumulative average) needs num_batches_tracked")
     if memory_efficient:
@@ -131,10 +137,20 @@ def _fake_backward(grad_y, y, x, weight, bias, mean, invstd, training, act, nega
     return grad_x, grad_weight, grad_bias
 
 
+def _no_vmap(info, in_dims, *args):
+    raise RuntimeError(
+        "aigc_fast.bn_act does not support torch.vmap: it updates the running statistics in place, and its batch "
+        "statistics span the batch that vmap would split. Run such code with impl=\"reference\" "
+        "(aigc_fast.use_impl(\"reference\"))."
+    )
+
+
 def _register() -> None:
     # Autograd is registered in C++ (csrc/bn_act_autograd.cpp); torch.compile needs the shapes.
     torch.library.register_fake("aigc_fast::bn_act")(_fake_forward)
     torch.library.register_fake("aigc_fast::bn_act_backward")(_fake_backward)
+    # (vmap's own fallback would fail on the in-place running statistics, naming none of this.)
+    torch.library.register_vmap("aigc_fast::bn_act", _no_vmap)
 
 
 if _extension.LOADED:

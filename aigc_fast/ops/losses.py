@@ -29,10 +29,10 @@ def _logits(t, name: str) -> None:
 
 def check_real_label(kind: str, real_label) -> float:
     """real_label as a float, checked against the kind (shared with nn.GANLoss)."""
-    real_label = float(real_label)
+    real_label = _validate.number(real_label, "real_label")
     if real_label != 1.0 and kind not in ("bce", "lsgan"):
         raise ValueError(f"real_label applies to kind 'bce' and 'lsgan' only, got real_label={real_label} with {kind!r}")
-    if not 0.0 <= real_label <= 1.0:  # also refuses NaN
+    if not 0.0 <= real_label <= 1.0:
         raise ValueError(f"real_label must be a probability in [0, 1], got {real_label}")
     return real_label
 

@@ -32,5 +32,18 @@ def bn_act(
         if momentum is None:
             factor = 1.0 / float(num_batches_tracked)
     use_batch_stats = training or running_mean is None
-    v = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, eps)
+    # ATen's batch_norm takes parameters and statistics in x's dtype (or float32 beside a 16-bit
+    # x); the fused op takes any float dtype, so the others are converted (the statistics
+    # updated in place through their copies), as the kernels read them: in the math type.
+    mean, var = _in_dtype_for(x, running_mean), _in_dtype_for(x, running_var)
+    v = F.batch_norm(x, mean, var, _in_dtype_for(x, weight), _in_dtype_for(x, bias), use_batch_stats, factor, eps)
+    for stat, copy in ((running_mean, mean), (running_var, var)):
+        if stat is not None and copy is not stat:
+            stat.copy_(copy)
     return _activations.apply(act, v, negative_slope)
+
+
+def _in_dtype_for(x: torch.Tensor, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if t is None or t.dtype == x.dtype or (t.dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16)):
+        return t
+    return t.to(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)

@@ -11,7 +11,7 @@ def kl_per_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     math_dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
     mu, logvar = mu.to(math_dtype), logvar.to(math_dtype)
     kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
-    return kl.reshape(kl.shape[0], -1).sum(dim=1)
+    return kl if kl.dim() == 1 else kl.flatten(1).sum(dim=1)  # (flatten: reshape(B, -1) fails at B = 0)
 
 
 def reparameterize(

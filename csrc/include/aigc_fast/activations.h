@@ -6,7 +6,7 @@
 //
 //   act          y = f(v)                     f'(v) from y
 //   identity     v                            1
-//   relu         max(v, 0)                    [y > 0]
+//   relu         max(v, 0)                    [y > 0] (1 at a NaN y, as ATen's)
 //   leaky_relu   v > 0 ? v : slope v          y > 0 ? 1 : slope       (slope >= 0)
 //   tanh         tanh(v)                      1 - y^2
 //   sigmoid      1 / (1 + e^-v)               y (1 - y)
@@ -64,9 +64,9 @@ AIGC_HD T act_grad_from_output(T y, T slope) {
   if constexpr (A == Act::kIdentity) {
     return T(1);
   } else if constexpr (A == Act::kRelu) {
-    return y > T(0) ? T(1) : T(0);
+    return y <= T(0) ? T(0) : T(1);  // a NaN output passes the gradient on, as ATen's threshold_backward
   } else if constexpr (A == Act::kLeakyRelu) {
-    return y > T(0) ? T(1) : slope;
+    return y > T(0) ? T(1) : slope;  // and ATen's leaky_relu_backward scales it by slope
   } else if constexpr (A == Act::kTanh) {
     return T(1) - y * y;
   } else {

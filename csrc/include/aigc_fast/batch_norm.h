@@ -110,7 +110,8 @@ template <Act A, typename T>
 AIGC_HD T act_grad_from_preactivation(T z, T cut, T slope) {
   static_assert(A == Act::kIdentity || A == Act::kRelu || A == Act::kLeakyRelu,
                 "only a piecewise-linear activation's derivative follows from the sign of z");
-  return act_grad_from_output<A>(z > cut ? T(1) : T(0), slope);
+  // The output's sign as the forward rounded it; a NaN z stays NaN (the output is NaN too).
+  return act_grad_from_output<A>(z > cut ? T(1) : z <= cut ? T(0) : z, slope);
 }
 
 // The per-channel values one element's backward reads: S, and for GradFrom::kInput the
@@ -140,7 +141,9 @@ AIGC_HD void dz_and_centered(T dy, T y, T x, const GradChannel<T>& ch, T slope, 
 // dx of one element from the per-channel coefficients above.
 template <typename T>
 AIGC_HD T bn_grad_input(T dz, T centered, T a, T b, T c) {
-  return a * ((dz + c) + b * centered);
+  // B = 0 (running statistics): dx does not depend on x, so an infinite or NaN x (or a
+  // NaN running mean) must not reach it through 0 * (u - S), as it does not in ATen.
+  return a * (b == T(0) ? dz + c : (dz + c) + b * centered);
 }
 
 }  // namespace aigc_fast
