@@ -256,12 +256,14 @@ __global__ void backward_channels_kernel(BnBackwardChannels step, int64_t channe
 
 template <GradFrom F, Act A, typename T>
 __global__ void grad_input_kernel(Ref dy, Ref y, Ref x, GradParams p, int64_t n, ChannelOf channel_of, T slope,
-                                  Ref dx) {
+                                  bool batch_stats, Ref dx) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = channel_of(i);
     T dz, centered;
     element<F, A>(dy, y, x, p, c, i, slope, dz, centered);
-    store(dx, i, bn_grad_input(dz, centered, load<T>(p.a, c), load<T>(p.b, c), load<T>(p.c, c)));
+    const T a = load<T>(p.a, c);
+    store(dx, i, batch_stats ? bn_grad_input<true>(dz, centered, a, load<T>(p.b, c), load<T>(p.c, c))
+                             : bn_grad_input<false>(dz, centered, a, T(0), T(0)));
   }
 }
 
@@ -349,7 +351,7 @@ void bn_act_grad_input_cuda(BnActGrad& op) {
     using T = decltype(type);
     grad_input_kernel<decltype(from)::value, decltype(act)::value, T><<<grid_for(n), kThreads, 0, stream>>>(
         ref(op.grad_y), ref(op.y), x, grad_params(op), n, ChannelOf(op.channels, op.inner), static_cast<T>(op.slope),
-        ref(op.grad_x));
+        op.step.training, ref(op.grad_x));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

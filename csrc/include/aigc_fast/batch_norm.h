@@ -105,13 +105,19 @@ enum class GradFrom : int { kInputAndOutput, kInput, kOutput };
 // act'(z) for the activations whose derivative depends only on whether the output is
 // positive, from z: y = act(z), rounded to the output's dtype, is positive exactly when z >
 // cut (0 for float32 and float64 outputs, half the smallest subnormal for 16-bit ones,
-// which rounds to 0), so this is act_grad_from_output of that y, bit for bit.
+// which rounds to 0), and NaN exactly when z is, so this is act_grad_from_output of that
+// y, bit for bit, NaN included (one comparison each, written as activations.h's).
 template <Act A, typename T>
 AIGC_HD T act_grad_from_preactivation(T z, T cut, T slope) {
   static_assert(A == Act::kIdentity || A == Act::kRelu || A == Act::kLeakyRelu,
                 "only a piecewise-linear activation's derivative follows from the sign of z");
-  // The output's sign as the forward rounded it; a NaN z stays NaN (the output is NaN too).
-  return act_grad_from_output<A>(z > cut ? T(1) : z <= cut ? T(0) : z, slope);
+  if constexpr (A == Act::kIdentity) {
+    return T(1);
+  } else if constexpr (A == Act::kRelu) {
+    return z <= cut ? T(0) : T(1);
+  } else {
+    return z > cut ? T(1) : slope;
+  }
 }
 
 // The per-channel values one element's backward reads: S, and for GradFrom::kInput the
@@ -138,12 +144,16 @@ AIGC_HD void dz_and_centered(T dy, T y, T x, const GradChannel<T>& ch, T slope, 
   }
 }
 
-// dx of one element from the per-channel coefficients above.
-template <typename T>
+// dx of one element from the per-channel coefficients above. With running statistics (B =
+// C = 0) dx = A dz does not depend on x, so an infinite or NaN x, or a NaN running mean,
+// must not reach it through 0 * (u - S), as it does not in ATen.
+template <bool kBatchStats, typename T>
 AIGC_HD T bn_grad_input(T dz, T centered, T a, T b, T c) {
-  // B = 0 (running statistics): dx does not depend on x, so an infinite or NaN x (or a
-  // NaN running mean) must not reach it through 0 * (u - S), as it does not in ATen.
-  return a * (b == T(0) ? dz + c : (dz + c) + b * centered);
+  if constexpr (kBatchStats) {
+    return a * ((dz + c) + b * centered);
+  } else {
+    return a * dz;
+  }
 }
 
 }  // namespace aigc_fast
