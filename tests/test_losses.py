@@ -255,6 +255,14 @@ def test_gan_extreme_logits(kind):
         torch.testing.assert_close(fused.double(), exact, rtol=2e-6, atol=1e-7)
 
 
+def test_bce_infinite_logit_on_the_wrong_side_is_an_infinite_loss():
+    """-inf with a positive label: log(1 + e^inf) = inf, where eager's 0 * (-inf) gives NaN."""
+    inf = float("inf")
+    assert aigc_fast.gan_g_loss(torch.tensor([-inf, 0.0]), "bce").item() == inf
+    assert aigc_fast.gan_d_loss(torch.tensor([-inf]), torch.tensor([inf]), "bce").item() == inf
+    assert aigc_fast.gan_d_loss(torch.tensor([1.0]), torch.tensor([0.0]), "bce").isfinite()
+
+
 def test_bce_tiny_losses_keep_their_digits():
     """softplus(-20) = 2.06e-9: log(1 + e^-20) in float32 would round it to 0."""
     fake = torch.full((8,), -20.0)
