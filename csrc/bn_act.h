@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cfloat>
 #include <cmath>
 #include <type_traits>
 
@@ -62,6 +63,31 @@ AIGC_HD void bn_forward_channel_batch(const BnForwardChannels& p, int64_t c, con
   const double var = m.m2 / m.count;
   bn_forward_channel(p, c, m.mean, var < 0.0 ? 0.0 : var);
 }
+
+// A channel's moments again, in float64 element by element (as ATen accumulates them on
+// the CPU), for a channel whose tile sums came out infinite or NaN: finite data can overflow
+// the math type's sums (|x - shift| past ~1e19 squares past float32's range) and must still
+// get finite statistics; an inf or NaN in the data gives ATen's inf or NaN. A rare path
+// (one thread per such channel on CUDA), so it is written for clarity, not speed. x is
+// dense, read in memory order as [outer, channels, inner].
+AIGC_HD Moments exact_channel_moments(const Ref& x, int64_t numel, int64_t channels, int64_t inner, int64_t c) {
+  const int64_t outer = numel / (channels * inner);
+  double sum = 0.0, m2 = 0.0;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t i = 0; i < inner; ++i) sum += load<double>(x, (o * channels + c) * inner + i);
+  }
+  const double count = double(outer * inner), mean = sum / count;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t i = 0; i < inner; ++i) {
+      const double d = load<double>(x, (o * channels + c) * inner + i) - mean;
+      m2 += d * d;
+    }
+  }
+  return Moments{count, mean, m2};
+}
+
+// Whether the tile sums' moments are infinite or NaN (comparisons are false for NaN).
+AIGC_HD bool moments_overflowed(const Moments& m) { return !(fabs(m.mean) <= DBL_MAX && m.m2 <= DBL_MAX); }
 
 // Eval: the statistics are the running buffers.
 AIGC_HD void bn_forward_channel_eval(const BnForwardChannels& p, int64_t c) {

@@ -137,6 +137,19 @@ def test_cuda_large_mean_and_compile(layout):
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_statistics_that_overflow_float32_sums_are_the_cpus(layout):
+    """Finite data whose float32 tile sums overflow: the same float64 fallback as the CPU's
+    (the shared exact_channel_moments), so finite outputs and a right-signed running mean."""
+    x = torch.zeros(64, 3, 6, 6)
+    x[0, 1, 0, 0] = 2e38
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    params = [torch.ones(3), torch.zeros(3), torch.zeros(3), torch.ones(3)]
+    cpu, gpu = (step(d, x, grad, params, layout, training=True, act="identity") for d in ("cpu", GPU))
+    assert torch.isfinite(gpu[0]).all() and gpu[4][1] > 0
+    assert_same(gpu, cpu, 1e-5)
+
+
 def test_cuda_converted_dcgan_matches_the_original():
     from test_blocks import dcgan
 

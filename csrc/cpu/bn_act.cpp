@@ -91,27 +91,6 @@ void stats_by_rows(const ChannelStats& op, const Panel& panel, Moments* moments)
   }
 }
 
-// One channel's moments again, in float64 as ATen accumulates them on the CPU: for a
-// channel whose float sums went infinite or NaN. Finite data can overflow them (|x - shift|
-// past ~1e19 squares past float32's range), and must still get finite statistics; an inf
-// or NaN in the data gives ATen's inf or NaN.
-template <typename T>
-Moments exact_moments(const at::Tensor& x, const Geometry& g, int64_t c) {
-  std::vector<T> scratch(g.inner);
-  const auto for_each = [&](const auto& f) {
-    for (int64_t r = 0; r < g.rows(); ++r) {
-      const T* v = load(x, (r * g.channels + c) * g.inner, g.inner, scratch.data());
-      for (int64_t i = 0; i < g.inner; ++i) f(static_cast<double>(v[i]));
-    }
-  };
-  const double count = static_cast<double>(g.rows() * g.inner);
-  double sum = 0.0, m2 = 0.0;
-  for_each([&](double v) { sum += v; });
-  const double mean = sum / count;
-  for_each([&](double v) { m2 += (v - mean) * (v - mean); });
-  return Moments{count, mean, m2};
-}
-
 template <typename T>
 void stats(ChannelStats& op) {
   const Geometry g{op.x.numel(), op.channels, op.inner};
@@ -125,7 +104,7 @@ void stats(ChannelStats& op) {
     }
   });
   for (int64_t c = 0; c < g.channels; ++c) {
-    if (!std::isfinite(moments[c].mean) || !std::isfinite(moments[c].m2)) moments[c] = exact_moments<T>(op.x, g, c);
+    if (moments_overflowed(moments[c])) moments[c] = exact_channel_moments(ref(op.x), g.numel, g.channels, g.inner, c);
     bn_forward_channel_batch(op.step, c, moments[c]);
   }
 }

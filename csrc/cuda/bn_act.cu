@@ -158,7 +158,8 @@ __global__ void stats_rows_kernel(Ref x, ChannelSlices s, double* partials) {
 }
 
 // Stage 2, one thread per channel: merges the slices in order, then the channel's step.
-__global__ void stats_merge_kernel(const double* partials, int64_t channels, int64_t splits, BnForwardChannels step) {
+__global__ void stats_merge_kernel(const double* partials, int64_t channels, int64_t splits, Ref x, int64_t numel,
+                                   int64_t inner, BnForwardChannels step) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= channels) return;
   Moments m{0, 0, 0};
@@ -166,6 +167,7 @@ __global__ void stats_merge_kernel(const double* partials, int64_t channels, int
     const double* p = partials + (c * splits + split) * 3;
     merge_moments(m, p[0], p[1], p[2]);
   }
+  if (moments_overflowed(m)) m = exact_channel_moments(x, numel, channels, inner, c);
   bn_forward_channel_batch(step, c, m);
 }
 
@@ -298,8 +300,8 @@ void channel_stats_cuda(ChannelStats& op) {
     }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  stats_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(partials.const_data_ptr<double>(),
-                                                                         op.channels, s.splits, op.step);
+  stats_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(
+      partials.const_data_ptr<double>(), op.channels, s.splits, ref(op.x), op.x.numel(), op.inner, op.step);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
