@@ -10,13 +10,13 @@ import torch.nn.functional as F
 
 from . import _validate
 
-# name: (forward on the pre-activation v, derivative from the output y)
+# name: the activation of the pre-activation v (autograd differentiates it for the reference)
 ACTIVATIONS = {
-    "identity": (lambda v, slope: v, lambda y, slope: torch.ones_like(y)),
-    "relu": (lambda v, slope: F.relu(v), lambda y, slope: (y > 0).to(y.dtype)),
-    "leaky_relu": (lambda v, slope: F.leaky_relu(v, slope), lambda y, slope: torch.where(y > 0, 1.0, slope).to(y.dtype)),
-    "tanh": (lambda v, slope: torch.tanh(v), lambda y, slope: 1 - y * y),
-    "sigmoid": (lambda v, slope: torch.sigmoid(v), lambda y, slope: y * (1 - y)),
+    "identity": lambda v, slope: v,
+    "relu": lambda v, slope: F.relu(v),
+    "leaky_relu": lambda v, slope: F.leaky_relu(v, slope),
+    "tanh": lambda v, slope: torch.tanh(v),
+    "sigmoid": lambda v, slope: torch.sigmoid(v),
 }
 
 
@@ -31,4 +31,4 @@ def check(act: str, negative_slope: float) -> None:
 
 
 def apply(act: str, v: torch.Tensor, negative_slope: float = 0.2) -> torch.Tensor:
-    return ACTIVATIONS[act][0](v, negative_slope)
+    return ACTIVATIONS[act](v, negative_slope)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -24,21 +25,30 @@ def is_count(value, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
-def number(value, name: str) -> float:
-    """value as a float: a finite real number (a Python or NumPy int or float; not a bool, a
-    string or None), so a NaN or a typo is refused by name rather than carried into the
-    kernels or turned into NaN outputs."""
+def number(value, name: str):
+    """value as a float: a finite real number (a Python or NumPy int or float, or a
+    one-element real tensor; not a bool, a string or None), so a NaN or a typo is refused by
+    name rather than carried into the kernels or turned into NaN outputs. A symbolic float
+    (torch.compile traces a Python float argument as one once it changes) is not checked
+    for finiteness: it has no value to check, and dynamo cannot trace math.isfinite of it."""
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and (value.dtype.is_floating_point or not (
+            value.dtype.is_complex or value.dtype == torch.bool)):
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
+    if not torch.compiler.is_compiling() and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
 
 
-def flag(value, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+def flag(value, name: str) -> bool:
+    """value as a bool: True or False (also NumPy's, and the ints 1 and 0), not a string or None."""
+    if isinstance(value, (bool, numpy.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def like(t, name: str, ref: torch.Tensor, ref_name: str) -> None:

@@ -64,17 +64,25 @@ AIGC_HD void bn_forward_channel_batch(const BnForwardChannels& p, int64_t c, con
   bn_forward_channel(p, c, m.mean, var < 0.0 ? 0.0 : var);
 }
 
-// A channel's moments again, in float64 element by element (as ATen accumulates them on
-// the CPU), for a channel whose tile sums came out infinite or NaN: finite data can overflow
-// the math type's sums (|x - shift| past ~1e19 squares past float32's range) and must still
-// get finite statistics; an inf or NaN in the data gives ATen's inf or NaN. A rare path
-// (one thread per such channel on CUDA), so it is written for clarity, not speed. x is
-// dense, read in memory order as [outer, channels, inner].
-AIGC_HD Moments exact_channel_moments(const Ref& x, int64_t numel, int64_t channels, int64_t inner, int64_t c) {
+// A channel's moments again, in float64 element by element (ATen's CPU BatchNorm also
+// accumulates in float64), for a channel whose tile moments came out infinite or NaN: finite
+// data can overflow the math type's sums (|x - shift| past ~1e19 squares past float32's
+// range) and must still get its statistics. (The outputs are then the exact normalized
+// values; ATen's float32 invstd of the variance, itself past float32's range, is 0.) Data
+// holding an inf or NaN keeps the tiles' result, found at the first such element, so a
+// diverged run does not pay a serial pass per channel and step. A rare path (one thread per
+// such channel on CUDA), written for clarity, not speed. x is dense, read in memory order
+// as [outer, channels, inner].
+AIGC_HD Moments exact_channel_moments(const Ref& x, int64_t numel, int64_t channels, int64_t inner, int64_t c,
+                                      const Moments& tiles) {
   const int64_t outer = numel / (channels * inner);
   double sum = 0.0, m2 = 0.0;
   for (int64_t o = 0; o < outer; ++o) {
-    for (int64_t i = 0; i < inner; ++i) sum += load<double>(x, (o * channels + c) * inner + i);
+    for (int64_t i = 0; i < inner; ++i) {
+      const double v = load<double>(x, (o * channels + c) * inner + i);
+      if (!(fabs(v) <= DBL_MAX)) return tiles;
+      sum += v;
+    }
   }
   const double count = double(outer * inner), mean = sum / count;
   for (int64_t o = 0; o < outer; ++o) {

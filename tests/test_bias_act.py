@@ -311,3 +311,12 @@ def test_gradient_at_a_nan_output_is_atens(act):
     _activations.apply(act, x_ref + bias_ref, 0.2).backward(g)
     torch.testing.assert_close(x.grad, x_ref.grad, equal_nan=True)
     torch.testing.assert_close(bias.grad, bias_ref.grad, equal_nan=True)
+
+
+def test_compile_fullgraph_with_a_changing_slope():
+    """A Python float argument that changes between calls becomes a symbolic float under
+    torch.compile: the argument checks must pass it without breaking the graph."""
+    fn = torch.compile(lambda t, s: aigc_fast.bias_act(t, None, "leaky_relu", negative_slope=s), fullgraph=True)
+    x = torch.randn(4, 3)
+    for slope in (0.1, 0.2, 0.3):
+        torch.testing.assert_close(fn(x, slope), torch.nn.functional.leaky_relu(x, slope))

@@ -4,6 +4,7 @@ several steps; the memory-saving mode; accuracy for large means; determinism acr
 thread counts; the ecosystem contracts (opcheck, gradcheck, gradgradcheck, torch.compile,
 autocast); and bad input."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -442,21 +443,26 @@ def test_eval_gradients_at_inf_and_nan_are_atens(act, layout):
         assert torch.isfinite(fused[0][1]).all()
 
 
-def test_statistics_that_overflow_float32_sums_are_exact():
+@pytest.mark.parametrize("shape, layout", [((4, 2, 2), "nchw"), ((4, 2), "nchw"), ((4, 2, 3, 3), "nchw"),
+                                           ((64, 2, 3, 3), "nchw"), ((2, 2, 32, 32), "nchw"),
+                                           ((64, 2, 3, 3), "channels_last"), ((4, 2, 32, 32), "channels_last")])
+def test_statistics_that_overflow_float32_sums_are_exact(shape, layout):
     """Finite data whose float32 sums overflow (|x| ~ 1e38, squares past 3.4e38) gets its
-    statistics in float64, as ATen's CPU BatchNorm accumulates them: a finite, right-signed
-    running mean and finite outputs, where the float sums had given -inf and NaN."""
-    for shape in [(4, 2, 2), (4, 2), (4, 2, 3, 3), (64, 2, 3, 3)]:
-        x = torch.zeros(shape)
-        x.view(-1)[0] = 2e38
-        p = Params(2)
-        y = aigc_fast.bn_act(x, None, None, p.running_mean, p.running_var, training=True, act="identity")
-        x64 = x.double().transpose(0, 1).reshape(2, -1)
-        mean, var = x64.mean(1), x64.var(1, unbiased=False)
-        expected = ((x.double() - mean.view(1, 2, *[1] * (x.dim() - 2))) / (var + 1e-5).sqrt().view(1, 2, *[1] * (x.dim() - 2)))
-        torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
-        assert p.running_mean[0] > 0 and torch.isfinite(p.running_mean).all()
-        assert torch.isinf(p.running_var[0])  # the unbiased variance itself is past float32's range, as in ATen
+    statistics in float64 (as ATen's CPU BatchNorm accumulates them): a finite,
+    right-signed running mean and the exact outputs, where the float sums had given -inf and
+    NaN. (ATen's outputs are 0 there: its float32 invstd of the infinite variance is 0.)
+    Every walk: short runs as rows, long runs, channels_last rows."""
+    x = torch.zeros(shape)
+    x[0, 0].view(-1)[0] = 2e38
+    x = LAYOUTS[layout](x)
+    p = Params(2)
+    y = aigc_fast.bn_act(x, None, None, p.running_mean, p.running_var, training=True, act="identity")
+    x64 = x.double().transpose(0, 1).reshape(2, -1)
+    mean, var = x64.mean(1), x64.var(1, unbiased=False)
+    expected = ((x.double() - mean.view(1, 2, *[1] * (x.dim() - 2))) / (var + 1e-5).sqrt().view(1, 2, *[1] * (x.dim() - 2)))
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+    assert p.running_mean[0] > 0 and torch.isfinite(p.running_mean).all()
+    assert torch.isinf(p.running_var[0])  # the unbiased variance itself is past float32's range, as in ATen
 
 
 def test_the_reference_takes_what_the_fused_op_takes():
@@ -470,6 +476,29 @@ def test_the_reference_takes_what_the_fused_op_takes():
         for f, r in zip(fused[0] + fused[1], ref[0] + ref[1]):
             assert f.dtype == r.dtype
             torch.testing.assert_close(f, r, rtol=2e-2, atol=2e-2)
+
+
+def test_compile_fullgraph_with_changing_eps_and_momentum():
+    """Python floats that change between calls are symbolic under torch.compile: checked
+    without a graph break."""
+    fn = torch.compile(lambda t, rm, rv, eps, m: aigc_fast.bn_act(t, None, None, rm, rv, training=True, eps=eps,
+                                                                  momentum=m), fullgraph=True)
+    x, _ = data((4, 3, 2, 2))
+    for eps, momentum in ((1e-5, 0.1), (1e-3, 0.2), (1e-2, 0.3)):
+        p, q = Params(3), Params(3)
+        y = fn(x, p.running_mean, p.running_var, eps, momentum)
+        expected = reference.bn_act(x, None, None, q.running_mean, q.running_var, training=True, eps=eps,
+                                    momentum=momentum)
+        torch.testing.assert_close(y, expected)
+        torch.testing.assert_close(p.running_mean, q.running_mean)
+
+
+def test_flags_take_numpy_bools_and_0_or_1():
+    x, _ = data((4, 3, 2, 2))
+    expected = aigc_fast.bn_act(x, None, None, None, None, training=True, act="leaky_relu")
+    for training in (np.bool_(True), 1):
+        y = aigc_fast.bn_act(x, None, None, None, None, training=training, act="leaky_relu", memory_efficient=0)
+        torch.testing.assert_close(y, expected)
 
 
 def test_vmap_is_a_clear_error():
@@ -493,7 +522,7 @@ def test_vmap_is_a_clear_error():
         (lambda: aigc_fast.bn_act(torch.zeros(1, 3, 1, 1), None, None, None, None, training=False), ValueError,
          r"batch's statistics \(training, or no running statistics\)"),
         (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training=True, eps=0.0), ValueError,
-         "eps must be positive when training, got 0.0"),
+         "eps must be positive with batch statistics, got 0.0"),
         (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training=True, eps=float("nan")),
          ValueError, "eps must be finite, got nan"),
         (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training=True, eps=None), TypeError,
@@ -505,7 +534,7 @@ def test_vmap_is_a_clear_error():
         (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training=True, negative_slope="0.2"),
          TypeError, "negative_slope must be a number, got str"),
         (lambda: aigc_fast.bn_act(torch.ones(4, 2), None, None, None, None, training="yes"), TypeError,
-         "training must be True or False, got str"),
+         "training must be True or False, got .yes."),
         (lambda: aigc_fast.bn_act(torch.zeros(6), None, None, None, None, training=True), ValueError,
          r"\[N, C, ...\]"),
         (lambda: aigc_fast.bn_act(torch.zeros(2, 3, dtype=torch.int64), None, None, None, None, training=True),

@@ -210,7 +210,7 @@ class FusedSequential(nn.Sequential):
         bn = children[group.bn]
         h = _convolve(conv, x, with_bias=True)
         track = bn.training and bn.track_running_stats
-        memory_efficient = (self.memory_efficient and group.act in INVERTIBLE
+        memory_efficient = (bool(self.memory_efficient) and group.act in INVERTIBLE
                             and (group.act != "tanh" or h.dtype in (torch.float32, torch.float64))
                             and (group.act != "leaky_relu" or group.negative_slope > 0))
         return bn_act(

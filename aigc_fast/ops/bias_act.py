@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -31,8 +32,9 @@ def bias_act(
     """
     _validate.float_tensor(x, "x")
     _activations.check(act, negative_slope)
-    if isinstance(dim, bool) or not isinstance(dim, int):
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    dim = int(dim)
     if bias is not None:
         _validate.float_tensor(bias, "bias")
         _validate.same_device(bias, "bias", x, "x")

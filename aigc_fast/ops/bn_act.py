@@ -40,14 +40,13 @@ def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, 
             raise TypeError("num_batches_tracked must be a one-element integer tensor (nn.BatchNorm's is a 0-d int64), "
                             f"got {num_batches_tracked.dtype} of shape {list(num_batches_tracked.shape)}")
     _activations.check(act, negative_slope)
-    _validate.flag(training, "training")
-    _validate.flag(memory_efficient, "memory_efficient")
     if momentum is not None:
         _validate.number(momentum, "momentum")
     eps = _validate.number(eps, "eps")
-    if eps < 0 or (training and eps == 0):  # (nn.BatchNorm refuses eps = 0 in training too)
-        raise ValueError(f"eps must be {'positive when training' if training else '>= 0'}, got {eps}")
-    if (training or running_mean is None) and x.numel() > 0 and x.numel() // channels == 1:  # (an empty batch passes)
+    batch_stats = training or running_mean is None
+    if eps < 0 or (batch_stats and eps == 0):  # (ATen's batch_norm refuses eps = 0 with batch statistics too)
+        raise ValueError(f"eps must be {'positive with batch statistics' if batch_stats else '>= 0'}, got {eps}")
+    if batch_stats and x.numel() > 0 and x.numel() // channels == 1:  # (an empty batch passes)
         raise ValueError("Expected more than 1 value per channel when normalizing with the batch's statistics "
                          f"(training, or no running statistics), got input size {list(x.shape)}")
     if training and momentum is None and running_mean is not None and num_batches_tracked is None:
@@ -98,6 +97,8 @@ def bn_act(
     In that mode a channel whose weight is exactly 0 gets NaN gradients (its input cannot be
     recovered from its output); first derivatives only.
     """
+    training = _validate.flag(training, "training")
+    memory_efficient = _validate.flag(memory_efficient, "memory_efficient")
     _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope,
            num_batches_tracked, memory_efficient)
     # An empty batch goes through the reference, which is PyTorch's BatchNorm: an empty output,
@@ -139,9 +140,9 @@ def _fake_backward(grad_y, y, x, weight, bias, mean, invstd, training, act, nega
 
 def _no_vmap(info, in_dims, *args):
     raise RuntimeError(
-        "aigc_fast.bn_act does not support torch.vmap: it updates the running statistics in place, and its batch "
-        "statistics span the batch that vmap would split. Run such code with impl=\"reference\" "
-        "(aigc_fast.use_impl(\"reference\"))."
+        "aigc_fast.bn_act does not support torch.vmap (the kernels have no batching rule). Run such code with "
+        "impl=\"reference\" (aigc_fast.use_impl(\"reference\")): ATen's batch_norm, which vmap supports where "
+        "no running statistics are updated (eval, or training without running statistics)."
     )
 
 

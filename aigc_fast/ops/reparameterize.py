@@ -46,7 +46,7 @@ def reparameterize(
     _validate.like(logvar, "logvar", mu, "mu")
     if eps is not None:
         _validate.like(eps, "eps", mu, "mu")
-    _validate.flag(return_kl, "return_kl")
+    return_kl = _validate.flag(return_kl, "return_kl")
     if return_kl and mu.dim() == 0:
         raise ValueError("return_kl=True needs a batch dimension: mu must have at least 1 dimension")
     if generator is not None and not isinstance(generator, torch.Generator):

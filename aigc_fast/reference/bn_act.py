@@ -37,9 +37,10 @@ def bn_act(
     # updated in place through their copies), as the kernels read them: in the math type.
     mean, var = _in_dtype_for(x, running_mean), _in_dtype_for(x, running_var)
     v = F.batch_norm(x, mean, var, _in_dtype_for(x, weight), _in_dtype_for(x, bias), use_batch_stats, factor, eps)
-    for stat, copy in ((running_mean, mean), (running_var, var)):
-        if stat is not None and copy is not stat:
-            stat.copy_(copy)
+    if use_batch_stats:  # (the update, rounded to x's dtype on the way: a twin to rounding, not bit for bit)
+        for stat, copy in ((running_mean, mean), (running_var, var)):
+            if stat is not None and copy is not stat:
+                stat.copy_(copy)
     return _activations.apply(act, v, negative_slope)
 
 

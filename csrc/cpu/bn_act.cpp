@@ -104,7 +104,9 @@ void stats(ChannelStats& op) {
     }
   });
   for (int64_t c = 0; c < g.channels; ++c) {
-    if (moments_overflowed(moments[c])) moments[c] = exact_channel_moments(ref(op.x), g.numel, g.channels, g.inner, c);
+    if (moments_overflowed(moments[c])) {
+      moments[c] = exact_channel_moments(ref(op.x), g.numel, g.channels, g.inner, c, moments[c]);
+    }
     bn_forward_channel_batch(op.step, c, moments[c]);
   }
 }

@@ -167,7 +167,7 @@ __global__ void stats_merge_kernel(const double* partials, int64_t channels, int
     const double* p = partials + (c * splits + split) * 3;
     merge_moments(m, p[0], p[1], p[2]);
   }
-  if (moments_overflowed(m)) m = exact_channel_moments(x, numel, channels, inner, c);
+  if (moments_overflowed(m)) m = exact_channel_moments(x, numel, channels, inner, c, m);
   bn_forward_channel_batch(step, c, m);
 }
 
