@@ -68,11 +68,11 @@ AIGC_HD void bn_forward_channel_batch(const BnForwardChannels& p, int64_t c, con
 // accumulates in float64), for a channel whose tile moments came out infinite or NaN: finite
 // data can overflow the math type's sums (|x - shift| past ~1e19 squares past float32's
 // range) and must still get its statistics. (The outputs are then the exact normalized
-// values; ATen's float32 invstd of the variance, itself past float32's range, is 0.) Data
-// holding an inf or NaN keeps the tiles' result, found at the first such element, so a
-// diverged run does not pay a serial pass per channel and step. A rare path (one thread per
-// such channel on CUDA), written for clarity, not speed. x is dense, read in memory order
-// as [outer, channels, inner].
+// values; ATen's float32 invstd of the variance, itself past float32's range, is 0.) An
+// inf in the data gives ATen's statistics too (an infinite mean, a NaN variance); a NaN
+// keeps the tiles' NaN, found at the first one, so a diverged run does not pay a serial
+// pass per channel and step. A rare path (one thread per such channel on CUDA), written
+// for clarity, not speed. x is dense, read in memory order as [outer, channels, inner].
 AIGC_HD Moments exact_channel_moments(const Ref& x, int64_t numel, int64_t channels, int64_t inner, int64_t c,
                                       const Moments& tiles) {
   const int64_t outer = numel / (channels * inner);
@@ -80,7 +80,7 @@ AIGC_HD Moments exact_channel_moments(const Ref& x, int64_t numel, int64_t chann
   for (int64_t o = 0; o < outer; ++o) {
     for (int64_t i = 0; i < inner; ++i) {
       const double v = load<double>(x, (o * channels + c) * inner + i);
-      if (!(fabs(v) <= DBL_MAX)) return tiles;
+      if (v != v) return tiles;
       sum += v;
     }
   }

@@ -465,6 +465,22 @@ def test_statistics_that_overflow_float32_sums_are_exact(shape, layout):
     assert torch.isinf(p.running_var[0])  # the unbiased variance itself is past float32's range, as in ATen
 
 
+@pytest.mark.parametrize("at", [(0, 1, 0, 0), (2, 1, 1, 3)], ids=["first", "inside"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_an_infinite_input_gives_atens_statistics(layout, at):
+    """An infinite mean and a NaN variance for that channel, as ATen (also where the inf is
+    the channel's first element, the tiles' shift); the others untouched."""
+    x, _ = data((8, 3, 4, 4))
+    x[at] = float("inf")
+    p, q = Params(3), Params(3)
+    aigc_fast.bn_act(LAYOUTS[layout](x), None, None, p.running_mean, p.running_var, training=True)
+    torch.nn.functional.batch_norm(x, q.running_mean, q.running_var, training=True)
+    assert torch.isposinf(p.running_mean[1]) and torch.isposinf(q.running_mean[1])
+    assert torch.isnan(p.running_var[1]) and torch.isnan(q.running_var[1])
+    torch.testing.assert_close(p.running_mean[[0, 2]], q.running_mean[[0, 2]])
+    torch.testing.assert_close(p.running_var[[0, 2]], q.running_var[[0, 2]])
+
+
 def test_the_reference_takes_what_the_fused_op_takes():
     """Parameters and statistics in any float dtype, beside any x (ATen's batch_norm wants
     x's, or float32 beside a 16-bit x): the reference twin converts, updating in place."""
