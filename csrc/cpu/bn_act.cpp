@@ -5,7 +5,6 @@
 #include "../bn_act.h"
 
 #include <algorithm>
-#include <cmath>
 #include <type_traits>
 #include <vector>
 
