@@ -185,15 +185,16 @@ void sums_by_runs(const BnActGrad& op, const Geometry& g, const GradChannels<T>&
 }
 
 // One block of rows of the short-run sums: the inputs F reads (rows x row elements each, the
-// others null; a row is `channels` runs of `inner` elements), the channels' values, and the
-// per-element sums out.
+// others null; a row is `channels` runs of `inner` elements), the channels' values (those
+// of the panel, from ch's channel `first` on), and the per-element sums out.
 template <typename T, typename S>
 struct SumsBlock {
   const S *dy, *y, *x;
   int64_t rows, channels, inner;
-  const T *shift, *scale, *beta;  // [channels]
-  T cut, slope;
-  T *s1, *s2;                     // [channels * inner]
+  const GradChannels<T>* ch;
+  int64_t first;
+  T slope;
+  T *s1, *s2;  // [channels * inner]
 };
 
 // Element j of rows 0 .. kRows - 1 (kRows 1 or 4; rows `row` elements apart) added into its
@@ -233,9 +234,10 @@ AIGC_CPU_CLONES void sums_rows(const SumsBlock<T, S>& b, int64_t r0) {
   const S* dy = b.dy + r0 * row;
   const S* y = F == GradFrom::kInput ? nullptr : b.y + r0 * row;
   const S* x = F == GradFrom::kOutput ? nullptr : b.x + r0 * row;
-  const T *shift = b.shift, *scale = b.scale, *beta = b.beta;
+  const T *shift = b.ch->shift.data() + b.first, *scale = b.ch->scale.data() + b.first;
+  const T* beta = b.ch->beta.data() + b.first;
   T *s1 = b.s1, *s2 = b.s2;
-  const T cut = b.cut, slope = b.slope;
+  const T cut = b.ch->cut, slope = b.slope;
   if (b.inner == 1) {
     AIGC_SIMD
     for (int64_t c = 0; c < b.channels; ++c) {
@@ -281,10 +283,8 @@ void sums_by_rows(const BnActGrad& op, const Panel& panel, const GradChannels<T>
     block.rows = rows;
     block.channels = g.channels;
     block.inner = g.inner;
-    block.shift = ch.shift.data() + panel.first;
-    block.scale = ch.scale.data() + panel.first;
-    block.beta = ch.beta.data() + panel.first;
-    block.cut = ch.cut;
+    block.ch = &ch;
+    block.first = panel.first;
     block.slope = slope;
     block.s1 = scratch<T, 3>(row).data();
     block.s2 = scratch<T, 4>(row).data();
