@@ -2,6 +2,8 @@
 formulas, in every dtype, plus the ecosystem contracts: opcheck, gradcheck,
 torch.compile, autocast, determinism, extreme values, bad input."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -261,6 +263,20 @@ def test_bce_infinite_logit_on_the_wrong_side_is_an_infinite_loss():
     assert aigc_fast.gan_g_loss(torch.tensor([-inf, 0.0]), "bce").item() == inf
     assert aigc_fast.gan_d_loss(torch.tensor([-inf]), torch.tensor([inf]), "bce").item() == inf
     assert aigc_fast.gan_d_loss(torch.tensor([1.0]), torch.tensor([0.0]), "bce").isfinite()
+
+
+def test_bce_infinite_logit_on_the_right_side_is_a_zero_loss():
+    """+inf with a positive label, -inf with a zero one: the limit 0 (and gradient 0), where
+    (1 - y) * x written as is would be 0 * inf = NaN."""
+    inf = float("inf")
+    fake = torch.tensor([inf, -inf], requires_grad=True)
+    loss = aigc_fast.gan_g_loss(fake[:1], "bce") + aigc_fast.gan_d_loss(torch.zeros(1), fake[1:], "bce")
+    loss.backward()
+    torch.testing.assert_close(loss, torch.tensor(math.log(2.0)))  # the zero logit's log 2
+    assert fake.grad.tolist() == [0.0, 0.0]
+    recon = torch.tensor([[inf, -inf]])
+    total, _, _ = aigc_fast.vae_loss(recon, torch.tensor([[1.0, 0.0]]), torch.zeros(1, 1), torch.zeros(1, 1))
+    assert total.item() == 0.0
 
 
 def test_bce_tiny_losses_keep_their_digits():

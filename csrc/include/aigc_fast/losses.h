@@ -47,7 +47,10 @@ template <typename T>
 AIGC_HD T bce_with_logits(T x, T y, T& d_x) {
   const SoftplusSigmoid<T> s = softplus_sigmoid(x);
   d_x = x < T(0) ? s.sigmoid_minus_abs - y : (T(1) - y) - s.sigmoid_minus_abs;
-  const T linear = x < T(0) ? -y * x : (T(1) - y) * x;
+  // An infinite logit on the right side (coefficient 0: +inf with y = 1, -inf with y = 0)
+  // is a loss of 0, the limit, where 0 * inf would be NaN.
+  const T coefficient = x < T(0) ? -y : T(1) - y;
+  const T linear = coefficient == T(0) ? T(0) : coefficient * x;
   return linear + s.log1p_exp_minus_abs;
 }
 
