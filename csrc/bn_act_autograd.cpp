@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "act_derivative.h"
+#include "broadcast.h"
 #include "find_op.h"
 
 namespace aigc_fast {
@@ -46,20 +47,20 @@ Outputs differentiable_backward(const at::Tensor& grad_y, const at::Tensor& y, c
                                 const OptionalTensor& weight, const at::Tensor& saved_mean,
                                 const at::Tensor& saved_invstd, bool training, double eps, const std::string& act,
                                 double slope) {
-  std::vector<int64_t> dims{0}, shape(x.dim(), 1);
+  std::vector<int64_t> dims{0};
   for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
-  shape[1] = x.size(1);
-  const double n = double(x.numel() / x.size(1));
+  const c10::Scalar n(x.sym_numel() / x.sym_size(1));
+  const auto per_channel = [&x](const at::Tensor& v) { return along_dim(v.to(x.scalar_type()), x, 1); };
   // In eval the statistics are the running ones: constants (the saved outputs are detached,
   // since unpacked they would lead back to this node, which passes them no gradient in eval).
   const at::Tensor mean =
-      training ? x.mean(dims, /*keepdim=*/true) : saved_mean.detach().to(x.scalar_type()).reshape(shape);
+      training ? x.mean(dims, /*keepdim=*/true) : per_channel(saved_mean.detach());
   const at::Tensor invstd = training ? (x - mean).pow(2).mean(dims, true).add(eps).rsqrt()
-                                     : saved_invstd.detach().to(x.scalar_type()).reshape(shape);
+                                     : per_channel(saved_invstd.detach());
   const at::Tensor xhat = (x - mean) * invstd;
   const at::Tensor dz = grad_through_activation(grad_y, y, act, slope);
   const at::Tensor sum_dz = dz.sum(dims, true), sum_dz_xhat = (dz * xhat).sum(dims, true);
-  const at::Tensor k = (weight.has_value() ? weight->to(x.scalar_type()).reshape(shape) : at::ones_like(mean)) * invstd;
+  const at::Tensor k = (weight.has_value() ? per_channel(*weight) : at::ones_like(mean)) * invstd;
   const at::Tensor grad_x = training ? k * (dz - sum_dz / n - xhat * (sum_dz_xhat / n)) : k * dz;
   return {grad_x, sum_dz_xhat.reshape({-1}), sum_dz.reshape({-1})};
 }
@@ -70,14 +71,12 @@ Outputs differentiable_backward(const at::Tensor& grad_y, const at::Tensor& y, c
 // undefined (not used).
 at::Tensor statistics_backward(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                                const at::Tensor& grad_mean, const at::Tensor& grad_invstd) {
-  std::vector<int64_t> shape(x.dim(), 1);
-  shape[1] = mean.size(0);
-  const c10::Scalar n(x.sym_numel() / x.sym_size(1));  // symbolic under torch.compile's dynamic shapes
+  const c10::Scalar n(x.sym_numel() / x.sym_size(1));
   at::Tensor grad = at::zeros_like(x, x.options().dtype(mean.scalar_type()));
-  if (grad_mean.defined()) grad = grad.add(grad_mean.reshape(shape).div(n));
+  if (grad_mean.defined()) grad = grad.add(along_dim(grad_mean, x, 1).div(n));
   if (grad_invstd.defined()) {
-    const at::Tensor centered = x.to(mean.scalar_type()).sub(mean.reshape(shape));
-    grad = grad.sub(centered.mul(grad_invstd.mul(invstd.pow(3)).reshape(shape).div(n)));
+    const at::Tensor centered = x.to(mean.scalar_type()).sub(along_dim(mean, x, 1));
+    grad = grad.sub(centered.mul(along_dim(grad_invstd.mul(invstd.pow(3)), x, 1).div(n)));
   }
   return grad.to(x.scalar_type());
 }

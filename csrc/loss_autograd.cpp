@@ -17,6 +17,7 @@
 #include <tuple>
 #include <utility>
 
+#include "broadcast.h"
 #include "find_op.h"
 #include "loss_derivative.h"
 #include "losses.h"
@@ -106,7 +107,9 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     for (const at::Tensor& t : inputs) x.push_back(t.to(math));
     if (loss == "vae_loss") {
       const at::Tensor& beta = saved[2 * n];
-      const double scale = ctx->saved_data["reduction"].toStringRef() == "mean" ? 1.0 / double(x[0].size(0)) : 1.0;
+      // 1 / batch from the symbolic size: torch.compile's dynamic batch stays dynamic.
+      const c10::Scalar scale = ctx->saved_data["reduction"].toStringRef() == "mean"
+                                    ? c10::Scalar(1.0 / x[0].sym_size(0)) : c10::Scalar(1.0);
       const auto [d_recon, d_target] = recon_term_grads(x[0], x[1], kind);
       const auto [d_mu, d_logvar] = kl_term_grads(x[2], x[3]);
       const at::Tensor kl_scale = beta.mul(scale);
@@ -118,7 +121,7 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     variable_list grads;
     for (size_t i = 0; i < n; ++i) {  // each term is a mean over its logits
       const auto [term, param] = gan_term(kind, roles[i], real_label);
-      grads.push_back(logit_term_grad(x[i], term, param).div(double(x[i].numel())));
+      grads.push_back(logit_term_grad(x[i], term, param).div(c10::Scalar(x[i].sym_numel())));
     }
     return grads;
   }
@@ -132,11 +135,7 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     // what the next backward returns.
     if (!torch::autograd::get_current_graph_task_keep_graph() && is_plain_cpu_one(grad_loss)) return grad;
     at::Tensor factor = grad_loss;
-    if (grad_loss.dim() == 1) {  // one loss per sample: broadcast over each sample's elements
-      std::vector<int64_t> shape(grad.dim(), 1);
-      shape[0] = grad_loss.size(0);
-      factor = grad_loss.reshape(shape);
-    }
+    if (grad_loss.dim() == 1) factor = along_dim(grad_loss, grad, 0);  // one loss per sample
     return grad.mul(factor).to(grad.scalar_type());
   }
 

@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "broadcast.h"
 #include "find_op.h"
 
 namespace aigc_fast {
@@ -107,7 +108,7 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
       noise = eps.to(math);
     } else {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      const at::Tensor zero = at::zeros(mu.sizes(), mu.options().dtype(math));
+      const at::Tensor zero = at::zeros_symint(mu.sym_sizes(), mu.options().dtype(math));
       noise = std::get<0>(forward_op().call(zero, zero, std::nullopt, seed, false));
     }
     const at::Tensor log_var = logvar.to(math), g = grad_z.to(math);
@@ -115,9 +116,7 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     at::Tensor grad_mu = g, grad_logvar = g.mul(std).mul(noise).mul(0.5);
     const at::Tensor grad_eps = g.mul(std);
     if (grad_kl.has_value()) {  // one KL per row (the op needs a row dimension): broadcast over its elements
-      std::vector<int64_t> shape(mu.dim(), 1);
-      shape[0] = mu.size(0);
-      const at::Tensor gk = grad_kl->to(math).reshape(shape);
+      const at::Tensor gk = along_dim(grad_kl->to(math), mu, 0);
       grad_mu = grad_mu.add(gk.mul(mu.to(math)));
       grad_logvar = grad_logvar.add(gk.mul(log_var.expm1()).mul(0.5));
     }
