@@ -66,6 +66,8 @@ def _train(args, given: dict) -> int:
             raise ValueError(f"--resume {args.resume}: no config.json there (not a run directory)")
         if "out_dir" in given and Path(given["out_dir"]) != Path(args.resume):
             raise ValueError("--resume continues the run in its own directory; drop --out-dir")
+        if args.config:
+            raise ValueError("--resume keeps the run's recorded config (flags change single fields); drop --config")
         config = config_class.from_json(recorded)
         config.out_dir = args.resume
     elif args.config:
@@ -74,6 +76,9 @@ def _train(args, given: dict) -> int:
         config = config_class()
     config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
     if config.data is None:
+        if args.resume:
+            raise ValueError(f"--resume {args.resume}: the run trained on in-memory images (fit(data) from Python), "
+                             "which the command cannot load again; resume it from Python: fit(data, resume=True)")
         config.data = "mnist"
     trainer = trainer_class(config)
     try:
@@ -87,8 +92,9 @@ def _train(args, given: dict) -> int:
     # waits in a collective, after an error here, could hang it.)
     trainer.group.close()
     if trainer.group.main:
+        no_epochs = "--epochs 0 asks" if "epochs" in given else "the run's recorded epochs is 0 (give --epochs N): it asks"
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or (
-            "nothing to train: --epochs 0 asks for no epoch" if config.epochs == 0 else
+            f"nothing to train: {no_epochs} for no epoch" if config.epochs == 0 else
             f"nothing to train: the run had already reached max_steps={config.max_steps} "
             "(give a larger --max-steps, or --max-steps none to lift the cap)"
             if config.max_steps is not None else "no step trained")

@@ -121,9 +121,13 @@ def _load_array_file(path: Union[str, Path]) -> Tuple[torch.Tensor, Optional[tor
     sample writes them), in one read."""
     path = Path(path)
     labels = None
+    if path.suffix.lower() not in (".npy", ".npz"):
+        raise ValueError(f"arrays are read from .npy or .npz files, got {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"data: no file {str(path)!r} (relative paths start at {Path.cwd()})")
     if path.suffix.lower() == ".npy":
         array = np.load(path)
-    elif path.suffix.lower() == ".npz":
+    else:
         with np.load(path) as archive:
             keys = [k for k in ("images", "x") if k in archive.files] or archive.files
             if len(keys) != 1 and keys == archive.files:
@@ -131,8 +135,6 @@ def _load_array_file(path: Union[str, Path]) -> Tuple[torch.Tensor, Optional[tor
             array = archive[keys[0]]
             if "labels" in archive.files:
                 labels = _labels_for(array, archive["labels"], f"{path} (its 'labels' array)")
-    else:
-        raise ValueError(f"arrays are read from .npy or .npz files, got {path}")
     return _as_nchw(torch.from_numpy(np.ascontiguousarray(array)), str(path)), labels
 
 

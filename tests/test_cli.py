@@ -201,3 +201,36 @@ def test_bad_devices_configs_and_diverged_runs_are_one_line_errors(tmp_path, cap
     assert main(["train", "vae", *TINY, "--latent-dim", "4", "--base", "8", "--epochs", "0",
                  "--out-dir", str(tmp_path / "none")]) == 0
     assert "--epochs 0 asks for no epoch" in capsys.readouterr().out
+    assert main(["train", "vae", "--resume", str(tmp_path / "none")]) == 0  # the recorded 0, not a flag given now
+    assert "the run's recorded epochs is 0 (give --epochs N)" in capsys.readouterr().out
+
+
+def test_resume_and_data_errors_say_what_to_do(tmp_path, capsys, monkeypatch):
+    """What the second user-level audit found: a corrupted checkpoint printed a traceback (or
+    an int() parse error), --config beside --resume was ignored, a run trained on in-memory
+    images blamed the default --data, a missing .npz gave no context. One line each now."""
+    from aigc_fast.train import GANConfig, GANTrainer
+
+    monkeypatch.delenv("AIGC_FAST_TRACEBACK", raising=False)
+    run = tmp_path / "gan"
+    GANTrainer(GANConfig(out_dir=str(run), image_size=16, nz=8, ngf=4, ndf=4, batch_size=8, max_steps=1,
+                         progress=False, holdout=0.0, precision="fp32")).fit(torch.rand(16, 1, 16, 16))
+    (tmp_path / "my.json").write_text("{}")
+    checkpoint = run / "checkpoint.pt"
+    cases = [(["train", "gan", "--resume", str(run), "--config", str(tmp_path / "my.json")], "drop --config"),
+             (["train", "gan", "--resume", str(run)], "in-memory images"),
+             (["train", "gan", *TINY, "--data", str(tmp_path / "none.npz"), "--out-dir", str(tmp_path / "b")],
+              "data: no file"),
+             (lambda: checkpoint.write_bytes(checkpoint.read_bytes()[:1000]), None),
+             (["sample", str(run)], "checkpoint.pt is not a readable checkpoint (RuntimeError"),
+             (lambda: checkpoint.write_text("garbage\n"), None),
+             (["evaluate", str(run)], "checkpoint.pt is not a readable checkpoint")]
+    for command, message in cases:
+        if message is None:
+            command()
+            continue
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err, (command, err)
+    assert not (tmp_path / "b").exists()

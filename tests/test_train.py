@@ -342,3 +342,40 @@ def test_the_progress_bar_counts_to_whichever_end_comes_first(tmp_path, monkeypa
     GANTrainer(tiny_gan(tmp_path / "capped", max_steps=3, epochs=5)).fit(tiny_images())  # 4 steps an epoch
     GANTrainer(tiny_gan(tmp_path / "epochs", max_steps=100, epochs=2)).fit(tiny_images())
     assert totals == [3, 8]
+
+
+def test_optimizer_settings_are_checked_by_the_config():
+    for bad, match in ((dict(lr=0.0), "lr must be > 0"), (dict(lr=float("nan")), "lr must be finite"),
+                       (dict(lr="fast"), "lr must be a number"), (dict(betas=(0.5,)), "betas must be two"),
+                       (dict(betas=(0.5, 1.0)), "betas must be two numbers in \\[0, 1\\)")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            GANConfig(**bad)
+    with pytest.raises(ValueError, match="beta weighs the KL term"):
+        VAEConfig(beta=-0.5)
+
+
+def test_unreadable_checkpoints_are_named_and_new_ones_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "checkpoint.pt"
+    old_umask = os.umask(0o022)
+    try:
+        save_atomic({"step": 1}, path)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # as the run's other files (mkstemp's were 0600)
+    assert load_checkpoint(path) == {"step": 1}
+    for damage in (lambda: path.write_bytes(path.read_bytes()[:100]), lambda: path.write_text("garbage\n")):
+        damage()
+        with pytest.raises(ValueError, match="checkpoint.pt is not a readable checkpoint"):
+            load_checkpoint(path)
+
+
+def test_a_run_that_failed_before_its_first_log_row_leaves_its_folder_usable(tmp_path):
+    """A first step that fails (images of the wrong size, a loss NaN at once) leaves an empty
+    metrics.jsonl: nothing to protect, so the retry in the same folder runs."""
+    (tmp_path / "config.json").write_text(tiny_gan(tmp_path).to_json())  # what such a run leaves
+    (tmp_path / "metrics.jsonl").write_text("")
+    GANTrainer(tiny_gan(tmp_path, max_steps=1)).fit(tiny_images())
+    assert (tmp_path / "checkpoint.pt").is_file()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import data as data_lib
+from ..train.checkpoint import save_atomic
 from ..train.trainer import _Trainer, load_run
 from .classifier import Classifier, accuracy, features_and_probs, train_classifier
 from .likelihood import vae_likelihood
@@ -69,17 +70,33 @@ def run_classifier(run_dir: Union[str, Path], real: RealData, *, epochs: int = 8
     path = Path(run_dir) / "eval" / "classifier.pt"
     key = {"data": real.source, "shape": list(real.train_images.shape[1:]), "held_out": len(real.held_images),
            "classes": real.num_classes, "epochs": epochs}
-    if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
+    cached = _read_cache(path)
+    if cached is not None:
         if cached["key"] == key:
             model = Classifier(real.train_images.shape[1], real.num_classes)
             model.load_state_dict(cached["state"])
             return model.eval(), cached["accuracy"]
     model = train_classifier(real.train_images, real.train_labels, real.num_classes, epochs=epochs)
     acc = accuracy(model, real.held_images, real.held_labels) if len(real.held_images) else float("nan")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"key": key, "state": model.state_dict(), "accuracy": acc}, path)
+    save_atomic({"key": key, "state": model.state_dict(), "accuracy": acc}, path)
     return model, acc
+
+
+def _read_cache(path: Path) -> Optional[dict]:
+    """The cached classifier, or None when there is none or it cannot be read (a cache:
+    trained again rather than stopping the evaluation)."""
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(cached, dict) and {"key", "state", "accuracy"} <= set(cached):
+            return cached
+    except Exception as error:  # truncated or overwritten: unpickling fails in many ways
+        warnings.warn(f"{path} cannot be read ({type(error).__name__}: {error}); training the classifier again",
+                      stacklevel=3)
+        return None
+    warnings.warn(f"{path} is not a classifier cache; training the classifier again", stacklevel=3)
+    return None
 
 
 @torch.no_grad()

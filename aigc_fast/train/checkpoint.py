@@ -1,11 +1,12 @@
 """Checkpoints written atomically: to a temporary file in the same folder, flushed, then
 renamed over the old one, so a crash or kill mid-save leaves the previous checkpoint
-intact (rename within a file system is atomic)."""
+intact (rename within a file system is atomic). Read back with an error that names the
+file when it is not a checkpoint torch can load."""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -15,9 +16,11 @@ import torch
 def save_atomic(state: Dict[str, Any], path: Union[str, Path]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A unique name opened with open(): the file gets the umask's permissions, as the run's
+    # other outputs do (mkstemp's would be owner-only).
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
@@ -33,4 +36,7 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     # Our own files: full state (optimizers, RNG states, config), not only tensors.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # truncated, overwritten, not torch's: unpickling fails in many ways
+        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from error

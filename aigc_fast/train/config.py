@@ -9,7 +9,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._validate import is_count
+from .._validate import is_count, number
 from ..models._backend import BACKENDS
 from ..models.dcgan import SIZES
 from ..ops.losses import RECON_LOSSES
@@ -64,6 +64,15 @@ class _Config:
             raise ValueError(f"holdout is a share of the data in [0, 1), got {self.holdout}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        # The optimizer's settings, checked here so a bad value is refused before a run starts.
+        if hasattr(self, "lr") and not number(self.lr, "lr") > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if hasattr(self, "betas"):
+            betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
+            if len(betas) != 2 or not all(0 <= number(b, "betas") < 1 for b in betas):
+                raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if hasattr(self, "beta") and not number(self.beta, "beta") >= 0:
+            raise ValueError(f"beta weighs the KL term and must be >= 0, got {self.beta!r}")
 
     def to_json(self, path: Union[str, Path, None] = None) -> str:
         text = json.dumps({"kind": self.kind, **dataclasses.asdict(self)}, indent=2)

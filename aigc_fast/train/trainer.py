@@ -282,7 +282,9 @@ class _Trainer:
         # into theirs (a run stopped before its first checkpoint has left its metrics already).
         # Every process looks before any writes (gather is a barrier), and all decide alike.
         fresh = not resume and self.step == 0
-        mine = [f.name for f in (self.checkpoint_path, self.run_dir / "metrics.jsonl") if fresh and f.exists()]
+        # (An empty metrics.jsonl is a run that failed at its first steps: nothing to keep.)
+        mine = [f.name for f in (self.checkpoint_path, self.run_dir / "metrics.jsonl")
+                if fresh and f.exists() and (f == self.checkpoint_path or f.stat().st_size > 0)]
         earlier = sorted(set(name for names in self.group.gather(mine) for name in names))
         if earlier == ["metrics.jsonl"]:
             raise ValueError(f"{self.run_dir} holds the metrics of a run that stopped before its first checkpoint, "
@@ -350,8 +352,9 @@ class _Trainer:
                     epoch_steps += 1
                     for name, value in metrics.items():
                         epoch_sums[name] = epoch_sums.get(name, 0.0) + value
-                    bar.update(1)
+                    # (The postfix first: update(1) redraws the bar, with this step's values.)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()}, refresh=False)
+                    bar.update(1)
                     if main and self.step % self.config.log_every == 0:
                         log.write(json.dumps({"step": self.step, "epoch": self.epoch, **metrics}) + "\n")
                         log.flush()
@@ -422,7 +425,10 @@ def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Tra
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-    kind = json.loads((run_dir / "config.json").read_text()).get("kind")
+    try:
+        kind = json.loads((run_dir / "config.json").read_text()).get("kind")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{run_dir / 'config.json'} is not a run's config ({error})") from None
     config_class = {"gan": GANConfig, "vae": VAEConfig}.get(kind)
     if config_class is None:
         raise ValueError(f"{run_dir / 'config.json'} has unknown kind {kind!r}")

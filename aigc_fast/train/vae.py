@@ -38,8 +38,6 @@ class VAETrainer(_Trainer):
         # Checked before anything is written: a run directory whose config.json named another
         # recon_loss would neither resume nor decode its samples right.
         _choice(c.recon_loss, "recon_loss", RECON_LOSSES)
-        if not c.beta >= 0:
-            raise ValueError(f"beta weighs the KL term and must be >= 0, got {c.beta!r}")
         self.model = self.place(model)
         self.opt = self.adam(self.model)
         self.run_model = self.prepare(self.model)
