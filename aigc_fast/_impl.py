@@ -3,8 +3,9 @@
 Per call: `impl="fused" | "reference"`. Globally: `set_impl(...)` or, for a block of code,
 `with use_impl(...)`. The default, None, means fused wherever the kernels are available
 (compiled in and loaded, and built for the tensor's device), else the reference.
-Asking for "fused" where it is unavailable raises, rather than silently running something
-else. The global choice is a plain module attribute, so torch.compile guards on it; it
+Under torch.func's transforms the default is the reference (functorch cannot transform the
+fused ops' C++ autograd). Asking for "fused" where it is unavailable raises, rather than
+silently running something else. The global choice is a plain module attribute, so torch.compile guards on it; it
 is one for the whole process (use_impl in one thread is seen by the others, and blocks
 in two threads that overlap can restore each other's choice), so code running ops from
 several threads passes impl= per call.
@@ -93,10 +94,20 @@ def _arch_mismatch(arch_list: str, capability: Tuple[int, int]) -> Optional[str]
             f"capability {major}.{minor}): reinstall with TORCH_CUDA_ARCH_LIST={major}.{minor}")
 
 
+def _under_torch_func() -> bool:
+    """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is running. The fused
+    ops' autograd is a C++ torch::autograd::Function, which functorch cannot transform;
+    the reference, plain ATen ops, it can. (Not asked while torch.compile traces, which
+    is not a functorch transform and would have to break the graph for the question.)"""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def fused_unavailable_reason(device: torch.device) -> Optional[str]:
     """None when the fused kernels can run on `device`, else why not."""
     if not _extension.LOADED:
         return _extension.REASON
+    if _under_torch_func():
+        return "torch.func transforms (grad, vjp, jacrev, vmap) cannot run the fused ops' C++ autograd"
     if device.type == "cuda" and "cuda" in _extension.compiled_backends():
         return _cuda_arch_reason(device)
     if device.type == "meta" or device.type in _extension.compiled_backends():

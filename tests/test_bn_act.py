@@ -517,13 +517,16 @@ def test_flags_take_numpy_bools_and_0_or_1():
         torch.testing.assert_close(y, expected)
 
 
-def test_vmap_is_a_clear_error():
+def test_vmap_runs_the_reference_and_the_raw_op_says_so():
     x = torch.randn(3, 4, 5)
-    with pytest.raises(RuntimeError, match="bn_act does not support torch.vmap"):
-        torch.func.vmap(lambda t: aigc_fast.bn_act(t, None, None, None, None, training=True))(x)
-    with aigc_fast.use_impl("reference"):  # what the message advises works
-        y = torch.func.vmap(lambda t: aigc_fast.bn_act(t, None, None, None, None, training=True))(x)
-    assert y.shape == x.shape
+    y = torch.func.vmap(lambda t: aigc_fast.bn_act(t, None, None, None, None, training=True))(x)
+    expected = torch.stack([aigc_fast.bn_act(t, None, None, None, None, training=True) for t in x])
+    torch.testing.assert_close(y, expected)
+    with pytest.raises(RuntimeError, match="impl='fused' was requested on cpu, but torch.func transforms"):
+        torch.func.vmap(lambda t: aigc_fast.bn_act(t, None, None, None, None, training=True, impl="fused"))(x)
+    raw = torch.ops.aigc_fast.bn_act  # no batching rule: the message points at the function
+    with pytest.raises(RuntimeError, match=r"torch.ops.aigc_fast.bn_act does not support torch.vmap .* Call aigc_fast.bn_act"):
+        torch.func.vmap(lambda t: raw(t, None, None, None, None, None, True, 0.1, 1e-5, "relu", 0.2, False))(x)
 
 
 @pytest.mark.parametrize(

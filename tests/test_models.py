@@ -186,3 +186,28 @@ def test_vae_sample_runs_in_eval_mode_and_leaves_the_mode_alone():
     images = vae.sample(3, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(images, expected)  # BatchNorm's running statistics, not the batch's
     assert vae.training and [m.num_batches_tracked.item() for m in vae.modules() if isinstance(m, nn.BatchNorm2d)] == tracked
+
+
+def test_torch_func_per_sample_gradients_run_on_the_reference():
+    """torch.func cannot transform the fused ops' C++ autograd: under grad/vmap the default
+    impl is the reference, so per-sample gradients (DP-SGD, influence functions) work on a
+    fused model as they are, and equal a loop of ordinary backward passes."""
+    import aigc_fast
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    D = DCGANDiscriminator(ndf=4, channels=1, image_size=16).eval()  # eval: no running statistics to update
+    params = {k: v.detach() for k, v in D.named_parameters()}
+    images = torch.randn(3, 1, 16, 16)
+
+    def loss(p, image):
+        return aigc_fast.gan_g_loss(functional_call(D, p, (image[None],)))
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, images)
+    for i, image in enumerate(images):
+        D.zero_grad()
+        aigc_fast.gan_g_loss(D(image[None])).backward()  # fused
+        for name, p in D.named_parameters():
+            torch.testing.assert_close(per_sample[name][i], p.grad, msg=name)
+    with pytest.raises(RuntimeError, match="impl='fused' was requested .* torch.func transforms"):
+        grad(lambda t: aigc_fast.gan_g_loss(t, impl="fused"))(torch.randn(4))

@@ -139,10 +139,12 @@ def _fake_backward(grad_y, y, x, weight, bias, mean, invstd, training, act, nega
 
 
 def _no_vmap(info, in_dims, *args):
+    # (Reached only by calling the registered op: the function aigc_fast.bn_act runs the
+    # reference under torch.func transforms.)
     raise RuntimeError(
-        "aigc_fast.bn_act does not support torch.vmap (the kernels have no batching rule). Run such code with "
-        "impl=\"reference\" (aigc_fast.use_impl(\"reference\")): ATen's batch_norm, which vmap supports where "
-        "no running statistics are updated (eval, or training without running statistics)."
+        "torch.ops.aigc_fast.bn_act does not support torch.vmap (the kernels have no batching rule). Call "
+        "aigc_fast.bn_act, which runs the reference under torch.func transforms: ATen's batch_norm, which vmap "
+        "supports where no running statistics are updated (eval, or training without running statistics)."
     )
 
 
