@@ -92,7 +92,9 @@ def _train(args, given: dict) -> int:
     # waits in a collective, after an error here, could hang it.)
     trainer.group.close()
     if trainer.group.main:
-        no_epochs = "--epochs 0 asks" if "epochs" in given else "the run's recorded epochs is 0 (give --epochs N): it asks"
+        no_epochs = ("--epochs 0 asks" if "epochs" in given else
+                     "the run's recorded epochs is 0 (give --epochs N): it asks" if args.resume else
+                     f"epochs is 0 in {args.config} (give --epochs N): it asks")
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or (
             f"nothing to train: {no_epochs} for no epoch" if config.epochs == 0 else
             f"nothing to train: the run had already reached max_steps={config.max_steps} "

@@ -32,12 +32,22 @@ def _bn_act(t):
     return aigc_fast.bn_act(t["x"], t["weight"], None, *running, training=True).square().sum()
 
 
+def _vae_loss(t, reduction):
+    loss = aigc_fast.vae_loss(t["recon"], t["target"], t["mu"], t["logvar"], reduction=reduction)[0]
+    return loss.square().sum()
+
+
+def _reparameterize(t):
+    z, kl = aigc_fast.reparameterize(t["mu"], t["logvar"], return_kl=True)
+    return z.square().sum() + kl.square().sum()
+
+
 OPS = {
     "gan_d_loss": lambda t: aigc_fast.gan_d_loss(t["logits"], t["fake"], "bce"),
     "gan_g_loss": lambda t: aigc_fast.gan_g_loss(t["fake"], "lsgan"),
-    "vae_loss mean": lambda t: aigc_fast.vae_loss(t["recon"], t["target"], t["mu"], t["logvar"])[0],
-    "vae_loss none": lambda t: aigc_fast.vae_loss(t["recon"], t["target"], t["mu"], t["logvar"], reduction="none")[0].square().sum(),
-    "reparameterize": lambda t: sum(v.square().sum() for v in aigc_fast.reparameterize(t["mu"], t["logvar"], return_kl=True)),
+    "vae_loss mean": lambda t: _vae_loss(t, "mean"),
+    "vae_loss none": lambda t: _vae_loss(t, "none"),
+    "reparameterize": _reparameterize,
     "bias_act": lambda t: aigc_fast.bias_act(t["x"], torch.ones(2), "leaky_relu").square().sum(),
     "bn_act": _bn_act,
 }

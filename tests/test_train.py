@@ -8,6 +8,7 @@ that resumes exactly."""
 import json
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,7 +63,7 @@ def test_a_fresh_run_does_not_overwrite_a_finished_one(tmp_path):
         GANTrainer(tiny_gan(tmp_path, max_steps=3, seed=1)).fit(tiny_images())
     assert (tmp_path / "metrics.jsonl").read_text() == before and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
     (tmp_path / "checkpoint.pt").unlink()  # as a run stopped before its first checkpoint leaves it
-    with pytest.raises(ValueError, match="stopped before its first checkpoint, so there is nothing to resume"):
+    with pytest.raises(ValueError, match="stopped before its first checkpoint .*, so there is nothing to resume"):
         GANTrainer(tiny_gan(tmp_path, max_steps=3, seed=1)).fit(tiny_images())
 
 
@@ -345,13 +346,17 @@ def test_the_progress_bar_counts_to_whichever_end_comes_first(tmp_path, monkeypa
 
 
 def test_optimizer_settings_are_checked_by_the_config():
-    for bad, match in ((dict(lr=0.0), "lr must be > 0"), (dict(lr=float("nan")), "lr must be finite"),
+    for bad, match in ((dict(lr=-1e-3), "lr must be >= 0"), (dict(lr=float("nan")), "lr must be finite"),
                        (dict(lr="fast"), "lr must be a number"), (dict(betas=(0.5,)), "betas must be two"),
                        (dict(betas=(0.5, 1.0)), "betas must be two numbers in \\[0, 1\\)")):
         with pytest.raises((ValueError, TypeError), match=match):
             GANConfig(**bad)
+    config = VAEConfig()
+    config.beta = -0.5  # set after the config was built: the trainer checks again
     with pytest.raises(ValueError, match="beta weighs the KL term"):
-        VAEConfig(beta=-0.5)
+        VAETrainer(config)
+    numpy_floats = GANConfig(lr=np.float32(1e-3), betas=[np.float64(0.5), 0.9])
+    assert json.loads(numpy_floats.to_json())["betas"] == [0.5, 0.9]  # plain floats, JSON-ready
 
 
 def test_unreadable_checkpoints_are_named_and_new_ones_readable_by_others(tmp_path):
@@ -373,9 +378,20 @@ def test_unreadable_checkpoints_are_named_and_new_ones_readable_by_others(tmp_pa
 
 
 def test_a_run_that_failed_before_its_first_log_row_leaves_its_folder_usable(tmp_path):
-    """A first step that fails (images of the wrong size, a loss NaN at once) leaves an empty
-    metrics.jsonl: nothing to protect, so the retry in the same folder runs."""
-    (tmp_path / "config.json").write_text(tiny_gan(tmp_path).to_json())  # what such a run leaves
-    (tmp_path / "metrics.jsonl").write_text("")
+    """A first step that fails (images of the wrong size, a loss NaN at once) takes its empty
+    metrics.jsonl with it, so the retry in the same folder runs; an empty metrics.jsonl that
+    is there (a run in its first steps) still keeps a second run out."""
+    def fail(images):
+        raise RuntimeError("the first step failed")
+
+    failing = GANTrainer(tiny_gan(tmp_path, max_steps=1))
+    failing.train_step = fail
+    with pytest.raises(RuntimeError, match="the first step failed"):
+        failing.fit(tiny_images())
+    assert not (tmp_path / "metrics.jsonl").exists()
     GANTrainer(tiny_gan(tmp_path, max_steps=1)).fit(tiny_images())
     assert (tmp_path / "checkpoint.pt").is_file()
+    (tmp_path / "live").mkdir()
+    (tmp_path / "live" / "metrics.jsonl").write_text("")
+    with pytest.raises(ValueError, match="holds the metrics of a run that stopped before its first checkpoint"):
+        GANTrainer(tiny_gan(tmp_path / "live", max_steps=1)).fit(tiny_images())

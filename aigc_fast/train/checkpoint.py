@@ -19,15 +19,16 @@ def save_atomic(state: Dict[str, Any], path: Union[str, Path]) -> None:
     # A unique name opened with open(): the file gets the umask's permissions, as the run's
     # other outputs do (mkstemp's would be owner-only).
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    f = open(tmp, "xb")  # (outside the try: a file this call did not create is not removed)
     try:
-        with open(tmp, "xb") as f:
+        with f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
         raise
 
 
@@ -38,5 +39,7 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any
     # Our own files: full state (optimizers, RNG states, config), not only tensors.
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
+    except MemoryError:
+        raise
     except Exception as error:  # truncated, overwritten, not torch's: unpickling fails in many ways
         raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from error

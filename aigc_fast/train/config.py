@@ -64,15 +64,21 @@ class _Config:
             raise ValueError(f"holdout is a share of the data in [0, 1), got {self.holdout}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
-        # The optimizer's settings, checked here so a bad value is refused before a run starts.
-        if hasattr(self, "lr") and not number(self.lr, "lr") > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        # The optimizer's settings and the VAE's KL weight, kept as plain floats (a NumPy scalar
+        # would not reach config.json). Adam's own bounds, checked before a run starts.
+        if hasattr(self, "lr"):
+            self.lr = number(self.lr, "lr")
+            if self.lr < 0:
+                raise ValueError(f"lr must be >= 0, got {self.lr}")
         if hasattr(self, "betas"):
             betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
-            if len(betas) != 2 or not all(0 <= number(b, "betas") < 1 for b in betas):
-                raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if hasattr(self, "beta") and not number(self.beta, "beta") >= 0:
-            raise ValueError(f"beta weighs the KL term and must be >= 0, got {self.beta!r}")
+            self.betas = tuple(number(b, "betas") for b in betas)
+            if len(betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+                raise ValueError(f"betas must be two numbers in [0, 1), got {betas or self.betas!r}")
+        if hasattr(self, "beta"):
+            self.beta = number(self.beta, "beta")
+            if self.beta < 0:
+                raise ValueError(f"beta weighs the KL term and must be >= 0, got {self.beta}")
 
     def to_json(self, path: Union[str, Path, None] = None) -> str:
         text = json.dumps({"kind": self.kind, **dataclasses.asdict(self)}, indent=2)

@@ -36,6 +36,7 @@ class _Trainer:
     value_range: Tuple[float, float] = (0.0, 1.0)  # of the images the model trains on and generates
 
     def __init__(self, config):
+        config.__post_init__()  # again: fields set after the config was built are checked too
         self.config = config
         _check_device(config.device)
         self.group = Group(config.device)
@@ -282,13 +283,12 @@ class _Trainer:
         # into theirs (a run stopped before its first checkpoint has left its metrics already).
         # Every process looks before any writes (gather is a barrier), and all decide alike.
         fresh = not resume and self.step == 0
-        # (An empty metrics.jsonl is a run that failed at its first steps: nothing to keep.)
-        mine = [f.name for f in (self.checkpoint_path, self.run_dir / "metrics.jsonl")
-                if fresh and f.exists() and (f == self.checkpoint_path or f.stat().st_size > 0)]
+        mine = [f.name for f in (self.checkpoint_path, self.run_dir / "metrics.jsonl") if fresh and f.exists()]
         earlier = sorted(set(name for names in self.group.gather(mine) for name in names))
         if earlier == ["metrics.jsonl"]:
-            raise ValueError(f"{self.run_dir} holds the metrics of a run that stopped before its first checkpoint, "
-                             "so there is nothing to resume: delete the directory or choose another out_dir")
+            raise ValueError(f"{self.run_dir} holds the metrics of a run that stopped before its first checkpoint "
+                             "(or is still in its first steps), so there is nothing to resume: delete the directory "
+                             "or choose another out_dir")
         if earlier:
             raise ValueError(f"{self.run_dir} already holds a run ({', '.join(earlier)}): resume it "
                              "(fit(resume=True), aigc-fast train --resume DIR) or choose another out_dir")
@@ -331,8 +331,10 @@ class _Trainer:
             total = max(0, min(total, self.config.max_steps - self.step))
         bar = _progress(self.config.progress and main, total=total)
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        log_file = open(self.run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext()
-        with stop_between_steps(enabled=self.group.world == 1) as stop, log_file as log:
+        log_path = self.run_dir / "metrics.jsonl"
+        log_file = open(log_path, "a") if main else contextlib.nullcontext()
+        with (_removed_if_left_empty(log_path, enabled=main and fresh),
+              stop_between_steps(enabled=self.group.world == 1) as stop, log_file as log):
             while self.epoch < end_epoch:
                 epoch_sums: Dict[str, float] = {}
                 epoch_started, epoch_steps = time.perf_counter(), 0
@@ -352,7 +354,7 @@ class _Trainer:
                     epoch_steps += 1
                     for name, value in metrics.items():
                         epoch_sums[name] = epoch_sums.get(name, 0.0) + value
-                    # (The postfix first: update(1) redraws the bar, with this step's values.)
+                    # (The postfix first: the redraw update(1) may do then shows this step's values.)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()}, refresh=False)
                     bar.update(1)
                     if main and self.step % self.config.log_every == 0:
@@ -413,6 +415,19 @@ def _check_device(device: str) -> None:
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}, "
                          f"CUDA build {torch.version.cuda or 'none'}); use device 'cpu'")
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(path: Path, enabled: bool):
+    """A fresh run that fails before its first metrics row (images of the wrong size, a loss
+    NaN at once) takes its empty metrics.jsonl with it: left behind, the file would make
+    the folder refuse the retry as one holding an earlier run."""
+    try:
+        yield
+    except BaseException:
+        if enabled and path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+        raise
 
 
 def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Trainer:
