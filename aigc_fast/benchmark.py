@@ -77,6 +77,16 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
             torch.cuda.synchronize(trainer.device)
         return metrics
 
+    def release_gradients() -> None:
+        # What the step's own zero_grad(set_to_none=True) frees, freed before its memory is
+        # measured (peak_bytes): the CPU profiler reports no free of a block allocated
+        # before it started, so freed inside the step they would go uncounted.
+        for part in trainer.modules().values():
+            if isinstance(part, torch.optim.Optimizer):
+                part.zero_grad(set_to_none=True)
+
+    step.release_gradients = release_gradients
+
     if graphed:  # the eager warm-up steps and the capture belong to setup, as compilation does
         from .train.cuda_graph import WARMUP_STEPS
 
@@ -143,10 +153,14 @@ def cpu_peak_bytes(step: Callable[[], object]) -> Optional[int]:
 
 def peak_bytes(step: Callable[[], object], device: str) -> Optional[int]:
     """A step's peak memory beyond what was held before it: CUDA's allocator statistics on
-    a GPU, the CPU allocator's events on the CPU. A step replayed as a CUDA graph: the peak
-    of its capture (make_step), since a replay allocates nothing of its own."""
+    a GPU, the CPU allocator's events on the CPU. A training step (make_step) has its
+    gradients freed first, on both devices alike, so the peak is what the step adds to the
+    weights and optimizer state, its new gradients included. A step replayed as a CUDA
+    graph: the peak of its capture (make_step), since a replay allocates nothing of its own."""
     if getattr(step, "graph_peak_bytes", None) is not None:
         return step.graph_peak_bytes
+    if getattr(step, "release_gradients", None) is not None:
+        step.release_gradients()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -142,11 +142,13 @@ def main(argv=None) -> int:
     bench = commands.add_parser("bench", help="time full training steps (and with --ops each op): fused vs eager "
                                               "vs torch.compile")
     lists = _bench_lists()
-    for name, default, note in [("workloads", "dcgan28,vae28", ""), ("providers", "fused,eager,compile",
-                                " (the +graph ones on a GPU)"), ("precision", "fp32", ""),
-                                ("layouts", "nchw,channels_last", "")]:
+    for name, default, note in [("workloads", "dcgan28,vae28", ""),
+                                ("providers", None, " (the +graph ones on a GPU; default fused,eager,compile, and "
+                                 "on a GPU also fused+graph,eager+graph, the trainers' default there)"),
+                                ("precision", "fp32", ""), ("layouts", "nchw,channels_last", "")]:
         bench.add_argument(f"--{name}", default=default, type=_comma_list(lists[name]),
-                           help=f"comma-separated, of {', '.join(lists[name])}{note} (default {default})")
+                           help=f"comma-separated, of {', '.join(lists[name])}{note}"
+                                + (f" (default {default})" if default else ""))
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--repeats", type=int, default=5, help="timed steps per case (after warm-up)")
     bench.add_argument("--out", default="bench-results", help="folder for steps.csv, .md, .png (and ops.*)")
@@ -162,9 +164,11 @@ def main(argv=None) -> int:
     try:
         return _run(args)
     # Most likely the arguments (a value, a path that is a file, data of the wrong type): one
-    # line, and where it was raised.
+    # line, and where it was raised. (bench checks its arguments before it starts; an error
+    # while it runs is the package's, and keeps its traceback.)
     except (ValueError, TypeError, OSError) as error:
-        if args.command == "bench" or os.environ.get("AIGC_FAST_TRACEBACK") == "1":
+        if (args.command == "bench" and not isinstance(error, BadBenchArguments)) or \
+                os.environ.get("AIGC_FAST_TRACEBACK") == "1":
             raise
         where = traceback.extract_tb(error.__traceback__)[-1]
         parser.exit(2, f"aigc-fast {args.command}: error: {error}\n(raised at {Path(where.filename).name}:"
@@ -271,10 +275,42 @@ def _comma_list(choices: Tuple[str, ...]):
     return parse
 
 
+class BadBenchArguments(ValueError):
+    """An aigc-fast bench argument refused before any timing starts."""
+
+
+def _check_bench_arguments(args, out: Path) -> None:
+    """What would otherwise fail after minutes of timing, or deep inside it."""
+    import tempfile
+
+    import torch
+
+    from .train.trainer import _check_device
+
+    try:
+        _check_device(args.device)
+    except ValueError as error:
+        raise BadBenchArguments(str(error)) from None
+    if args.repeats < 1:
+        raise BadBenchArguments(f"--repeats must be at least 1 (timed steps per case), got {args.repeats}")
+    graphed = [p for p in args.providers if p.endswith("+graph")]
+    if graphed and torch.device(args.device).type != "cuda":
+        raise BadBenchArguments(f"{', '.join(graphed)} replay CUDA graphs: they run with --device cuda only")
+    try:  # the results are written at the end: a folder that cannot take them is refused now
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as error:
+        raise BadBenchArguments(f"--out {out}: cannot write there ({error})") from None
+
+
 def _bench(args) -> int:
     from . import benchmark
 
     out = Path(args.out)
+    if args.providers is None:
+        gpu = args.device.startswith("cuda")
+        args.providers = ["fused", "eager", "compile"] + (["fused+graph", "eager+graph"] if gpu else [])
+    _check_bench_arguments(args, out)
     returncode = _bench_ops(out, args.ops_filter) if args.ops else 0  # the steps run either way
     settings = [(p, layout == "channels_last") for p in args.precision for layout in args.layouts]
     rows = benchmark.run(args.workloads, args.providers, settings, device=args.device, repeats=args.repeats)

@@ -77,7 +77,7 @@ if torch.cuda.is_available():
     print("gpu", torch.cuda.get_device_name(), "capability", torch.cuda.get_device_capability())
 else:
     print("gpu: NONE VISIBLE")
-for module in ("numpy", "ninja", "pytest", "pytest_benchmark", "matplotlib"):
+for module in ("numpy", "setuptools", "wheel", "ninja", "pytest", "pytest_benchmark", "matplotlib"):
     print(f"{module}: {'yes' if importlib.util.find_spec(module) else 'MISSING'}")
 from torch.utils.cpp_extension import CUDA_HOME
 nvcc = shutil.which("nvcc") or (CUDA_HOME and os.path.join(CUDA_HOME, "bin", "nvcc"))
@@ -88,6 +88,12 @@ else:
 EOF
 "$PY" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null || { echo "no visible CUDA GPU: run this on a GPU machine"; exit 2; }
 "$PY" -c 'import numpy' 2>/dev/null || { echo "numpy is missing, and aigc_fast needs it: install numpy first"; exit 2; }
+# The build runs with --no-build-isolation --no-index (no internet): its backend must be here already.
+"$PY" - <<'PY' 2>/dev/null || { echo "setuptools (>= 70.1, or older with wheel) is missing, and the offline build needs it: install it first"; exit 2; }
+import importlib.metadata, importlib.util
+version = tuple(int(p) for p in importlib.metadata.version("setuptools").split(".")[:2])
+assert version >= (70, 1) or importlib.util.find_spec("wheel")
+PY
 "$PY" -c 'import ninja' 2>/dev/null || echo "ninja is missing: the build compiles one file at a time (slower)"
 HAVE_PYTEST=0; "$PY" -c 'import pytest' 2>/dev/null && HAVE_PYTEST=1
 HAVE_BENCH=0; "$PY" -c 'import pytest_benchmark' 2>/dev/null && HAVE_BENCH=1

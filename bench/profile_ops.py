@@ -12,6 +12,7 @@ Sizes are the op suites' largest (bench/test_bench_*.py); --scale shrinks every 
 """
 
 import argparse
+import functools
 import statistics
 import time
 from dataclasses import dataclass
@@ -39,6 +40,14 @@ def _batch(n, scale):
     return max(2, round(n * scale))
 
 
+def _op(name, impl):
+    """The fused op, asked for by name (so a missing or unusable build is refused rather than
+    profiled as "fused" on the reference), or its reference twin."""
+    if impl == "fused":
+        return functools.partial(getattr(aigc_fast, name), impl="fused")
+    return getattr(reference, name)
+
+
 def _training_step(run, *leaves):
     """`run` as a training step calls it: the leaves' gradients freed first (as
     zero_grad(set_to_none=True) does), so a call neither adds into the last call's gradients
@@ -54,7 +63,7 @@ def _reparameterize(device):
     def make(impl, scale):
         rows = _batch(2048, scale)
         mu, logvar = _leaf(rows, 2048, device=device), _leaf(rows, 2048, device=device)
-        fn = aigc_fast.reparameterize if impl == "fused" else reference.reparameterize
+        fn = _op("reparameterize", impl)
 
         def run():
             z, kl = fn(mu, logvar, return_kl=True)
@@ -67,7 +76,7 @@ def _gan_d_loss(device):
     def make(impl, scale):
         n = _batch(4096, scale)
         real, fake = _leaf(n, 1, device=device), _leaf(n, 1, device=device)
-        fn = aigc_fast.gan_d_loss if impl == "fused" else reference.gan_d_loss
+        fn = _op("gan_d_loss", impl)
         return _training_step(lambda: fn(real, fake, "bce").backward(), real, fake), f"{n}"
     return Case("gan_d_loss (bce)", make)
 
@@ -77,7 +86,7 @@ def _vae_loss(device):
         b = _batch(512, scale)
         recon, mu, logvar = _leaf(b, 3, 64, 64, device=device), _leaf(b, 256, device=device), _leaf(b, 256, device=device)
         target = torch.rand(b, 3, 64, 64, device=device)
-        fn = aigc_fast.vae_loss if impl == "fused" else reference.vae_loss
+        fn = _op("vae_loss", impl)
         return (_training_step(lambda: fn(recon, target, mu, logvar)[0].backward(), recon, mu, logvar),
                 f"b{b} 3x64x64, z256")
     return Case("vae_loss (bce)", make)
@@ -88,7 +97,7 @@ def _bias_act(device):
         x = _leaf(_batch(128, scale), 64, 32, 32, device=device)
         bias = _leaf(64, device=device)
         grad = torch.randn_like(x)
-        fn = aigc_fast.bias_act if impl == "fused" else reference.bias_act
+        fn = _op("bias_act", impl)
         return _training_step(lambda: fn(x, bias, "leaky_relu").backward(grad), x, bias), "x".join(map(str, x.shape))
     return Case("bias_act (leaky_relu)", make)
 
@@ -99,7 +108,7 @@ def _bn_act(device, channels_last):
         x = _leaf(_batch(64, scale), 64, 32, 32, device=device, memory_format=fmt)
         bn = torch.nn.BatchNorm2d(64).to(device)
         grad = torch.randn_like(x)
-        fn = aigc_fast.bn_act if impl == "fused" else reference.bn_act
+        fn = _op("bn_act", impl)
 
         def run():
             fn(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, training=True, act="relu",
@@ -141,7 +150,10 @@ def profile_events(step, device):
     # Top-level ATen calls: the ones not made by another ATen op.
     aten = sum(1 for e in events if e.name.startswith("aten::")
                and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
-    return aten, [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    # Device events are kernels and copies, and also the GPU-side spans of host annotations
+    # (Optimizer.step's record_function): those would count their kernels' time twice.
+    return aten, [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+                  and not getattr(e, "is_user_annotation", False)]
 
 
 def profile_once(step, device):

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# The benchmark run behind the README's tables: every op suite and the training-step suite
-# on this machine, into OUT: ops.json/.md/.csv/.png and steps.csv/.md/.png.
+# The benchmark runs behind the README's tables, on this machine, into OUT:
+#   OUT/ops.{json,md,csv,png}   every op suite (the batch-128 conv blocks included)
+#   OUT/steps.{csv,md,png}      the 28x28 training steps, fp32 and bf16, NCHW and channels_last,
+#                               every CPU provider, with the profile breakdown
+#   OUT/64x64/steps.*           the 64x64 training steps, same settings, 5 rounds
 #
 #   bash bench/run.sh [OUT]          (default OUT: bench-results; needs the bench extra)
 #
-# About 15 minutes on a 2-core CPU; leave the machine otherwise idle while it runs.
-# Every op case, the batch-128 conv blocks included (an empty -k expression selects all).
+# Well over 15 minutes on a 2-core CPU; leave the machine otherwise idle while it runs.
+# (The README's 28x28 table is the middle of three such runs' medians.)
 set -euo pipefail
 OUT=${1:-bench-results}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # relative to the caller, before the cd below
 cd "$(dirname "$0")/.."
-aigc-fast bench --ops --ops-filter "" --breakdown --providers fused,eager,compile,fused+compile --repeats 7 --out "$OUT"
+PROVIDERS=fused,eager,compile,fused+compile
+aigc-fast bench --ops --ops-filter "" --breakdown --workloads dcgan28,vae28 --precision fp32,bf16 \
+  --providers "$PROVIDERS" --repeats 7 --out "$OUT"
+aigc-fast bench --workloads dcgan64,vae64 --precision fp32,bf16 --providers "$PROVIDERS" --repeats 5 \
+  --out "$OUT/64x64"

@@ -107,6 +107,26 @@ def test_bench_refuses_unknown_choices(option, value, capsys):
     assert f"argument {option}: " in err and "choose from" in err
 
 
+def test_bench_arguments_are_checked_before_any_timing(tmp_path, capsys, monkeypatch):
+    """One line and status 2, before minutes of timing are spent: a bad --repeats, a device
+    this machine lacks, graph providers off the GPU, an --out that cannot be written."""
+    from aigc_fast import benchmark, cli
+
+    monkeypatch.delenv("AIGC_FAST_TRACEBACK", raising=False)
+    monkeypatch.setattr(benchmark, "run", lambda *a, **k: pytest.fail("timed despite bad arguments"))
+    (tmp_path / "a-file").write_text("")
+    cases = [(["--repeats", "0"], "--repeats must be at least 1"), (["--device", "cpuu"], "device 'cpuu'"),
+             (["--providers", "fused+graph"], "fused+graph replay CUDA graphs"),
+             (["--out", str(tmp_path / "a-file" / "sub")], "cannot write there")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "torch sees no CUDA GPU here"))
+    for arguments, message in cases:
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["bench", "--workloads", "vae28", *arguments])
+        err = capsys.readouterr().err
+        assert stopped.value.code == 2 and message in err and "Traceback" not in err, (arguments, err)
+
+
 def test_bench_ops_end_to_end(tmp_path, monkeypatch):
     pytest.importorskip("pytest_benchmark")
     from aigc_fast.cli import main
