@@ -162,12 +162,13 @@ def peak_bytes(step: Callable[[], object], device: str) -> Optional[int]:
     if getattr(step, "release_gradients", None) is not None:
         step.release_gradients()
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        gpu = torch.device(device)  # cuda:1 is not the current device of a single process
+        torch.cuda.synchronize(gpu)
+        torch.cuda.reset_peak_memory_stats(gpu)
+        base = torch.cuda.memory_allocated(gpu)
         step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        torch.cuda.synchronize(gpu)
+        return torch.cuda.max_memory_allocated(gpu) - base
     return cpu_peak_bytes(step)
 
 
@@ -203,7 +204,9 @@ def run(workloads: List[str], providers: List[str], settings: List[Tuple[str, bo
     round, rather than one case's steps after another's: on a shared machine whose speed
     drifts over minutes, a drift then lands on every case alike instead of on whichever
     ran during it, and settings compare as fairly as providers (the default settings
-    against eager fp32 NCHW is one of the comparisons users read).
+    against eager fp32 NCHW is one of the comparisons users read). The rounds alternate
+    direction, so what a case inherits from the one before it (caches, allocator state)
+    is not always the same case's.
 
     Compiled providers run under compile_strictly, and torch.compile's caches are reset
     (torch.compiler.reset) before each workload, the caller's compiled code included."""
@@ -241,8 +244,8 @@ def _run(workloads, providers, settings, *, device, repeats, memory, log):
                                            device=device)
             time_step(steps[case], warmup=3 if "compile" in provider else 2, repeats=0)
         times: Dict[tuple, List[float]] = {case: [] for case in cases}
-        for _ in range(repeats):
-            for case in cases:
+        for round_ in range(repeats):  # every other round backwards: no case always follows the same one
+            for case in cases if round_ % 2 == 0 else cases[::-1]:
                 times[case] += time_step(steps[case], warmup=0, repeats=1)
         for case in cases:
             precision, channels_last, provider = case
@@ -266,7 +269,8 @@ def machine_facts(device: str = "cpu") -> Dict[str, object]:
     isa = cpu_vector_isa()
     cpu = f"{cpu} ({isa})" if isa else cpu
     return {"date": datetime.date.today().isoformat(), "cpu": cpu, "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else "", "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "",
+            "torch": torch.__version__,
             "aigc_fast": __version__, "kernels": ",".join(_extension.compiled_backends()) or "none"}
 
 

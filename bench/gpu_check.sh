@@ -33,7 +33,7 @@ PY=${PYTHON:-python3}
 # package (python -P avoids that only from Python 3.11 on).
 cd "$LOG"
 # A reused folder must not report an earlier run's numbers (only what this script writes goes).
-rm -rf ./*-cuda.json steps-cli tables.md profile.md profile-step.md ./*.log machine.txt info.txt
+rm -rf ./*-cuda.json steps-cli tables.md profile.md profile-step.md ./*.log machine.txt info.txt summary.txt
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 END=$((SECONDS + ${GPU_CHECK_BUDGET:-450}))
 RESERVE=15  # seconds kept for the tables at the end
@@ -41,7 +41,7 @@ status=0
 summary=()
 fail() { [ "$status" = 0 ] && status=$1; }  # the first failure decides the exit status
 step() { echo "== $1 ($(date +%T), $((END - SECONDS)) s left)"; }
-note() { summary+=("$1"); echo "-- $1"; }
+note() { summary+=("$1"); echo "-- $1"; echo "$1" >>summary.txt; }  # summary.txt: the stage lines, in LOG
 # budget LIMIT: prints the seconds a stage may take (LIMIT, or what is left), or fails
 # when fewer than 20 would be left.
 budget() {
