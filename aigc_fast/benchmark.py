@@ -250,8 +250,9 @@ def _run(workloads, providers, settings, *, device, repeats, memory, log):
         for case in cases:
             precision, channels_last, provider = case
             median = statistics.median(times[case])
-            row = {**facts, "workload": workload, "provider": provider, "precision": precision,
-                   "memory_format": "channels_last" if channels_last else "nchw", "median_s": median,
+            row = {**facts, "device": device, "rounds": repeats, "workload": workload, "provider": provider,
+                   "precision": precision, "memory_format": "channels_last" if channels_last else "nchw",
+                   "median_s": median,
                    "min_s": min(times[case]), "max_s": max(times[case]), "images_per_s": batch / median,
                    "peak_bytes": peak_bytes(steps[case], device) if memory else None}
             rows.append(row)
