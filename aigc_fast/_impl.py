@@ -5,10 +5,10 @@ Per call: `impl="fused" | "reference"`. Globally: `set_impl(...)` or, for a bloc
 (compiled in and loaded, and built for the tensor's device), else the reference.
 Under torch.func's transforms the default is the reference (functorch cannot transform
 the fused ops' C++ autograd). Asking for "fused" where it is unavailable raises, rather
-than silently running something else. The global choice is a plain module attribute, so torch.compile guards on it; it
-is one for the whole process (use_impl in one thread is seen by the others, and blocks
-in two threads that overlap can restore each other's choice), so code running ops from
-several threads passes impl= per call.
+than silently running something else. The global choice is a plain module attribute, so
+torch.compile guards on it; it is one for the whole process (use_impl in one thread is
+seen by the others, and blocks in two threads that overlap can restore each other's
+choice), so code running ops from several threads passes impl= per call.
 """
 
 from __future__ import annotations
