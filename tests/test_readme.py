@@ -24,3 +24,19 @@ def test_quick_start_runs(impl):
         namespace = {}
         exec(compile(quick_start_code(), "README.md quick start", "exec"), namespace)
     assert namespace["loss"].grad_fn is not None and namespace["vae"].encoder.weight.grad is not None
+
+
+def section_code(heading: str) -> str:
+    text = open(README).read()
+    section = text.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, f"the README's {heading!r} has no python block"
+    return "\n".join(blocks)
+
+
+@pytest.mark.parametrize("heading", ["### Conv blocks", "### Models", "### Choosing the implementation"])
+def test_api_examples_run_as_written(heading):
+    """The API sections' examples, self-contained (the data and training ones need MNIST and
+    minutes; the CLI tests run those paths)."""
+    exec(compile(section_code(heading), f"README.md {heading}", "exec"), {})
+    assert aigc_fast.get_impl() is None  # the example restores the default it changed
