@@ -433,3 +433,31 @@ def test_fold_of_a_model_with_hook_based_spectral_norm_says_what_to_use():
     model(torch.randn(2, 3, 8, 8))
     with pytest.raises(ValueError, match="parametrizations.spectral_norm"):
         aigc_fast.nn.fold(model.eval())
+
+
+def test_a_parametrized_weight_is_computed_once_per_forward():
+    """spectral_norm's power iteration runs at each read of the weight: the projection path
+    (1x1 input) read it twice, so a converted generator's _u drifted from the original's."""
+    from torch.nn.utils import parametrize
+
+    class Counting(nn.Module):
+        calls = 0
+
+        def forward(self, w):
+            Counting.calls += 1
+            return w
+
+    for side in (1, 4):  # the projection (one matmul) and a general conv-transpose
+        block = FusedSequential(nn.ConvTranspose2d(6, 5, 4, 1, 0, bias=False), nn.BatchNorm2d(5), nn.ReLU())
+        parametrize.register_parametrization(block[0], "weight", Counting())
+        Counting.calls = 0
+        block(torch.randn(2, 6, side, side))
+        assert Counting.calls == 1, side
+
+
+def test_convert_turns_on_memory_efficient_in_containers_already_fused():
+    from aigc_fast.models import DCGANGenerator
+
+    G = convert(DCGANGenerator(nz=8, ngf=4, channels=1, image_size=16), memory_efficient=True)
+    fused = [m for m in G.modules() if isinstance(m, FusedSequential)]
+    assert fused and all(m.memory_efficient for m in fused)

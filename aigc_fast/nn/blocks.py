@@ -143,20 +143,23 @@ def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = Tru
     return steps
 
 
-def _is_projection(conv: nn.Module, x: torch.Tensor) -> bool:
+def _is_projection(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
     """A conv-transpose of a 1x1 map without padding (a generator's first layer, latent z
     to k x k): every output pixel is one kernel tap, so it is one matrix multiply. (An input
     the conv would refuse, wrong channels or dtype, goes to the conv, for its error.)"""
     return (isinstance(conv, nn.ConvTranspose2d) and x.dim() == 4 and x.shape[-2:] == (1, 1)
             and conv.padding == (0, 0) and conv.output_padding == (0, 0) and conv.dilation == (1, 1)
             and conv.groups == 1 and conv.padding_mode == "zeros" and x.shape[1] == conv.in_channels
-            and (x.dtype == conv.weight.dtype or torch.is_autocast_enabled(x.device.type)))
+            and (x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type)))
 
 
 def _convolve(conv: nn.Module, x: torch.Tensor, with_bias: bool) -> torch.Tensor:
+    # The weight read once: a parametrized one (spectral_norm) is computed at each read, and
+    # spectral_norm's power iteration would then run twice a step.
+    weight = conv.weight
     bias = conv.bias if with_bias else None
-    if _is_projection(conv, x):
-        w = conv.weight  # [in, out, kh, kw]
+    if _is_projection(conv, x, weight):
+        w = weight  # [in, out, kh, kw]
         if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
             # A channels_last model: its weight is [in, kh, kw, out] in memory, so the product
             # comes out [N, kh, kw, out], the channels_last output the conv would give, with no
@@ -167,11 +170,11 @@ def _convolve(conv: nn.Module, x: torch.Tensor, with_bias: bool) -> torch.Tensor
             h = (x.flatten(1) @ w.flatten(1)).view(x.shape[0], *w.shape[1:])
         return h if bias is None else h + bias.view(1, -1, 1, 1).to(h.dtype)
     if isinstance(conv, nn.ConvTranspose2d):  # (padding_mode is always "zeros" for these)
-        return F.conv_transpose2d(x, conv.weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
+        return F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
                                   conv.dilation)
     if conv.padding_mode != "zeros":
-        return conv._conv_forward(x, conv.weight, bias)
-    return F.conv2d(x, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return conv._conv_forward(x, weight, bias)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class FusedSequential(nn.Sequential):
@@ -293,6 +296,8 @@ def convert(module: nn.Module, *, memory_efficient: bool = False) -> nn.Module:
         module.__class__ = FusedSequential
         module.memory_efficient = memory_efficient
         module.output_overwritten = False
+    elif isinstance(module, FusedSequential) and memory_efficient:  # one already fused (the models, the blocks)
+        module.memory_efficient = True
     if isinstance(module, nn.Sequential):  # Sequential(Sequential(conv, bn), ReLU(inplace=True))
         children = list(module)
         for k, child in enumerate(children):
