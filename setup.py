@@ -25,8 +25,14 @@ except ImportError:  # pragma: no cover - what a user sees without torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;9.0+PTX"
+# Named in every compile command: ninja rebuilds an object whose command changed, so objects
+# left in build/ by another torch are never linked into this one's extension (file times
+# alone can miss it, e.g. a checkout copied in with its build/ folder).
+TORCH_TAG = f"-DAIGC_FAST_BUILT_AGAINST_TORCH={re.sub(r'[^0-9A-Za-z_.+]', '_', torch.__version__)}"
 CXX_FLAGS = [
     "-O3",
+    "-g0",  # no debug info (Python's flags ask for -g): a 61 MB binary becomes 7 MB
+    TORCH_TAG,
     "-fopenmp",  # at::parallel_for is inline OpenMP; without this it runs on one thread
     "-fsimd-cost-model=unlimited",  # an `omp simd` loop is vectorized: we measured, g++ guesses
     "-fno-math-errno",  # sqrtf and friends may vectorize
@@ -36,7 +42,7 @@ CXX_FLAGS = [
 # Links libgomp.so.1 by soname: the copy torch ships and has already loaded, so one
 # OpenMP runtime (and torch.set_num_threads) governs torch's loops and ours.
 LINK_FLAGS = ["-fopenmp"]
-NVCC_FLAGS = ["-O3", "--fmad=false", "-DAIGC_FAST_WITH_CUDA"]
+NVCC_FLAGS = ["-O3", "--fmad=false", "-DAIGC_FAST_WITH_CUDA", TORCH_TAG]
 
 
 def _cuda_wanted():
@@ -85,7 +91,11 @@ def _build_cuda():
             f"with CUDA {torch_major}.x (or a torch built for CUDA {nvcc_major}), or build without "
             "CUDA kernels: set AIGC_FAST_CUDA=0 for the install"
         )
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+    # torch reads the list split on ";" and spaces, and an empty entry ("8.0; 9.0", a
+    # trailing ";") fails there as "Unknown CUDA arch ()": dropped here.
+    archs = [a for a in re.split(r"[;\s]+", os.environ.get("TORCH_CUDA_ARCH_LIST", "")) if a]
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
+    if not archs:
         # Named here rather than left to torch, so _build_info.json records what was built
         # and a binary moved to another GPU falls back instead of failing at launch.
         os.environ["TORCH_CUDA_ARCH_LIST"] = _visible_archs() if torch.cuda.is_available() else DEFAULT_ARCHS
@@ -167,6 +177,11 @@ class BuildExtension(cpp_extension.BuildExtension):
         with open(path, "w") as f:
             json.dump(info, f, indent=2)
 
+
+# torch runs the `ninja` it finds on PATH; a virtual environment's own (the build
+# requirement) is beside its python, which is on PATH only when the environment is active.
+# Without ninja the build is serial and ignores MAX_JOBS.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 VERSION = re.search(r"\"(.+)\"", open(os.path.join(HERE, "aigc_fast", "_version.py")).read()).group(1)
 WITH_CUDA = _build_cuda()

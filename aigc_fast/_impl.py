@@ -91,7 +91,8 @@ def _arch_mismatch(arch_list: str, capability: Tuple[int, int]) -> Optional[str]
     if not archs or any(runs[kind](a, b) for a, b, kind in archs):
         return None
     return (f"aigc_fast's CUDA kernels were built for {arch_list}, which cannot run on this GPU (compute "
-            f"capability {major}.{minor}): reinstall with TORCH_CUDA_ARCH_LIST={major}.{minor}")
+            f"capability {major}.{minor}): reinstall with TORCH_CUDA_ARCH_LIST={major}.{minor}, with an nvcc that "
+            "still builds for it (CUDA 13's starts at 7.5)")
 
 
 def _under_torch_func() -> bool:
