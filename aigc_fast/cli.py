@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -238,6 +239,8 @@ def _bench_ops(out: Path, selection: str) -> int:
         raise SystemExit(f"aigc-fast bench: --ops-filter {selection!r} selects no op benchmark (a pytest -k "
                          "expression over the test ids in bench/test_bench_*.py, e.g. 'reparameterize and 4M')")
     failed = done.returncode  # a failing case (a loud compile failure) still leaves the others' results
+    with contextlib.suppress(OSError):  # pytest-benchmark's storage folder, empty unless asked to save runs
+        (out / ".benchmarks").rmdir()
     if not (out / "ops.json").is_file():
         return failed or 1
     with open(out / "ops.md", "w") as md:

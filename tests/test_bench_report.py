@@ -138,7 +138,7 @@ def test_bench_ops_end_to_end(tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(tmp_path / "ops.csv")))
     assert sorted(r["provider"] for r in rows) == ["compile", "copy", "eager", "fused"]
     assert "GB/s fused / copy" in (tmp_path / "ops.md").read_text()
-    assert (tmp_path / "steps.csv").is_file()
+    assert (tmp_path / "steps.csv").is_file() and not (tmp_path / ".benchmarks").exists()
 
 
 def test_profile_ops_table_on_cpu(capsys):
