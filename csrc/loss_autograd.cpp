@@ -57,7 +57,10 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     variable_list saved;
     for (auto it = outputs.begin() + n_values; it != outputs.end(); ++it) saved.push_back(it->detach());
     TORCH_INTERNAL_ASSERT(saved.size() == inputs.size());
-    saved.insert(saved.end(), inputs.begin(), inputs.end());
+    // The inputs, for the create_graph path. An inference tensor (made under
+    // torch.inference_mode) cannot be saved, and takes no gradient: left out.
+    for (const at::Tensor& t : inputs) saved.push_back(t.is_inference() ? at::Tensor() : t);
+    ctx->saved_data["double_math"] = any_double(inputs);
     if (settings.beta.defined()) saved.push_back(settings.beta);
     ctx->save_for_backward(saved);
     ctx->saved_data["mask"] = mask;
@@ -101,11 +104,18 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     const std::string loss = ctx->saved_data["loss"].toStringRef();
     const std::string kind = ctx->saved_data["kind"].toStringRef();
     const size_t n = ctx->saved_data["inputs"].toInt();
-    const variable_list inputs(saved.begin() + n, saved.begin() + 2 * n);
-    const at::ScalarType math = any_double(inputs) ? at::kDouble : at::kFloat;
+    const at::ScalarType math = ctx->saved_data["double_math"].toBool() ? at::kDouble : at::kFloat;
     variable_list x;
-    for (const at::Tensor& t : inputs) x.push_back(t.to(math));
-    if (loss == "vae_loss") {
+    for (size_t i = 0; i < n; ++i) {
+      const at::Tensor& t = saved[n + i];
+      x.push_back(t.defined() ? t.to(math) : t);
+    }
+    if (loss == "vae_loss") {  // (the four gradients are written at once, from all four inputs)
+      for (size_t i = 0; i < n; ++i) {
+        TORCH_CHECK(x[i].defined(), "aigc_fast.vae_loss: second derivatives need input ", i,
+                    ", an inference tensor (made under torch.inference_mode), which autograd cannot save: "
+                    "make it outside inference_mode");
+      }
       const at::Tensor& beta = saved[2 * n];
       // 1 / batch from the symbolic size: torch.compile's dynamic batch stays dynamic.
       const c10::Scalar scale = ctx->saved_data["reduction"].toStringRef() == "mean"
@@ -121,7 +131,8 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     variable_list grads;
     for (size_t i = 0; i < n; ++i) {  // each term is a mean over its logits
       const auto [term, param] = gan_term(kind, roles[i], real_label);
-      grads.push_back(logit_term_grad(x[i], term, param).div(c10::Scalar(x[i].sym_numel())));
+      grads.push_back(x[i].defined() ? logit_term_grad(x[i], term, param).div(c10::Scalar(x[i].sym_numel()))
+                                     : at::Tensor());  // an inference tensor: no gradient
     }
     return grads;
   }

@@ -597,3 +597,26 @@ def test_impl_reference_runs_the_reference(monkeypatch):
     with aigc_fast.use_impl("reference"):
         aigc_fast.gan_g_loss(fake)
     assert len(calls) == 1
+
+
+def test_inference_mode_inputs_that_take_no_gradient():
+    """A tensor made under torch.inference_mode cannot be saved for backward: the losses
+    keep only the inputs that can take a gradient, so such a tensor beside one that does
+    works (first and second derivatives of the GAN losses), as in the reference."""
+    with torch.inference_mode():
+        fake, target = torch.randn(5, 1), torch.rand(2, 4)
+    real = torch.randn(3, 1, requires_grad=True)
+    (grad,) = torch.autograd.grad(aigc_fast.gan_d_loss(real, fake), real, create_graph=True)
+    twin = real.detach().requires_grad_()
+    (expected,) = torch.autograd.grad(reference.gan_d_loss(twin, fake), twin, create_graph=True)
+    torch.testing.assert_close(grad, expected)
+    grad.square().sum().backward()  # a gradient penalty through the real logits
+    expected.square().sum().backward()
+    torch.testing.assert_close(real.grad, twin.grad)
+
+    recon, mu, logvar = (torch.randn(2, 4, requires_grad=True) for _ in range(3))
+    aigc_fast.vae_loss(recon, target, mu, logvar)[0].backward()  # (the reference's BCE cannot: it saves target)
+    assert recon.grad is not None
+    loss = aigc_fast.vae_loss(recon, target, mu, logvar)[0]
+    with pytest.raises(RuntimeError, match="second derivatives need input 1, an inference tensor"):
+        torch.autograd.grad(loss, recon, create_graph=True)
