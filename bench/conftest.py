@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+import aigc_fast
 from aigc_fast import benchmark as benchmark_lib
 from aigc_fast._info import cpu_vector_isa
 
@@ -63,6 +64,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     machine_info["cpu_model"] = machine_info.get("cpu", {}).get("brand_raw") or platform.processor()
     machine_info["cpu_isa"] = cpu_vector_isa()
+    machine_info["aigc_fast"] = aigc_fast.__version__  # as the step rows record them
+    machine_info["kernels"] = ",".join(aigc_fast._extension.compiled_backends()) or "none"
 
 
 def devices():

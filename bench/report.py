@@ -39,8 +39,8 @@ def machine(data):
     m = data["machine_info"]
     cpu = m.get("cpu", {}).get("brand_raw") or m.get("cpu_model")
     cpu = f"{cpu} ({m['cpu_isa']})" if m.get("cpu_isa") else cpu  # the ISA, where the run recorded it
-    return {"date": data["datetime"][:10], "cpu": cpu,
-            "threads": m.get("threads"), "gpu": m.get("gpu") or "", "torch": m.get("torch")}
+    return {"date": data["datetime"][:10], "cpu": cpu, "threads": m.get("threads"), "gpu": m.get("gpu") or "",
+            "torch": m.get("torch"), "aigc_fast": m.get("aigc_fast"), "kernels": m.get("kernels")}
 
 
 def measurements(data):

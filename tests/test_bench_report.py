@@ -137,6 +137,8 @@ def test_bench_ops_end_to_end(tmp_path, monkeypatch):
                  "--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "ops.csv")))
     assert sorted(r["provider"] for r in rows) == ["compile", "copy", "eager", "fused"]
+    kernels = ",".join(aigc_fast._extension.compiled_backends())
+    assert {(r["aigc_fast"], r["kernels"]) for r in rows} == {(aigc_fast.__version__, kernels)}  # as steps.csv
     assert "GB/s fused / copy" in (tmp_path / "ops.md").read_text()
     assert (tmp_path / "steps.csv").is_file() and not (tmp_path / ".benchmarks").exists()
 
