@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -31,7 +32,9 @@ DEFAULT_ARCHS = "8.0;9.0+PTX"
 TORCH_TAG = f"-DAIGC_FAST_BUILT_AGAINST_TORCH={re.sub(r'[^0-9A-Za-z_.+]', '_', torch.__version__)}"
 CXX_FLAGS = [
     "-O3",
-    "-g0",  # no debug info (Python's flags ask for -g): a 61 MB binary becomes 7 MB
+    # No debug info (Python's own flags ask for -g): a 61 MB binary becomes 7 MB. A -g in
+    # the user's CFLAGS keeps it.
+    *([] if "-g" in os.environ.get("CFLAGS", "").split() else ["-g0"]),
     TORCH_TAG,
     "-fopenmp",  # at::parallel_for is inline OpenMP; without this it runs on one thread
     "-fsimd-cost-model=unlimited",  # an `omp simd` loop is vectorized: we measured, g++ guesses
@@ -180,8 +183,11 @@ class BuildExtension(cpp_extension.BuildExtension):
 
 # torch runs the `ninja` it finds on PATH; a virtual environment's own (the build
 # requirement) is beside its python, which is on PATH only when the environment is active.
-# Without ninja the build is serial and ignores MAX_JOBS.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# Without ninja the build is serial and ignores MAX_JOBS. Appended, and only then: that
+# folder may hold other compilers (a conda env's g++), which must not take precedence.
+_ninja_beside_python = os.path.join(os.path.dirname(sys.executable), "ninja")
+if shutil.which("ninja") is None and os.access(_ninja_beside_python, os.X_OK):
+    os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + os.path.dirname(sys.executable)
 
 VERSION = re.search(r"\"(.+)\"", open(os.path.join(HERE, "aigc_fast", "_version.py")).read()).group(1)
 WITH_CUDA = _build_cuda()

@@ -98,9 +98,9 @@ def _arch_mismatch(arch_list: str, capability: Tuple[int, int]) -> Optional[str]
 def _under_torch_func() -> bool:
     """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is running. The fused
     ops' autograd is a C++ torch::autograd::Function, which functorch cannot transform;
-    the reference, plain ATen ops, it can. (Not asked while torch.compile traces, which
-    is not a functorch transform and would have to break the graph for the question.)"""
-    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+    the reference, plain ATen ops, it can. (Dynamo answers the question while it traces,
+    a compiled torch.func.grad included, without breaking the graph.)"""
+    return torch._C._are_functorch_transforms_active()
 
 
 def fused_unavailable_reason(device: torch.device) -> Optional[str]:

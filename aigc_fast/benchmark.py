@@ -62,6 +62,9 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
                           channels_last=channels_last, device=device, progress=False,
                           out_dir=str(Path(tempfile.gettempdir()) / "aigc-fast-bench-unused"))
     trainer = trainer_class(config)
+    if graphed and not trainer.cuda_graph:  # fp16 (the GradScaler's host check), torchrun
+        raise ValueError(f"the {provider!r} provider needs the trainer's CUDA graph, which is off for "
+                         f"precision={precision!r} here: time it with fused or eager instead")
     trainer.configure_backends()  # as fit() does: cudnn.benchmark on a GPU, as a training run has it
     shape = (config.batch_size, config.channels, config.image_size, config.image_size)
     images = torch.rand(shape, generator=torch.Generator().manual_seed(0))
@@ -93,7 +96,9 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
         for _ in range(WARMUP_STEPS):
             step()
         # A replay allocates nothing: the step's memory is the graph's pool, held from the
-        # capture on. Its peak is measured here, over the capture and the first replay.
+        # capture on. Its peak is measured here, over the capture and the first replay,
+        # from no gradients, as peak_bytes measures the other providers.
+        release_gradients()
         torch.cuda.synchronize(trainer.device)
         torch.cuda.reset_peak_memory_stats(trainer.device)
         held = torch.cuda.memory_allocated(trainer.device)

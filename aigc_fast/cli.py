@@ -288,6 +288,7 @@ def _check_bench_arguments(args, out: Path) -> None:
 
     import torch
 
+    from . import _impl
     from .train.trainer import _check_device
 
     try:
@@ -299,6 +300,13 @@ def _check_bench_arguments(args, out: Path) -> None:
     graphed = [p for p in args.providers if p.endswith("+graph")]
     if graphed and torch.device(args.device).type != "cuda":
         raise BadBenchArguments(f"{', '.join(graphed)} replay CUDA graphs: they run with --device cuda only")
+    if graphed and "fp16" in args.precision:
+        raise BadBenchArguments(f"{', '.join(graphed)} and fp16: the trainers replay no graph in fp16 (its "
+                                "GradScaler checks for overflow on the host); time fp16 without them")
+    fused = [p for p in args.providers if p.startswith("fused")]
+    reason = _impl.fused_unavailable_reason(torch.device(args.device)) if fused else None
+    if reason is not None:
+        raise BadBenchArguments(f"{', '.join(fused)} would time the reference ops under the fused name: {reason}")
     try:  # the results are written at the end: a folder that cannot take them is refused now
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()
@@ -310,9 +318,9 @@ def _bench(args) -> int:
     from . import benchmark
 
     out = Path(args.out)
-    if args.providers is None:
-        gpu = args.device.startswith("cuda")
-        args.providers = ["fused", "eager", "compile"] + (["fused+graph", "eager+graph"] if gpu else [])
+    if args.providers is None:  # the graph providers where the trainers replay graphs: a GPU, not fp16
+        graphs = args.device.startswith("cuda") and "fp16" not in args.precision
+        args.providers = ["fused", "eager", "compile"] + (["fused+graph", "eager+graph"] if graphs else [])
     _check_bench_arguments(args, out)
     returncode = _bench_ops(out, args.ops_filter) if args.ops else 0  # the steps run either way
     settings = [(p, layout == "channels_last") for p in args.precision for layout in args.layouts]

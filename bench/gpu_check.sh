@@ -92,7 +92,7 @@ EOF
 "$PY" - <<'PY' 2>/dev/null || { echo "setuptools (>= 70.1, or older with wheel) is missing, and the offline build needs it: install it first"; exit 2; }
 import importlib.metadata, importlib.util
 version = tuple(int(p) for p in importlib.metadata.version("setuptools").split(".")[:2])
-assert version >= (70, 1) or importlib.util.find_spec("wheel")
+assert version >= (70, 1) or (version >= (64, 0) and importlib.util.find_spec("wheel"))
 PY
 "$PY" -c 'import ninja' 2>/dev/null || echo "ninja is missing: the build compiles one file at a time (slower)"
 HAVE_PYTEST=0; "$PY" -c 'import pytest' 2>/dev/null && HAVE_PYTEST=1

@@ -14,7 +14,9 @@ OUT=${1:-bench-results}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # relative to the caller, before the cd below
 cd "$(dirname "$0")/.."
 PROVIDERS=fused,eager,compile,fused+compile
+rc=0  # a failing op case still leaves the rest, and the 64x64 run goes ahead
 aigc-fast bench --ops --ops-filter "" --breakdown --workloads dcgan28,vae28 --precision fp32,bf16 \
-  --providers "$PROVIDERS" --repeats 7 --out "$OUT"
+  --providers "$PROVIDERS" --repeats 7 --out "$OUT" || rc=$?
 aigc-fast bench --workloads dcgan64,vae64 --precision fp32,bf16 --providers "$PROVIDERS" --repeats 5 \
-  --out "$OUT/64x64"
+  --out "$OUT/64x64" || rc=$?
+exit $rc

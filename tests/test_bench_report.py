@@ -120,11 +120,19 @@ def test_bench_arguments_are_checked_before_any_timing(tmp_path, capsys, monkeyp
              (["--out", str(tmp_path / "a-file" / "sub")], "cannot write there")]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "torch sees no CUDA GPU here"))
+    else:
+        cases.append((["--device", "cuda", "--precision", "fp16", "--providers", "fused+graph"],
+                      "the trainers replay no graph in fp16"))
     for arguments, message in cases:
         with pytest.raises(SystemExit) as stopped:
             cli.main(["bench", "--workloads", "vae28", *arguments])
         err = capsys.readouterr().err
         assert stopped.value.code == 2 and message in err and "Traceback" not in err, (arguments, err)
+    monkeypatch.setattr(aigc_fast._impl, "fused_unavailable_reason", lambda device: "no kernels here")
+    with pytest.raises(SystemExit) as stopped:  # a fused row would time the reference
+        cli.main(["bench", "--workloads", "vae28", "--providers", "fused,eager"])
+    assert stopped.value.code == 2 and "fused would time the reference ops under the fused name: no kernels here" \
+        in capsys.readouterr().err
 
 
 def test_bench_ops_end_to_end(tmp_path, monkeypatch):

@@ -211,3 +211,7 @@ def test_torch_func_per_sample_gradients_run_on_the_reference():
             torch.testing.assert_close(per_sample[name][i], p.grad, msg=name)
     with pytest.raises(RuntimeError, match="impl='fused' was requested .* torch.func transforms"):
         grad(lambda t: aigc_fast.gan_g_loss(t, impl="fused"))(torch.randn(4))
+    # Inside torch.compile too, in one graph (dynamo answers whether a transform is active).
+    logits = torch.randn(6)
+    compiled = torch.compile(lambda t: grad(lambda u: aigc_fast.gan_g_loss(u))(t), fullgraph=True)
+    torch.testing.assert_close(compiled(logits), grad(lambda u: aigc_fast.gan_g_loss(u))(logits))

@@ -355,7 +355,7 @@ def test_optimizer_settings_are_checked_by_the_config():
     config.beta = -0.5  # set after the config was built: the trainer checks again
     with pytest.raises(ValueError, match="beta weighs the KL term"):
         VAETrainer(config)
-    numpy_floats = GANConfig(lr=np.float32(1e-3), betas=[np.float64(0.5), 0.9])
+    numpy_floats = GANConfig(lr=np.float32(1e-3), betas=np.array([0.5, 0.9]))
     assert json.loads(numpy_floats.to_json())["betas"] == [0.5, 0.9]  # plain floats, JSON-ready
 
 

@@ -71,10 +71,14 @@ class _Config:
             if self.lr < 0:
                 raise ValueError(f"lr must be >= 0, got {self.lr}")
         if hasattr(self, "betas"):
-            betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
-            self.betas = tuple(number(b, "betas") for b in betas)
-            if len(betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-                raise ValueError(f"betas must be two numbers in [0, 1), got {betas or self.betas!r}")
+            given = self.betas  # a tuple, a JSON list, a NumPy array: any sequence of two numbers
+            betas = tuple(given) if hasattr(given, "__len__") and not isinstance(given, str) else None
+            if betas is None or len(betas) != 2:
+                raise ValueError(f"betas must be two numbers in [0, 1), got {given!r}")
+            betas = tuple(number(b, "betas") for b in betas)
+            if not all(0 <= b < 1 for b in betas):
+                raise ValueError(f"betas must be two numbers in [0, 1), got {given!r}")
+            self.betas = betas
         if hasattr(self, "beta"):
             self.beta = number(self.beta, "beta")
             if self.beta < 0:
