@@ -85,6 +85,9 @@ AIGC_HD Moments exact_channel_moments(const Ref& x, int64_t numel, int64_t chann
     }
   }
   const double count = double(outer * inner), mean = sum / count;
+  // An infinite mean comes only from an inf in the data (float data cannot overflow a double
+  // sum), whose own d = inf - inf makes m2 NaN: the result without the second pass.
+  if (!(fabs(mean) <= DBL_MAX)) return Moments{count, mean, NAN};
   for (int64_t o = 0; o < outer; ++o) {
     for (int64_t i = 0; i < inner; ++i) {
       const double d = load<double>(x, (o * channels + c) * inner + i) - mean;
@@ -95,7 +98,9 @@ AIGC_HD Moments exact_channel_moments(const Ref& x, int64_t numel, int64_t chann
 }
 
 // Whether the tile sums' moments are infinite or NaN (comparisons are false for NaN).
-AIGC_HD bool moments_overflowed(const Moments& m) { return !(fabs(m.mean) <= DBL_MAX && m.m2 <= DBL_MAX); }
+AIGC_HD bool moments_overflowed(const Moments& m) {
+  return !(fabs(m.mean) <= DBL_MAX && fabs(m.m2) <= DBL_MAX);
+}
 
 // Eval: the statistics are the running buffers.
 AIGC_HD void bn_forward_channel_eval(const BnForwardChannels& p, int64_t c) {
