@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import data as data_lib
-from ..train.checkpoint import save_atomic
+from ..train.checkpoint import load_checkpoint, save_atomic
 from ..train.trainer import _Trainer, load_run
 from .classifier import Classifier, accuracy, features_and_probs, train_classifier
 from .likelihood import vae_likelihood
@@ -88,13 +88,14 @@ def _read_cache(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(cached, dict) and {"key", "state", "accuracy"} <= set(cached):
-            return cached
-    except Exception as error:  # truncated or overwritten: unpickling fails in many ways
-        warnings.warn(f"{path} cannot be read ({type(error).__name__}: {error}); training the classifier again",
+        cached = load_checkpoint(path, weights_only=True)
+    except ValueError as error:  # truncated or overwritten (load_checkpoint names the cause)
+        cause = error.__cause__
+        warnings.warn(f"{path} cannot be read ({type(cause).__name__}: {cause}); training the classifier again",
                       stacklevel=3)
         return None
+    if isinstance(cached, dict) and {"key", "state", "accuracy"} <= set(cached):
+        return cached
     warnings.warn(f"{path} is not a classifier cache; training the classifier again", stacklevel=3)
     return None
 

@@ -32,13 +32,14 @@ def save_atomic(state: Dict[str, Any], path: Union[str, Path]) -> None:
         raise
 
 
-def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any]:
+def load_checkpoint(path: Union[str, Path], map_location="cpu", *, weights_only: bool = False) -> Dict[str, Any]:
+    """A file save_atomic wrote. By default our own full state (optimizers, RNG states,
+    config), not only tensors; weights_only=True for a file of tensors and plain values."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    # Our own files: full state (optimizers, RNG states, config), not only tensors.
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
     except MemoryError:
         raise
     except Exception as error:  # truncated, overwritten, not torch's: unpickling fails in many ways
