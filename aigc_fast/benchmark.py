@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from . import _impl
 from ._info import cpu_info, cpu_vector_isa
 
 WORKLOADS = {  # name: (kind, config fields) -- the workloads of issue 6
@@ -39,32 +40,40 @@ PROVIDERS = {  # name: (backend, torch.compile, CUDA graph)
 }
 
 
+def check_cases(providers: List[str], precisions: List[str], device: str) -> None:
+    """Refuses, with a ValueError saying why, cases that would fail minutes into a run or time
+    something other than their name: graph providers off a GPU or with fp16, fused providers
+    where the kernels cannot run (the trainers would then run the reference ops under the
+    fused name). `aigc-fast bench` asks before any timing, make_step for each case."""
+    graphed = [p for p in providers if PROVIDERS[p][2]]
+    if graphed and torch.device(device).type != "cuda":
+        raise ValueError(f"{', '.join(graphed)} replay CUDA graphs: they run on a GPU only, not on {device}")
+    if graphed and "fp16" in precisions:
+        raise ValueError(f"{', '.join(graphed)} and fp16: the trainers replay no graph in fp16 (its GradScaler "
+                         "checks for overflow on the host); time fp16 without them")
+    fused = [p for p in providers if PROVIDERS[p][0] == "fused"]
+    reason = _impl.fused_unavailable_reason(torch.device(device)) if fused else None
+    if reason is not None:
+        raise ValueError(f"{', '.join(fused)} would time the reference ops under the fused name: {reason}")
+
+
 def make_step(workload: str, provider: str, *, precision: str = "fp32", channels_last: bool = False,
               device: str = "cpu") -> Tuple[Callable[[], Dict[str, float]], int]:
     """(a function running one training step on a fixed batch, the batch size)."""
     from .train import GANConfig, GANTrainer, VAEConfig, VAETrainer
 
-    from ._impl import fused_unavailable_reason
-
     kind, fields = WORKLOADS[workload]
     backend, compiled, graphed = PROVIDERS[provider]
-    if graphed and torch.device(device).type != "cuda":
-        raise ValueError(f"the {provider!r} provider replays CUDA graphs: it runs on a GPU only, not on {device}")
-    # The trainers fall back to the reference ops where the kernels cannot run (a missing
-    # build, another GPU architecture): a "fused" row would then time plain PyTorch.
-    reason = fused_unavailable_reason(torch.device(device)) if backend == "fused" else None
-    if reason is not None:
-        raise RuntimeError(f"the {provider!r} provider cannot run aigc_fast's kernels on {device}, so it would time "
-                           f"the reference ops under its name: {reason}")
+    check_cases([provider], [precision], device)
     config_class, trainer_class = (GANConfig, GANTrainer) if kind == "gan" else (VAEConfig, VAETrainer)
     # train_step writes nothing (only fit creates the run directory), so out_dir is never made
     config = config_class(**fields, backend=backend, compile=compiled, cuda_graph=graphed, precision=precision,
                           channels_last=channels_last, device=device, progress=False,
                           out_dir=str(Path(tempfile.gettempdir()) / "aigc-fast-bench-unused"))
     trainer = trainer_class(config)
-    if graphed and not trainer.cuda_graph:  # fp16 (the GradScaler's host check), torchrun
-        raise ValueError(f"the {provider!r} provider needs the trainer's CUDA graph, which is off for "
-                         f"precision={precision!r} here: time it with fused or eager instead")
+    if graphed and not trainer.cuda_graph:  # under torchrun
+        raise ValueError(f"the {provider!r} provider needs the trainer's CUDA graph, which is off here "
+                         "(see the trainers' cuda_graph option): time it with fused or eager instead")
     trainer.configure_backends()  # as fit() does: cudnn.benchmark on a GPU, as a training run has it
     shape = (config.batch_size, config.channels, config.image_size, config.image_size)
     images = torch.rand(shape, generator=torch.Generator().manual_seed(0))

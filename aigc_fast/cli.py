@@ -286,27 +286,16 @@ def _check_bench_arguments(args, out: Path) -> None:
     """What would otherwise fail after minutes of timing, or deep inside it."""
     import tempfile
 
-    import torch
-
-    from . import _impl
+    from . import benchmark
     from .train.trainer import _check_device
 
-    try:
-        _check_device(args.device)
-    except ValueError as error:
-        raise BadBenchArguments(str(error)) from None
     if args.repeats < 1:
         raise BadBenchArguments(f"--repeats must be at least 1 (timed steps per case), got {args.repeats}")
-    graphed = [p for p in args.providers if p.endswith("+graph")]
-    if graphed and torch.device(args.device).type != "cuda":
-        raise BadBenchArguments(f"{', '.join(graphed)} replay CUDA graphs: they run with --device cuda only")
-    if graphed and "fp16" in args.precision:
-        raise BadBenchArguments(f"{', '.join(graphed)} and fp16: the trainers replay no graph in fp16 (its "
-                                "GradScaler checks for overflow on the host); time fp16 without them")
-    fused = [p for p in args.providers if p.startswith("fused")]
-    reason = _impl.fused_unavailable_reason(torch.device(args.device)) if fused else None
-    if reason is not None:
-        raise BadBenchArguments(f"{', '.join(fused)} would time the reference ops under the fused name: {reason}")
+    try:
+        _check_device(args.device)
+        benchmark.check_cases(args.providers, args.precision, args.device)
+    except ValueError as error:
+        raise BadBenchArguments(str(error)) from None
     try:  # the results are written at the end: a folder that cannot take them is refused now
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()
