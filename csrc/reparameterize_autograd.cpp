@@ -52,6 +52,13 @@ bool recover_from_z(const OptionalTensor& eps, const at::Tensor& mu) {
   return !eps.has_value() && (mu.scalar_type() == at::kFloat || mu.scalar_type() == at::kDouble);
 }
 
+// A tensor made under torch.inference_mode cannot be saved for backward. Such an input takes
+// no gradient, but the backward still reads it (mu for z - mu, logvar for std); eager's
+// formula saves neither, so it works there. A copy, in that rare case, keeps it working here.
+at::Tensor savable(const at::Tensor& t) {
+  return t.defined() && t.is_inference() ? t.clone() : t;
+}
+
 class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
@@ -59,8 +66,8 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [z, kl] = forward_op().call(mu, logvar, eps, seed, compute_kl);
     const bool from_z = recover_from_z(eps, mu);
-    ctx->save_for_backward({mu, logvar, eps.value_or(at::Tensor()), seed.value_or(at::Tensor()),
-                            from_z ? z : at::Tensor()});
+    ctx->save_for_backward({savable(mu), savable(logvar), savable(eps.value_or(at::Tensor())),
+                            seed.value_or(at::Tensor()), from_z ? z : at::Tensor()});
     ctx->saved_data["compute_kl"] = compute_kl;
     ctx->set_materialize_grads(false);  // an unused output's gradient stays undefined, not a zeros op
     return {z, kl};

@@ -235,6 +235,30 @@ def test_seed_reproduces_and_calls_differ():
                        aigc_fast.reparameterize(mu, logvar, generator=g2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # z - mu, and regenerated noise
+@pytest.mark.parametrize("with_kl", [False, True])
+@pytest.mark.parametrize("frozen", ["mu", "logvar", "eps"])
+def test_an_inference_mode_input_beside_one_that_takes_a_gradient(frozen, with_kl, dtype):
+    """A tensor made under torch.inference_mode cannot be saved for backward, and eager's
+    mu + exp(logvar / 2) * eps does not save mu or logvar: the op must work there too, with
+    the gradients of the tensors that take one."""
+    mu, logvar, eps = inputs((16, 8), dtype)
+    ordinary = {"mu": mu, "logvar": logvar, "eps": eps}
+    with torch.inference_mode():
+        frozen_copy = ordinary[frozen].clone()
+
+    def gradients(frozen_tensor):
+        leaves = {name: ordinary[name].clone().requires_grad_() for name in ("mu", "logvar") if name != frozen}
+        t = {**ordinary, "eps": eps if frozen == "eps" else None, **leaves, frozen: frozen_tensor}
+        torch.manual_seed(3)
+        z, kl = aigc_fast.reparameterize(t["mu"], t["logvar"], eps=t["eps"], return_kl=True)
+        (z.float().square().sum() + (kl.sum() if with_kl else 0)).backward()
+        return [z] + [leaf.grad for leaf in leaves.values()]
+
+    for got, expected in zip(gradients(frozen_copy), gradients(ordinary[frozen])):
+        assert torch.equal(got, expected)
+
+
 def test_noncontiguous_inputs():
     mu, logvar, eps = inputs((40, 30), torch.float32)
     mu_t, lv_t, eps_t = mu.t(), logvar.t(), eps.t()
