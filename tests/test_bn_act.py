@@ -421,6 +421,20 @@ def test_nan_stays_in_its_channel():
         torch.testing.assert_close(fused[[0, 2]], eager[[0, 2]])
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_eval_with_a_zero_variance_and_eps_0_gives_the_limit(layout):
+    """1/sqrt(0 + 0) is inf: (x - mean) * inf is +-inf off the mean (NaN at it), where ATen's
+    x * scale + shift gives NaN above the mean (inf - inf). README, bn_act."""
+    x, _ = data((2, 3, 4, 4))
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    mean = torch.tensor([0.5, -1.0, 0.0])
+    x[0, :, 0, 0] = mean  # an element at the mean
+    y = aigc_fast.bn_act(x, None, None, mean, torch.zeros(3), training=False, eps=0.0, act="identity")
+    expected = (x - mean.view(1, 3, 1, 1)) * float("inf")
+    torch.testing.assert_close(y, expected, equal_nan=True, rtol=0, atol=0)
+    assert torch.isnan(y[0, :, 0, 0]).all() and torch.isinf(y).sum() == y.numel() - 3
+
+
 @pytest.mark.parametrize("act", ["identity", "relu", "leaky_relu", "tanh", "sigmoid"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_eval_gradients_at_inf_and_nan_are_atens(act, layout):

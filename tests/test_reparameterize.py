@@ -129,6 +129,25 @@ def test_backward_regenerates_the_noise_where_z_minus_mu_would_lose_it(dtype, fa
     assert far_elements.sum() > 1000 and (lv_.grad[far_elements] != 0).all()
 
 
+@pytest.mark.parametrize("dtype, bound", [(torch.float32, 2.0**-16), (torch.float64, 2.0**-45)])
+def test_dlogvar_error_bound_over_every_ratio_of_mu_to_std(dtype, bound):
+    """README, "Backward": dlogvar's error stays within 2^-16 (float32) / 2^-45 (float64) of
+    its scale |g| std / 2 whether it comes from z - mu or from the regenerated noise, at
+    every |mu| / std from 1 to 2^60 (float64 allowed 2^-16 until the cut-off moved)."""
+    n = 20000
+    logvar = torch.linspace(0.0, -83.0, n, dtype=torch.float64)  # |mu| / std from 1 to ~2^60
+    mu = torch.ones(n, dtype=torch.float64)
+    mu[1::2] = -1.0
+    seed = torch.tensor([99, 3])
+    mu_, lv_ = mu.to(dtype).requires_grad_(), logvar.to(dtype).requires_grad_()
+    z, _ = torch.ops.aigc_fast.reparameterize(mu_, lv_, None, seed, False)
+    z.backward(torch.ones_like(z))
+    noise, _ = torch.ops.aigc_fast.reparameterize(torch.zeros_like(mu), torch.zeros_like(mu), None, seed, False)
+    scale = 0.5 * torch.exp(0.5 * lv_.detach().double())
+    error = (lv_.grad.double() - scale * noise) / scale
+    assert error.abs().max() <= bound, error.abs().max()
+
+
 CHECKS = [torch.autograd.gradcheck, torch.autograd.gradgradcheck]
 
 
