@@ -43,7 +43,10 @@ class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
                             int64_t dim, const std::string& act, double slope) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor y = forward_op().call(x, bias, dim, act, slope);
-    ctx->save_for_backward({y});  // the bias values are not needed, only whether and which dtype
+    // The bias values are not needed, only whether and which dtype. y is, for the
+    // activation's derivative, except identity's (1): keeping none there lets the caller
+    // modify y in place (a residual `out += skip`), as after a plain `x + bias`.
+    ctx->save_for_backward({act == "identity" ? at::Tensor() : y});
     ctx->saved_data["bias_dtype"] = bias.has_value() ? int64_t(bias->scalar_type()) : int64_t(-1);
     ctx->saved_data["dim"] = dim;
     ctx->saved_data["act"] = act;
@@ -52,7 +55,9 @@ class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const at::Tensor y = ctx->get_saved_variables()[0];
+    // Without a saved y (identity) the gradient stands in for it: only its layout is read.
+    const at::Tensor saved = ctx->get_saved_variables()[0];
+    const at::Tensor y = saved.defined() ? saved : grads[0];
     const int64_t bias_dtype = ctx->saved_data["bias_dtype"].toInt();
     const int64_t dim = ctx->saved_data["dim"].toInt();
     const std::string act = ctx->saved_data["act"].toStringRef();

@@ -97,8 +97,12 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
     // and detaching them after this mutating op broke torch 2.13's inductor.)
     ctx->set_materialize_grads(false);  // no zeros ops for the statistics' (unused) gradients
     // Undefined tensors stand for absent ones (x in the memory-saving mode, no weight/bias).
-    ctx->save_for_backward({memory_efficient ? at::Tensor() : x, y, weight.value_or(at::Tensor()),
-                            bias.value_or(at::Tensor()), mean, invstd});
+    // y is kept for the activation's derivative, except identity's (1) where x is kept:
+    // the caller may then modify y in place (a residual `out += skip` after conv ->
+    // BatchNorm), as after nn.BatchNorm2d, which keeps no output.
+    const bool keep_y = memory_efficient || act != "identity";
+    ctx->save_for_backward({memory_efficient ? at::Tensor() : x, keep_y ? y : at::Tensor(),
+                            weight.value_or(at::Tensor()), bias.value_or(at::Tensor()), mean, invstd});
     ctx->saved_data["training"] = training;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["act"] = act;
@@ -108,7 +112,10 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &y = saved[1], &mean = saved[4], &invstd = saved[5];
+    const at::Tensor &x = saved[0], &mean = saved[4], &invstd = saved[5];
+    // Without a saved y (identity) x stands in for it: of y the kernels then read only its
+    // layout, which is x's (the forward's output keeps the input's memory format).
+    const at::Tensor& y = saved[1].defined() ? saved[1] : x;
     const OptionalTensor weight = saved[2].defined() ? OptionalTensor(saved[2]) : std::nullopt;
     const OptionalTensor bias = saved[3].defined() ? OptionalTensor(saved[3]) : std::nullopt;
     const bool training = ctx->saved_data["training"].toBool();

@@ -139,6 +139,26 @@ def test_autograd_keeps_only_the_output():
     assert len(kept) == 1 and kept[0].untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
 
 
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_identity_keeps_nothing_so_its_output_may_be_modified_in_place(create_graph):
+    """x + bias needs no y for its gradient: a residual `out += skip` after it works, as
+    after plain PyTorch's add."""
+    x, bias = inputs((4, 8, 6, 6))
+    skip, grad = torch.randn_like(x), torch.randn_like(x)
+    results = []
+    for impl in ("fused", "reference"):
+        x_, b_ = x.clone().requires_grad_(), bias.clone().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = aigc_fast.bias_act(x_, b_, "identity", impl=impl)
+        assert impl == "reference" or saved == []
+        y += skip
+        grads = torch.autograd.grad(y, (x_, b_), grad, create_graph=create_graph)
+        results.append((y, *grads))
+    for fused, ref in zip(*results):
+        torch.testing.assert_close(fused, ref)
+
+
 def test_float32_tanh_and_sigmoid_accuracy():
     v = torch.cat([torch.linspace(-20, 20, 200_001), torch.linspace(-1e-3, 1e-3, 10_001), torch.tensor([1e4, -1e4])])
     for act, exact in (("tanh", torch.tanh), ("sigmoid", torch.sigmoid)):

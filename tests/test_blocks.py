@@ -335,16 +335,17 @@ def test_fold_refuses_a_batchnorm_in_training_and_keeps_a_grouped_transpose_exac
 def test_convert_leaves_a_group_before_an_in_place_module_and_passes_identity_placeholders():
     """A fused op keeps its output for the backward, so a group followed by a module that
     writes in place stays plain (MobileNet's Conv-BN-ReLU6(inplace=True) had failed in
-    backward); an nn.Identity standing for a left-out norm joins the group."""
+    backward), unless it ends in the BatchNorm (identity: nothing kept, as nn.BatchNorm2d
+    keeps nothing); an nn.Identity standing for a left-out norm joins the group."""
     torch.manual_seed(8)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6(inplace=True),  # left plain
-        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.2), nn.Dropout(0.0, inplace=True),
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6(inplace=True),  # ReLU6: not in the table
+        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.2), nn.Dropout(0.0, inplace=True),  # plain
         nn.Conv2d(4, 5, 3, padding=1), nn.Identity(), nn.LeakyReLU(0.2, inplace=True),  # one group
     ).double()
     converted = convert(copy.deepcopy(model))
     groups = converted.fused_groups()
-    assert [(g.conv, g.bn, g.act) for g in groups] == [(7, None, "leaky_relu")]
+    assert [(g.conv, g.bn, g.act) for g in groups] == [(0, 1, "identity"), (7, None, "leaky_relu")]
     x = batches((2, 3, 6, 6))
     g = batches((2, 5, 6, 6), seed=1)
     assert_same(steps(converted, x, g), steps(model, x, g), 1e-10)
@@ -355,32 +356,60 @@ def test_convert_leaves_a_group_before_an_in_place_module_and_passes_identity_pl
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fold(converted).modules())
 
 
+def test_a_residual_added_in_place_after_conv_and_batchnorm():
+    """ResNet's `out += skip` after conv -> BatchNorm in a block's own forward: plain
+    PyTorch keeps no BatchNorm output, and neither does the fused group (identity)."""
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+
+        def forward(self, x):
+            out = self.body(x)
+            out += x
+            return torch.relu(out)
+
+    torch.manual_seed(13)
+    model = nn.Sequential(Residual(), Residual()).double()
+    converted = convert(copy.deepcopy(model))
+    assert all(len(block.body.fused_groups()) == 1 for block in converted)
+    x = batches((2, 4, 6, 6))
+    g = batches((2, 4, 6, 6), seed=1)
+    assert_same(steps(converted, x, g), steps(model, x, g), 1e-10)
+
+
 def test_an_in_place_module_after_a_converted_container_keeps_its_last_group_plain():
-    """Sequential(Sequential(conv, bn), ReLU(inplace=True)) trains without convert(): after
-    it too (the inner container's last group knows its output is overwritten), nested
-    deeper and behind a pass-through module as well."""
+    """Sequential(Sequential(conv, bn, LeakyReLU()), ReLU(inplace=True)) trains without
+    convert(): after it too (the inner container's last group knows its output is
+    overwritten), nested deeper and behind a pass-through module as well. A group ending
+    in its BatchNorm keeps no output, so it stays fused there."""
     torch.manual_seed(12)
-    inner = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-    deeper = nn.Sequential(nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)), nn.Dropout(0.0))
+    inner = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.LeakyReLU(0.2))  # (which keeps its input)
+    deeper = nn.Sequential(nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.LeakyReLU(0.1)), nn.Dropout(0.0))
     model = nn.Sequential(inner, nn.ReLU(inplace=True), deeper, nn.LeakyReLU(0.2, inplace=True),
+                          nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), nn.ReLU(inplace=True),
                           nn.Sequential(nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2))).double()
     converted = convert(copy.deepcopy(model))
     assert converted[0].fused_groups() == [] and converted[2][0].fused_groups() == []
     assert len(converted[0].fused_groups(backward=False)) == 1
-    assert len(converted[4].fused_groups()) == 1  # nothing after it: fused
+    assert len(converted[4].fused_groups()) == 1  # identity: fused before the in-place ReLU
+    assert len(converted[6].fused_groups()) == 1  # nothing after it: fused
     x = batches((2, 3, 8, 8))
     g = batches((2, 2, 4, 4), seed=1)
     assert_same(steps(converted, x, g), steps(model, x, g), 1e-10)
 
 
+@pytest.mark.parametrize("act, fused", [(nn.LeakyReLU, 0), (nn.Identity, 1)])  # identity keeps no output
 @pytest.mark.parametrize("between", [[nn.Identity()], [nn.Dropout(0.5)], [nn.Identity(), nn.Dropout(0.0)]])
-def test_an_in_place_module_behind_pass_through_modules_also_keeps_a_group_plain(between):
+def test_an_in_place_module_behind_pass_through_modules_also_keeps_a_group_plain(between, act, fused):
     """Identity, Flatten and Dropout (in eval, or at p = 0) hand on their input itself: an
     in-place module after them overwrites the group's output just the same."""
     torch.manual_seed(11)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), *between, nn.ReLU6(inplace=True)).double().eval()
-    converted = convert(copy.deepcopy(model))
-    assert converted.fused_groups() == []
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), act(), *between,
+                          nn.ReLU6(inplace=True)).double().eval()
+    converted = convert(copy.deepcopy(model), memory_efficient=True)  # (which would keep y: off there)
+    assert len(converted.fused_groups()) == fused
     x = batches((2, 3, 6, 6))
     g = batches((2, 4, 4, 4), seed=1)
     assert_same(steps(converted, x, g), steps(model, x, g), 1e-10)

@@ -239,6 +239,34 @@ def test_memory_efficient_mode_matches(act, layout, training):
         torch.testing.assert_close(f.double(), e, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_identity_output_may_be_modified_in_place(training, layout):
+    """nn.BatchNorm2d keeps no output, so a residual `out += skip` after it is fine; with
+    act="identity" the fused op keeps none either (its derivative needs no y), in every
+    mode but the memory-saving one, whose only saved tensor is y."""
+    x, grad = data((4, 3, 5, 5))
+    skip = torch.randn_like(x)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for impl in ("fused", "reference"):
+        p = Params(3)
+        x_, w, b = x.clone().requires_grad_(), p.weight.requires_grad_(), p.bias.requires_grad_()
+        y = aigc_fast.bn_act(x_, w, b, p.running_mean, p.running_var, training=training, act="identity", impl=impl)
+        y += skip
+        y.backward(grad)
+        results.append((y, x_.grad, w.grad, b.grad))
+    for fused, ref in zip(*results):
+        torch.testing.assert_close(fused, ref)
+    p = Params(3)
+    y = aigc_fast.bn_act(x.clone().requires_grad_(), p.weight, p.bias, None, None, training=True, act="identity",
+                         memory_efficient=True)
+    y += skip
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward(grad)
+
+
 def test_memory_efficient_mode_keeps_only_the_output():
     x, _ = data((4, 8, 16, 16))
     p = Params(8)

@@ -53,15 +53,16 @@ OPS = {
 }
 
 
+@pytest.mark.parametrize("impl", ["fused", "reference"])  # the reference twins are drop-ins too
 @pytest.mark.parametrize("op", OPS)
-def test_changing_batch_sizes_compile_at_most_twice(op):
+def test_changing_batch_sizes_compile_at_most_twice(op, impl):
     import torch._dynamo.config as dynamo_config
     from torch._dynamo.testing import CompileCounterWithBackend
 
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(OPS[op], backend=counter, fullgraph=True)
     torch.compiler.reset()
-    with dynamo_config.patch(fail_on_recompile_limit_hit=True):
+    with dynamo_config.patch(fail_on_recompile_limit_hit=True), aigc_fast.use_impl(impl):
         for n in range(3, 15):  # 12 sizes, past dynamo's 8 recompiles
             inputs = _inputs(n)
             leaves = {k: v.requires_grad_() for k, v in inputs.items()}

@@ -55,6 +55,9 @@ class _Group:
     bn: Optional[int]
     act: str
     negative_slope: float
+    # What follows may overwrite the output: fused only with identity, which keeps none
+    # unless in the memory-saving mode (then off for this group).
+    output_overwritten: bool = False
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -88,7 +91,8 @@ def _overwritten(following: List[nn.Module], then: bool = False) -> bool:
     place (ReLU6(inplace=True), Dropout(inplace=True), ...), directly or after modules that
     pass the output on; `then` if they all pass it on (whether what comes after the
     container overwrites its output). A fused op keeps its output for the backward (the
-    next layer usually keeps it anyway), so that would corrupt what the backward reads."""
+    next layer usually keeps it anyway), so that would corrupt what the backward reads;
+    with the identity activation it keeps none (see _plan)."""
     for module in following:
         if getattr(module, "inplace", False):
             return True
@@ -113,7 +117,9 @@ def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = Tru
     conv [-> BatchNorm2d over its channels] [-> Identity ...] [-> activation] with at least
     one of BatchNorm and activation, (unless hooks=False: the structure alone) no hooks on
     any of them, and (when a backward may follow) nothing after it, in the Sequential or
-    (output_overwritten) after it, that may overwrite its output."""
+    (output_overwritten) after it, that may overwrite its output, unless its activation is
+    the identity (bn_act and bias_act keep no output for it: a residual `out += skip` after
+    conv -> BatchNorm)."""
     steps: List[Union[int, _Group]] = []
     i = 0
     while i < len(children):
@@ -130,12 +136,12 @@ def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = Tru
             act = _activation_of(children[j]) if j < len(children) else None
             if act is not None:
                 j += 1
+            name, slope = act or ("identity", 0.0)
             overwritten = backward and _overwritten(children[j:], output_overwritten)
-            if (bn is not None or act is not None) and not overwritten and not (
+            if (bn is not None or act is not None) and (name == "identity" or not overwritten) and not (
                     hooks and any(_hooked(m) for m in children[i:j])):
-                name, slope = act or ("identity", 0.0)
                 if name != "leaky_relu" or slope >= 0:  # the kernels need slope >= 0 (else: run as is)
-                    steps.append(_Group(i, bn, name, slope))
+                    steps.append(_Group(i, bn, name, slope, overwritten))
                     i = j
                     continue
         steps.append(i)
@@ -213,7 +219,7 @@ class FusedSequential(nn.Sequential):
         bn = children[group.bn]
         h = _convolve(conv, x, with_bias=True)
         track = bn.training and bn.track_running_stats
-        memory_efficient = (bool(self.memory_efficient) and group.act in INVERTIBLE
+        memory_efficient = (bool(self.memory_efficient) and not group.output_overwritten and group.act in INVERTIBLE
                             and (group.act != "tanh" or h.dtype in (torch.float32, torch.float64))
                             and (group.act != "leaky_relu" or group.negative_slope > 0))
         return bn_act(

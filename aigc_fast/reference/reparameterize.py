@@ -25,7 +25,10 @@ def reparameterize(
     """z = mu + exp(logvar / 2) * eps, eps ~ N(0, 1) from torch.randn (kept for backward
     by autograd, as eager PyTorch does)."""
     if eps is None:
-        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+        # generator=None spelled out makes torch.compile fail on a dynamic batch size (torch
+        # 2.14: "SymIntArrayRef expected to contain only concrete integers"); left out, it works.
+        given = {} if generator is None else {"generator": generator}
+        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, **given)
     z = mu + torch.exp(0.5 * logvar) * eps
     if return_kl:
         return z, kl_per_sample(mu, logvar)
