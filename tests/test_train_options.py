@@ -3,6 +3,7 @@ checkpointed), channels_last (the same losses as NCHW), torch.compile (the same 
 eager), deterministic mode (two runs bit-identical), the fixed held-out split."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -167,3 +168,18 @@ def test_cuda_graph_is_a_gpu_setting(tmp_path):
     assert parser.parse_args(["--no-cuda-graph"]).cuda_graph is False
     with pytest.raises(ValueError, match="GPU only"):
         benchmark.make_step("dcgan28", "fused+graph", device="cpu")
+
+
+def test_a_data_loader_whose_settings_fit_does_not_use_is_warned_about(tmp_path):
+    """fit batches, shuffles and collates a DataLoader's dataset itself (seeded, for exact
+    resumes): settings that ask for something else are named, not silently dropped."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    trainer = vae(tmp_path, batch_size=16)
+    data = TensorDataset(images(64), torch.zeros(64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert trainer.dataset(DataLoader(data, batch_size=16, shuffle=True)) is data
+    loader = DataLoader(data, batch_size=32, num_workers=2, collate_fn=lambda batch: batch)
+    with pytest.warns(UserWarning, match=r"batch_size=32 \(the config's is 16\), collate_fn, num_workers=2 are not"):
+        assert trainer.dataset(loader) is data

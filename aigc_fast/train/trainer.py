@@ -155,11 +155,31 @@ class _Trainer:
         a DataLoader (its dataset: the trainer batches and shuffles itself, seeded, so that
         a resumed run replays the same order)."""
         if isinstance(data, DataLoader):
+            ignored = self._loader_settings_ignored(data)
+            if ignored:
+                warnings.warn(f"fit uses only the DataLoader's dataset, batching, shuffling and collating it itself "
+                              f"(seeded, so a resumed run replays the same order): its {', '.join(ignored)} "
+                              "are not used", UserWarning, stacklevel=3)
             data = data.dataset
         if isinstance(data, Dataset):
             return data
         return data_lib.load(data, image_size=self.config.image_size, channels=self.config.channels,
                              kind=self.kind, flip=self.config.flip)
+
+    def _loader_settings_ignored(self, loader: DataLoader) -> list:
+        """The settings of a DataLoader that say something other than what the trainer does."""
+        from torch.utils.data import RandomSampler, SequentialSampler, default_collate
+
+        ignored = []
+        if loader.batch_size not in (None, self.config.batch_size):
+            ignored.append(f"batch_size={loader.batch_size} (the config's is {self.config.batch_size})")
+        if loader.batch_size is None or not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+            ignored.append("sampler")
+        if loader.collate_fn is not default_collate:
+            ignored.append("collate_fn")
+        if loader.num_workers > 0:
+            ignored.append(f"num_workers={loader.num_workers}")
+        return ignored
 
     def split(self, dataset: Dataset) -> Tuple[Dataset, Dataset]:
         """(training part, held-out part) by the fixed split of data.holdout_split."""
