@@ -241,6 +241,34 @@ def test_autocast_bf16():
     assert torch.isfinite(linear.weight.grad).all()
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("other", ["logvar", "eps"])
+def test_autocast_promotes_differing_dtypes_as_eager_does(other, compiled):
+    """A Linear's bf16 mu under autocast beside a float32 logvar (a learned parameter) or
+    float32 eps (torch.randn): eager's formula promotes them to float32, and so does the op;
+    outside autocast a mismatch stays an error."""
+    linear = torch.nn.Linear(16, 8)
+    x = torch.randn(4, 16)
+    _, logvar32, eps32 = inputs((4, 8), torch.float32)
+
+    def sample(mu, lv, eps):
+        return aigc_fast.reparameterize(mu, lv, eps=eps, return_kl=True)
+
+    run = torch.compile(sample, fullgraph=True) if compiled else sample
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mu = linear(x)
+        lv = logvar32 if other == "logvar" else 0.5 * mu.detach()  # float32, or bf16 as mu
+        z, kl = run(mu, lv, eps32)
+    assert mu.dtype == torch.bfloat16 and z.dtype == torch.float32
+    z_expected, kl_expected = ref_reparameterize(mu.float(), lv.float(), eps=eps32, return_kl=True)
+    torch.testing.assert_close(z, z_expected)
+    torch.testing.assert_close(kl, kl_expected)
+    z.sum().backward()
+    assert linear.weight.grad is not None
+    with pytest.raises(TypeError, match=f"{other} must have the same dtype as mu"):
+        aigc_fast.reparameterize(mu, lv, eps=eps32)
+
+
 def test_seed_reproduces_and_calls_differ():
     mu, logvar, _ = inputs((64, 64), torch.float32)
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple, Union
 
 import torch
@@ -26,7 +27,8 @@ def reparameterize(
 
     Args:
         mu, logvar: tensors of the same shape, dtype (float16, bfloat16, float32 or float64)
-            and device. Math runs in float32 (float64 for float64 inputs).
+            and device. Math runs in float32 (float64 for float64 inputs). Under
+            torch.autocast differing dtypes are promoted to the widest, as eager's formula is.
         eps: explicit noise of the same shape, dtype and device (no random numbers drawn);
             gradients flow into it if it requires grad.
         generator: the torch.Generator to draw the Philox seed from (default: the device's).
@@ -42,6 +44,7 @@ def reparameterize(
     z - mu (float32/float64; regenerating the noise where |z| is so far above std that z's
     rounding would swamp it) or regenerates it from the seed (float16/bfloat16).
     """
+    mu, logvar, eps = _promoted_under_autocast(mu, logvar, eps)
     _validate.float_tensor(mu, "mu")
     _validate.like(logvar, "logvar", mu, "mu")
     if eps is not None:
@@ -58,6 +61,19 @@ def reparameterize(
         seed = torch.randint(0, _SEED_HIGH, (2,), dtype=torch.int64, device=mu.device, generator=generator)
     z, kl = torch.ops.aigc_fast.reparameterize(mu, logvar, eps, seed, return_kl)
     return (z, kl) if return_kl else z
+
+
+def _promoted_under_autocast(mu, logvar, eps):
+    """Under torch.autocast a Linear's bfloat16 mu may meet a float32 logvar (a learned
+    parameter) or eps: all go to their widest dtype, as eager's mu + exp(logvar / 2) * eps
+    promotes them. Outside autocast differing dtypes stay an error (usually a bug)."""
+    if not (isinstance(mu, torch.Tensor) and torch.is_autocast_enabled(mu.device.type)):
+        return mu, logvar, eps
+    tensors = [t for t in (mu, logvar, eps) if isinstance(t, torch.Tensor)]
+    if len({t.dtype for t in tensors}) == 1 or not all(t.is_floating_point() for t in tensors):
+        return mu, logvar, eps
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in (mu, logvar, eps))
 
 
 def _kl_shape(mu: torch.Tensor, compute_kl: bool) -> Tuple[int, ...]:
