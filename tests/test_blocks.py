@@ -76,6 +76,28 @@ def test_conv_block_matches_sequential(norm, train):
     assert_same(steps(block, x, g), steps(twin, x, g), 1e-10)
 
 
+def test_the_dcgan_tutorials_weights_init_works_on_the_blocks():
+    """The PyTorch DCGAN tutorial's weights_init, verbatim: it matches modules by class name,
+    and "Conv" is in the blocks' names too, so it reads their weight."""
+
+    def weights_init(m):
+        classname = m.__class__.__name__
+        if classname.find('Conv') != -1:
+            nn.init.normal_(m.weight.data, 0.0, 0.02)
+        elif classname.find('BatchNorm') != -1:
+            nn.init.normal_(m.weight.data, 1.0, 0.02)
+            nn.init.constant_(m.bias.data, 0)
+
+    torch.manual_seed(3)
+    model = nn.Sequential(ConvTransposeBlock(8, 4), ConvBlock(4, 2, norm=None), nn.Conv2d(2, 1, 1))
+    model.apply(weights_init)
+    assert model[0].weight is model[0][0].weight and model[1].bias is model[1][0].bias
+    assert model[0].bias is None  # bias-free before its BatchNorm, as DCGAN's convs are
+    for conv in (model[0][0], model[1][0], model[2]):
+        assert conv.weight.std() < 0.05  # N(0, 0.02), not the default init's scale
+    assert abs(model[0][1].weight.mean() - 1) < 0.1 and torch.equal(model[0][1].bias, torch.zeros(4))
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_projection_runs_as_a_matrix_multiply(channels_last, monkeypatch):
     torch.manual_seed(2)

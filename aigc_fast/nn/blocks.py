@@ -262,6 +262,17 @@ class _ConvNormAct(FusedSequential):
         modules.append(_activation_module(act, negative_slope))
         super().__init__(*modules, memory_efficient=memory_efficient)
 
+    # The convolution's weight and bias, read through the block: DCGAN code initializes by
+    # class name (the PyTorch tutorial's weights_init: `if classname.find('Conv') != -1:
+    # nn.init.normal_(m.weight.data, 0.0, 0.02)`), which matches these blocks too.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self[0].weight
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self[0].bias
+
 
 class ConvTransposeBlock(_ConvNormAct):
     """ConvTranspose2d -> BatchNorm2d -> activation (a DCGAN generator block), fused.
