@@ -20,7 +20,8 @@ ACTIVATIONS = {
 }
 
 
-def check(act: str, negative_slope: float) -> None:
+def check(act: str, negative_slope: float) -> float:
+    """Refuses an unknown act or a bad slope; returns the slope as a float."""
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {', '.join(map(repr, ACTIVATIONS))}, got {act!r}")
     negative_slope = _validate.number(negative_slope, "negative_slope")  # (passed to the kernels for any act)
@@ -28,6 +29,7 @@ def check(act: str, negative_slope: float) -> None:
         raise ValueError(
             f"negative_slope must be >= 0 (the backward reads the sign of the input from the output), got {negative_slope}"
         )
+    return negative_slope
 
 
 def apply(act: str, v: torch.Tensor, negative_slope: float = 0.2) -> torch.Tensor:

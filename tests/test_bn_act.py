@@ -680,3 +680,19 @@ def test_an_empty_batch_behaves_as_torch_batchnorm(training, layout):
     assert x.grad.shape == x.shape
     block = aigc_fast.nn.ConvBlock(3, 4, 4, 2, 1).train(training)
     assert block(torch.zeros(0, 3, 8, 8)).shape == (0, 4, 4, 4)
+
+
+def test_float_settings_given_as_one_element_tensors_work_on_both_paths():
+    """momentum, eps and negative_slope may be one-element tensors (as a schedule keeps
+    them); both implementations get the checked float (the reference had the raw tensor)."""
+    x, _ = data((4, 3, 5, 5))
+    results = []
+    for impl in ("fused", "reference"):
+        p = Params(3)
+        y = aigc_fast.bn_act(x, p.weight, p.bias, p.running_mean, p.running_var, training=True,
+                             momentum=torch.tensor([0.3]), eps=torch.tensor(1e-3), act="leaky_relu",
+                             negative_slope=torch.tensor([0.1]), impl=impl)
+        z = aigc_fast.bias_act(x, p.bias, "leaky_relu", negative_slope=torch.tensor([0.1]), impl=impl)
+        results.append((y, z, p.running_mean, p.running_var))
+    for fused, ref in zip(*results):
+        torch.testing.assert_close(fused, ref)

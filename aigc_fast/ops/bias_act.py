@@ -31,7 +31,7 @@ def bias_act(
     anyway: no pre-activation tensor is stored.
     """
     _validate.float_tensor(x, "x")
-    _activations.check(act, negative_slope)
+    negative_slope = _activations.check(act, negative_slope)
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     dim = int(dim)

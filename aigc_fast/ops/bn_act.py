@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -15,7 +15,8 @@ INVERTIBLE = ("identity", "leaky_relu", "tanh")
 
 
 def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope,
-           num_batches_tracked, memory_efficient) -> None:
+           num_batches_tracked, memory_efficient) -> Tuple[Optional[float], float, float]:
+    """Refuses bad arguments; returns momentum, eps and negative_slope as floats."""
     _validate.float_tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"x must have a batch and a channel dimension ([N, C, ...]), got shape {list(x.shape)}")
@@ -39,9 +40,9 @@ def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, 
                 or num_batches_tracked.dtype == torch.bool or num_batches_tracked.numel() != 1:
             raise TypeError("num_batches_tracked must be a one-element integer tensor (nn.BatchNorm's is a 0-d int64), "
                             f"got {num_batches_tracked.dtype} of shape {list(num_batches_tracked.shape)}")
-    _activations.check(act, negative_slope)
+    negative_slope = _activations.check(act, negative_slope)
     if momentum is not None:
-        _validate.number(momentum, "momentum")
+        momentum = _validate.number(momentum, "momentum")
     eps = _validate.number(eps, "eps")
     batch_stats = training or running_mean is None
     if eps < 0 or (batch_stats and eps == 0):  # (ATen's batch_norm refuses eps = 0 with batch statistics too)
@@ -62,6 +63,7 @@ def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, 
                 "memory_efficient=True with tanh needs a float32 or float64 output: atanh of a 16-bit tanh "
                 "output has too few bits left to recover the pre-activation"
             )
+    return momentum, eps, negative_slope
 
 
 def bn_act(
@@ -99,8 +101,8 @@ def bn_act(
     """
     training = _validate.flag(training, "training")
     memory_efficient = _validate.flag(memory_efficient, "memory_efficient")
-    _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope,
-           num_batches_tracked, memory_efficient)
+    momentum, eps, negative_slope = _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act,
+                                           negative_slope, num_batches_tracked, memory_efficient)
     # An empty batch goes through the reference, which is PyTorch's BatchNorm: an empty output,
     # running statistics untouched, num_batches_tracked counted (the kernels need elements).
     if x.numel() == 0 or not _impl.use_fused(impl, "bn_act", x.device):
