@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models._modes import eval_mode
+from ..reference.reparameterize import kl_per_sample
 
 
 def _log_likelihood(logits: torch.Tensor, x: torch.Tensor, recon_loss: str) -> torch.Tensor:
@@ -44,7 +45,7 @@ def vae_likelihood(model, images: torch.Tensor, *, recon_loss: str = "bce", samp
             x = x.float()
             mu, logvar = (t.double() for t in model.encode(x))
             target = x.reshape(x.shape[0], -1).double()
-            kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(-1)
+            kl = kl_per_sample(mu, logvar)                                        # float64, [N]
             eps = torch.randn((samples,) + mu.shape, generator=g, dtype=torch.float64).to(mu.device)
             z = mu + (0.5 * logvar).exp() * eps                                   # [K, N, latent]
             logits = model.decode(z.flatten(0, 1).float()).double().reshape(samples, x.shape[0], -1)

@@ -117,21 +117,17 @@ def bn_act(
     return y
 
 
-def _stat_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 def _fake_forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, act,
                   negative_slope, memory_efficient):
     _validate.fake_inputs_on("x", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var,
                              num_batches_tracked=num_batches_tracked)
-    stats = x.new_empty((x.shape[1],), dtype=_stat_dtype(x))
+    stats = x.new_empty((x.shape[1],), dtype=_validate.math_dtype(x))
     return torch.empty_like(_layout.in_memory_order(x)), stats, stats.clone()
 
 
 def _fake_backward(grad_y, y, x, weight, bias, mean, invstd, training, act, negative_slope, output_mask):
     _validate.fake_inputs_on("y", y, grad_y=grad_y, x=x, weight=weight, bias=bias, mean=mean, invstd=invstd)
-    channels, math = y.shape[1], _stat_dtype(y)
+    channels, math = y.shape[1], _validate.math_dtype(y)
     grad_x = torch.empty_like(_layout.in_memory_order(y)) if output_mask[0] else y.new_empty((0,))
     grad_weight = y.new_empty((channels if output_mask[1] else 0,),
                               dtype=weight.dtype if weight is not None and output_mask[1] else math)

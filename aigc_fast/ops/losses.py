@@ -151,10 +151,6 @@ def _beta_tensor(beta) -> torch.Tensor:
 # ---- shapes for torch.compile: these mirror the layouts csrc/losses.cpp chooses (_layout) ----
 
 
-def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def _grad_like(t: torch.Tensor, wanted: bool) -> torch.Tensor:
     # At least float32 (csrc/losses.cpp, grad_like: loss scaling applies before rounding).
     dtype = torch.promote_types(t.dtype, torch.float32)
@@ -163,12 +159,12 @@ def _grad_like(t: torch.Tensor, wanted: bool) -> torch.Tensor:
 
 def _fake_gan_d_loss(real, fake, kind, real_label, output_mask):
     _validate.fake_inputs_on("real_logits", real, fake_logits=fake)
-    loss = real.new_empty((), dtype=_math_dtype(real, fake))
+    loss = real.new_empty((), dtype=_validate.math_dtype(real, fake))
     return loss, _grad_like(real.contiguous(), output_mask[0]), _grad_like(fake.contiguous(), output_mask[1])
 
 
 def _fake_gan_g_loss(fake, kind, need_grad):
-    return fake.new_empty((), dtype=_math_dtype(fake)), _grad_like(fake.contiguous(), need_grad)
+    return fake.new_empty((), dtype=_validate.math_dtype(fake)), _grad_like(fake.contiguous(), need_grad)
 
 
 def _fake_vae_loss(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask):
@@ -176,7 +172,7 @@ def _fake_vae_loss(recon, target, mu, logvar, recon_loss, beta, reduction, outpu
     recon_l = _layout.in_memory_order(recon)
     target_l = _layout.in_order_of(target, recon_l)
     shape = (recon.shape[0],) if reduction == "none" else ()
-    dtype = _math_dtype(recon, target, mu, logvar)
+    dtype = _validate.math_dtype(recon, target, mu, logvar)
     values = [recon.new_empty(shape, dtype=dtype) for _ in range(3)]
     grads = [
         _grad_like(t, wanted)

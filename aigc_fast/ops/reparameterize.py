@@ -82,14 +82,10 @@ def _kl_shape(mu: torch.Tensor, compute_kl: bool) -> Tuple[int, ...]:
     return (mu.shape[0] if mu.dim() > 0 else 1,)
 
 
-def _math_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _fake_forward(mu, logvar, eps, seed, compute_kl):
     _validate.fake_inputs_on("mu", mu, logvar=logvar, eps=eps, seed=seed)
     z = torch.empty_like(mu, memory_format=torch.contiguous_format)
-    return z, mu.new_empty(_kl_shape(mu, compute_kl), dtype=_math_dtype(mu.dtype))
+    return z, mu.new_empty(_kl_shape(mu, compute_kl), dtype=_validate.math_dtype(mu))
 
 
 def _fake_backward(grad_z, grad_kl, mu, logvar, eps, seed, z, output_mask):

@@ -6,15 +6,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import _validate
 from .reparameterize import kl_per_sample
 
 
-def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def _in_math_dtype(*tensors: torch.Tensor):
-    dtype = _math_dtype(*tensors)
+    dtype = _validate.math_dtype(*tensors)
     return [t.to(dtype) for t in tensors]
 
 

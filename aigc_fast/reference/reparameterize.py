@@ -4,11 +4,13 @@ from typing import Optional
 
 import torch
 
+from .. import _validate
+
 
 def kl_per_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, 1)) summed over all dims but the first, in float32
     (float64 for float64 inputs), as the fused op returns it."""
-    math_dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    math_dtype = _validate.math_dtype(mu)
     mu, logvar = mu.to(math_dtype), logvar.to(math_dtype)
     kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
     return kl if kl.dim() == 1 else kl.flatten(1).sum(dim=1)  # (flatten: reshape(B, -1) fails at B = 0)
