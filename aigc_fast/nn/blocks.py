@@ -21,10 +21,10 @@ from torch import nn
 
 from .. import _activations
 from ..ops.bias_act import bias_act
-from ..ops.bn_act import INVERTIBLE, bn_act
+from ..ops.bn_act import bn_act, memory_efficient_supported
 
 CONVS = (nn.Conv2d, nn.ConvTranspose2d)
-# activation module -> (name in the activation table, negative slope)
+# activation module -> its name in the activation table (the slope is read from the module)
 _ACT_MODULES = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
                 nn.Identity: "identity"}
 
@@ -37,10 +37,10 @@ def _activation_of(module: nn.Module):
 
 
 def _activation_module(act: str, negative_slope: float) -> nn.Module:
-    _activations.check(act, negative_slope)
+    negative_slope = _activations.check(act, negative_slope)
     if act == "leaky_relu":
         return nn.LeakyReLU(negative_slope)
-    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}[act]()
+    return next(module for module, name in _ACT_MODULES.items() if name == act)()
 
 
 class FoldedBatchNorm(nn.Identity):
@@ -219,9 +219,8 @@ class FusedSequential(nn.Sequential):
         bn = children[group.bn]
         h = _convolve(conv, x, with_bias=True)
         track = bn.training and bn.track_running_stats
-        memory_efficient = (bool(self.memory_efficient) and not group.output_overwritten and group.act in INVERTIBLE
-                            and (group.act != "tanh" or h.dtype in (torch.float32, torch.float64))
-                            and (group.act != "leaky_relu" or group.negative_slope > 0))
+        memory_efficient = (bool(self.memory_efficient) and not group.output_overwritten
+                            and memory_efficient_supported(group.act, group.negative_slope, h.dtype))
         return bn_act(
             h, bn.weight, bn.bias,
             bn.running_mean if not bn.training or bn.track_running_stats else None,
@@ -330,7 +329,7 @@ def _plain_copy(conv: nn.Module) -> nn.Module:
     remove_parametrizations would edit) for the class it wrapped, keeping everything else."""
     folded = copy.deepcopy(conv)
     if torch.nn.utils.parametrize.is_parametrized(folded):
-        folded.__class__ = type(conv).__bases__[0]  # the conv's own class, before parametrization
+        folded.__class__ = torch.nn.utils.parametrize.type_before_parametrizations(conv)
         del folded.parametrizations
     return folded
 

@@ -14,6 +14,17 @@ from .. import reference
 INVERTIBLE = ("identity", "leaky_relu", "tanh")
 
 
+def act_is_invertible(act: str, negative_slope: float) -> bool:
+    """Whether the pre-activation can be recomputed from the output (the memory-saving mode)."""
+    return act in INVERTIBLE and (act != "leaky_relu" or negative_slope > 0)
+
+
+def memory_efficient_supported(act: str, negative_slope: float, dtype: torch.dtype) -> bool:
+    """Whether bn_act's memory-saving mode can run: an invertible activation, and for tanh a
+    float32/64 output (atanh of a 16-bit tanh output has too few bits left)."""
+    return act_is_invertible(act, negative_slope) and (act != "tanh" or dtype in (torch.float32, torch.float64))
+
+
 def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope,
            num_batches_tracked, memory_efficient) -> Tuple[Optional[float], float, float]:
     """Refuses bad arguments; returns momentum, eps and negative_slope as floats."""
@@ -53,12 +64,12 @@ def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, 
     if training and momentum is None and running_mean is not None and num_batches_tracked is None:
         raise ValueError("momentum=None (a cumulative average) needs num_batches_tracked")
     if memory_efficient:
-        if act not in INVERTIBLE or (act == "leaky_relu" and negative_slope <= 0):
+        if not act_is_invertible(act, negative_slope):
             raise ValueError(
                 "memory_efficient=True recomputes the pre-activation from the output, so it needs an invertible "
                 f"activation ({', '.join(INVERTIBLE)}; leaky_relu with negative_slope > 0), got {act!r}"
             )
-        if act == "tanh" and x.dtype in (torch.float16, torch.bfloat16):
+        if not memory_efficient_supported(act, negative_slope, x.dtype):
             raise ValueError(
                 "memory_efficient=True with tanh needs a float32 or float64 output: atanh of a 16-bit tanh "
                 "output has too few bits left to recover the pre-activation"
