@@ -136,9 +136,6 @@ def _check_philox_cap() -> None:
     if cap and cap not in PHILOX_CAPS:
         warnings.warn(f"aigc_fast: AIGC_FAST_PHILOX={cap!r} is not one of {', '.join(PHILOX_CAPS)}; ignored "
                       "(the CPU kernels use the widest Philox lanes the CPU has)", RuntimeWarning, stacklevel=3)
-    if os.environ.get("AIGC_FAST_PORTABLE_PHILOX"):
-        warnings.warn("aigc_fast: AIGC_FAST_PORTABLE_PHILOX is no longer read; use AIGC_FAST_PHILOX=portable",
-                      RuntimeWarning, stacklevel=3)
 
 
 def compiled_backends() -> list[str]:

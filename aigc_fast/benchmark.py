@@ -60,12 +60,12 @@ def check_cases(providers: List[str], precisions: List[str], device: str) -> Non
 def make_step(workload: str, provider: str, *, precision: str = "fp32", channels_last: bool = False,
               device: str = "cpu") -> Tuple[Callable[[], Dict[str, float]], int]:
     """(a function running one training step on a fixed batch, the batch size)."""
-    from .train import GANConfig, GANTrainer, VAEConfig, VAETrainer
+    from .train import TRAINERS
 
     kind, fields = WORKLOADS[workload]
     backend, compiled, graphed = PROVIDERS[provider]
     check_cases([provider], [precision], device)
-    config_class, trainer_class = (GANConfig, GANTrainer) if kind == "gan" else (VAEConfig, VAETrainer)
+    config_class, trainer_class = TRAINERS[kind]
     # train_step writes nothing (only fit creates the run directory), so out_dir is never made
     config = config_class(**fields, backend=backend, compile=compiled, cuda_graph=graphed, precision=precision,
                           channels_last=channels_last, device=device, progress=False,

@@ -56,9 +56,9 @@ def _or_none(convert):
 
 
 def _train(args, given: dict) -> int:
-    from .train import GANConfig, GANTrainer, TrainingInterrupted, VAEConfig, VAETrainer
+    from .train import TRAINERS, TrainingInterrupted
 
-    config_class, trainer_class = {"gan": (GANConfig, GANTrainer), "vae": (VAEConfig, VAETrainer)}[args.kind]
+    config_class, trainer_class = TRAINERS[args.kind]
     if args.resume:
         recorded = Path(args.resume) / "config.json"
         if not Path(args.resume).is_dir():
@@ -75,7 +75,7 @@ def _train(args, given: dict) -> int:
         config = config_class.from_json(Path(args.config))
     else:
         config = config_class()
-    config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    config = dataclasses.replace(config, **given)
     if config.data is None:
         if args.resume:
             raise ValueError(f"--resume {args.resume}: the run trained on in-memory images (fit(data) from Python), "
@@ -107,7 +107,7 @@ def _train(args, given: dict) -> int:
 
 
 def main(argv=None) -> int:
-    from .train import GANConfig, VAEConfig
+    from .train import TRAINERS
 
     parser = argparse.ArgumentParser(prog="aigc-fast", description="Fused GAN/VAE kernels and training for PyTorch")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     train = commands.add_parser("train", help="train a DCGAN or a VAE (run directory: --out-dir)")
     # dest "kind", not "model": VAEConfig has a field `model` (its --model flag), which would overwrite it.
     models = train.add_subparsers(dest="kind", required=True)
-    for name, config_class in (("gan", GANConfig), ("vae", VAEConfig)):
+    for name, (config_class, _) in TRAINERS.items():
         sub = models.add_parser(name, help=config_class.__doc__.splitlines()[0])
         sub.add_argument("--config", help="a config JSON file (flags override it)")
         sub.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint and config")

@@ -29,15 +29,17 @@ def reparameterize(
         mu, logvar: tensors of the same shape, dtype (float16, bfloat16, float32 or float64)
             and device. Math runs in float32 (float64 for float64 inputs). Under
             torch.autocast differing dtypes are promoted to the widest, as eager's formula is.
-        eps: explicit noise of the same shape, dtype and device (no random numbers drawn);
-            gradients flow into it if it requires grad.
+        eps: explicit noise of the same shape, dtype and device (no random numbers drawn;
+            under autocast, as mu and logvar, promoted); gradients flow into it if it
+            requires grad.
         generator: the torch.Generator to draw the Philox seed from (default: the device's).
         return_kl: also return the per-sample KL(N(mu, std^2) || N(0, 1)), summed over all
             dimensions but the first: shape [mu.shape[0]], float32 (float64 for float64).
         impl: "fused", "reference" or None (the global choice; fused where available).
 
     Returns:
-        z (same shape and dtype as mu, contiguous), or (z, kl) when return_kl.
+        z (same shape as mu, contiguous; mu's dtype, or the promoted one under autocast), or
+        (z, kl) when return_kl.
 
     The noise comes from Philox4x32-10 keyed by (seed, offset) drawn from `generator`, so
     torch.manual_seed reproduces it; it is never stored: the backward recovers std * eps as

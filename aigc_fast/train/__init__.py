@@ -13,5 +13,8 @@ from .interrupt import TrainingInterrupted
 from .trainer import NonFiniteLossError, load_run
 from .vae import VAETrainer
 
-__all__ = ["GANConfig", "GANTrainer", "NonFiniteLossError", "TrainingInterrupted", "VAEConfig", "VAETrainer",
-           "load_checkpoint", "load_run", "save_atomic"]
+# A run's kind (config.json's "kind", the CLI's `train gan|vae`) -> its config and trainer.
+TRAINERS = {"gan": (GANConfig, GANTrainer), "vae": (VAEConfig, VAETrainer)}
+
+__all__ = ["GANConfig", "GANTrainer", "NonFiniteLossError", "TRAINERS", "TrainingInterrupted", "VAEConfig",
+           "VAETrainer", "load_checkpoint", "load_run", "save_atomic"]

@@ -112,7 +112,7 @@ class _Config:
         unknown = set(values) - set(fields)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return cls(**values)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -45,7 +45,7 @@ class _Trainer:
         if config.precision == "fp16" and self.device.type == "cpu":
             warnings.warn("precision='fp16' on a CPU: CPUs without native fp16 arithmetic convert it in software "
                           "(the conv VAE 28x28 step took 427 ms against 29 in bf16 on an AVX-512 EPYC); bf16 is "
-                          "the CPU's 16-bit type and needs no loss scaling", RuntimeWarning, stacklevel=2)
+                          "the CPU's 16-bit type and needs no loss scaling", RuntimeWarning, stacklevel=3)
         self.run_dir = Path(config.out_dir)
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         # Models are built on the CPU: seeding the CPU generator alone gives the same initial
@@ -133,7 +133,7 @@ class _Trainer:
         """Adam over module's parameters with the config's lr and betas, in PyTorch's fused
         implementation (one kernel per parameter) on CPU and CUDA: the same update in half
         (conv VAE) to two-thirds (DCGAN) of the default foreach one's time (bench/NOTES.md)."""
-        return torch.optim.Adam(module.parameters(), lr=self.config.lr, betas=tuple(self.config.betas),
+        return torch.optim.Adam(module.parameters(), lr=self.config.lr, betas=self.config.betas,
                                 fused=self.device.type in ("cpu", "cuda"), capturable=self.cuda_graph)
 
     def autocast(self):
@@ -273,7 +273,7 @@ class _Trainer:
         for module in self.modules().values():
             if isinstance(module, torch.optim.Optimizer):
                 for group in module.param_groups:
-                    group["lr"], group["betas"] = self.config.lr, tuple(self.config.betas)
+                    group["lr"], group["betas"] = self.config.lr, self.config.betas
 
     def _check_value_range(self, images: torch.Tensor) -> None:
         """Images outside the trainer's range train without an error into meaningless
@@ -453,9 +453,7 @@ def _removed_if_left_empty(path: Path, enabled: bool):
 def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Trainer:
     """The trainer of a finished or stopped run, from its config.json and checkpoint.pt
     (single process, no compile, no progress bar): for generate and evaluate."""
-    from .config import GANConfig, VAEConfig
-    from .gan import GANTrainer
-    from .vae import VAETrainer
+    from . import TRAINERS
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
@@ -464,15 +462,15 @@ def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Tra
         kind = json.loads((run_dir / "config.json").read_text()).get("kind")
     except (json.JSONDecodeError, AttributeError) as error:
         raise ValueError(f"{run_dir / 'config.json'} is not a run's config ({error})") from None
-    config_class = {"gan": GANConfig, "vae": VAEConfig}.get(kind)
-    if config_class is None:
+    if kind not in TRAINERS:
         raise ValueError(f"{run_dir / 'config.json'} has unknown kind {kind!r}")
+    config_class, trainer_class = TRAINERS[kind]
     config = config_class.from_json(run_dir / "config.json")
     config.out_dir, config.compile, config.progress, config.deterministic = str(run_dir), False, False, False
     if device is not None:
         config.device = device
     with torch.random.fork_rng(devices=[]):  # building seeds the CPU generator; the caller's is left as it was
-        trainer = {"gan": GANTrainer, "vae": VAETrainer}[kind](config)
+        trainer = trainer_class(config)
     trainer.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location="cpu"), restore_rng=False)
     return trainer
 
@@ -509,23 +507,10 @@ def _drop_rows_after(step: int, *logs: Path) -> None:
             temporary.replace(path)
 
 
-class _NoProgress:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, *args, **kwargs):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(enabled: bool, total: int):
-    if not enabled:
-        return _NoProgress()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="step", dynamic_ncols=True)
+    return tqdm(total=total, unit="step", dynamic_ncols=True, disable=not enabled)
 
 
 _warned_no_pillow = False
@@ -537,7 +522,5 @@ def _save_grid_if_possible(images: torch.Tensor, path: Path, value_range, nrow: 
         save_grid(images, path, nrow=nrow, value_range=value_range)
     except ModuleNotFoundError as exc:
         if not _warned_no_pillow:
-            import warnings
-
             warnings.warn(f"{exc}; sample grids are skipped", RuntimeWarning, stacklevel=2)
             _warned_no_pillow = True
