@@ -63,6 +63,17 @@ const Kernels& kernels_for(const at::Tensor& t) {
   return cpu;
 }
 
+// The memory-saving mode recomputes the pre-activation from y: it needs an invertible
+// activation, and for tanh a float32/64 y (atanh of a 16-bit tanh has too few bits left).
+// The same rule as ops/bn_act.py's memory_efficient_supported, for callers of the raw ops.
+void check_memory_saving_mode(Act act, const std::string& name, double slope, at::ScalarType y_dtype) {
+  TORCH_CHECK(act == Act::kIdentity || act == Act::kTanh || (act == Act::kLeakyRelu && slope > 0),
+              "bn_act's memory-saving mode needs an invertible activation (identity, tanh, or leaky_relu with "
+              "negative_slope > 0), got '", name, "' with negative_slope ", slope);
+  TORCH_CHECK(act != Act::kTanh || y_dtype == at::kFloat || y_dtype == at::kDouble,
+              "bn_act's memory-saving mode with tanh needs a float32 or float64 output, got ", y_dtype);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
@@ -74,7 +85,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   const c10::DeviceGuard guard(x.device());
   TORCH_CHECK(x.dim() >= 2, "x must have a batch and a channel dimension ([N, C, ...]), got shape ", x.sizes());
   const Act activation = parse_act(act, negative_slope);
-  (void)memory_efficient;  // what autograd keeps (bn_act_autograd.cpp); the forward is the same
+  // The mode decides what autograd keeps (bn_act_autograd.cpp); the forward is the same, but
+  // a backward without x must be possible.
+  if (memory_efficient) check_memory_saving_mode(activation, act, negative_slope, x.scalar_type());
   check_channel_vector(weight, "weight", x);
   check_channel_vector(bias, "bias", x);
   check_channel_vector(running_mean, "running_mean", x);
@@ -82,7 +95,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
               "running_mean and running_var must both be given or both be None");
   TORCH_CHECK(training || running_mean.has_value(), "bn_act with training=False needs running_mean and running_var");
-  TORCH_CHECK(eps >= 0.0, "eps must be >= 0, got ", eps);
+  TORCH_CHECK(eps > 0.0 || (!training && eps == 0.0), "eps must be ",
+              training ? "positive with batch statistics" : ">= 0", ", got ", eps);
   const int64_t channels = x.size(1);
   TORCH_CHECK(channels > 0, "x must have at least one channel, got shape ", x.sizes());
   const int64_t per_channel = x.numel() / channels;
@@ -92,6 +106,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   const at::TensorOptions math = x.options().dtype(math_dtype(x.scalar_type()));
   if (num_batches_tracked.has_value()) {  // as the fake kernel checks it, so compile agrees with eager
     check_same_device(*num_batches_tracked, "num_batches_tracked", x, "x");
+    TORCH_CHECK(at::isIntegralType(num_batches_tracked->scalar_type(), /*includeBool=*/false) &&
+                    num_batches_tracked->numel() == 1,
+                "num_batches_tracked must be a one-element integer tensor, got ", num_batches_tracked->scalar_type(),
+                " of shape ", num_batches_tracked->sizes());
     if (training) num_batches_tracked->add_(1);
   }
 
@@ -166,9 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
   // batch_norm.h: S = mean; or beta in the memory-saving mode.
   op.shift = mean.to(math.dtype()).contiguous();  // kernels read [channels] vectors densely
   if (!x.has_value()) {
-    TORCH_CHECK(op.act == Act::kIdentity || op.act == Act::kTanh || (op.act == Act::kLeakyRelu && negative_slope > 0),
-                "bn_act's memory-saving mode needs an invertible activation (identity, tanh, or leaky_relu with "
-                "negative_slope > 0), got '", act, "' with negative_slope ", negative_slope);
+    check_memory_saving_mode(op.act, act, negative_slope, y.scalar_type());
     op.shift = bias.has_value() ? bias->to(math.dtype()).contiguous() : at::zeros({channels}, math);
   }
   // Outputs not asked for are empty tensors (an op's outputs are always tensors).

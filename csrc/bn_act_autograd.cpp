@@ -16,6 +16,7 @@
 
 #include "act_derivative.h"
 #include "broadcast.h"
+#include "checks.h"
 #include "find_op.h"
 
 namespace aigc_fast {
@@ -42,11 +43,15 @@ auto backward_op() {
   return op;
 }
 
-// The backward as differentiable ops, for second derivatives (batch_norm.h's formulas).
-Outputs differentiable_backward(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& x,
+// The backward as differentiable ops, for second derivatives (batch_norm.h's formulas), in
+// the math type as the kernels compute (float32 for 16-bit x: in bf16 the statistics and
+// sums had lost the weight gradient's third digit); x's gradient is returned in x's dtype.
+Outputs differentiable_backward(const at::Tensor& grad_y_in, const at::Tensor& y_in, const at::Tensor& x_in,
                                 const OptionalTensor& weight, const at::Tensor& saved_mean,
                                 const at::Tensor& saved_invstd, bool training, double eps, const std::string& act,
                                 double slope) {
+  const at::ScalarType math = math_dtype(x_in.scalar_type());
+  const at::Tensor x = x_in.to(math), y = y_in.to(math), grad_y = grad_y_in.to(math);
   std::vector<int64_t> dims{0};
   for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
   const c10::Scalar n(x.sym_numel() / x.sym_size(1));
@@ -62,7 +67,7 @@ Outputs differentiable_backward(const at::Tensor& grad_y, const at::Tensor& y, c
   const at::Tensor sum_dz = dz.sum(dims, true), sum_dz_xhat = (dz * xhat).sum(dims, true);
   const at::Tensor k = (weight.has_value() ? per_channel(*weight) : at::ones_like(mean)) * invstd;
   const at::Tensor grad_x = training ? k * (dz - sum_dz / n - xhat * (sum_dz_xhat / n)) : k * dz;
-  return {grad_x, sum_dz_xhat.reshape({-1}), sum_dz.reshape({-1})};
+  return {grad_x.to(x_in.scalar_type()), sum_dz_xhat.reshape({-1}), sum_dz.reshape({-1})};
 }
 
 // d/dx of <g_mean, mean> + <g_invstd, invstd> for the batch statistics (training): mean =

@@ -77,7 +77,8 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &mu = saved[0], &logvar = saved[1], &eps = saved[2], &seed = saved[3], &z = saved[4];
     const bool compute_kl = ctx->saved_data["compute_kl"].toBool();
-    // Gradient edges exist only for the tensors passed in: mu, logvar, then eps if given.
+    // Gradient edges exist only for the tensors passed in: mu, logvar, then eps if given (and
+    // the seed, which takes none): eps's index is 2 only when it was given.
     const bool need_mu = ctx->needs_input_grad(0);
     const bool need_logvar = ctx->needs_input_grad(1);
     const bool need_eps = eps.defined() && ctx->needs_input_grad(2);

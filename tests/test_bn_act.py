@@ -350,6 +350,24 @@ def test_second_derivatives(act):
         torch.autograd.grad(y.sum(), x, create_graph=True)[0].sum().backward()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gradients_under_create_graph_are_computed_in_float32(dtype):
+    """A gradient penalty through a 16-bit discriminator takes the differentiable backward:
+    it computes in float32 as the kernels do, so its first derivatives match theirs (in
+    bf16 it had lost the weight gradient's third digit)."""
+    x, g = data((8, 4, 6, 6), dtype, seed=10)
+    p = Params(4)
+    grads = {}
+    for create_graph in (False, True):
+        leaves = (x.clone().requires_grad_(), p.weight.clone().requires_grad_(), p.bias.clone().requires_grad_())
+        y = aigc_fast.bn_act(*leaves, None, None, training=True, act="leaky_relu")
+        grads[create_graph] = torch.autograd.grad(y, leaves, g, create_graph=create_graph)
+    for kernel, differentiable in zip(grads[False], grads[True]):
+        assert differentiable.dtype == kernel.dtype
+        tol = 1e-5 if kernel.dtype == torch.float32 else 2e-2  # float32 sums in both; x's grad rounds to 16 bits
+        torch.testing.assert_close(differentiable, kernel, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("shape", [(3, 2, 3, 2), (5, 3)])
 def test_the_raw_ops_batch_statistics_are_differentiable(shape):
     """The raw op also returns the batch mean and invstd (the Python function drops them):
@@ -387,7 +405,8 @@ def test_opcheck(dtype):
     torch.library.opcheck(ops.bn_act, (x.requires_grad_(), w, b, p.running_mean, p.running_var,
                                        p.num_batches_tracked, True, 0.1, 1e-5, "relu", 0.2, False))
     torch.library.opcheck(ops.bn_act, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), w, b,
-                                       p.running_mean, p.running_var, None, False, None, 1e-5, "tanh", 0.2, True))
+                                       p.running_mean, p.running_var, None, False, None, 1e-5, "leaky_relu", 0.2,
+                                       True))
     y, mean, invstd = ops.bn_act(x.detach(), w.detach(), b.detach(), None, None, None, True, 0.1, 1e-5,
                                  "leaky_relu", 0.2, False)
     for x_saved in (x.detach(), None):
@@ -627,6 +646,17 @@ def test_vmap_runs_the_reference_and_the_raw_op_says_so():
                                             1e-5, "relu", 0.2, False), RuntimeError, r"weight must have shape \[3\]"),
         (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(1, 3), None, None, None, None, None, True, 0.1, 1e-5,
                                             "relu", 0.2, False), RuntimeError, "more than 1 value per channel"),
+        # The raw op checks what the Python function does (it had read an empty counter's memory).
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3), torch.ones(3),
+                                            torch.zeros(0, dtype=torch.int64), True, None, 1e-5, "relu", 0.2, False),
+         RuntimeError, "num_batches_tracked must be a one-element integer tensor"),
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), None, None, None, None, None, True, 0.1, 0.0,
+                                            "relu", 0.2, False), RuntimeError, "eps must be positive with batch"),
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), None, None, None, None, None, True, 0.1, 1e-5,
+                                            "relu", 0.2, True), RuntimeError, "needs an invertible activation"),
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3, dtype=torch.bfloat16), None, None, None, None, None,
+                                            True, 0.1, 1e-5, "tanh", 0.2, True), RuntimeError,
+         "tanh needs a float32 or float64 output"),
     ],
 )
 def test_bad_input_gives_clear_errors(call, error, match):

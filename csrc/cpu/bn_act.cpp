@@ -340,7 +340,7 @@ void grad_input_in(BnActGrad& op) {
           const S *dys = dy + pos, *ys = y == nullptr ? nullptr : y + pos, *xs = x == nullptr ? nullptr : x + pos;
           const T *shift = p[kShift], *beta = p[kBeta], *a = p[kA], *b = p[kB], *c = p[kC];
           S* dxs = dx + pos;
-          simd_for(n, [&, cut, slope](int64_t i) {  // (by value, as in sums_by_rows)
+          simd_for(n, [&, cut, slope](int64_t i) {  // (by value, as bias_act.cpp's act_backward_in captures)
             T dz, centered;
             grad_element<F, A>(dys, ys, xs, i, GradChannel<T>{shift[i * P], a[i * P], beta[i * P], cut}, slope, dz,
                                centered);

@@ -1,6 +1,6 @@
 // CUDA kernels of aigc_fast::bias_act and of bn_act's normalize pass: elementwise,
 // grid-stride, in memory order; element o belongs to channel (o / inner) % channels
-// (bias_act.h, ChannelOf). The formulas are the headers the CPU kernels use. The bias gradient is a
+// (launch.cuh, ChannelOf). The formulas are the headers the CPU kernels use. The bias gradient is a
 // vendor reduction of the unrounded products (bias_act.cpp).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -29,7 +29,9 @@ AIGC_HD uint32_t float_to_bits(float f) { return bit_cast<uint32_t>(f); }
 
 // e^x for float32; exact 1 at 0, +inf above ln(FLT_MAX), 0 far below, NaN kept.
 AIGC_HD float exp_f32(float x) {
-  const float xc = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
+  // (Written so a NaN x lands on a bound: the float -> int conversion of n below is then
+  // defined; the NaN is restored at the end.)
+  const float xc = x > -104.0f ? (x < 89.0f ? x : 89.0f) : -104.0f;
   const float n = rintf(xc * 1.44269504088896341f);
   // x - n*ln2 in two steps (Cody-Waite): the high part of ln2 has few bits, so n*hi is exact.
   float r = fmaf(n, -0.693359375f, xc);
@@ -119,13 +121,10 @@ AIGC_HD float log1p_unit_f32(float e, float& inv_1pe) {
   return fmaf(two_s, p * z, two_s);
 }
 
-// The math type's exp and log, for formulas written once for float and double: the
-// IEEE-exact float32 versions above (log_f32 wants x > 0; NaN reaches callers through
-// their other terms), libm for float64.
+// The math type's exp, for formulas written once for float and double: the IEEE-exact
+// float32 version above, libm for float64.
 AIGC_HD float exp_math(float x) { return exp_f32(x); }
 AIGC_HD double exp_math(double x) { return exp(x); }
-AIGC_HD float log_math(float x) { return log_f32(x); }
-AIGC_HD double log_math(double x) { return log(x); }
 AIGC_HD float log1p_unit(float e, float& inv_1pe) { return log1p_unit_f32(e, inv_1pe); }
 AIGC_HD double log1p_unit(double e, double& inv_1pe) {
   inv_1pe = 1.0 / (1.0 + e);

@@ -1,5 +1,7 @@
 // KL(N(mu, var) || N(0, 1)) of one latent element, var = exp(logvar), and its derivatives:
-// the one formula behind reparameterize(return_kl=True) and vae_loss, on both devices.
+// the one formula behind reparameterize(return_kl=True) and vae_loss, on both devices. (Each
+// passes its own var: vae_loss exp(logvar), reparameterize std * std from the std it samples
+// with, one exp fewer; the two KLs can differ in the last bits.)
 //   kl = 1/2 (mu^2 + var - 1 - logvar),   dkl/dmu = mu,   dkl/dlogvar = 1/2 (var - 1)
 // Near logvar = 0 (a latent the posterior has collapsed onto the prior) var - 1 - logvar
 // and var - 1 cancel: written as computed, float32 keeps only a few correct digits of a
