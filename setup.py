@@ -189,7 +189,8 @@ _ninja_beside_python = os.path.join(os.path.dirname(sys.executable), "ninja")
 if shutil.which("ninja") is None and os.access(_ninja_beside_python, os.X_OK):
     os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + os.path.dirname(sys.executable)
 
-VERSION = re.search(r"\"(.+)\"", open(os.path.join(HERE, "aigc_fast", "_version.py")).read()).group(1)
+with open(os.path.join(HERE, "aigc_fast", "_version.py")) as version_file:
+    VERSION = re.search(r"\"(.+)\"", version_file.read()).group(1)
 WITH_CUDA = _build_cuda()
 
 setup(

@@ -23,10 +23,26 @@ from ._version import __version__
 EXPECTED_OPS = ("build_info", "reparameterize", "reparameterize_backward", "gan_d_loss", "gan_g_loss", "vae_loss",
                 "bias_act", "bias_act_backward", "bn_act", "bn_act_backward")
 DISABLE_ENV = "AIGC_FAST_NO_EXTENSION"
-REBUILD_HINT = (
-    "rebuild it against the installed torch: pip install --no-build-isolation --force-reinstall "
-    "--no-deps .  (from the aigc_fast source folder)"
-)
+
+
+def _installed() -> tuple[bool, bool]:
+    """(whether pip has aigc_fast installed, whether as an editable install)."""
+    import importlib.metadata
+
+    try:
+        record = importlib.metadata.distribution("aigc_fast").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return False, False
+    try:
+        return True, bool(json.loads(record or "{}").get("dir_info", {}).get("editable"))
+    except (ValueError, AttributeError):
+        return True, False
+
+
+def _rebuild_hint() -> str:
+    editable = _installed()[1]  # a plain reinstall would turn an editable install into a copy
+    return ("rebuild it against the installed torch: pip install --no-build-isolation --force-reinstall "
+            f"--no-deps {'-e ' if editable else ''}.  (from the aigc_fast source folder)")
 
 LOADED = False
 REASON = "not loaded yet"
@@ -76,11 +92,14 @@ def _why_not_loadable(info: dict) -> str | None:
         return f"the compiled kernels are disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
     spec = importlib.util.find_spec("aigc_fast._C")
     if spec is None:
-        if _in_source_folder():
+        if _in_source_folder() and _installed()[0]:
             return (
                 f"the compiled kernels (aigc_fast._C) are not in {os.path.dirname(__file__)}: this "
                 "is the source folder, imported ahead of the installed package"
             )
+        if _in_source_folder():
+            return "the compiled kernels (aigc_fast._C) are not built: this is the source folder, and aigc_fast is " \
+                   "not installed"
         return "the compiled kernels (aigc_fast._C) are not installed (or were built for another Python)"
     if not info:
         return "aigc_fast._C has no _build_info.json beside it, so it cannot be checked"
@@ -114,8 +133,12 @@ def load() -> bool:
         reason = f"aigc_fast._C failed to load ({type(exc).__name__}: {exc})"
     LOADED, REASON = reason is None, reason or "loaded"
     if not LOADED and not _disabled():  # asked for by the user: nothing to warn about
-        fix = ("run from another folder (or use pytest rather than python -m pytest)"
-               if "this is the source folder" in REASON else REBUILD_HINT)
+        if "imported ahead of the installed package" in REASON:
+            fix = "run from another folder (or use pytest rather than python -m pytest)"
+        elif "aigc_fast is not installed" in REASON:
+            fix = "install it (README, Install): pip install --no-build-isolation ."
+        else:
+            fix = _rebuild_hint()
         warnings.warn(
             f"aigc_fast: {REASON}. Every op runs its pure-PyTorch reference instead "
             f"(correct, but not fused). To use the kernels, {fix}",
