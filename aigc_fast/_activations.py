@@ -22,8 +22,7 @@ ACTIVATIONS = {
 
 def check(act: str, negative_slope: float) -> float:
     """Refuses an unknown act or a bad slope; returns the slope as a float."""
-    if act not in ACTIVATIONS:
-        raise ValueError(f"act must be one of {', '.join(map(repr, ACTIVATIONS))}, got {act!r}")
+    _validate.choice(act, "act", tuple(ACTIVATIONS))
     negative_slope = _validate.number(negative_slope, "negative_slope")  # (passed to the kernels for any act)
     if act == "leaky_relu" and negative_slope < 0:
         raise ValueError(

@@ -20,15 +20,14 @@ from typing import Iterator, List, Optional, Tuple
 
 import torch
 
-from . import _extension
+from . import _extension, _validate
 
 IMPLS = ("fused", "reference")
 _default: Optional[str] = None
 
 
 def _check(impl: Optional[str]) -> None:
-    if impl is not None and impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
+    _validate.choice(impl, "impl", IMPLS + (None,))
 
 
 def set_impl(impl: Optional[str]) -> None:

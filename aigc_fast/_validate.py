@@ -24,6 +24,12 @@ def float_tensor(t, name: str) -> None:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
+def choice(value, name: str, allowed) -> None:
+    """Refuses a value outside `allowed` (a string argument's options), naming them all."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
 def is_count(value, least: int) -> bool:
     """Whether value is an integer >= least: a count or size (a bool, an int to Python, is
     not one; neither is a float, even a whole one)."""

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ._validate import choice
+
 BUILTIN = ("mnist", "digits")
 KINDS = ("gan", "vae")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -159,8 +161,7 @@ def _as_nchw(images: torch.Tensor, name: str) -> torch.Tensor:
 def to_model_range(images: torch.Tensor, kind: str) -> torch.Tensor:
     """float32 images in [-1, 1] (kind "gan") or [0, 1] ("vae"), from uint8 (or other integer)
     pixels 0-255, or float images already in [0, 1]."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    choice(kind, "kind", KINDS)
     if not images.is_floating_point() and images.dtype not in (torch.uint8, torch.bool) and images.numel():
         # Integer pixels (NumPy's default int64 of an array built from 0-255 values): uint8's scale.
         lo, hi = images.min().item(), images.max().item()
@@ -221,8 +222,7 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
     """An ImageData set from a built-in name ("mnist", "digits"), an image folder, a .npy/.npz
     file, a uint8/float tensor or NumPy array of images, or an (images, labels) pair of
     them, in the model's range and size."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    choice(kind, "kind", KINDS)
     labels = None
     if isinstance(source, str) and source in BUILTIN:
         images, labels = load_mnist() if source == "mnist" else load_digits()

@@ -6,14 +6,14 @@ from typing import Optional
 
 from torch import nn
 
+from .._validate import choice
 from ..nn import FusedSequential
 
 BACKENDS = ("fused", "reference")
 
 
 def check(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    choice(backend, "backend", BACKENDS)
 
 
 def sequential(backend: str, *modules: nn.Module) -> nn.Sequential:

@@ -4,7 +4,8 @@ from typing import Optional
 
 import torch
 
-from ..ops.losses import (GAN_KINDS, RECON_LOSSES, REDUCTIONS, _choice, check_real_label, gan_d_loss, gan_g_loss,
+from .. import _validate
+from ..ops.losses import (GAN_KINDS, RECON_LOSSES, REDUCTIONS, check_real_label, gan_d_loss, gan_g_loss,
                           vae_loss)
 
 
@@ -18,7 +19,7 @@ class GANLoss(torch.nn.Module):
 
     def __init__(self, kind: str = "bce", real_label: float = 1.0, impl: Optional[str] = None):
         super().__init__()
-        _choice(kind, "kind", GAN_KINDS)
+        _validate.choice(kind, "kind", GAN_KINDS)
         self.kind = kind
         self.real_label = check_real_label(kind, real_label)
         self.impl = impl
@@ -46,8 +47,8 @@ class VAELoss(torch.nn.Module):
 
     def __init__(self, recon_loss: str = "bce", beta: float = 1.0, reduction: str = "mean", impl: Optional[str] = None):
         super().__init__()
-        _choice(recon_loss, "recon_loss", RECON_LOSSES)
-        _choice(reduction, "reduction", REDUCTIONS)
+        _validate.choice(recon_loss, "recon_loss", RECON_LOSSES)
+        _validate.choice(reduction, "reduction", REDUCTIONS)
         self.recon_loss = recon_loss
         self.beta = float(beta)
         self.reduction = reduction

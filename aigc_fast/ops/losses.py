@@ -10,15 +10,7 @@ import torch
 
 from .. import _extension, _impl, _layout, _validate
 from .. import reference
-
-GAN_KINDS = ("bce", "hinge", "lsgan", "wgan")
-RECON_LOSSES = ("bce", "mse")
-REDUCTIONS = ("mean", "sum", "none")
-
-
-def _choice(value, name: str, allowed: Tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+from ..reference.losses import GAN_KINDS, RECON_LOSSES, REDUCTIONS  # noqa: F401  (re-exported)
 
 
 def _logits(t, name: str) -> None:
@@ -65,7 +57,7 @@ def gan_d_loss(
     _logits(real_logits, "real_logits")
     _logits(fake_logits, "fake_logits")
     _validate.same_device(fake_logits, "fake_logits", real_logits, "real_logits")
-    _choice(kind, "kind", GAN_KINDS)
+    _validate.choice(kind, "kind", GAN_KINDS)
     real_label = check_real_label(kind, real_label)
     if not _impl.use_fused(impl, "gan_d_loss", real_logits.device):
         return reference.gan_d_loss(real_logits, fake_logits, kind, real_label=real_label)
@@ -78,7 +70,7 @@ def gan_g_loss(fake_logits: torch.Tensor, kind: str = "bce", *, impl: Optional[s
     non-saturating -E log D(G(z)) for "bce", -E fake for "hinge" and "wgan",
     1/2 E (fake - 1)^2 for "lsgan". A 0-d tensor in the math dtype."""
     _logits(fake_logits, "fake_logits")
-    _choice(kind, "kind", GAN_KINDS)
+    _validate.choice(kind, "kind", GAN_KINDS)
     if not _impl.use_fused(impl, "gan_g_loss", fake_logits.device):
         return reference.gan_g_loss(fake_logits, kind)
     return torch.ops.aigc_fast.gan_g_loss(fake_logits, kind, _needs_grad(fake_logits))[0]
@@ -119,8 +111,8 @@ def vae_loss(
         raise ValueError(f"mu and recon must have the same batch size, got {mu.shape[0]} and {recon.shape[0]}")
     if recon.shape[0] == 0:
         raise ValueError("recon is an empty batch: the loss of no samples is undefined")
-    _choice(recon_loss, "recon_loss", RECON_LOSSES)
-    _choice(reduction, "reduction", REDUCTIONS)
+    _validate.choice(recon_loss, "recon_loss", RECON_LOSSES)
+    _validate.choice(reduction, "reduction", REDUCTIONS)
     beta = _beta_tensor(beta)
     if not _impl.use_fused(impl, "vae_loss", recon.device):
         return reference.vae_loss(recon, target, mu, logvar, recon_loss=recon_loss, beta=beta, reduction=reduction)

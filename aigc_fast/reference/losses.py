@@ -9,6 +9,10 @@ import torch.nn.functional as F
 from .. import _validate
 from .reparameterize import kl_per_sample
 
+GAN_KINDS = ("bce", "hinge", "lsgan", "wgan")
+RECON_LOSSES = ("bce", "mse")
+REDUCTIONS = ("mean", "sum", "none")
+
 
 def _in_math_dtype(*tensors: torch.Tensor):
     dtype = _validate.math_dtype(*tensors)
@@ -28,7 +32,7 @@ def gan_d_loss(real_logits, fake_logits, kind: str = "bce", *, real_label: float
         return 0.5 * (real - real_label).square().mean() + 0.5 * fake.square().mean()
     if kind == "wgan":
         return fake.mean() - real.mean()
-    raise ValueError(f"kind must be one of 'bce', 'hinge', 'lsgan', 'wgan', got {kind!r}")
+    _validate.choice(kind, "kind", GAN_KINDS)
 
 
 def gan_g_loss(fake_logits, kind: str = "bce") -> torch.Tensor:
@@ -40,7 +44,7 @@ def gan_g_loss(fake_logits, kind: str = "bce") -> torch.Tensor:
         return -fake.mean()
     if kind == "lsgan":
         return 0.5 * (fake - 1.0).square().mean()
-    raise ValueError(f"kind must be one of 'bce', 'hinge', 'lsgan', 'wgan', got {kind!r}")
+    _validate.choice(kind, "kind", GAN_KINDS)
 
 
 def vae_loss(recon, target, mu, logvar, *, recon_loss: str = "bce", beta: float = 1.0, reduction: str = "mean"):
@@ -53,7 +57,7 @@ def vae_loss(recon, target, mu, logvar, *, recon_loss: str = "bce", beta: float 
     elif recon_loss == "mse":
         per_pixel = F.mse_loss(recon, target, reduction="none")
     else:
-        raise ValueError(f"recon_loss must be 'bce' or 'mse', got {recon_loss!r}")
+        _validate.choice(recon_loss, "recon_loss", RECON_LOSSES)
     rec = per_pixel.reshape(per_pixel.shape[0], -1).sum(dim=1)
     kl = kl_per_sample(mu, logvar)
     total = rec + beta * kl
@@ -63,4 +67,4 @@ def vae_loss(recon, target, mu, logvar, *, recon_loss: str = "bce", beta: float 
         return total.sum(), rec.detach().sum(), kl.detach().sum()
     if reduction == "none":
         return total, rec.detach(), kl.detach()
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    _validate.choice(reduction, "reduction", REDUCTIONS)

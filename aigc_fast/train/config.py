@@ -9,7 +9,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._validate import is_count, number
+from .._validate import choice, is_count, number
 from ..models._backend import BACKENDS
 from ..models.dcgan import SIZES
 from ..ops.losses import RECON_LOSSES
@@ -58,8 +58,7 @@ class _Config:
                              f"models, got {self.image_size}")
         if self.max_steps is not None and not is_count(self.max_steps, 0):
             raise ValueError(f"max_steps must be None (no cap) or an integer >= 0, got {self.max_steps!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        choice(self.precision, "precision", PRECISIONS)
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout is a share of the data in [0, 1), got {self.holdout}")
         if self.channels not in (1, 3):

@@ -9,7 +9,8 @@ import torch
 
 from ..models import ConvVAE, MLPVAE
 from ..models._modes import eval_mode
-from ..ops.losses import RECON_LOSSES, _choice
+from .._validate import choice
+from ..ops.losses import RECON_LOSSES
 from .config import VAE_MODELS, VAEConfig
 from .trainer import _save_grid_if_possible, _Trainer
 
@@ -34,10 +35,10 @@ class VAETrainer(_Trainer):
         elif c.model == "conv":
             model = ConvVAE(c.latent_dim, c.channels, c.image_size, c.base, backend=c.backend)
         else:
-            raise ValueError(f"model must be one of {', '.join(map(repr, VAE_MODELS))}, got {c.model!r}")
+            choice(c.model, "model", VAE_MODELS)
         # Checked before anything is written: a run directory whose config.json named another
         # recon_loss would neither resume nor decode its samples right.
-        _choice(c.recon_loss, "recon_loss", RECON_LOSSES)
+        choice(c.recon_loss, "recon_loss", RECON_LOSSES)
         self.model = self.place(model)
         self.opt = self.adam(self.model)
         self.run_model = self.prepare(self.model)
