@@ -40,6 +40,13 @@ PROVIDERS = {  # name: (backend, torch.compile, CUDA graph)
 }
 
 
+def default_providers(device: str, precisions: List[str]) -> List[str]:
+    """fused, eager and compile; and the graph providers where the trainers replay graphs:
+    on a GPU, without fp16."""
+    graphs = str(device).startswith("cuda") and "fp16" not in precisions  # (a bad name is refused later, by name)
+    return ["fused", "eager", "compile"] + (["fused+graph", "eager+graph"] if graphs else [])
+
+
 def check_cases(providers: List[str], precisions: List[str], device: str) -> None:
     """Refuses, with a ValueError saying why, cases that would fail minutes into a run or time
     something other than their name: graph providers off a GPU or with fp16, fused providers
@@ -207,6 +214,21 @@ def breakdown(step: Callable[[], object]) -> Dict[str, float]:
             shares["other"] += event.self_cpu_time_total
     total = sum(shares.values()) or 1.0
     return {k: v / total for k, v in shares.items()}
+
+
+def breakdown_table(workloads: List[str], settings: List[Tuple[str, bool]], *, device: str = "cpu") -> str:
+    """A Markdown table of where each fused step's CPU op time goes (breakdown), per setting."""
+    table = ("Where a fused step's CPU op time goes (profiler self time):\n\n"
+             "| workload | setting | convolution | aigc_fast | optimizer | other |\n|---|---|---:|---:|---:|---:|\n")
+    for workload in workloads:
+        for precision, channels_last in settings:
+            step, _ = make_step(workload, "fused", precision=precision, channels_last=channels_last, device=device)
+            time_step(step, warmup=2, repeats=0)
+            shares = breakdown(step)
+            layout = "channels_last" if channels_last else "nchw"
+            table += f"| {workload} | {precision} {layout} | " + " | ".join(
+                f"{100 * shares[k]:.0f}%" for k in ("convolution", "aigc_fast", "optimizer", "other")) + " |\n"
+    return table
 
 
 def run(workloads: List[str], providers: List[str], settings: List[Tuple[str, bool]], *, device: str = "cpu",

@@ -307,9 +307,8 @@ def _bench(args) -> int:
     from . import benchmark
 
     out = Path(args.out)
-    if args.providers is None:  # the graph providers where the trainers replay graphs: a GPU, not fp16
-        graphs = args.device.startswith("cuda") and "fp16" not in args.precision
-        args.providers = ["fused", "eager", "compile"] + (["fused+graph", "eager+graph"] if graphs else [])
+    if args.providers is None:
+        args.providers = benchmark.default_providers(args.device, args.precision)
     _check_bench_arguments(args, out)
     returncode = _bench_ops(out, args.ops_filter) if args.ops else 0  # the steps run either way
     settings = [(p, layout == "channels_last") for p in args.precision for layout in args.layouts]
@@ -317,17 +316,7 @@ def _bench(args) -> int:
     benchmark.write_csv(rows, out / "steps.csv")
     table = benchmark.markdown(rows)
     if args.breakdown:
-        table += "\nWhere a fused step's CPU op time goes (profiler self time):\n\n| workload | setting |" \
-                 " convolution | aigc_fast | optimizer | other |\n|---|---|---:|---:|---:|---:|\n"
-        for workload in args.workloads:
-            for precision, channels_last in settings:
-                step, _ = benchmark.make_step(workload, "fused", precision=precision, channels_last=channels_last,
-                                              device=args.device)
-                benchmark.time_step(step, warmup=2, repeats=0)
-                shares = benchmark.breakdown(step)
-                layout = "channels_last" if channels_last else "nchw"
-                table += f"| {workload} | {precision} {layout} | " + " | ".join(
-                    f"{100 * shares[k]:.0f}%" for k in ("convolution", "aigc_fast", "optimizer", "other")) + " |\n"
+        table += "\n" + benchmark.breakdown_table(args.workloads, settings, device=args.device)
     (out / "steps.md").write_text(table)
     # The chart and the table's ratios are over eager: without it there is nothing to draw.
     chart = benchmark.bar_chart(rows, out / "steps.png") if "eager" in args.providers else None
