@@ -26,7 +26,10 @@ inline Ref ref(const at::Tensor& t) {
                   : s == at::kHalf ? DType::kHalf
                   : s == at::kBFloat16 ? DType::kBFloat16
                                        : DType::kFloat;
-  return Ref{t.numel() > 0 ? const_cast<void*>(t.const_data_ptr()) : nullptr, d};
+  // mutable_data_ptr: outputs and running statistics are written through a Ref, and a
+  // copy-on-write storage (a lazy clone) must get its own copy before that, not be written
+  // under its sharers. (An input's is materialized too: rare, and never wrong.)
+  return Ref{t.numel() > 0 ? t.mutable_data_ptr() : nullptr, d};
 }
 
 // A Ref with no data for an undefined tensor (an absent optional input or output).

@@ -726,3 +726,19 @@ def test_float_settings_given_as_one_element_tensors_work_on_both_paths():
         results.append((y, z, p.running_mean, p.running_var))
     for fused, ref in zip(*results):
         torch.testing.assert_close(fused, ref)
+
+
+@pytest.mark.skipif(not hasattr(torch, "_lazy_clone"), reason="needs torch's copy-on-write lazy clones")
+def test_running_statistics_that_share_copy_on_write_storage_are_copied_before_the_update():
+    """A lazy clone shares its storage until written: the in-place update of the running
+    statistics must give the clone its own copy (as ATen's in-place ops do), not write
+    into the tensor it was cloned from."""
+    x, _ = data((4, 3, 5, 5))
+    source_mean, source_var = torch.zeros(3), torch.ones(3)
+    running_mean, running_var = torch._lazy_clone(source_mean), torch._lazy_clone(source_var)
+    p = Params(3)
+    p.running_mean, p.running_var = torch.zeros(3), torch.ones(3)
+    aigc_fast.bn_act(x, None, None, running_mean, running_var, training=True)
+    aigc_fast.bn_act(x, None, None, p.running_mean, p.running_var, training=True)
+    assert torch.equal(source_mean, torch.zeros(3)) and torch.equal(source_var, torch.ones(3))
+    assert torch.equal(running_mean, p.running_mean) and torch.equal(running_var, p.running_var)

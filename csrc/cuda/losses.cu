@@ -30,7 +30,8 @@ TermArgs term_args(const LogitTerm& term, int64_t first_tile) {
 template <TermKind K, typename T>
 __global__ void gan_tiles_kernel(TermArgs a, TermArgs b, int64_t tiles, double* __restrict__ partials) {
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const TermArgs& term = tile < b.first_tile ? a : b;
+    // By value: a reference chosen between two kernel parameters put both on the stack.
+    const TermArgs term = tile < b.first_tile ? a : b;
     const int64_t local = tile - term.first_tile;
     const int64_t begin = term.tiles.begin(local), end = term.tiles.end(local);
     const T param = static_cast<T>(term.param), scale = T(1) / static_cast<T>(term.numel);
@@ -123,8 +124,9 @@ __global__ void vae_finalize_kernel(const double* __restrict__ partials, RowTile
   }
 }
 
-// Enough blocks to fill the GPU several times over; the grid-stride loops cover the rest.
-int grid_for(int64_t units) {
+// One block per unit (a tile, a row), up to enough to fill the GPU several times over; the
+// grid-stride loops cover the rest. (launch.cuh's grid_for counts elements instead.)
+int blocks_for_units(int64_t units) {
   const int64_t max_blocks = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
   return static_cast<int>(units < max_blocks ? units : max_blocks);
 }
@@ -142,7 +144,7 @@ void gan_launch(GanLoss& op, cudaStream_t stream) {
   const int64_t tiles = op.partials.numel();
   double* partials = op.partials.mutable_data_ptr<double>();
   with_term_kind(op.terms[0].kind, [&](auto kind) {
-    gan_tiles_kernel<decltype(kind)::value, T><<<grid_for(tiles), kMaxThreads, 0, stream>>>(a, b, tiles, partials);
+    gan_tiles_kernel<decltype(kind)::value, T><<<blocks_for_units(tiles), kMaxThreads, 0, stream>>>(a, b, tiles, partials);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   gan_finalize_kernel<T><<<1, kMaxThreads, 0, stream>>>(partials, a, b, tiles, op.loss.mutable_data_ptr<T>());
@@ -158,7 +160,7 @@ void vae_launch(VaeLoss& op, cudaStream_t stream) {
   double* partials = op.partials.mutable_data_ptr<double>();
   with_recon_kind(op.recon_kind, op.grad_target.numel() > 0, [&](auto kind, auto target_grad) {
     vae_units_kernel<decltype(kind)::value, decltype(target_grad)::value, T>
-        <<<grid_for(units), kMaxThreads, 0, stream>>>(args, units, partials);
+        <<<blocks_for_units(units), kMaxThreads, 0, stream>>>(args, units, partials);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   vae_finalize_kernel<T><<<1, kMaxThreads, 0, stream>>>(
