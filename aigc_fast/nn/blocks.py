@@ -356,10 +356,13 @@ def fold(module: nn.Module) -> nn.Module:
     try:
         module = convert(copy.deepcopy(module))  # a plain model's groups, found the way convert finds them
     except RuntimeError as error:
-        if "deepcopy" not in str(error):
-            raise
         # torch.nn.utils.spectral_norm (the hook-based one) leaves a computed weight that
         # deepcopy refuses once the model has run forward.
+        from torch.nn.utils.spectral_norm import SpectralNorm
+
+        if not any(isinstance(hook, SpectralNorm)
+                   for m in module.modules() for hook in m._forward_pre_hooks.values()):
+            raise
         raise ValueError("fold() copies the model, and torch could not copy it: a model using the hook-based "
                          "torch.nn.utils.spectral_norm cannot be copied after a forward pass; use "
                          "torch.nn.utils.parametrizations.spectral_norm (which fold() supports), or "
