@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import traceback
+import typing
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -26,23 +27,28 @@ def _config_options(parser: argparse.ArgumentParser, config_class) -> None:
     absent unless given, so a resumed run keeps its recorded values for the rest."""
     from .train.config import FIELD_CHOICES
 
+    hints = typing.get_type_hints(config_class)  # the fields' types, resolved from their annotations
     for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
-        kind = str(field.type)
+        kind = hints[field.name]
+        optional = type(None) in typing.get_args(kind)  # Optional[X]: X, or "none"
+        if optional:
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         help_text = f"(default {field.default!r})"
         if field.name in FIELD_CHOICES:
             help_text = f"{', '.join(FIELD_CHOICES[field.name])} {help_text}"
-        elif kind.startswith("Optional"):
+        elif optional:
             help_text = f"a value, or none {help_text}"
         if field.name == "data":  # the command trains on something: the built-in MNIST
             help_text = "mnist, digits, an image folder or an .npy/.npz file (default 'mnist')"
-        if kind == "bool":
+        if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif kind.startswith("Tuple"):
-            parser.add_argument(flag, type=float, nargs=2, default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(flag, type=float, nargs=len(typing.get_args(kind)), default=argparse.SUPPRESS,
+                                help=help_text)
         else:
-            convert = {"int": int, "float": float, "Optional[int]": int}.get(kind, str)
-            if kind.startswith("Optional"):  # "none" clears it (e.g. a recorded --max-steps on --resume)
+            convert = kind if kind in (int, float) else str
+            if optional:  # "none" clears it (e.g. a recorded --max-steps on --resume)
                 convert = _or_none(convert)
             parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text)
 

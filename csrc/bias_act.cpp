@@ -54,8 +54,7 @@ at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bia
                 x.size(dim), "] (x.shape[", dim, "]), got ", bias->sizes());
     op.bias = bias->contiguous();
     op.channels = x.size(dim);
-    // A dimension of size 1 may carry any stride; its one channel covers everything.
-    op.inner = op.channels > 1 ? op.x.stride(dim) : std::max<int64_t>(op.x.numel(), 1);
+    op.inner = channel_run(op.x, dim);
   }
   op.y = at::empty_like(op.x);
   if (x.numel() > 0) run_on_device(x, op, bias_act_cpu, AIGC_CUDA_KERNEL(bias_act_cuda));
@@ -78,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
   if (bias_dtype.has_value()) {
     TORCH_CHECK(dim >= 0 && dim < y.dim(), "dim must index a dimension of y (", y.dim(), "-d), got ", dim);
     op.channels = y.size(dim);
-    if (op.channels > 1) op.inner = op.y.stride(dim);
+    op.inner = channel_run(op.y, dim);
     op.sum_bias = true;
   }
   if (y.numel() > 0) run_on_device(y, op, bias_act_grad_cpu, AIGC_CUDA_KERNEL(bias_act_grad_cuda));

@@ -30,9 +30,8 @@ void check_channel_vector(const std::optional<at::Tensor>& t, const char* name, 
               "] (one value per channel of x, x.shape[1]), got ", t->sizes());
 }
 
-// [outer, channels, inner] view of a dense tensor: inner = x.stride(1) (H * W for NCHW, 1
-// for channels_last); a single channel is one long run.
-int64_t inner_of(const at::Tensor& x) { return x.size(1) > 1 ? x.stride(1) : std::max<int64_t>(x.numel(), 1); }
+// [outer, channels, inner] view of a dense [N, C, ...] tensor (layout.h).
+int64_t inner_of(const at::Tensor& x) { return channel_run(x, 1); }
 
 // A [channels] vector the per-channel step can index densely (undefined when absent).
 at::Tensor dense_channels(const std::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }

@@ -9,6 +9,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <optional>
 
 namespace aigc_fast {
@@ -20,6 +21,14 @@ inline std::optional<at::MemoryFormat> dense_format(const at::Tensor& t) {
     if (t.is_contiguous(format)) return format;
   }
   return std::nullopt;
+}
+
+// The elements of one channel that lie together in a dense tensor's memory order, for an
+// [outer, channels, inner] view along `dim`: t.stride(dim) (H * W for NCHW's channels, 1 for
+// channels_last's); the whole tensor for a single channel, whose size-1 dimension may carry
+// any stride.
+inline int64_t channel_run(const at::Tensor& t, int64_t dim) {
+  return t.size(dim) > 1 ? t.stride(dim) : std::max<int64_t>(t.numel(), 1);
 }
 
 inline at::Tensor in_memory_order(const at::Tensor& t) {
