@@ -47,41 +47,49 @@ class _Config:
     deterministic: bool = False  # torch.use_deterministic_algorithms; no cuDNN autotuning
 
     def __post_init__(self):
-        sizes = [(name, 1) for name in ("nz", "ngf", "ndf", "latent_dim", "base") if hasattr(self, name)]
-        for name, least in (("epochs", 0), ("batch_size", 1), ("log_every", 1), ("sample_every", 1),
-                            ("num_samples", 1), ("image_size", 1), *sizes):
-            value = getattr(self, name)
-            if not is_count(value, least):
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        if getattr(self, "model", "conv") == "conv" and self.image_size not in SIZES:  # (an MLP VAE takes any)
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuses a bad field by name, and keeps numbers as plain floats (a NumPy scalar would
+        not reach config.json). Run when the config is built, and again by the trainers:
+        fields may be set after."""
+        self._counts(("epochs", 0), ("batch_size", 1), ("log_every", 1), ("sample_every", 1),
+                     ("num_samples", 1), ("image_size", 1))
+        if self._convolutional() and self.image_size not in SIZES:
             raise ValueError(f"image_size must be one of {', '.join(map(str, sorted(SIZES)))} for the convolutional "
                              f"models, got {self.image_size}")
         if self.max_steps is not None and not is_count(self.max_steps, 0):
             raise ValueError(f"max_steps must be None (no cap) or an integer >= 0, got {self.max_steps!r}")
-        choice(self.precision, "precision", PRECISIONS)
+        for name, allowed in FIELD_CHOICES.items():
+            if name != "loss" and hasattr(self, name):  # (GANConfig explains its loss choices itself)
+                choice(getattr(self, name), name, allowed)
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout is a share of the data in [0, 1), got {self.holdout}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
-        # The optimizer's settings and the VAE's KL weight, kept as plain floats (a NumPy scalar
-        # would not reach config.json). Adam's own bounds, checked before a run starts.
-        if hasattr(self, "lr"):
-            self.lr = number(self.lr, "lr")
-            if self.lr < 0:
-                raise ValueError(f"lr must be >= 0, got {self.lr}")
-        if hasattr(self, "betas"):
-            given = self.betas  # a tuple, a JSON list, a NumPy array: any sequence of two numbers
-            betas = tuple(given) if hasattr(given, "__len__") and not isinstance(given, str) else None
-            if betas is None or len(betas) != 2:
-                raise ValueError(f"betas must be two numbers in [0, 1), got {given!r}")
-            betas = tuple(number(b, "betas") for b in betas)
-            if not all(0 <= b < 1 for b in betas):
-                raise ValueError(f"betas must be two numbers in [0, 1), got {given!r}")
-            self.betas = betas
-        if hasattr(self, "beta"):
-            self.beta = number(self.beta, "beta")
-            if self.beta < 0:
-                raise ValueError(f"beta weighs the KL term and must be >= 0, got {self.beta}")
+
+    def _convolutional(self) -> bool:
+        return True
+
+    def _counts(self, *fields: Tuple[str, int]) -> None:
+        for name, least in fields:
+            value = getattr(self, name)
+            if not is_count(value, least):
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+    def _validate_adam(self) -> None:
+        """Adam's own bounds on lr and betas, checked before a run starts."""
+        self.lr = number(self.lr, "lr")
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+        given = self.betas  # a tuple, a JSON list, a NumPy array: any sequence of two numbers
+        betas = tuple(given) if hasattr(given, "__len__") and not isinstance(given, str) else None
+        if betas is None or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {given!r}")
+        betas = tuple(number(b, "betas") for b in betas)
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {given!r}")
+        self.betas = betas
 
     def to_json(self, path: Union[str, Path, None] = None) -> str:
         text = json.dumps({"kind": self.kind, **dataclasses.asdict(self)}, indent=2)
@@ -140,6 +148,18 @@ class GANConfig(_Config):
     lr: float = 2e-4
     betas: Tuple[float, float] = (0.5, 0.999)
 
+    def validate(self) -> None:
+        super().validate()
+        self._counts(("nz", 1), ("ngf", 1), ("ndf", 1))
+        if self.loss not in GAN_LOSSES:
+            # wgan's critic must be kept 1-Lipschitz (clipping or a gradient penalty); without
+            # that the losses diverge, so refuse rather than train something meaningless.
+            why = " (wgan needs a Lipschitz constraint on D that the trainer does not add yet)" \
+                if self.loss == "wgan" else ""
+            raise ValueError(f"GANTrainer trains loss one of {', '.join(map(repr, GAN_LOSSES))}, "
+                             f"got {self.loss!r}{why}")
+        self._validate_adam()
+
 
 @dataclasses.dataclass
 class VAEConfig(_Config):
@@ -154,3 +174,14 @@ class VAEConfig(_Config):
     beta: float = 1.0
     lr: float = 1e-3
     betas: Tuple[float, float] = (0.9, 0.999)
+
+    def validate(self) -> None:
+        super().validate()
+        self._counts(("latent_dim", 1), ("base", 1))
+        self.beta = number(self.beta, "beta")
+        if self.beta < 0:
+            raise ValueError(f"beta weighs the KL term and must be >= 0, got {self.beta}")
+        self._validate_adam()
+
+    def _convolutional(self) -> bool:
+        return self.model == "conv"  # (an MLP VAE takes any image size)

@@ -36,7 +36,7 @@ class _Trainer:
     value_range: Tuple[float, float] = (0.0, 1.0)  # of the images the model trains on and generates
 
     def __init__(self, config):
-        config.__post_init__()  # again: fields set after the config was built are checked too
+        config.validate()  # again: fields set after the config was built are checked too
         self.config = config
         _check_device(config.device)
         self.group = Group(config.device)

@@ -9,9 +9,7 @@ import torch
 
 from ..models import ConvVAE, MLPVAE
 from ..models._modes import eval_mode
-from .._validate import choice
-from ..ops.losses import RECON_LOSSES
-from .config import VAE_MODELS, VAEConfig
+from .config import VAEConfig
 from .trainer import _save_grid_if_possible, _Trainer
 
 
@@ -30,15 +28,11 @@ class VAETrainer(_Trainer):
 
     def build(self) -> None:
         c = self.config
+        # (model and recon_loss were checked by the config, before anything is written.)
         if c.model == "mlp":
             model = MLPVAE(c.channels * c.image_size ** 2, 400, c.latent_dim, backend=c.backend)
-        elif c.model == "conv":
-            model = ConvVAE(c.latent_dim, c.channels, c.image_size, c.base, backend=c.backend)
         else:
-            choice(c.model, "model", VAE_MODELS)
-        # Checked before anything is written: a run directory whose config.json named another
-        # recon_loss would neither resume nor decode its samples right.
-        choice(c.recon_loss, "recon_loss", RECON_LOSSES)
+            model = ConvVAE(c.latent_dim, c.channels, c.image_size, c.base, backend=c.backend)
         self.model = self.place(model)
         self.opt = self.adam(self.model)
         self.run_model = self.prepare(self.model)
