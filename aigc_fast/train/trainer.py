@@ -299,58 +299,25 @@ class _Trainer:
         """Trains for config.epochs epochs (a resumed, partly trained epoch counts as one) or
         until config.max_steps steps in total; returns the last step's metrics (the mean
         over processes). data: see dataset(); None trains on config.data."""
-        # A fresh run in another run's directory would overwrite its checkpoint and mix its logs
-        # into theirs (a run stopped before its first checkpoint has left its metrics already).
-        # Every process looks before any writes (gather is a barrier), and all decide alike.
         fresh = not resume and self.step == 0
-        mine = [f.name for f in (self.checkpoint_path, self.run_dir / "metrics.jsonl") if fresh and f.exists()]
-        earlier = sorted(set(name for names in self.group.gather(mine) for name in names))
-        if earlier == ["metrics.jsonl"]:
-            raise ValueError(f"{self.run_dir} holds the metrics of a run that stopped before its first checkpoint "
-                             "(or is still in its first steps), so there is nothing to resume: delete the directory "
-                             "or choose another out_dir")
-        if earlier:
-            raise ValueError(f"{self.run_dir} already holds a run ({', '.join(earlier)}): resume it "
-                             "(fit(resume=True), aigc-fast train --resume DIR) or choose another out_dir")
-        if data is None:
-            if self.config.data is None:
-                raise ValueError("no data: pass fit(data) or set config.data ('mnist', 'digits', a folder, a file)")
-            data = self.config.data
-        if isinstance(data, (str, Path)):
-            # Recorded (a path as an absolute one), so evaluate and resume find it from anywhere.
-            data = self.config.data = _recorded_data(data)
-        train, held = self.split(self.dataset(data))
-        shown = held if len(held) else train  # what VAE reconstruction grids show: unseen images when there are some
-        picks = torch.linspace(0, len(shown) - 1, min(max(1, self.config.num_samples // 2), len(shown))).long().tolist()
-        with torch.random.fork_rng(devices=[]):  # reading may flip at random: keep the training RNG stream as is
-            self.preview = torch.stack([shown[i][0] for i in picks])  # spread out: data is often sorted by class
-        self._check_value_range(self.preview)
-        global_batch = self.config.batch_size * self.group.world
-        if len(train) < global_batch:
-            raise ValueError(f"{len(train)} training images are fewer than one batch of {global_batch}")
+        self._refuse_another_runs_directory(fresh)
+        train = self._training_data(data)
         if resume:
-            # On the CPU: RNG states must stay there; load_state_dict moves the rest to the models.
-            state = load_checkpoint(self.checkpoint_path if resume is True else resume, map_location="cpu")
-            self._check_resumable(state)
-            self.load_state_dict(state)
-            self._apply_optimizer_settings()
-            if self.group.main:
-                _drop_rows_after(self.step, self.run_dir / "metrics.jsonl", self.run_dir / "epochs.jsonl")
+            self._resume_from(self.checkpoint_path if resume is True else resume)
         elif self.step == 0 and self.device.type == "cuda":
             torch.cuda.manual_seed(self._process_seed)  # this process's GPU noise, from the run's seed
         self.configure_backends()
         if self.group.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.to_json(self.run_dir / "config.json")
-        per_epoch = len(train) // global_batch
+        global_batch = self.config.batch_size * self.group.world
         end_epoch = self.epoch + self.config.epochs
         metrics: Dict[str, float] = {}
         main = self.group.main
-        total = (end_epoch - self.epoch) * per_epoch - self.batch_in_epoch
+        total = (end_epoch - self.epoch) * (len(train) // global_batch) - self.batch_in_epoch
         if self.config.max_steps is not None:  # the run stops at whichever comes first
             total = max(0, min(total, self.config.max_steps - self.step))
         bar = _progress(self.config.progress and main, total=total)
-        memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         log_path = self.run_dir / "metrics.jsonl"
         log_file = open(log_path, "a") if main else contextlib.nullcontext()
         with (_removed_if_left_empty(log_path, enabled=main and fresh),
@@ -362,15 +329,7 @@ class _Trainer:
                     if stop.requested or (self.config.max_steps is not None and self.step >= self.config.max_steps):
                         return self._finish(bar, metrics, (epoch_sums, epoch_steps, epoch_started),
                                             interrupted=stop.requested)
-                    started = time.perf_counter()
-                    images = torch.stack([train[i][0] for i in indices])
-                    images = images.to(self.device, memory_format=memory_format)
-                    metrics = self.group.mean(self.train_step(images))
-                    self.scaler.update()
-                    self._check_finite(metrics)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    metrics["images_per_s"] = global_batch / (time.perf_counter() - started)
+                    metrics = self._train_batch(train, indices)
                     epoch_steps += 1
                     for name, value in metrics.items():
                         epoch_sums[name] = epoch_sums.get(name, 0.0) + value
@@ -387,6 +346,65 @@ class _Trainer:
                 self.batch_in_epoch = 0
                 self.save()
         return self._finish(bar, metrics, interrupted=stop.requested)
+
+    def _refuse_another_runs_directory(self, fresh: bool) -> None:
+        """A fresh run in another run's directory would overwrite its checkpoint and mix its
+        logs into theirs (a run stopped before its first checkpoint has left its metrics
+        already). Every process looks before any writes (gather is a barrier), and all
+        decide alike."""
+        mine = [f.name for f in (self.checkpoint_path, self.run_dir / "metrics.jsonl") if fresh and f.exists()]
+        earlier = sorted(set(name for names in self.group.gather(mine) for name in names))
+        if earlier == ["metrics.jsonl"]:
+            raise ValueError(f"{self.run_dir} holds the metrics of a run that stopped before its first checkpoint "
+                             "(or is still in its first steps), so there is nothing to resume: delete the directory "
+                             "or choose another out_dir")
+        if earlier:
+            raise ValueError(f"{self.run_dir} already holds a run ({', '.join(earlier)}): resume it "
+                             "(fit(resume=True), aigc-fast train --resume DIR) or choose another out_dir")
+
+    def _training_data(self, data) -> Dataset:
+        """The training part of the data (config.data when None), checked against the model's
+        range and the batch size; sets the preview images the sample grids reconstruct."""
+        if data is None:
+            if self.config.data is None:
+                raise ValueError("no data: pass fit(data) or set config.data ('mnist', 'digits', a folder, a file)")
+            data = self.config.data
+        if isinstance(data, (str, Path)):
+            # Recorded (a path as an absolute one), so evaluate and resume find it from anywhere.
+            data = self.config.data = _recorded_data(data)
+        train, held = self.split(self.dataset(data))
+        shown = held if len(held) else train  # what VAE reconstruction grids show: unseen images when there are some
+        picks = torch.linspace(0, len(shown) - 1, min(max(1, self.config.num_samples // 2), len(shown))).long().tolist()
+        with torch.random.fork_rng(devices=[]):  # reading may flip at random: keep the training RNG stream as is
+            self.preview = torch.stack([shown[i][0] for i in picks])  # spread out: data is often sorted by class
+        self._check_value_range(self.preview)
+        global_batch = self.config.batch_size * self.group.world
+        if len(train) < global_batch:
+            raise ValueError(f"{len(train)} training images are fewer than one batch of {global_batch}")
+        return train
+
+    def _resume_from(self, checkpoint: Union[str, Path]) -> None:
+        # On the CPU: RNG states must stay there; load_state_dict moves the rest to the models.
+        state = load_checkpoint(checkpoint, map_location="cpu")
+        self._check_resumable(state)
+        self.load_state_dict(state)
+        self._apply_optimizer_settings()
+        if self.group.main:
+            _drop_rows_after(self.step, self.run_dir / "metrics.jsonl", self.run_dir / "epochs.jsonl")
+
+    def _train_batch(self, train: Dataset, indices) -> Dict[str, float]:
+        """One training step on these images (read, stacked and moved here, timed with the
+        step): the metrics averaged over processes and checked finite; the counters advance."""
+        started = time.perf_counter()
+        memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        images = torch.stack([train[i][0] for i in indices]).to(self.device, memory_format=memory_format)
+        metrics = self.group.mean(self.train_step(images))
+        self.scaler.update()
+        self._check_finite(metrics)
+        self.step += 1
+        self.batch_in_epoch += 1
+        metrics["images_per_s"] = self.config.batch_size * self.group.world / (time.perf_counter() - started)
+        return metrics
 
     def _log_epoch(self, sums: Dict[str, float], steps: int, started: float, *, complete: bool) -> None:
         """One row of epochs.jsonl: the epoch's mean losses over the steps this call of fit
