@@ -64,9 +64,50 @@ def check_cases(providers: List[str], precisions: List[str], device: str) -> Non
         raise ValueError(f"{', '.join(fused)} would time the reference ops under the fused name: {reason}")
 
 
+class TrainingStep:
+    """One training step of a trainer on a fixed batch (make_step): call it to run a step.
+    Memory is measured from no gradients: release_gradients frees what the step's own
+    zero_grad(set_to_none=True) would, since the CPU profiler reports no free of a block
+    allocated before it started. graph_peak_bytes: for a step replayed as a CUDA graph,
+    the peak of its capture (a replay allocates nothing of its own); else None."""
+
+    def __init__(self, trainer, images: torch.Tensor):
+        self.trainer, self.images = trainer, images
+        self.graph_peak_bytes: Optional[int] = None
+
+    def __call__(self) -> Dict[str, float]:
+        metrics = self.trainer.train_step(self.images)  # .item() on the losses: the step has finished
+        self.trainer.scaler.update()
+        if self.trainer.device.type == "cuda":  # fp16's scale update is queued after those .item()s
+            torch.cuda.synchronize(self.trainer.device)
+        return metrics
+
+    def release_gradients(self) -> None:
+        for part in self.trainer.modules().values():
+            if isinstance(part, torch.optim.Optimizer):
+                part.zero_grad(set_to_none=True)
+
+    def capture_graph(self) -> None:
+        """The eager warm-up steps and the capture of a graphed step, as setup (as
+        compilation is), and the capture's peak: the graph's pool, held from then on."""
+        from .train.cuda_graph import WARMUP_STEPS
+
+        device = self.trainer.device
+        for _ in range(WARMUP_STEPS):
+            self()
+        self.release_gradients()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        held = torch.cuda.memory_allocated(device)
+        self()  # the capture and the first replay
+        self.graph_peak_bytes = torch.cuda.max_memory_allocated(device) - held
+        if not self.trainer._graphed.captured:
+            raise RuntimeError("the trainer did not capture its step as a CUDA graph")
+
+
 def make_step(workload: str, provider: str, *, precision: str = "fp32", channels_last: bool = False,
-              device: str = "cpu") -> Tuple[Callable[[], Dict[str, float]], int]:
-    """(a function running one training step on a fixed batch, the batch size)."""
+              device: str = "cpu") -> Tuple[TrainingStep, int]:
+    """(one training step of the workload on a fixed batch, the batch size)."""
     from .train import TRAINERS
 
     kind, fields = WORKLOADS[workload]
@@ -88,39 +129,9 @@ def make_step(workload: str, provider: str, *, precision: str = "fp32", channels
     images = (images * (hi - lo) + lo).to(trainer.device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-
-    def step() -> Dict[str, float]:
-        metrics = trainer.train_step(images)  # .item() on the losses: the step has finished
-        trainer.scaler.update()
-        if trainer.device.type == "cuda":  # fp16's scale update is queued after those .item()s
-            torch.cuda.synchronize(trainer.device)
-        return metrics
-
-    def release_gradients() -> None:
-        # What the step's own zero_grad(set_to_none=True) frees, freed before its memory is
-        # measured (peak_bytes): the CPU profiler reports no free of a block allocated
-        # before it started, so freed inside the step they would go uncounted.
-        for part in trainer.modules().values():
-            if isinstance(part, torch.optim.Optimizer):
-                part.zero_grad(set_to_none=True)
-
-    step.release_gradients = release_gradients
-
-    if graphed:  # the eager warm-up steps and the capture belong to setup, as compilation does
-        from .train.cuda_graph import WARMUP_STEPS
-
-        for _ in range(WARMUP_STEPS):
-            step()
-        # A replay allocates nothing: the step's memory is the graph's pool, held from the
-        # capture on. Its peak is measured here, over the capture and the first replay,
-        # from no gradients, as peak_bytes measures the other providers.
-        release_gradients()
-        torch.cuda.synchronize(trainer.device)
-        torch.cuda.reset_peak_memory_stats(trainer.device)
-        held = torch.cuda.memory_allocated(trainer.device)
-        step()
-        step.graph_peak_bytes = torch.cuda.max_memory_allocated(trainer.device) - held
-        assert trainer._graphed.captured
+    step = TrainingStep(trainer, images)
+    if graphed:
+        step.capture_graph()
     return step, config.batch_size
 
 
@@ -178,9 +189,9 @@ def peak_bytes(step: Callable[[], object], device: str) -> Optional[int]:
     gradients freed first, on both devices alike, so the peak is what the step adds to the
     weights and optimizer state, its new gradients included. A step replayed as a CUDA
     graph: the peak of its capture (make_step), since a replay allocates nothing of its own."""
-    if getattr(step, "graph_peak_bytes", None) is not None:
-        return step.graph_peak_bytes
-    if getattr(step, "release_gradients", None) is not None:
+    if isinstance(step, TrainingStep):
+        if step.graph_peak_bytes is not None:
+            return step.graph_peak_bytes
         step.release_gradients()
     if device.startswith("cuda"):
         gpu = torch.device(device)  # cuda:1 is not the current device of a single process
