@@ -137,6 +137,23 @@ def copy_floor(moved, device):
     return step
 
 
+def op_step(run, pass_, leaves):
+    """One timed call of an op. `run()` calls it and returns (outputs, their gradients) for
+    torch.autograd.backward. "fwd": run under no_grad; "fwd+bwd": the leaves' gradients reset
+    first (as zero_grad(set_to_none=True) does in a training step), then run and backward."""
+    if pass_ == "fwd":
+        def step():
+            with torch.no_grad():
+                run()
+    else:
+        def step():
+            for t in leaves:
+                t.grad = None
+            outputs, grads = run()
+            torch.autograd.backward(outputs, grads)
+    return step
+
+
 def peak_memory(step, device, leaves=()):
     """{"cpu_peak_bytes" or "cuda_peak_bytes": the peak of one call of `step` beyond what was
     held before it (aigc_fast.benchmark.peak_bytes)}, with the leaves' gradients freed

@@ -14,7 +14,7 @@ import torch
 import aigc_fast
 from aigc_fast import reference
 
-from conftest import copy_floor, devices, nbytes, peak_memory, skip_gpu_only, synchronized
+from conftest import copy_floor, devices, nbytes, op_step, peak_memory, skip_gpu_only, synchronized
 
 # name: (activation shape, act); batch 128, as DCGAN trains.
 SHAPES = {
@@ -52,15 +52,8 @@ def test_bias_act(benchmark, device, size, layout, provider, pass_):
     moved = nbytes(x) * (2 if pass_ == "fwd" else 5 if device == "cpu" else 6)
     if provider == "copy":
         step = copy_floor(moved, device)
-    elif pass_ == "fwd":
-        def step():
-            with torch.no_grad():
-                PROVIDERS[provider](x, bias, act)
     else:
-        def step():
-            x.grad = bias.grad = None
-            y = PROVIDERS[provider](x, bias, act)
-            y.backward(grad)
+        step = op_step(lambda: (PROVIDERS[provider](x, bias, act), grad), pass_, (x, bias))
     step()  # compile / warm up
     benchmark.group = f"bias_act {pass_} {size} {layout} {device}"
     benchmark.extra_info.update(op="bias_act", provider=provider, size=f"{size} {layout}", numel=x.numel(),

@@ -15,7 +15,7 @@ import torch
 import aigc_fast
 from aigc_fast import reference
 
-from conftest import (copy_floor, devices, nbytes, peak_memory, saved_for_backward_bytes, skip_gpu_only,
+from conftest import (copy_floor, devices, nbytes, op_step, peak_memory, saved_for_backward_bytes, skip_gpu_only,
                       synchronized)
 
 LOGIT_COUNTS = [64, 512, 4096]
@@ -53,16 +53,12 @@ def run_benchmark(benchmark, device, fn, inputs, pass_, op, size, provider):
             for t in leaves:
                 t.grad = None
             leaves[0].sum().backward()
-    elif pass_ == "fwd":
-        def step():
-            with torch.no_grad():
-                fn(*inputs)
     else:
-        def step():
-            for t in leaves:
-                t.grad = None  # as zero_grad(set_to_none=True) does
+        def run():
             out = fn(*inputs)
-            (out[0] if isinstance(out, tuple) else out).backward()
+            return (out[0] if isinstance(out, tuple) else out), None  # the loss
+
+        step = op_step(run, pass_, leaves)
 
     step()  # compile / warm up
     numel = sum(t.numel() for t in inputs)

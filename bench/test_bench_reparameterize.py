@@ -15,7 +15,8 @@ import torch
 import aigc_fast
 from aigc_fast.reference import reparameterize as reference
 
-from conftest import copy_floor, devices, peak_memory, saved_for_backward_bytes, skip_gpu_only, synchronized
+from conftest import (copy_floor, devices, op_step, peak_memory, saved_for_backward_bytes, skip_gpu_only,
+                      synchronized)
 
 SHAPES = {"128x64": (128, 64), "512x512": (512, 512), "1M": (1024, 1024), "4M": (4096, 1024)}
 GPU_SHAPES = {"128M": (16384, 8192)}  # 512 MiB a tensor (conftest.skip_gpu_only)
@@ -59,15 +60,8 @@ def test_reparameterize(benchmark, device, size, provider, pass_, outputs):
     grads = (torch.ones(shape, device=device), torch.ones(shape[0], device=device))
     if provider == "copy":
         step = copy_floor(moved, device)
-    elif pass_ == "fwd":
-        def step():
-            with torch.no_grad():
-                fn(mu, logvar)
     else:
-        def step():
-            mu.grad = logvar.grad = None  # as a training step does (zero_grad(set_to_none=True))
-            out = fn(mu, logvar)
-            torch.autograd.backward(out, grads if with_kl else grads[0])
+        step = op_step(lambda: (fn(mu, logvar), grads if with_kl else grads[0]), pass_, (mu, logvar))
 
     step()  # compile / warm up
     benchmark.group = f"reparameterize {outputs} {pass_} {size} {device}"
