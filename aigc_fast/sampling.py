@@ -18,7 +18,7 @@ import torch
 
 from .images import save_grid, to_uint8
 
-
+_BALANCED_ROUNDS = 20  # rounds of n candidates before balanced sampling gives up on a class
 # In images/: the files write_samples wrote there, one per line. Names alone do not say so:
 # a user's own 000007.png would pass for one of ours and be deleted.
 _WRITTEN = ".written-by-aigc-fast"
@@ -93,7 +93,7 @@ def sample_run(run_dir: Union[str, Path], n: int, out_dir: Union[str, Path, None
         raise ValueError(f"balanced sampling needs n >= {real.num_classes} (one per class)")
     kept = {k: [] for k in range(real.num_classes)}
     rounds = torch.Generator().manual_seed(seed)  # one stream of batch seeds over all rounds
-    for attempt in range(20):  # up to 20 rounds of n candidates
+    for _ in range(_BALANCED_ROUNDS):  # rounds of n candidates
         images = generate_unit(trainer, n, seed=rounds)
         labels = features_and_probs(classifier, images)[1].argmax(1)
         for k in kept:
@@ -103,7 +103,7 @@ def sample_run(run_dir: Union[str, Path], n: int, out_dir: Union[str, Path, None
     missing = [k for k, v in kept.items() if len(v) < per_class]
     if missing:
         # A ValueError, as for other requests the run cannot meet: the CLI reports it in one line.
-        raise ValueError(f"after {20 * n} samples, classes {missing} still have fewer than {per_class}: "
+        raise ValueError(f"after {_BALANCED_ROUNDS * n} samples, classes {missing} still have fewer than {per_class}: "
                          "the model rarely generates them (sample without balanced, or train it further)")
     labels = torch.arange(real.num_classes).repeat_interleave(per_class)
     return write_samples(torch.stack([im for k in kept for im in kept[k]]), out, labels)
