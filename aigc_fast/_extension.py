@@ -92,11 +92,14 @@ def _why_not_loadable(info: dict) -> str | None:
         return f"the compiled kernels are disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
     spec = importlib.util.find_spec("aigc_fast._C")
     if spec is None:
-        if _in_source_folder() and _installed()[0]:
+        installed, editable = _installed()
+        if _in_source_folder() and installed and not editable:
             return (
                 f"the compiled kernels (aigc_fast._C) are not in {os.path.dirname(__file__)}: this "
                 "is the source folder, imported ahead of the installed package"
             )
+        if _in_source_folder() and editable:  # the installed package is this folder: build it again
+            return "the compiled kernels (aigc_fast._C) are not built in this editable install's source folder"
         if _in_source_folder():
             return "the compiled kernels (aigc_fast._C) are not built: this is the source folder, and aigc_fast is " \
                    "not installed"

@@ -424,7 +424,7 @@ def test_an_in_place_module_after_a_converted_container_keeps_its_last_group_pla
 
 @pytest.mark.parametrize("act, fused", [(nn.LeakyReLU, 0), (nn.Identity, 1)])  # identity keeps no output
 @pytest.mark.parametrize("between", [[nn.Identity()], [nn.Dropout(0.5)], [nn.Identity(), nn.Dropout(0.0)]])
-def test_an_in_place_module_behind_pass_through_modules_also_keeps_a_group_plain(between, act, fused):
+def test_an_in_place_module_behind_pass_through_modules_keeps_a_group_with_an_activation_plain(between, act, fused):
     """Identity, Flatten and Dropout (in eval, or at p = 0) hand on their input itself: an
     in-place module after them overwrites the group's output just the same."""
     torch.manual_seed(11)

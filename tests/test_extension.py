@@ -83,15 +83,17 @@ def test_broken_extension_warns_once_and_runs_reference(package_copy, damage, re
 @pytest.mark.parametrize("installed, editable", [(False, False), (True, False), (True, True)])
 def test_the_fix_offered_fits_how_the_package_is_installed(monkeypatch, installed, editable):
     """From a source folder with no binary: "run from another folder" only if an installed
-    copy exists to be found there, else the install line; a rebuild keeps an editable
-    install editable (a plain reinstall would replace it with a copy)."""
+    copy exists to be found there (not an editable install: that is this folder), else the
+    install line; a rebuild keeps an editable install editable (a plain reinstall would
+    replace it with a copy)."""
     ext = aigc_fast._extension
     monkeypatch.setattr(ext, "_installed", lambda: (installed, editable))
     monkeypatch.setattr(ext, "_in_source_folder", lambda: True)
     monkeypatch.setattr(ext.importlib.util, "find_spec", lambda name: None)
     reason = ext._why_not_loadable({})
-    assert ("imported ahead of the installed package" in reason) == installed
+    assert ("imported ahead of the installed package" in reason) == (installed and not editable)
     assert ("aigc_fast is not installed" in reason) == (not installed)
+    assert ("editable install" in reason) == editable
     assert ("--no-deps -e ." in ext._rebuild_hint()) == editable
 
 

@@ -269,6 +269,15 @@ def test_autocast_promotes_differing_dtypes_as_eager_does(other, compiled):
         aigc_fast.reparameterize(mu, lv, eps=eps32)
 
 
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_meta_tensors_give_shapes(impl):
+    """Meta tensors (shape inference, a model built on the meta device) pass through: the
+    autocast check must not ask about the meta device, which torch.is_autocast_enabled refuses."""
+    mu = torch.randn(4, 8, device="meta")
+    z, kl = aigc_fast.reparameterize(mu, torch.randn(4, 8, device="meta"), return_kl=True, impl=impl)
+    assert z.device.type == "meta" and z.shape == (4, 8) and kl.shape == (4,)
+
+
 def test_seed_reproduces_and_calls_differ():
     mu, logvar, _ = inputs((64, 64), torch.float32)
     torch.manual_seed(0)

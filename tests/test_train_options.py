@@ -173,7 +173,7 @@ def test_cuda_graph_is_a_gpu_setting(tmp_path):
 def test_a_data_loader_whose_settings_fit_does_not_use_is_warned_about(tmp_path):
     """fit batches, shuffles and collates a DataLoader's dataset itself (seeded, for exact
     resumes): settings that ask for something else are named, not silently dropped."""
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset, WeightedRandomSampler
 
     trainer = vae(tmp_path, batch_size=16)
     data = TensorDataset(images(64), torch.zeros(64))
@@ -183,3 +183,10 @@ def test_a_data_loader_whose_settings_fit_does_not_use_is_warned_about(tmp_path)
     loader = DataLoader(data, batch_size=32, num_workers=2, collate_fn=lambda batch: batch)
     with pytest.warns(UserWarning, match=r"batch_size=32 \(the config's is 16\), collate_fn, num_workers=2 are not"):
         assert trainer.dataset(loader) is data
+    for loader, named in ((DataLoader(data, batch_size=None), "batch_size=None is"),
+                          (DataLoader(data, batch_sampler=BatchSampler(SequentialSampler(data), 16, False)),
+                           "batch_sampler is"),
+                          (DataLoader(data, batch_size=16, sampler=WeightedRandomSampler(torch.ones(64), 64)),
+                           "sampler is")):
+        with pytest.warns(UserWarning, match=f"its {named} not used"):
+            trainer.dataset(loader)

@@ -190,7 +190,8 @@ class FusedSequential(nn.Sequential):
     state_dict keys, same outputs as the plain nn.Sequential.
 
     memory_efficient=True uses bn_act's memory-saving mode in the groups whose activation
-    can be inverted (identity, leaky_relu, tanh in float32/64): each keeps only its output.
+    can be inverted (identity, leaky_relu, tanh in float32/64): each keeps only its output
+    (not in an identity group that a later module of the container overwrites).
     """
 
     def __init__(self, *modules: nn.Module, memory_efficient: bool = False):

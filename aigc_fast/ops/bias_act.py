@@ -28,7 +28,7 @@ def bias_act(
     channels_last inputs keep their memory format in y. bias: optional, any float dtype
     (under autocast a float32 bias next to bfloat16 activations is fine). The backward
     reads every derivative from y, so autograd keeps only y, which the next layer keeps
-    anyway: no pre-activation tensor is stored.
+    anyway: no pre-activation tensor is stored (identity keeps nothing).
     """
     _validate.float_tensor(x, "x")
     negative_slope = _activations.check(act, negative_slope)

@@ -69,7 +69,8 @@ def _promoted_under_autocast(mu, logvar, eps):
     """Under torch.autocast a Linear's bfloat16 mu may meet a float32 logvar (a learned
     parameter) or eps: all go to their widest dtype, as eager's mu + exp(logvar / 2) * eps
     promotes them. Outside autocast differing dtypes stay an error (usually a bug)."""
-    if not (isinstance(mu, torch.Tensor) and torch.is_autocast_enabled(mu.device.type)):
+    if not (isinstance(mu, torch.Tensor) and torch.amp.is_autocast_available(mu.device.type)
+            and torch.is_autocast_enabled(mu.device.type)):  # (asking about "meta" raises)
         return mu, logvar, eps
     tensors = [t for t in (mu, logvar, eps) if isinstance(t, torch.Tensor)]
     if len({t.dtype for t in tensors}) == 1 or not all(t.is_floating_point() for t in tensors):

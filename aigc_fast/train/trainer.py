@@ -159,7 +159,7 @@ class _Trainer:
             if ignored:
                 warnings.warn(f"fit uses only the DataLoader's dataset, batching, shuffling and collating it itself "
                               f"(seeded, so a resumed run replays the same order): its {', '.join(ignored)} "
-                              "are not used", UserWarning, stacklevel=3)
+                              f"{'is' if len(ignored) == 1 else 'are'} not used", UserWarning, stacklevel=3)
             data = data.dataset
         if isinstance(data, Dataset):
             return data
@@ -168,14 +168,17 @@ class _Trainer:
 
     def _loader_settings_ignored(self, loader: DataLoader) -> list:
         """The settings of a DataLoader that say something other than what the trainer does."""
-        from torch.utils.data import RandomSampler, SequentialSampler, default_collate
+        from torch.utils.data import IterableDataset, RandomSampler, SequentialSampler, default_collate, default_convert
 
         ignored = []
-        if loader.batch_size not in (None, self.config.batch_size):
+        if loader.batch_size is None:  # a batch_sampler of the user's, or batching turned off
+            ignored.append("batch_sampler" if loader.batch_sampler is not None else "batch_size=None")
+        elif loader.batch_size != self.config.batch_size:
             ignored.append(f"batch_size={loader.batch_size} (the config's is {self.config.batch_size})")
-        if loader.batch_size is None or not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+        if not isinstance(loader.dataset, IterableDataset) and loader.batch_size is not None and not isinstance(
+                loader.sampler, (RandomSampler, SequentialSampler)):
             ignored.append("sampler")
-        if loader.collate_fn is not default_collate:
+        if loader.collate_fn not in (default_collate, default_convert):  # (default_convert: unbatched loading)
             ignored.append("collate_fn")
         if loader.num_workers > 0:
             ignored.append(f"num_workers={loader.num_workers}")
