@@ -422,6 +422,20 @@ def test_an_in_place_module_after_a_converted_container_keeps_its_last_group_pla
     assert_same(steps(converted, x, g), steps(model, x, g), 1e-10)
 
 
+def test_an_in_place_module_first_in_the_next_container_keeps_a_group_plain():
+    """Sequential(Sequential(conv, bn, LeakyReLU), Sequential(ReLU(inplace=True), conv)):
+    the next container's first module overwrites the group's output just the same."""
+    torch.manual_seed(14)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.LeakyReLU(0.2)),
+                          nn.Sequential(nn.Sequential(nn.Identity(), nn.ReLU(inplace=True)), nn.Conv2d(4, 2, 1)),
+                          ).double()
+    converted = convert(copy.deepcopy(model))
+    assert converted[0].fused_groups() == [] and len(converted[0].fused_groups(backward=False)) == 1
+    x = batches((2, 3, 8, 8))
+    g = batches((2, 2, 6, 6), seed=1)
+    assert_same(steps(converted, x, g), steps(model, x, g), 1e-10)
+
+
 @pytest.mark.parametrize("act, fused", [(nn.LeakyReLU, 0), (nn.Identity, 1)])  # identity keeps no output
 @pytest.mark.parametrize("between", [[nn.Identity()], [nn.Dropout(0.5)], [nn.Identity(), nn.Dropout(0.0)]])
 def test_an_in_place_module_behind_pass_through_modules_keeps_a_group_with_an_activation_plain(between, act, fused):

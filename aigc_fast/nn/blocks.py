@@ -92,8 +92,14 @@ def _overwritten(following: List[nn.Module], then: bool = False) -> bool:
     pass the output on; `then` if they all pass it on (whether what comes after the
     container overwrites its output). A fused op keeps its output for the backward (the
     next layer usually keeps it anyway), so that would corrupt what the backward reads;
-    with the identity activation it keeps none (see _plan)."""
+    with the identity activation it keeps none (see _plan). A plain Sequential among them
+    counts as its children: Sequential(ReLU(inplace=True), ...) overwrites too."""
     for module in following:
+        if type(module) in (nn.Sequential, FusedSequential):
+            inner = _overwritten(list(module), then=None)  # None: its children all pass it on
+            if inner is not None:
+                return inner
+            continue
         if getattr(module, "inplace", False):
             return True
         if not isinstance(module, _PASS_THROUGH):
