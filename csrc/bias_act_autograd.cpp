@@ -1,10 +1,10 @@
 // Autograd of aigc_fast::bias_act, in C++ on the Autograd key. It saves only the output y,
 // which the next layer keeps anyway: every activation's derivative is read from y
 // (activations.h), so the block keeps no pre-activation tensor; identity's (1) needs none,
-// so it saves nothing. Under create_graph (a
-// gradient penalty such as R1 or WGAN-GP through a discriminator's first layer) the
-// backward is written with differentiable ATen ops on the same formulas instead of the
-// kernel, so second derivatives flow through y correctly.
+// so it saves nothing. Under create_graph (a gradient penalty such as R1 or WGAN-GP
+// through a discriminator's first layer) the backward is written with differentiable ATen
+// ops on the same formulas instead of the kernel, so second derivatives flow through y
+// correctly.
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 

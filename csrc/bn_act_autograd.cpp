@@ -1,10 +1,11 @@
 // Autograd of aigc_fast::bn_act, in C++ on the Autograd key. It keeps x, y (not for identity,
 // whose derivative needs none) and the per-channel mean and invstd (y is the next layer's
 // input, kept anyway); in the memory-saving mode (inplace_abn's) it keeps only y and
-// recomputes xhat from it, so a block stores no activation-sized tensor of its own. Under create_graph (a gradient
-// penalty through a BatchNorm discriminator) the backward is written with differentiable
-// ATen ops on the same formulas, with the batch statistics recomputed from x, so second
-// derivatives are exact; the memory-saving mode, having no x, refuses.
+// recomputes xhat from it, so a block stores no activation-sized tensor of its own. Under
+// create_graph (a gradient penalty through a BatchNorm discriminator) the backward is
+// written with differentiable ATen ops on the same formulas, with the batch statistics
+// recomputed from x, so second derivatives are exact; the memory-saving mode, having no x,
+// refuses.
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/custom_function.h>

@@ -10,7 +10,7 @@ import torch
 
 from .. import _extension, _impl, _layout, _validate
 from .. import reference
-from ..reference.losses import GAN_KINDS, RECON_LOSSES, REDUCTIONS  # noqa: F401  (re-exported)
+from ..reference.losses import GAN_KINDS, RECON_LOSSES, REDUCTIONS
 
 
 def _logits(t, name: str) -> None:

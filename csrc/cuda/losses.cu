@@ -144,7 +144,8 @@ void gan_launch(GanLoss& op, cudaStream_t stream) {
   const int64_t tiles = op.partials.numel();
   double* partials = op.partials.mutable_data_ptr<double>();
   with_term_kind(op.terms[0].kind, [&](auto kind) {
-    gan_tiles_kernel<decltype(kind)::value, T><<<blocks_for_units(tiles), kMaxThreads, 0, stream>>>(a, b, tiles, partials);
+    gan_tiles_kernel<decltype(kind)::value, T>
+        <<<blocks_for_units(tiles), kMaxThreads, 0, stream>>>(a, b, tiles, partials);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   gan_finalize_kernel<T><<<1, kMaxThreads, 0, stream>>>(partials, a, b, tiles, op.loss.mutable_data_ptr<T>());
