@@ -189,13 +189,17 @@ class _Trainer:
         train, held = data_lib.holdout_split(len(dataset), self.config.holdout)
         return Subset(dataset, train.tolist()), Subset(dataset, held.tolist())
 
+    @property
+    def global_batch(self) -> int:
+        """Images per step over all processes (config.batch_size in each)."""
+        return self.config.batch_size * self.group.world
+
     def _batches(self, n: int):
         """This process's batches of indices for this epoch, from a permutation seeded by
         (seed, epoch), so a resumed run replays the same order and skips what it already
         trained. Under torchrun each global batch is split between the processes."""
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epoch))
-        per, world, rank = self.config.batch_size, self.group.world, self.group.rank
-        step = per * world
+        per, rank, step = self.config.batch_size, self.group.rank, self.global_batch
         return [order[i * step + rank * per:i * step + (rank + 1) * per].tolist()
                 for i in range(self.batch_in_epoch, n // step)]
 
@@ -313,11 +317,10 @@ class _Trainer:
         if self.group.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.to_json(self.run_dir / "config.json")
-        global_batch = self.config.batch_size * self.group.world
         end_epoch = self.epoch + self.config.epochs
         metrics: Dict[str, float] = {}
         main = self.group.main
-        total = (end_epoch - self.epoch) * (len(train) // global_batch) - self.batch_in_epoch
+        total = (end_epoch - self.epoch) * (len(train) // self.global_batch) - self.batch_in_epoch
         if self.config.max_steps is not None:  # the run stops at whichever comes first
             total = max(0, min(total, self.config.max_steps - self.step))
         bar = _progress(self.config.progress and main, total=total)
@@ -381,9 +384,8 @@ class _Trainer:
         with torch.random.fork_rng(devices=[]):  # reading may flip at random: keep the training RNG stream as is
             self.preview = torch.stack([shown[i][0] for i in picks])  # spread out: data is often sorted by class
         self._check_value_range(self.preview)
-        global_batch = self.config.batch_size * self.group.world
-        if len(train) < global_batch:
-            raise ValueError(f"{len(train)} training images are fewer than one batch of {global_batch}")
+        if len(train) < self.global_batch:
+            raise ValueError(f"{len(train)} training images are fewer than one batch of {self.global_batch}")
         return train
 
     def _resume_from(self, checkpoint: Union[str, Path]) -> None:
@@ -406,7 +408,7 @@ class _Trainer:
         self._check_finite(metrics)
         self.step += 1
         self.batch_in_epoch += 1
-        metrics["images_per_s"] = self.config.batch_size * self.group.world / (time.perf_counter() - started)
+        metrics["images_per_s"] = self.global_batch / (time.perf_counter() - started)
         return metrics
 
     def _log_epoch(self, sums: Dict[str, float], steps: int, started: float, *, complete: bool) -> None:
@@ -418,7 +420,7 @@ class _Trainer:
         seconds = time.perf_counter() - started
         means = {name: total / steps for name, total in sums.items() if name != "images_per_s"}
         row = {"epoch": self.epoch, "step": self.step, "steps": steps, "complete": complete, "seconds": seconds,
-               **means, "images_per_s": steps * self.config.batch_size * self.group.world / seconds}
+               **means, "images_per_s": steps * self.global_batch / seconds}
         with open(self.run_dir / "epochs.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
