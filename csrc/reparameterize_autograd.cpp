@@ -46,7 +46,7 @@ OptionalTensor if_defined(const at::Tensor& t) {
 // float32/float64, except where |z| is so far above std that the rounding of z would swamp
 // std * eps (recovery_is_lossy: the seed's noise is regenerated there, so the seed is saved
 // too); for 16-bit dtypes that is everywhere, so the backward regenerates all the noise.
-// z is an output the caller keeps anyway, so saving it costs no memory; the noise itself is
+// z is an output the caller keeps anyway, so keeping it costs no memory; the noise itself is
 // never kept.
 bool recover_from_z(const OptionalTensor& eps, const at::Tensor& mu) {
   return !eps.has_value() && (mu.scalar_type() == at::kFloat || mu.scalar_type() == at::kDouble);
@@ -63,11 +63,14 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
                                const OptionalTensor& eps, const OptionalTensor& seed, bool compute_kl) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [z, kl] = forward_op().call(mu, logvar, eps, seed, compute_kl);
-    const bool from_z = recover_from_z(eps, mu);
+    at::Tensor z, kl;
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      std::tie(z, kl) = forward_op().call(mu, logvar, eps, seed, compute_kl);
+    }
     ctx->save_for_backward({savable(mu), savable(logvar), savable(eps.value_or(at::Tensor())),
-                            seed.value_or(at::Tensor()), from_z ? z : at::Tensor()});
+                            seed.value_or(at::Tensor())});
+    if (recover_from_z(eps, mu)) keep_output(ctx, z);
     ctx->saved_data["compute_kl"] = compute_kl;
     ctx->set_materialize_grads(false);  // an unused output's gradient stays undefined, not a zeros op
     return {z, kl};
@@ -75,7 +78,8 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &mu = saved[0], &logvar = saved[1], &eps = saved[2], &seed = saved[3], &z = saved[4];
+    const at::Tensor &mu = saved[0], &logvar = saved[1], &eps = saved[2], &seed = saved[3];
+    const at::Tensor z = take_output(ctx);
     const bool compute_kl = ctx->saved_data["compute_kl"].toBool();
     // Gradient edges exist only for the tensors passed in: mu, logvar, then eps if given (and
     // the seed, which takes none): eps's index is 2 only when it was given.
@@ -102,6 +106,29 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
   }
 
  private:
+  // z is kept outside save_for_backward, as a detached alias (z's storage and version
+  // counter, not its graph) and the version it had: eager's mu + std * eps keeps no z, so
+  // z may be modified in place before backward there (z.clamp_(), z.mul_(t)), and a saved
+  // output would turn that into an autograd error. A modified z is not used: the backward
+  // regenerates the noise from the seed instead (what 16-bit inputs always do).
+  static void keep_output(AutogradContext* ctx, const at::Tensor& z) {
+    ctx->saved_data["z"] = z.detach();
+    ctx->saved_data["z_version"] = static_cast<int64_t>(z._version());
+  }
+
+  // The kept z if it is still as the forward wrote it, else undefined. Taken, not read: the
+  // engine frees saved tensors after a backward without retain_graph, but not saved_data,
+  // and a graph kept alive (a loss kept for logging) must not keep z's storage. A second
+  // backward through a retained graph regenerates the noise.
+  static at::Tensor take_output(AutogradContext* ctx) {
+    const auto kept = ctx->saved_data.find("z");
+    if (kept == ctx->saved_data.end()) return at::Tensor();
+    at::Tensor z = kept->second.toTensor();
+    ctx->saved_data.erase(kept);
+    const bool unmodified = static_cast<int64_t>(z._version()) == ctx->saved_data.at("z_version").toInt();
+    return unmodified ? z : at::Tensor();
+  }
+
   // The kernel's gradients as differentiable ATen ops, in the math dtype: d/dmu = grad_z,
   // d/dlogvar = grad_z std eps / 2, d/deps = grad_z std, plus the KL's grad_kl mu and
   // grad_kl (var - 1) / 2. The noise is a constant of the sample: the explicit eps (itself

@@ -106,6 +106,35 @@ def test_rng_backward_uses_forward_noise(dtype):
     assert torch.equal(mu_.grad, torch.ones_like(mu_))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("with_kl", [False, True])
+def test_z_modified_in_place_before_backward(with_kl, dtype):
+    """Eager's mu + std * eps keeps no z, so z.mul_(t) or z.clamp_() before backward works
+    there; here too: a modified z is not used, the noise is regenerated from the seed. The
+    gradients equal those of the same sample scaled out of place; and a second backward
+    through a retained graph (the kept z is dropped after the first) gives them again."""
+    mu, logvar, _ = inputs((64, 40), dtype, seed=6, spread=0.5)
+    g = torch.randn(64, 40, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(dtype)
+
+    def grads(in_place: bool, backwards: int = 1):
+        mu_, lv_ = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
+        torch.manual_seed(11)
+        out = aigc_fast.reparameterize(mu_, lv_, return_kl=with_kl)
+        z = out[0] if with_kl else out
+        z = z.mul_(3.0) if in_place else z * 3.0
+        loss = (z * g).sum() + (out[1].sum() if with_kl else 0)
+        for i in range(backwards):
+            mu_.grad = lv_.grad = None
+            loss.backward(retain_graph=i + 1 < backwards)
+        return mu_.grad, lv_.grad
+
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 0.0}[dtype]  # z - mu vs regenerated
+    for expected, got in zip(grads(in_place=False), grads(in_place=True)):
+        torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    for expected, got in zip(grads(in_place=False), grads(in_place=False, backwards=2)):
+        torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("dtype, far", [(torch.float32, 1e4), (torch.float64, 1e12)])
 def test_backward_regenerates_the_noise_where_z_minus_mu_would_lose_it(dtype, far):
     """z - mu is exact up to the rounding of z, half an ulp of |z|: against std that is all
