@@ -107,6 +107,29 @@ def test_importance_sampling_tightens_the_bound():
     assert r["nll"] < r["neg_elbo"] and r["neg_elbo"] == pytest.approx(r["recon"] + r["kl"])
 
 
+def test_likelihood_runs_in_the_models_dtype():
+    torch.manual_seed(0)
+    model, x = MLPVAE(16, 8, 3), torch.rand(6, 16)
+    r32 = vae_likelihood(model, x, samples=20)
+    r64 = vae_likelihood(model.double(), x.double(), samples=20)  # float32 images were cast to float
+    for name in r32:
+        assert r64[name] == pytest.approx(r32[name], rel=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(samples=0), "samples must be an integer >= 1"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(images=torch.zeros(0, 16)), "non-empty batch"),
+    (dict(images=torch.full((2, 16), 255, dtype=torch.uint8)), "images must be float"),
+    (dict(images=torch.full((2, 16), 3.0)), r"images must lie in \[0, 1\].*from 3 to 3"),
+])
+def test_likelihood_refuses_bad_arguments(kwargs, match):
+    args = dict(images=torch.rand(2, 16))
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        vae_likelihood(MLPVAE(16, 8, 3), **args)
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     pytest.importorskip("sklearn")

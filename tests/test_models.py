@@ -121,7 +121,7 @@ def test_vaes(cls, kw, shape):
     results = []
     for model in (fused, reference):
         model.zero_grad()
-        loss, recon, kl = model.loss(x)
+        loss, recon, kl = model.loss(x, model(x))  # forward's z = mu (loss(x) alone would sample)
         loss.backward()
         results.append([loss.detach(), recon, kl] + [p.grad for p in model.parameters()])
     for a, b in zip(*results):
@@ -132,6 +132,21 @@ def test_vaes(cls, kw, shape):
     assert recon_logits.numel() == x.numel()
     samples = fused.sample(3, generator=torch.Generator().manual_seed(0))
     assert samples.shape[0] == 3 and samples.min() >= 0 and samples.max() <= 1
+
+
+@pytest.mark.parametrize("cls", [ConvVAE, MLPVAE])
+def test_vae_loss_samples_z_in_eval_mode_too(cls):
+    """loss(x) is the negative ELBO's estimate in either mode (a validation loss); forward's
+    eval z = mu gives the reconstruction at the posterior mean instead."""
+    model = (cls(latent_dim=4, image_size=16, base=8) if cls is ConvVAE else cls(256, 32, 4)).eval()
+    x = torch.rand(8, 1, 16, 16)
+    with torch.no_grad():
+        drawn = []
+        for seed in (0, 0, 1):
+            torch.manual_seed(seed)
+            drawn.append(model.loss(x)[1])
+        at_mean = model.loss(x, model(x))[1]
+    assert drawn[0] == drawn[1] and drawn[0] != drawn[2] and at_mean not in drawn
 
 
 def test_mlp_vae_loads_the_pytorch_example_checkpoint():

@@ -465,6 +465,9 @@ def test_module_train_and_eval():
     assert torch.equal(z_eval, mu)
     torch.testing.assert_close(kl_eval, kl)
     assert "return_kl=True" in repr(layer)
+    # Where std overflows float32 the eval output is still mu itself (mu + inf * 0 is NaN).
+    huge = torch.full_like(logvar, 200.0)
+    assert torch.equal(layer(mu, huge)[0], mu)
 
 
 def test_impl_selection():

@@ -39,9 +39,14 @@ class _VAE(nn.Module):
         return self.decode(z), mu, logvar
 
     def loss(self, x: torch.Tensor, out=None, *, beta: float = 1.0, recon_loss: str = "bce"):
-        """The negative ELBO of x (mean over the batch) as vae_loss returns it:
-        (loss, recon_term, kl_term). `out`: this model's forward(x), if already computed."""
-        recon, mu, logvar = self(x) if out is None else out
+        """The negative ELBO of x (mean over the batch; its one-sample estimate) as vae_loss
+        returns it: (loss, recon_term, kl_term). z is sampled in eval mode too (a validation
+        loss): forward's z = mu there would give the reconstruction at the posterior mean, a
+        lower figure that is not the ELBO. `out`: this model's forward(x), if computed."""
+        if out is None:
+            mu, logvar = self.encode(x)
+            out = self.decode(reparameterize(mu, logvar, impl=_backend.impl(self.backend))), mu, logvar
+        recon, mu, logvar = out
         return vae_loss(recon, x.reshape(recon.shape), mu, logvar, recon_loss=recon_loss, beta=beta,
                         impl=_backend.impl(self.backend))
 

@@ -29,7 +29,10 @@ class Reparameterize(torch.nn.Module):
             return reparameterize(mu, logvar, eps=eps, return_kl=self.return_kl, impl=self.impl)
         if not self.return_kl:
             return mu
-        return reparameterize(mu, logvar, eps=torch.zeros_like(mu), return_kl=True, impl=self.impl)
+        # The KL of the same op, with no noise; z is mu itself (mu + std * 0 would be NaN where
+        # std overflows, and its gradient g * 0 * std too).
+        _, kl = reparameterize(mu, logvar, eps=torch.zeros_like(mu), return_kl=True, impl=self.impl)
+        return mu, kl
 
     def extra_repr(self) -> str:
         return f"return_kl={self.return_kl}, sample_in_eval={self.sample_in_eval}, impl={self.impl!r}"

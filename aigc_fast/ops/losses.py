@@ -94,7 +94,7 @@ def vae_loss(
     kl_b = KL(N(mu, exp(logvar)) || N(0, 1)) summed over all dims but the batch, and
     total_b = recon_b + beta * kl_b. Then reduction "mean" over the batch, "sum", or
     "none" (shape [B]). recon_term and kl_term are detached and reduced the same way, so
-    loss == recon_term + beta * kl_term (for logging without extra kernels).
+    loss == recon_term + beta * kl_term to rounding (for logging without extra kernels).
 
     Each input may have its own float dtype (math in float32, float64 if one is float64);
     gradients flow to recon, mu, logvar, and target when it requires grad. An empty batch
@@ -135,8 +135,11 @@ def _beta_tensor(beta) -> torch.Tensor:
         if beta.numel() != 1:
             raise ValueError(f"beta must be a number or a one-element tensor, got shape {list(beta.shape)}")
         return beta.detach().reshape(()).to("cpu", torch.float64)
-    if not isinstance(beta, (numbers.Real, torch.SymInt, torch.SymFloat)):
-        raise TypeError(f"beta must be a number or a one-element tensor, got {type(beta).__name__}")
+    if not isinstance(beta, (torch.SymInt, torch.SymFloat)):  # (a traced beta has no value to check)
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+            raise TypeError(f"beta must be a number or a one-element tensor, got {type(beta).__name__}")
+        if not beta >= 0:  # NaN too; a tensor's value is not read here (that would sync a GPU)
+            raise ValueError(f"beta must be a number >= 0 (the KL term's weight), got {beta}")
     return torch.ones((), dtype=torch.float64) * beta
 
 
