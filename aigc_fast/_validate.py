@@ -47,6 +47,9 @@ def number(value, name: str):
     if isinstance(value, torch.Tensor) and value.numel() == 1 and (value.dtype.is_floating_point or not (
             value.dtype.is_complex or value.dtype == torch.bool)):
         value = value.item()
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a number or a one-element real tensor, got a {value.dtype} tensor of "
+                        f"shape {list(value.shape)}")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)

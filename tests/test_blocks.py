@@ -158,6 +158,20 @@ def test_converted_dcgan_matches_the_original(dtype, tol, memory_efficient):
     converted.load_state_dict(original.state_dict())
 
 
+def test_fx_symbolic_trace_records_the_plain_children():
+    """torch.fx (torchvision's create_feature_extractor, FX quantization) traces a converted
+    model as the original: the same call_module nodes, under the same names, the same outputs."""
+    torch.manual_seed(6)
+    original = dcgan().double()
+    converted = convert(copy.deepcopy(original))
+    traced, traced_original = (torch.fx.symbolic_trace(m["D"]) for m in (converted, original))
+    nodes = lambda gm: [(n.op, n.target) for n in gm.graph.nodes]  # noqa: E731
+    assert nodes(traced) == nodes(traced_original)
+    converted.eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(traced.eval()(x), converted["D"](x), rtol=1e-10, atol=1e-10)
+
+
 def test_fold_for_inference():
     torch.manual_seed(4)
     model = convert(dcgan()).double()

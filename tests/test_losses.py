@@ -567,6 +567,7 @@ def test_gradients_only_for_inputs_that_require_them():
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta="1"), TypeError, "beta must be a number or a one-element tensor, got str"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label=None), TypeError, "real_label must be a number, got NoneType"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label="0.9"), TypeError, "real_label must be a number, got str"),
+        (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label=torch.full((3, 1), 0.9)), TypeError, r"real_label must be a number or a one-element real tensor, got a torch.float32 tensor of shape \[3, 1\]"),
     ],
 )
 def test_bad_input_gives_clear_errors(call, error, match):

@@ -209,7 +209,13 @@ class FusedSequential(nn.Sequential):
     def _plan(self, backward: bool) -> List[Union[int, _Group]]:
         return _plan(list(self), backward=backward, output_overwritten=getattr(self, "output_overwritten", False))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002  (nn.Sequential's name, for input=)
+        if isinstance(input, torch.fx.Proxy):
+            # torch.fx.symbolic_trace (torchvision's feature extractors, FX quantization)
+            # cannot follow the plan's branches: it records the plain children instead, under
+            # the names they have in the unconverted model. The graph computes the same, unfused.
+            return super().forward(input)
+        x = input
         children = list(self)
         # Planned on every call (a few type checks), so swapping a child never leaves a stale plan.
         for step in self._plan(backward=torch.is_grad_enabled()):
