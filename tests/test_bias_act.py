@@ -57,6 +57,20 @@ def test_matches_reference(dtype, act, layout):
         assert_close_to_float64(f, r, e, rel_floor=floor)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.3, 1.5])  # (negative: refused, tested below)
+def test_leaky_relu_slopes_match_reference(slope, dtype):
+    """The slope reaches the kernels (forward and backward) as given, not as the default."""
+    x, bias = inputs(dtype=dtype)
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
+    fused = run(lambda t, b: aigc_fast.bias_act(t, b, "leaky_relu", negative_slope=slope), x, bias, grad_out)
+    ref_fn = lambda t, b: reference.bias_act(t, b, "leaky_relu", negative_slope=slope)  # noqa: E731
+    same_dtype = run(ref_fn, x, bias, grad_out)
+    exact = run(ref_fn, x, bias, grad_out, cast=lambda t: t.double())
+    for f, r, e in zip(fused, same_dtype, exact):
+        assert_close_to_float64(f, r, e, rel_floor=1.0 if f.shape != bias.shape else 10.0)
+
+
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("shape", [(3, 5), (2, 4, 1, 1), (1, 3, 17, 19), (2, 1, 4), (5,)])
 def test_shapes_and_no_bias(act, shape):

@@ -12,7 +12,7 @@ from torch import nn
 import aigc_fast
 from aigc_fast.nn import ConvBlock, ConvTransposeBlock, FusedSequential, convert, fold
 
-from conftest import requires_fused
+from conftest import FusedOpCounter, requires_fused
 
 pytestmark = requires_fused
 ACT_MODULES = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(0.2), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid(),
@@ -63,7 +63,10 @@ def test_conv_transpose_block_matches_sequential(act, channels_last, train):
     block.train(train)
     twin.train(train)
     x, g = batches((3, 6, 5, 5)), batches((3, 5, 10, 10), seed=1)
-    assert_same(steps(block, x, g, channels_last), steps(twin, x, g, channels_last), 1e-10)
+    with FusedOpCounter() as ops:
+        fused = steps(block, x, g, channels_last)
+    assert ops.calls["bn_act"] == ops.calls["bn_act_backward"] == len(x)  # fused, not the children
+    assert_same(fused, steps(twin, x, g, channels_last), 1e-10)
 
 
 @pytest.mark.parametrize("norm", ["batch", None])
@@ -73,7 +76,10 @@ def test_conv_block_matches_sequential(norm, train):
     block = ConvBlock(3, 8, 4, 2, 1, norm=norm).double().train(train)
     twin = plain_twin(block).train(train)
     x, g = batches((4, 3, 16, 16)), batches((4, 8, 8, 8), seed=1)
-    assert_same(steps(block, x, g), steps(twin, x, g), 1e-10)
+    with FusedOpCounter() as ops:
+        fused = steps(block, x, g)
+    assert ops.calls["bn_act" if norm else "bias_act"] == len(x)  # fused, not the children
+    assert_same(fused, steps(twin, x, g), 1e-10)
 
 
 def test_the_dcgan_tutorials_weights_init_works_on_the_blocks():
@@ -145,8 +151,10 @@ def test_converted_dcgan_matches_the_original(dtype, tol, memory_efficient):
         results = []
         for model in (converted, original):
             model.zero_grad()
-            logits = model["D"](model["G"](z))
-            logits.square().mean().backward()
+            with FusedOpCounter() as ops:
+                logits = model["D"](model["G"](z))
+                logits.square().mean().backward()
+            assert ops.forward_calls() == (7 if model is converted else 0)  # the 7 fused groups ran
             results.append((logits.detach(), [p.grad for p in model.parameters()], list(model.buffers())))
         assert_same(*results, tol)
     original.eval()

@@ -6,8 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from aigc_fast import _extension
 from aigc_fast.models import ConvVAE, DCGANDiscriminator, DCGANGenerator, MLPVAE
 from aigc_fast.nn import FusedSequential
+
+from conftest import FusedOpCounter
 
 SIZES = [16, 28, 32, 64, 128]
 
@@ -101,8 +104,10 @@ def test_backends_agree(cls, kw, make_input):
         outs = []
         for model in (fused, reference):
             model.zero_grad()
-            y = model(x)
-            y.square().sum().backward()
+            with FusedOpCounter() as ops:
+                y = model(x)
+                y.square().sum().backward()
+            assert (ops.forward_calls() > 0) == (model is fused and _extension.LOADED)
             outs.append([y.detach()] + [p.grad for p in model.parameters()] + list(model.buffers()))
         for a, b in zip(*outs):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
@@ -121,8 +126,10 @@ def test_vaes(cls, kw, shape):
     results = []
     for model in (fused, reference):
         model.zero_grad()
-        loss, recon, kl = model.loss(x, model(x))  # forward's z = mu (loss(x) alone would sample)
-        loss.backward()
+        with FusedOpCounter() as ops:
+            loss, recon, kl = model.loss(x, model(x))  # forward's z = mu (loss(x) alone would sample)
+            loss.backward()
+        assert (ops.calls["vae_loss"] > 0) == (model is fused and _extension.LOADED)
         results.append([loss.detach(), recon, kl] + [p.grad for p in model.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

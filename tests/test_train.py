@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from aigc_fast import _extension
 from aigc_fast.data import ImageData
 from aigc_fast.train import (GANConfig, GANTrainer, NonFiniteLossError, TrainingInterrupted, VAEConfig, VAETrainer,
                              load_checkpoint, save_atomic)
+
+from conftest import FusedOpCounter
 
 
 def tiny_gan(tmp_path, **kw):
@@ -101,7 +104,9 @@ def test_fused_tracks_reference(tmp_path, kind, monkeypatch):
             trainer = VAETrainer(VAEConfig(out_dir=str(tmp_path / backend), backend=backend, image_size=16, latent_dim=4,
                                            base=8, batch_size=8, epochs=3, log_every=1, sample_every=1000, precision="fp32",
                                            num_samples=4, progress=False, holdout=0.0))
-        trainer.fit(tiny_images())
+        with FusedOpCounter() as ops:
+            trainer.fit(tiny_images())
+        assert (ops.forward_calls() > 0) == (backend == "fused" and _extension.LOADED)
         rows = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
         params = torch.cat([p.detach().flatten() for m in trainer.modules().values() if isinstance(m, torch.nn.Module)
                             for p in m.parameters()])
