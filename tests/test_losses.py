@@ -583,6 +583,8 @@ def test_gradients_only_for_inputs_that_require_them():
     [
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "minimax"), ValueError, "kind must be one of 'bce', 'hinge', 'lsgan', 'wgan', got 'minimax'"),
         (lambda: aigc_fast.gan_g_loss(torch.zeros(3, dtype=torch.int64)), TypeError, "fake_logits must be float16, bfloat16, float32 or float64, got torch.int64"),
+        (lambda: aigc_fast.gan_d_loss(torch.zeros(3, dtype=torch.int64), torch.zeros(3)), TypeError, "real_logits must be float16, bfloat16, float32 or float64, got torch.int64"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3, dtype=torch.int32), torch.zeros(2, 3)), TypeError, "mu must be float16, bfloat16, float32 or float64, got torch.int32"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3, device="meta")), ValueError, "fake_logits must be on the same device as real_logits"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "hinge", real_label=0.9), ValueError, "real_label applies to kind 'bce' and 'lsgan' only"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "bce", real_label=float("nan")), ValueError, "real_label must be finite, got nan"),

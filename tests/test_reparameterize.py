@@ -433,6 +433,8 @@ def test_large_counter_offset_matches_numpy_philox():
         (dict(mu=torch.zeros(3), logvar=torch.zeros(3, dtype=torch.float64)), TypeError, "logvar must have the same dtype as mu"),
         (dict(mu=torch.zeros(3, dtype=torch.int64), logvar=torch.zeros(3, dtype=torch.int64)), TypeError, "mu must be float16, bfloat16, float32 or float64, got torch.int64"),
         (dict(mu=torch.zeros(3), logvar=torch.zeros(3), eps=torch.zeros(4)), ValueError, "eps must have the same shape as mu"),
+        (dict(mu=torch.zeros(3), logvar=torch.zeros(3), eps=torch.zeros(3, dtype=torch.int64)), TypeError, "eps must be float16, bfloat16, float32 or float64, got torch.int64"),
+        (dict(mu=torch.zeros(3), logvar=torch.zeros(3), eps=torch.zeros(3, device="meta")), ValueError, "eps must be on the same device as mu"),
         (dict(mu=torch.zeros(3), logvar=torch.zeros(3, device="meta")), ValueError, "logvar must be on the same device as mu"),
         (dict(mu=[0.0], logvar=torch.zeros(1)), TypeError, "mu must be a torch.Tensor, got list"),
         (dict(mu=torch.tensor(0.0), logvar=torch.tensor(0.0), return_kl=True), ValueError, "needs a batch dimension"),
