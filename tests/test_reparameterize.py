@@ -270,7 +270,7 @@ def test_autocast_bf16():
     assert torch.isfinite(linear.weight.grad).all()
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
 @pytest.mark.parametrize("other", ["logvar", "eps"])
 def test_autocast_promotes_differing_dtypes_as_eager_does(other, compiled):
     """A Linear's bf16 mu under autocast beside a float32 logvar (a learned parameter) or
