@@ -64,7 +64,7 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
                                const OptionalTensor& eps, const OptionalTensor& seed, bool compute_kl) {
     at::Tensor z, kl;
-    {
+    {  // scoped: keep_output's detach() must run above it (see there)
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       std::tie(z, kl) = forward_op().call(mu, logvar, eps, seed, compute_kl);
     }
@@ -111,6 +111,11 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
   // z may be modified in place before backward there (z.clamp_(), z.mul_(t)), and a saved
   // output would turn that into an autograd error. A modified z is not used: the backward
   // regenerates the noise from the seed instead (what 16-bit inputs always do).
+  // The alias shares z's version counter only when detach() runs with autograd's dispatch
+  // keys on: below them (AutoDispatchBelowADInplaceOrView) it gets a counter of its own,
+  // and a modified z would be read as if unmodified. Not seen by saved-tensor hooks
+  // (save_on_cpu, checkpointing): z is a latent, and the decoder's first layer saves it.
+  // (Modified through .data, z keeps its version, as any saved tensor does.)
   static void keep_output(AutogradContext* ctx, const at::Tensor& z) {
     ctx->saved_data["z"] = z.detach();
     ctx->saved_data["z_version"] = static_cast<int64_t>(z._version());
@@ -119,7 +124,8 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
   // The kept z if it is still as the forward wrote it, else undefined. Taken, not read: the
   // engine frees saved tensors after a backward without retain_graph, but not saved_data,
   // and a graph kept alive (a loss kept for logging) must not keep z's storage. A second
-  // backward through a retained graph regenerates the noise.
+  // backward through a retained graph regenerates the noise. (Compiled autograd runs the
+  // backward on a copy of the context, so there the node keeps z until it is freed.)
   static at::Tensor take_output(AutogradContext* ctx) {
     const auto kept = ctx->saved_data.find("z");
     if (kept == ctx->saved_data.end()) return at::Tensor();

@@ -42,7 +42,7 @@ def assert_close_to_float64(fused, reference, exact, *, rel_floor=None, data_dty
         torch.testing.assert_close(fused, exact, rtol=1e-12, atol=1e-12)
         return
     if dtype == torch.float32:
-        torch.testing.assert_close(fused.double(), exact, rtol=2e-6, atol=1e-6 * (rel_floor or 1.0))
+        torch.testing.assert_close(fused.double(), exact, rtol=2e-6, atol=1e-6 * (1.0 if rel_floor is None else rel_floor))
         return
     scale = exact.abs().clamp_min(1.0 if rel_floor is None else rel_floor)
     fused_err = ((fused.double() - exact).abs() / scale).max().item()

@@ -147,13 +147,15 @@ def test_vae_loss_samples_z_in_eval_mode_too(cls):
     eval z = mu gives the reconstruction at the posterior mean instead."""
     model = (cls(latent_dim=4, image_size=16, base=8) if cls is ConvVAE else cls(256, 32, 4)).eval()
     x = torch.rand(8, 1, 16, 16)
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))  # loss goes through forward
     with torch.no_grad():
-        drawn = []
-        for seed in (0, 0, 1):
-            torch.manual_seed(seed)
-            drawn.append(model.loss(x)[1])
+        drawn = [model.loss(x, generator=torch.Generator().manual_seed(seed))[1] for seed in (0, 0, 1)]
+        torch.manual_seed(0)
+        global_rng = model.loss(x)[1]
         at_mean = model.loss(x, model(x))[1]
-    assert drawn[0] == drawn[1] and drawn[0] != drawn[2] and at_mean not in drawn
+    assert drawn[0] == drawn[1] and drawn[0] != drawn[2] and at_mean not in drawn + [global_rng]
+    assert len(calls) == 5
 
 
 def test_mlp_vae_loads_the_pytorch_example_checkpoint():

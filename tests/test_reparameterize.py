@@ -135,6 +135,18 @@ def test_z_modified_in_place_before_backward(with_kl, dtype):
         torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
 
 
+def test_a_graph_kept_after_backward_does_not_keep_z():
+    """z is kept for the backward outside save_for_backward, which the engine would free
+    after it: the backward lets go of it itself, so a loss kept for logging does not pin z."""
+    mu, logvar = (t.requires_grad_() for t in inputs((8, 4), torch.float32)[:2])
+    z = aigc_fast.reparameterize(mu, logvar)
+    loss = (z * 2).sum()
+    storage = z.untyped_storage()
+    before = torch._C._storage_Use_Count(storage._cdata)
+    loss.backward()
+    assert torch._C._storage_Use_Count(storage._cdata) == before - 1
+
+
 @pytest.mark.parametrize("dtype, far", [(torch.float32, 1e4), (torch.float64, 1e12)])
 def test_backward_regenerates_the_noise_where_z_minus_mu_would_lose_it(dtype, far):
     """z - mu is exact up to the rounding of z, half an ulp of |z|: against std that is all

@@ -32,21 +32,25 @@ class _VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction logits, mu, logvar); z is sampled in training, z = mu in eval."""
+    def forward(self, x: torch.Tensor, *, sample: Optional[bool] = None,
+                generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction logits, mu, logvar). z is sampled (with `generator`, if given)
+        when `sample` is True, by default in training mode; else z = mu."""
         mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar, impl=_backend.impl(self.backend)) if self.training else mu
+        if self.training if sample is None else sample:
+            z = reparameterize(mu, logvar, generator=generator, impl=_backend.impl(self.backend))
+        else:
+            z = mu
         return self.decode(z), mu, logvar
 
-    def loss(self, x: torch.Tensor, out=None, *, beta: float = 1.0, recon_loss: str = "bce"):
+    def loss(self, x: torch.Tensor, out=None, *, beta: float = 1.0, recon_loss: str = "bce",
+             generator: Optional[torch.Generator] = None):
         """The negative ELBO of x (mean over the batch; its one-sample estimate) as vae_loss
         returns it: (loss, recon_term, kl_term). z is sampled in eval mode too (a validation
-        loss): forward's z = mu there would give the reconstruction at the posterior mean, a
-        lower figure that is not the ELBO. `out`: this model's forward(x), if computed."""
-        if out is None:
-            mu, logvar = self.encode(x)
-            out = self.decode(reparameterize(mu, logvar, impl=_backend.impl(self.backend))), mu, logvar
-        recon, mu, logvar = out
+        loss; `generator` makes it reproducible): z = mu would give the reconstruction at
+        the posterior mean, a lower figure that is not the ELBO. `out`: this model's
+        forward(x, sample=True), if already computed."""
+        recon, mu, logvar = self(x, sample=True, generator=generator) if out is None else out
         return vae_loss(recon, x.reshape(recon.shape), mu, logvar, recon_loss=recon_loss, beta=beta,
                         impl=_backend.impl(self.backend))
 

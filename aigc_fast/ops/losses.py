@@ -3,6 +3,7 @@ computes the input gradients, so the backward only scales them by grad_output.""
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Tuple
 
@@ -138,8 +139,8 @@ def _beta_tensor(beta) -> torch.Tensor:
     if not isinstance(beta, (torch.SymInt, torch.SymFloat)):  # (a traced beta has no value to check)
         if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
             raise TypeError(f"beta must be a number or a one-element tensor, got {type(beta).__name__}")
-        if not beta >= 0:  # NaN too; a tensor's value is not read here (that would sync a GPU)
-            raise ValueError(f"beta must be a number >= 0 (the KL term's weight), got {beta}")
+        if not 0 <= beta < math.inf:  # NaN too; a tensor's value is not read here (that would sync a GPU)
+            raise ValueError(f"beta must be a finite number >= 0 (the KL term's weight), got {beta}")
     return torch.ones((), dtype=torch.float64) * beta
 
 
