@@ -95,7 +95,8 @@ def test_fused_tracks_reference(tmp_path, kind, monkeypatch):
 
     fused_reparameterize = vae_module.reparameterize
     monkeypatch.setattr(vae_module, "reparameterize",
-                        lambda mu, logvar, impl=None: fused_reparameterize(mu, logvar, eps=torch.randn_like(mu), impl=impl))
+                        lambda mu, logvar, generator=None, impl=None:
+                        fused_reparameterize(mu, logvar, eps=torch.randn_like(mu), impl=impl))
     runs = {}
     for backend in ("fused", "reference"):
         if kind == "gan":
