@@ -24,9 +24,11 @@ class Reparameterize(torch.nn.Module):
         self.sample_in_eval = sample_in_eval
         self.impl = impl
 
-    def forward(self, mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor] = None):
+    def forward(self, mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor] = None, *,
+                generator: Optional[torch.Generator] = None):
+        """z (and the KL with return_kl); eps and generator as for aigc_fast.reparameterize."""
         if self.training or self.sample_in_eval or eps is not None:
-            return reparameterize(mu, logvar, eps=eps, return_kl=self.return_kl, impl=self.impl)
+            return reparameterize(mu, logvar, eps=eps, generator=generator, return_kl=self.return_kl, impl=self.impl)
         if not self.return_kl:
             return mu
         # The KL of the same op, with no noise; z is mu itself (mu + std * 0 would be NaN where
