@@ -37,10 +37,8 @@ class _VAE(nn.Module):
         """(reconstruction logits, mu, logvar). z is sampled (with `generator`, if given)
         when `sample` is True, by default in training mode; else z = mu."""
         mu, logvar = self.encode(x)
-        if self.training if sample is None else sample:
-            z = reparameterize(mu, logvar, generator=generator, impl=_backend.impl(self.backend))
-        else:
-            z = mu
+        sample = self.training if sample is None else sample
+        z = reparameterize(mu, logvar, generator=generator, impl=_backend.impl(self.backend)) if sample else mu
         return self.decode(z), mu, logvar
 
     def loss(self, x: torch.Tensor, out=None, *, beta: float = 1.0, recon_loss: str = "bce",
