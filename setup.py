@@ -195,6 +195,11 @@ WITH_CUDA = _build_cuda()
 
 setup(
     version=VERSION,
+    # Here, not in pyproject.toml: setuptools deprecates [project]'s license table (builds stop
+    # being supported after 2027-02), and the SPDX string replacing it needs setuptools >= 77,
+    # which an environment building with --no-build-isolation may not have. This keyword
+    # works on every setuptools from 64 on, with no warning.
+    license="Apache-2.0",
     ext_modules=[_extension(WITH_CUDA)],
     cmdclass={"build_ext": BuildExtension},
 )
