@@ -72,8 +72,8 @@ def test_leaky_relu_slopes_match_reference(slope, dtype):
 
 
 @pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 1, 1), (1, 3, 17, 19), (2, 1, 4), (5,)])
-def test_shapes_and_no_bias(act, shape):
+@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 1, 1), (1, 3, 17, 19), (2, 1, 4), (5,), ()])
+def test_shapes_and_no_bias(act, shape):  # 0-d and 1-d: no bias, so dim=1 is not used
     x, bias = inputs(shape, dtype=torch.float64, seed=2)
     grad_out = torch.randn(shape, dtype=torch.float64)
     for b in (None, bias) if len(shape) > 1 else (None,):

@@ -23,6 +23,9 @@ def bias_act(
 ) -> torch.Tensor:
     """y = act(x + bias), bias of shape [x.shape[dim]] broadcast along `dim`.
 
+    Without a bias `dim` is not used (nor checked), so y = act(x) works for any x, a 0-d
+    one included.
+
     act: "identity", "relu", "leaky_relu" (negative_slope >= 0), "tanh" or "sigmoid".
     x: any float dtype (math in float32, float64 for float64), any shape; contiguous and
     channels_last inputs keep their memory format in y. bias: optional, any float dtype
