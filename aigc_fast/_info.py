@@ -77,6 +77,7 @@ def collect() -> dict:
         "compiled_backends": _extension.compiled_backends(),
         "cpu_kernels": runtime.get("cpu_kernels"),
         "cpu_philox_lanes": runtime.get("philox"),
+        "cpu_kernel_threading": runtime.get("cpu_threading"),
         "cuda_archs": _extension.BUILD_INFO.get("cuda_archs"),
         "cpu_threads": torch.get_num_threads(),
         "cpu_native_bf16": cpu_has_native_bf16(),

@@ -1,22 +1,29 @@
 // The Python extension module aigc_fast._C. Importing it runs the TORCH_LIBRARY static
 // registrations of every op; the module itself exposes nothing (no pybind11), and the op
-// `build_info` reports whether CUDA kernels are compiled in and which CPU kernels will run.
+// `build_info` reports whether CUDA kernels are compiled in, which CPU kernels will run and
+// whether they run threaded.
 #include <Python.h>
 #include <torch/library.h>
 
 #include <string>
 
+#include "cpu/isa.h"
 #include "cpu/philox_x86.h"
 
 namespace aigc_fast {
 namespace {
 
+// The clone ifunc picks for this CPU (the same test: GCC's CPU levels).
 std::string cpu_isa() {
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef AIGC_HAVE_CPU_CLONES
   __builtin_cpu_init();
   if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
   if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2+FMA)";
   return "x86-64 (SSE2)";
+#elif defined(__clang__)  // correct, but most kernel loops stay scalar (README, "Install")
+  return "clang build (most loops not vectorized: a g++ build is 3-15x faster)";
+#elif defined(__x86_64__)
+  return "x86-64 (SSE2, for every CPU: the AVX2 and AVX-512 clones need g++ on Linux)";
 #else
   return "generic";
 #endif
@@ -39,6 +46,16 @@ std::string philox_lanes() {
 
 std::string build_info() {
   std::string info = "cpu_kernels=" + cpu_isa() + ";philox=" + philox_lanes();
+#ifdef AIGC_HAVE_PHILOX_X86
+  info += ";philox_paths=avx512 avx2 portable";
+#else
+  info += ";philox_paths=portable";  // the vector-lane paths need g++ on x86-64
+#endif
+#ifdef _OPENMP  // at::parallel_for is inline OpenMP: without it every kernel runs on one thread
+  info += ";cpu_threading=openmp";
+#else
+  info += ";cpu_threading=none (built without OpenMP: one thread)";
+#endif
 #ifdef AIGC_FAST_WITH_CUDA
   info += ";cuda=1";
 #else

@@ -166,8 +166,13 @@ scalar_t* data_or_null(const at::Tensor& t) {
   return t.numel() > 0 ? t.data_ptr<scalar_t>() : nullptr;
 }
 
-std::pair<uint64_t, uint64_t> read_seed(const std::optional<at::Tensor>& seed) {
-  if (!seed.has_value()) return {0, 0};
+// A named pair, not a structured binding: lambdas capture bindings only from clang 16 on.
+struct PhiloxKey {
+  uint64_t seed = 0, offset = 0;
+};
+
+PhiloxKey read_seed(const std::optional<at::Tensor>& seed) {
+  if (!seed.has_value()) return {};
   const int64_t* s = seed->data_ptr<int64_t>();
   return {static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1])};
 }
@@ -183,7 +188,7 @@ void forward_impl(ReparamForward& op) {
   using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   const RowTiles tiles = op.tiles;
   const bool with_kl = op.kl.numel() > 0;
-  const auto [seed, offset] = read_seed(op.seed);
+  const PhiloxKey key = read_seed(op.seed);
   const scalar_t* mu = op.mu.data_ptr<scalar_t>();
   const scalar_t* logvar = op.logvar.data_ptr<scalar_t>();
   const scalar_t* eps = op.eps.has_value() ? op.eps->data_ptr<scalar_t>() : nullptr;
@@ -198,7 +203,7 @@ void forward_impl(ReparamForward& op) {
       const int64_t begin = tiles.begin(t), n = tiles.end(t) - begin;
       const T* e = eps != nullptr
                        ? load(eps, begin, n, eps_buf)
-                       : noise_as(fill_normals(seed, offset, begin, begin + n, normals), n, eps_buf);
+                       : noise_as(fill_normals(key.seed, key.offset, begin, begin + n, normals), n, eps_buf);
       T* out = target(z, begin, z_buf);
       const T kl = forward_tile(load(mu, begin, n, mu_buf), load(logvar, begin, n, logvar_buf), e,
                                 n, out, with_kl);
@@ -213,7 +218,7 @@ template <typename scalar_t>
 void backward_impl(ReparamBackward& op) {
   using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   const RowTiles tiles = op.tiles;
-  const auto [seed, offset] = read_seed(op.seed);
+  const PhiloxKey key = read_seed(op.seed);
   const bool from_z = op.z.has_value();
   const scalar_t* g = op.grad_z.data_ptr<scalar_t>();
   const T* gk = op.grad_kl.has_value() ? op.grad_kl->data_ptr<T>() : nullptr;
@@ -234,7 +239,7 @@ void backward_impl(ReparamBackward& op) {
       const T* lv = load(logvar, begin, n, logvar_buf);
       const T* src = given != nullptr
                          ? load(given, begin, n, src_buf)
-                         : noise_as(fill_normals(seed, offset, begin, begin + n, normals), n, src_buf);
+                         : noise_as(fill_normals(key.seed, key.offset, begin, begin + n, normals), n, src_buf);
       T* out_mu = target(d_mu, begin, d_mu_buf);
       T* out_logvar = target(d_logvar, begin, d_logvar_buf);
       T* out_eps = target(d_eps, begin, d_eps_buf);
@@ -248,7 +253,7 @@ void backward_impl(ReparamBackward& op) {
               : backward_tile<false>(g_tile, gk_row, mu_tile, lv, src, from_z, no_noise, n, out_mu, out_logvar, out_eps);
       // z - mu lost precision somewhere in the tile: again, with the seed's noise there.
       if (lossy) {
-        const T* noise = noise_as(fill_normals(seed, offset, begin, begin + n, normals), n, noise_buf);
+        const T* noise = noise_as(fill_normals(key.seed, key.offset, begin, begin + n, normals), n, noise_buf);
         backward_tile<false>(g_tile, gk_row, mu_tile, lv, src, from_z, noise, n, out_mu, out_logvar, out_eps);
       }
       store(out_mu, d_mu, begin, n);
