@@ -5,6 +5,7 @@ Environment: AIGC_FAST_CUDA=1|0, TORCH_CUDA_ARCH_LIST (default without a visible
 "8.0;9.0+PTX"), MAX_JOBS (parallel compile jobs, read by torch's ninja build).
 """
 
+import ctypes
 import glob
 import json
 import os
@@ -44,42 +45,65 @@ CXX_FLAGS = [
     "-fno-trapping-math",  # selects between computed values may vectorize
     "-ffp-contract=off",  # no implicit FMA: CPU math stays bit-identical to CUDA's
 ]
-LINK_FLAGS = []
-# Flags that speed the kernels up but that not every compiler has (clang lacks the first;
-# Apple's clang, and clang without its OpenMP runtime, the second). Each is probed and
-# dropped with a note if the compiler refuses it: the kernels compute the same either way.
-OPTIONAL_FLAGS = {
+# Flags that speed the kernels up but that not every compiler takes: clang lacks the first;
+# Apple's clang, and clang without libomp-dev, the second. Tried when the extension is built
+# (BuildExtension); each is left out, with a note, if the compiler refuses it. The kernels
+# compute the same bits either way.
+OPTIONAL_FLAGS = [
+    # (flag, whether the linker needs it too, what leaving it out costs)
     # An `omp simd` loop is vectorized: we measured, g++ guesses.
-    "-fsimd-cost-model=unlimited": "the compiler's cost model decides which loops are vectorized",
-    # at::parallel_for is inline OpenMP: without it the CPU kernels run on one thread. Links
-    # libgomp.so.1 by soname with g++: the copy torch ships and has already loaded, so one
-    # OpenMP runtime (and torch.set_num_threads) governs torch's loops and ours.
-    "-fopenmp": "the CPU kernels run on ONE thread (g++, or clang with libomp-dev, builds them threaded)",
-}
-OPENMP_PROBE = """
+    ("-fsimd-cost-model=unlimited", False, "the compiler's cost model decides which loops are vectorized"),
+    # at::parallel_for is inline OpenMP: without it the CPU kernels run on one thread. With
+    # g++ this links libgomp.so.1 by soname: the copy torch ships and has already loaded,
+    # so one OpenMP runtime (and torch.set_num_threads) governs torch's loops and ours.
+    ("-fopenmp", True, "the CPU kernels run on ONE thread (g++, or clang with libomp-dev, builds them threaded)"),
+]
+# Without -fopenmp, this still honours the kernels' `omp simd` loops (no runtime needed).
+OPENMP_SIMD_ONLY = "-fopenmp-simd"
+PROBE_SOURCE = """
+#ifdef _OPENMP
 #include <omp.h>
-int probe(const float* x, int n) {
+#endif
+extern "C" int aigc_fast_probe(const float* x, int n);
+extern "C" int aigc_fast_probe(const float* x, int n) {
   float s = 0;
-#pragma omp parallel for reduction(+ : s)
+#pragma omp parallel for simd reduction(+ : s)
   for (int i = 0; i < n; ++i) s += x[i];
-  return static_cast<int>(s) + omp_get_max_threads();
+#ifdef _OPENMP
+  s += static_cast<float>(omp_get_max_threads());
+#endif
+  return static_cast<int>(s);
 }
 """
 
 
-def _compiler_accepts(flag):
-    """Whether CXX builds a small shared library with this flag (an OpenMP one for -fopenmp,
-    so a missing runtime counts), warning-free: clang ignores some unknown optimization
-    flags with only a warning."""
+def _compiler_accepts(flag, link):
+    """Whether CXX builds with this flag a small OpenMP-style library it builds without it
+    (so a flag is refused only for itself, not for a broken setup), and, for a link flag,
+    whether the library then loads (its runtime found). The user's CPPFLAGS, CFLAGS and
+    LDFLAGS take part, as in the real build."""
+    user_flags = [f for var in ("CPPFLAGS", "CFLAGS", "LDFLAGS") for f in shlex.split(os.environ.get(var, ""))]
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "probe.cpp")
         with open(source, "w") as f:
-            f.write(OPENMP_PROBE if flag == "-fopenmp" else "int probe() { return 0; }\n")
-        command = [*shlex.split(CXX), flag, "-Werror", "-shared", "-fPIC", source, "-o", os.path.join(tmp, "probe.so")]
-        try:
-            return subprocess.run(command, capture_output=True).returncode == 0
-        except OSError:  # no such compiler: torch's build says so itself
+            f.write(PROBE_SOURCE)
+
+        def builds(extra):
+            library = os.path.join(tmp, f"probe{len(extra)}.so")
+            command = [*shlex.split(CXX), *user_flags, *extra, "-shared", "-fPIC", source, "-o", library]
+            try:
+                if subprocess.run(command, capture_output=True).returncode != 0:
+                    return False
+            except OSError:  # no such compiler: torch's build says so itself
+                return False
+            if link:
+                try:
+                    ctypes.CDLL(library)
+                except OSError:
+                    return False
             return True
+
+        return builds([flag]) or not builds([])
 
 
 def _is_clang():
@@ -89,16 +113,24 @@ def _is_clang():
         return False
 
 
-if _is_clang():
-    print("aigc_fast: building with clang: the kernels are correct, but clang leaves most of their loops "
-          "scalar (measured 3-15x slower than a g++ build); CXX=g++ builds the fast ones", file=sys.stderr)
-for _flag, _without_it in OPTIONAL_FLAGS.items():
-    if _compiler_accepts(_flag):
-        CXX_FLAGS.append(_flag)
-        if _flag == "-fopenmp":
-            LINK_FLAGS.append(_flag)
-    else:
-        print(f"aigc_fast: {CXX} refuses {_flag}, so it is left out: {_without_it}", file=sys.stderr)
+def _optional_flags():
+    """(compile flags, link flags) of OPTIONAL_FLAGS that CXX takes, with a note for each
+    one it refuses."""
+    if _is_clang():
+        print("aigc_fast: building with clang: the kernels are correct, but clang leaves most of their loops "
+              "scalar (on x86-64 a g++ build measured 3-14x faster); CXX=g++ builds the fast ones", file=sys.stderr)
+    compile_flags, link_flags = [], []
+    for flag, link, without_it in OPTIONAL_FLAGS:
+        if _compiler_accepts(flag, link):
+            compile_flags.append(flag)
+            link_flags += [flag] if link else []
+            continue
+        if flag == "-fopenmp" and _compiler_accepts(OPENMP_SIMD_ONLY, False):
+            compile_flags.append(OPENMP_SIMD_ONLY)
+            without_it += f"; their `omp simd` loops are still vectorized ({OPENMP_SIMD_ONLY})"
+        print(f"aigc_fast: {CXX} refuses {flag}, so it is left out: {without_it}", file=sys.stderr)
+    return compile_flags, link_flags
+
 
 NVCC_FLAGS = ["-O3", "--fmad=false", "-DAIGC_FAST_WITH_CUDA", TORCH_TAG]
 
@@ -197,7 +229,6 @@ def _extension(with_cuda):
             sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": CXX_FLAGS},
-            extra_link_args=LINK_FLAGS,
         )
     return cpp_extension.CUDAExtension(
         "aigc_fast._C",
@@ -205,13 +236,21 @@ def _extension(with_cuda):
         include_dirs=include_dirs + _wheel_cuda_includes(),
         library_dirs=_nvcc_library_dirs(),
         extra_compile_args={"cxx": CXX_FLAGS + ["-DAIGC_FAST_WITH_CUDA"], "nvcc": NVCC_FLAGS},
-        extra_link_args=LINK_FLAGS,
     )
 
 
 class BuildExtension(cpp_extension.BuildExtension):
-    """torch's build, plus _build_info.json beside the binary: the torch it was built
-    against, so `import aigc_fast` can refuse a stale or mismatched binary before loading it."""
+    """torch's build, plus the OPTIONAL_FLAGS the compiler takes (tried here, so only a
+    build runs the probes, not pip's metadata steps) and _build_info.json beside the binary:
+    the torch it was built against, so `import aigc_fast` can refuse a stale or mismatched
+    binary before loading it."""
+
+    def build_extensions(self):
+        compile_flags, link_flags = _optional_flags()
+        for extension in self.extensions:
+            extension.extra_compile_args["cxx"] = extension.extra_compile_args["cxx"] + compile_flags
+            extension.extra_link_args = extension.extra_link_args + link_flags
+        super().build_extensions()
 
     def finalize_options(self):
         super().finalize_options()

@@ -126,7 +126,7 @@ def test_info_reports_versions_backends_and_choices(capsys):
     with aigc_fast.use_impl("reference"):
         assert aigc_fast.info(print_report=False)["ops"]["reparameterize"]["cpu"].startswith("reference")
     if aigc_fast._extension.LOADED:  # what the binary says of itself (CI requires "openmp")
-        assert facts["cpu_kernel_threading"] in ("openmp", "none (built without OpenMP: one thread)")
+        assert facts["cpu_kernel_threading"] in ("openmp", "torch's own pool", "none (built without OpenMP: one thread)")
         assert facts["cpu_kernels"] and facts["cpu_philox_lanes"] in ("avx512", "avx2", "portable")
 
 

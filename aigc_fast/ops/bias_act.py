@@ -23,7 +23,7 @@ def bias_act(
 ) -> torch.Tensor:
     """y = act(x + bias), bias of shape [x.shape[dim]] broadcast along `dim`.
 
-    Without a bias `dim` is not used (nor checked), so y = act(x) works for any x, a 0-d
+    Without a bias `dim` is not used (nor range-checked), so y = act(x) works for any x, a 0-d
     one included.
 
     act: "identity", "relu", "leaky_relu" (negative_slope >= 0), "tanh" or "sigmoid".

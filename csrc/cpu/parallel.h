@@ -8,6 +8,10 @@
 
 #include <cstdint>
 
+#if defined(__clang__) && defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace aigc_fast {
 
 // Below this many elements a kernel runs on the calling thread.
@@ -17,6 +21,12 @@ constexpr int64_t kParallelMinElements = 32768;
 template <typename F>
 void for_units(int64_t units, int64_t elements, const F& body) {
   if (elements < kParallelMinElements) return body(int64_t(0), units);
+#if defined(__clang__) && defined(_OPENMP)
+  // clang links LLVM's libomp beside torch's libgomp, and torch.set_num_threads sets only
+  // libgomp's count: at::parallel_for's region (no num_threads clause) would take libomp's
+  // default, every core. Handed over per call, as torch's setting may change.
+  omp_set_num_threads(at::get_num_threads());
+#endif
   at::parallel_for(0, units, 1, body);
 }
 
