@@ -8,6 +8,7 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -121,16 +122,18 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     ctx->saved_data["z_version"] = static_cast<int64_t>(z._version());
   }
 
-  // The kept z if it is still as the forward wrote it, else undefined. Taken, not read: the
-  // engine frees saved tensors after a backward without retain_graph, but not saved_data,
-  // and a graph kept alive (a loss kept for logging) must not keep z's storage. A second
-  // backward through a retained graph regenerates the noise. (Compiled autograd runs the
-  // backward on a copy of the context, so there the node keeps z until it is freed.)
+  // The kept z if it is still as the forward wrote it, else undefined. Let go of by the
+  // backward that frees the graph (one without retain_graph), as the engine frees saved
+  // tensors: it does not free saved_data, and a graph kept alive afterwards (a loss kept for
+  // logging) must not keep z's storage. Every backward through a retained graph reads it, so
+  // they all give the same gradients (gradcheck's reentrancy check compares them bit for
+  // bit; z - mu and the regenerated noise differ in the last bits). (Compiled autograd runs
+  // the backward on a copy of the context, so there the node keeps z until it is freed.)
   static at::Tensor take_output(AutogradContext* ctx) {
     const auto kept = ctx->saved_data.find("z");
     if (kept == ctx->saved_data.end()) return at::Tensor();
     at::Tensor z = kept->second.toTensor();
-    ctx->saved_data.erase(kept);
+    if (!torch::autograd::get_current_graph_task_keep_graph()) ctx->saved_data.erase(kept);
     const bool unmodified = static_cast<int64_t>(z._version()) == ctx->saved_data.at("z_version").toInt();
     return unmodified ? z : at::Tensor();
   }
