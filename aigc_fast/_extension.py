@@ -54,7 +54,10 @@ def _read_build_info() -> dict:
     if not os.path.exists(path):
         return {}
     with open(path) as f:
-        return json.load(f)
+        info = json.load(f)
+    if not isinstance(info, dict):  # (BUILD_INFO stays a dict, which aigc_fast.info() reads)
+        raise ValueError(f"{path} holds a JSON {type(info).__name__}, not the object setup.py writes")
+    return info
 
 
 def _disabled() -> bool:
@@ -110,7 +113,7 @@ def _why_not_loadable(info: dict) -> str | None:
     # catch): check that it holds everything its headers point at before loading it.
     end, size = _elf_extent(spec.origin), os.path.getsize(spec.origin)
     if end is not None and end > size:
-        return f"{os.path.basename(spec.origin)} is truncated: {size} bytes, but its headers reach byte {end}"
+        return f"{os.path.basename(spec.origin)} is truncated or corrupt: {size} bytes, but its headers reach byte {end}"
     if info.get("torch") != torch.__version__:
         return f"aigc_fast._C was built against torch {info.get('torch')}, but torch {torch.__version__} is running"
     if info.get("package_version") != __version__:

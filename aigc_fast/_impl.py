@@ -26,14 +26,15 @@ IMPLS = ("fused", "reference")
 _default: Optional[str] = None
 
 
-def _check(impl: Optional[str]) -> None:
+def check(impl: Optional[str]) -> None:
+    """Refuses an impl= value other than "fused", "reference" or None."""
     _validate.choice(impl, "impl", IMPLS + (None,))
 
 
 def set_impl(impl: Optional[str]) -> None:
     """Sets the implementation every op uses when a call does not pass `impl=`."""
     global _default
-    _check(impl)
+    check(impl)
     _default = impl
 
 
@@ -46,7 +47,7 @@ def get_impl() -> Optional[str]:
 def use_impl(impl: Optional[str]) -> Iterator[None]:
     """`with aigc_fast.use_impl("reference"): ...` runs the block with that choice."""
     global _default
-    _check(impl)
+    check(impl)
     previous, _default = _default, impl
     try:
         yield
@@ -119,7 +120,7 @@ def fused_unavailable_reason(device: torch.device) -> Optional[str]:
 
 def use_fused(impl: Optional[str], op: str, device: torch.device) -> bool:
     """Resolves a call's `impl` argument against the global choice and availability."""
-    _check(impl)
+    check(impl)
     chosen = impl if impl is not None else _default
     if chosen == "reference":
         return False

@@ -41,18 +41,27 @@ def number(value, name: str):
     one-element real tensor; not a bool, a string or None), so a NaN or a typo is refused by
     name rather than carried into the kernels or turned into NaN outputs. A symbolic float
     (torch.compile traces a Python float argument as one once it changes) is not checked
-    for finiteness: it has no value to check, and dynamo cannot trace math.isfinite of it."""
+    for finiteness while compiling: it has no value to check, and dynamo cannot trace
+    math.isfinite of it (nor tell it from a constant here). The C++ ops check it when the
+    graph runs."""
     if isinstance(value, (torch.SymFloat, torch.SymInt)):
         return value
     if isinstance(value, torch.Tensor) and value.numel() == 1 and (value.dtype.is_floating_point or not (
             value.dtype.is_complex or value.dtype == torch.bool)):
+        if value.requires_grad:
+            raise TypeError(f"{name} is a constant (a number, or a tensor without grad): its gradient is not computed")
+        if value.is_meta:
+            raise TypeError(f"{name} must have a value, got a meta tensor")
         value = value.item()
     if isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a number or a one-element real tensor, got a {value.dtype} tensor of "
                         f"shape {list(value.shape)}")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int past float's range
+        raise ValueError(f"{name} must be finite, got {value}") from None
     if not torch.compiler.is_compiling() and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value

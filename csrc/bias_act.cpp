@@ -8,6 +8,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,9 @@
 namespace aigc_fast {
 
 Act parse_act(const std::string& act, double slope) {
+  check_finite(slope, "negative_slope");
+  TORCH_CHECK(std::abs(slope) <= std::numeric_limits<float>::max(),
+              "negative_slope must fit in float32, where the kernels compute, got ", slope);
   if (act == "identity") return Act::kIdentity;
   if (act == "relu") return Act::kRelu;
   if (act == "tanh") return Act::kTanh;
@@ -75,6 +80,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
   op.grad_x = at::empty_like(op.y);
   op.inner = std::max<int64_t>(y.numel(), 1);  // without a bias, one "channel" (as in bias_act_op)
   if (bias_dtype.has_value()) {
+    TORCH_CHECK(is_supported_float(*bias_dtype), "bias_dtype must be float16, bfloat16, float32 or float64, got ",
+                *bias_dtype);
     TORCH_CHECK(dim >= 0 && dim < y.dim(), "dim must index a dimension of y (", y.dim(), "-d), got ", dim);
     op.channels = y.size(dim);
     op.inner = channel_run(op.y, dim);

@@ -6,6 +6,7 @@
 // the kernels run where they merge their partials.
 #include "bn_act.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
@@ -35,6 +36,13 @@ int64_t inner_of(const at::Tensor& x) { return channel_run(x, 1); }
 
 // A [channels] vector the per-channel step can index densely (undefined when absent).
 at::Tensor dense_channels(const std::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }
+
+// A running statistic the training forward updates in place: one element per channel, not
+// an expanded view (one memory location for all, which the update could not write).
+void check_updatable(const std::optional<at::Tensor>& t, const char* name) {
+  TORCH_CHECK(!t.has_value() || at::has_internal_overlap(*t) != at::MemOverlap::Yes, name,
+              " is updated in place, one value per channel, so it cannot be an expanded tensor (stride 0)");
+}
 
 // Copies a dense stand-in's update back into a buffer that was not dense itself.
 void write_back(const std::optional<at::Tensor>& buffer, const at::Tensor& dense) {
@@ -94,8 +102,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
               "running_mean and running_var must both be given or both be None");
   TORCH_CHECK(training || running_mean.has_value(), "bn_act with training=False needs running_mean and running_var");
+  check_finite(eps, "eps");
   TORCH_CHECK(eps > 0.0 || (!training && eps == 0.0), "eps must be ",
               training ? "positive with batch statistics" : ">= 0", ", got ", eps);
+  if (momentum.has_value()) check_finite(*momentum, "momentum");
+  if (training) {  // checked before num_batches_tracked is counted, so a refused call changes nothing
+    check_updatable(running_mean, "running_mean");
+    check_updatable(running_var, "running_var");
+  }
   const int64_t channels = x.size(1);
   TORCH_CHECK(channels > 0, "x must have at least one channel, got shape ", x.sizes());
   const int64_t per_channel = x.numel() / channels;

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <string>
 
 namespace aigc_fast {
@@ -38,6 +39,14 @@ inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& 
               ref_name, ", got ", t.scalar_type(), " and ", ref.scalar_type());
   TORCH_CHECK(t.sizes() == ref.sizes(), name, " must have the same shape as ", ref_name, ", got ",
               t.sizes(), " and ", ref.sizes());
+}
+
+// A float argument the kernels compute with (a slope, a momentum, an eps, a label): NaN or
+// inf would turn outputs or running statistics into NaN or inf without an error. The Python
+// wrappers check too, but not every value (one a compiled graph takes as a symbolic float),
+// and callers of torch.ops.aigc_fast skip them.
+inline void check_finite(double value, const char* name) {
+  TORCH_CHECK(std::isfinite(value), name, " must be finite, got ", value);
 }
 
 }  // namespace aigc_fast

@@ -73,9 +73,11 @@ void run(GanLoss& op) {
 }
 
 void check_label(const std::string& kind, double real_label) {
+  gan_term(kind, Role::kReal, real_label);  // refuses an unknown kind first
   TORCH_CHECK(real_label == 1.0 || kind == "bce" || kind == "lsgan",
               "real_label applies to kind 'bce' and 'lsgan' only, got real_label=", real_label,
               " with kind '", kind, "'");
+  TORCH_CHECK(real_label >= 0.0 && real_label <= 1.0, "real_label must be a probability in [0, 1], got ", real_label);
 }
 
 ReconKind parse_recon(const std::string& recon_loss) {
@@ -148,6 +150,8 @@ vae_loss_op(const at::Tensor& recon, const at::Tensor& target, const at::Tensor&
   op.recon_kind = parse_recon(recon_loss);
   op.reduction = parse_reduction(reduction);
   op.beta = beta.item<double>();
+  TORCH_CHECK(std::isfinite(op.beta) && op.beta >= 0.0, "beta must be a finite number >= 0 (the KL term's weight), got ",
+              op.beta);
   // Read sample by sample in memory order (layout.h): in every dense layout kept as is,
   // contiguous and channels_last, each sample is one block.
   op.recon = in_memory_order(recon);

@@ -203,6 +203,12 @@ def test_nan_propagates():
         (lambda: aigc_fast.bias_act(torch.zeros(2, 3), None, "leaky_relu", negative_slope=None), TypeError, "negative_slope must be a number, got NoneType"),
         (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), torch.zeros(4), 1, "relu", 0.2), RuntimeError, r"bias must have shape \[3\]"),
         (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), None, 1, "gelu", 0.2), RuntimeError, "act must be one of"),
+        (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), None, 1, "leaky_relu", float("inf")), RuntimeError, "negative_slope must be finite, got inf"),
+        (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), None, 1, "leaky_relu", 1e39), RuntimeError, "negative_slope must fit in float32"),
+        (lambda: torch.ops.aigc_fast.bias_act_backward(torch.ones(2, 3), torch.ones(2, 3), 1, "relu", 0.2, torch.int64), RuntimeError, "bias_dtype must be float16"),
+        # A meta argument sends the call to the fake kernel, which checks as the op does.
+        (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3, device="meta"), None, 1, "gelu", 0.2), ValueError, "act must be one of"),
+        (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3, device="meta"), torch.zeros(4, device="meta"), 1, "relu", 0.2), ValueError, r"bias must have shape \[3\]"),
     ],
 )
 def test_bad_input_gives_clear_errors(call, error, match):

@@ -225,6 +225,10 @@ def test_gradcheck():
         (lambda: ConvTransposeBlock(4, 4)(torch.zeros(4, 3, 3)), ValueError, r"4-d \[N, C, H, W\] input"),
         (lambda: ConvTransposeBlock(4, 4, act="gelu"), ValueError, "act must be one of"),
         (lambda: ConvBlock(4, 4, norm="group"), ValueError, "norm must be 'batch' or None"),
+        (lambda: ConvTransposeBlock(4, 4, memory_efficient="no"), TypeError, "memory_efficient must be True or False"),
+        (lambda: aigc_fast.nn.convert("model"), TypeError, "convert.. takes a torch.nn.Module, got str"),
+        (lambda: aigc_fast.nn.convert(nn.Sequential(), memory_efficient="yes"), TypeError, "memory_efficient must be"),
+        (lambda: aigc_fast.nn.fold(5), TypeError, "fold.. takes a torch.nn.Module, got int"),
         (lambda: ConvTransposeBlock(4, 4)(torch.zeros(2, 5, 3, 3)), RuntimeError, "channels"),
         # A 1x1 input (the projection, a matrix multiply) the conv would refuse: the conv's error.
         (lambda: ConvTransposeBlock(4, 3, 4, 1, 0)(torch.zeros(2, 5, 1, 1)), RuntimeError, "to have 4 channels, but got 5"),

@@ -591,6 +591,26 @@ def test_compile_fullgraph_with_changing_eps_and_momentum():
                                     momentum=momentum)
         torch.testing.assert_close(y, expected)
         torch.testing.assert_close(p.running_mean, q.running_mean)
+    # Symbolic, a NaN momentum passes the Python check: the C++ op refuses it when the graph
+    # runs, before it writes the running statistics.
+    p = Params(3)
+    before = p.running_mean.clone()
+    with pytest.raises(RuntimeError, match="momentum must be finite, got nan"):
+        fn(x, p.running_mean, p.running_var, 1e-5, float("nan"))
+    assert torch.equal(p.running_mean, before)
+
+
+def test_an_expanded_running_statistic_is_refused_before_anything_is_updated():
+    x, _ = data((4, 3, 2, 2))
+    counter = torch.tensor(0)
+    with pytest.raises(RuntimeError, match="running_mean is updated in place, one value per channel, so it cannot "
+                                           "be an expanded tensor"):
+        aigc_fast.bn_act(x, None, None, torch.zeros(1).expand(3), torch.ones(3), training=True,
+                         num_batches_tracked=counter)
+    assert counter.item() == 0
+    # In eval the buffers are only read, so a broadcast one works (as in nn.BatchNorm2d).
+    y = aigc_fast.bn_act(x, None, None, torch.zeros(1).expand(3), torch.ones(1).expand(3), training=False)
+    torch.testing.assert_close(y, reference.bn_act(x, None, None, torch.zeros(3), torch.ones(3), training=False))
 
 
 def test_flags_take_numpy_bools_and_0_or_1():
@@ -684,6 +704,22 @@ def test_vmap_runs_the_reference_and_the_raw_op_says_so():
         (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3, dtype=torch.bfloat16), None, None, None, None, None,
                                             True, 0.1, 1e-5, "tanh", 0.2, True), RuntimeError,
          "tanh needs a float32 or float64 output"),
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3), torch.ones(3), None, True,
+                                            float("nan"), 1e-5, "relu", 0.2, False), RuntimeError,
+         "momentum must be finite, got nan"),
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), None, None, None, None, None, True, 0.1,
+                                            float("inf"), "relu", 0.2, False), RuntimeError, "eps must be finite"),
+        (lambda: aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3, requires_grad=True), torch.ones(3),
+                                  training=True), RuntimeError, "running_mean is a buffer .* must not require grad"),
+        (lambda: aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3), torch.ones(3, requires_grad=True),
+                                  training=False), RuntimeError, "running_var is a buffer .* must not require grad"),
+        # A meta argument sends the call to the fake kernel, which checks as the op does.
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3, device="meta"), torch.ones(4, device="meta"), None,
+                                            None, None, None, True, 0.1, 1e-5, "relu", 0.2, False), ValueError,
+         r"weight must have shape \[3\]"),
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3, dtype=torch.int64, device="meta"), None, None, None,
+                                            None, None, True, 0.1, 1e-5, "relu", 0.2, False), TypeError,
+         "x must be float16"),
     ],
 )
 def test_bad_input_gives_clear_errors(call, error, match):

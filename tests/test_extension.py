@@ -24,6 +24,7 @@ print("WARNINGS", len([w for w in caught if "aigc_fast" in str(w.message)]))
 print("MESSAGE", next((str(w.message) for w in caught if "aigc_fast" in str(w.message)), ""))
 print("LOADED", aigc_fast._extension.LOADED)
 print("Z", z.tolist())
+print("INFO", aigc_fast.info(print_report=False)["extension"])
 try:
     aigc_fast.reparameterize(torch.zeros(3), torch.zeros(3), impl="fused")
 except RuntimeError as e:
@@ -59,13 +60,15 @@ def _damage_build_info(root, **changes):
         (lambda root: _damage_build_info(root, torch="1.0.0"), "built against torch 1.0.0"),
         (lambda root: _damage_build_info(root, package_version="0.0.1"), "is stale"),
         (lambda root: (root / "aigc_fast" / "_build_info.json").write_text("{not json"), "failed to load"),
+        (lambda root: (root / "aigc_fast" / "_build_info.json").write_text("[1, 2]"),
+         "holds a JSON list, not the object setup.py writes"),
         (lambda root: [p.unlink() for p in (root / "aigc_fast").glob("_C*.so")], "aigc_fast._C) are not"),
         # Same size, not a library: the loader refuses it with an error.
         (lambda root: [p.write_bytes(b"\0" * p.stat().st_size) for p in (root / "aigc_fast").glob("_C*.so")],
          "failed to load"),
         # Truncated (a full disk, an interrupted copy): the loader itself can crash with a bus
         # error on such a file, so its ELF headers are checked against its size first.
-        (lambda root: [os.truncate(p, 1000) for p in (root / "aigc_fast").glob("_C*.so")], "is truncated: 1000 bytes"),
+        (lambda root: [os.truncate(p, 1000) for p in (root / "aigc_fast").glob("_C*.so")], "is truncated or corrupt: 1000 bytes"),
         (lambda root: [os.truncate(p, p.stat().st_size // 2) for p in (root / "aigc_fast").glob("_C*.so")],
          "is truncated"),
     ],
@@ -77,6 +80,7 @@ def test_broken_extension_warns_once_and_runs_reference(package_copy, damage, re
     assert reason in result["MESSAGE"] and "pip install --no-build-isolation" in result["MESSAGE"]
     assert result["LOADED"] == "False"
     assert result["Z"] == "[1.0, 1.0, 1.0]"
+    assert result["INFO"].startswith("not loaded: ")  # aigc_fast.info() still reports, whatever the damage
     assert "impl='fused' was requested" in result["FUSED_ERROR"]
 
 

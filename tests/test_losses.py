@@ -611,6 +611,24 @@ def test_gradients_only_for_inputs_that_require_them():
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label=None), TypeError, "real_label must be a number, got NoneType"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label="0.9"), TypeError, "real_label must be a number, got str"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label=torch.full((3, 1), 0.9)), TypeError, r"real_label must be a number or a one-element real tensor, got a torch.float32 tensor of shape \[3, 1\]"),
+        (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label=torch.tensor(0.9, requires_grad=True)), TypeError, "real_label is a constant"),
+        (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label=10**400), ValueError, "real_label must be finite"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=torch.tensor(float("nan"))), ValueError, "beta must be a finite number >= 0"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=torch.tensor(2 + 1j)), TypeError, "beta must be a real number, got a torch.complex64 tensor"),
+        (lambda: aigc_fast.nn.VAELoss(beta="x"), TypeError, "beta must be a number or a one-element tensor, got str"),
+        (lambda: aigc_fast.nn.VAELoss(beta=True), TypeError, "beta must be a number or a one-element tensor, got bool"),
+        (lambda: aigc_fast.nn.VAELoss(impl="bogus"), ValueError, "impl must be one of"),
+        (lambda: aigc_fast.nn.GANLoss(impl="bogus"), ValueError, "impl must be one of"),
+        # torch.ops directly: the C++ op checks the values the Python functions do, and the
+        # fake kernel (a meta argument sends a call there) the arguments.
+        (lambda: torch.ops.aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "bce", float("nan"), [False] * 2), RuntimeError, r"real_label must be a probability in \[0, 1\], got nan"),
+        (lambda: torch.ops.aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "lsgan", 2.0, [False] * 2), RuntimeError, "real_label must be a probability"),
+        (lambda: torch.ops.aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), "relu", 0.5, [False] * 2), RuntimeError, "kind must be one of"),
+        (lambda: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), "bce", torch.tensor(-1.0, dtype=torch.float64), "mean", [False] * 4), RuntimeError, "beta must be a finite number >= 0"),
+        (lambda: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), "bce", torch.tensor(1.0, dtype=torch.float64, device="meta"), "mean", [False] * 4), ValueError, "beta must be a 0-d floating-point CPU tensor"),
+        (lambda: torch.ops.aigc_fast.vae_loss(torch.zeros(2, 4, device="meta"), torch.zeros(2, 5, device="meta"), torch.zeros(2, 3, device="meta"), torch.zeros(2, 3, device="meta"), "bce", torch.tensor(1.0, dtype=torch.float64), "mean", [False] * 4), ValueError, "target must have the same shape as recon"),
+        (lambda: torch.ops.aigc_fast.gan_d_loss(torch.zeros(3, device="meta"), torch.zeros(3, device="meta"), "foo", 1.0, [False] * 2), ValueError, "kind must be one of"),
+        (lambda: torch.ops.aigc_fast.gan_g_loss(torch.zeros(0, device="meta"), "bce", False), ValueError, "fake_logits is empty"),
     ],
 )
 def test_bad_input_gives_clear_errors(call, error, match):

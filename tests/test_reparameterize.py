@@ -155,13 +155,15 @@ def test_backward_through_a_retained_graph_is_reentrant(dtype):
             assert torch.equal(first, got)
 
 
+@pytest.mark.parametrize("check", [torch.autograd.gradcheck, torch.autograd.gradgradcheck],
+                         ids=["gradcheck", "gradgradcheck"])
 @pytest.mark.parametrize("seed", range(4))
-def test_gradcheck_of_drawn_noise_with_random_inputs(seed):
+def test_gradcheck_of_drawn_noise_with_random_inputs(seed, check):
     """gradcheck (reentrancy checked bit for bit) passes for any inputs, not only lucky ones."""
     mu, logvar = (t.requires_grad_() for t in inputs((3, 4), torch.float64, seed=20 + seed)[:2])
     fn = lambda m, l: aigc_fast.reparameterize(  # noqa: E731
-        m, l, generator=torch.Generator().manual_seed(seed))
-    assert torch.autograd.gradcheck(fn, (mu, logvar))
+        m, l, generator=torch.Generator().manual_seed(seed), return_kl=True)
+    assert check(fn, (mu, logvar))
 
 
 def test_a_graph_kept_after_backward_does_not_keep_z():
@@ -536,3 +538,17 @@ def test_impl_selection():
         assert torch.equal(aigc_fast.reparameterize(mu, logvar, impl="fused"), fused)
     finally:
         aigc_fast.set_impl(None)
+
+
+def test_the_module_checks_its_arguments_in_eval_too():
+    """In eval mode (no sampling) the module returns mu without calling the op: its inputs
+    and flags are still refused as in training."""
+    module = aigc_fast.nn.Reparameterize().eval()
+    with pytest.raises(ValueError, match="logvar must have the same shape as mu"):
+        module(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(TypeError, match="mu must be float16"):
+        module(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="return_kl must be True or False"):
+        aigc_fast.nn.Reparameterize(return_kl="no")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        aigc_fast.nn.Reparameterize(impl="bogus")

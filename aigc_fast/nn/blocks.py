@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _activations
+from .. import _activations, _validate
 from ..ops.bias_act import bias_act
 from ..ops.bn_act import bn_act, memory_efficient_supported
 
@@ -202,7 +202,7 @@ class FusedSequential(nn.Sequential):
 
     def __init__(self, *modules: nn.Module, memory_efficient: bool = False):
         super().__init__(*modules)
-        self.memory_efficient = memory_efficient
+        self.memory_efficient = _validate.flag(memory_efficient, "memory_efficient")
         # Set by convert() when the module after this one in its parent writes in place.
         self.output_overwritten = False
 
@@ -312,6 +312,9 @@ def convert(module: nn.Module, *, memory_efficient: bool = False) -> nn.Module:
     with the same modules (weights, buffers, state_dict keys and hooks unchanged). Returns
     the model. Runs written out in a custom forward are left alone, and so are modules with
     hooks (they run as themselves, see _hooked). Convert before torch.compile, not after."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"convert() takes a torch.nn.Module, got {type(module).__name__}")
+    memory_efficient = _validate.flag(memory_efficient, "memory_efficient")
     if isinstance(getattr(module, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
         raise TypeError("convert() got a torch.compile'd module, whose compiled forward would keep running the "
                         "unconverted model: convert the model first, then compile it (torch.compile(convert(model)))")
@@ -364,6 +367,8 @@ def fold(module: nn.Module) -> nn.Module:
     bias (torch.nn.utils.fusion), so the group runs as convolution + bias_act. The
     BatchNorm modules become FoldedBatchNorm (an nn.Identity), so the other modules keep
     their names."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"fold() takes a torch.nn.Module, got {type(module).__name__}")
     if any(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         raise ValueError("fold() is for inference: call model.eval() first (BatchNorm must use its running statistics)")
     try:

@@ -4,9 +4,9 @@ from typing import Optional
 
 import torch
 
-from .. import _validate
-from ..ops.losses import (GAN_KINDS, RECON_LOSSES, REDUCTIONS, check_real_label, gan_d_loss, gan_g_loss,
-                          vae_loss)
+from .. import _impl, _validate
+from ..ops.losses import (GAN_KINDS, RECON_LOSSES, REDUCTIONS, check_beta, check_real_label, gan_d_loss,
+                          gan_g_loss, vae_loss)
 
 
 class GANLoss(torch.nn.Module):
@@ -22,6 +22,7 @@ class GANLoss(torch.nn.Module):
         _validate.choice(kind, "kind", GAN_KINDS)
         self.kind = kind
         self.real_label = check_real_label(kind, real_label)
+        _impl.check(impl)
         self.impl = impl
 
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -50,8 +51,9 @@ class VAELoss(torch.nn.Module):
         _validate.choice(recon_loss, "recon_loss", RECON_LOSSES)
         _validate.choice(reduction, "reduction", REDUCTIONS)
         self.recon_loss = recon_loss
-        self.beta = float(beta)
+        self.beta = check_beta(beta)
         self.reduction = reduction
+        _impl.check(impl)
         self.impl = impl
 
     def forward(self, recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor):

@@ -4,7 +4,8 @@ from typing import Optional
 
 import torch
 
-from ..ops.reparameterize import reparameterize
+from .. import _impl, _validate
+from ..ops.reparameterize import checked_inputs, reparameterize
 
 
 class Reparameterize(torch.nn.Module):
@@ -20,8 +21,9 @@ class Reparameterize(torch.nn.Module):
 
     def __init__(self, return_kl: bool = False, sample_in_eval: bool = False, impl: Optional[str] = None):
         super().__init__()
-        self.return_kl = return_kl
-        self.sample_in_eval = sample_in_eval
+        self.return_kl = _validate.flag(return_kl, "return_kl")
+        self.sample_in_eval = _validate.flag(sample_in_eval, "sample_in_eval")
+        _impl.check(impl)
         self.impl = impl
 
     def forward(self, mu: torch.Tensor, logvar: torch.Tensor, eps: Optional[torch.Tensor] = None, *,
@@ -30,6 +32,7 @@ class Reparameterize(torch.nn.Module):
         if self.training or self.sample_in_eval or eps is not None:
             return reparameterize(mu, logvar, eps=eps, generator=generator, return_kl=self.return_kl, impl=self.impl)
         if not self.return_kl:
+            checked_inputs(mu, logvar, None)  # refused as in training, though only mu is used
             return mu
         # The KL of the same op, with no noise; z is mu itself (mu + std * 0 would be NaN where
         # std overflows, and its gradient g * 0 * std too).

@@ -33,6 +33,15 @@ def bias_act(
     reads every derivative from y, so autograd keeps only y, which the next layer keeps
     anyway: no pre-activation tensor is stored (identity keeps nothing).
     """
+    negative_slope, dim = _check(x, bias, act, negative_slope, dim)
+    if not _impl.use_fused(impl, "bias_act", x.device):
+        return reference.bias_act(x, bias, act, negative_slope=negative_slope, dim=dim)
+    return torch.ops.aigc_fast.bias_act(x, bias, dim, act, float(negative_slope))
+
+
+def _check(x, bias, act, negative_slope, dim):
+    """Refuses bad arguments (for the public function and the fake kernel alike); returns
+    negative_slope as a float and dim as a non-negative int."""
     _validate.float_tensor(x, "x")
     negative_slope = _activations.check(act, negative_slope)
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
@@ -46,13 +55,11 @@ def bias_act(
         dim %= x.dim()  # a negative dim counts from the end, as in torch
         if bias.dim() != 1 or bias.shape[0] != x.shape[dim]:
             raise ValueError(f"bias must have shape [{x.shape[dim]}] (x.shape[{dim}]), got {list(bias.shape)}")
-    if not _impl.use_fused(impl, "bias_act", x.device):
-        return reference.bias_act(x, bias, act, negative_slope=negative_slope, dim=dim)
-    return torch.ops.aigc_fast.bias_act(x, bias, dim, act, float(negative_slope))
+    return negative_slope, dim
 
 
 def _fake_forward(x, bias, dim, act, negative_slope):
-    _validate.fake_inputs_on("x", x, bias=bias)
+    _check(x, bias, act, negative_slope, dim)
     return torch.empty_like(_layout.in_memory_order(x))
 
 

@@ -27,7 +27,8 @@ def memory_efficient_supported(act: str, negative_slope: float, dtype: torch.dty
 
 def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope,
            num_batches_tracked, memory_efficient) -> Tuple[Optional[float], float, float]:
-    """Refuses bad arguments; returns momentum, eps and negative_slope as floats."""
+    """Refuses bad arguments (for the public function and the fake kernel alike); returns
+    momentum, eps and negative_slope as floats."""
     _validate.float_tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"x must have a batch and a channel dimension ([N, C, ...]), got shape {list(x.shape)}")
@@ -130,8 +131,8 @@ def bn_act(
 
 def _fake_forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, act,
                   negative_slope, memory_efficient):
-    _validate.fake_inputs_on("x", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var,
-                             num_batches_tracked=num_batches_tracked)
+    _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope,
+           num_batches_tracked, memory_efficient)
     stats = x.new_empty((x.shape[1],), dtype=_validate.math_dtype(x))
     return torch.empty_like(_layout.in_memory_order(x)), stats, stats.clone()
 

@@ -30,6 +30,38 @@ def check_real_label(kind: str, real_label) -> float:
     return real_label
 
 
+# The checks of the public functions that the raw ops make too (the fake kernels' as well).
+
+
+def _check_d_loss(real_logits, fake_logits, kind, real_label) -> float:
+    _logits(real_logits, "real_logits")
+    _logits(fake_logits, "fake_logits")
+    _validate.same_device(fake_logits, "fake_logits", real_logits, "real_logits")
+    _validate.choice(kind, "kind", GAN_KINDS)
+    return check_real_label(kind, real_label)
+
+
+def _check_g_loss(fake_logits, kind) -> None:
+    _logits(fake_logits, "fake_logits")
+    _validate.choice(kind, "kind", GAN_KINDS)
+
+
+def _check_vae_loss(recon, target, mu, logvar, recon_loss, reduction) -> None:
+    for t, name in ((recon, "recon"), (target, "target"), (mu, "mu"), (logvar, "logvar")):
+        _validate.float_tensor(t, name)
+        _validate.same_device(t, name, recon, "recon")
+    _validate.same_shape(target, "target", recon, "recon")
+    _validate.same_shape(logvar, "logvar", mu, "mu")
+    if recon.dim() == 0 or mu.dim() == 0:
+        raise ValueError(f"recon and mu need a batch dimension, got shapes {list(recon.shape)} and {list(mu.shape)}")
+    if mu.shape[0] != recon.shape[0]:
+        raise ValueError(f"mu and recon must have the same batch size, got {mu.shape[0]} and {recon.shape[0]}")
+    if recon.shape[0] == 0:
+        raise ValueError("recon is an empty batch: the loss of no samples is undefined")
+    _validate.choice(recon_loss, "recon_loss", RECON_LOSSES)
+    _validate.choice(reduction, "reduction", REDUCTIONS)
+
+
 def _needs_grad(t: torch.Tensor) -> bool:
     # Gradients are computed (and kept) only for inputs autograd will ask about.
     return t.requires_grad and torch.is_grad_enabled()
@@ -55,11 +87,7 @@ def gan_d_loss(
     float32, float64 for float64 inputs). Returns a 0-d tensor in the math dtype.
     Empty logits raise ValueError (the mean of no samples is undefined).
     """
-    _logits(real_logits, "real_logits")
-    _logits(fake_logits, "fake_logits")
-    _validate.same_device(fake_logits, "fake_logits", real_logits, "real_logits")
-    _validate.choice(kind, "kind", GAN_KINDS)
-    real_label = check_real_label(kind, real_label)
+    real_label = _check_d_loss(real_logits, fake_logits, kind, real_label)
     if not _impl.use_fused(impl, "gan_d_loss", real_logits.device):
         return reference.gan_d_loss(real_logits, fake_logits, kind, real_label=real_label)
     mask = [_needs_grad(real_logits), _needs_grad(fake_logits)]
@@ -70,8 +98,7 @@ def gan_g_loss(fake_logits: torch.Tensor, kind: str = "bce", *, impl: Optional[s
     """The generator loss from the discriminator's logits on generated samples:
     non-saturating -E log D(G(z)) for "bce", -E fake for "hinge" and "wgan",
     1/2 E (fake - 1)^2 for "lsgan". A 0-d tensor in the math dtype."""
-    _logits(fake_logits, "fake_logits")
-    _validate.choice(kind, "kind", GAN_KINDS)
+    _check_g_loss(fake_logits, kind)
     if not _impl.use_fused(impl, "gan_g_loss", fake_logits.device):
         return reference.gan_g_loss(fake_logits, kind)
     return torch.ops.aigc_fast.gan_g_loss(fake_logits, kind, _needs_grad(fake_logits))[0]
@@ -101,19 +128,7 @@ def vae_loss(
     gradients flow to recon, mu, logvar, and target when it requires grad. An empty batch
     raises ValueError.
     """
-    for t, name in ((recon, "recon"), (target, "target"), (mu, "mu"), (logvar, "logvar")):
-        _validate.float_tensor(t, name)
-        _validate.same_device(t, name, recon, "recon")
-    _validate.same_shape(target, "target", recon, "recon")
-    _validate.same_shape(logvar, "logvar", mu, "mu")
-    if recon.dim() == 0 or mu.dim() == 0:
-        raise ValueError(f"recon and mu need a batch dimension, got shapes {list(recon.shape)} and {list(mu.shape)}")
-    if mu.shape[0] != recon.shape[0]:
-        raise ValueError(f"mu and recon must have the same batch size, got {mu.shape[0]} and {recon.shape[0]}")
-    if recon.shape[0] == 0:
-        raise ValueError("recon is an empty batch: the loss of no samples is undefined")
-    _validate.choice(recon_loss, "recon_loss", RECON_LOSSES)
-    _validate.choice(reduction, "reduction", REDUCTIONS)
+    _check_vae_loss(recon, target, mu, logvar, recon_loss, reduction)
     beta = _beta_tensor(beta)
     if not _impl.use_fused(impl, "vae_loss", recon.device):
         return reference.vae_loss(recon, target, mu, logvar, recon_loss=recon_loss, beta=beta, reduction=reduction)
@@ -128,20 +143,35 @@ def _beta_tensor(beta) -> torch.Tensor:
     that changes every step (a KL warm-up) reuses one graph; a float argument of the op
     would be a constant, compiled again for each value. (torch.tensor(beta) is traced
     symbolically by dynamo, but AOTAutograd then specializes it: a recompile per value
-    under the default backend.) A CUDA tensor is copied (one sync)."""
+    under the default backend.) A CUDA tensor is copied (one sync). A value compiled into a
+    graph (a tensor's, or a number's once it turns symbolic) is checked by the C++ op."""
     if isinstance(beta, torch.Tensor):
         if beta.requires_grad:
             raise TypeError("beta is a constant of the loss (a Python number or a tensor without grad); "
                             "its gradient is not computed")
         if beta.numel() != 1:
             raise ValueError(f"beta must be a number or a one-element tensor, got shape {list(beta.shape)}")
-        return beta.detach().reshape(()).to("cpu", torch.float64)
-    if not isinstance(beta, (torch.SymInt, torch.SymFloat)):  # (a traced beta has no value to check)
+        if beta.dtype.is_complex or beta.dtype == torch.bool:
+            raise TypeError(f"beta must be a real number, got a {beta.dtype} tensor")
+        beta = beta.detach().reshape(()).to("cpu", torch.float64)
+        if not torch.compiler.is_compiling():
+            _check_beta_value(beta.item())
+        return beta
+    if not isinstance(beta, (torch.SymInt, torch.SymFloat)):
         if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
             raise TypeError(f"beta must be a number or a one-element tensor, got {type(beta).__name__}")
-        if not 0 <= beta < math.inf:  # NaN too; a tensor's value is not read here (that would sync a GPU)
-            raise ValueError(f"beta must be a finite number >= 0 (the KL term's weight), got {beta}")
+        _check_beta_value(beta)
     return torch.ones((), dtype=torch.float64) * beta
+
+
+def check_beta(beta) -> float:
+    """beta as a float, checked (for nn.VAELoss, which keeps it as a number)."""
+    return _beta_tensor(beta).item()
+
+
+def _check_beta_value(beta: float) -> None:
+    if not 0 <= beta < math.inf:  # NaN too
+        raise ValueError(f"beta must be a finite number >= 0 (the KL term's weight), got {beta}")
 
 
 # ---- shapes for torch.compile: these mirror the layouts csrc/losses.cpp chooses (_layout) ----
@@ -154,17 +184,21 @@ def _grad_like(t: torch.Tensor, wanted: bool) -> torch.Tensor:
 
 
 def _fake_gan_d_loss(real, fake, kind, real_label, output_mask):
-    _validate.fake_inputs_on("real_logits", real, fake_logits=fake)
+    _check_d_loss(real, fake, kind, real_label)
     loss = real.new_empty((), dtype=_validate.math_dtype(real, fake))
     return loss, _grad_like(real.contiguous(), output_mask[0]), _grad_like(fake.contiguous(), output_mask[1])
 
 
 def _fake_gan_g_loss(fake, kind, need_grad):
+    _check_g_loss(fake, kind)
     return fake.new_empty((), dtype=_validate.math_dtype(fake)), _grad_like(fake.contiguous(), need_grad)
 
 
 def _fake_vae_loss(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask):
-    _validate.fake_inputs_on("recon", recon, target=target, mu=mu, logvar=logvar)
+    _check_vae_loss(recon, target, mu, logvar, recon_loss, reduction)
+    if beta.dim() != 0 or beta.device.type != "cpu" or not beta.dtype.is_floating_point:
+        raise ValueError(f"beta must be a 0-d floating-point CPU tensor, got {beta.dtype} of shape "
+                         f"{list(beta.shape)} on {beta.device}")
     recon_l = _layout.in_memory_order(recon)
     target_l = _layout.in_order_of(target, recon_l)
     shape = (recon.shape[0],) if reduction == "none" else ()

@@ -46,11 +46,7 @@ def reparameterize(
     z - mu (float32/float64; regenerating the noise where |z| is so far above std that z's
     rounding would swamp it) or regenerates it from the seed (float16/bfloat16).
     """
-    mu, logvar, eps = _promoted_under_autocast(mu, logvar, eps)
-    _validate.float_tensor(mu, "mu")
-    _validate.like(logvar, "logvar", mu, "mu")
-    if eps is not None:
-        _validate.like(eps, "eps", mu, "mu")
+    mu, logvar, eps = checked_inputs(mu, logvar, eps)
     return_kl = _validate.flag(return_kl, "return_kl")
     if return_kl and mu.dim() == 0:
         raise ValueError("return_kl=True needs a batch dimension: mu must have at least 1 dimension")
@@ -63,6 +59,22 @@ def reparameterize(
         seed = torch.randint(0, _SEED_HIGH, (2,), dtype=torch.int64, device=mu.device, generator=generator)
     z, kl = torch.ops.aigc_fast.reparameterize(mu, logvar, eps, seed, return_kl)
     return (z, kl) if return_kl else z
+
+
+def checked_inputs(mu, logvar, eps):
+    """mu, logvar and eps promoted under autocast (see there), then checked (for
+    nn.Reparameterize's eval mode too, which does not call the op)."""
+    mu, logvar, eps = _promoted_under_autocast(mu, logvar, eps)
+    _check_tensors(mu, logvar, eps)
+    return mu, logvar, eps
+
+
+def _check_tensors(mu, logvar, eps) -> None:
+    """The checks of the public function that the raw op makes too (the fake kernel's)."""
+    _validate.float_tensor(mu, "mu")
+    _validate.like(logvar, "logvar", mu, "mu")
+    if eps is not None:
+        _validate.like(eps, "eps", mu, "mu")
 
 
 def _promoted_under_autocast(mu, logvar, eps):
@@ -86,6 +98,7 @@ def _kl_shape(mu: torch.Tensor, compute_kl: bool) -> Tuple[int, ...]:
 
 
 def _fake_forward(mu, logvar, eps, seed, compute_kl):
+    _check_tensors(mu, logvar, eps)
     _validate.fake_inputs_on("mu", mu, logvar=logvar, eps=eps, seed=seed)
     z = torch.empty_like(mu, memory_format=torch.contiguous_format)
     return z, mu.new_empty(_kl_shape(mu, compute_kl), dtype=_validate.math_dtype(mu))
