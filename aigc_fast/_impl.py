@@ -3,8 +3,8 @@
 Per call: `impl="fused" | "reference"`. Globally: `set_impl(...)` or, for a block of code,
 `with use_impl(...)`. The default, None, means fused wherever the kernels are available
 (compiled in and loaded, and built for the tensor's device), else the reference.
-Under torch.func's transforms the default is the reference (functorch cannot transform
-the fused ops' C++ autograd). Asking for "fused" where it is unavailable raises, rather
+Under torch.func's transforms and forward-mode AD the default is the reference (neither can
+transform the fused ops' C++ autograd). Asking for "fused" where it is unavailable raises, rather
 than silently running something else. The global choice is a plain module attribute, so
 torch.compile guards on it; it is one for the whole process (use_impl in one thread is
 seen by the others, and blocks in two threads that overlap can restore each other's
@@ -19,6 +19,7 @@ import re
 from typing import Iterator, List, Optional, Tuple
 
 import torch
+from torch.autograd import forward_ad
 
 from . import _extension, _validate
 
@@ -103,12 +104,20 @@ def _under_torch_func() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
+def _under_forward_ad() -> bool:
+    """Whether a forward-mode AD level is open (torch.autograd.forward_ad.dual_level): the
+    fused ops' C++ autograd has no jvp rule, and the reference's ATen ops do."""
+    return forward_ad._current_level >= 0
+
+
 def fused_unavailable_reason(device: torch.device) -> Optional[str]:
     """None when the fused kernels can run on `device`, else why not."""
     if not _extension.LOADED:
         return _extension.REASON
     if _under_torch_func():
         return "torch.func transforms (grad, vjp, jacrev, vmap) cannot run the fused ops' C++ autograd"
+    if _under_forward_ad():
+        return "forward-mode AD (torch.autograd.forward_ad) cannot run the fused ops' C++ autograd, which has no jvp"
     if device.type == "cuda" and "cuda" in _extension.compiled_backends():
         return _cuda_arch_reason(device)
     if device.type == "meta" or device.type in _extension.compiled_backends():

@@ -4,6 +4,7 @@ activation, NCHW and channels_last), the projection-as-matmul path, convert() on
 DCGAN, fold() for inference, torch.compile, gradcheck, and bad input."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -222,7 +223,8 @@ def test_gradcheck():
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: ConvTransposeBlock(4, 4)(torch.zeros(4, 3, 3)), ValueError, r"4-d \[N, C, H, W\] input"),
+        # Not 4-d: the modules run as themselves, so the error is nn.BatchNorm2d's.
+        (lambda: ConvTransposeBlock(4, 4)(torch.zeros(4, 3, 3)), ValueError, r"expected 4D input \(got 3D input\)"),
         (lambda: ConvTransposeBlock(4, 4, act="gelu"), ValueError, "act must be one of"),
         (lambda: ConvBlock(4, 4, norm="group"), ValueError, "norm must be 'batch' or None"),
         (lambda: ConvTransposeBlock(4, 4, memory_efficient="no"), TypeError, "memory_efficient must be True or False"),
@@ -552,3 +554,26 @@ def test_convert_turns_on_memory_efficient_in_containers_already_fused():
     G = convert(DCGANGenerator(nz=8, ngf=4, channels=1, image_size=16), memory_efficient=True)
     fused = [m for m in G.modules() if isinstance(m, FusedSequential)]
     assert fused and all(m.memory_efficient for m in fused)
+
+
+def test_an_unbatched_image_gives_the_unconverted_models_result():
+    """nn.Conv2d takes an unbatched [C, H, W] image; a converted model must too: its groups
+    run their modules as themselves there (and fuse the batched input as usual)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.LeakyReLU(0.2), nn.ConvTranspose2d(4, 2, 4, 2, 1), nn.Tanh())
+    x = torch.randn(3, 8, 8)
+    expected = model(x)
+    converted = convert(copy.deepcopy(model))
+    assert len(converted.fused_groups()) == 2
+    torch.testing.assert_close(converted(x), expected)
+    torch.testing.assert_close(converted(x[None]), expected[None])
+
+
+def test_jit_script_says_why_it_cannot_and_jit_trace_can():
+    model = convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="torch.jit.script cannot compile a FusedSequential"):
+        warnings.simplefilter("ignore", FutureWarning)  # (torch 2.14 deprecates jit.script)
+        torch.jit.script(nn.Sequential(nn.Identity(), model))  # nested: found in a submodule too
+    x = torch.randn(2, 3, 6, 6)
+    traced = torch.jit.trace(model.eval(), x)
+    torch.testing.assert_close(traced(x), model(x))

@@ -239,3 +239,30 @@ def test_torch_func_per_sample_gradients_run_on_the_reference():
     logits = torch.randn(6)
     compiled = torch.compile(lambda t: grad(lambda u: aigc_fast.gan_g_loss(u))(t), fullgraph=True)
     torch.testing.assert_close(compiled(logits), grad(lambda u: aigc_fast.gan_g_loss(u))(logits))
+
+
+def test_forward_mode_ad_runs_on_the_reference():
+    """The fused ops' C++ autograd has no jvp rule: inside forward_ad.dual_level the default
+    impl is the reference, whose ATen ops have one, so a model's directional derivative is
+    the finite difference's; impl="fused" there says why it cannot run."""
+    import torch.autograd.forward_ad as fwAD
+
+    import aigc_fast
+
+    torch.manual_seed(0)
+    D = DCGANDiscriminator(ndf=4, channels=1, image_size=16)
+    images, direction = torch.randn(3, 1, 16, 16, dtype=torch.float64), torch.randn(3, 1, 16, 16, dtype=torch.float64)
+    D = D.double()
+
+    def loss(x):
+        mu, logvar = x.flatten(1)[:, :8], x.flatten(1)[:, 8:16]
+        z = aigc_fast.reparameterize(mu, logvar, eps=torch.ones_like(mu))
+        return aigc_fast.gan_d_loss(D(x), z) + aigc_fast.vae_loss(x, torch.sigmoid(x), mu, logvar)[0]
+
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(loss(fwAD.make_dual(images, direction))).tangent
+        with pytest.raises(RuntimeError, match="impl='fused' was requested .* forward-mode AD"):
+            aigc_fast.gan_g_loss(torch.randn(4), impl="fused")
+    step = 1e-6  # (in training mode BatchNorm uses the batch's statistics: the loss is a function of x alone)
+    expected = (loss(images + step * direction) - loss(images - step * direction)) / (2 * step)
+    torch.testing.assert_close(tangent, expected, rtol=1e-5, atol=1e-7)

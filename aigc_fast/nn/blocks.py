@@ -52,6 +52,7 @@ class _Group:
     """Children of a Sequential that run as convolution + one fused op (indices)."""
 
     conv: int
+    stop: int  # one past the group's last child
     bn: Optional[int]
     act: str
     negative_slope: float
@@ -147,7 +148,7 @@ def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = Tru
             if (bn is not None or act is not None) and (name == "identity" or not overwritten) and not (
                     hooks and any(_hooked(m) for m in children[i:j])):
                 if name != "leaky_relu" or slope >= 0:  # the kernels need slope >= 0 (else: run as is)
-                    steps.append(_Group(i, bn, name, slope, overwritten))
+                    steps.append(_Group(i, j, bn, name, slope, overwritten))
                     i = j
                     continue
         steps.append(i)
@@ -206,6 +207,13 @@ class FusedSequential(nn.Sequential):
         # Set by convert() when the module after this one in its parent writes in place.
         self.output_overwritten = False
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this before compiling; its own error would be about an
+        # import inside torch.fx, far from the cause.
+        raise RuntimeError("torch.jit.script cannot compile a FusedSequential (aigc_fast.nn's fused container "
+                           "plans its forward in Python): use torch.compile, torch.export or torch.jit.trace, "
+                           "or script the model before aigc_fast.nn.convert")
+
     def _plan(self, backward: bool) -> List[Union[int, _Group]]:
         return _plan(list(self), backward=backward, output_overwritten=getattr(self, "output_overwritten", False))
 
@@ -224,7 +232,11 @@ class FusedSequential(nn.Sequential):
 
     def _run_group(self, group: _Group, children: List[nn.Module], x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"a fused conv block expects a 4-d [N, C, H, W] input, got shape {list(x.shape)}")
+            # An unbatched [C, H, W] image (which Conv2d takes) or a wrong shape: the group's
+            # modules run as themselves, so the result, or the error, is the unconverted model's.
+            for child in children[group.conv:group.stop]:
+                x = child(x)
+            return x
         conv = children[group.conv]
         if group.bn is None:
             return bias_act(_convolve(conv, x, with_bias=False), conv.bias, group.act,
