@@ -169,7 +169,22 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return _run(args)
+        code = _run(args)
+        sys.stdout.flush()  # here, so that a reader gone away is met below rather than at exit
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe (aigc-fast info --json | head): stop quietly, as Python's
+        # docs advise (a note on SIGPIPE), with stdout sent to devnull for the flush at exit.
+        # (Before the OSError below, which it is: not an error in the arguments.)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C outside a training loop (loading, evaluating, sampling), or a second one in it
+        # (the first stops training between steps: _train reports it): one line, as for errors.
+        if os.environ.get("AIGC_FAST_TRACEBACK") == "1":
+            raise
+        print(f"aigc-fast {args.command}: interrupted", file=sys.stderr)
+        return 130  # the shell's code for a SIGINT
     # Most likely the arguments (a value, a path that is a file, data of the wrong type): one
     # line, and where it was raised. (bench checks its arguments before it starts; an error
     # while it runs is the package's, and keeps its traceback.)
@@ -202,6 +217,8 @@ def _run(args) -> int:
     if args.command == "sample":
         from .sampling import sample_run
 
+        if args.balanced:  # (the only samples that use the real data)
+            _warn_of_other_data(args)
         out = sample_run(args.run_dir, args.n, args.out, seed=args.seed, balanced=args.balanced, data=args.data,
                          device=args.device)
         import numpy as np
@@ -213,6 +230,7 @@ def _run(args) -> int:
     if args.command == "evaluate":
         from .evaluation import evaluate as run_evaluation, format_table
 
+        _warn_of_other_data(args)
         results = run_evaluation(args.run_dir, n=args.n, data=args.data, device=args.device,
                                  nll_samples=args.nll_samples)
         print(format_table(results), end="")
@@ -221,6 +239,23 @@ def _run(args) -> int:
     if args.command == "bench":
         return _bench(args)
     return 2
+
+
+def _warn_of_other_data(args) -> None:
+    """--data is for a run that did not record its data. Given for one that did, it is used
+    (the recorded folder may have moved), but said: its held-out split is not the images the
+    run never trained on, so the numbers measure something else."""
+    from .train.trainer import _recorded_data
+
+    if args.data is None:
+        return
+    try:
+        recorded = json.loads((Path(args.run_dir) / "config.json").read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return  # load_run names what is wrong with the run directory
+    if isinstance(recorded, str) and _recorded_data(args.data) != _recorded_data(recorded):
+        print(f"aigc-fast {args.command}: warning: the run recorded its data as {recorded}; --data {args.data} "
+              "replaces it (leave --data out to use the run's own data and held-out split)", file=sys.stderr)
 
 
 OP_SUITES = ["bench/test_bench_reparameterize.py", "bench/test_bench_losses.py", "bench/test_bench_bias_act.py",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -65,9 +66,12 @@ def load_digits() -> Tuple[torch.Tensor, torch.Tensor]:
 def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
     """Every image file under `path` (recursively, sorted), as uint8 [N, channels, size, size]:
     converted to grayscale (1) or RGB (3), the shorter side resized to image_size, then
-    center-cropped. Labels: the index of the first-level subfolder (0 without subfolders).
-    An unreadable file raises an error naming it."""
+    center-cropped, upright as its EXIF orientation tag says (as viewers show it). Labels:
+    the index of the first-level subfolder (0 without subfolders); a subfolder without
+    images is refused, as torchvision's ImageFolder refuses it. An unreadable file raises an
+    error naming it."""
     Image = _require("PIL.Image", "loading an image folder")
+    ImageOps = _require("PIL.ImageOps", "loading an image folder")
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -79,10 +83,22 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
     if classes and loose:  # they would silently join the first class
         raise ValueError(f"{root} has class folders and also images directly inside it ({', '.join(loose[:3])}"
                          f"{', ...' if len(loose) > 3 else ''}): move them into a class folder or elsewhere")
+    # A class folder without images would be skipped, and every later class would take the
+    # label of the one before it. (Hidden folders, .ipynb_checkpoints and the like, hold no class.)
+    empty = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                   and p.name not in classes)
+    if classes and empty:
+        linked = any((root / name).is_symlink() for name in empty)  # (rglob does not follow links to folders)
+        raise ValueError(f"{root}: the class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+                         f"hold{'' if len(empty) > 1 else 's'} no image files ({', '.join(IMAGE_SUFFIXES)})"
+                         f"{' (links to folders are not followed)' if linked else ''}; add images or remove the "
+                         "folder (the labels are the class folders' sorted order)")
     images, labels = [], []
     for file in files:
         try:
             with Image.open(file) as im:
+                # Cameras store a photo as the sensor read it and tag how to turn it upright.
+                im = ImageOps.exif_transpose(im)
                 im = _eight_bit(im, Image).convert("L" if channels == 1 else "RGB")
                 scale = image_size / min(im.size)
                 im = im.resize((max(image_size, round(im.width * scale)), max(image_size, round(im.height * scale))),
@@ -171,6 +187,11 @@ def to_model_range(images: torch.Tensor, kind: str) -> torch.Tensor:
     if images.dtype == torch.uint8:
         unit = images.float() / 255.0
     elif images.is_floating_point():
+        # (Before the range check: NaN compares false with both bounds, and would train into a NaN loss.)
+        finite = torch.isfinite(images)
+        if not finite.all():
+            raise ValueError(f"float images must be finite (in [0, 1]), got {int((~finite).sum())} NaN or infinite "
+                             f"values of {images.numel()}")
         lo, hi = images.min().item(), images.max().item()
         if lo < 0 or hi > 1:
             raise ValueError(f"float images must be in [0, 1] (or uint8 0-255), got values in [{lo:.3g}, {hi:.3g}]")
@@ -228,11 +249,13 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
         images, labels = load_mnist() if source == "mnist" else load_digits()
     elif isinstance(source, (str, Path)):
         path = Path(source)
+        # A path, not a mistyped name: a Path, or text with a separator (Path("./x").parts is ("x",)).
+        named_as_path = not isinstance(source, str) or any(sep and sep in source for sep in ("/", os.sep, os.altsep))
         if path.is_dir():
             images, labels = load_image_folder(path, image_size, channels)
         elif path.suffix.lower() in (".npy", ".npz"):
             images, labels = _load_array_file(path)
-        elif len(path.parts) > 1 and not path.exists():  # a path, not a mistyped name
+        elif named_as_path and not path.exists():
             raise FileNotFoundError(f"data: no folder {str(source)!r} (relative paths start at {Path.cwd()}); "
                                     f"the built-in sets are {BUILTIN}")
         else:

@@ -24,23 +24,23 @@ _BALANCED_ROUNDS = 20  # rounds of n candidates before balanced sampling gives u
 _WRITTEN = ".written-by-aigc-fast"
 
 
-def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optional[torch.Tensor] = None) -> Path:
-    """images [N, C, H, W] in [0, 1] -> out_dir/images/NNNNNN.png (images/class_LLL/NNNNNN.png
-    when labelled: zero-padded, so the folder loader's sorted subfolders keep label order),
-    out_dir/samples.npz (uint8 "images" [N, C, H, W], and "labels"), and out_dir/grid.png
-    (the first 64)."""
-    from PIL import Image  # the 'data' extra
-
+def _check_output_folder(out_dir: Union[str, Path]) -> None:
+    """Refuses an output folder holding anything write_samples did not write there (a
+    dataset's folder, a run directory), before anything in it is replaced: only images/
+    with the files an earlier call listed, and that call's samples.npz and grid.png."""
     out = Path(out_dir)
-    pixels = to_uint8(images, (0.0, 1.0))
+    if not out.is_dir():
+        return
     folder = out / "images"
+    others = sorted(p.name for p in out.iterdir() if p.name not in ("images", "samples.npz", "grid.png"))
+    if others:
+        raise ValueError(f"{out} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which "
+                         "write_samples did not write; choose a new or empty output folder")
     # samples.npz and grid.png are replaced only where an earlier call left its list of files.
     theirs = [name for name in ("samples.npz", "grid.png") if (out / name).exists()]
     if theirs and not (folder / _WRITTEN).is_file():
         raise ValueError(f"{out} holds {theirs[0]}, which write_samples did not write; choose another output folder")
     if folder.is_dir() and any(folder.iterdir()):
-        # An earlier call's samples are replaced, not mixed with these: leftovers would join
-        # the folder's images (and, unlabelled, class 0) when it is loaded as a dataset.
         # Only a folder holding nothing but the files an earlier call listed is removed.
         listed = folder / _WRITTEN
         ours = set(listed.read_text().splitlines()) if listed.is_file() else set()
@@ -49,6 +49,23 @@ def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optio
         if foreign:
             raise ValueError(f"{folder} holds files that write_samples did not write (e.g. {foreign[0].name}); "
                              "choose another output folder")
+
+
+def write_samples(images: torch.Tensor, out_dir: Union[str, Path], labels: Optional[torch.Tensor] = None) -> Path:
+    """images [N, C, H, W] in [0, 1] -> out_dir/images/NNNNNN.png (images/class_LLL/NNNNNN.png
+    when labelled: zero-padded, so the folder loader's sorted subfolders keep label order),
+    out_dir/samples.npz (uint8 "images" [N, C, H, W], and "labels"), and out_dir/grid.png
+    (the first 64). An earlier call's output there is replaced; a folder holding anything
+    else is refused before anything is written."""
+    from PIL import Image  # the 'data' extra
+
+    out = Path(out_dir)
+    pixels = to_uint8(images, (0.0, 1.0))
+    folder = out / "images"
+    _check_output_folder(out)
+    if folder.is_dir() and any(folder.iterdir()):
+        # An earlier call's samples are replaced, not mixed with these: leftovers would join
+        # the folder's images (and, unlabelled, class 0) when it is loaded as a dataset.
         shutil.rmtree(folder)
     written = []
     for i, image in enumerate(pixels):
@@ -84,6 +101,7 @@ def sample_run(run_dir: Union[str, Path], n: int, out_dir: Union[str, Path, None
         raise ValueError(f"n must be positive, got {n}")
     trainer = load_run(run_dir, device=device)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "generated"
+    _check_output_folder(out)  # now, rather than after generating (write_samples checks again)
     if not balanced:
         return write_samples(generate_unit(trainer, n, seed=seed), out)
     real = RealData(trainer, data, needs_held_out=False)

@@ -42,6 +42,10 @@ def test_train_resume_sample_evaluate(tmp_path, capsys, monkeypatch):
     assert main(["sample", str(run), "-n", "10", "--out", str(tmp_path / "gen")]) == 0
     assert len(list((tmp_path / "gen" / "images").glob("*.png"))) == 10
     assert np.load(tmp_path / "gen" / "samples.npz")["images"].shape == (10, 1, 16, 16)
+    with pytest.raises(SystemExit) as exit_info:  # a folder of other things (tmp_path holds the run): refused
+        main(["sample", str(run), "-n", "10", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "which write_samples did not write" in capsys.readouterr().err
+    assert not (tmp_path / "images").exists()
 
     capsys.readouterr()
     assert main(["evaluate", str(run), "-n", "100", "--nll-samples", "5"]) == 0
@@ -174,6 +178,12 @@ def test_sampling_again_replaces_the_earlier_samples(tmp_path):
     with pytest.raises(ValueError, match="did not write"):
         write_samples(images, tmp_path / "gen")
     assert (tmp_path / "gen" / "images" / "000042.png").read_bytes() == b"mine"
+    # Nor a folder holding anything else, such as a dataset's (the README promised it; only
+    # images/ was looked at).
+    (tmp_path / "dataset" / "cats").mkdir(parents=True)
+    with pytest.raises(ValueError, match="dataset holds cats, which write_samples did not write"):
+        write_samples(images, tmp_path / "dataset")
+    assert [p.name for p in (tmp_path / "dataset").iterdir()] == ["cats"]
     # Nor a user's own samples.npz or grid.png in a folder write_samples never wrote to.
     for name in ("samples.npz", "grid.png"):
         (tmp_path / name).mkdir()
@@ -181,6 +191,46 @@ def test_sampling_again_replaces_the_earlier_samples(tmp_path):
         with pytest.raises(ValueError, match=f"holds {name}, which write_samples did not write"):
             write_samples(images, tmp_path / name)
         assert (tmp_path / name / name).read_bytes() == b"mine"
+
+
+def test_ctrl_c_outside_training_is_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while evaluating (or loading, or a second one in training) printed a
+    55-line traceback: one line now, and the shell's status for a SIGINT."""
+    import aigc_fast.evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("AIGC_FAST_TRACEBACK", raising=False)
+    monkeypatch.setattr(aigc_fast.evaluation, "evaluate", interrupted)
+    try:
+        assert main(["evaluate", str(tmp_path)]) == 130
+    except KeyboardInterrupt:  # (uncaught, it would stop pytest itself)
+        pytest.fail("the KeyboardInterrupt left main()")
+    assert capsys.readouterr().err == "aigc-fast evaluate: interrupted\n"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """aigc-fast info --json | head: the closed pipe is not an error of the arguments (it
+    printed "error: [Errno 32] Broken pipe", status 2, or "Exception ignored" at exit)."""
+    proc = subprocess.Popen([sys.executable, "-m", "aigc_fast", "info", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc.stdout.close()  # before it writes: its output meets a pipe no one reads
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert "Broken pipe" not in err and "Exception ignored" not in err and "Traceback" not in err, err
+
+
+def test_data_other_than_the_recorded_is_warned_about(tmp_path, capsys):
+    from argparse import Namespace
+
+    from aigc_fast.cli import _warn_of_other_data
+
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "gan", "data": "digits"}))
+    for data, warned in ((None, False), ("digits", False), ("mnist", True)):
+        _warn_of_other_data(Namespace(command="evaluate", run_dir=str(tmp_path), data=data))
+        err = capsys.readouterr().err
+        assert ("warning: the run recorded its data as digits; --data mnist replaces it" in err) == warned, err
 
 
 def test_bad_devices_configs_and_diverged_runs_are_one_line_errors(tmp_path, capsys):

@@ -65,6 +65,40 @@ def test_image_folder(tmp_path):
 
 
 @needs["PIL"]
+def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path):
+    """A camera stores a photo as the sensor read it and tags how to display it (Orientation
+    6: turn 90° clockwise); viewers and torchvision pipelines show it upright."""
+    from PIL import Image
+
+    upright = np.zeros((32, 32), np.uint8)
+    upright[:16] = 255  # white above, black below
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "photo.png", exif=exif.tobytes())
+    loaded, _ = data.load_image_folder(tmp_path, 16, channels=1)
+    assert loaded[0, 0, :8].float().mean() > 250 and loaded[0, 0, 8:].float().mean() < 5  # not white on the left
+
+
+@needs["PIL"]
+def test_a_class_folder_without_images_is_refused(tmp_path):
+    """Skipped, it would shift every later class's label: a, b, c gave labels 0, 0, 1, 1."""
+    from PIL import Image
+
+    for cls in ("a", "b", "c"):
+        (tmp_path / cls).mkdir()
+    for cls in ("a", "c"):
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 9 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "b" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"the class folder b holds no image files .*remove the folder"):
+        data.load_image_folder(tmp_path, 8, channels=1)
+    (tmp_path / "b" / "notes.txt").unlink()
+    (tmp_path / "b").rmdir()
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # a hidden folder is no class
+    assert data.load_image_folder(tmp_path, 8, channels=1)[1].tolist() == [0, 0, 1, 1]
+
+
+@needs["PIL"]
 def test_sixteen_bit_and_float_images_keep_their_grey_levels(tmp_path):
     """convert("L") clips 16-bit values at 255 (a 16-bit ramp came out nearly all white)."""
     from PIL import Image
@@ -115,6 +149,13 @@ def test_ranges_and_tensors():
     torch.testing.assert_close(data.to_model_range(u8, "vae"), torch.tensor([[[[0.0, 1.0]]]]))
     with pytest.raises(ValueError, match=r"float images must be in \[0, 1\]"):
         data.to_model_range(torch.full((1, 1, 2, 2), 3.0), "vae")
+    # NaN compares false with both bounds: it passed, and trained into a NaN loss.
+    for bad, count in ((torch.full((1, 1, 2, 2), float("nan")), "4 NaN or infinite values of 4"),
+                       (torch.tensor([[[[0.5, float("inf")]]]]), "1 NaN or infinite values of 2")):
+        with pytest.raises(ValueError, match=f"float images must be finite .*got {count}"):
+            data.to_model_range(bad, "gan")
+    with pytest.raises(ValueError, match="must be finite"):
+        data.load(np.full((3, 8, 8), np.nan, np.float32), image_size=8)
     # Integer pixels (NumPy's default int64 for an array of 0-255 values) read as uint8's.
     torch.testing.assert_close(data.to_model_range(u8.long(), "gan"), torch.tensor([[[[-1.0, 1.0]]]]))
     with pytest.raises(ValueError, match=r"integer images must hold pixel values 0-255 .* got values in \[0, 300\]"):
@@ -129,6 +170,8 @@ def test_ranges_and_tensors():
 
 @pytest.mark.parametrize("call, error, match", [
     (lambda: data.load("imagenet", image_size=64), ValueError, "data must be one of"),
+    # A path, though Path("./x").parts is ("x",), as one word's are: not taken for a mistyped name.
+    (lambda: data.load("./no-such-folder", image_size=8), FileNotFoundError, r"no folder '\./no-such-folder'"),
     (lambda: data.load(torch.zeros(2, 5), image_size=8), ValueError, r"images must be \[N, H, W\]"),
     (lambda: data.load(torch.zeros(2, 1, 4, 4), image_size=8, kind="diffusion"), ValueError, "kind must be one of"),
     (lambda: data.load(3.0, image_size=8), TypeError, "cannot load images from a float"),

@@ -285,3 +285,34 @@ def test_balanced_sampling(digits_run, tmp_path, monkeypatch):
     monkeypatch.setattr(run, "generate_unit", lambda trainer, n, seed=0: torch.zeros(n, 1, 16, 16))
     with pytest.raises(ValueError, match="rarely generates them"):
         sample_run(digits_run, 50, tmp_path / "collapsed", balanced=True)
+
+
+def test_spreads_use_numpys_1_over_n_convention():
+    """The Inception Score's std over its splits, as the original code's np.std; KID's the same."""
+    probs = torch.softmax(torch.randn(200, 10, generator=torch.Generator().manual_seed(1)) * 3, 1).double()
+    mean, std = inception_score(probs, splits=4, seed=3)
+    shuffled = probs[torch.randperm(200, generator=torch.Generator().manual_seed(3))].numpy()
+    scores = [np.exp((p * (np.log(p) - np.log(p.mean(0)))).sum(1).mean()) for p in np.split(shuffled, 4)]
+    assert mean == pytest.approx(np.mean(scores), rel=1e-12) and std == pytest.approx(np.std(scores), rel=1e-12)
+    assert kernel_distance(feats(30, seed=1), feats(30, seed=2), subsets=5, subset_size=30)[1] == pytest.approx(0, abs=1e-12)
+
+
+def test_features_that_are_not_finite_are_named():
+    bad = feats(50)
+    bad[3, 1] = float("nan")
+    for metric in (frechet_distance, kernel_distance):
+        with pytest.raises(ValueError, match="the second set's features hold NaN or inf"):
+            metric(feats(50, seed=1), bad)
+
+
+def test_the_matched_real_reference_is_a_random_part_of_the_held_out_images(digits_run):
+    """Fewer images generated than held out: the real reference is as many held-out images,
+    drawn at random, not the first ones (data sorted by class, as an image folder loads,
+    had left a reference of two classes: IS 1.7 where a random part scores 3)."""
+    images, labels = data_lib.load_digits()
+    order = labels.argsort(stable=True)
+    by_class = evaluate(digits_run, n=100, data=(images[order], labels[order]), write=False)
+    as_is = evaluate(digits_run, n=100, data=(images, labels), write=False)
+    assert by_class["matched"] == 100
+    assert by_class["inception_score_real_held_out"] == pytest.approx(as_is["inception_score_real_held_out"], rel=0.25)
+    assert by_class["fid_real_held_out"] < 2 * as_is["fid_real_held_out"]

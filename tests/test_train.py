@@ -156,8 +156,9 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
 def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
     images = tiny_images(32)
     images[20] = float("nan")  # in the third batch of epoch 1 (order is seeded), or earlier
+    # num_samples=2: the data's check at the start reads one image (0), which would refuse a NaN.
     config = VAEConfig(out_dir=str(tmp_path), model="mlp", image_size=16, latent_dim=2, batch_size=8, epochs=3,
-                       progress=False, holdout=0.0)
+                       progress=False, holdout=0.0, num_samples=2)
     trainer = VAETrainer(config)
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step \d+ \(epoch 0\)"):
         trainer.fit(ImageData(images))
@@ -182,6 +183,30 @@ def test_max_steps_counts_before_the_step_and_epoch_boundaries_roll_over(tmp_pat
     assert (again.step, again.epoch) == (8, 2)  # a whole new epoch, not the finished one again
     rows = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["steps"], r["complete"]) for r in rows] == [(0, 4, True), (1, 4, True)]
+
+
+def test_resume_names_a_checkpoint_of_the_other_kind(tmp_path):
+    """Checked first: the other kind's config reads as changed data settings (batch_size here)."""
+    VAETrainer(VAEConfig(out_dir=str(tmp_path), model="mlp", image_size=16, latent_dim=2, batch_size=4, max_steps=1,
+                         progress=False, holdout=0.0)).fit(ImageData(tiny_images()))
+    with pytest.raises(ValueError, match="this is a 'vae' checkpoint, not a 'gan' one"):
+        GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images(), resume=True)
+
+
+def test_a_large_seed_trains_and_one_past_64_bits_is_refused(tmp_path):
+    """The epoch's shuffling seed, seed * 1_000_003 + epoch, overflowed the generator's 64 bits
+    for seeds above 1.8e13, after config.json was written."""
+    trainer = GANTrainer(tiny_gan(tmp_path / "large", seed=2**63 - 1, max_steps=1))
+    trainer.fit(tiny_images())
+    assert trainer.step == 1
+    # Seeds that fitted keep their order (manual_seed took a negative value mod 2**64 too).
+    negative = GANTrainer(tiny_gan(tmp_path / "negative", seed=-3))
+    expected = torch.randperm(32, generator=torch.Generator().manual_seed(-3 * 1_000_003)).tolist()
+    assert negative._batches(32) == [expected[i:i + 8] for i in range(0, 32, 8)]
+    for bad in (2**63, -2**63 - 1, 1.5, True):
+        with pytest.raises(ValueError, match=r"seed must be an integer from -2\*\*63 to 2\*\*63 - 1"):
+            GANTrainer(tiny_gan(tmp_path / "bad", seed=bad))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_resume_refuses_settings_that_change_the_data_order(tmp_path):
@@ -241,6 +266,32 @@ def test_images_outside_the_trainers_range_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"vae trainer's images are in \[0, 1\].*\[-1"):
         VAETrainer(config).fit(ImageData(tiny_images() * 2 - 1))
     assert not (tmp_path / "metrics.jsonl").exists()
+    # NaN compares false with both bounds: it passed, and the run died at its first step.
+    with pytest.raises(ValueError, match="the data holds NaN or infinite values"):
+        VAETrainer(config).fit(ImageData(torch.full((16, 1, 16, 16), float("nan"))))
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_dataset_of_bare_images_trains(tmp_path):
+    """Unconditional sets often give images without labels: the trainers use none."""
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, images):
+            self.images = images
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, index):
+            return self.images[index]
+
+    trainer = GANTrainer(tiny_gan(tmp_path / "bare", max_steps=2))
+    trainer.fit(Images(tiny_images() * 2 - 1))
+    assert trainer.step == 2
+    for items, error, match in ((Images(tiny_images()[:, 0]), ValueError, r"got a tensor of shape \[16, 16\]"),
+                                (Images(tiny_images().numpy()), TypeError, "got a ndarray"),
+                                (ImageData(tiny_images()[:, 0]), ValueError, "as an item's first element")):
+        with pytest.raises(error, match="items must be \\(image, label\\) pairs or images.*" + match):
+            GANTrainer(tiny_gan(tmp_path / "bad", max_steps=1)).fit(items)
 
 
 def test_a_data_path_is_recorded_absolute(tmp_path, monkeypatch):
@@ -338,6 +389,22 @@ def test_a_second_ctrl_c_interrupts_at_once(tmp_path):
         trainer.fit(ImageData(tiny_images(40) * 2 - 1))
     assert not isinstance(caught.value, TrainingInterrupted)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 5  # the last checkpoint, untouched
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    """A shell starts background jobs with SIGINT ignored (SIG_IGN), so that Ctrl-C at the
+    terminal does not reach them: the trainer must not install its handler over that."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer = GANTrainer(tiny_gan(tmp_path, max_steps=3))
+        ctrl_c_during_step(trainer, at_step=2)
+        try:
+            trainer.fit(tiny_images())
+        except TrainingInterrupted:  # (a KeyboardInterrupt: uncaught, it would stop pytest itself)
+            pytest.fail("a Ctrl-C the shell had the process ignore stopped the run")
+        assert trainer.step == 3 and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_the_progress_bar_counts_to_whichever_end_comes_first(tmp_path, monkeypatch):

@@ -15,13 +15,21 @@ def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
     return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
 
 
+def _finite(t: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(f"the {what} features hold NaN or inf (images from a diverged model?)")
+
+
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖μa − μb‖² + tr(Σa + Σb − 2 (Σa^½ Σb Σa^½)^½) between Gaussians fitted to the rows
-    of a and b ([n, d] features). The trace of the matrix square root is taken from the
-    eigenvalues of the symmetric Σa^½ Σb Σa^½, so it stays real and stable."""
+    of a and b ([n, d] features), with the unbiased (n − 1) covariances, as pytorch-fid's
+    np.cov. The trace of the matrix square root is taken from the eigenvalues of the
+    symmetric Σa^½ Σb Σa^½, so it stays real and stable."""
     a, b = a.double(), b.double()
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("the Fréchet distance needs at least 2 samples in each set")
+    _finite(a, "first set's")
+    _finite(b, "second set's")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
     root = _sqrt_psd(cov_a)
@@ -32,11 +40,16 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 def kernel_distance(a: torch.Tensor, b: torch.Tensor, *, subsets: int = 100, subset_size: int = 1000,
                     seed: int = 0) -> Tuple[float, float]:
     """KID: the unbiased MMD² between a and b with k(x, y) = (x·y / d + 1)³, averaged over
-    `subsets` random subsets of min(subset_size, len(a), len(b)) rows; (mean, std)."""
+    `subsets` random subsets of min(subset_size, len(a), len(b)) rows; (mean, std), the std
+    over subsets with the 1/N convention (np.std's, as in KID's reference code). A set of
+    subset_size rows or fewer is whole in every subset: the std then measures only the
+    other set's subsampling (0 when both are)."""
     a, b = a.double(), b.double()
     m = min(subset_size, a.shape[0], b.shape[0])
     if m < 2:
         raise ValueError("the kernel distance needs at least 2 samples in each set")
+    _finite(a, "first set's")
+    _finite(b, "second set's")
     g = torch.Generator().manual_seed(seed)
     d = a.shape[1]
     values = []
@@ -47,7 +60,7 @@ def kernel_distance(a: torch.Tensor, b: torch.Tensor, *, subsets: int = 100, sub
         off = m * (m - 1)
         values.append((kxx.sum() - kxx.trace()) / off + (kyy.sum() - kyy.trace()) / off - 2 * kxy.mean())
     v = torch.stack(values)
-    return float(v.mean()), float(v.std()) if subsets > 1 else 0.0
+    return float(v.mean()), float(v.std(correction=0))
 
 
 def inception_score(probs: torch.Tensor, *, splits: int = 10, seed: int = 0) -> Tuple[float, float]:
@@ -56,7 +69,8 @@ def inception_score(probs: torch.Tensor, *, splits: int = 10, seed: int = 0) -> 
     is not split by class); (mean, std). 1 for one class or uniform predictions; at most the
     number of classes (confident predictions spread evenly over every class). The splits
     differ in size by one row at most; fewer than 2 * splits rows make fewer splits, of 2
-    rows or more: a split of one row scores 1 whatever the predictions."""
+    rows or more: a split of one row scores 1 whatever the predictions. The std is over the
+    splits, with the 1/N convention (np.std's, as in the original Inception Score code)."""
     if splits < 1:
         raise ValueError(f"splits must be at least 1, got {splits}")
     if probs.shape[0] < 2:
@@ -68,7 +82,7 @@ def inception_score(probs: torch.Tensor, *, splits: int = 10, seed: int = 0) -> 
         kl = torch.xlogy(part, part) - torch.xlogy(part, marginal)  # 0 log 0 = 0, also where p(y) = 0
         scores.append(kl.sum(1).mean().exp())
     s = torch.stack(scores)
-    return float(s.mean()), float(s.std()) if len(scores) > 1 else 0.0
+    return float(s.mean()), float(s.std(correction=0))
 
 
 def class_coverage(labels: torch.Tensor, num_classes: int) -> Tuple[float, float]:

@@ -138,19 +138,22 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
     score, score_std = inception_score(p_fake)
     cas_model = train_classifier(fake, pseudo, real.num_classes)
     m = min(n, len(f_held))  # the matched size: the held-out count, or n when fewer are generated
+    # Fewer than all held-out images: a seeded random m of them, not the first m (an image
+    # folder loads class by class, so the first m would leave classes out of the reference).
+    held = torch.randperm(len(f_held), generator=torch.Generator().manual_seed(seed))[:m]
     results = {
         "kind": trainer.kind, "step": trainer.step, "data": real.source, "generated": n,
         "real_train": len(real.train_images), "real_held_out": len(real.held_images), "matched": m,
         # FID is biased upward at small sample sizes: the real reference (the held-out images)
         # is compared with as many generated images (m), besides the FID of all n.
         "fid": frechet_distance(f_fake, f_train), "fid_matched": frechet_distance(f_fake[:m], f_train),
-        "fid_real_held_out": frechet_distance(f_held[:m], f_train),
+        "fid_real_held_out": frechet_distance(f_held[held], f_train),
         "kid": kid, "kid_std": kid_std, "kid_real_held_out": kernel_distance(f_held, f_train)[0],
         # The Inception Score grows with the size of its splits: the real reference is set
         # against as many generated images, besides the score of all n.
         "inception_score": score, "inception_score_std": score_std,
         "inception_score_matched": inception_score(p_fake[:m])[0],
-        "inception_score_real_held_out": inception_score(p_held[:m])[0],
+        "inception_score_real_held_out": inception_score(p_held[held])[0],
         "class_coverage": coverage, "class_kl": class_kl,
         "cas": accuracy(cas_model, real.held_images, real.held_labels), "classifier_accuracy": test_accuracy,
     }

@@ -58,6 +58,9 @@ class _Config:
         if self._convolutional() and self.image_size not in SIZES:
             raise ValueError(f"image_size must be one of {', '.join(map(str, sorted(SIZES)))} for the convolutional "
                              f"models, got {self.image_size}")
+        # 64 bits, as torch's generators take: the trainer seeds them with seed + 1 and seed + 7919 * rank.
+        if not is_count(self.seed, -2**63) or self.seed >= 2**63:
+            raise ValueError(f"seed must be an integer from -2**63 to 2**63 - 1, got {self.seed!r}")
         if self.max_steps is not None and not is_count(self.max_steps, 0):
             raise ValueError(f"max_steps must be None (no cap) or an integer >= 0, got {self.max_steps!r}")
         for name, allowed in FIELD_CHOICES.items():

@@ -31,11 +31,13 @@ def stop_between_steps(enabled: bool = True):
     """Yields a StopRequest whose `requested` the first SIGINT sets. Inactive (Ctrl-C
     raises KeyboardInterrupt where it lands) when not enabled (the trainers turn it off
     under DDP, where every process would have to agree on the step), outside the main
-    thread (where Python cannot install a signal handler) or when SIGINT's current handler
-    was not installed from Python (it could not be put back)."""
+    thread (where Python cannot install a signal handler), when SIGINT's current handler
+    was not installed from Python (it could not be put back), or when SIGINT is ignored
+    (SIG_IGN: a shell starts background jobs so, and Ctrl-C must not reach them; Python
+    itself installs no handler then)."""
     request = StopRequest()
     previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    if not enabled or previous is None:
+    if not enabled or previous is None or previous == signal.SIG_IGN:
         yield request
         return
 

@@ -151,9 +151,9 @@ class _Trainer:
 
     # ---- data ----
     def dataset(self, data) -> Dataset:
-        """A Dataset of (image, label) from anything aigc_fast.data.load takes, a Dataset, or
-        a DataLoader (its dataset: the trainer batches and shuffles itself, seeded, so that
-        a resumed run replays the same order)."""
+        """A Dataset of (image, label) from anything aigc_fast.data.load takes, a Dataset (of
+        such pairs, or of images), or a DataLoader (its dataset: the trainer batches and
+        shuffles itself, seeded, so that a resumed run replays the same order)."""
         if isinstance(data, DataLoader):
             ignored = self._loader_settings_ignored(data)
             if ignored:
@@ -198,7 +198,10 @@ class _Trainer:
         """This process's batches of indices for this epoch, from a permutation seeded by
         (seed, epoch), so a resumed run replays the same order and skips what it already
         trained. Under torchrun each global batch is split between the processes."""
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epoch))
+        # Modulo 2**64, the generator's seed range: a seed above 1.8e13 would overflow it. A value
+        # in range seeds the same permutation as before (manual_seed too takes negatives mod 2**64).
+        seed = (self.config.seed * 1_000_003 + self.epoch) % 2**64
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         per, rank, step = self.config.batch_size, self.group.rank, self.global_batch
         return [order[i * step + rank * per:i * step + (rank + 1) * per].tolist()
                 for i in range(self.batch_in_epoch, n // step)]
@@ -219,8 +222,7 @@ class _Trainer:
     def load_state_dict(self, state: Dict[str, Any], *, restore_rng: bool = True) -> None:
         """Loads a checkpoint's state; restore_rng=False leaves the global RNG alone (for
         generation and evaluation)."""
-        if state.get("kind") != self.kind:
-            raise ValueError(f"this is a {state.get('kind')!r} checkpoint, not a {self.kind!r} one")
+        self._check_kind(state)
         if isinstance(state["rng"], dict):  # written before checkpoints kept one RNG state per process
             state["rng"] = [state["rng"]]
         if restore_rng and len(state["rng"]) != self.group.world:
@@ -239,6 +241,10 @@ class _Trainer:
         torch.set_rng_state(rng["torch"])
         if self.device.type == "cuda" and isinstance(rng["cuda"], torch.Tensor):
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def _check_kind(self, state: Dict[str, Any]) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(f"this is a {state.get('kind')!r} checkpoint, not a {self.kind!r} one")
 
     _REPLAY_FIELDS = ("seed", "batch_size", "holdout", "data", "image_size", "channels")
 
@@ -288,6 +294,9 @@ class _Trainer:
         the wrong range: refuse them, from a sample. (GAN data in [0, 1] is inside [-1, 1]
         and passes: nothing in the values tells it apart.)"""
         lo, hi = self.value_range
+        if not torch.isfinite(images).all():  # (NaN passes any comparison below: it compares false)
+            raise ValueError(f"the data holds NaN or infinite values (the {self.kind} trainer's images are in "
+                             f"[{lo:g}, {hi:g}]); they would train into a NaN loss")
         seen_lo, seen_hi = float(images.min()), float(images.max())
         if seen_lo < lo - 1e-3 or seen_hi > hi + 1e-3:
             raise ValueError(f"the {self.kind} trainer's images are in [{lo:g}, {hi:g}] (what it trains on, generates "
@@ -382,7 +391,8 @@ class _Trainer:
         shown = held if len(held) else train  # what VAE reconstruction grids show: unseen images when there are some
         picks = torch.linspace(0, len(shown) - 1, min(max(1, self.config.num_samples // 2), len(shown))).long().tolist()
         with torch.random.fork_rng(devices=[]):  # reading may flip at random: keep the training RNG stream as is
-            self.preview = torch.stack([shown[i][0] for i in picks])  # spread out: data is often sorted by class
+            # Spread out: data is often sorted by class.
+            self.preview = torch.stack([_image_of(shown[i]) for i in picks])
         self._check_value_range(self.preview)
         if len(train) < self.global_batch:
             raise ValueError(f"{len(train)} training images are fewer than one batch of {self.global_batch}")
@@ -391,6 +401,7 @@ class _Trainer:
     def _resume_from(self, checkpoint: Union[str, Path]) -> None:
         # On the CPU: RNG states must stay there; load_state_dict moves the rest to the models.
         state = load_checkpoint(checkpoint, map_location="cpu")
+        self._check_kind(state)  # first: another kind's config would read as changed settings
         self._check_resumable(state)
         self.load_state_dict(state)
         self._apply_optimizer_settings()
@@ -402,7 +413,7 @@ class _Trainer:
         step): the metrics averaged over processes and checked finite; the counters advance."""
         started = time.perf_counter()
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        images = torch.stack([train[i][0] for i in indices]).to(self.device, memory_format=memory_format)
+        images = torch.stack([_image_of(train[i]) for i in indices]).to(self.device, memory_format=memory_format)
         metrics = self.group.mean(self.train_step(images))
         self.scaler.update()
         self._check_finite(metrics)
@@ -447,6 +458,20 @@ class _Trainer:
                     "no checkpoint was written yet"
                 raise NonFiniteLossError(f"{name} became {value} at step {self.step + 1} (epoch {self.epoch}); "
                                          f"training stopped, {last}")
+
+
+def _image_of(item) -> torch.Tensor:
+    """The image of a Dataset's item: an (image, label, ...) tuple's first element, as
+    ImageData and TensorDataset give, or a bare image tensor, as unconditional sets often
+    do (the trainers use no labels)."""
+    image = item[0] if isinstance(item, (tuple, list)) and len(item) > 0 else item
+    if isinstance(image, torch.Tensor) and image.dim() == 3:
+        return image
+    got = f"a tensor of shape {list(image.shape)}" if isinstance(image, torch.Tensor) else f"a {type(image).__name__}"
+    where = " as an item's first element" if image is not item else ""
+    error = ValueError if isinstance(image, torch.Tensor) else TypeError
+    raise error(f"fit's Dataset items must be (image, label) pairs or images, each image a [C, H, W] tensor; "
+                f"got {got}{where} (aigc_fast.data.load(...) gives such a set)")
 
 
 def _check_device(device: str) -> None:
