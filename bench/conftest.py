@@ -2,6 +2,7 @@
 
 import os
 import platform
+import subprocess
 import time
 
 import pytest
@@ -51,11 +52,13 @@ def pytest_collection_modifyitems(items):
     suites would time every fused case first and every eager case minutes later, so a busy
     or idle spell of a shared machine would land on one provider's column: the 2026-11-30
     suite put the G 64->3 b128 block at 0.6x eager, and the same block timed alternately
-    with eager is 1.0x (bench/NOTES.md, "Benchmark order")."""
-    first_seen = {}
-    order = [first_seen.setdefault(_case(item), index) for index, item in enumerate(items)]
-    ranked = sorted(range(len(items)), key=order.__getitem__)  # stable: providers keep their declared order
-    items[:] = [items[i] for i in ranked]
+    with eager is 1.0x (bench/NOTES.md, "Benchmark order"). Every other case runs its
+    providers in reverse order, so that none always runs first (after the previous case's
+    floors, into an allocator in their state) or last."""
+    cases = {}
+    for item in items:
+        cases.setdefault(_case(item), []).append(item)
+    items[:] = [item for n, case in enumerate(cases.values()) for item in (case if n % 2 == 0 else case[::-1])]
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -66,6 +69,20 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["cpu_isa"] = cpu_vector_isa()
     machine_info["aigc_fast"] = aigc_fast.__version__  # as the step rows record them
     machine_info["kernels"] = ",".join(aigc_fast._extension.compiled_backends()) or "none"
+    machine_info["commit"] = _commit()  # the version string covers many builds
+
+
+def _commit():
+    """The checkout's commit, with "+changes" when its files differ from it; None outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if dirty else "")
 
 
 def devices():

@@ -20,9 +20,10 @@
 # so. Benchmark suites also get a soft deadline (AIGC_FAST_BENCH_DEADLINE, bench/conftest.py)
 # before their hard timeout, so a suite that runs long still writes the JSON of the cases
 # it timed, and each suite's table is printed as soon as it ends. On an H200 (2026-11-29)
-# the whole check took 4 minutes. The exit status names the first failure: 2 no GPU or no
-# numpy (aigc_fast cannot import), 3 build, 4 tests, 5 memcheck, 6 benchmarks, 7 no
-# pytest or pytest-benchmark (what needs no pytest still runs).
+# the whole check took 4 minutes. The exit status names the first failure: 2 no GPU, no
+# numpy or setuptools (nothing can build or import), or no usable log folder; 3 build,
+# 4 tests, 5 memcheck, 6 benchmarks, 7 no pytest or pytest-benchmark (what needs no pytest
+# still runs).
 set -uo pipefail
 LOG=${1:?usage: bash bench/gpu_check.sh LOG_DIR}
 mkdir -p "$LOG" && LOG=$(cd "$LOG" && pwd)
@@ -31,7 +32,7 @@ PY=${PYTHON:-python3}
 # Everything runs from LOG_DIR: `python -m pytest` puts its working folder on sys.path, and
 # from the source folder it would import the uncompiled source instead of the installed
 # package (python -P avoids that only from Python 3.11 on).
-cd "$LOG"
+cd "$LOG" || { echo "gpu_check: cannot use $LOG as the log folder" >&2; exit 2; }
 # A reused folder must not report an earlier run's numbers (only what this script writes goes).
 rm -rf ./*-cuda.json steps-cli tables.md profile.md profile-step.md ./*.log machine.txt info.txt summary.txt
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)

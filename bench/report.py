@@ -70,8 +70,9 @@ def print_table(rows, memory="all"):
     providers = list(dict.fromkeys(p for per_provider in rows.values() for p in per_provider))
     header = ["device", "pass", "size"] + providers
     has_speedup = {"fused", "eager"} <= set(providers)
-    if has_speedup:
-        header += ["fused vs eager"] + (["fused vs compile"] if "compile" in providers else [])
+    # compile+aten_rng: the compiled reference drawing ATen's random numbers (reparameterize).
+    rivals = [p for p in ("eager", "compile", "compile+aten_rng") if p in providers] if has_speedup else []
+    header += [f"fused vs {p}" for p in rivals]
     # Steps on a GPU: the trainers' default (the fused step as one CUDA graph) against plain
     # eager, and against eager replayed as a graph too (equal settings).
     graph_pairs = [(a, b) for a, b in (("fused+graph", "eager"), ("fused+graph", "eager+graph"))
@@ -100,10 +101,9 @@ def print_table(rows, memory="all"):
         for p in providers:
             cells.append(f"{fmt_ms(by[p]['median_s'])} ({fmt_ms(by[p]['iqr_s'])})" if p in by else "-")
         fused = by.get("fused", {}).get("median_s")
-        if has_speedup:
-            for other in ["eager"] + (["compile"] if "compile" in providers else []):
-                base = by.get(other, {}).get("median_s")
-                cells.append(f"{base / fused:.1f}x" if fused and base else "-")
+        for other in rivals:
+            base = by.get(other, {}).get("median_s")
+            cells.append(f"{base / fused:.1f}x" if fused and base else "-")
         for a, b in graph_pairs:
             mine, base = by.get(a, {}).get("median_s"), by.get(b, {}).get("median_s")
             cells.append(f"{base / mine:.1f}x" if mine and base else "-")

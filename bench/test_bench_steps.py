@@ -45,4 +45,5 @@ def test_step(benchmark, device, workload, provider, precision, layout):
                                 size=f"batch {batch}")
     benchmark.extra_info[f"{device}_peak_bytes"] = steps.peak_bytes(step, device)
     benchmark.pedantic(run, rounds=5, iterations=1)
-    benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+    if benchmark.stats:  # (None under --benchmark-disable)
+        benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median

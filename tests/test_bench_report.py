@@ -144,7 +144,7 @@ def test_bench_ops_end_to_end(tmp_path, monkeypatch):
                  "--workloads", "vae28", "--providers", "fused", "--layouts", "nchw", "--repeats", "1",
                  "--out", str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "ops.csv")))
-    assert sorted(r["provider"] for r in rows) == ["compile", "copy", "eager", "fused"]
+    assert sorted(r["provider"] for r in rows) == ["compile", "compile+aten_rng", "copy", "eager", "fused"]
     kernels = ",".join(aigc_fast._extension.compiled_backends())
     assert {(r["aigc_fast"], r["kernels"]) for r in rows} == {(aigc_fast.__version__, kernels)}  # as steps.csv
     assert "GB/s fused / copy" in (tmp_path / "ops.md").read_text()
@@ -242,3 +242,28 @@ def test_a_fused_step_without_kernels_refuses_to_time_the_reference(monkeypatch)
 def test_a_step_benchmark_needs_a_timed_step():
     with pytest.raises(ValueError, match="repeats must be at least 1"):
         benchmark.run(["vae28"], ["eager"], [("fp32", False)], repeats=0, memory=False, log=lambda _: None)
+
+
+def test_merged_runs_pair_each_ratio_within_its_run(tmp_path):
+    """bench/merge_runs.py: times are the median of the runs' medians, speed-ups the median of
+    each run's own eager / provider ratio (not a ratio of medians from different runs)."""
+    spec = importlib.util.spec_from_file_location("merge_runs", ROOT / "bench" / "merge_runs.py")
+    merge_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge_runs)
+    facts = {"date": "2026-12-01", "cpu": "a CPU", "threads": 2, "gpu": "", "torch": "2.14.1", "workload": "vae28"}
+    # The runs' own ratios are 1.5, 1.0 and 0.8: the median 1.00x, the range 0.80-1.50.
+    timings = {("eager", "1"): 0.09, ("fused", "1"): 0.06, ("eager", "2"): 0.10, ("fused", "2"): 0.10,
+               ("eager", "3"): 0.12, ("fused", "3"): 0.15}
+    for run in ("1", "2", "3"):
+        with open(tmp_path / f"run{run}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[*facts, "provider", "precision", "memory_format", "median_s",
+                                                   "peak_bytes"])
+            writer.writeheader()
+            for provider in ("fused", "eager"):
+                writer.writerow({**facts, "provider": provider, "precision": "fp32", "memory_format": "nchw",
+                                 "median_s": timings[provider, run], "peak_bytes": 2**20})
+            writer.writerow({**facts, "provider": "fused", "precision": "bf16", "memory_format": "channels_last",
+                             "median_s": timings["eager", run] / 2, "peak_bytes": 2**20})
+    table = merge_runs.merge(merge_runs.read([str(tmp_path / f"run{i}.csv") for i in (1, 2, 3)]))
+    assert "| vae28 | fp32 | nchw | 100.0 (1.00×, 0.80-1.50) | 100.0 | 1 / 1 MiB |" in table
+    assert "- vae28: 2.00×, 2.00×, 2.00×" in table  # the defaults against eager fp32 NCHW, per run
