@@ -28,6 +28,8 @@ def check(act: str, negative_slope: float) -> float:
         raise ValueError(
             f"negative_slope must be >= 0 (the backward reads the sign of the input from the output), got {negative_slope}"
         )
+    if act == "leaky_relu" and negative_slope > torch.finfo(torch.float32).max:
+        raise ValueError(f"negative_slope must fit in float32, where the kernels compute, got {negative_slope}")
     return negative_slope
 
 

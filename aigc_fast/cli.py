@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import select
 import sys
 import traceback
 import typing
@@ -175,7 +176,10 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         # The reader closed the pipe (aigc-fast info --json | head): stop quietly, as Python's
         # docs advise (a note on SIGPIPE), with stdout sent to devnull for the flush at exit.
-        # (Before the OSError below, which it is: not an error in the arguments.)
+        # (Before the OSError below, which it is: not an error in the arguments.) Another
+        # pipe's error (a subprocess's) is the package's, and keeps its traceback.
+        if not _stdout_is_closed():
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
@@ -239,6 +243,17 @@ def _run(args) -> int:
     if args.command == "bench":
         return _bench(args)
     return 2
+
+
+def _stdout_is_closed() -> bool:
+    """Whether stdout's reader has gone: poll reports an error on a pipe with no reader.
+    (Where poll is missing, as on Windows, or stdout has no descriptor: taken as gone.)"""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 def _warn_of_other_data(args) -> None:

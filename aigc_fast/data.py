@@ -75,7 +75,9 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    # Hidden folders (.ipynb_checkpoints, .thumbnails) hold no class, and their images none.
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1]))
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})

@@ -32,7 +32,8 @@ def _check_output_folder(out_dir: Union[str, Path]) -> None:
     if not out.is_dir():
         return
     folder = out / "images"
-    others = sorted(p.name for p in out.iterdir() if p.name not in ("images", "samples.npz", "grid.png"))
+    others = sorted(p.name for p in out.iterdir()  # (not the system's hidden files: .DS_Store)
+                    if p.name not in ("images", "samples.npz", "grid.png") and not p.name.startswith("."))
     if others:
         raise ValueError(f"{out} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which "
                          "write_samples did not write; choose a new or empty output folder")

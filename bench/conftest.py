@@ -1,5 +1,6 @@
 """Shared pieces of the benchmark suites: providers, timing hygiene, memory accounting."""
 
+import collections
 import os
 import platform
 import subprocess
@@ -47,18 +48,25 @@ def _case(item):
             tuple((name, repr(value)) for name, value in params.items() if name != "provider"))
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected: the order of what runs
 def pytest_collection_modifyitems(items):
     """Runs the providers of one case back to back. Parametrized in declaration order, the
     suites would time every fused case first and every eager case minutes later, so a busy
     or idle spell of a shared machine would land on one provider's column: the 2026-11-30
     suite put the G 64->3 b128 block at 0.6x eager, and the same block timed alternately
-    with eager is 1.0x (bench/NOTES.md, "Benchmark order"). Every other case runs its
-    providers in reverse order, so that none always runs first (after the previous case's
-    floors, into an allocator in their state) or last."""
+    with eager is 1.0x (bench/NOTES.md, "Benchmark order"). Every other case of a suite on
+    a device runs its providers in reverse order, so that none always runs first (after
+    the previous case's floors, into an allocator in their state) or last."""
     cases = {}
     for item in items:
         cases.setdefault(_case(item), []).append(item)
-    items[:] = [item for n, case in enumerate(cases.values()) for item in (case if n % 2 == 0 else case[::-1])]
+    seen = collections.Counter()
+    ordered = []
+    for (path, function, params), case in cases.items():
+        stream = (path, function, dict(params).get("device"))  # (device varies fastest in the suites)
+        ordered += case if seen[stream] % 2 == 0 else case[::-1]
+        seen[stream] += 1
+    items[:] = ordered
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -24,12 +24,13 @@ PLAIN = ("eager", "fp32", "nchw")
 
 
 def read(paths: List[str]) -> List[Dict[str, str]]:
-    """Every row of the CSVs; a file without a `run` column counts as one run (its position)."""
+    """Every row of the CSVs, each tagged with its run: the file's position and, in a file
+    that merges several, its `run` column (so runs of different files never share an id)."""
     rows = []
     for number, path in enumerate(paths, 1):
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
-                row["run"] = row.get("run") or str(number)
+                row["run"] = f"{number}:{row.get('run') or 1}"
                 rows.append(row)
     return rows
 
@@ -46,11 +47,15 @@ def spread(values: List[float]) -> str:
 
 
 def merge(rows: List[Dict[str, str]]) -> str:
-    runs = sorted({r["run"] for r in rows}, key=int)
+    runs = list(dict.fromkeys(r["run"] for r in rows))
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     cases: Dict[tuple, Dict[Tuple[str, str], Dict[str, str]]] = defaultdict(dict)
     for r in rows:
-        cases[r["workload"], r["precision"], r["memory_format"]][r["provider"], r["run"]] = r
+        case = cases[r["workload"], r["precision"], r["memory_format"]]
+        if (r["provider"], r["run"]) in case:  # (a ratio would pair timings of different runs)
+            raise ValueError(f"run {r['run']} has two rows for {r['provider']} {r['workload']} {r['precision']} "
+                             f"{r['memory_format']}")
+        case[r["provider"], r["run"]] = r
     lines = [f"{machine_line(rows[0])}. One training step: median ms (the median of {len(runs)} runs' medians), "
              "and in brackets the speed-up over eager at the same setting (the median of the runs' own ratios, "
              "and their range).", "",

@@ -21,8 +21,6 @@ namespace aigc_fast {
 
 Act parse_act(const std::string& act, double slope) {
   check_finite(slope, "negative_slope");
-  TORCH_CHECK(std::abs(slope) <= std::numeric_limits<float>::max(),
-              "negative_slope must fit in float32, where the kernels compute, got ", slope);
   if (act == "identity") return Act::kIdentity;
   if (act == "relu") return Act::kRelu;
   if (act == "tanh") return Act::kTanh;
@@ -30,6 +28,8 @@ Act parse_act(const std::string& act, double slope) {
   if (act == "leaky_relu") {
     TORCH_CHECK(slope >= 0.0, "negative_slope must be >= 0 (the backward reads the sign of the "
                 "input from the output), got ", slope);
+    TORCH_CHECK(slope <= std::numeric_limits<float>::max(), "negative_slope must fit in float32, where the "
+                "kernels compute, got ", slope);
     return Act::kLeakyRelu;
   }
   TORCH_CHECK(false, "act must be one of 'identity', 'relu', 'leaky_relu', 'tanh', 'sigmoid', got '",

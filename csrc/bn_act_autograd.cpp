@@ -167,10 +167,10 @@ Outputs bn_act_autograd(const at::Tensor& x, const OptionalTensor& weight, const
                         const OptionalTensor& running_mean, const OptionalTensor& running_var,
                         const OptionalTensor& num_batches_tracked, bool training, std::optional<double> momentum,
                         double eps, std::string act, double negative_slope, bool memory_efficient) {
-  // The running statistics take no gradient (ATen's batch_norm refuses them the same way):
-  // the training forward writes them in place, and eval's gradient for them is not computed.
+  // The running statistics take no gradient: with grad mode on, one that requires grad is
+  // refused, as ATen's batch_norm refuses it (under no_grad both run).
   for (const auto& [t, name] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}}) {
-    TORCH_CHECK(!t->has_value() || !(*t)->requires_grad(), name,
+    TORCH_CHECK(!at::GradMode::is_enabled() || !t->has_value() || !(*t)->requires_grad(), name,
                 " is a buffer bn_act reads and updates; it takes no gradient, so it must not require grad");
   }
   const variable_list out = BnActFunction::apply(x, weight, bias, running_mean, running_var, num_batches_tracked,

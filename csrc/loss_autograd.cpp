@@ -140,17 +140,19 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
   static at::Tensor scaled(const at::Tensor& grad, const at::Tensor& grad_loss) {
     // The saved gradient is the answer, with no second gradient-sized tensor, where nothing
     // else will read it: the graph is freed right after this node (no retain_graph), the
-    // gradient is the saved one (no create_graph), and it is an ordinary tensor (not one
-    // torch.compile traces). Accumulation then takes it (or a view of it, for an input that
-    // is a view) into .grad. loss.backward()'s factor 1 returns it as is; any other factor
-    // (a loss weight, GradScaler's scale, one per sample; on a GPU always, whose value is not
-    // read: that would sync) scales it in place. Measured on the H200 before this: the fused
+    // gradient is the saved one (no create_graph), it is an ordinary tensor (not one
+    // torch.compile traces), and no other tensor shares its memory (the raw op returns the
+    // gradients too, and a caller that keeps them must not see them change). Accumulation
+    // then takes it (or a view of it, for an input that is a view) into .grad.
+    // loss.backward()'s factor 1 returns it as is; any other factor (a loss weight,
+    // GradScaler's scale, one per sample; on a GPU always, whose value is not read: that
+    // would sync) scales it in place. Measured on the H200 before this: the fused
     // vae_loss's peak was twice eager's, from the product beside the saved gradient. With
     // retain_graph, .grad would share memory with the saved gradient, and zeroing or
     // clipping .grad in place would change (or, through the version counter, invalidate)
     // what the next backward returns: a new tensor then.
     const bool sole_reader = !torch::autograd::get_current_graph_task_keep_graph() &&
-                             !at::GradMode::is_enabled() && is_plain(grad);
+                             !at::GradMode::is_enabled() && is_plain(grad) && grad.storage().use_count() == 1;
     if (sole_reader && grad_loss.device().is_cpu() && is_plain(grad_loss) && grad_loss.dim() == 0 &&
         grad_loss.item<double>() == 1.0) {
       return grad;

@@ -125,10 +125,11 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
   // The kept z if it is still as the forward wrote it, else undefined. Let go of by the
   // backward that frees the graph (one without retain_graph), as the engine frees saved
   // tensors: it does not free saved_data, and a graph kept alive afterwards (a loss kept for
-  // logging) must not keep z's storage. Every backward through a retained graph reads it, so
-  // they all give the same gradients (gradcheck's reentrancy check compares them bit for
-  // bit; z - mu and the regenerated noise differ in the last bits). (Compiled autograd runs
-  // the backward on a copy of the context, so there the node keeps z until it is freed.)
+  // logging) must not keep z's storage. Every plain backward (create_graph draws the noise
+  // again) through a retained graph reads it, so they all give the same gradients
+  // (gradcheck's reentrancy check compares them bit for bit; z - mu and the regenerated
+  // noise differ in the last bits). (Compiled autograd runs the backward on a copy of the
+  // context, so there the node keeps z until it is freed.)
   static at::Tensor take_output(AutogradContext* ctx) {
     const auto kept = ctx->saved_data.find("z");
     if (kept == ctx->saved_data.end()) return at::Tensor();

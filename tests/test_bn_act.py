@@ -600,6 +600,20 @@ def test_compile_fullgraph_with_changing_eps_and_momentum():
     assert torch.equal(p.running_mean, before)
 
 
+def test_running_statistics_that_require_grad_run_under_no_grad():
+    """As ATen's batch_norm: refused with grad mode on (above), run under no_grad (a model
+    whose buffers were made Parameters, sampled or evaluated)."""
+    x, _ = data((4, 3, 2, 2))
+    for training in (True, False):
+        p, q = Params(3), Params(3)
+        with torch.no_grad():
+            p.running_mean.requires_grad_()
+            y = aigc_fast.bn_act(x, None, None, p.running_mean, p.running_var, training=training)
+        expected = reference.bn_act(x, None, None, q.running_mean, q.running_var, training=training)
+        torch.testing.assert_close(y, expected)
+        torch.testing.assert_close(p.running_mean.detach(), q.running_mean)
+
+
 def test_an_expanded_running_statistic_is_refused_before_anything_is_updated():
     x, _ = data((4, 3, 2, 2))
     counter = torch.tensor(0)

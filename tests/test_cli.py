@@ -159,6 +159,7 @@ def test_sampling_again_replaces_the_earlier_samples(tmp_path):
 
     images = torch.rand(5, 1, 8, 8)
     write_samples(images, tmp_path / "gen")
+    (tmp_path / "gen" / ".DS_Store").write_bytes(b"\0")  # the system's hidden files do not count
     write_samples(images[:2], tmp_path / "gen", torch.tensor([0, 1]))
     assert sorted(p.relative_to(tmp_path / "gen" / "images").as_posix()
                   for p in (tmp_path / "gen" / "images").rglob("*.png")) == ["class_000/000000.png", "class_001/000001.png"]
@@ -219,6 +220,19 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 1
     assert "Broken pipe" not in err and "Exception ignored" not in err and "Traceback" not in err, err
+
+
+def test_a_broken_pipe_that_is_not_stdouts_keeps_its_traceback(monkeypatch):
+    """Only a reader of stdout gone away ends quietly: another pipe's error (a subprocess's)
+    is the package's, raised as it is."""
+    import aigc_fast.cli as cli
+
+    def broken(args):
+        raise BrokenPipeError("a subprocess's pipe")
+
+    monkeypatch.setattr(cli, "_run", broken)
+    with pytest.raises(BrokenPipeError, match="a subprocess's pipe"):
+        cli.main(["info"])
 
 
 def test_data_other_than_the_recorded_is_warned_about(tmp_path, capsys):

@@ -94,7 +94,8 @@ def test_a_class_folder_without_images_is_refused(tmp_path):
         data.load_image_folder(tmp_path, 8, channels=1)
     (tmp_path / "b" / "notes.txt").unlink()
     (tmp_path / "b").rmdir()
-    (tmp_path / ".ipynb_checkpoints").mkdir()  # a hidden folder is no class
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # a hidden folder is no class, nor are its images
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / ".ipynb_checkpoints" / "0.png")
     assert data.load_image_folder(tmp_path, 8, channels=1)[1].tolist() == [0, 0, 1, 1]
 
 

@@ -241,6 +241,7 @@ def test_torch_func_per_sample_gradients_run_on_the_reference():
     torch.testing.assert_close(compiled(logits), grad(lambda u: aigc_fast.gan_g_loss(u))(logits))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # (torch's own, from forward_ad)
 def test_forward_mode_ad_runs_on_the_reference():
     """The fused ops' C++ autograd has no jvp rule: inside forward_ad.dual_level the default
     impl is the reference, whose ATen ops have one, so a model's directional derivative is

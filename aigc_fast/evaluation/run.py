@@ -140,7 +140,8 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
     m = min(n, len(f_held))  # the matched size: the held-out count, or n when fewer are generated
     # Fewer than all held-out images: a seeded random m of them, not the first m (an image
     # folder loads class by class, so the first m would leave classes out of the reference).
-    held = torch.randperm(len(f_held), generator=torch.Generator().manual_seed(seed))[:m]
+    held = (torch.randperm(len(f_held), generator=torch.Generator().manual_seed(seed))[:m] if m < len(f_held)
+            else slice(None))
     results = {
         "kind": trainer.kind, "step": trainer.step, "data": real.source, "generated": n,
         "real_train": len(real.train_images), "real_held_out": len(real.held_images), "matched": m,
