@@ -340,29 +340,51 @@ def machine_line(row: Dict[str, object]) -> str:
 
 def markdown(rows: List[Dict[str, object]]) -> str:
     """One table: a row per workload and setting, a column per provider (median ms and
-    speed-up over eager in the same setting), and the fused step's peak memory over eager's."""
+    speed-up over eager in the same setting), and the fused step's peak memory over eager's.
+    Rows of several runs (each tagged with its "run", as bench/merge_runs.py reads them)
+    merge: a time is the median of the runs' medians, a speed-up the median of the runs' own
+    ratios (eager and the provider timed in the same run), then their range. Values may be
+    numbers or a CSV's strings."""
+    runs = list(dict.fromkeys(r.get("run", "") for r in rows))
     providers = list(dict.fromkeys(r["provider"] for r in rows))
-    groups: Dict[tuple, Dict[str, Dict[str, object]]] = {}
+    cases: Dict[tuple, Dict[Tuple[str, object], Dict[str, object]]] = {}
     for r in rows:
-        groups.setdefault((r["workload"], r["precision"], r["memory_format"]), {})[r["provider"]] = r
-    lines = [f"{machine_line(rows[0])}. One training step, median ms (speed-up over eager at the same setting).", "",
+        case = cases.setdefault((r["workload"], r["precision"], r["memory_format"]), {})
+        key = (r["provider"], r.get("run", ""))
+        if key in case:  # (a ratio would pair timings of different runs)
+            raise ValueError(f"two rows for {r['provider']} {r['workload']} {r['precision']} {r['memory_format']} "
+                             f"in one run")
+        case[key] = r
+    what = ("median ms (speed-up over eager at the same setting)" if len(runs) == 1 else
+            f"median ms (the median of {len(runs)} runs' medians; in brackets the speed-up over eager at the same "
+            "setting, the median of the runs' own ratios and their range)")
+    lines = [f"{machine_line(rows[0])}. One training step, {what}.", "",
              "| workload | precision | layout | " + " | ".join(providers) + " | peak memory fused / eager |",
              "|---|---|---|" + "---:|" * (len(providers) + 1)]
-    for (workload, precision, layout), by in groups.items():
-        eager = by.get("eager")
+    for (workload, precision, layout), by in cases.items():
+        times = {key: float(r["median_s"]) for key, r in by.items()}
         cells = []
         for p in providers:
-            r = by.get(p)
-            if r is None:
+            mine = [times[p, run] for run in runs if (p, run) in times]
+            if not mine:
                 cells.append("")
                 continue
-            speedup = f" ({eager['median_s'] / r['median_s']:.2f}×)" if eager and p != "eager" else ""
-            cells.append(f"{r['median_s'] * 1e3:.1f}{speedup}")
-        fused = by.get("fused")
-        mem = (f"{fused['peak_bytes'] / 2**20:.0f} / {eager['peak_bytes'] / 2**20:.0f} MiB"
-               if fused and eager and fused["peak_bytes"] and eager["peak_bytes"] else "")
+            paired = [times["eager", run] / times[p, run] for run in runs
+                      if p != "eager" and (p, run) in times and ("eager", run) in times]
+            cells.append(f"{statistics.median(mine) * 1e3:.1f}" + (f" ({_spread(paired)})" if paired else ""))
+        peaks = {p: [int(by[p, run]["peak_bytes"]) for run in runs if by.get((p, run), {}).get("peak_bytes")]
+                 for p in ("fused", "eager")}
+        mem = (f"{statistics.median(peaks['fused']) / 2**20:.0f} / {statistics.median(peaks['eager']) / 2**20:.0f} MiB"
+               if peaks["fused"] and peaks["eager"] else "")
         lines.append(f"| {workload} | {precision} | {layout} | " + " | ".join(cells) + f" | {mem} |")
     return "\n".join(lines) + "\n"
+
+
+def _spread(ratios: List[float]) -> str:
+    """A speed-up: the median ratio, then the runs' range where they differ."""
+    text = f"{statistics.median(ratios):.2f}×"
+    low, high = f"{min(ratios):.2f}", f"{max(ratios):.2f}"
+    return text if low == high else f"{text}, {low}-{high}"
 
 
 def bar_chart(rows: List[Dict[str, object]], path: Path) -> Optional[Path]:
