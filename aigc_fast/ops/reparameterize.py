@@ -98,8 +98,8 @@ def _kl_shape(mu: torch.Tensor, compute_kl: bool) -> Tuple[int, ...]:
 
 
 def _fake_forward(mu, logvar, eps, seed, compute_kl):
-    _check_tensors(mu, logvar, eps)
-    _validate.fake_inputs_on("mu", mu, logvar=logvar, eps=eps, seed=seed)
+    _check_tensors(mu, logvar, eps)  # (logvar's and eps's devices among them)
+    _validate.fake_inputs_on("mu", mu, seed=seed)
     z = torch.empty_like(mu, memory_format=torch.contiguous_format)
     return z, mu.new_empty(_kl_shape(mu, compute_kl), dtype=_validate.math_dtype(mu))
 
