@@ -1,7 +1,8 @@
 """Builds aigc_fast._C: the C++ CPU kernels always, the CUDA kernels when nvcc and a CUDA
 build of torch are present (or when AIGC_FAST_CUDA=1 forces them; AIGC_FAST_CUDA=0 skips them).
 
-Environment: AIGC_FAST_CUDA=1|0, TORCH_CUDA_ARCH_LIST (default without a visible GPU:
+Environment: AIGC_FAST_CUDA=1|0|auto (auto, or unset: CUDA when it can be built),
+TORCH_CUDA_ARCH_LIST (default without a visible GPU:
 "8.0;9.0+PTX"), MAX_JOBS (parallel compile jobs, read by torch's ninja build).
 """
 

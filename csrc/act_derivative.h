@@ -9,19 +9,25 @@
 
 #include <string>
 
+#include "bias_act.h"
+
 namespace aigc_fast {
 
 // grad_y * act'(from y). relu and leaky_relu go through PyTorch's own backward ops: their
 // derivative with respect to y is a zero that autograd still carries, so a gradient
 // penalty taken through the layer gives its bias a zero gradient (as plain PyTorch does)
 // rather than none, and an optimizer step after the penalty alone treats it the same.
+// (A switch with no default: the compiler names an activation added to the table but not here.)
 inline at::Tensor grad_through_activation(const at::Tensor& grad_y, const at::Tensor& y, const std::string& act,
                                           double slope) {
-  if (act == "relu") return at::threshold_backward(grad_y, y, 0);
-  if (act == "leaky_relu") return at::leaky_relu_backward(grad_y, y, slope, /*self_is_result=*/true);
-  if (act == "tanh") return grad_y.mul(y.mul(y).neg().add(1));
-  if (act == "sigmoid") return grad_y.mul(y.mul(y.neg().add(1)));
-  return grad_y;
+  switch (parse_act(act, slope)) {
+    case Act::kIdentity: return grad_y;
+    case Act::kRelu: return at::threshold_backward(grad_y, y, 0);
+    case Act::kLeakyRelu: return at::leaky_relu_backward(grad_y, y, slope, /*self_is_result=*/true);
+    case Act::kTanh: return grad_y.mul(y.mul(y).neg().add(1));
+    case Act::kSigmoid: return grad_y.mul(y.mul(y.neg().add(1)));
+  }
+  TORCH_INTERNAL_ASSERT(false, "unknown activation");
 }
 
 }  // namespace aigc_fast

@@ -8,7 +8,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
@@ -94,11 +93,8 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
       grad_bias = op.bias_sums.to(*bias_dtype);
     } else {
       // The vendor reduction of dz in the math type: the kernel's copy, or grad_x itself
-      // (float32, float64). (An empty dim list would mean "all dims" to sum: a 1-d y is its
-      // own bias gradient.)
-      const at::Tensor& dz = op.dz.defined() ? op.dz : op.grad_x;
-      const std::vector<int64_t> dims = dims_except(y.dim(), dim);
-      grad_bias = (dims.empty() ? dz.clone() : dz.sum(dims)).to(*bias_dtype);
+      // (float32, float64).
+      grad_bias = bias_grad_from(op.dz.defined() ? op.dz : op.grad_x, dim, *bias_dtype);
     }
   }
   return {op.grad_x, grad_bias};

@@ -52,6 +52,14 @@ inline std::vector<int64_t> dims_except(int64_t ndim, int64_t dim) {
   return dims;
 }
 
+// The bias gradient from dz (the math type): summed over every dimension but `dim`, in
+// the bias's dtype. (An empty dimension list would mean "all dimensions" to sum: a 1-d dz
+// is its own bias gradient, cloned so it never shares the input gradient's memory.)
+inline at::Tensor bias_grad_from(const at::Tensor& dz, int64_t dim, at::ScalarType bias_dtype) {
+  const std::vector<int64_t> dims = dims_except(dz.dim(), dim);
+  return (dims.empty() ? dz.clone() : dz.sum(dims)).to(bias_dtype);
+}
+
 // The activation named `act` (the names of aigc_fast/_activations.py); a clear error otherwise.
 Act parse_act(const std::string& act, double slope);
 

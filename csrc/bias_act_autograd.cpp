@@ -70,11 +70,7 @@ class BiasActFunction : public torch::autograd::Function<BiasActFunction> {
       const at::ScalarType math_type = math_dtype(y.scalar_type());
       const at::Tensor dz = grad_through_activation(grads[0].to(math_type), y.to(math_type), act, slope);
       grad_x = dz.to(y.scalar_type());
-      if (need_bias) {
-        const std::vector<int64_t> dims = dims_except(y.dim(), dim);
-        // (A 1-d y: the bias gradient is dz itself, cloned so it never shares grad_x's memory.)
-        grad_bias = (dims.empty() ? dz.clone() : dz.sum(dims)).to(at::ScalarType(bias_dtype));
-      }
+      if (need_bias) grad_bias = bias_grad_from(dz, dim, at::ScalarType(bias_dtype));
     } else {
       std::optional<at::ScalarType> wanted;
       if (need_bias) wanted = at::ScalarType(bias_dtype);

@@ -13,7 +13,6 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <string>
 #include <tuple>
 
@@ -23,12 +22,14 @@
 namespace aigc_fast {
 namespace {
 
-void check_channel_vector(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
+// t, when given: one value per channel of the activation `of` (x forward, y backward).
+void check_channel_vector(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& of,
+                          const char* of_name) {
   if (!t.has_value()) return;
   check_float_tensor(*t, name);
-  check_same_device(*t, name, x, "x");
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == x.size(1), name, " must have shape [", x.size(1),
-              "] (one value per channel of x, x.shape[1]), got ", t->sizes());
+  check_same_device(*t, name, of, of_name);
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == of.size(1), name, " must have shape [", of.size(1),
+              "] (one value per channel of ", of_name, ", ", of_name, ".shape[1]), got ", t->sizes());
 }
 
 // [outer, channels, inner] view of a dense [N, C, ...] tensor (layout.h).
@@ -95,10 +96,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   // The mode decides what autograd keeps (bn_act_autograd.cpp); the forward is the same, but
   // a backward without x must be possible.
   if (memory_efficient) check_memory_saving_mode(activation, act, negative_slope, x.scalar_type());
-  check_channel_vector(weight, "weight", x);
-  check_channel_vector(bias, "bias", x);
-  check_channel_vector(running_mean, "running_mean", x);
-  check_channel_vector(running_var, "running_var", x);
+  check_channel_vector(weight, "weight", x, "x");
+  check_channel_vector(bias, "bias", x, "x");
+  check_channel_vector(running_mean, "running_mean", x, "x");
+  check_channel_vector(running_var, "running_var", x, "x");
   TORCH_CHECK(running_mean.has_value() == running_var.has_value(),
               "running_mean and running_var must both be given or both be None");
   TORCH_CHECK(training || running_mean.has_value(), "bn_act with training=False needs running_mean and running_var");
@@ -176,10 +177,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
   check_like(grad_y, "grad_y", y, "y");
   TORCH_CHECK(y.dim() >= 2 && y.numel() > 0, "y must be a non-empty [N, C, ...] tensor, got shape ", y.sizes());
   if (x.has_value()) check_like(*x, "x", y, "y");
-  check_channel_vector(weight, "weight", y);
-  check_channel_vector(bias, "bias", y);
-  check_channel_vector(mean, "mean", y);
-  check_channel_vector(invstd, "invstd", y);
+  check_channel_vector(weight, "weight", y, "y");
+  check_channel_vector(bias, "bias", y, "y");
+  check_channel_vector(mean, "mean", y, "y");
+  check_channel_vector(invstd, "invstd", y, "y");
   const int64_t channels = y.size(1), per_channel = y.numel() / channels;
   const at::TensorOptions math = y.options().dtype(math_dtype(y.scalar_type()));
 

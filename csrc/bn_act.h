@@ -12,6 +12,7 @@
 
 #include "aigc_fast/batch_norm.h"
 #include "bias_act.h"  // with_act
+#include "math_type.h"
 #include "tensor_ref.h"
 
 namespace aigc_fast {
@@ -184,7 +185,7 @@ void with_grad_kernel(const BnActGrad& op, const F& f) {
   with_act(op.act, [&](auto act) {
     constexpr Act A = decltype(act)::value;
     const auto with_type = [&](auto from) {
-      op.y.scalar_type() == at::kDouble ? f(from, act, double{}) : f(from, act, float{});
+      with_math_type(op.y, [&](auto type) { f(from, act, type); });
     };
     using std::integral_constant;
     if (op.x.defined()) {

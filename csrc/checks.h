@@ -8,15 +8,12 @@
 #include <cmath>
 #include <string>
 
+#include "math_type.h"
+
 namespace aigc_fast {
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
-}
-
-// The dtype kernels compute in: float32 for the 16-bit types, else the type itself.
-inline at::ScalarType math_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 inline void check_float_tensor(const at::Tensor& t, const char* name) {
@@ -41,7 +38,7 @@ inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& 
               t.sizes(), " and ", ref.sizes());
 }
 
-// A float argument the kernels compute with (a slope, a momentum, an eps, a label): NaN or
+// A float argument the kernels compute with (a slope, a momentum, an eps): NaN or
 // inf would turn outputs or running statistics into NaN or inf without an error. The Python
 // wrappers check too, but not every value (one a compiled graph takes as a symbolic float),
 // and callers of torch.ops.aigc_fast skip them.

@@ -38,6 +38,14 @@ struct LossSettings {
   at::Tensor beta;        // vae_loss: a 0-d CPU tensor (a traced input under torch.compile)
 };
 
+// The name of a loss op's tensor input i, for errors (the Python functions' names).
+const char* input_name(const std::string& loss, size_t i) {
+  static const char* const gan_d[] = {"real_logits", "fake_logits"};
+  static const char* const vae[] = {"recon", "target", "mu", "logvar"};
+  if (loss == "gan_g_loss") return "fake_logits";
+  return loss == "gan_d_loss" ? gan_d[i] : vae[i];
+}
+
 class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradients> {
  public:
   // `inputs`: the op's tensor inputs, in output_mask order. `kernel` runs the op below
@@ -89,9 +97,10 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     if (at::GradMode::is_enabled()) grads = differentiable_gradients(ctx, saved);
     for (size_t i = 0; i < n; ++i) {
       if (!ctx->needs_input_grad(i)) continue;
-      TORCH_CHECK((mask >> i) & 1, "aigc_fast: the gradient of input ", i,
-                  " of this loss was not computed in the forward; call the op with output_mask[",
-                  i, "] = True (the aigc_fast Python functions do)");
+      TORCH_CHECK((mask >> i) & 1, "aigc_fast.", ctx->saved_data["loss"].toStringRef(), ": the gradient of ",
+                  input_name(ctx->saved_data["loss"].toStringRef(), i),
+                  " was not computed in the forward; call the op with output_mask[", i,
+                  "] = True (the aigc_fast Python functions do)");
       result[i] = scaled(grads[i], grad_loss);
     }
     return result;
@@ -112,7 +121,7 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     }
     if (loss == "vae_loss") {  // (the four gradients are written at once, from all four inputs)
       for (size_t i = 0; i < n; ++i) {
-        TORCH_CHECK(x[i].defined(), "aigc_fast.vae_loss: second derivatives need input ", i,
+        TORCH_CHECK(x[i].defined(), "aigc_fast.vae_loss: second derivatives need ", input_name(loss, i),
                     ", an inference tensor (made under torch.inference_mode), which autograd cannot save: "
                     "make it outside inference_mode");
       }

@@ -19,7 +19,8 @@
 
 namespace aigc_fast {
 
-// Elements per tile: a tile's float32 scratch stays in L1 on the CPU.
+// Elements per tile: a CPU thread's scratch for a tile (four buffers of it, 64 KiB in
+// float32) stays in L2.
 constexpr int64_t kLossChunk = 4096;
 
 // What each GAN loss kind asks of the real logits (D), the fake logits (D), and the fake
@@ -32,7 +33,8 @@ bool any_double(at::TensorList tensors);
 
 // One term of a GAN loss: the mean over all elements of x of logit_term<kind>(x, param).
 struct LogitTerm {
-  at::Tensor x;     // dense; read in memory order
+  at::Tensor x;     // contiguous: a logit map in another layout is copied, so the sum's order
+                    // (and its bits) never depend on the layout (logits are small next to images)
   TermKind kind;
   double param;
   at::Tensor grad;  // d(mean)/dx, laid out like x; empty when not asked
@@ -66,9 +68,37 @@ struct VaeLoss {
   bool double_math;
 
   int64_t batch() const { return recon_tiles.rows; }
-  // The factor d(loss)/d(total_b) that the forward folds into the gradients.
+  // The factors d(loss)/d(recon_b) and d(loss)/d(kl_b) that the forward folds into the gradients.
   double grad_scale() const { return reduction == Reduction::kMean ? 1.0 / double(batch()) : 1.0; }
+  double kl_grad_scale() const { return beta * grad_scale(); }
 };
+
+// vae_loss's outputs from its per-sample sums, written once for both devices' last step
+// (which differ only in how they add the samples up): each sample's (reduction "none"),
+// or the batch's.
+template <typename T>
+struct VaeOutputs {
+  T* loss;
+  T* recon;
+  T* kl;
+  double beta;
+
+  AIGC_HD void sample(int64_t b, double recon_b, double kl_b) const {
+    loss[b] = static_cast<T>(recon_b + beta * kl_b);
+    recon[b] = static_cast<T>(recon_b);
+    kl[b] = static_cast<T>(kl_b);
+  }
+  AIGC_HD void batch(double recon_sum, double kl_sum, int64_t samples, Reduction reduction) const {
+    const double divisor = reduction == Reduction::kMean ? static_cast<double>(samples) : 1.0;
+    sample(0, recon_sum / divisor, kl_sum / divisor);
+  }
+};
+
+template <typename T>
+VaeOutputs<T> vae_outputs(VaeLoss& op) {
+  return {op.loss.mutable_data_ptr<T>(), op.recon_out.mutable_data_ptr<T>(), op.kl_out.mutable_data_ptr<T>(),
+          op.beta};
+}
 
 // Calls f with the kind as a compile-time constant, so each kernel is instantiated per kind.
 template <typename F>

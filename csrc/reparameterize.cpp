@@ -5,16 +5,21 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <array>
+#include <optional>
+#include <tuple>
+
 #include "checks.h"
 #include "device_kernel.h"
 
 namespace aigc_fast {
 namespace {
 
-int64_t kl_rows(const at::Tensor& mu) { return mu.dim() == 0 ? 1 : mu.size(0); }
-
+// Tiles of mu: per sample (a row each) when the KL is computed, else one row of everything.
 RowTiles make_tiles(const at::Tensor& mu, bool per_row) {
-  const int64_t rows = per_row ? kl_rows(mu) : 1;
+  TORCH_CHECK(!per_row || mu.dim() >= 1,
+              "the per-sample KL needs a batch dimension: mu must have at least 1 dimension");
+  const int64_t rows = per_row ? mu.size(0) : 1;
   const int64_t row_len = rows == 0 ? 0 : mu.numel() / rows;
   return RowTiles::make(rows, row_len, kReparamChunk);
 }
@@ -31,7 +36,6 @@ std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& t) {
   return t->contiguous();
 }
 
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> reparameterize_op(const at::Tensor& mu, const at::Tensor& logvar,
                                                      const std::optional<at::Tensor>& eps,
@@ -43,8 +47,6 @@ std::tuple<at::Tensor, at::Tensor> reparameterize_op(const at::Tensor& mu, const
               "reparameterize takes exactly one source of noise: eps or seed");
   if (eps.has_value()) check_like(*eps, "eps", mu, "mu");
   if (seed.has_value()) check_seed(*seed, mu);
-  TORCH_CHECK(!compute_kl || mu.dim() >= 1,
-              "the per-sample KL needs a batch dimension: mu must have at least 1 dimension");
 
   ReparamForward op;
   op.mu = mu.contiguous();
@@ -110,6 +112,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_backward_op(
   }
   return {op.grad_mu, op.grad_logvar, op.grad_eps};
 }
+
+}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(aigc_fast, m) {
   m.def(

@@ -4,7 +4,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <array>
 #include <cstdint>
 #include <optional>
 
@@ -42,17 +41,5 @@ void reparameterize_backward_cpu(ReparamBackward& op);
 void reparameterize_forward_cuda(ReparamForward& op);
 void reparameterize_backward_cuda(ReparamBackward& op);
 #endif
-
-// Shared by both devices' registrations (reparameterize.cpp): argument checks, output
-// allocation, then the device kernel.
-std::tuple<at::Tensor, at::Tensor> reparameterize_op(const at::Tensor& mu, const at::Tensor& logvar,
-                                                     const std::optional<at::Tensor>& eps,
-                                                     const std::optional<at::Tensor>& seed,
-                                                     bool compute_kl);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_backward_op(
-    const at::Tensor& grad_z, const std::optional<at::Tensor>& grad_kl, const at::Tensor& mu,
-    const at::Tensor& logvar, const std::optional<at::Tensor>& eps,
-    const std::optional<at::Tensor>& seed, const std::optional<at::Tensor>& z,
-    std::array<bool, 3> output_mask);
 
 }  // namespace aigc_fast

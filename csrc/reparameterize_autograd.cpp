@@ -16,7 +16,9 @@
 #include <vector>
 
 #include "broadcast.h"
+#include "checks.h"
 #include "find_op.h"
+#include "loss_derivative.h"
 
 namespace aigc_fast {
 namespace {
@@ -147,7 +149,7 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> differentiable_backward(
       const at::Tensor& grad_z, const OptionalTensor& grad_kl, const at::Tensor& mu, const at::Tensor& logvar,
       const at::Tensor& eps, const at::Tensor& seed) {
-    const at::ScalarType math = mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    const at::ScalarType math = math_dtype(mu.scalar_type());
     at::Tensor noise;
     if (eps.defined()) {
       noise = eps.to(math);
@@ -162,8 +164,9 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     const at::Tensor grad_eps = g.mul(std);
     if (grad_kl.has_value()) {  // one KL per row (the op needs a row dimension): broadcast over its elements
       const at::Tensor gk = along_dim(grad_kl->to(math), mu, 0);
-      grad_mu = grad_mu.add(gk.mul(mu.to(math)));
-      grad_logvar = grad_logvar.add(gk.mul(log_var.expm1()).mul(0.5));
+      const auto [kl_mu, kl_logvar] = kl_term_grads(mu.to(math), log_var);
+      grad_mu = grad_mu.add(gk.mul(kl_mu));
+      grad_logvar = grad_logvar.add(gk.mul(kl_logvar));
     }
     return {grad_mu.to(mu.scalar_type()), grad_logvar.to(logvar.scalar_type()),
             eps.defined() ? grad_eps.to(eps.scalar_type()) : at::Tensor()};

@@ -518,12 +518,14 @@ def test_gradient_penalty_gives_every_parameter_plain_pytorchs_gradient(act):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_fold_of_a_model_with_hook_based_spectral_norm_says_what_to_use():
-    """torch.nn.utils.spectral_norm (hooks) leaves a weight deepcopy refuses after a forward:
-    fold() names the parametrizations version, which it supports."""
-    model = nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4), nn.ReLU())
+@pytest.mark.parametrize("norm", ["spectral_norm", "weight_norm"])
+def test_fold_of_a_model_with_a_hook_based_weight_says_what_to_use(norm):
+    """torch.nn.utils.spectral_norm and weight_norm (hooks) leave a weight deepcopy refuses
+    (spectral_norm's after a forward, weight_norm's from the start): fold() names the
+    parametrizations version, which it supports."""
+    model = nn.Sequential(getattr(nn.utils, norm)(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4), nn.ReLU())
     model(torch.randn(2, 3, 8, 8))
-    with pytest.raises(ValueError, match="parametrizations.spectral_norm"):
+    with pytest.raises(ValueError, match=f"parametrizations.{norm}"):
         aigc_fast.nn.fold(model.eval())
 
 

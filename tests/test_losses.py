@@ -719,5 +719,5 @@ def test_inference_mode_inputs_that_take_no_gradient():
     aigc_fast.vae_loss(recon, target, mu, logvar)[0].backward()  # (the reference's BCE cannot: it saves target)
     assert recon.grad is not None
     loss = aigc_fast.vae_loss(recon, target, mu, logvar)[0]
-    with pytest.raises(RuntimeError, match="second derivatives need input 1, an inference tensor"):
+    with pytest.raises(RuntimeError, match="second derivatives need target, an inference tensor"):
         torch.autograd.grad(loss, recon, create_graph=True)

@@ -6,47 +6,11 @@ power of two from 16 to 128, and 28 (MNIST)."""
 
 from __future__ import annotations
 
-import math
-from typing import Tuple
-
 import torch
 from torch import nn
 
-from .._validate import is_count
 from . import _backend
-
-SIZES = (16, 32, 64, 128, 28)
-
-
-def _geometry(image_size: int) -> Tuple[int, int]:
-    """(stride-2 steps, side of the smallest map): the models go between a 4x4 map (7x7 for
-    28) and the image in stride-2 (up or down) steps."""
-    if image_size not in SIZES:
-        raise ValueError(f"image_size must be a power of two from 16 to 128, or 28, got {image_size}")
-    return (2, 7) if image_size == 28 else (int(math.log2(image_size)) - 2, 4)
-
-
-def _check_images(images: torch.Tensor, channels: int, image_size: int, model: str) -> None:
-    """The models' convolutions would take other sizes too and return the wrong number of
-    outputs (a 28x28 discriminator gives 4 logits per 32x32 image): refuse them instead."""
-    if images.dim() != 4 or tuple(images.shape[1:]) != (channels, image_size, image_size):
-        raise ValueError(f"{model} takes images [N, {channels}, {image_size}, {image_size}], "
-                         f"got shape {list(images.shape)}")
-    _check_float(images, "images", model)
-
-
-def _check_float(t: torch.Tensor, name: str, model: str) -> None:
-    """(Else the first layer's error names a scalar type, not the argument.)"""
-    if not t.is_floating_point():
-        raise TypeError(f"{model} takes floating-point {name} (uint8 images: aigc_fast.data.to_model_range), "
-                        f"got {t.dtype}")
-
-
-def _check_sizes(model: str, **sizes: int) -> None:
-    for name, value in sizes.items():
-        if not is_count(value, 1):
-            raise ValueError(f"{model}: {name} must be an integer >= 1, got {value!r}")
-
+from ._shapes import check_float, check_images, check_sizes, geometry
 
 def dcgan_init_(module: nn.Module) -> nn.Module:
     """DCGAN's initialization, in place: conv weights ~ N(0, 0.02), BatchNorm weights ~
@@ -71,8 +35,8 @@ class DCGANGenerator(nn.Module):
     def __init__(self, nz: int = 100, ngf: int = 64, channels: int = 3, image_size: int = 64,
                  backend: str = "fused"):
         super().__init__()
-        _check_sizes(type(self).__name__, nz=nz, ngf=ngf, channels=channels)
-        steps, first_side = _geometry(image_size)
+        check_sizes(type(self).__name__, nz=nz, ngf=ngf, channels=channels)
+        steps, first_side = geometry(image_size)
         self.nz, self.channels, self.image_size, self.backend = nz, channels, image_size, backend
         # before each stride-2 step: the tutorial's ngf*8, ngf*4, ... ngf at 64x64
         widths = [ngf * 2 ** (steps - 1 - i) for i in range(steps)] if image_size != 28 else [ngf * 4, ngf * 2]
@@ -90,7 +54,7 @@ class DCGANGenerator(nn.Module):
         if z.dim() not in (2, 4) or z.shape[1] != self.nz or (z.dim() == 4 and z.shape[2:] != (1, 1)):
             raise ValueError(f"{type(self).__name__} takes z [N, {self.nz}] or [N, {self.nz}, 1, 1], "
                              f"got shape {list(z.shape)}")
-        _check_float(z, "z", type(self).__name__)
+        check_float(z, "z", type(self).__name__)
         if z.dim() == 2:
             z = z[:, :, None, None]
         return self.main(z)
@@ -106,8 +70,8 @@ class DCGANDiscriminator(nn.Module):
 
     def __init__(self, ndf: int = 64, channels: int = 3, image_size: int = 64, backend: str = "fused"):
         super().__init__()
-        _check_sizes(type(self).__name__, ndf=ndf, channels=channels)
-        steps, last_side = _geometry(image_size)
+        check_sizes(type(self).__name__, ndf=ndf, channels=channels)
+        steps, last_side = geometry(image_size)
         self.channels, self.image_size, self.backend = channels, image_size, backend
         # the mirror of the generator: widths after each stride-2 step
         widths = [ndf * 2 ** i for i in range(steps)] if image_size != 28 else [ndf * 2, ndf * 4]
@@ -119,5 +83,5 @@ class DCGANDiscriminator(nn.Module):
         dcgan_init_(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _check_images(images, self.channels, self.image_size, type(self).__name__)
+        check_images(images, self.channels, self.image_size, type(self).__name__)
         return self.main(images).flatten()

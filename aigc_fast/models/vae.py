@@ -17,7 +17,7 @@ from ..ops.losses import vae_loss
 from ..ops.reparameterize import reparameterize
 from . import _backend
 from ._modes import eval_mode
-from .dcgan import _check_images, _check_sizes, _geometry
+from ._shapes import check_images, check_sizes, geometry
 
 
 class _VAE(nn.Module):
@@ -79,8 +79,8 @@ class ConvVAE(_VAE):
     def __init__(self, latent_dim: int = 20, channels: int = 1, image_size: int = 28, base: int = 32,
                  backend: str = "fused"):
         super().__init__()
-        _check_sizes(type(self).__name__, latent_dim=latent_dim, channels=channels, base=base)
-        steps, side = _geometry(image_size)
+        check_sizes(type(self).__name__, latent_dim=latent_dim, channels=channels, base=base)
+        steps, side = geometry(image_size)
         self.latent_dim, self.channels, self.image_size, self.backend = latent_dim, channels, image_size, backend
         widths = [base * 2 ** i for i in range(steps)]
         enc = [nn.Conv2d(channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
@@ -95,7 +95,7 @@ class ConvVAE(_VAE):
         self.decoder = _backend.sequential(backend, *dec)
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        _check_images(x, self.channels, self.image_size, type(self).__name__)
+        check_images(x, self.channels, self.image_size, type(self).__name__)
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
 
@@ -110,7 +110,7 @@ class MLPVAE(_VAE):
 
     def __init__(self, input_dim: int = 784, hidden: int = 400, latent_dim: int = 20, backend: str = "fused"):
         super().__init__()
-        _check_sizes(type(self).__name__, input_dim=input_dim, hidden=hidden, latent_dim=latent_dim)
+        check_sizes(type(self).__name__, input_dim=input_dim, hidden=hidden, latent_dim=latent_dim)
         _backend.check(backend)
         self.input_dim, self.latent_dim, self.backend = input_dim, latent_dim, backend
         self.fc1, self.fc21, self.fc22 = nn.Linear(input_dim, hidden), nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)

@@ -87,7 +87,7 @@ def _plain_conv(module: nn.Module) -> bool:
 _PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Unflatten, nn.modules.dropout._DropoutNd)
 
 
-def _overwritten(following: List[nn.Module], then: bool = False) -> bool:
+def _overwritten(following: List[nn.Module], then: Optional[bool] = False) -> Optional[bool]:
     """Whether the modules after a group may overwrite its output: one that writes in
     place (ReLU6(inplace=True), Dropout(inplace=True), ...), directly or after modules that
     pass the output on; `then` if they all pass it on (whether what comes after the
@@ -386,17 +386,19 @@ def fold(module: nn.Module) -> nn.Module:
     try:
         module = convert(copy.deepcopy(module))  # a plain model's groups, found the way convert finds them
     except RuntimeError as error:
-        # torch.nn.utils.spectral_norm (the hook-based one) leaves a computed weight that
-        # deepcopy refuses once the model has run forward.
+        # The hook-based torch.nn.utils.spectral_norm and weight_norm leave a computed weight
+        # that deepcopy refuses (spectral_norm's once the model has run forward).
         from torch.nn.utils.spectral_norm import SpectralNorm
+        from torch.nn.utils.weight_norm import WeightNorm
 
-        if not any(isinstance(hook, SpectralNorm)
-                   for m in module.modules() for hook in m._forward_pre_hooks.values()):
+        hooked = [name for name, kind in (("spectral_norm", SpectralNorm), ("weight_norm", WeightNorm))
+                  if any(isinstance(hook, kind) for m in module.modules() for hook in m._forward_pre_hooks.values())]
+        if not hooked:
             raise
-        raise ValueError("fold() copies the model, and torch could not copy it: a model using the hook-based "
-                         "torch.nn.utils.spectral_norm cannot be copied after a forward pass; use "
-                         "torch.nn.utils.parametrizations.spectral_norm (which fold() supports), or "
-                         f"remove_spectral_norm before folding ({error})") from None
+        name = hooked[0]
+        raise ValueError(f"fold() copies the model, and torch could not copy it: a model using the hook-based "
+                         f"torch.nn.utils.{name} cannot be copied; use torch.nn.utils.parametrizations.{name} "
+                         f"(which fold() supports), or remove_{name} before folding ({error})") from None
     for seq in [m for m in module.modules() if isinstance(m, FusedSequential)]:
         names = [name for name, _ in seq.named_children()]
         children = list(seq)

@@ -97,8 +97,9 @@ def bn_act(
     """act(BatchNorm(x)) over channel dimension 1 of an [N, C, ...] tensor, as nn.BatchNorm2d
     followed by the activation module computes it, in one op.
 
-    training=True normalizes with the batch statistics (float32 math, Welford-style tile
-    merges: no cancellation for large means) and updates running_mean/running_var in place
+    training=True normalizes with the batch statistics (float32 math, float64 for float64
+    x; each tile's moments about its own mean, tiles merged pairwise: no cancellation for
+    large means) and updates running_mean/running_var in place
     as nn.BatchNorm does (momentum, unbiased variance; momentum=None is the cumulative
     average and needs num_batches_tracked, which is incremented as the module does).
     training=False normalizes with the running statistics when given; without them, with
@@ -133,6 +134,8 @@ def _fake_forward(x, weight, bias, running_mean, running_var, num_batches_tracke
                   negative_slope, memory_efficient):
     _check(x, weight, bias, running_mean, running_var, training, momentum, eps, act, negative_slope,
            num_batches_tracked, memory_efficient)
+    if x.numel() == 0:  # (the public function sends an empty batch to the reference)
+        raise ValueError(f"bn_act needs a non-empty x, got shape {list(x.shape)}")
     stats = x.new_empty((x.shape[1],), dtype=_validate.math_dtype(x))
     return torch.empty_like(_layout.in_memory_order(x)), stats, stats.clone()
 

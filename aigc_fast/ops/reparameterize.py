@@ -48,8 +48,7 @@ def reparameterize(
     """
     mu, logvar, eps = checked_inputs(mu, logvar, eps)
     return_kl = _validate.flag(return_kl, "return_kl")
-    if return_kl and mu.dim() == 0:
-        raise ValueError("return_kl=True needs a batch dimension: mu must have at least 1 dimension")
+    _check_kl(mu, return_kl)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if not _impl.use_fused(impl, "reparameterize", mu.device):
@@ -91,17 +90,17 @@ def _promoted_under_autocast(mu, logvar, eps):
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in (mu, logvar, eps))
 
 
-def _kl_shape(mu: torch.Tensor, compute_kl: bool) -> Tuple[int, ...]:
-    if not compute_kl:
-        return (0,)
-    return (mu.shape[0] if mu.dim() > 0 else 1,)
+def _check_kl(mu, return_kl: bool) -> None:
+    if return_kl and mu.dim() == 0:
+        raise ValueError("return_kl=True needs a batch dimension: mu must have at least 1 dimension")
 
 
 def _fake_forward(mu, logvar, eps, seed, compute_kl):
     _check_tensors(mu, logvar, eps)  # (logvar's and eps's devices among them)
+    _check_kl(mu, compute_kl)
     _validate.fake_inputs_on("mu", mu, seed=seed)
     z = torch.empty_like(mu, memory_format=torch.contiguous_format)
-    return z, mu.new_empty(_kl_shape(mu, compute_kl), dtype=_validate.math_dtype(mu))
+    return z, mu.new_empty((mu.shape[0] if compute_kl else 0,), dtype=_validate.math_dtype(mu))
 
 
 def _fake_backward(grad_z, grad_kl, mu, logvar, eps, seed, z, output_mask):

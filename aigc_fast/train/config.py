@@ -11,7 +11,7 @@ import torch
 
 from .._validate import choice, is_count, number
 from ..models._backend import BACKENDS
-from ..models.dcgan import SIZES
+from ..models._shapes import SIZES
 from ..ops.losses import RECON_LOSSES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -14,8 +14,10 @@ What a replay needs, and how the trainers give it:
   after the replay;
 - a few eager steps first, on a side stream (as torch.cuda.graph asks), so the lazy work
   (optimizer state, cuDNN's autotuning) is done before the capture;
-- fresh random numbers per replay: PyTorch's CUDA generator and aigc_fast's kernels take
-  their Philox offsets from the generator's graph-safe state, which advances per replay.
+- fresh random numbers per replay: PyTorch's CUDA generator gives captured random ops
+  graph-safe Philox offsets, which advance per replay; aigc_fast's reparameterize keys its
+  kernel with a (seed, offset) pair that a captured torch.randint draws on the device, so
+  the replayed randint hands it a fresh pair each time.
 
 A batch of another shape (from a caller's own loop; fit's batches all have one) runs
 eagerly; it writes the same parameters and optimizer state, so the graph carries on from it.

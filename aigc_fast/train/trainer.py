@@ -309,7 +309,6 @@ class _Trainer:
             save_atomic(state, self.checkpoint_path)
         return self.checkpoint_path
 
-
     # ---- the loop ----
     def fit(self, data=None, *, resume: Union[bool, str, Path] = False) -> Dict[str, float]:
         """Trains for config.epochs epochs (a resumed, partly trained epoch counts as one) or

@@ -30,7 +30,7 @@ class VAETrainer(_Trainer):
         c = self.config
         # (model and recon_loss were checked by the config, before anything is written.)
         if c.model == "mlp":
-            model = MLPVAE(c.channels * c.image_size ** 2, 400, c.latent_dim, backend=c.backend)
+            model = MLPVAE(c.channels * c.image_size ** 2, latent_dim=c.latent_dim, backend=c.backend)
         else:
             model = ConvVAE(c.latent_dim, c.channels, c.image_size, c.base, backend=c.backend)
         self.model = self.place(model)

@@ -6,9 +6,6 @@
 
 #include <ATen/ops/zeros.h>
 
-#include <algorithm>
-#include <vector>
-
 #include "channel_walk.h"
 #include "isa.h"
 #include "tiles.h"
@@ -92,12 +89,10 @@ void act_backward(BiasActGrad& op) {
 void channel_affine_act_cpu(ChannelAffineAct& op, bool affine) {
   with_act(op.act, [&](auto act) {
     constexpr Act A = decltype(act)::value;
-    const bool dbl = op.x.scalar_type() == at::kDouble;
-    if (affine) {
-      dbl ? affine_act<true, A, double>(op) : affine_act<true, A, float>(op);
-    } else {
-      dbl ? affine_act<false, A, double>(op) : affine_act<false, A, float>(op);
-    }
+    with_math_type(op.x, [&](auto type) {
+      using T = decltype(type);
+      affine ? affine_act<true, A, T>(op) : affine_act<false, A, T>(op);
+    });
   });
 }
 
@@ -116,7 +111,7 @@ void bias_act_grad_cpu(BiasActGrad& op) {
   }
   with_act(op.act, [&](auto act) {
     constexpr Act A = decltype(act)::value;
-    op.y.scalar_type() == at::kDouble ? act_backward<A, double>(op) : act_backward<A, float>(op);
+    with_math_type(op.y, [&](auto type) { act_backward<A, decltype(type)>(op); });
   });
 }
 

@@ -363,7 +363,7 @@ void grad_input(BnActGrad& op) {
 }  // namespace
 
 void channel_stats_cpu(ChannelStats& op) {
-  op.x.scalar_type() == at::kDouble ? stats<double>(op) : stats<float>(op);
+  with_math_type(op.x, [&](auto type) { stats<decltype(type)>(op); });
 }
 
 void forward_channels_cpu(const BnForwardChannels& step, int64_t channels) {

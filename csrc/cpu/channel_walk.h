@@ -15,14 +15,13 @@
 // (rows of many channels are cut into panels of channels, each reduced on its own).
 #pragma once
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <array>
 #include <type_traits>
 #include <vector>
 
 #include "isa.h"
+#include "parallel.h"
 #include "tiles.h"
 
 namespace aigc_fast {
@@ -334,9 +333,8 @@ void reduce_runs(const Geometry& g, const Run& run) {
       }
     }
   };
-  if (g.numel < kParallelMinElements) return body(0, g.channels);
-  at::parallel_for(0, g.channels, std::max<int64_t>(1, kParallelMinElements / std::max<int64_t>(work_per_channel, 1)),
-                   body);
+  for_units(g.channels, g.numel, body,
+            std::max<int64_t>(1, kParallelMinElements / std::max<int64_t>(work_per_channel, 1)));
 }
 
 // Short runs: rows per block, and blocks per group.

@@ -111,7 +111,7 @@ void vae_impl(VaeLoss& op) {
   const RowTiles tiles = op.recon_tiles;
   const int64_t recon_units = tiles.count(), batch = op.batch();
   const T scale = static_cast<T>(op.grad_scale());
-  const T kl_scale = static_cast<T>(op.beta * op.grad_scale());
+  const T kl_scale = static_cast<T>(op.kl_grad_scale());
   const bool want_recon = op.grad_recon.numel() > 0, want_target = op.grad_target.numel() > 0;
   const bool want_mu = op.grad_mu.numel() > 0, want_logvar = op.grad_logvar.numel() > 0;
   double* partials = op.partials.mutable_data_ptr<double>();
@@ -157,28 +157,15 @@ void vae_impl(VaeLoss& op) {
     }
   });
   // Per-sample totals, then the reduction, in sample order.
-  T* loss = op.loss.mutable_data_ptr<T>();
-  T* recon_out = op.recon_out.mutable_data_ptr<T>();
-  T* kl_out = op.kl_out.mutable_data_ptr<T>();
+  const VaeOutputs<T> out = vae_outputs<T>(op);
   double recon_sum = 0.0, kl_sum = 0.0;
   for (int64_t b = 0; b < batch; ++b) {
     const double recon = tiles.row_total(partials, b), kl = partials[recon_units + b];
-    if (op.reduction == Reduction::kNone) {
-      loss[b] = static_cast<T>(recon + op.beta * kl);
-      recon_out[b] = static_cast<T>(recon);
-      kl_out[b] = static_cast<T>(kl);
-    }
+    if (op.reduction == Reduction::kNone) out.sample(b, recon, kl);
     recon_sum += recon;
     kl_sum += kl;
   }
-  if (op.reduction != Reduction::kNone) {
-    const double divisor = op.reduction == Reduction::kMean ? static_cast<double>(batch) : 1.0;
-    recon_sum /= divisor;
-    kl_sum /= divisor;
-    *loss = static_cast<T>(recon_sum + op.beta * kl_sum);
-    *recon_out = static_cast<T>(recon_sum);
-    *kl_out = static_cast<T>(kl_sum);
-  }
+  if (op.reduction != Reduction::kNone) out.batch(recon_sum, kl_sum, batch, op.reduction);
 }
 
 }  // namespace

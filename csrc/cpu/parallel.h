@@ -17,9 +17,10 @@ namespace aigc_fast {
 // Below this many elements a kernel runs on the calling thread.
 constexpr int64_t kParallelMinElements = 32768;
 
-// Runs body(first, last) over [0, units), in parallel only when there is enough work.
+// Runs body(first, last) over [0, units), in parallel only when there is enough work, each
+// thread's share at least grain units.
 template <typename F>
-void for_units(int64_t units, int64_t elements, const F& body) {
+void for_units(int64_t units, int64_t elements, const F& body, int64_t grain = 1) {
   if (elements < kParallelMinElements) return body(int64_t(0), units);
 #if defined(__clang__) && defined(_OPENMP)
   // clang links LLVM's libomp beside torch's libgomp, and torch.set_num_threads sets only
@@ -27,7 +28,7 @@ void for_units(int64_t units, int64_t elements, const F& body) {
   // default, every core. Handed over per call, as torch's setting may change.
   omp_set_num_threads(at::get_num_threads());
 #endif
-  at::parallel_for(0, units, 1, body);
+  at::parallel_for(0, units, grain, body);
 }
 
 }  // namespace aigc_fast

@@ -70,6 +70,7 @@ __attribute__((target("avx2"))) inline void philox_words(uint64_t seed, uint32_t
 }
 
 }  // namespace avx2
+#undef AIGC_AVX2_FN
 
 namespace avx512 {
 
@@ -122,6 +123,7 @@ __attribute__((target("avx512f"))) inline void philox_words(uint64_t seed, uint3
 }
 
 #pragma GCC diagnostic pop
+#undef AIGC_AVX512_FN
 
 }  // namespace avx512
 

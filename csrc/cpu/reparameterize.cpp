@@ -1,6 +1,7 @@
 // CPU kernels of aigc_fast::reparameterize. Tiles (see tiling.h) run in parallel; inside a
 // tile, simple loops over float32 (or float64) scratch arrays vectorize the shared math.
 #include "../reparameterize.h"
+#include "../math_type.h"
 
 #include <ATen/Dispatch.h>
 
@@ -163,7 +164,7 @@ const T* noise_as(const float* normals, int64_t n, T* scratch) {
 
 template <typename scalar_t>
 scalar_t* data_or_null(const at::Tensor& t) {
-  return t.numel() > 0 ? t.data_ptr<scalar_t>() : nullptr;
+  return t.numel() > 0 ? t.mutable_data_ptr<scalar_t>() : nullptr;
 }
 
 // A named pair, not a structured binding: lambdas capture bindings only from clang 16 on.
@@ -173,29 +174,29 @@ struct PhiloxKey {
 
 PhiloxKey read_seed(const std::optional<at::Tensor>& seed) {
   if (!seed.has_value()) return {};
-  const int64_t* s = seed->data_ptr<int64_t>();
+  const int64_t* s = seed->const_data_ptr<int64_t>();
   return {static_cast<uint64_t>(s[0]), static_cast<uint64_t>(s[1])};
 }
 
 // Adds each row's tile partials in chunk order (deterministic for any thread count).
 template <typename T>
-void reduce_rows(const RowTiles& tiles, const T* partials, T* out) {
+void sum_row_tiles(const RowTiles& tiles, const T* partials, T* out) {
   for (int64_t r = 0; r < tiles.rows; ++r) out[r] = tiles.row_total(partials, r);
 }
 
 template <typename scalar_t>
 void forward_impl(ReparamForward& op) {
-  using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  using T = MathType<scalar_t>;
   const RowTiles tiles = op.tiles;
   const bool with_kl = op.kl.numel() > 0;
   const PhiloxKey key = read_seed(op.seed);
-  const scalar_t* mu = op.mu.data_ptr<scalar_t>();
-  const scalar_t* logvar = op.logvar.data_ptr<scalar_t>();
-  const scalar_t* eps = op.eps.has_value() ? op.eps->data_ptr<scalar_t>() : nullptr;
-  scalar_t* z = op.z.data_ptr<scalar_t>();
+  const scalar_t* mu = op.mu.const_data_ptr<scalar_t>();
+  const scalar_t* logvar = op.logvar.const_data_ptr<scalar_t>();
+  const scalar_t* eps = op.eps.has_value() ? op.eps->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* z = op.z.mutable_data_ptr<scalar_t>();
   T* kl_slots = !with_kl ? nullptr
-                : op.kl_partials.defined() ? op.kl_partials.data_ptr<T>()
-                                           : op.kl.data_ptr<T>();
+                : op.kl_partials.defined() ? op.kl_partials.mutable_data_ptr<T>()
+                                           : op.kl.mutable_data_ptr<T>();
   for_units(tiles.count(), op.mu.numel(), [&](int64_t first, int64_t last) {
     T mu_buf[kChunk], logvar_buf[kChunk], eps_buf[kChunk], z_buf[kChunk];
     float normals[kMaxBlocks * kNormalsPerBlock];
@@ -211,21 +212,21 @@ void forward_impl(ReparamForward& op) {
       if (with_kl) kl_slots[t] = kl;
     }
   });
-  if (with_kl && op.kl_partials.defined()) reduce_rows(tiles, kl_slots, op.kl.data_ptr<T>());
+  if (with_kl && op.kl_partials.defined()) sum_row_tiles(tiles, kl_slots, op.kl.mutable_data_ptr<T>());
 }
 
 template <typename scalar_t>
 void backward_impl(ReparamBackward& op) {
-  using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  using T = MathType<scalar_t>;
   const RowTiles tiles = op.tiles;
   const PhiloxKey key = read_seed(op.seed);
   const bool from_z = op.z.has_value();
-  const scalar_t* g = op.grad_z.data_ptr<scalar_t>();
-  const T* gk = op.grad_kl.has_value() ? op.grad_kl->data_ptr<T>() : nullptr;
-  const scalar_t* mu = op.mu.data_ptr<scalar_t>();
-  const scalar_t* logvar = op.logvar.data_ptr<scalar_t>();
-  const scalar_t* given = op.eps.has_value() ? op.eps->data_ptr<scalar_t>()
-                          : from_z           ? op.z->data_ptr<scalar_t>()
+  const scalar_t* g = op.grad_z.const_data_ptr<scalar_t>();
+  const T* gk = op.grad_kl.has_value() ? op.grad_kl->const_data_ptr<T>() : nullptr;
+  const scalar_t* mu = op.mu.const_data_ptr<scalar_t>();
+  const scalar_t* logvar = op.logvar.const_data_ptr<scalar_t>();
+  const scalar_t* given = op.eps.has_value() ? op.eps->const_data_ptr<scalar_t>()
+                          : from_z           ? op.z->const_data_ptr<scalar_t>()
                                              : nullptr;
   scalar_t* d_mu = data_or_null<scalar_t>(op.grad_mu);
   scalar_t* d_logvar = data_or_null<scalar_t>(op.grad_logvar);

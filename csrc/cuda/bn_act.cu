@@ -59,11 +59,7 @@ __global__ void stats_kernel(Ref x, ChannelSlices s, double* partials) {
   T n = 0, mean = 0, m2 = 0;
   const int64_t end = s.begin(split + 1);
   for (int64_t k = s.begin(split) + threadIdx.x; k < end; k += blockDim.x) {
-    const T v = load<T>(x, s.offset(c, k));
-    n += T(1);
-    const T delta = v - mean;
-    mean += delta / n;
-    m2 += delta * (v - mean);
+    welford_push(n, mean, m2, load<T>(x, s.offset(c, k)));
   }
   counts[threadIdx.x] = double(n);
   means[threadIdx.x] = double(mean);
@@ -125,12 +121,7 @@ __global__ void stats_rows_kernel(Ref x, ChannelSlices s, double* partials) {
   const int lane = threadIdx.x, row_lane = threadIdx.y;
   const int64_t c = blockIdx.x * int64_t(32) + lane, split = blockIdx.y;
   T n = 0, mean = 0, m2 = 0;
-  auto update = [&](T v) {
-    n += T(1);
-    const T delta = v - mean;
-    mean += delta / n;
-    m2 += delta * (v - mean);
-  };
+  auto update = [&](T v) { welford_push(n, mean, m2, v); };
   if (c < s.channels) {
     const int64_t end = s.begin(split + 1);
     int64_t r = s.begin(split) + row_lane;

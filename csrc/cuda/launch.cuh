@@ -1,9 +1,10 @@
-// Launch shapes and the math-type switch shared by the elementwise CUDA kernels.
+// Launch shapes shared by the elementwise CUDA kernels (and the math-type switch, math_type.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 
+#include "../math_type.h"
 #include "aigc_fast/divider.h"
 
 namespace aigc_fast {
@@ -28,16 +29,6 @@ struct ChannelOf {
     return row - channels.div(row) * channels.divisor;
   }
 };
-
-// f(T{}) with T the math type of t: double for float64, float for the rest.
-template <typename F>
-void with_math_type(const at::Tensor& t, const F& f) {
-  if (t.scalar_type() == at::kDouble) {
-    f(double{});
-  } else {
-    f(float{});
-  }
-}
 
 }  // namespace
 }  // namespace aigc_fast

@@ -97,31 +97,19 @@ __global__ void vae_units_kernel(VaeArgs v, int64_t units, double* __restrict__ 
 
 // One block: per-sample totals (reduction "none"), or their sum or mean.
 template <typename T>
-__global__ void vae_finalize_kernel(const double* __restrict__ partials, RowTiles tiles, double beta,
-                                    Reduction reduction, T* __restrict__ loss, T* __restrict__ recon_out,
-                                    T* __restrict__ kl_out) {
+__global__ void vae_finalize_kernel(const double* __restrict__ partials, RowTiles tiles, Reduction reduction,
+                                    VaeOutputs<T> out) {
   const int64_t recon_units = tiles.count();
   double recon_sum = 0.0, kl_sum = 0.0;
   for (int64_t b = threadIdx.x; b < tiles.rows; b += blockDim.x) {
     const double recon = tiles.row_total(partials, b), kl = partials[recon_units + b];
-    if (reduction == Reduction::kNone) {
-      loss[b] = static_cast<T>(recon + beta * kl);
-      recon_out[b] = static_cast<T>(recon);
-      kl_out[b] = static_cast<T>(kl);
-    }
+    if (reduction == Reduction::kNone) out.sample(b, recon, kl);
     recon_sum += recon;
     kl_sum += kl;
   }
   recon_sum = block_sum(recon_sum);
   kl_sum = block_sum(kl_sum);
-  if (threadIdx.x == 0 && reduction != Reduction::kNone) {
-    const double divisor = reduction == Reduction::kMean ? static_cast<double>(tiles.rows) : 1.0;
-    recon_sum /= divisor;
-    kl_sum /= divisor;
-    *loss = static_cast<T>(recon_sum + beta * kl_sum);
-    *recon_out = static_cast<T>(recon_sum);
-    *kl_out = static_cast<T>(kl_sum);
-  }
+  if (threadIdx.x == 0 && reduction != Reduction::kNone) out.batch(recon_sum, kl_sum, tiles.rows, reduction);
 }
 
 // One block per unit (a tile, a row), up to enough to fill the GPU several times over; the
@@ -156,7 +144,7 @@ template <typename T>
 void vae_launch(VaeLoss& op, cudaStream_t stream) {
   const VaeArgs args{ref(op.recon), ref(op.target), ref(op.mu), ref(op.logvar),
                      ref(op.grad_recon), ref(op.grad_target), ref(op.grad_mu), ref(op.grad_logvar),
-                     op.recon_tiles, op.latent, op.grad_scale(), op.beta * op.grad_scale()};
+                     op.recon_tiles, op.latent, op.grad_scale(), op.kl_grad_scale()};
   const int64_t units = op.partials.numel();
   double* partials = op.partials.mutable_data_ptr<double>();
   with_recon_kind(op.recon_kind, op.grad_target.numel() > 0, [&](auto kind, auto target_grad) {
@@ -164,9 +152,8 @@ void vae_launch(VaeLoss& op, cudaStream_t stream) {
         <<<blocks_for_units(units), kMaxThreads, 0, stream>>>(args, units, partials);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  vae_finalize_kernel<T><<<1, kMaxThreads, 0, stream>>>(
-      partials, op.recon_tiles, op.beta, op.reduction, op.loss.mutable_data_ptr<T>(),
-      op.recon_out.mutable_data_ptr<T>(), op.kl_out.mutable_data_ptr<T>());
+  vae_finalize_kernel<T><<<1, kMaxThreads, 0, stream>>>(partials, op.recon_tiles, op.reduction,
+                                                        vae_outputs<T>(op));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -5,8 +5,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <type_traits>
-
+#include "../math_type.h"
 #include "../reparameterize.h"
 #include "block_reduce.cuh"
 #include "aigc_fast/normal.h"
@@ -120,12 +119,12 @@ Launch launch_for(const RowTiles& tiles) {
 
 template <typename scalar_t>
 const scalar_t* ptr_or_null(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+  return t.has_value() ? t->const_data_ptr<scalar_t>() : nullptr;
 }
 
 template <typename scalar_t>
 scalar_t* ptr_if_used(const at::Tensor& t) {
-  return t.numel() > 0 ? t.data_ptr<scalar_t>() : nullptr;
+  return t.numel() > 0 ? t.mutable_data_ptr<scalar_t>() : nullptr;
 }
 
 }  // namespace
@@ -136,17 +135,17 @@ void reparameterize_forward_cuda(ReparamForward& op) {
   const Launch launch = launch_for(op.tiles);
   const bool with_kl = op.kl.numel() > 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, op.mu.scalar_type(), "reparameterize_cuda", [&] {
-    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    T* slots = !with_kl ? nullptr : op.kl_partials.defined() ? op.kl_partials.data_ptr<T>() : op.kl.data_ptr<T>();
+    using T = MathType<scalar_t>;
+    T* slots = !with_kl ? nullptr : op.kl_partials.defined() ? op.kl_partials.mutable_data_ptr<T>() : op.kl.mutable_data_ptr<T>();
     forward_kernel<scalar_t, T><<<launch.blocks, launch.threads, 0, stream>>>(
-        op.mu.data_ptr<scalar_t>(), op.logvar.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(op.eps),
-        op.seed.has_value() ? op.seed->data_ptr<int64_t>() : nullptr, op.tiles,
-        op.z.data_ptr<scalar_t>(), slots);
+        op.mu.const_data_ptr<scalar_t>(), op.logvar.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(op.eps),
+        op.seed.has_value() ? op.seed->const_data_ptr<int64_t>() : nullptr, op.tiles,
+        op.z.mutable_data_ptr<scalar_t>(), slots);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (with_kl && op.kl_partials.defined()) {
       const int threads = 256;
       const int blocks = static_cast<int>((op.tiles.rows + threads - 1) / threads);
-      reduce_rows_kernel<T><<<blocks, threads, 0, stream>>>(slots, op.tiles, op.kl.data_ptr<T>());
+      reduce_rows_kernel<T><<<blocks, threads, 0, stream>>>(slots, op.tiles, op.kl.mutable_data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -157,11 +156,11 @@ void reparameterize_backward_cuda(ReparamBackward& op) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const Launch launch = launch_for(op.tiles);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, op.mu.scalar_type(), "reparameterize_backward_cuda", [&] {
-    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using T = MathType<scalar_t>;
     backward_kernel<scalar_t, T><<<launch.blocks, launch.threads, 0, stream>>>(
-        op.grad_z.data_ptr<scalar_t>(), op.grad_kl.has_value() ? op.grad_kl->data_ptr<T>() : nullptr,
-        op.mu.data_ptr<scalar_t>(), op.logvar.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(op.eps),
-        ptr_or_null<scalar_t>(op.z), op.seed.has_value() ? op.seed->data_ptr<int64_t>() : nullptr,
+        op.grad_z.const_data_ptr<scalar_t>(), op.grad_kl.has_value() ? op.grad_kl->const_data_ptr<T>() : nullptr,
+        op.mu.const_data_ptr<scalar_t>(), op.logvar.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(op.eps),
+        ptr_or_null<scalar_t>(op.z), op.seed.has_value() ? op.seed->const_data_ptr<int64_t>() : nullptr,
         op.tiles, ptr_if_used<scalar_t>(op.grad_mu), ptr_if_used<scalar_t>(op.grad_logvar),
         ptr_if_used<scalar_t>(op.grad_eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

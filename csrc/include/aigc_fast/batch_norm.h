@@ -41,6 +41,16 @@ struct Moments {
   double count, mean, m2;
 };
 
+// Adds one value v to the moments (n, mean, m2) of the values before it (Welford's update,
+// in the math type T: the CUDA statistics' per-thread step).
+template <typename T>
+AIGC_HD void welford_push(T& n, T& mean, T& m2, T v) {
+  n += T(1);
+  const T delta = v - mean;
+  mean += delta / n;
+  m2 += delta * (v - mean);
+}
+
 // Adds a part with its own moments to `a` (Chan, Golub and LeVeque's pairwise update).
 AIGC_HD void merge_moments(Moments& a, double count, double mean, double m2) {
   if (count == 0.0) return;

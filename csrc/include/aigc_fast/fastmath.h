@@ -1,6 +1,7 @@
-// float32 exp, log and sincos built only from IEEE-exact operations (+, *, fmaf, sqrt,
-// integer bit manipulation), so that g++ (with -ffp-contract=off) and nvcc (with
-// --fmad=false) produce bit-identical results, and g++ can vectorize them in loops.
+// float32 exp, log, log1p (of [0, 1]) and sincos built only from IEEE-exact operations
+// (+, *, fmaf, sqrt, integer bit manipulation), so that g++ (with -ffp-contract=off) and
+// nvcc (with --fmad=false) produce bit-identical results, and g++ can vectorize them in
+// loops; exp_math and log1p_unit take them for float and the C library's for double.
 // Polynomials are Cephes' single-precision minimax fits (S. L. Moshier), evaluated with
 // explicit fmaf. Accuracy against float64: exp, log1p_unit and sigmoid within 2 ulp
 // (tests/test_fastmath.py, through the ops), log and sin/cos of 2*pi*k/2^32 within a few
