@@ -734,6 +734,16 @@ def test_vmap_runs_the_reference_and_the_raw_op_says_so():
         (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3, dtype=torch.int64, device="meta"), None, None, None,
                                             None, None, True, 0.1, 1e-5, "relu", 0.2, False), TypeError,
          "x must be float16"),
+        # An empty x: the public function sends it to the reference; the op and its fake refuse it.
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(0, 3, device="meta"), None, None, None, None, None, True,
+                                            0.1, 1e-5, "relu", 0.2, False), ValueError, "bn_act needs a non-empty x"),
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(0, 3), None, None, None, None, None, True,
+                                            0.1, 1e-5, "relu", 0.2, False), RuntimeError, "bn_act needs a non-empty x"),
+        # The backward's per-channel vectors are checked against y, and the message says so.
+        (lambda: torch.ops.aigc_fast.bn_act_backward(torch.ones(2, 3), torch.ones(2, 3), None, None, None,
+                                                     torch.zeros(4), torch.ones(3), True, "relu", 0.2,
+                                                     [True, False, False]), RuntimeError,
+         r"mean must have shape \[3\] \(one value per channel of y, y.shape\[1\]\)"),
     ],
 )
 def test_bad_input_gives_clear_errors(call, error, match):

@@ -500,6 +500,15 @@ def test_bad_input_to_the_raw_op():
         op()(torch.zeros(3), torch.zeros(2), None, torch.tensor([1, 2]), False)
 
 
+@pytest.mark.parametrize("device", ["cpu", "meta"])  # meta: the fake kernel, which torch.compile runs
+def test_the_raw_op_and_its_fake_refuse_a_kl_without_a_batch_dimension(device):
+    zero = torch.zeros((), device=device)
+    with pytest.raises((RuntimeError, ValueError), match="KL needs a batch dimension|needs a batch dimension"):
+        op()(zero, zero, zero, None, True)
+    z, kl = op()(zero, zero, zero, None, False)  # without the KL a 0-d mu is fine
+    assert z.shape == () and kl.shape == (0,)
+
+
 def test_module_train_and_eval():
     layer = aigc_fast.nn.Reparameterize(return_kl=True)
     mu, logvar, _ = inputs((8, 4), torch.float32)
