@@ -450,6 +450,76 @@ def test_unreadable_checkpoints_are_named_and_new_ones_readable_by_others(tmp_pa
             load_checkpoint(path)
 
 
+def test_a_damaged_checkpoint_is_refused_not_loaded(tmp_path):
+    """torch.load does not check the zip's CRCs: a flipped byte inside a weight loaded
+    silently. And checkpoints load with weights_only=True: a file that would run code is
+    refused."""
+    import zipfile
+
+    GANTrainer(tiny_gan(tmp_path, max_steps=1)).fit(tiny_images())
+    path = tmp_path / "checkpoint.pt"
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+        with open(path, "rb") as f:  # where the entry's bytes start: after its local header
+            f.seek(largest.header_offset + 26)
+            name_len, extra_len = np.frombuffer(f.read(4), dtype="<u2")
+        start = largest.header_offset + 30 + int(name_len) + int(extra_len)
+    data = bytearray(path.read_bytes())
+    data[start + largest.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"checkpoint.pt is damaged: the contents of {largest.filename} do not match"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="is damaged"):
+        GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images(), resume=True)
+
+    save_atomic({"step": 1, "code": print}, path)  # an object weights_only refuses to unpickle
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_checkpoints_of_another_shape_are_named_errors(tmp_path):
+    """A checkpoint from another version (a key missing), of another width, or not a
+    trainer's dict: a ValueError saying so (the CLI's one-line error), not a KeyError or
+    load_state_dict's RuntimeError."""
+    GANTrainer(tiny_gan(tmp_path, max_steps=1)).fit(tiny_images())
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    del state["batch_in_epoch"]
+    save_atomic(state, path)
+    with pytest.raises(ValueError, match="this checkpoint lacks batch_in_epoch"):
+        GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images(), resume=True)
+    save_atomic([1, 2], path)
+    with pytest.raises(ValueError, match="not a trainer's checkpoint: it holds a list"):
+        GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images(), resume=True)
+    wide = tmp_path / "wide"
+    GANTrainer(tiny_gan(wide, max_steps=1, ngf=8)).fit(tiny_images())
+    trainer = GANTrainer(tiny_gan(tmp_path / "narrow"))
+    with pytest.raises(ValueError, match="this checkpoint's G does not fit this run's"):
+        trainer.load_state_dict(load_checkpoint(wide / "checkpoint.pt"))
+
+
+def test_resume_refuses_data_that_gained_or_lost_images(tmp_path):
+    """The held-out split is drawn from the number of images: resuming on a folder with
+    images added would train on some of the images held out before."""
+    GANTrainer(tiny_gan(tmp_path, max_steps=2, holdout=0.25)).fit(tiny_images(32))
+    with pytest.raises(ValueError, match="the run trained on 32 images, the data now holds 34"):
+        GANTrainer(tiny_gan(tmp_path, max_steps=4, holdout=0.25)).fit(tiny_images(34), resume=True)
+    resumed = GANTrainer(tiny_gan(tmp_path, max_steps=4, holdout=0.25))
+    resumed.fit(tiny_images(32), resume=True)
+    assert resumed.step == 4
+
+
+def test_fewer_images_from_a_seed_are_the_first_of_more(tmp_path):
+    """torch's CPU randn redraws the last values of a tensor whose size is not a multiple of
+    16: drawn as one [n, nz] tensor, 10 images differed in their last from the first 10 of 20."""
+    trainer = GANTrainer(tiny_gan(tmp_path, nz=100))
+    for n, more, dim in ((10, 20, 100), (3, 12, 7)):
+        assert torch.equal(trainer._latents(n, dim, seed=5), trainer._latents(more, dim, seed=5)[:n])
+    # The images then too, to the convolutions' rounding (which may depend on the batch size).
+    torch.testing.assert_close(trainer.generate(10, seed=5), trainer.generate(20, seed=5)[:10])
+    assert trainer.generate(0, seed=5).shape == (0, 1, 16, 16)
+
+
 def test_a_run_that_failed_before_its_first_log_row_leaves_its_folder_usable(tmp_path):
     """A first step that fails (images of the wrong size, a loss NaN at once) takes its empty
     metrics.jsonl with it, so the retry in the same folder runs; an empty metrics.jsonl that

@@ -88,7 +88,7 @@ def _read_cache(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        cached = load_checkpoint(path, weights_only=True)
+        cached = load_checkpoint(path)
     except ValueError as error:  # truncated or overwritten (load_checkpoint names the cause)
         cause = error.__cause__
         warnings.warn(f"{path} cannot be read ({type(cause).__name__}: {cause}); training the classifier again",

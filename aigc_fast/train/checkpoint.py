@@ -1,12 +1,13 @@
 """Checkpoints written atomically: to a temporary file in the same folder, flushed, then
 renamed over the old one, so a crash or kill mid-save leaves the previous checkpoint
 intact (rename within a file system is atomic). Read back with an error that names the
-file when it is not a checkpoint torch can load."""
+file when it is not a checkpoint torch can load, or when its bytes were damaged."""
 
 from __future__ import annotations
 
 import os
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -32,15 +33,31 @@ def save_atomic(state: Dict[str, Any], path: Union[str, Path]) -> None:
         raise
 
 
-def load_checkpoint(path: Union[str, Path], map_location="cpu", *, weights_only: bool = False) -> Dict[str, Any]:
-    """A file save_atomic wrote. By default our own full state (optimizers, RNG states,
-    config), not only tensors; weights_only=True for a file of tensors and plain values."""
+def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any]:
+    """A file save_atomic wrote. Loaded with torch.load(weights_only=True): a checkpoint is
+    tensors and plain values (models, optimizers, RNG states, config), and nothing in a
+    file someone hands over gets to run code. Its zip checksums are checked first:
+    torch.load does not, and a flipped byte inside a weight would load silently."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    _check_checksums(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except MemoryError:
         raise
     except Exception as error:  # truncated, overwritten, not torch's: unpickling fails in many ways
         raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from error
+
+
+def _check_checksums(path: Path) -> None:
+    """Refuses a zip (torch.save's format) whose stored CRC-32s do not match its contents.
+    (A file that is not a zip at all is left to torch.load, which names what it is not.)"""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return
+    if damaged is not None:
+        raise ValueError(f"{path} is damaged: the contents of {damaged} do not match their stored checksum "
+                         "(a partial copy, a disk or transfer error); use another copy of the checkpoint")

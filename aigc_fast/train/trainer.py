@@ -60,6 +60,7 @@ class _Trainer:
         self.step = 0
         self.epoch = 0  # the epoch in progress
         self.batch_in_epoch = 0  # batches of it already trained
+        self.data_size: Optional[int] = None  # images in the data fit trains from (held-out ones included)
 
     def _cuda_graph_applies(self) -> bool:
         """Whether steps replay as a CUDA graph (cuda_graph.py): on a GPU, unless compiled
@@ -109,9 +110,12 @@ class _Trainer:
     def _latents(self, n: int, dim: int, seed: Optional[int]) -> torch.Tensor:
         """z ~ N(0, I) [n, dim] on the device for generate: drawn on the CPU, from a private
         generator when seeded (the global RNG untouched), so a seed gives the same images
-        on every device."""
+        on every device. Row by row, so that fewer images from a seed are the first ones of
+        more: torch's CPU randn draws the last values of an [n, dim] tensor again (its
+        vectorized path works in 16s), which changed the last row or two with n."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
-        return torch.randn(n, dim, generator=g).to(self.device)
+        rows = [torch.randn(dim, generator=g) for _ in range(n)]
+        return (torch.stack(rows) if rows else torch.empty(0, dim)).to(self.device)
 
     def modules(self) -> Dict[str, Any]:
         """What a checkpoint holds: models and optimizers by name."""
@@ -213,7 +217,7 @@ class _Trainer:
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         return {
             "kind": self.kind, "config": json.loads(self.config.to_json()), "step": self.step, "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
+            "batch_in_epoch": self.batch_in_epoch, "data_size": self.data_size,
             "modules": {name: m.state_dict() for name, m in self.modules().items()},
             "scaler": self.scaler.state_dict(),
             "rng": self.group.gather(rng),  # one per process, in rank order
@@ -223,13 +227,22 @@ class _Trainer:
         """Loads a checkpoint's state; restore_rng=False leaves the global RNG alone (for
         generation and evaluation)."""
         self._check_kind(state)
+        missing = [key for key in self._STATE_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"this checkpoint lacks {', '.join(missing)} (written by another version of aigc_fast, "
+                             "or not by a trainer's save)")
         if isinstance(state["rng"], dict):  # written before checkpoints kept one RNG state per process
             state["rng"] = [state["rng"]]
         if restore_rng and len(state["rng"]) != self.group.world:
             raise ValueError(f"this checkpoint was written by {len(state['rng'])} process(es); resume it with "
                              f"the same number (this run has {self.group.world}) to continue the same data order")
         for name, module in self.modules().items():
-            module.load_state_dict(state["modules"][name])
+            if name not in state["modules"]:
+                raise ValueError(f"this checkpoint has no {name} (it holds {', '.join(state['modules'])})")
+            try:
+                module.load_state_dict(state["modules"][name])
+            except (RuntimeError, ValueError, KeyError) as error:  # (what nn.Module's and Optimizer's raise)
+                raise ValueError(f"this checkpoint's {name} does not fit this run's: {error}") from None
         if self._graphed is not None:
             self._graphed.reset()  # the optimizers' state tensors were replaced: capture again
         if state.get("scaler"):
@@ -242,7 +255,11 @@ class _Trainer:
         if self.device.type == "cuda" and isinstance(rng["cuda"], torch.Tensor):
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
+    _STATE_KEYS = ("config", "step", "epoch", "batch_in_epoch", "modules", "rng")
+
     def _check_kind(self, state: Dict[str, Any]) -> None:
+        if not isinstance(state, dict):
+            raise ValueError(f"this is not a trainer's checkpoint: it holds a {type(state).__name__}, not a dict")
         if state.get("kind") != self.kind:
             raise ValueError(f"this is a {state.get('kind')!r} checkpoint, not a {self.kind!r} one")
 
@@ -279,6 +296,13 @@ class _Trainer:
                        if name in recorded and recorded[name] != getattr(self.config, name)]
             if changed:
                 raise ValueError(message.format(", ".join(changed)))
+        # The same folder with images added or removed: the held-out split, drawn from the
+        # number of images, would then hold images the run has trained on.
+        recorded_size = state.get("data_size")  # (absent from checkpoints written before it was kept)
+        if recorded_size is not None and self.data_size is not None and recorded_size != self.data_size:
+            raise ValueError(f"cannot resume on changed data: the run trained on {recorded_size} images, the data now "
+                             f"holds {self.data_size} (the data order and held-out split would change, and held-out "
+                             "images would have been trained on); start a new run instead")
 
     def _apply_optimizer_settings(self) -> None:
         """A checkpoint's optimizer state carries the lr and betas it ran with; a resumed run
@@ -386,7 +410,9 @@ class _Trainer:
         if isinstance(data, (str, Path)):
             # Recorded (a path as an absolute one), so evaluate and resume find it from anywhere.
             data = self.config.data = _recorded_data(data)
-        train, held = self.split(self.dataset(data))
+        dataset = self.dataset(data)
+        self.data_size = len(dataset)
+        train, held = self.split(dataset)
         shown = held if len(held) else train  # what VAE reconstruction grids show: unseen images when there are some
         picks = torch.linspace(0, len(shown) - 1, min(max(1, self.config.num_samples // 2), len(shown))).long().tolist()
         with torch.random.fork_rng(devices=[]):  # reading may flip at random: keep the training RNG stream as is
