@@ -136,32 +136,6 @@ AIGC_CPU_CLONES bool backward_tile(const T* g, T gk, const T* mu, const T* logva
   return lossy != 0;
 }
 
-// Where a tile writes an output: straight into the tensor, or scratch to convert on store.
-template <typename T, typename scalar_t>
-T* target(scalar_t* data, int64_t begin, T* scratch) {
-  if constexpr (std::is_same_v<T, scalar_t>) {
-    return data == nullptr ? scratch : data + begin;
-  } else {
-    return scratch;
-  }
-}
-
-template <typename T, typename scalar_t>
-void store(const T* values, scalar_t* data, int64_t begin, int64_t n) {
-  if (data == nullptr || static_cast<const void*>(values) == static_cast<const void*>(data + begin)) return;
-  convert(values, data + begin, n);
-}
-
-template <typename T>
-const T* noise_as(const float* normals, int64_t n, T* scratch) {
-  if constexpr (std::is_same_v<T, float>) {
-    return normals;
-  } else {
-    for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<T>(normals[i]);
-    return scratch;
-  }
-}
-
 template <typename scalar_t>
 scalar_t* data_or_null(const at::Tensor& t) {
   return t.numel() > 0 ? t.mutable_data_ptr<scalar_t>() : nullptr;
@@ -204,8 +178,8 @@ void forward_impl(ReparamForward& op) {
       const int64_t begin = tiles.begin(t), n = tiles.end(t) - begin;
       const T* e = eps != nullptr
                        ? load(eps, begin, n, eps_buf)
-                       : noise_as(fill_normals(key.seed, key.offset, begin, begin + n, normals), n, eps_buf);
-      T* out = target(z, begin, z_buf);
+                       : load(fill_normals(key.seed, key.offset, begin, begin + n, normals), 0, n, eps_buf);
+      T* out = output(z, begin, z_buf);
       const T kl = forward_tile(load(mu, begin, n, mu_buf), load(logvar, begin, n, logvar_buf), e,
                                 n, out, with_kl);
       store(out, z, begin, n);
@@ -240,10 +214,10 @@ void backward_impl(ReparamBackward& op) {
       const T* lv = load(logvar, begin, n, logvar_buf);
       const T* src = given != nullptr
                          ? load(given, begin, n, src_buf)
-                         : noise_as(fill_normals(key.seed, key.offset, begin, begin + n, normals), n, src_buf);
-      T* out_mu = target(d_mu, begin, d_mu_buf);
-      T* out_logvar = target(d_logvar, begin, d_logvar_buf);
-      T* out_eps = target(d_eps, begin, d_eps_buf);
+                         : load(fill_normals(key.seed, key.offset, begin, begin + n, normals), 0, n, src_buf);
+      T* out_mu = output(d_mu, begin, d_mu_buf);
+      T* out_logvar = output(d_logvar, begin, d_logvar_buf);
+      T* out_eps = output(d_eps, begin, d_eps_buf);
       const T* g_tile = load(g, begin, n, g_buf);
       const T* mu_tile = load(mu, begin, n, mu_buf);
       const T gk_row = gk != nullptr ? gk[tiles.row(t)] : T(0);
@@ -254,7 +228,7 @@ void backward_impl(ReparamBackward& op) {
               : backward_tile<false>(g_tile, gk_row, mu_tile, lv, src, from_z, no_noise, n, out_mu, out_logvar, out_eps);
       // z - mu lost precision somewhere in the tile: again, with the seed's noise there.
       if (lossy) {
-        const T* noise = noise_as(fill_normals(key.seed, key.offset, begin, begin + n, normals), n, noise_buf);
+        const T* noise = load(fill_normals(key.seed, key.offset, begin, begin + n, normals), 0, n, noise_buf);
         backward_tile<false>(g_tile, gk_row, mu_tile, lv, src, from_z, noise, n, out_mu, out_logvar, out_eps);
       }
       store(out_mu, d_mu, begin, n);

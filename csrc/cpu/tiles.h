@@ -91,6 +91,23 @@ const T* load(const S* data, int64_t begin, int64_t n, T* scratch) {
   }
 }
 
+// Where a tile writes elements [begin, ...) of data: data's own memory if it holds T, else
+// scratch (also when data is null: an output not asked for); then `store` converts.
+template <typename T, typename S>
+T* output(S* data, int64_t begin, T* scratch) {
+  if constexpr (std::is_same_v<T, S>) {
+    return data == nullptr ? scratch : data + begin;
+  } else {
+    return scratch;
+  }
+}
+
+template <typename T, typename S>
+void store(const T* values, S* data, int64_t begin, int64_t n) {
+  if (data == nullptr || static_cast<const void*>(values) == static_cast<const void*>(data + begin)) return;
+  convert(values, data + begin, n);
+}
+
 // The same for elements [begin, begin + n) of t (in memory order), whatever its dtype.
 template <typename T>
 const T* load(const at::Tensor& t, int64_t begin, int64_t n, T* scratch) {
