@@ -103,13 +103,13 @@ def print_table(rows, memory="all"):
         fused = by.get("fused", {}).get("median_s")
         for other in rivals:
             base = by.get(other, {}).get("median_s")
-            cells.append(f"{base / fused:.1f}x" if fused and base else "-")
+            cells.append(f"{base / fused:.2f}x" if fused and base else "-")  # (0.97x is not 1.0x)
         for a, b in graph_pairs:
             mine, base = by.get(a, {}).get("median_s"), by.get(b, {}).get("median_s")
-            cells.append(f"{base / mine:.1f}x" if mine and base else "-")
+            cells.append(f"{base / mine:.2f}x" if mine and base else "-")
         if floor:
             floor_s = (floor_record(by) or {}).get("median_s")
-            cells.append(f"{fused / floor_s:.1f}" if fused and floor_s else "-")
+            cells.append(f"{fused / floor_s:.2f}" if fused and floor_s else "-")
         if has_bandwidth:
             achieved, copy = gb_per_s(by.get("fused")), gb_per_s(floor_record(by))
             cells.append("-" if achieved is None else f"{achieved:.1f}" if copy is None

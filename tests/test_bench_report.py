@@ -47,8 +47,8 @@ def test_table_speedups_and_bandwidth(results, capsys):
     assert "Test CPU, 2 threads, GPU: none; torch 2.x; 2026-11-29" in out
     header, _, row = [line for line in out.splitlines() if line.startswith("|")][:3]
     cells = dict(zip(header.split(" | "), row.split(" | ")))
-    assert cells["fused vs eager"] == "3.0x" and cells["fused vs compile"] == "2.0x"
-    assert cells["fused / copy"] == "2.0"
+    assert cells["fused vs eager"] == "3.00x" and cells["fused vs compile"] == "2.00x"
+    assert cells["fused / copy"] == "2.00"
     # 40 MB in 4 ms is 10 GB/s; the copy moved 32 MB in 2 ms: 16 GB/s of copy bandwidth.
     assert cells["GB/s fused / copy"] == "10.0 / 16.0 (62%)"
     assert "| 8.0 |" in out  # forward: no copy row, the fused bandwidth alone
