@@ -82,17 +82,15 @@ void check_memory_saving_mode(Act act, const std::string& name, double slope, at
               "bn_act's memory-saving mode with tanh needs a float32 or float64 output, got ", y_dtype);
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
-    const at::Tensor& x, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-    const std::optional<at::Tensor>& num_batches_tracked, bool training, std::optional<double> momentum, double eps,
-    std::string act, double negative_slope, bool memory_efficient) {
-  check_float_tensor(x, "x");
-  const c10::DeviceGuard guard(x.device());
+// The forward's arguments, all checked before anything is written (num_batches_tracked
+// counted, running statistics updated), so a refused call changes nothing.
+void check_forward_args(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                        const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+                        const std::optional<at::Tensor>& running_var,
+                        const std::optional<at::Tensor>& num_batches_tracked, bool training,
+                        std::optional<double> momentum, double eps, Act activation, const std::string& act,
+                        double negative_slope, bool memory_efficient) {
   TORCH_CHECK(x.dim() >= 2, "x must have a batch and a channel dimension ([N, C, ...]), got shape ", x.sizes());
-  const Act activation = parse_act(act, negative_slope);
   // The mode decides what autograd keeps (bn_act_autograd.cpp); the forward is the same, but
   // a backward without x must be possible.
   if (memory_efficient) check_memory_saving_mode(activation, act, negative_slope, x.scalar_type());
@@ -107,25 +105,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   TORCH_CHECK(eps > 0.0 || (!training && eps == 0.0), "eps must be ",
               training ? "positive with batch statistics" : ">= 0", ", got ", eps);
   if (momentum.has_value()) check_finite(*momentum, "momentum");
-  if (training) {  // checked before num_batches_tracked is counted, so a refused call changes nothing
+  if (training) {
     check_updatable(running_mean, "running_mean");
     check_updatable(running_var, "running_var");
   }
-  const int64_t channels = x.size(1);
-  TORCH_CHECK(channels > 0, "x must have at least one channel, got shape ", x.sizes());
-  const int64_t per_channel = x.numel() / channels;
+  TORCH_CHECK(x.size(1) > 0, "x must have at least one channel, got shape ", x.sizes());
   TORCH_CHECK(x.numel() > 0, "bn_act needs a non-empty x, got shape ", x.sizes());
-  TORCH_CHECK(!training || per_channel > 1, "Expected more than 1 value per channel when training, got input size ",
-              x.sizes());
-  const at::TensorOptions math = x.options().dtype(math_dtype(x.scalar_type()));
+  TORCH_CHECK(!training || x.numel() / x.size(1) > 1,
+              "Expected more than 1 value per channel when training, got input size ", x.sizes());
   if (num_batches_tracked.has_value()) {  // as the fake kernel checks it, so compile agrees with eager
     check_same_device(*num_batches_tracked, "num_batches_tracked", x, "x");
     TORCH_CHECK(at::isIntegralType(num_batches_tracked->scalar_type(), /*includeBool=*/false) &&
                     num_batches_tracked->numel() == 1,
                 "num_batches_tracked must be a one-element integer tensor, got ", num_batches_tracked->scalar_type(),
                 " of shape ", num_batches_tracked->sizes());
-    if (training) num_batches_tracked->add_(1);
   }
+  TORCH_CHECK(!training || !running_mean.has_value() || momentum.has_value() || num_batches_tracked.has_value(),
+              "momentum=None (a cumulative average) needs num_batches_tracked");
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
+    const at::Tensor& x, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    const std::optional<at::Tensor>& num_batches_tracked, bool training, std::optional<double> momentum, double eps,
+    std::string act, double negative_slope, bool memory_efficient) {
+  check_float_tensor(x, "x");
+  const c10::DeviceGuard guard(x.device());
+  const Act activation = parse_act(act, negative_slope);
+  check_forward_args(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
+                     activation, act, negative_slope, memory_efficient);
+  if (training && num_batches_tracked.has_value()) num_batches_tracked->add_(1);
+  const int64_t channels = x.size(1), per_channel = x.numel() / channels;
+  const at::TensorOptions math = x.options().dtype(math_dtype(x.scalar_type()));
 
   // The per-channel step (bn_act.h) reads and writes the [channels] vectors directly.
   // Running buffers are updated in place: a non-dense one goes through a dense copy.
@@ -139,7 +152,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   step.running_var = optional_ref(running_var_d);
   step.momentum = momentum.value_or(0.0);
   if (training && running_mean.has_value() && !momentum.has_value()) {
-    TORCH_CHECK(num_batches_tracked.has_value(), "momentum=None (a cumulative average) needs num_batches_tracked");
     counter = num_batches_tracked->to(at::kLong).contiguous();
     step.num_batches_tracked = counter.const_data_ptr<int64_t>();
   }

@@ -518,6 +518,7 @@ def test_gradient_penalty_gives_every_parameter_plain_pytorchs_gradient(act):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")  # (the point)
 @pytest.mark.parametrize("norm", ["spectral_norm", "weight_norm"])
 def test_fold_of_a_model_with_a_hook_based_weight_says_what_to_use(norm):
     """torch.nn.utils.spectral_norm and weight_norm (hooks) leave a weight deepcopy refuses
