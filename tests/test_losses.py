@@ -689,6 +689,21 @@ def test_modules():
         aigc_fast.nn.GANLoss("minimax")
 
 
+def test_vae_loss_module_keeps_a_tensor_beta_live():
+    """A KL warm-up that writes into the tensor given as beta reaches the loss (it had been
+    copied once as a float, so the KL stayed out for good), and its value is checked at
+    each call."""
+    inputs = vae_inputs(torch.float32, batch=4, image=(10,), latent=3)
+    beta = torch.tensor(0.0)
+    criterion = aigc_fast.nn.VAELoss("bce", beta=beta)
+    for value in (0.0, 0.5, 1.0):
+        beta.fill_(value)
+        torch.testing.assert_close(criterion(*inputs)[0], reference.vae_loss(*inputs, beta=value)[0])
+    beta.fill_(-1.0)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        criterion(*inputs)
+
+
 def test_impl_reference_runs_the_reference(monkeypatch):
     calls = []
     monkeypatch.setattr(reference, "gan_g_loss", lambda *a: calls.append(a) or torch.tensor(0.0))

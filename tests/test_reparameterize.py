@@ -522,6 +522,9 @@ def test_module_train_and_eval():
     # Where std overflows float32 the eval output is still mu itself (mu + inf * 0 is NaN).
     huge = torch.full_like(logvar, 200.0)
     assert torch.equal(layer(mu, huge)[0], mu)
+    # An explicit eps is a request for that sample, in eval too.
+    eps = torch.ones_like(mu)
+    torch.testing.assert_close(layer(mu, logvar, eps)[0], mu + torch.exp(0.5 * logvar))
     layer.train()
     drawn = [layer(mu, logvar, generator=torch.Generator().manual_seed(s))[0] for s in (3, 3, 4)]
     assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2])

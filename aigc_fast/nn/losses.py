@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -46,12 +46,13 @@ class VAELoss(torch.nn.Module):
         loss, recon, kl = VAELoss("bce", beta=1.0)(decoder(z), x, mu, logvar)
     """
 
-    def __init__(self, recon_loss: str = "bce", beta: float = 1.0, reduction: str = "mean", impl: Optional[str] = None):
+    def __init__(self, recon_loss: str = "bce", beta: Union[float, torch.Tensor] = 1.0, reduction: str = "mean",
+                 impl: Optional[str] = None):
         super().__init__()
         _validate.choice(recon_loss, "recon_loss", RECON_LOSSES)
         _validate.choice(reduction, "reduction", REDUCTIONS)
         self.recon_loss = recon_loss
-        self.beta = check_beta(beta)
+        self.beta = check_beta(beta)  # a tensor stays that tensor: a warm-up may write into it
         self.reduction = reduction
         _impl.check(impl)
         self.impl = impl

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -164,9 +164,12 @@ def _beta_tensor(beta) -> torch.Tensor:
     return torch.ones((), dtype=torch.float64) * beta
 
 
-def check_beta(beta) -> float:
-    """beta as a float, checked (for nn.VAELoss, which keeps it as a number)."""
-    return _beta_tensor(beta).item()
+def check_beta(beta) -> Union[float, torch.Tensor]:
+    """beta checked, as nn.VAELoss keeps it: a number as a float; a tensor as the same tensor,
+    so that a KL warm-up writing into it (beta.fill_(...)) reaches the loss (its value is
+    checked again at each call)."""
+    checked = _beta_tensor(beta)
+    return beta if isinstance(beta, torch.Tensor) else checked.item()
 
 
 def _check_beta_value(beta: float) -> None:
