@@ -12,6 +12,7 @@ from torch import nn
 from . import _backend
 from ._shapes import check_float, check_images, check_sizes, geometry
 
+
 def dcgan_init_(module: nn.Module) -> nn.Module:
     """DCGAN's initialization, in place: conv weights ~ N(0, 0.02), BatchNorm weights ~
     N(1, 0.02) and biases 0."""

@@ -33,17 +33,18 @@ def save_atomic(state: Dict[str, Any], path: Union[str, Path]) -> None:
         raise
 
 
-def load_checkpoint(path: Union[str, Path], map_location="cpu") -> Dict[str, Any]:
-    """A file save_atomic wrote. Loaded with torch.load(weights_only=True): a checkpoint is
-    tensors and plain values (models, optimizers, RNG states, config), and nothing in a
-    file someone hands over gets to run code. Its zip checksums are checked first:
-    torch.load does not, and a flipped byte inside a weight would load silently."""
+def load_checkpoint(path: Union[str, Path], map_location="cpu", *, weights_only: bool = True) -> Dict[str, Any]:
+    """A file save_atomic wrote. Loaded with torch.load(weights_only=True) by default: a
+    trainer's checkpoint is tensors and plain values (models, optimizers, RNG states,
+    config), and nothing in a file someone hands over gets to run code (weights_only=False
+    for a trusted file of other objects). Its zip checksums are checked first: torch.load
+    does not, and a flipped byte inside a weight would load silently."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     _check_checksums(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
     except MemoryError:
         raise
     except Exception as error:  # truncated, overwritten, not torch's: unpickling fails in many ways
