@@ -243,13 +243,19 @@ def test_bad_input_gives_clear_errors(call, error, match):
 
 
 def test_blocks_run_the_reference_when_asked():
+    """The same values either way (to ~1e-12 in float64): what tells them apart is which
+    kernels ran."""
     torch.manual_seed(7)
     block = ConvTransposeBlock(4, 4).double()
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
     twin = copy.deepcopy(block)
-    with aigc_fast.use_impl("reference"):
+    with aigc_fast.use_impl("reference"), FusedOpCounter() as ops:
         ref = block(x)
-    torch.testing.assert_close(twin(x), ref)
+    assert not ops.calls
+    with FusedOpCounter() as ops:
+        fused = twin(x)
+    assert ops.calls["bn_act"] == 1
+    torch.testing.assert_close(fused, ref)
 
 
 def test_convert_keeps_each_child_mode_and_fold_skips_untracked_batchnorm():

@@ -12,6 +12,8 @@ import torch
 
 import aigc_fast
 
+from conftest import FusedOpCounter, requires_fused
+
 PACKAGE_DIR = os.path.dirname(aigc_fast.__file__)
 
 PROBE = """
@@ -195,3 +197,41 @@ def test_a_gpu_the_cuda_kernels_were_not_built_for_falls_back(monkeypatch):
     assert not _impl.use_fused(None, "reparameterize", cuda)
     with pytest.raises(RuntimeError, match="compute capability 7.5"):
         _impl.use_fused("fused", "reparameterize", cuda)
+
+
+# Each op's call with small valid inputs (float64), as users make it.
+_OP_CALLS = {
+    "reparameterize": lambda impl: aigc_fast.reparameterize(torch.randn(4, 3, dtype=torch.float64),
+                                                            torch.randn(4, 3, dtype=torch.float64), impl=impl),
+    "gan_d_loss": lambda impl: aigc_fast.gan_d_loss(torch.randn(4, dtype=torch.float64),
+                                                    torch.randn(4, dtype=torch.float64), impl=impl),
+    "gan_g_loss": lambda impl: aigc_fast.gan_g_loss(torch.randn(4, dtype=torch.float64), impl=impl),
+    "vae_loss": lambda impl: aigc_fast.vae_loss(torch.randn(4, 6, dtype=torch.float64), torch.rand(4, 6, dtype=torch.float64),
+                                                torch.randn(4, 3, dtype=torch.float64),
+                                                torch.randn(4, 3, dtype=torch.float64), impl=impl),
+    "bias_act": lambda impl: aigc_fast.bias_act(torch.randn(2, 3, 4, 4, dtype=torch.float64),
+                                                torch.randn(3, dtype=torch.float64), "tanh", impl=impl),
+    "bn_act": lambda impl: aigc_fast.bn_act(torch.randn(2, 3, 4, 4, dtype=torch.float64), None, None, None, None,
+                                            training=True, impl=impl),
+}
+
+
+@requires_fused
+@pytest.mark.parametrize("op", _OP_CALLS)
+def test_the_reference_choice_runs_no_kernel_and_the_default_runs_one(op):
+    """Every test that compares the fused op with impl="reference" relies on the choice
+    reaching the op: the values alone cannot tell (they agree to ~1e-12 in float64)."""
+    call = _OP_CALLS[op]
+    for choose in (lambda: call("reference"), lambda: _under_reference(call)):
+        with FusedOpCounter() as ops:
+            choose()
+        assert not ops.calls, f"{op} ran {dict(ops.calls)} with the reference chosen"
+    with FusedOpCounter() as ops:
+        call(None)
+    assert ops.calls[op] == 1
+
+
+def _under_reference(call):
+    with aigc_fast.use_impl("reference"):
+        return call(None)
+
