@@ -585,7 +585,9 @@ def test_the_reference_takes_what_the_fused_op_takes():
         ref = run(reference.bn_act, x, p, g, training=True)
         for f, r in zip(fused[0] + fused[1], ref[0] + ref[1]):
             assert f.dtype == r.dtype
-            torch.testing.assert_close(f, r, rtol=2e-2, atol=2e-2)
+            # float32 math on both sides; a 16-bit result may differ by its last rounding.
+            tol = 2 * torch.finfo(f.dtype).eps if f.dtype in (torch.float16, torch.bfloat16) else 1e-5
+            torch.testing.assert_close(f, r, rtol=tol, atol=tol)
 
 
 def test_compile_fullgraph_with_changing_eps_and_momentum():
