@@ -250,6 +250,33 @@ def test_neg_elbo_averages_over_every_sample_drawn():
     assert r["recon"] == pytest.approx(bce.mean().item(), rel=1e-9)
 
 
+@pytest.mark.parametrize("recon_loss", ["bce", "mse"])
+def test_nll_is_the_importance_weighted_bound_written_out(recon_loss):
+    """NLL_K = -log mean_k p(x|z_k) p(z_k) / q(z_k|x), computed here from the same noise with
+    the densities written out: the ratio p(z)/q(z|x) is what the other tests cannot see (it
+    is 1 for a posterior equal to the prior, and the bound stays below -ELBO without it)."""
+    torch.manual_seed(2)
+    model = MLPVAE(16, 8, 3)
+    x = torch.rand(6, 16)
+    r = vae_likelihood(model, x, recon_loss=recon_loss, samples=5, batch_size=6, seed=11)
+    with torch.no_grad():
+        mu, logvar = (t.double() for t in model.encode(x))
+        eps = torch.randn((5,) + mu.shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+        z = mu + (0.5 * logvar).exp() * eps
+        logits = model.decode(z.flatten(0, 1).float()).double().view(5, 6, 16)
+        target = x.double().expand(5, 6, 16)
+        if recon_loss == "bce":
+            log_px_z = -torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+        else:  # the Gaussian of variance 1/2: density exp(-(x - m)^2) / sqrt(pi) per pixel
+            log_px_z = (-(logits - target) ** 2 - 0.5 * math.log(math.pi)).sum(-1)
+        log_2pi = math.log(2 * math.pi)
+        log_pz = (-0.5 * (log_2pi + z ** 2)).sum(-1)
+        log_qz = (-0.5 * (log_2pi + logvar + eps ** 2)).sum(-1)  # (z - mu)^2 / var = eps^2
+        log_w = log_px_z + log_pz - log_qz
+        nll = -(log_w.logsumexp(0) - math.log(5)).mean()
+    assert r["nll"] == pytest.approx(nll.item(), rel=1e-9)
+
+
 def test_generated_sets_of_different_seeds_share_no_images(digits_run):
     from aigc_fast.evaluation.run import generate_unit
     from aigc_fast.train import load_run
