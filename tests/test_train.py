@@ -17,7 +17,7 @@ from aigc_fast.data import ImageData
 from aigc_fast.train import (GANConfig, GANTrainer, NonFiniteLossError, TrainingInterrupted, VAEConfig, VAETrainer,
                              load_checkpoint, save_atomic)
 
-from conftest import FusedOpCounter
+from conftest import FusedOpCounter, requires_fused
 
 
 def tiny_gan(tmp_path, **kw):
@@ -448,6 +448,25 @@ def test_unreadable_checkpoints_are_named_and_new_ones_readable_by_others(tmp_pa
         damage()
         with pytest.raises(ValueError, match="checkpoint.pt is not a readable checkpoint"):
             load_checkpoint(path)
+
+
+@requires_fused
+def test_the_configured_objective_reaches_the_loss_ops(tmp_path):
+    """config.loss, config.beta and config.recon_loss are what the fused loss ops get (a
+    trainer that dropped them would still train, and pass every other test), and the
+    logged loss is recon + beta * kl."""
+    with FusedOpCounter() as ops:
+        GANTrainer(tiny_gan(tmp_path / "gan", loss="hinge", max_steps=1)).fit(tiny_images())
+    assert ops.last_args["gan_d_loss"][2] == "hinge" and ops.last_args["gan_g_loss"][1] == "hinge"
+    config = VAEConfig(out_dir=str(tmp_path / "vae"), model="mlp", image_size=16, latent_dim=2, batch_size=8,
+                       max_steps=2, beta=4.0, recon_loss="mse", progress=False, holdout=0.0, log_every=1,
+                       precision="fp32")
+    with FusedOpCounter() as ops:
+        VAETrainer(config).fit(tiny_images())
+    args = ops.last_args["vae_loss"]
+    assert args[4] == "mse" and float(args[5]) == 4.0
+    for row in map(json.loads, (tmp_path / "vae" / "metrics.jsonl").read_text().splitlines()):
+        assert row["loss"] == pytest.approx(row["recon"] + 4.0 * row["kl"], rel=1e-5)
 
 
 def test_a_damaged_checkpoint_is_refused_not_loaded(tmp_path):
