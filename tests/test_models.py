@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+import aigc_fast
 from aigc_fast import _extension
+from aigc_fast import reference as aigc_reference
 from aigc_fast.models import ConvVAE, DCGANDiscriminator, DCGANGenerator, MLPVAE
 from aigc_fast.nn import FusedSequential
 
@@ -139,6 +141,14 @@ def test_vaes(cls, kw, shape):
     assert recon_logits.numel() == x.numel()
     samples = fused.sample(3, generator=torch.Generator().manual_seed(0))
     assert samples.shape[0] == 3 and samples.min() >= 0 and samples.max() <= 1
+    # The sampled forward decodes z = mu + std * eps of the op each backend draws with (the
+    # fused op's Philox, the reference's randn), in the argument order the op takes.
+    for model, draw in ((fused, aigc_fast.reparameterize), (reference, aigc_reference.reparameterize)):
+        model.eval()  # (BatchNorm's running statistics: the decode below sees the same)
+        out, mu, logvar = model(x, sample=True, generator=torch.Generator().manual_seed(3))
+        z = draw(mu, logvar, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(out, model.decode(z), rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(out, model(x, sample=False)[0])
 
 
 @pytest.mark.parametrize("cls", [ConvVAE, MLPVAE])
