@@ -65,6 +65,29 @@ def test_image_folder(tmp_path):
 
 
 @needs["PIL"]
+def test_image_folders_center_crop_and_gray_by_luminance(tmp_path):
+    """The README's reading of a photo: the shorter side resized, the middle cropped (a
+    stretch would keep the white side bands: mean 0.5); colour to gray by luminance (pure
+    red is 0.299 of white, not a third and not its first channel)."""
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    banded = np.zeros((40, 80, 3), dtype=np.uint8)
+    banded[:, :20] = banded[:, 60:] = 255  # white bands left and right of a black square
+    Image.fromarray(banded).save(tmp_path / "a" / "banded.png")
+    red = np.zeros((20, 20, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    Image.fromarray(red).save(tmp_path / "a" / "red.png")
+    images, _ = data.load_image_folder(tmp_path, 16, channels=1)
+    cropped, gray = images[0, 0].float() / 255, images[1, 0].float()
+    assert cropped[:, 2:14].max() == 0 and cropped.mean() < 0.05
+    assert (gray - 0.299 * 255).abs().max() <= 1
+    # Arrays: resized whole (no crop), gray by the same weights.
+    as_array = data.fit_size(torch.from_numpy(red).permute(2, 0, 1)[None].float() / 255, 8, 1)
+    torch.testing.assert_close(as_array, torch.full((1, 1, 8, 8), 0.299))
+
+
+@needs["PIL"]
 def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path):
     """A camera stores a photo as the sensor read it and tags how to display it (Orientation
     6: turn 90° clockwise); viewers and torchvision pipelines show it upright."""
