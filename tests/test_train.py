@@ -88,7 +88,9 @@ def test_resume_reaches_the_uninterrupted_weights(tmp_path, backend):
 @pytest.mark.parametrize("kind", ["gan", "vae"])
 def test_fused_tracks_reference(tmp_path, kind, monkeypatch):
     """Liger-Kernel-style convergence check: the same seed, 12 steps on each backend; every
-    step's losses and the final parameters agree to float32 tolerance. The VAE's noise is
+    step's losses, the first step's gradients and the final parameters agree to float32
+    tolerance. (The gradients themselves: Adam's steps are blind to a gradient's scale, so
+    parameters alone would pass a gradient off by a constant factor.) The VAE's noise is
     drawn by torch.randn for both (the fused op's own Philox stream differs from the
     reference's torch.randn by design; its statistics are tested in test_noise.py)."""
     import aigc_fast.models.vae as vae_module
@@ -105,14 +107,26 @@ def test_fused_tracks_reference(tmp_path, kind, monkeypatch):
             trainer = VAETrainer(VAEConfig(out_dir=str(tmp_path / backend), backend=backend, image_size=16, latent_dim=4,
                                            base=8, batch_size=8, epochs=3, log_every=1, sample_every=1000, precision="fp32",
                                            num_samples=4, progress=False, holdout=0.0))
+        first_grads = []
+
+        def optimize(loss, optimizer, plain=trainer.optimize, trainer=trainer, first_grads=first_grads):
+            plain(loss, optimizer)  # (the gradients stay until the next step's zero_grad)
+            if trainer.step == 0:
+                first_grads += [p.grad.detach().clone() for group in optimizer.param_groups for p in group["params"]
+                                if p.grad is not None]
+
+        trainer.optimize = optimize
         with FusedOpCounter() as ops:
             trainer.fit(tiny_images())
         assert (ops.forward_calls() > 0) == (backend == "fused" and _extension.LOADED)
         rows = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
         params = torch.cat([p.detach().flatten() for m in trainer.modules().values() if isinstance(m, torch.nn.Module)
                             for p in m.parameters()])
-        runs[backend] = rows, params
-    (fused_rows, fused_params), (ref_rows, ref_params) = runs["fused"], runs["reference"]
+        runs[backend] = rows, params, first_grads
+    (fused_rows, fused_params, fused_grads), (ref_rows, ref_params, ref_grads) = runs["fused"], runs["reference"]
+    assert len(fused_grads) == len(ref_grads) > 0
+    for f, r in zip(fused_grads, ref_grads):
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-6)
     assert len(fused_rows) == len(ref_rows) == 12
     for f, r in zip(fused_rows, ref_rows):
         for name in f:
