@@ -197,6 +197,11 @@ def test_max_steps_counts_before_the_step_and_epoch_boundaries_roll_over(tmp_pat
     assert (again.step, again.epoch) == (8, 2)  # a whole new epoch, not the finished one again
     rows = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["steps"], r["complete"]) for r in rows] == [(0, 4, True), (1, 4, True)]
+    # An epoch a stop cuts in two: a row per part, the first marked incomplete.
+    GANTrainer(tiny_gan(tmp_path / "cut", max_steps=2)).fit(images)
+    GANTrainer(tiny_gan(tmp_path / "cut", epochs=1, max_steps=None)).fit(images, resume=True)
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "epochs.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["steps"], r["complete"]) for r in rows] == [(0, 2, False), (0, 2, True)]
 
 
 def test_resume_names_a_checkpoint_of_the_other_kind(tmp_path):
