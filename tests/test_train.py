@@ -547,6 +547,29 @@ def test_resume_refuses_data_that_gained_or_lost_images(tmp_path):
     assert resumed.step == 4
 
 
+def test_a_moved_dataset_resumes_with_a_warning_and_another_one_is_refused(tmp_path):
+    """The run's data file is gone and the new path holds as many images: the same data,
+    moved. A path that still exists, or a file of another size, is other data."""
+    import shutil
+
+    old = tmp_path / "old.npz"
+    np.savez(old, images=tiny_images(32).numpy())
+    GANTrainer(tiny_gan(tmp_path / "run", max_steps=2, data=str(old))).fit()
+    new = tmp_path / "moved.npz"
+    shutil.copy(old, tmp_path / "copy.npz")
+    with pytest.raises(ValueError, match="cannot resume with different data settings"):
+        GANTrainer(tiny_gan(tmp_path / "run", max_steps=4, data=str(tmp_path / "copy.npz"))).fit(resume=True)
+    old.rename(new)
+    np.savez(tmp_path / "other.npz", images=tiny_images(40).numpy())
+    with pytest.raises(ValueError, match="cannot resume with different data settings"):
+        GANTrainer(tiny_gan(tmp_path / "run", max_steps=4, data=str(tmp_path / "other.npz"))).fit(resume=True)
+    resumed = GANTrainer(tiny_gan(tmp_path / "run", max_steps=4, data=str(new)))
+    with pytest.warns(UserWarning, match="is gone, and this holds as many images"):
+        resumed.fit(resume=True)
+    assert resumed.step == 4
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(new)
+
+
 def test_fewer_images_from_a_seed_are_the_first_of_more(tmp_path):
     """torch's CPU randn redraws the last values of a tensor whose size is not a multiple of
     16: drawn as one [n, nz] tensor, 10 images differed in their last from the first 10 of 20."""

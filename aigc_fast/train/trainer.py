@@ -280,6 +280,11 @@ class _Trainer:
         recorded = dict(state.get("config", {}))
         if isinstance(recorded.get("data"), str):
             recorded["data"] = _recorded_data(recorded["data"])  # runs that recorded a relative path
+        if self._data_moved(recorded.get("data"), state.get("data_size")):
+            warnings.warn(f"resuming on {self.config.data}: the run's data, {recorded['data']}, is gone, and this "
+                          f"holds as many images ({self.data_size}); taken as the same data, moved",
+                          UserWarning, stacklevel=4)
+            recorded["data"] = self.config.data
 
         # (The loss: from Python, a fresh config's default would otherwise replace the recorded one.)
         refusals = [
@@ -303,6 +308,14 @@ class _Trainer:
             raise ValueError(f"cannot resume on changed data: the run trained on {recorded_size} images, the data now "
                              f"holds {self.data_size} (the data order and held-out split would change, and held-out "
                              "images would have been trained on); start a new run instead")
+
+    def _data_moved(self, recorded_data, recorded_size) -> bool:
+        """Whether the run's data was a file or folder that is gone, and the data given now
+        holds as many images: a moved dataset, which may resume (a path compared as text
+        alone had left such a run unresumable)."""
+        return (isinstance(recorded_data, str) and os.path.isabs(recorded_data) and not Path(recorded_data).exists()
+                and recorded_data != self.config.data and recorded_size is not None
+                and recorded_size == self.data_size)
 
     def _apply_optimizer_settings(self) -> None:
         """A checkpoint's optimizer state carries the lr and betas it ran with; a resumed run
