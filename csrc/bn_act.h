@@ -70,10 +70,11 @@ AIGC_HD void bn_forward_channel_batch(const BnForwardChannels& p, int64_t c, con
 // data can overflow the math type's sums (|x - shift| past ~1e19 squares past float32's
 // range) and must still get its statistics. (The outputs are then the exact normalized
 // values; ATen's float32 invstd of the variance, itself past float32's range, is 0.) An
-// inf in the data gives ATen's statistics too (an infinite mean, a NaN variance); a NaN
-// keeps the tiles' NaN, found at the first one, so a diverged run does not pay a serial
-// pass per channel and step. A rare path (one thread per such channel on CUDA), written
-// for clarity, not speed. x is dense, read in memory order as [outer, channels, inner].
+// inf in the data gives ATen's statistics too (an infinite mean, a NaN variance), after
+// one serial pass over the channel; a NaN keeps the tiles' NaN, found at the first one,
+// so a run diverged to NaN pays only up to it, per channel and step. A rare path (one
+// thread per such channel on CUDA: slow for an inf in a large channel), written for
+// clarity, not speed. x is dense, read in memory order as [outer, channels, inner].
 AIGC_HD Moments exact_channel_moments(const Ref& x, int64_t numel, int64_t channels, int64_t inner, int64_t c,
                                       const Moments& tiles) {
   const int64_t outer = numel / (channels * inner);

@@ -176,6 +176,7 @@ struct GradParams {
 // the GradChannel's scale, beta and cut go unread.)
 template <GradFrom F, Act A, typename T>
 __device__ void element(Ref dy, Ref y, Ref x, const GradParams& p, int64_t c, int64_t i, T slope, T& dz, T& centered) {
+  static_assert(F != GradFrom::kInput, "recomputing z from x needs the channel's scale, beta and cut in GradParams");
   const GradChannel<T> ch{load<T>(p.shift, c), T(1), T(0), T(0)};
   dz_and_centered<F, A>(load<T>(dy, i), load<T>(y, i), F == GradFrom::kOutput ? T(0) : load<T>(x, i), ch, slope, dz,
                         centered);
