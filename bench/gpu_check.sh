@@ -125,7 +125,7 @@ if [ "$HAVE_PYTEST" = 1 ]; then
   if t=$(budget 150); then
     AIGC_FAST_REQUIRE_EXTENSION=1 timeout "$t" "${PYTEST[@]}" "$REPO"/tests/test_cuda.py \
       "$REPO"/tests/test_cuda_losses.py "$REPO"/tests/test_cuda_bias_act.py "$REPO"/tests/test_cuda_bn_act.py \
-      "$REPO"/tests/test_cuda_train.py >tests.log 2>&1
+      "$REPO"/tests/test_cuda_edges.py "$REPO"/tests/test_cuda_train.py >tests.log 2>&1
     rc=$?
     tail -5 tests.log
     if [ $rc = 0 ]; then note "tests: $(tail -1 tests.log)"; else note "tests: FAILED (exit $rc): $(tail -1 tests.log)"; fail 4; fi
