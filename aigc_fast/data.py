@@ -250,6 +250,8 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
     if isinstance(source, str) and source in BUILTIN:
         images, labels = load_mnist() if source == "mnist" else load_digits()
     elif isinstance(source, (str, Path)):
+        if not str(source).strip():  # Path("") is the working folder: never what was meant
+            raise ValueError(f"data is empty: name one of {BUILTIN}, an image folder or a .npy/.npz file")
         path = Path(source)
         # A path, not a mistyped name: a Path, or text with a separator (Path("./x").parts is ("x",)).
         named_as_path = not isinstance(source, str) or any(sep and sep in source for sep in ("/", os.sep, os.altsep))

@@ -250,10 +250,11 @@ def test_data_other_than_the_recorded_is_warned_about(tmp_path, capsys):
 def test_bad_devices_configs_and_diverged_runs_are_one_line_errors(tmp_path, capsys):
     """What the user-level audit found printed as tracebacks: a device torch cannot name or
     this machine lacks, a config file that is not a JSON object, a run whose loss diverged."""
-    for device in ["tpu", *(["cuda"] if not torch.cuda.is_available() else [])]:
+    for device in ["tpu", "meta", "xpu", *(["cuda"] if not torch.cuda.is_available() else [])]:
         with pytest.raises(SystemExit) as exit_info:
             main(["train", "vae", *TINY, "--device", device, "--out-dir", str(tmp_path / device)])
         assert exit_info.value.code == 2 and f"device {device!r}" in capsys.readouterr().err
+        assert not (tmp_path / device).exists()
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "vae", "--config", str(tmp_path / "list.json")])

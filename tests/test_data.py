@@ -194,6 +194,7 @@ def test_ranges_and_tensors():
 
 @pytest.mark.parametrize("call, error, match", [
     (lambda: data.load("imagenet", image_size=64), ValueError, "data must be one of"),
+    (lambda: data.load("", image_size=8), ValueError, "data is empty"),  # not the working folder's images
     # A path, though Path("./x").parts is ("x",), as one word's are: not taken for a mistyped name.
     (lambda: data.load("./no-such-folder", image_size=8), FileNotFoundError, r"no folder '\./no-such-folder'"),
     (lambda: data.load(torch.zeros(2, 5), image_size=8), ValueError, r"images must be \[N, H, W\]"),

@@ -651,6 +651,7 @@ def test_gradients_only_for_inputs_that_require_them():
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label=10**400), ValueError, "real_label must be finite"),
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=torch.tensor(float("nan"))), ValueError, "beta must be a finite number >= 0"),
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=torch.tensor(2 + 1j)), TypeError, "beta must be a real number, got a torch.complex64 tensor"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=torch.ones((), device="meta")), TypeError, "beta must have a value, got a meta tensor"),
         (lambda: aigc_fast.nn.VAELoss(beta="x"), TypeError, "beta must be a number or a one-element tensor, got str"),
         (lambda: aigc_fast.nn.VAELoss(beta=True), TypeError, "beta must be a number or a one-element tensor, got bool"),
         (lambda: aigc_fast.nn.VAELoss(impl="bogus"), ValueError, "impl must be one of"),
@@ -736,3 +737,23 @@ def test_inference_mode_inputs_that_take_no_gradient():
     loss = aigc_fast.vae_loss(recon, target, mu, logvar)[0]
     with pytest.raises(RuntimeError, match="second derivatives need target, an inference tensor"):
         torch.autograd.grad(loss, recon, create_graph=True)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning",  # (torch deprecates jit)
+                            "ignore::torch.jit.TracerWarning")  # (the input checks are constants of a trace)
+def test_jit_trace_of_a_fused_loss_is_refused_by_name_and_the_reference_traces():
+    """The op's which-inputs-need-gradients argument cannot be traced (a list of bools), and
+    would be a constant of the example inputs if it could: the tracer's own errors named
+    neither the package nor the way out."""
+    real, fake = torch.randn(6), torch.randn(6, requires_grad=True)
+    mu, logvar, target = torch.randn(2, 3), torch.randn(2, 3), torch.rand(2, 5)
+    losses = {"gan_d_loss": (lambda r, f: aigc_fast.gan_d_loss(r, f), (real, fake)),
+              "gan_g_loss": (lambda f: aigc_fast.gan_g_loss(f), (fake,)),
+              "vae_loss": (lambda r, m, lv: aigc_fast.vae_loss(r, target, m, lv)[0],
+                           (torch.randn(2, 5), mu, logvar))}
+    for name, (fn, inputs) in losses.items():
+        with pytest.raises(RuntimeError, match=rf"aigc_fast.{name}: torch.jit.trace cannot record.*use_impl\('reference'\)"):
+            torch.jit.trace(fn, inputs)
+        with aigc_fast.use_impl("reference"):
+            traced = torch.jit.trace(fn, inputs, check_trace=False)
+        torch.testing.assert_close(traced(*inputs), fn(*inputs))

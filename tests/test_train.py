@@ -358,6 +358,23 @@ def test_config_checks_and_files(tmp_path):
         assert not (tmp_path / "vae").exists()
 
 
+def test_path_fields_are_kept_as_text_and_a_file_is_no_run_directory(tmp_path):
+    """A pathlib.Path for out_dir or data is what a researcher passes; config.json could not
+    hold one (fit failed writing it). An empty name (the working folder) and a run
+    directory that is, or lies under, a file are refused before anything is written."""
+    config = GANConfig(out_dir=tmp_path / "run", data=tmp_path / "images.npz")
+    assert config.out_dir == str(tmp_path / "run") and config.data == str(tmp_path / "images.npz")
+    assert GANConfig.from_json(config.to_json()).out_dir == config.out_dir
+    (tmp_path / "a_file").write_text("")
+    for out_dir, match in (("", "out_dir must be a non-empty str or Path"),
+                           (tmp_path / "a_file", "'a_file' is a file, not a folder"),
+                           (tmp_path / "a_file" / "run", "'a_file' is a file, not a folder")):
+        with pytest.raises(ValueError, match=match):
+            GANConfig(out_dir=out_dir)
+    with pytest.raises(ValueError, match="data must be a non-empty str or Path, got ' '"):
+        VAEConfig(data=" ")
+
+
 def test_resume_refuses_another_loss(tmp_path):
     """From Python a fresh config's defaults would replace the recorded loss unnoticed."""
     GANTrainer(tiny_gan(tmp_path, loss="hinge", max_steps=2)).fit(tiny_images())

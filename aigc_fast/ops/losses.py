@@ -67,6 +67,17 @@ def _needs_grad(t: torch.Tensor) -> bool:
     return t.requires_grad and torch.is_grad_enabled()
 
 
+def _refuse_jit_trace(op: str) -> None:
+    """torch.jit.trace would record the op's which-inputs-need-gradients argument as a
+    constant of the example inputs (and cannot record a list of bools at all): say so,
+    rather than leave its own error or a trace that is right for one case only."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(f"aigc_fast.{op}: torch.jit.trace cannot record the fused loss (which inputs need "
+                           "gradients is an argument of its op, fixed at trace time); trace it inside "
+                           "aigc_fast.use_impl('reference') or with impl='reference', or compile it with "
+                           "torch.compile")
+
+
 def gan_d_loss(
     real_logits: torch.Tensor,
     fake_logits: torch.Tensor,
@@ -90,6 +101,7 @@ def gan_d_loss(
     real_label = _check_d_loss(real_logits, fake_logits, kind, real_label)
     if not _impl.use_fused(impl, "gan_d_loss", real_logits.device):
         return reference.gan_d_loss(real_logits, fake_logits, kind, real_label=real_label)
+    _refuse_jit_trace("gan_d_loss")
     mask = [_needs_grad(real_logits), _needs_grad(fake_logits)]
     return torch.ops.aigc_fast.gan_d_loss(real_logits, fake_logits, kind, real_label, mask)[0]
 
@@ -101,6 +113,7 @@ def gan_g_loss(fake_logits: torch.Tensor, kind: str = "bce", *, impl: Optional[s
     _check_g_loss(fake_logits, kind)
     if not _impl.use_fused(impl, "gan_g_loss", fake_logits.device):
         return reference.gan_g_loss(fake_logits, kind)
+    _refuse_jit_trace("gan_g_loss")
     return torch.ops.aigc_fast.gan_g_loss(fake_logits, kind, _needs_grad(fake_logits))[0]
 
 
@@ -132,6 +145,7 @@ def vae_loss(
     beta = _beta_tensor(beta)
     if not _impl.use_fused(impl, "vae_loss", recon.device):
         return reference.vae_loss(recon, target, mu, logvar, recon_loss=recon_loss, beta=beta, reduction=reduction)
+    _refuse_jit_trace("vae_loss")
     mask = [_needs_grad(t) for t in (recon, target, mu, logvar)]
     out = torch.ops.aigc_fast.vae_loss(recon, target, mu, logvar, recon_loss, beta, reduction, mask)
     return out[0], out[1], out[2]
@@ -153,6 +167,8 @@ def _beta_tensor(beta) -> torch.Tensor:
             raise ValueError(f"beta must be a number or a one-element tensor, got shape {list(beta.shape)}")
         if beta.dtype.is_complex or beta.dtype == torch.bool:
             raise TypeError(f"beta must be a real number, got a {beta.dtype} tensor")
+        if beta.is_meta:
+            raise TypeError("beta must have a value, got a meta tensor")
         beta = beta.detach().reshape(()).to("cpu", torch.float64)
         if not torch.compiler.is_compiling():
             _check_beta_value(beta.item())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -70,6 +71,10 @@ class _Config:
             raise ValueError(f"holdout is a share of the data in [0, 1), got {self.holdout}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        self.out_dir = _path_text(self.out_dir, "out_dir")
+        _check_out_dir(Path(self.out_dir))
+        if self.data is not None:
+            self.data = _path_text(self.data, "data")
 
     def _convolutional(self) -> bool:
         return True
@@ -123,6 +128,22 @@ class _Config:
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
         return cls(**values)
+
+
+def _path_text(value, name: str) -> str:
+    """A path field as config.json keeps it: text (a pathlib.Path is taken as its text)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty str or Path, got {value!r}")
+    return value
+
+
+def _check_out_dir(path: Path) -> None:
+    """The run directory, or the nearest part of its path that exists, must be a folder."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"out_dir {str(path)!r}: {str(existing)!r} is a file, not a folder")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -521,6 +521,13 @@ def _check_device(device: str) -> None:
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}, "
                          f"CUDA build {torch.version.cuda or 'none'}); use device 'cpu'")
+    if kind == "meta":
+        raise ValueError("device 'meta' holds shapes, not data: train, sample and time on 'cpu' or 'cuda'")
+    if kind != "cpu":
+        try:  # another GPU index than the machine has, a backend this torch was not built for
+            torch.empty(1, device=device)
+        except (RuntimeError, AssertionError) as error:
+            raise ValueError(f"device {device!r} cannot be used here ({str(error).splitlines()[0]})") from None
 
 
 @contextlib.contextmanager
