@@ -298,6 +298,11 @@ def test_sync_batchnorm_after_convert_runs_unfused():
     assert [(g.conv, g.bn, g.act) for g in groups] == [(3, None, "tanh")]  # conv 0 + SyncBatchNorm unfused
     x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
     torch.testing.assert_close(synced.eval()(x), seq.eval()(x))  # (training needs a process group)
+    converted_after = convert(nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(seq)))  # the other order
+    assert isinstance(converted_after[1], nn.SyncBatchNorm)
+    groups = converted_after.fused_groups(backward=True)
+    assert [(g.conv, g.bn, g.act) for g in groups] == [(3, None, "tanh")]
+    torch.testing.assert_close(converted_after.eval()(x), seq.eval()(x))
 
 
 def test_dilated_projection_is_not_a_matrix_multiply():

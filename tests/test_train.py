@@ -6,6 +6,7 @@ a NaN loss stops the run naming the step; Ctrl-C stops between steps with a chec
 that resumes exactly."""
 
 import json
+import re
 import signal
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from aigc_fast import _extension
 from aigc_fast.data import ImageData
 from aigc_fast.train import (GANConfig, GANTrainer, NonFiniteLossError, TrainingInterrupted, VAEConfig, VAETrainer,
-                             load_checkpoint, save_atomic)
+                             load_checkpoint, load_run, save_atomic)
 
 from conftest import FusedOpCounter, requires_fused
 
@@ -367,12 +368,15 @@ def test_path_fields_are_kept_as_text_and_a_file_is_no_run_directory(tmp_path):
     assert GANConfig.from_json(config.to_json()).out_dir == config.out_dir
     (tmp_path / "a_file").write_text("")
     for out_dir, match in (("", "out_dir must be a non-empty str or Path"),
-                           (tmp_path / "a_file", "'a_file' is a file, not a folder"),
-                           (tmp_path / "a_file" / "run", "'a_file' is a file, not a folder")):
+                           (tmp_path / "a_file", "a_file' is a file, not a folder"),
+                           (tmp_path / "a_file" / "run", "a_file' is a file, not a folder")):
         with pytest.raises(ValueError, match=match):
             GANConfig(out_dir=out_dir)
     with pytest.raises(ValueError, match="data must be a non-empty str or Path, got ' '"):
         VAEConfig(data=" ")
+    assert type(GANConfig(holdout=np.float32(0.25)).holdout) is float  # config.json could not hold a NumPy scalar
+    with pytest.raises(TypeError, match="holdout must be a number, got str"):
+        GANConfig(holdout="0.1")
 
 
 def test_resume_refuses_another_loss(tmp_path):
@@ -541,16 +545,21 @@ def test_checkpoints_of_another_shape_are_named_errors(tmp_path):
     state = load_checkpoint(path)
     del state["batch_in_epoch"]
     save_atomic(state, path)
-    with pytest.raises(ValueError, match="this checkpoint lacks batch_in_epoch"):
+    with pytest.raises(ValueError, match=re.escape(f"{path}: this checkpoint lacks batch_in_epoch")):
         GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images(), resume=True)
     save_atomic([1, 2], path)
-    with pytest.raises(ValueError, match="not a trainer's checkpoint: it holds a list"):
+    with pytest.raises(ValueError, match=re.escape(f"{path}: this is not a trainer's checkpoint: it holds a list")):
         GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images(), resume=True)
     wide = tmp_path / "wide"
     GANTrainer(tiny_gan(wide, max_steps=1, ngf=8)).fit(tiny_images())
     trainer = GANTrainer(tiny_gan(tmp_path / "narrow"))
     with pytest.raises(ValueError, match="this checkpoint's G does not fit this run's"):
         trainer.load_state_dict(load_checkpoint(wide / "checkpoint.pt"))
+    finished = tmp_path / "finished"  # a run folder holding another run's checkpoint, as sample and evaluate load it
+    GANTrainer(tiny_gan(finished, max_steps=1)).fit(tiny_images())
+    (finished / "checkpoint.pt").write_bytes((wide / "checkpoint.pt").read_bytes())
+    with pytest.raises(ValueError, match=re.escape(f"{finished / 'checkpoint.pt'}: this checkpoint's G does not fit")):
+        load_run(finished)
 
 
 def test_resume_refuses_data_that_gained_or_lost_images(tmp_path):

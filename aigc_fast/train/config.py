@@ -67,6 +67,7 @@ class _Config:
         for name, allowed in FIELD_CHOICES.items():
             if name != "loss" and hasattr(self, name):  # (GANConfig explains its loss choices itself)
                 choice(getattr(self, name), name, allowed)
+        self.holdout = number(self.holdout, "holdout")
         if not 0 <= self.holdout < 1:
             raise ValueError(f"holdout is a share of the data in [0, 1), got {self.holdout}")
         if self.channels not in (1, 3):

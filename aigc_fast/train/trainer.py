@@ -433,15 +433,18 @@ class _Trainer:
             self.preview = torch.stack([_image_of(shown[i]) for i in picks])
         self._check_value_range(self.preview)
         if len(train) < self.global_batch:
-            raise ValueError(f"{len(train)} training images are fewer than one batch of {self.global_batch}")
+            world = self.group.world
+            share = f" ({self.config.batch_size} per process, {world} processes)" if world > 1 else ""
+            raise ValueError(f"{len(train)} training images are fewer than one batch of {self.global_batch}{share}")
         return train
 
     def _resume_from(self, checkpoint: Union[str, Path]) -> None:
         # On the CPU: RNG states must stay there; load_state_dict moves the rest to the models.
         state = load_checkpoint(checkpoint, map_location="cpu")
-        self._check_kind(state)  # first: another kind's config would read as changed settings
-        self._check_resumable(state)
-        self.load_state_dict(state)
+        with _errors_naming(checkpoint):
+            self._check_kind(state)  # first: another kind's config would read as changed settings
+            self._check_resumable(state)
+            self.load_state_dict(state)
         self._apply_optimizer_settings()
         if self.group.main:
             _drop_rows_after(self.step, self.run_dir / "metrics.jsonl", self.run_dir / "epochs.jsonl")
@@ -531,6 +534,17 @@ def _check_device(device: str) -> None:
 
 
 @contextlib.contextmanager
+def _errors_naming(path: Union[str, Path]):
+    """A checkpoint that does not fit (a key missing, another width) names its file."""
+    try:
+        yield
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"{path}: {error}") from None
+
+
+@contextlib.contextmanager
 def _removed_if_left_empty(path: Path, enabled: bool):
     """A fresh run that fails before its first metrics row (images of the wrong size, a loss
     NaN at once) takes its empty metrics.jsonl with it: left behind, the file would make
@@ -564,7 +578,9 @@ def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Tra
         config.device = device
     with torch.random.fork_rng(devices=[]):  # building seeds the CPU generator; the caller's is left as it was
         trainer = trainer_class(config)
-    trainer.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location="cpu"), restore_rng=False)
+    checkpoint = run_dir / "checkpoint.pt"
+    with _errors_naming(checkpoint):
+        trainer.load_state_dict(load_checkpoint(checkpoint, map_location="cpu"), restore_rng=False)
     return trainer
 
 
