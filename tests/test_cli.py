@@ -69,11 +69,12 @@ def test_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["train", "vae", *TINY, "--max-steps", "1", "--out-dir", str(tmp_path / "b")])
     assert "already holds a run" in capsys.readouterr().err
-    (tmp_path / "a-file").write_text("")  # an out-dir that is a file: the OS's one-line error
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "vae", *TINY, "--max-steps", "1", "--out-dir", str(tmp_path / "a-file")])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "File exists" in err and "Traceback" not in err
+    (tmp_path / "a-file").write_text("")  # an out-dir that is a file, or lies under one
+    for out_dir in (tmp_path / "a-file", tmp_path / "a-file" / "run"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "vae", *TINY, "--max-steps", "1", "--out-dir", str(out_dir)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "a-file' is a file, not a folder" in err and "Traceback" not in err
     monkeypatch.setenv("AIGC_FAST_TRACEBACK", "1")
     with pytest.raises(ValueError, match="bf17"):
         main(["train", "vae", *TINY, "--precision", "bf17", "--out-dir", str(tmp_path / "c")])
