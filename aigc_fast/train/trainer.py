@@ -521,13 +521,19 @@ def _check_device(device: str) -> None:
         kind = torch.device(device).type
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device {device!r} is not a device torch knows ({error})") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}, "
-                         f"CUDA build {torch.version.cuda or 'none'}); use device 'cpu'")
-    if kind == "meta":
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}, "
+                             f"CUDA build {torch.version.cuda or 'none'}); use device 'cpu'")
+        # Counted, not probed with a tensor: that would open a CUDA context on GPU 0 in every
+        # torchrun process before each picks its own GPU.
+        index, count = torch.device(device).index, torch.cuda.device_count()
+        if index is not None and index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif kind == "meta":
         raise ValueError("device 'meta' holds shapes, not data: train, sample and time on 'cpu' or 'cuda'")
-    if kind != "cpu":
-        try:  # another GPU index than the machine has, a backend this torch was not built for
+    elif kind != "cpu":
+        try:  # a backend this torch was not built for, or one this machine lacks
             torch.empty(1, device=device)
         except (RuntimeError, AssertionError) as error:
             raise ValueError(f"device {device!r} cannot be used here ({str(error).splitlines()[0]})") from None
@@ -539,8 +545,6 @@ def _errors_naming(path: Union[str, Path]):
     try:
         yield
     except ValueError as error:
-        if str(path) in str(error):
-            raise
         raise ValueError(f"{path}: {error}") from None
 
 
