@@ -373,7 +373,7 @@ def markdown(rows: List[Dict[str, object]]) -> str:
                 continue
             paired = [times["eager", run] / times[p, run] for run in runs
                       if p != "eager" and (p, run) in times and ("eager", run) in times]
-            cells.append(f"{statistics.median(mine) * 1e3:.1f}" + (f" ({_spread(paired)})" if paired else ""))
+            cells.append(f"{statistics.median(mine) * 1e3:.1f}" + (f" ({speedup_spread(paired)})" if paired else ""))
         peaks = {p: [int(by[p, run]["peak_bytes"]) for run in runs if by.get((p, run), {}).get("peak_bytes")]
                  for p in ("fused", "eager")}
         mem = (f"{statistics.median(peaks['fused']) / 2**20:.0f} / {statistics.median(peaks['eager']) / 2**20:.0f} MiB"
@@ -382,7 +382,7 @@ def markdown(rows: List[Dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _spread(ratios: List[float]) -> str:
+def speedup_spread(ratios: List[float]) -> str:
     """A speed-up: the median ratio, then the runs' range where they differ."""
     text = f"{statistics.median(ratios):.2f}×"
     low, high = f"{min(ratios):.2f}", f"{max(ratios):.2f}"

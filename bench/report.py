@@ -4,16 +4,22 @@ shows, and optionally a CSV (one row per measurement, with the machine) and a PN
 
     python bench/report.py bench/results/ops-cpu.json
     python bench/report.py reparameterize.json losses.json --csv ops.csv --chart ops.png > ops.md
+    python bench/report.py --runs run1/ops.json run2/ops.json run3/ops.json > ops-runs.md
+
+With --runs the files are repeated runs of the same suites, merged into one table per op:
+each time the median of the runs' medians, each speed-up the median of the runs' own ratios
+(both providers timed in the same run, back to back) and their range.
 """
 
 import argparse
 import csv
 import json
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from aigc_fast.benchmark import comparison_chart, machine_line
+from aigc_fast.benchmark import comparison_chart, machine_line, speedup_spread
 
 # Providers that measure a floor, not an implementation. "clone" is the copy floor of the
 # results recorded before it became "copy" (a copy into a buffer allocated beforehand).
@@ -119,6 +125,42 @@ def print_table(rows, memory="all"):
         print("| " + " | ".join(cells) + " |")
 
 
+def print_runs_table(rows):
+    """rows: {(device, pass, size): {provider: [record per run]}}, as runs_tables builds."""
+    providers = list(dict.fromkeys(p for by in rows.values() for p in by))
+    rivals = [p for p in ("eager", "compile", "compile+aten_rng") if p in providers] if "fused" in providers else []
+    floor = next((p for p in ("copy", "clone") if p in providers), None)
+    header = ["device", "pass", "size", *providers, *(f"fused vs {p}" for p in rivals)]
+    header += [f"fused / {floor}"] if floor else []
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for key, by in rows.items():
+        cells = list(key)
+        cells += [fmt_ms(statistics.median(r["median_s"] for r in by[p])) if p in by else "-" for p in providers]
+        for other in [*rivals, *([floor] if floor else [])]:
+            # Each ratio pairs two timings of one run; runs that lack either are left out.
+            pairs = [(mine["median_s"], base["median_s"]) for mine, base in zip(by.get("fused", []), by.get(other, []))]
+            ratios = [b / f if other != floor else f / b for f, b in pairs]
+            cells.append(speedup_spread(ratios) if ratios else "-")
+        print("| " + " | ".join(cells) + " |")
+
+
+def runs_tables(runs):
+    """{op: {(device, pass, size): {provider: [record per run]}}} from each run's records;
+    a case's runs line up by position, so a case missing from a run is refused."""
+    out = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for records in runs:
+        for r in records:
+            out[r["op"]][r["device"], r["pass"], r["size"]][r["provider"]].append(r)
+    for op, rows in out.items():
+        for key, by in rows.items():
+            for provider, found in by.items():
+                if len(found) != len(runs):
+                    raise SystemExit(f"--runs: {op} {' '.join(key)} {provider} is in {len(found)} of the "
+                                     f"{len(runs)} runs; merge runs of the same suites")
+    return out
+
+
 def write_csv(records, path):
     if not records:
         raise SystemExit(f"{path}: no measurements to write")
@@ -165,7 +207,23 @@ def main(argv=None):
                         help="memory columns: all, or only the peak ones (narrower tables)")
     parser.add_argument("--csv", help="also write every measurement to this CSV file")
     parser.add_argument("--chart", help="also draw the speed-up and memory chart to this PNG file")
+    parser.add_argument("--runs", action="store_true",
+                        help="the files are repeated runs of the same suites: merge them (see above)")
     args = parser.parse_args(argv)
+    if args.runs:
+        runs = [list(measurements(json.load(open(name)))) for name in args.json_files]
+        if len({tuple(r[k] for k in ("cpu", "gpu", "threads", "torch")) for records in runs for r in records}) > 1:
+            raise SystemExit("--runs: the files come from different machines or setups; merge runs of one")
+        first = runs[0][0]
+        dates = sorted({r["date"] for records in runs for r in records})
+        print(f"Machine: {first['cpu']}, {first['threads']} threads, GPU: {first['gpu'] or 'none'}; torch "
+              f"{first['torch']}; {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; {len(runs)} runs. Median of "
+              "the runs' medians in ms; speed-ups as the median of the runs' own ratios, then their range.\n")
+        for op, rows in runs_tables(runs).items():
+            print(f"**{op}**\n")
+            print_runs_table(rows)
+            print()
+        return
     records = []
     for name in args.json_files:
         data = json.load(open(name))

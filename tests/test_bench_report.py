@@ -267,3 +267,38 @@ def test_merged_runs_pair_each_ratio_within_its_run(tmp_path):
     table = merge_runs.merge(merge_runs.read([str(tmp_path / f"run{i}.csv") for i in (1, 2, 3)]))
     assert "| vae28 | fp32 | nchw | 100.0 (1.00×, 0.80-1.50) | 100.0 | 1 / 1 MiB |" in table
     assert "- vae28: 2.00×, 2.00×, 2.00×" in table  # the defaults against eager fp32 NCHW, per run
+
+
+def op_run(tmp_path, name, fused, eager, cpu="Test CPU"):
+    data = {"datetime": "2026-12-01T10:00:00", "machine_info": {"cpu": {"brand_raw": cpu}, "threads": 2,
+                                                                  "gpu": None, "torch": "2.x"},
+            "benchmarks": [fake_benchmark("fused", fused), fake_benchmark("eager", eager)]}
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_op_runs_merge_pairs_each_ratio_within_its_run(tmp_path, capsys):
+    """report.py --runs: a time is the median of the runs' medians, a speed-up the median of
+    each run's own eager / fused ratio, then the range (not a ratio of medians across runs)."""
+    # The runs' own ratios are 6, 1 and 1: the median 1.00x. The medians, 2 and 4 ms, would give 2x.
+    runs = [op_run(tmp_path, "1.json", 0.001, 0.006), op_run(tmp_path, "2.json", 0.004, 0.004),
+            op_run(tmp_path, "3.json", 0.002, 0.002)]
+    load_report().main(["--runs", *runs])
+    out = capsys.readouterr().out
+    assert "3 runs" in out
+    header, _, row = [line for line in out.splitlines() if line.startswith("|")][:3]
+    cells = dict(zip(header.strip(" |").split(" | "), row.strip(" |").split(" | ")))
+    assert cells["fused"] == "2.000" and cells["eager"] == "4.000"
+    assert cells["fused vs eager"] == "1.00×, 1.00-6.00"
+
+
+def test_op_runs_merge_refuses_other_machines_and_missing_cases(tmp_path):
+    report = load_report()
+    with pytest.raises(SystemExit, match="different machines"):
+        report.main(["--runs", op_run(tmp_path, "1.json", 1, 2), op_run(tmp_path, "2.json", 1, 2, cpu="Other")])
+    partial = json.loads(Path(op_run(tmp_path, "3.json", 1, 2)).read_text())
+    partial["benchmarks"].pop()  # eager missing from this run
+    (tmp_path / "3.json").write_text(json.dumps(partial))
+    with pytest.raises(SystemExit, match="in 1 of the 2 runs"):
+        report.main(["--runs", op_run(tmp_path, "1.json", 1, 2), str(tmp_path / "3.json")])
