@@ -138,7 +138,7 @@ def print_runs_table(rows):
         cells = list(key)
         cells += [fmt_ms(statistics.median(r["median_s"] for r in by[p])) if p in by else "-" for p in providers]
         for other in [*rivals, *([floor] if floor else [])]:
-            # Each ratio pairs two timings of one run; runs that lack either are left out.
+            # Each ratio pairs two timings of one run (runs_tables made sure each run has both).
             pairs = [(mine["median_s"], base["median_s"]) for mine, base in zip(by.get("fused", []), by.get(other, []))]
             ratios = [b / f if other != floor else f / b for f, b in pairs]
             cells.append(speedup_spread(ratios) if ratios else "-")
@@ -210,6 +210,8 @@ def main(argv=None):
     parser.add_argument("--runs", action="store_true",
                         help="the files are repeated runs of the same suites: merge them (see above)")
     args = parser.parse_args(argv)
+    if args.runs and (args.csv or args.chart):
+        parser.error("--runs prints the merged tables only; write a CSV or chart per run")
     if args.runs:
         runs = [list(measurements(json.load(open(name)))) for name in args.json_files]
         if len({tuple(r[k] for k in ("cpu", "gpu", "threads", "torch")) for records in runs for r in records}) > 1:

@@ -302,3 +302,6 @@ def test_op_runs_merge_refuses_other_machines_and_missing_cases(tmp_path):
     (tmp_path / "3.json").write_text(json.dumps(partial))
     with pytest.raises(SystemExit, match="in 1 of the 2 runs"):
         report.main(["--runs", op_run(tmp_path, "1.json", 1, 2), str(tmp_path / "3.json")])
+    with pytest.raises(SystemExit):  # argparse's error: the merged tables only
+        report.main(["--runs", op_run(tmp_path, "1.json", 1, 2), "--csv", str(tmp_path / "runs.csv")])
+    assert not (tmp_path / "runs.csv").exists()
