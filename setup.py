@@ -204,22 +204,48 @@ def _visible_archs():
     return ";".join("%d.%d" % a for a in archs) + "+PTX"
 
 
-def _nvcc_library_dirs():
-    """Where nvcc itself links the CUDA runtime from (it may be a wrapper script far from
-    its toolkit, so CUDA_HOME/lib64 is not always right)."""
+def _nvcc_dirs(variable, flag):
+    """The folders nvcc itself passes with `flag` in its `variable` (INCLUDES, LIBRARIES):
+    nvcc may be a wrapper script far from its toolkit, so CUDA_HOME is not always right."""
     nvcc = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
     out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True).stderr
-    match = re.search(r"LIBRARIES=(.*)", out)
-    dirs = re.findall(r'-L"?([^"\s]+)"?', match.group(1)) if match else []
-    return [os.path.normpath(d) for d in dirs if not d.rstrip("/").endswith("stubs") and os.path.isdir(d)]
+    dirs = []
+    for line in re.findall(rf"\b{variable}=(.*)", out):  # (\b: INCLUDES is not SYSTEM_INCLUDES)
+        dirs += re.findall(rf'{flag}"?\s*"?([^"\s]+)"?', line)
+    return [os.path.normpath(d) for d in dirs if os.path.isdir(d)]
+
+
+def _nvcc_library_dirs():
+    """Where nvcc links the CUDA runtime from (not its stubs)."""
+    return [d for d in _nvcc_dirs("LIBRARIES", "-L") if not d.endswith("stubs")]
 
 
 def _wheel_cuda_includes():
     """Headers of the CUDA libraries torch ships as wheels (nvidia/cuXX/include for torch's
-    CUDA major), for toolkits that carry only the runtime headers."""
+    CUDA major), for toolkits that carry only the runtime headers: only those the toolkit
+    lacks (cuBLAS, cuSPARSE, cuSOLVER, ... which torch's CUDA headers include), linked into a
+    folder of their own. The whole wheel folder would put the wheel's runtime headers ahead
+    of nvcc's own, and where the wheel's CUDA minor is newer than nvcc's (torch 2.15's 13.2
+    under nvcc 13.0) nvcc's headers stop the build: "CUDA compiler and CUDA toolkit headers
+    are incompatible"."""
     site = os.path.dirname(os.path.dirname(torch.__file__))
     major = torch.version.cuda.split(".")[0]
-    return sorted(glob.glob(os.path.join(site, "nvidia", f"cu{major}", "include")))
+    wheel = os.path.join(site, "nvidia", f"cu{major}", "include")
+    if not os.path.isdir(wheel):
+        return []
+    toolkit = set()
+    for folder in _nvcc_dirs("INCLUDES", "-I") + _nvcc_dirs("SYSTEM_INCLUDES", "-isystem"):
+        toolkit.update(os.listdir(folder))
+    shim = os.path.join(HERE, "build", f"cuda-wheel-headers-cu{major}")
+    shutil.rmtree(shim, ignore_errors=True)  # another torch's links from an earlier build
+    os.makedirs(shim)
+    for name in sorted(set(os.listdir(wheel)) - toolkit):
+        source, link = os.path.join(wheel, name), os.path.join(shim, name)
+        try:
+            os.symlink(source, link)
+        except OSError:  # a file system without symbolic links
+            (shutil.copytree if os.path.isdir(source) else shutil.copy2)(source, link)
+    return [shim]
 
 
 def _extension(with_cuda):
