@@ -24,11 +24,38 @@ from aigc_fast.benchmark import comparison_chart, machine_line, speedup_spread
 # Providers that measure a floor, not an implementation. "clone" is the copy floor of the
 # results recorded before it became "copy" (a copy into a buffer allocated beforehand).
 FLOORS = ("copy", "clone", "autograd")
+COPY_FLOORS = ("copy", "clone")
+# What fused is set against, in this order. compile+aten_rng: the compiled reference drawing
+# ATen's random numbers (reparameterize).
+RIVALS = ("eager", "compile", "compile+aten_rng")
+# What must match for runs to share a table or a chart.
+SETUP = ("cpu", "gpu", "threads", "torch")
 
 
 def floor_record(by):
     """The copy floor's measurement among one row's providers, under either name."""
     return by.get("copy") or by.get("clone")
+
+
+def copy_floor(providers):
+    """The copy floor's name among a table's providers, or None."""
+    return next((p for p in COPY_FLOORS if p in providers), None)
+
+
+def setups(records):
+    """The distinct machines and setups the records come from."""
+    return {tuple(r[k] for k in SETUP) for r in records}
+
+
+def date_span(records):
+    dates = sorted({r["date"] for r in records})
+    return " to ".join(dict.fromkeys([dates[0], dates[-1]]))
+
+
+def heading(record, date, what):
+    """The line above a file's (or merged runs') tables: where and when, then what they hold."""
+    return (f"Machine: {record['cpu']}, {record['threads']} threads, GPU: {record['gpu'] or 'none'}; torch "
+            f"{record['torch']}; {date}. {what}\n")
 
 
 def fmt_ms(seconds):
@@ -76,15 +103,14 @@ def print_table(rows, memory="all"):
     providers = list(dict.fromkeys(p for per_provider in rows.values() for p in per_provider))
     header = ["device", "pass", "size"] + providers
     has_speedup = {"fused", "eager"} <= set(providers)
-    # compile+aten_rng: the compiled reference drawing ATen's random numbers (reparameterize).
-    rivals = [p for p in ("eager", "compile", "compile+aten_rng") if p in providers] if has_speedup else []
+    rivals = [p for p in RIVALS if p in providers] if has_speedup else []
     header += [f"fused vs {p}" for p in rivals]
     # Steps on a GPU: the trainers' default (the fused step as one CUDA graph) against plain
     # eager, and against eager replayed as a graph too (equal settings).
     graph_pairs = [(a, b) for a, b in (("fused+graph", "eager"), ("fused+graph", "eager+graph"))
                    if {a, b} <= set(providers)]
     header += [f"{a} vs {b}" for a, b in graph_pairs]
-    floor = next((p for p in ("copy", "clone") if p in providers), None)
+    floor = copy_floor(providers)
     if floor:
         header += [f"fused / {floor}"]
     has_bandwidth = any(gb_per_s(r.get("fused")) for r in rows.values())
@@ -128,8 +154,8 @@ def print_table(rows, memory="all"):
 def print_runs_table(rows):
     """rows: {(device, pass, size): {provider: [record per run]}}, as runs_tables builds."""
     providers = list(dict.fromkeys(p for by in rows.values() for p in by))
-    rivals = [p for p in ("eager", "compile", "compile+aten_rng") if p in providers] if "fused" in providers else []
-    floor = next((p for p in ("copy", "clone") if p in providers), None)
+    rivals = [p for p in RIVALS if p in providers] if "fused" in providers else []
+    floor = copy_floor(providers)
     header = ["device", "pass", "size", *providers, *(f"fused vs {p}" for p in rivals)]
     header += [f"fused / {floor}"] if floor else []
     print("| " + " | ".join(header) + " |")
@@ -175,7 +201,7 @@ def chart(records, path):
     (a training step's rows are by setting): each provider's speed-up over eager, and the
     fused peak memory over eager's. Titled with the machine; records of several machines
     are refused (one chart, one machine)."""
-    machines = {tuple(r[k] for k in ("cpu", "gpu", "threads", "torch")) for r in records}
+    machines = setups(records)
     if len(machines) > 1:
         raise SystemExit(f"--chart: the JSON files come from {len(machines)} machines or setups; chart them one by one")
     labels, speedups, memory = [], defaultdict(list), []
@@ -195,8 +221,7 @@ def chart(records, path):
             peak = "cuda_peak_bytes" if device.startswith("cuda") else "cpu_peak_bytes"
             fused_peak, eager_peak = by["fused"].get(peak), eager.get(peak)
             memory.append(fused_peak / eager_peak if fused_peak and eager_peak else None)
-    dates = sorted({r["date"] for r in records})
-    where = machine_line({**records[0], "date": " to ".join(dict.fromkeys([dates[0], dates[-1]]))})
+    where = machine_line({**records[0], "date": date_span(records)})
     return comparison_chart(labels, dict(speedups), memory, Path(path), title=f"speed-up over eager; {where}")
 
 
@@ -214,13 +239,12 @@ def main(argv=None):
         parser.error("--runs prints the merged tables only; write a CSV or chart per run")
     if args.runs:
         runs = [list(measurements(json.load(open(name)))) for name in args.json_files]
-        if len({tuple(r[k] for k in ("cpu", "gpu", "threads", "torch")) for records in runs for r in records}) > 1:
+        every = [r for records in runs for r in records]
+        if len(setups(every)) > 1:
             raise SystemExit("--runs: the files come from different machines or setups; merge runs of one")
-        first = runs[0][0]
-        dates = sorted({r["date"] for records in runs for r in records})
-        print(f"Machine: {first['cpu']}, {first['threads']} threads, GPU: {first['gpu'] or 'none'}; torch "
-              f"{first['torch']}; {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; {len(runs)} runs. Median of "
-              "the runs' medians in ms; speed-ups as the median of the runs' own ratios, then their range.\n")
+        print(heading(every[0], f"{date_span(every)}; {len(runs)} runs",
+                      "Median of the runs' medians in ms; speed-ups as the median of the runs' own ratios, then "
+                      "their range."))
         for op, rows in runs_tables(runs).items():
             print(f"**{op}**\n")
             print_runs_table(rows)
@@ -230,8 +254,7 @@ def main(argv=None):
     for name in args.json_files:
         data = json.load(open(name))
         m = machine(data)
-        print(f"Machine: {m['cpu']}, {m['threads']} threads, GPU: {m['gpu'] or 'none'}; torch {m['torch']}; "
-              f"{m['date']}. Medians in ms (IQR in brackets).\n")
+        print(heading(m, m["date"], "Medians in ms (IQR in brackets)."))
         found = list(measurements(data))
         records += found
         for op, rows in tables(found).items():
