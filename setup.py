@@ -7,6 +7,7 @@ TORCH_CUDA_ARCH_LIST (default without a visible GPU:
 """
 
 import ctypes
+import functools
 import glob
 import json
 import os
@@ -204,13 +205,18 @@ def _visible_archs():
     return ";".join("%d.%d" % a for a in archs) + "+PTX"
 
 
+@functools.lru_cache(maxsize=None)
+def _nvcc_dryrun():
+    """What nvcc would run for a .cu file: its own include and library folders among it."""
+    nvcc = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
+    return subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True).stderr
+
+
 def _nvcc_dirs(variable, flag):
     """The folders nvcc itself passes with `flag` in its `variable` (INCLUDES, LIBRARIES):
     nvcc may be a wrapper script far from its toolkit, so CUDA_HOME is not always right."""
-    nvcc = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
-    out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True).stderr
     dirs = []
-    for line in re.findall(rf"\b{variable}=(.*)", out):  # (\b: INCLUDES is not SYSTEM_INCLUDES)
+    for line in re.findall(rf"\b{variable}=(.*)", _nvcc_dryrun()):  # (\b: INCLUDES is not SYSTEM_INCLUDES)
         dirs += re.findall(rf'{flag}"?\s*"?([^"\s]+)"?', line)
     return [os.path.normpath(d) for d in dirs if os.path.isdir(d)]
 
