@@ -264,26 +264,31 @@ def _extension(with_cuda):
             include_dirs=include_dirs,
             extra_compile_args={"cxx": CXX_FLAGS},
         )
+    # (The folders nvcc reads and the wheel headers it lacks are added by BuildExtension:
+    # finding them runs nvcc and writes into build/, which pip's metadata steps must not.)
     return cpp_extension.CUDAExtension(
         "aigc_fast._C",
         sources + sorted(glob.glob("csrc/cuda/*.cu")),
-        include_dirs=include_dirs + _wheel_cuda_includes(),
-        library_dirs=_nvcc_library_dirs(),
+        include_dirs=include_dirs,
         extra_compile_args={"cxx": CXX_FLAGS + ["-DAIGC_FAST_WITH_CUDA"], "nvcc": NVCC_FLAGS},
     )
 
 
 class BuildExtension(cpp_extension.BuildExtension):
-    """torch's build, plus the OPTIONAL_FLAGS the compiler takes (tried here, so only a
-    build runs the probes, not pip's metadata steps) and _build_info.json beside the binary:
-    the torch it was built against, so `import aigc_fast` can refuse a stale or mismatched
-    binary before loading it."""
+    """torch's build, plus what is found by running the compilers (here, so that only a
+    build runs them, not pip's metadata steps): the OPTIONAL_FLAGS the C++ compiler takes,
+    nvcc's own folders and the CUDA wheel headers it lacks; and _build_info.json beside the
+    binary: the torch it was built against, so `import aigc_fast` can refuse a stale or
+    mismatched binary before loading it."""
 
     def build_extensions(self):
         compile_flags, link_flags = _optional_flags()
         for extension in self.extensions:
             extension.extra_compile_args["cxx"] = extension.extra_compile_args["cxx"] + compile_flags
             extension.extra_link_args = extension.extra_link_args + link_flags
+            if "nvcc" in extension.extra_compile_args:
+                extension.include_dirs = extension.include_dirs + _wheel_cuda_includes()
+                extension.library_dirs = _nvcc_library_dirs() + extension.library_dirs  # ahead of CUDA_HOME's
         super().build_extensions()
 
     def finalize_options(self):
