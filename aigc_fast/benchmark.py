@@ -206,27 +206,35 @@ def peak_bytes(step: Callable[[], object], device: str) -> Optional[int]:
     return cpu_peak_bytes(step)
 
 
-def breakdown(step: Callable[[], object]) -> Dict[str, float]:
-    """Shares of one step's CPU-side op time (the profiler's self time of each top-level op
-    category): convolutions (the vendor library), aigc_fast's kernels, the optimizer, and
-    everything else. On a GPU the kernels' device time is what matters: see bench/."""
+def op_times(step: Callable[[], object]) -> Dict[str, float]:
+    """Milliseconds of one step's CPU-side op time (the profiler's self time of each op,
+    summed by category): convolutions (the vendor library), aigc_fast's kernels, the
+    optimizer, and everything else. On a GPU the kernels' device time is what matters: see
+    bench/."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    shares = {"convolution": 0.0, "aigc_fast": 0.0, "optimizer": 0.0, "other": 0.0}
+    times = {"convolution": 0.0, "aigc_fast": 0.0, "optimizer": 0.0, "other": 0.0}
     for event in prof.key_averages():
         name = event.key
         if "conv" in name or "mkldnn" in name:
-            shares["convolution"] += event.self_cpu_time_total
+            category = "convolution"
         elif name.startswith("aigc_fast::"):
-            shares["aigc_fast"] += event.self_cpu_time_total
+            category = "aigc_fast"
         elif "_foreach_" in name or "Optimizer.step" in name or "adam" in name.lower():
-            shares["optimizer"] += event.self_cpu_time_total
+            category = "optimizer"
         else:
-            shares["other"] += event.self_cpu_time_total
-    total = sum(shares.values()) or 1.0
-    return {k: v / total for k, v in shares.items()}
+            category = "other"
+        times[category] += event.self_cpu_time_total / 1e3
+    return times
+
+
+def breakdown(step: Callable[[], object]) -> Dict[str, float]:
+    """op_times as shares of their sum."""
+    times = op_times(step)
+    total = sum(times.values()) or 1.0
+    return {k: v / total for k, v in times.items()}
 
 
 def breakdown_table(workloads: List[str], settings: List[Tuple[str, bool]], *, device: str = "cpu") -> str:

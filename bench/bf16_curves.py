@@ -7,6 +7,8 @@
         --precision $p --out-dir runs/curve-gan-$p --log-every 1
     done
     python bench/bf16_curves.py runs docs/bf16-vs-fp32-curves.png
+
+The README's runs (2026-12-01) keep their logs: python bench/bf16_curves.py bench/results/bf16-curves out.png
 """
 
 import json

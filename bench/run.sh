@@ -4,6 +4,7 @@
 #   OUT/steps.{csv,md,png}      the 28x28 training steps, fp32 and bf16, NCHW and channels_last,
 #                               every CPU provider, with the profile breakdown
 #   OUT/64x64/steps.*           the 64x64 training steps, same settings, 5 rounds
+#   OUT/conv-bound.md           the 28x28 default steps' convolution time, and a conv-transpose alone
 #
 #   bash bench/run.sh [OUT]          (default OUT: bench-results; needs the bench extra)
 #
@@ -19,4 +20,5 @@ aigc-fast bench --ops --ops-filter "" --breakdown --workloads dcgan28,vae28 --pr
   --providers "$PROVIDERS" --repeats 7 --out "$OUT" || rc=$?
 aigc-fast bench --workloads dcgan64,vae64 --precision fp32,bf16 --providers "$PROVIDERS" --repeats 5 \
   --out "$OUT/64x64" || rc=$?
+python bench/conv_bound.py >"$OUT/conv-bound.md" || rc=$?  # the steps' convolutions against the 2x
 exit $rc

@@ -167,6 +167,43 @@ def test_profile_ops_table_on_cpu(capsys):
     assert all(float(row[3]) > 0 for row in rows)
 
 
+def test_conv_bound_tables_on_cpu(capsys, monkeypatch):
+    """bench/conv_bound.py: the default step's convolution time is a real part of the step
+    (more than nothing, less than the step), the rest is the difference, and the
+    conv-transpose is timed in every setting at both input sizes."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # its `from profile_ops import ...`
+    spec = importlib.util.spec_from_file_location("conv_bound", ROOT / "bench" / "conv_bound.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--workloads", "vae28", "--rounds", "1", "--batch", "2"])
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "---" not in line]
+    step = next(row for row in rows if row[0] == "vae28")
+    eager, budget, default, conv, rest = (float(cell.split()[0]) for cell in step[1:6])
+    assert budget == pytest.approx(eager / 2, abs=0.06) and 0 < conv < default
+    assert rest == pytest.approx(default - conv, abs=0.11)
+    sizes = [row for row in rows if "->" in row[0]]
+    assert [row[0] for row in sizes] == ["7x7 -> 14x14", "8x8 -> 16x16"]
+    assert all(float(cell) > 0 for row in sizes for cell in row[1:5])
+
+
+def test_op_times_are_the_breakdown_in_milliseconds():
+    """benchmark.op_times: a convolution's forward+backward lands in its category, and
+    breakdown's shares are those times over their sum."""
+    conv = torch.nn.Conv2d(3, 8, 3)
+    x = torch.randn(4, 3, 16, 16)
+
+    def step():
+        conv(x).sum().backward()
+
+    step()
+    times = benchmark.op_times(step)
+    assert set(times) == {"convolution", "aigc_fast", "optimizer", "other"}
+    assert times["convolution"] > 0 and times["aigc_fast"] == 0 and times["optimizer"] == 0
+    shares = benchmark.breakdown(step)
+    assert sum(shares.values()) == pytest.approx(1.0) and shares["convolution"] > 0
+
+
 def test_compile_strictly_turns_the_silent_eager_fallback_into_an_error():
     """Past dynamo's recompile limit a compiled function runs eagerly without a word; the
     benchmarks' "compile" provider would then time eager PyTorch under its name."""
