@@ -9,8 +9,9 @@ Then the conv-transpose the issue names (256->128, k4 s2, batch 64) alone, forwa
 backward, in each setting: how much bf16 and channels_last give on this CPU.
 
 The steps here run as a training loop runs them: only these two, each timed right after an
-untimed step of its own. On the 2-core EPYC the default step ran ~10% faster so than among
-`aigc-fast bench`'s 16 interleaved cases, so its ratio to eager is the higher one (README).
+untimed step of its own. On the 2-core EPYC the default step ran ~10% faster in this loop
+than among `aigc-fast bench`'s 16 interleaved cases, so its ratio to eager is the higher
+one (README).
 
     python bench/conv_bound.py                         (Markdown on stdout)
     python bench/conv_bound.py --workloads vae28 --rounds 5
@@ -74,7 +75,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=64, help="the conv-transpose's batch")
     args = parser.parse_args(argv)
-    print(f"{machine('cpu')}, {benchmark.machine_facts()['cpu']}, {benchmark.machine_facts()['date']}.\n")
+    facts = benchmark.machine_facts()
+    print(f"{machine('cpu')}, {facts['cpu']}, {facts['date']}.\n")
 
     print("**The step's convolutions against the 2x budget** (ms; steps: median of "
           f"{args.rounds}, in turns; convolutions: median of {args.rounds} profiled default steps)\n")
