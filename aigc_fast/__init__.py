@@ -11,7 +11,7 @@ from . import _extension
 
 _extension.load()  # never raises: without kernels every op runs its reference
 
-from . import data, models, nn, reference, train  # noqa: E402
+from . import data, evaluation, models, nn, reference, sampling, train  # noqa: E402
 from ._impl import get_impl, set_impl, use_impl  # noqa: E402
 from ._info import info  # noqa: E402
 from ._version import __version__  # noqa: E402
@@ -22,6 +22,7 @@ __all__ = [
     "bias_act",
     "bn_act",
     "data",
+    "evaluation",
     "gan_d_loss",
     "gan_g_loss",
     "get_impl",
@@ -30,6 +31,7 @@ __all__ = [
     "nn",
     "reference",
     "reparameterize",
+    "sampling",
     "set_impl",
     "train",
     "use_impl",

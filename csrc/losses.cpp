@@ -54,7 +54,7 @@ at::Tensor grad_like(const at::Tensor& t, bool wanted) {
 LogitTerm make_term(const at::Tensor& x, const char* name, const std::string& kind, Role role,
                     double real_label, bool want_grad) {
   check_float_tensor(x, name);
-  TORCH_CHECK(x.numel() > 0, name, " is empty: the mean of an empty batch is undefined");
+  TORCH_CHECK(x.numel() > 0, name, " is empty: the mean of no logits is undefined");
   LogitTerm term;
   term.x = x.contiguous();
   std::tie(term.kind, term.param) = gan_term(kind, role, real_label);

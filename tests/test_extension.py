@@ -145,6 +145,16 @@ def test_info_says_a_forced_fused_choice_cannot_run(monkeypatch):
             "error: fused is forced (aigc_fast.set_impl / use_impl) but no kernels here")
 
 
+def test_every_subpackage_the_readme_names_is_reachable_from_the_package(tmp_path):
+    """`import aigc_fast` then `aigc_fast.evaluation...` as the README writes it, in a fresh
+    interpreter (here every subpackage is imported already by other tests)."""
+    names = ("data", "evaluation", "models", "nn", "reference", "sampling", "train")
+    code = f"import aigc_fast; print(all(hasattr(aigc_fast, n) for n in {names!r}))"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(PACKAGE_DIR))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+
+
 def test_cli_info(tmp_path):
     """The installed console script, run from a neutral folder as a user would."""
     script = shutil.which("aigc-fast", path=os.path.dirname(sys.executable))

@@ -17,7 +17,7 @@ from ..reference.losses import GAN_KINDS, RECON_LOSSES, REDUCTIONS
 def _logits(t, name: str) -> None:
     _validate.float_tensor(t, name)
     if t.numel() == 0:
-        raise ValueError(f"{name} is empty: the mean of an empty batch is undefined")
+        raise ValueError(f"{name} is empty (shape {list(t.shape)}): the mean of no logits is undefined")
 
 
 def check_real_label(kind: str, real_label) -> float:
