@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - what a user sees without torch
     )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+OWN_INCLUDE_DIRS = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
 DEFAULT_ARCHS = "8.0;9.0+PTX"
 # Named in every compile command: ninja rebuilds an object whose command changed, so objects
 # left in build/ by another torch are never linked into this one's extension (file times
@@ -256,7 +257,7 @@ def _wheel_cuda_includes():
 
 def _extension(with_cuda):
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-    include_dirs = [os.path.join(HERE, "csrc"), os.path.join(HERE, "csrc", "include")]
+    include_dirs = list(OWN_INCLUDE_DIRS)
     if not with_cuda:
         return cpp_extension.CppExtension(
             "aigc_fast._C",
@@ -265,7 +266,8 @@ def _extension(with_cuda):
             extra_compile_args={"cxx": CXX_FLAGS},
         )
     # (The folders nvcc reads and the wheel headers it lacks are added by BuildExtension:
-    # finding them runs nvcc and writes into build/, which pip's metadata steps must not.)
+    # finding them runs nvcc's dry run and writes into build/, which pip's metadata steps
+    # must not.)
     return cpp_extension.CUDAExtension(
         "aigc_fast._C",
         sources + sorted(glob.glob("csrc/cuda/*.cu")),
@@ -275,20 +277,27 @@ def _extension(with_cuda):
 
 
 class BuildExtension(cpp_extension.BuildExtension):
-    """torch's build, plus what is found by running the compilers (here, so that only a
-    build runs them, not pip's metadata steps): the OPTIONAL_FLAGS the C++ compiler takes,
-    nvcc's own folders and the CUDA wheel headers it lacks; and _build_info.json beside the
-    binary: the torch it was built against, so `import aigc_fast` can refuse a stale or
-    mismatched binary before loading it."""
+    """torch's build, plus what takes running the compilers or writing into build/ (here, so
+    that only a build does it, not pip's metadata steps): the OPTIONAL_FLAGS the C++
+    compiler takes, nvcc's own folders and the CUDA wheel headers it lacks; and
+    _build_info.json beside the binary: the torch it was built against, so `import
+    aigc_fast` can refuse a stale or mismatched binary before loading it."""
 
     def build_extensions(self):
         compile_flags, link_flags = _optional_flags()
         for extension in self.extensions:
             extension.extra_compile_args["cxx"] = extension.extra_compile_args["cxx"] + compile_flags
             extension.extra_link_args = extension.extra_link_args + link_flags
-            if "nvcc" in extension.extra_compile_args:
-                extension.include_dirs = extension.include_dirs + _wheel_cuda_includes()
-                extension.library_dirs = _nvcc_library_dirs() + extension.library_dirs  # ahead of CUDA_HOME's
+            # (By its sources: torch adds an empty "nvcc" entry to every extension's flags,
+            # so a second build of the same extensions would mistake a CPU one for CUDA.)
+            if any(str(source).endswith(".cu") for source in extension.sources):
+                # Right after the package's own folders, ahead of torch's and CUDA_HOME's (a
+                # CUDA_HOME other than nvcc's toolkit may hold another CUDA's cuBLAS headers).
+                own = len(OWN_INCLUDE_DIRS)
+                wheel = [d for d in _wheel_cuda_includes() if d not in extension.include_dirs]
+                extension.include_dirs[own:own] = wheel
+                nvcc = [d for d in _nvcc_library_dirs() if d not in extension.library_dirs]
+                extension.library_dirs[:0] = nvcc  # ahead of CUDA_HOME's
         super().build_extensions()
 
     def finalize_options(self):

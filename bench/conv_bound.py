@@ -75,6 +75,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=64, help="the conv-transpose's batch")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.batch < 1:
+        parser.error("--rounds and --batch must be at least 1")
     facts = benchmark.machine_facts()
     print(f"{machine('cpu')}, {facts['cpu']}, {facts['date']}.\n")
 

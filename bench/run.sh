@@ -9,6 +9,7 @@
 #   bash bench/run.sh [OUT]          (default OUT: bench-results; needs the bench extra)
 #
 # Well over 15 minutes on a 2-core CPU; leave the machine otherwise idle while it runs.
+# PYTHON: the interpreter with aigc_fast, for the scripts (default python3).
 # (The README's 28x28 table is the middle of three such runs' medians.)
 set -euo pipefail
 OUT=${1:-bench-results}
@@ -20,5 +21,5 @@ aigc-fast bench --ops --ops-filter "" --breakdown --workloads dcgan28,vae28 --pr
   --providers "$PROVIDERS" --repeats 7 --out "$OUT" || rc=$?
 aigc-fast bench --workloads dcgan64,vae64 --precision fp32,bf16 --providers "$PROVIDERS" --repeats 5 \
   --out "$OUT/64x64" || rc=$?
-python bench/conv_bound.py >"$OUT/conv-bound.md" || rc=$?  # the steps' convolutions against the 2x
+"${PYTHON:-python3}" bench/conv_bound.py >"$OUT/conv-bound.md" || rc=$?  # the steps' convolutions against the 2x
 exit $rc

@@ -175,7 +175,7 @@ def test_conv_bound_tables_on_cpu(capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("conv_bound", ROOT / "bench" / "conv_bound.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["--workloads", "vae28", "--rounds", "1", "--batch", "2"])
+    module.main(["--workloads", "vae28", "--rounds", "3", "--batch", "2"])  # medians of 3: one slow step passes
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ") and "---" not in line]
     step = next(row for row in rows if row[0] == "vae28")
@@ -187,7 +187,7 @@ def test_conv_bound_tables_on_cpu(capsys, monkeypatch):
     assert all(float(cell) > 0 for row in sizes for cell in row[1:5])
 
 
-def test_op_times_are_the_breakdown_in_milliseconds():
+def test_op_times_are_the_breakdown_in_milliseconds(monkeypatch):
     """benchmark.op_times: a convolution's forward+backward lands in its category, and
     breakdown's shares are those times over their sum."""
     conv = torch.nn.Conv2d(3, 8, 3)
@@ -200,8 +200,9 @@ def test_op_times_are_the_breakdown_in_milliseconds():
     times = benchmark.op_times(step)
     assert set(times) == {"convolution", "aigc_fast", "optimizer", "other"}
     assert times["convolution"] > 0 and times["aigc_fast"] == 0 and times["optimizer"] == 0
-    shares = benchmark.breakdown(step)
-    assert sum(shares.values()) == pytest.approx(1.0) and shares["convolution"] > 0
+    monkeypatch.setattr(benchmark, "op_times", lambda step: {**times, "optimizer": 1.0})
+    total = sum(times.values()) + 1.0
+    assert benchmark.breakdown(step) == pytest.approx({k: v / total for k, v in {**times, "optimizer": 1.0}.items()})
 
 
 def test_compile_strictly_turns_the_silent_eager_fallback_into_an_error():
