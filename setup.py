@@ -276,6 +276,13 @@ def _extension(with_cuda):
     )
 
 
+def _builds_cuda(extension):
+    """Whether an extension compiles CUDA kernels: by its sources, since torch adds an empty
+    "nvcc" entry to every extension's flags (a second build of the same extensions would
+    take a CPU one for CUDA)."""
+    return any(str(source).endswith(".cu") for source in extension.sources)
+
+
 class BuildExtension(cpp_extension.BuildExtension):
     """torch's build, plus what takes running the compilers or writing into build/ (here, so
     that only a build does it, not pip's metadata steps): the OPTIONAL_FLAGS the C++
@@ -288,9 +295,7 @@ class BuildExtension(cpp_extension.BuildExtension):
         for extension in self.extensions:
             extension.extra_compile_args["cxx"] = extension.extra_compile_args["cxx"] + compile_flags
             extension.extra_link_args = extension.extra_link_args + link_flags
-            # (By its sources: torch adds an empty "nvcc" entry to every extension's flags,
-            # so a second build of the same extensions would mistake a CPU one for CUDA.)
-            if any(str(source).endswith(".cu") for source in extension.sources):
+            if _builds_cuda(extension):
                 # Right after the package's own folders, ahead of torch's and CUDA_HOME's (a
                 # CUDA_HOME other than nvcc's toolkit may hold another CUDA's cuBLAS headers).
                 own = len(OWN_INCLUDE_DIRS)
@@ -309,7 +314,7 @@ class BuildExtension(cpp_extension.BuildExtension):
 
     def run(self):
         super().run()
-        with_cuda = any(isinstance(s, str) and s.endswith(".cu") for e in self.extensions for s in e.sources)
+        with_cuda = any(_builds_cuda(e) for e in self.extensions)
         binary = self.get_ext_fullpath("aigc_fast._C")
         info = {
             "package_version": VERSION,
