@@ -52,6 +52,19 @@ def test_mixed_precision_trains_near_fp32(tmp_path, make, precision):
     assert bool(scaler) == (precision == "fp16")  # fp16's loss scale is part of the state
 
 
+@pytest.mark.parametrize("make", [gan, vae])
+def test_a_loop_of_train_step_calls_trains_in_fp16(tmp_path, make):
+    # train_step is a whole step: fit is not needed to update the GradScaler between steps
+    # (the second call raised "step() has already been called since the last update()").
+    with pytest.warns(RuntimeWarning, match="precision='fp16' on a CPU"):
+        trainer = make(tmp_path, precision="fp16")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # overflows at first
+    batch = images(8) * 2 - 1 if make is gan else images(8)
+    for _ in range(3):
+        assert all(map(torch.isfinite, map(torch.tensor, trainer.train_step(batch).values())))
+    assert trainer.scaler.get_scale() < 2.0**40  # the overflowing steps lowered the scale
+
+
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
     import aigc_fast._info as info
     from aigc_fast.train.config import resolve_precision

@@ -99,8 +99,12 @@ class _Trainer:
 
     def train_step(self, images: torch.Tensor) -> Dict[str, float]:
         """One training step on a batch (replayed as a CUDA graph where cuda_graph applies);
-        its losses as numbers, read in one device synchronization."""
+        its losses as numbers, read in one device synchronization. In fp16 the GradScaler's
+        update ends the step (its optimizer steps each checked the gradients), so a loop of
+        train_step calls is a complete training loop. The run's counters (its step and
+        position in the data, which fit logs and checkpoints) are fit's."""
         losses = self._graphed(images) if self._graphed is not None else self.step_losses(images)
+        self.scaler.update()  # a no-op unless fp16 (never with a CUDA graph)
         return dict(zip(losses, torch.stack([v.float() for v in losses.values()]).tolist()))
 
     def generate(self, n: int, *, seed: Optional[int] = None) -> torch.Tensor:
@@ -148,7 +152,7 @@ class _Trainer:
 
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Backward and step, through the GradScaler in fp16 (a step whose gradients
-        overflowed is skipped and the scale lowered; scaler.update runs once per step)."""
+        overflowed is skipped and the scale lowered; train_step updates the scaler once)."""
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(optimizer)
@@ -456,7 +460,6 @@ class _Trainer:
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         images = torch.stack([_image_of(train[i]) for i in indices]).to(self.device, memory_format=memory_format)
         metrics = self.group.mean(self.train_step(images))
-        self.scaler.update()
         self._check_finite(metrics)
         self.step += 1
         self.batch_in_epoch += 1
