@@ -232,6 +232,9 @@ def test_real_data_from_an_images_labels_pair(digits_run):
     assert RealData(trainer, (images.flip(0), labels.flip(0))).source != paired.source  # other bytes, other key
     with pytest.raises(ValueError, match="1797 images but 3 labels"):
         data_lib.load((images, labels[:3]), image_size=8)
+    # Other data than the run's: its split would not be the run's held-out one.
+    with pytest.raises(ValueError, match=r"holds 100 images, the run trained on 1797 \(held-out ones included\)"):
+        RealData(trainer, (images[:100], labels[:100]))
 
 
 def test_neg_elbo_averages_over_every_sample_drawn():

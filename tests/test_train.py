@@ -530,6 +530,8 @@ def test_a_damaged_checkpoint_is_refused_not_loaded(tmp_path):
         load_checkpoint(path)
     with pytest.raises(ValueError, match="is damaged"):
         GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images(), resume=True)
+    with pytest.raises(ValueError, match=r"^[^:]*checkpoint\.pt is damaged"):  # the path once, not twice
+        load_run(tmp_path)
 
     save_atomic({"step": 1, "code": print}, path)  # an object weights_only refuses to unpickle
     with pytest.raises(ValueError, match="not a readable checkpoint"):

@@ -36,6 +36,11 @@ class RealData:
             raise ValueError("evaluation needs held-out real images: this run was trained with holdout=0")
         self.source = _describe(source)
         loaded = data_lib.load(source, image_size=c.image_size, channels=c.channels, kind="vae")
+        if needs_held_out and trainer.data_size is not None and len(loaded) != trainer.data_size:
+            # The split is drawn from the number of images, as resuming refuses it too.
+            raise ValueError(f"{self.source} holds {len(loaded)} images, the run trained on {trainer.data_size} "
+                             "(held-out ones included): the held-out split would not be the run's, and could "
+                             "hold images it trained on; pass the data it trained on")
         train, held = data_lib.holdout_split(len(loaded), c.holdout)
         self.train_images, self.train_labels = loaded.images[train], loaded.labels[train]
         self.held_images, self.held_labels = loaded.images[held], loaded.labels[held]

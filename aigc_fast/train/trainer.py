@@ -586,8 +586,10 @@ def load_run(run_dir: Union[str, Path], *, device: Optional[str] = None) -> _Tra
     with torch.random.fork_rng(devices=[]):  # building seeds the CPU generator; the caller's is left as it was
         trainer = trainer_class(config)
     checkpoint = run_dir / "checkpoint.pt"
+    state = load_checkpoint(checkpoint, map_location="cpu")  # (its errors name the file themselves)
     with _errors_naming(checkpoint):
-        trainer.load_state_dict(load_checkpoint(checkpoint, map_location="cpu"), restore_rng=False)
+        trainer.load_state_dict(state, restore_rng=False)
+    trainer.data_size = state.get("data_size")  # what evaluation checks the data it is given against
     return trainer
 
 
