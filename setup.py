@@ -139,6 +139,11 @@ def _optional_flags():
 NVCC_FLAGS = ["-O3", "--fmad=false", "-DAIGC_FAST_WITH_CUDA", TORCH_TAG]
 
 
+class CudaSetupError(Exception):
+    """Why the CUDA kernels cannot be built as asked: raised by the build step alone, so
+    that an sdist or pip's metadata steps never fail on this machine's CUDA setup."""
+
+
 def _cuda_wanted():
     """True/False for AIGC_FAST_CUDA=1/0; None means decide from what is installed."""
     value = os.environ.get("AIGC_FAST_CUDA", "").strip()
@@ -146,18 +151,18 @@ def _cuda_wanted():
         return None
     if value in ("0", "1"):
         return value == "1"
-    sys.exit(f"AIGC_FAST_CUDA must be 0, 1, auto or unset, got {value!r}")
+    raise CudaSetupError(f"AIGC_FAST_CUDA must be 0, 1, auto or unset, got {value!r}")
 
 
 def _nvcc_version(cuda_home):
     nvcc = os.path.join(cuda_home, "bin", "nvcc")
     done = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"`{nvcc} --version` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+        raise CudaSetupError(f"`{nvcc} --version` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
     out = done.stdout
     match = re.search(r"release (\d+)\.(\d+)", out)
     if not match:
-        sys.exit(f"could not read the CUDA version from `{nvcc} --version`:\n{out}")
+        raise CudaSetupError(f"could not read the CUDA version from `{nvcc} --version`:\n{out}")
     return match.group(1), match.group(2)
 
 
@@ -166,20 +171,22 @@ def _build_cuda():
     cuda_home = cpp_extension.CUDA_HOME
     problems = []
     if torch.version.cuda is None:
-        problems.append(f"torch {torch.__version__} is a CPU-only build")
+        # (torch's CUDA_HOME is then None, whether nvcc is installed or not: not looked for.)
+        problems.append(f"torch {torch.__version__} is a CPU-only build (install a CUDA build of torch)")
     # torch's CUDA_HOME may be /usr/local/cuda without a compiler (a runtime-only image).
-    if cuda_home is None or not os.path.isfile(os.path.join(cuda_home, "bin", "nvcc")):
-        problems.append("nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
+    elif cuda_home is None or not os.path.isfile(os.path.join(cuda_home, "bin", "nvcc")):
+        problems.append(f"CUDA_HOME={os.environ['CUDA_HOME']} has no bin/nvcc" if os.environ.get("CUDA_HOME")
+                        else "nvcc was not found (put it on PATH or set CUDA_HOME)")
     if problems:
         if wanted:
-            sys.exit("AIGC_FAST_CUDA=1 but CUDA kernels cannot be built: " + "; ".join(problems))
+            raise CudaSetupError("AIGC_FAST_CUDA=1 but CUDA kernels cannot be built: " + "; ".join(problems))
         return False
     if wanted is False:
         return False
     nvcc_major, nvcc_minor = _nvcc_version(cuda_home)
     torch_major = torch.version.cuda.split(".")[0]
     if nvcc_major != torch_major:
-        sys.exit(
+        raise CudaSetupError(
             f"nvcc is CUDA {nvcc_major}.{nvcc_minor} but torch {torch.__version__} was built with "
             f"CUDA {torch.version.cuda}; kernels built this way would not load. Install an nvcc "
             f"with CUDA {torch_major}.x (or a torch built for CUDA {nvcc_major}), or build without "
@@ -291,6 +298,8 @@ class BuildExtension(cpp_extension.BuildExtension):
     aigc_fast` can refuse a stale or mismatched binary before loading it."""
 
     def build_extensions(self):
+        if CUDA_SETUP_ERROR is not None:
+            sys.exit(CUDA_SETUP_ERROR)
         compile_flags, link_flags = _optional_flags()
         for extension in self.extensions:
             extension.extra_compile_args["cxx"] = extension.extra_compile_args["cxx"] + compile_flags
@@ -338,7 +347,10 @@ if shutil.which("ninja") is None and os.access(_ninja_beside_python, os.X_OK):
 
 with open(os.path.join(HERE, "aigc_fast", "_version.py")) as version_file:
     VERSION = re.search(r"\"(.+)\"", version_file.read()).group(1)
-WITH_CUDA = _build_cuda()
+try:
+    WITH_CUDA, CUDA_SETUP_ERROR = _build_cuda(), None
+except CudaSetupError as error:
+    WITH_CUDA, CUDA_SETUP_ERROR = False, f"error: {error}"
 
 setup(
     version=VERSION,

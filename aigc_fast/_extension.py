@@ -57,6 +57,8 @@ def _read_build_info() -> dict:
         info = json.load(f)
     if not isinstance(info, dict):  # (BUILD_INFO stays a dict, which aigc_fast.info() reads)
         raise ValueError(f"{path} holds a JSON {type(info).__name__}, not the object setup.py writes")
+    if "torch" not in info:  # ({} read as a missing file before)
+        raise ValueError(f"{path} does not name the torch the kernels were built against, as setup.py writes it")
     return info
 
 

@@ -64,6 +64,8 @@ def _damage_build_info(root, **changes):
         (lambda root: (root / "aigc_fast" / "_build_info.json").write_text("{not json"), "failed to load"),
         (lambda root: (root / "aigc_fast" / "_build_info.json").write_text("[1, 2]"),
          "holds a JSON list, not the object setup.py writes"),
+        (lambda root: (root / "aigc_fast" / "_build_info.json").write_text("{}"),
+         "does not name the torch the kernels were built against"),
         (lambda root: [p.unlink() for p in (root / "aigc_fast").glob("_C*.so")], "aigc_fast._C) are not"),
         # Same size, not a library: the loader refuses it with an error.
         (lambda root: [p.write_bytes(b"\0" * p.stat().st_size) for p in (root / "aigc_fast").glob("_C*.so")],
