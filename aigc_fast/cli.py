@@ -105,7 +105,7 @@ def _train(args, given: dict) -> int:
                      f"epochs is 0 in {args.config} (give --epochs N): it asks")
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or (
             f"nothing to train: {no_epochs} for no epoch" if config.epochs == 0 else
-            f"nothing to train: the run had already reached max_steps={config.max_steps} "
+            f"nothing to train: max_steps={config.max_steps} and the run is at step {trainer.step} "
             "(give a larger --max-steps, or --max-steps none to lift the cap)"
             if config.max_steps is not None else "no step trained")
         print(f"step {trainer.step} (epoch {trainer.epoch}): {shown}\nrun directory: {trainer.run_dir} "

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ._validate import choice
+from ._validate import choice, is_count
 
 BUILTIN = ("mnist", "digits")
 KINDS = ("gan", "vae")
@@ -246,6 +246,9 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
     file, a uint8/float tensor or NumPy array of images, or an (images, labels) pair of
     them, in the model's range and size."""
     choice(kind, "kind", KINDS)
+    for value, name in ((image_size, "image_size"), (channels, "channels")):
+        if not is_count(value, 1):  # (checked before reading: interpolate's own error names no argument)
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     labels = None
     if isinstance(source, str) and source in BUILTIN:
         images, labels = load_mnist() if source == "mnist" else load_digits()

@@ -32,6 +32,8 @@ def test_train_resume_sample_evaluate(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["train", "vae", "--resume", str(run), "--out-dir", str(tmp_path / "elsewhere")])
     assert "drop --out-dir" in capsys.readouterr().err
+    assert main(["train", "vae", "--resume", str(run), "--max-steps", "3"]) == 0
+    assert "nothing to train: max_steps=3 and the run is at step 3" in capsys.readouterr().out
     assert main(["train", "vae", "--resume", str(run), "--max-steps", "5"]) == 0
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]  # continued, not restarted

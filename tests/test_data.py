@@ -200,6 +200,9 @@ def test_ranges_and_tensors():
     (lambda: data.load(torch.zeros(2, 5), image_size=8), ValueError, r"images must be \[N, H, W\]"),
     (lambda: data.load(torch.zeros(2, 1, 4, 4), image_size=8, kind="diffusion"), ValueError, "kind must be one of"),
     (lambda: data.load(3.0, image_size=8), TypeError, "cannot load images from a float"),
+    (lambda: data.load(torch.zeros(2, 1, 4, 4), image_size=0), ValueError, "image_size must be a positive integer"),
+    (lambda: data.load(torch.zeros(2, 1, 4, 4), image_size=8.0), ValueError, "image_size must be a positive integer"),
+    (lambda: data.load(torch.zeros(2, 1, 4, 4), image_size=8, channels=0), ValueError, "channels must be a positive"),
     (lambda: data.load_array("x.csv"), ValueError, "from .npy or .npz"),
 ])
 def test_bad_input(call, error, match):
