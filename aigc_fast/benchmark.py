@@ -78,11 +78,8 @@ class TrainingStep:
         self.graph_peak_bytes: Optional[int] = None
 
     def __call__(self) -> Dict[str, float]:
-        metrics = self.trainer.train_step(self.images)  # .item() on the losses: the step has finished
-        self.trainer.scaler.update()
-        if self.trainer.device.type == "cuda":  # fp16's scale update is queued after those .item()s
-            torch.cuda.synchronize(self.trainer.device)
-        return metrics
+        # Reading the losses waits for the whole step, fp16's scale update included (queued before).
+        return self.trainer.train_step(self.images)
 
     def release_gradients(self) -> None:
         for part in self.trainer.modules().values():

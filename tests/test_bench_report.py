@@ -268,6 +268,15 @@ def test_a_step_benchmark_leaves_nothing_on_disk(tmp_path, monkeypatch):
     assert batch == 128 and not [p for p in tmp_path.iterdir() if p.name.startswith("aigc-fast")]
 
 
+def test_an_fp16_step_benchmark_runs_step_after_step():
+    """The timed step is the trainer's train_step, whose GradScaler update is part of it: an
+    update of its own on top had raised "No inf checks were recorded" at the first fp16 step."""
+    with pytest.warns(RuntimeWarning, match="precision='fp16' on a CPU"):
+        step, _ = benchmark.make_step("vae28", "eager", precision="fp16")
+    for _ in range(2):
+        assert all(map(torch.isfinite, map(torch.tensor, step().values())))
+
+
 def test_a_fused_step_without_kernels_refuses_to_time_the_reference(monkeypatch):
     """With no kernels for the device the trainers run the reference ops: a "fused" row would
     be plain PyTorch under the fused name (as from the source folder, or on an unbuilt GPU)."""
