@@ -52,8 +52,7 @@ at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bia
   if (bias.has_value()) {
     check_float_tensor(*bias, "bias");
     check_same_device(*bias, "bias", x, "x");
-    TORCH_CHECK(dim >= 0 && dim < x.dim(), "dim must index a dimension of x (", x.dim(),
-                "-d), got ", dim);
+    dim = wrap_channel_dim(dim, x, "x");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == x.size(dim), "bias must have shape [",
                 x.size(dim), "] (x.shape[", dim, "]), got ", bias->sizes());
     op.bias = bias->contiguous();
@@ -81,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> bias_act_backward_op(const at::Tensor& grad_y
   if (bias_dtype.has_value()) {
     TORCH_CHECK(is_supported_float(*bias_dtype), "bias_dtype must be float16, bfloat16, float32 or float64, got ",
                 *bias_dtype);
-    TORCH_CHECK(dim >= 0 && dim < y.dim(), "dim must index a dimension of y (", y.dim(), "-d), got ", dim);
+    dim = wrap_channel_dim(dim, y, "y");
     op.channels = y.size(dim);
     op.inner = channel_run(op.y, dim);
     op.sum_bias = true;

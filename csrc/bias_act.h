@@ -60,6 +60,14 @@ inline at::Tensor bias_grad_from(const at::Tensor& dz, int64_t dim, at::ScalarTy
   return (dims.empty() ? dz.clone() : dz.sum(dims)).to(bias_dtype);
 }
 
+// dim as an index of t's dimensions, a negative one counting from the end as in torch (so
+// the op takes what the Python wrapper and the fake kernels take); a clear error otherwise.
+inline int64_t wrap_channel_dim(int64_t dim, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(dim >= -t.dim() && dim < t.dim(), "dim must index a dimension of ", name, " (", t.dim(), "-d), got ",
+              dim);
+  return dim < 0 ? dim + t.dim() : dim;
+}
+
 // The activation named `act` (the names of aigc_fast/_activations.py); a clear error otherwise.
 Act parse_act(const std::string& act, double slope);
 
@@ -71,8 +79,10 @@ auto with_act(Act act, F&& f) {
     case Act::kRelu: return f(std::integral_constant<Act, Act::kRelu>{});
     case Act::kLeakyRelu: return f(std::integral_constant<Act, Act::kLeakyRelu>{});
     case Act::kTanh: return f(std::integral_constant<Act, Act::kTanh>{});
-    default: return f(std::integral_constant<Act, Act::kSigmoid>{});
+    case Act::kSigmoid: return f(std::integral_constant<Act, Act::kSigmoid>{});
   }
+  // (No default: the compiler names an activation added to the table but not here.)
+  TORCH_INTERNAL_ASSERT(false, "unknown activation");
 }
 
 void bias_act_cpu(BiasAct& op);

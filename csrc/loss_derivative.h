@@ -36,8 +36,9 @@ inline at::Tensor logit_term_grad(const at::Tensor& x, TermKind kind, double p) 
     case TermKind::kBce: return bce_grad(x, p);
     case TermKind::kSquare: return x.sub(p);
     case TermKind::kHinge: return at::threshold_backward(at::full_like(x, p), x.mul(p).add(1), 0);
-    default: return at::full_like(x, p);
+    case TermKind::kLinear: return at::full_like(x, p);
   }
+  TORCH_INTERNAL_ASSERT(false, "unknown loss term");  // (no default: see with_term_kind)
 }
 
 // d/dx and d/dt of recon_term(x, t): bce against a target probability, or squared error.

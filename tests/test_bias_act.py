@@ -129,6 +129,9 @@ def test_opcheck(dtype):
     y = aigc_fast.bias_act(x.detach(), bias.detach(), "sigmoid")
     torch.library.opcheck(ops.bias_act_backward, (torch.ones_like(y), y, 1, "sigmoid", 0.2, bias.dtype))
     torch.library.opcheck(ops.bias_act_backward, (torch.ones_like(y), y, 1, "tanh", 0.2, None))
+    # A negative dim counts from the end, in the op as in its fake kernel and the wrapper.
+    torch.library.opcheck(ops.bias_act, (x.detach().requires_grad_(), bias.detach().requires_grad_(), -3, "tanh", 0.2))
+    torch.library.opcheck(ops.bias_act_backward, (torch.ones_like(y), y, -3, "sigmoid", 0.2, bias.dtype))
 
 
 def test_torch_compile_fullgraph():
@@ -207,6 +210,7 @@ def test_nan_propagates():
         (lambda: aigc_fast.bias_act(torch.zeros(2, 3), None, "leaky_relu", negative_slope=float("nan")), ValueError, "negative_slope must be finite, got nan"),
         (lambda: aigc_fast.bias_act(torch.zeros(2, 3), None, "leaky_relu", negative_slope=None), TypeError, "negative_slope must be a number, got NoneType"),
         (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), torch.zeros(4), 1, "relu", 0.2), RuntimeError, r"bias must have shape \[3\]"),
+        (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), torch.zeros(3), -3, "relu", 0.2), RuntimeError, r"dim must index a dimension of x \(2-d\), got -3"),
         (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), None, 1, "gelu", 0.2), RuntimeError, "act must be one of"),
         (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), None, 1, "leaky_relu", float("inf")), RuntimeError, "negative_slope must be finite, got inf"),
         (lambda: torch.ops.aigc_fast.bias_act(torch.zeros(2, 3), None, 1, "leaky_relu", 1e39), RuntimeError, "negative_slope must fit in float32"),

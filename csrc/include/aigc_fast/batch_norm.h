@@ -1,9 +1,10 @@
 // The BatchNorm half of the fused bn_act op, written once for the CPU and CUDA kernels.
 //
-// Statistics: each tile (a few thousand elements, in cache) is reduced in two passes in
-// the math type (its mean, then the sum of squared deviations from that mean), and tiles
-// are merged in a fixed order with Chan et al.'s pairwise formula in float64. No sum of
-// squares is ever formed, so a channel with mean 1e4 and std 1 keeps its variance (the
+// Statistics: on the CPU each tile (a few thousand elements, in cache) is reduced in two
+// passes in the math type (its mean, then the sum of squared deviations from that mean);
+// on CUDA each thread keeps a Welford update (welford_push) over its elements, one pass.
+// Either way the partial results are merged in a fixed order with Chan et al.'s pairwise formula in float64. No sum of squares is
+// ever formed, so a channel with mean 1e4 and std 1 keeps its variance (the
 // naive E[x^2] - E[x]^2 loses every digit in float32).
 //
 // Forward: y = act((x - mean) * scale + beta), scale = gamma * invstd. Subtracting the mean

@@ -16,7 +16,8 @@
 
 namespace aigc_fast {
 
-// Reinterprets the bits of one 32-bit type as another (std::bit_cast, usable in device code).
+// Reinterprets the bits of one type as another of the same size (std::bit_cast, usable in
+// device code).
 template <typename To, typename From>
 AIGC_HD To bit_cast(From from) {
   static_assert(sizeof(To) == sizeof(From), "bit_cast needs types of the same size");
