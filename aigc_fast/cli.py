@@ -288,7 +288,8 @@ def _bench_ops(out: Path, selection: str) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # Run from the output folder: `python -m pytest` puts its working folder on sys.path, and
     # from the source folder that would import the uncompiled source instead of the package.
-    (out / "ops.json").unlink(missing_ok=True)  # never report an earlier run's results as this one's
+    for ext in ("json", "md", "csv", "png"):  # never leave an earlier run's results beside this one's
+        (out / f"ops.{ext}").unlink(missing_ok=True)
     done = subprocess.run([sys.executable, "-m", "pytest", *(str(Path(s).resolve()) for s in OP_SUITES), "-q",
                            "-p", "no:cacheprovider", "-k", selection, f"--benchmark-json={out / 'ops.json'}"], cwd=out)
     if done.returncode == 5:  # pytest: no test collected
@@ -298,6 +299,8 @@ def _bench_ops(out: Path, selection: str) -> int:
     with contextlib.suppress(OSError):  # pytest-benchmark's storage folder, empty unless asked to save runs
         (out / ".benchmarks").rmdir()
     if not (out / "ops.json").is_file():
+        print(f"aigc-fast bench: the op benchmarks wrote no results (pytest exit status {failed}: every case "
+              f"--ops-filter {selection!r} selects was skipped, e.g. a GPU-only size, or failed)", file=sys.stderr)
         return failed or 1
     with open(out / "ops.md", "w") as md:
         done = subprocess.run([sys.executable, "bench/report.py", str(out / "ops.json"), "--memory", "peak",
@@ -329,6 +332,9 @@ def _comma_list(choices: Tuple[str, ...]):
         unknown = [v for v in values if v not in choices]
         if unknown:
             raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))}: choose from {', '.join(choices)}")
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:  # (each case is one row of the table: a second would be refused after the timing)
+            raise argparse.ArgumentTypeError(f"{', '.join(map(repr, repeated))} given more than once")
         return values
 
     return parse

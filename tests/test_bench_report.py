@@ -107,6 +107,14 @@ def test_bench_refuses_unknown_choices(option, value, capsys):
     assert f"argument {option}: " in err and "choose from" in err
 
 
+def test_bench_refuses_a_repeated_choice(capsys):
+    from aigc_fast import cli
+
+    with pytest.raises(SystemExit) as stopped:  # two rows of one case: the table refused them after the timing
+        cli.main(["bench", "--providers", "fused,eager,fused"])
+    assert stopped.value.code == 2 and "'fused' given more than once" in capsys.readouterr().err
+
+
 def test_bench_arguments_are_checked_before_any_timing(tmp_path, capsys, monkeypatch):
     """One line and status 2, before minutes of timing are spent: a bad --repeats, a device
     this machine lacks, graph providers off the GPU, an --out that cannot be written."""
@@ -149,6 +157,20 @@ def test_bench_ops_end_to_end(tmp_path, monkeypatch):
     assert {(r["aigc_fast"], r["kernels"]) for r in rows} == {(aigc_fast.__version__, kernels)}  # as steps.csv
     assert "GB/s fused / copy" in (tmp_path / "ops.md").read_text()
     assert (tmp_path / "steps.csv").is_file() and not (tmp_path / ".benchmarks").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the selected sizes run on a GPU")
+def test_bench_ops_that_select_only_skipped_cases_say_so(tmp_path, monkeypatch, capsys):
+    """No results: a message, and no tables of an earlier run left beside this run's steps."""
+    pytest.importorskip("pytest_benchmark")
+    from aigc_fast.cli import main
+
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "ops.md").write_text("an earlier run's tables")
+    assert main(["bench", "--ops", "--ops-filter", "b2048", "--workloads", "vae28", "--providers", "fused",
+                 "--layouts", "nchw", "--repeats", "1", "--out", str(tmp_path)]) != 0
+    assert "the op benchmarks wrote no results" in capsys.readouterr().err
+    assert not (tmp_path / "ops.md").exists() and (tmp_path / "steps.csv").is_file()
 
 
 def test_profile_ops_table_on_cpu(capsys):
