@@ -154,7 +154,7 @@ def main(argv=None) -> int:
                                 ("providers", None, " (the +graph ones on a GPU; default fused,eager,compile, and "
                                  "on a GPU also fused+graph,eager+graph, the trainers' default there)"),
                                 ("precision", "fp32", ""), ("layouts", "nchw,channels_last", "")]:
-        bench.add_argument(f"--{name}", default=default, type=_comma_list(lists[name]),
+        bench.add_argument(f"--{name}", default=default, type=comma_list(lists[name]),
                            help=f"comma-separated, of {', '.join(lists[name])}{note}"
                                 + (f" (default {default})" if default else ""))
     bench.add_argument("--device", default="cpu")
@@ -324,9 +324,9 @@ def _bench_lists() -> Dict[str, Tuple[str, ...]]:
             "layouts": ("nchw", "channels_last")}
 
 
-def _comma_list(choices: Tuple[str, ...]):
-    """An argparse type: a comma-separated list, each value one of `choices` (argparse
-    reports any other with the usage line)."""
+def comma_list(choices: Tuple[str, ...]):
+    """An argparse type: a comma-separated list, each value one of `choices` once (argparse
+    reports any other with the usage line). The scripts in bench/ take their lists so too."""
     def parse(text: str) -> List[str]:
         values = text.split(",")
         unknown = [v for v in values if v not in choices]

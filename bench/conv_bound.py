@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from aigc_fast import benchmark
+from aigc_fast.cli import comma_list
 from profile_ops import machine, wall_ms
 
 SETTINGS = [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
@@ -70,7 +71,7 @@ def conv_transpose_ms(batch, side, precision, channels_last, rounds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default="dcgan28,vae28")
+    parser.add_argument("--workloads", default="dcgan28,vae28", type=comma_list(tuple(benchmark.WORKLOADS)))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch", type=int, default=64, help="the conv-transpose's batch")
     args = parser.parse_args(argv)
@@ -84,7 +85,7 @@ def main(argv=None):
     print("| workload | eager fp32 NCHW step | 2x allows | default step | its convolutions | the rest | "
           "default vs eager |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for workload in args.workloads.split(","):
+    for workload in args.workloads:
         eager, fused, conv = step_bound(workload, args.rounds)
         print(f"| {workload} | {eager:.1f} | {eager / 2:.1f} | {fused:.1f} | {conv:.1f} ({100 * conv / fused:.0f}%) "
               f"| {fused - conv:.1f} | {eager / fused:.2f}x |")

@@ -12,6 +12,7 @@ per run.
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from typing import Dict, List
 
@@ -59,4 +60,7 @@ def merge(rows: List[Dict[str, str]]) -> str:
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
+    missing = [name for name in sys.argv[1:] if not os.path.isfile(name)]
+    if missing:
+        sys.exit(f"merge_runs.py: no file {', '.join(missing)}")
     print(merge(read(sys.argv[1:])), end="")

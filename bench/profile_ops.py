@@ -174,12 +174,23 @@ def _short(name, width=48):
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """A device this machine has: torch's own error would come from inside the first op."""
+    if device not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU here")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every batch size")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    if args.repeats < 1 or args.scale <= 0:
+        parser.error(f"--repeats must be at least 1 and --scale positive, got {args.repeats} and {args.scale}")
     print(f"{machine(args.device)}, scale {args.scale}. One forward+backward per row.\n")
     print("| op | size | impl | wall ms | host ATen calls | kernels | kernel ms | longest kernels (us) |")
     print("|---|---|---|---:|---:|---:|---:|---|")

@@ -235,6 +235,9 @@ def main(argv=None):
     parser.add_argument("--runs", action="store_true",
                         help="the files are repeated runs of the same suites: merge them (see above)")
     args = parser.parse_args(argv)
+    missing = [name for name in args.json_files if not Path(name).is_file()]
+    if missing:
+        parser.error(f"no file {', '.join(missing)}")
     if args.runs and (args.csv or args.chart):
         parser.error("--runs prints the merged tables only; write a CSV or chart per run")
     if args.runs:

@@ -173,6 +173,28 @@ def test_bench_ops_that_select_only_skipped_cases_say_so(tmp_path, monkeypatch, 
     assert not (tmp_path / "ops.md").exists() and (tmp_path / "steps.csv").is_file()
 
 
+def bench_script(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # their `from profile_ops import ...`
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("conv_bound", ["--workloads", "foo"], "'foo': choose from dcgan28"),
+    ("profile_step", ["--providers", "fused,bogus"], "'bogus': choose from fused"),
+    ("profile_step", ["--device", "tpu"], "--device must be cpu or cuda"),
+    ("profile_ops", ["--repeats", "0"], "--repeats must be at least 1"),
+    ("report", ["no-such-run.json"], "no file no-such-run.json"),
+])
+def test_bench_scripts_refuse_bad_arguments_in_one_line(script, argv, message, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench_script(script, monkeypatch).main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in err and "Traceback" not in err
+
+
 def test_profile_ops_table_on_cpu(capsys):
     """bench/profile_ops.py profiles every op, fused and eager, and the counts mean
     something: the fused ops with many eager steps make fewer host ATen calls."""
