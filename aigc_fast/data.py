@@ -200,6 +200,11 @@ def to_model_range(images: torch.Tensor, kind: str) -> torch.Tensor:
         unit = images.float()
     else:
         raise TypeError(f"images must be uint8 or float, got {images.dtype}")
+    return _in_model_range(unit, kind)
+
+
+def _in_model_range(unit: torch.Tensor, kind: str) -> torch.Tensor:
+    """Images in [0, 1] in the model's range: [-1, 1] for a GAN's tanh, [0, 1] for a VAE's BCE."""
     return unit * 2 - 1 if kind == "gan" else unit
 
 
@@ -277,7 +282,7 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
     if len(images) == 0:
         raise ValueError("no images to train on")
     unit = fit_size(to_model_range(images, "vae"), image_size, channels)  # resized in [0, 1]
-    return ImageData(unit * 2 - 1 if kind == "gan" else unit, labels, flip=flip)
+    return ImageData(_in_model_range(unit, kind), labels, flip=flip)
 
 
 def holdout_split(n: int, holdout: float) -> Tuple[torch.Tensor, torch.Tensor]:
