@@ -260,7 +260,7 @@ def _warn_of_other_data(args) -> None:
     """--data is for a run that did not record its data. Given for one that did, it is used
     (the recorded folder may have moved), but said: its held-out split is not the images the
     run never trained on, so the numbers measure something else."""
-    from .train.trainer import _recorded_data
+    from .train.resume import _recorded_data
 
     if args.data is None:
         return
