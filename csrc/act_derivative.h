@@ -9,7 +9,7 @@
 
 #include <string>
 
-#include "bias_act.h"
+#include "channel_act.h"
 
 namespace aigc_fast {
 

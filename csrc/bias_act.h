@@ -10,7 +10,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "aigc_fast/activations.h"
+#include "channel_act.h"
 
 namespace aigc_fast {
 
@@ -66,23 +66,6 @@ inline int64_t wrap_channel_dim(int64_t dim, const at::Tensor& t, const char* na
   TORCH_CHECK(dim >= -t.dim() && dim < t.dim(), "dim must index a dimension of ", name, " (", t.dim(), "-d), got ",
               dim);
   return dim < 0 ? dim + t.dim() : dim;
-}
-
-// The activation named `act` (the names of aigc_fast/_activations.py); a clear error otherwise.
-Act parse_act(const std::string& act, double slope);
-
-// Calls f with the activation as a compile-time constant.
-template <typename F>
-auto with_act(Act act, F&& f) {
-  switch (act) {
-    case Act::kIdentity: return f(std::integral_constant<Act, Act::kIdentity>{});
-    case Act::kRelu: return f(std::integral_constant<Act, Act::kRelu>{});
-    case Act::kLeakyRelu: return f(std::integral_constant<Act, Act::kLeakyRelu>{});
-    case Act::kTanh: return f(std::integral_constant<Act, Act::kTanh>{});
-    case Act::kSigmoid: return f(std::integral_constant<Act, Act::kSigmoid>{});
-  }
-  // (No default: the compiler names an activation added to the table but not here.)
-  TORCH_INTERNAL_ASSERT(false, "unknown activation");
 }
 
 void bias_act_cpu(BiasAct& op);

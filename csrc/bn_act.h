@@ -11,7 +11,7 @@
 #include <type_traits>
 
 #include "aigc_fast/batch_norm.h"
-#include "bias_act.h"  // with_act
+#include "channel_act.h"
 #include "math_type.h"
 #include "tensor_ref.h"
 
@@ -139,16 +139,6 @@ struct ChannelStats {
   BnForwardChannels step{};
 };
 
-// y = act((x - mean) * scale + beta) per channel, or act(x + beta) without kAffine (bias_act).
-struct ChannelAffineAct {
-  at::Tensor x;
-  int64_t channels, inner;
-  at::Tensor mean, scale, beta;  // [channels] in the math type (mean, scale undefined: bias only)
-  Act act;
-  double slope;
-  at::Tensor y;  // laid out like x
-};
-
 // The bn_act backward: two passes (per-channel sums, then dx), with the coefficients of
 // batch_norm.h.
 struct BnActGrad {
@@ -205,18 +195,16 @@ void with_grad_kernel(const BnActGrad& op, const F& f) {
 }
 
 // channel_stats: the statistics and step (training). forward_channels: the step alone
-// (eval). bn_act_sums: the backward's sums and step; backward_channels: the step alone,
+// (eval); then channel_affine_act (channel_act.h) normalizes. bn_act_sums: the backward's sums and step; backward_channels: the step alone,
 // with zero sums (no sum needed: eval, dx only).
 void channel_stats_cpu(ChannelStats& op);
 void forward_channels_cpu(const BnForwardChannels& step, int64_t channels);
-void channel_affine_act_cpu(ChannelAffineAct& op, bool affine);
 void bn_act_sums_cpu(BnActGrad& op);
 void backward_channels_cpu(const BnBackwardChannels& step, int64_t channels);
 void bn_act_grad_input_cpu(BnActGrad& op);
 #ifdef AIGC_FAST_WITH_CUDA
 void channel_stats_cuda(ChannelStats& op);
 void forward_channels_cuda(const BnForwardChannels& step, int64_t channels);
-void channel_affine_act_cuda(ChannelAffineAct& op, bool affine);
 void bn_act_sums_cuda(BnActGrad& op);
 void backward_channels_cuda(const BnBackwardChannels& step, int64_t channels);
 void bn_act_grad_input_cuda(BnActGrad& op);

@@ -2,10 +2,11 @@
 // act((x - mean) * scale + beta), walked by map_channels (channel_walk.h) over the shared
 // formulas of batch_norm.h and activations.h.
 #include "../bias_act.h"
-#include "../bn_act.h"
+#include "../math_type.h"
 
 #include <ATen/ops/zeros.h>
 
+#include "aigc_fast/batch_norm.h"
 #include "channel_walk.h"
 #include "isa.h"
 #include "tiles.h"

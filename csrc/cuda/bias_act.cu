@@ -6,8 +6,9 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "../bias_act.h"
-#include "../bn_act.h"
+#include "../math_type.h"
 #include "../tensor_ref.h"
+#include "aigc_fast/batch_norm.h"
 #include "launch.cuh"
 
 namespace aigc_fast {
