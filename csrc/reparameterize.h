@@ -31,9 +31,15 @@ struct ReparamBackward {
   // The source of std * eps: explicit eps, the regenerated noise of `seed`, or z - mu (with
   // `seed` too: its noise where z - mu loses precision, see recovery_is_lossy).
   std::optional<at::Tensor> eps, seed, z;
-  at::Tensor grad_mu, grad_logvar, grad_eps;  // outputs (undefined when not asked)
+  at::Tensor grad_mu, grad_logvar, grad_eps;  // outputs (empty when not asked)
   RowTiles tiles;
 };
+
+// An output's data, or null for one not asked for (an empty tensor): the kernels skip it.
+template <typename scalar_t>
+scalar_t* data_or_null(const at::Tensor& t) {
+  return t.numel() > 0 ? t.mutable_data_ptr<scalar_t>() : nullptr;
+}
 
 void reparameterize_forward_cpu(ReparamForward& op);
 void reparameterize_backward_cpu(ReparamBackward& op);

@@ -136,11 +136,6 @@ AIGC_CPU_CLONES bool backward_tile(const T* g, T gk, const T* mu, const T* logva
   return lossy != 0;
 }
 
-template <typename scalar_t>
-scalar_t* data_or_null(const at::Tensor& t) {
-  return t.numel() > 0 ? t.mutable_data_ptr<scalar_t>() : nullptr;
-}
-
 // A named pair, not a structured binding: lambdas capture bindings only from clang 16 on.
 struct PhiloxKey {
   uint64_t seed = 0, offset = 0;

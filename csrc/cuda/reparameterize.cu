@@ -122,11 +122,6 @@ const scalar_t* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<scalar_t>() : nullptr;
 }
 
-template <typename scalar_t>
-scalar_t* ptr_if_used(const at::Tensor& t) {
-  return t.numel() > 0 ? t.mutable_data_ptr<scalar_t>() : nullptr;
-}
-
 }  // namespace
 
 void reparameterize_forward_cuda(ReparamForward& op) {
@@ -161,8 +156,8 @@ void reparameterize_backward_cuda(ReparamBackward& op) {
         op.grad_z.const_data_ptr<scalar_t>(), op.grad_kl.has_value() ? op.grad_kl->const_data_ptr<T>() : nullptr,
         op.mu.const_data_ptr<scalar_t>(), op.logvar.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(op.eps),
         ptr_or_null<scalar_t>(op.z), op.seed.has_value() ? op.seed->const_data_ptr<int64_t>() : nullptr,
-        op.tiles, ptr_if_used<scalar_t>(op.grad_mu), ptr_if_used<scalar_t>(op.grad_logvar),
-        ptr_if_used<scalar_t>(op.grad_eps));
+        op.tiles, data_or_null<scalar_t>(op.grad_mu), data_or_null<scalar_t>(op.grad_logvar),
+        data_or_null<scalar_t>(op.grad_eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
