@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "device_kernel.h"
 #include "layout.h"
 
 namespace aigc_fast {
@@ -50,7 +51,8 @@ void write_back(const std::optional<at::Tensor>& buffer, const at::Tensor& dense
   if (buffer.has_value() && !dense.is_same(*buffer)) buffer->copy_(dense);
 }
 
-// The kernels of one device, chosen once per call from the tensor they read.
+// The kernels of one device, chosen once per call from the tensor they read (a table, not
+// run_on_device: a call runs several kernels of different signatures).
 struct Kernels {
   void (*stats)(ChannelStats&);
   void (*forward_channels)(const BnForwardChannels&, int64_t);
@@ -67,6 +69,8 @@ const Kernels& kernels_for(const at::Tensor& t) {
   static const Kernels cuda{channel_stats_cuda, forward_channels_cuda, channel_affine_act_cuda,
                             bn_act_sums_cuda,   backward_channels_cuda, bn_act_grad_input_cuda};
   if (t.is_cuda()) return cuda;
+#else
+  if (t.is_cuda()) fail_without_cuda_kernels();
 #endif
   return cpu;
 }

@@ -22,15 +22,20 @@ struct KernelOf {
   using type = void (*)(Op&);
 };
 
-// Runs cuda(op) for a CUDA tensor, else cpu(op). A build without CUDA kernels registers no
-// CUDA implementation of any op, so a CUDA tensor reaches this only through a bug; the
-// check says so rather than calling a null pointer.
+// A build without CUDA kernels registers no CUDA implementation of any op, so a CUDA tensor
+// reaches a kernel choice there only through a bug: this says so, rather than calling a
+// null pointer or running a CPU kernel on GPU memory.
+inline void fail_without_cuda_kernels() {
+  TORCH_CHECK(false, "aigc_fast was built without its CUDA kernels; reinstall it where nvcc and a CUDA build of "
+              "torch are present");
+}
+
+// Runs cuda(op) for a CUDA tensor, else cpu(op).
 template <typename Op>
 void run_on_device(const at::Tensor& on, Op& op, typename KernelOf<Op>::type cpu,
                    typename KernelOf<Op>::type cuda) {
   if (on.is_cuda()) {
-    TORCH_CHECK(cuda != nullptr, "aigc_fast was built without its CUDA kernels; reinstall it where nvcc and "
-                "a CUDA build of torch are present");
+    if (cuda == nullptr) fail_without_cuda_kernels();
     cuda(op);
   } else {
     cpu(op);
