@@ -211,9 +211,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
   op.inner = inner_of(op.y);
   op.act = parse_act(act, negative_slope);
   op.slope = negative_slope;
-  // batch_norm.h: S = mean; or beta in the memory-saving mode.
-  op.shift = mean.to(math.dtype()).contiguous();  // kernels read [channels] vectors densely
-  if (!x.has_value()) {
+  // batch_norm.h: S = mean; or beta in the memory-saving mode. Kernels read [channels]
+  // vectors densely, in the math type.
+  if (x.has_value()) {
+    op.shift = mean.to(math.dtype()).contiguous();
+  } else {
     check_memory_saving_mode(op.act, act, negative_slope, y.scalar_type());
     op.shift = bias.has_value() ? bias->to(math.dtype()).contiguous() : at::zeros({channels}, math);
   }
