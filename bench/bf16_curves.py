@@ -1,4 +1,4 @@
-"""Training curves of bf16 autocast against fp32 on the same seed: the plot in the README
+"""Training curves of bf16 autocast against fp32 on the same seed: the plot in docs/benchmarks.md
 (docs/bf16-vs-fp32-curves.png), from four runs made with
 
     for p in fp32 bf16; do
@@ -8,7 +8,7 @@
     done
     python bench/bf16_curves.py runs docs/bf16-vs-fp32-curves.png
 
-The README's runs (2026-12-01) keep their logs: python bench/bf16_curves.py bench/results/bf16-curves out.png
+The plotted runs (2026-12-01) keep their logs: python bench/bf16_curves.py bench/results/bf16-curves out.png
 """
 
 import json

@@ -10,7 +10,7 @@ backward, in each setting: how much bf16 and channels_last give on this CPU.
 
 The steps here run as a training loop runs them: only these two, each timed right after an
 untimed step of its own. On the 2-core EPYC their ratio came out 4-10% higher this way
-than among `aigc-fast bench`'s interleaved cases (README; bench/results/harness-ab-*).
+than among `aigc-fast bench`'s interleaved cases (docs/benchmarks.md; bench/results/harness-ab-*).
 
     python bench/conv_bound.py                         (Markdown on stdout)
     python bench/conv_bound.py --workloads vae28 --rounds 5

@@ -1,5 +1,5 @@
-"""Turns pytest-benchmark JSON files of the op suites into the Markdown tables the README
-shows, and optionally a CSV (one row per measurement, with the machine) and a PNG chart
+"""Turns pytest-benchmark JSON files of the op suites into the Markdown tables that
+docs/benchmarks.md shows, and optionally a CSV (one row per measurement, with the machine) and a PNG chart
 (speed-up over eager and peak memory over eager, forward+backward, per op and size).
 
     python bench/report.py bench/results/ops-cpu.json

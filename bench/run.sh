@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark runs behind the README's tables, on this machine, into OUT:
+# The benchmark runs behind the tables of docs/benchmarks.md, on this machine, into OUT:
 #   OUT/ops.{json,md,csv,png}   every op suite (the batch-128 conv blocks included)
 #   OUT/steps.{csv,md,png}      the 28x28 training steps, fp32 and bf16, NCHW and channels_last,
 #                               every CPU provider, with the profile breakdown
@@ -10,7 +10,7 @@
 #
 # Well over 15 minutes on a 2-core CPU; leave the machine otherwise idle while it runs.
 # PYTHON: the interpreter with aigc_fast, for the scripts (default python3).
-# (The README's 28x28 table is the middle of three such runs' medians.)
+# (The 28x28 table of docs/benchmarks.md is the middle of three such runs' medians.)
 set -euo pipefail
 OUT=${1:-bench-results}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # relative to the caller, before the cd below

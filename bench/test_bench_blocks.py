@@ -125,7 +125,7 @@ def test_post(benchmark, device, batch, name, layout, provider):
     bn = nn.BatchNorm2d(out_ch).to(device)
     # Activation-sized streams bn_act moves: statistics 1, normalize 2, the backward's sums 2
     # and the input gradient 3 on the CPU, whose backward reads no y for relu and leaky_relu;
-    # sums 3 and input gradient 4 on CUDA, whose kernels still read y (README, "bn_act").
+    # sums 3 and input gradient 4 on CUDA, whose kernels still read y (docs/api.md, "bn_act").
     moved = (8 if device == "cpu" else 10) * nbytes(h)
     if provider == "copy":
         step = copy_floor(moved, device)

@@ -21,7 +21,7 @@ std::string cpu_isa() {
   if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
   if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2+FMA)";
   return "x86-64 (SSE2)";
-#elif defined(__clang__)  // correct, but slower (README, "Install")
+#elif defined(__clang__)  // correct, but slower (docs/install.md)
   return "clang build (no per-CPU clones: on x86-64 a g++ build measured 3-14x faster)";
 #elif defined(__x86_64__)
   return "x86-64 (SSE2, for every CPU: the AVX2 and AVX-512 clones need g++ on Linux)";

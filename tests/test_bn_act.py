@@ -266,7 +266,7 @@ def test_memory_efficient_mode_in_each_dtype_it_takes(act, dtype, training):
 
 @pytest.mark.parametrize("gamma, beta, dx_tol", [(1.0, 0.0, 1e-6), (10.0, 10.0, 0.1)])
 def test_memory_efficient_tanh_as_pre_activations_saturate(gamma, beta, dx_tol):
-    """The README's figures: float32 x-hat recomputed from a tanh output near +-1 loses the
+    """docs/api.md's figures: float32 x-hat recomputed from a tanh output near +-1 loses the
     input gradient's digits (gamma = beta = 10, max |z| 52 here: 2%, normwise), but the
     weight and bias gradients, weighted by tanh's derivative, keep theirs; unsaturated
     (gamma = 1, beta = 0), dx keeps all."""
@@ -281,7 +281,7 @@ def test_memory_efficient_tanh_as_pre_activations_saturate(gamma, beta, dx_tol):
     errors = [((l.double() - e).norm() / e.norm()).item() for l, e in zip(grads["lean"], grads["exact"])]
     assert errors[0] < dx_tol and errors[1] < 1e-5 and errors[2] < 1e-5, errors
     if gamma == 10.0:
-        assert errors[0] > 1e-3, "x-hat past saturation came back exact: update the README's figures"
+        assert errors[0] > 1e-3, "x-hat past saturation came back exact: update the figures of docs/api.md"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -524,7 +524,7 @@ def test_nan_stays_in_its_channel():
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_eval_with_a_zero_variance_and_eps_0_gives_the_limit(layout):
     """1/sqrt(0 + 0) is inf: (x - mean) * inf is +-inf off the mean (NaN at it), where ATen's
-    x * scale + shift gives NaN above the mean (inf - inf). README, bn_act."""
+    x * scale + shift gives NaN above the mean (inf - inf). docs/api.md, bn_act."""
     x, _ = data((2, 3, 4, 4))
     x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
     mean = torch.tensor([0.5, -1.0, 0.0])

@@ -66,7 +66,7 @@ def test_image_folder(tmp_path):
 
 @needs["PIL"]
 def test_image_folders_center_crop_and_gray_by_luminance(tmp_path):
-    """The README's reading of a photo: the shorter side resized, the middle cropped (a
+    """The API reference's reading of a photo: the shorter side resized, the middle cropped (a
     stretch would keep the white side bands: mean 0.5); colour to gray by luminance (pure
     red is 0.299 of white, not a third and not its first channel)."""
     from PIL import Image

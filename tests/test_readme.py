@@ -1,4 +1,5 @@
-"""The README's quick start runs as written (with the kernels, and with the references)."""
+"""The README's quick start and the API reference's examples run as written (with the
+kernels, and with the references)."""
 
 import os
 import re
@@ -8,6 +9,7 @@ import pytest
 import aigc_fast
 
 README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+API_DOC = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "api.md")
 
 
 def quick_start_code():
@@ -27,16 +29,16 @@ def test_quick_start_runs(impl):
 
 
 def section_code(heading: str) -> str:
-    text = open(README).read()
-    section = text.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    text = open(API_DOC).read()
+    section = text.split("\n" + heading, 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert blocks, f"the README's {heading!r} has no python block"
+    assert blocks, f"docs/api.md's {heading!r} has no python block"
     return "\n".join(blocks)
 
 
-@pytest.mark.parametrize("heading", ["### Conv blocks", "### Models", "### Choosing the implementation"])
+@pytest.mark.parametrize("heading", ["## Conv blocks", "## Models", "## Choosing the implementation"])
 def test_api_examples_run_as_written(heading):
-    """The API sections' examples, self-contained (the data and training ones need MNIST and
-    minutes; the CLI tests run those paths)."""
-    exec(compile(section_code(heading), f"README.md {heading}", "exec"), {})
+    """The API reference's examples, self-contained (the data and training ones need MNIST
+    and minutes; the CLI tests run those paths)."""
+    exec(compile(section_code(heading), f"docs/api.md {heading}", "exec"), {})
     assert aigc_fast.get_impl() is None  # the example restores the default it changed

@@ -203,7 +203,7 @@ def test_backward_regenerates_the_noise_where_z_minus_mu_would_lose_it(dtype, fa
 
 @pytest.mark.parametrize("dtype, bound", [(torch.float32, 2.0**-16), (torch.float64, 2.0**-45)])
 def test_dlogvar_error_bound_over_every_ratio_of_mu_to_std(dtype, bound):
-    """README, "Backward": dlogvar's error stays within 2^-16 (float32) / 2^-45 (float64) of
+    """docs/api.md, "Backward": dlogvar's error stays within 2^-16 (float32) / 2^-45 (float64) of
     its scale |g| std / 2 whether it comes from z - mu or from the regenerated noise, at
     every |mu| / std from 1 to 2^60 (float64 allowed 2^-16 until the cut-off moved)."""
     n = 20000
@@ -282,14 +282,14 @@ def test_torch_compile_fullgraph_draws_fresh_noise():
     assert not torch.equal(z1, z2)
     torch.testing.assert_close(kl1, kl2)
     torch.testing.assert_close(kl1, ref_reparameterize(mu, logvar, return_kl=True)[1].sum())
-    # The same draws as eager code for the same seed (README, API), value for value.
+    # The same draws as eager code for the same seed (docs/api.md, reparameterize), value for value.
     torch.manual_seed(5)
     assert torch.equal(z1, aigc_fast.reparameterize(mu, logvar) * 2)
     assert torch.equal(z2, aigc_fast.reparameterize(mu, logvar) * 2)
 
 
 def test_compiled_noise_after_another_random_op_matches_eager_with_fallback_random():
-    """As the README says: inductor seeds the random ops it generates from the default
+    """As docs/api.md says: inductor seeds the random ops it generates from the default
     generator when the graph starts, which moves the op's draw (on torch 2.14 the z then
     differs); fallback_random keeps eager's order, and the same z."""
     mu, logvar, _ = inputs((32, 8), torch.float32, seed=9)

@@ -121,7 +121,7 @@ def generate_unit(trainer: _Trainer, n: int, *, seed: Union[int, torch.Generator
 
 def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, device: Optional[str] = None,
              seed: int = 12345, nll_samples: int = 100, write: bool = True) -> Dict[str, float]:
-    """The run's metrics (see the README's table of what each means). n: images to generate
+    """The run's metrics (docs/api.md's table says what each means). n: images to generate
     (default: as many as the real training images)."""
     if n is not None and n < 2:
         raise ValueError(f"n must be at least 2 generated images (FID needs 2 to fit a covariance), got {n}")

@@ -52,11 +52,11 @@ AIGC_HD bool recovery_is_lossy(double z, double logvar) {
   return static_cast<double>(exponent) - 0.72134752044448170 * logvar > 8.0;
 }
 
-// `std_eps` is std * eps: either computed from eps, or recovered as z - mu (see the README
-// section on precision for when each is used). gk is 0 when no KL gradient flows; its term
-// is then left out rather than multiplied by 0, since std^2 overflows float32 from logvar ~
-// 88.7 on, where z (finite up to logvar ~ 177) still has a finite gradient and 0 * inf
-// would be NaN.
+// `std_eps` is std * eps: either computed from eps, or recovered as z - mu (docs/api.md,
+// "Backward: the noise is never stored", says when each is used). gk is 0 when no KL
+// gradient flows; its term is then left out rather than multiplied by 0, since std^2
+// overflows float32 from logvar ~ 88.7 on, where z (finite up to logvar ~ 177) still has a
+// finite gradient and 0 * inf would be NaN.
 template <typename T>
 AIGC_HD T grad_logvar(T g, T std_eps, T gk, T logvar, T std) {
   const T from_kl = gk == T(0) ? T(0) : gk * kl_normal_grad_logvar(logvar, std * std);
