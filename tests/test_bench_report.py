@@ -212,9 +212,11 @@ def test_profile_ops_table_on_cpu(capsys):
 
 
 def test_conv_bound_tables_on_cpu(capsys, monkeypatch):
-    """bench/conv_bound.py: the default step's convolution time is a real part of the step
-    (more than nothing, less than the step), the rest is the difference, and the
-    conv-transpose is timed in every setting at both input sizes."""
+    """bench/conv_bound.py: the default step's convolution time is measured (more than
+    nothing), the rest is the difference, and the conv-transpose is timed in every setting
+    at both input sizes. (Not that the convolutions take less than the step: the two are
+    timed in different steps, and on a busy host the profiled ones ran slower, 73 against
+    70 ms, in CI.)"""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))  # its `from profile_ops import ...`
     spec = importlib.util.spec_from_file_location("conv_bound", ROOT / "bench" / "conv_bound.py")
     module = importlib.util.module_from_spec(spec)
@@ -224,7 +226,7 @@ def test_conv_bound_tables_on_cpu(capsys, monkeypatch):
             if line.startswith("| ") and "---" not in line]
     step = next(row for row in rows if row[0] == "vae28")
     eager, budget, default, conv, rest = (float(cell.split()[0]) for cell in step[1:6])
-    assert budget == pytest.approx(eager / 2, abs=0.06) and 0 < conv < default
+    assert budget == pytest.approx(eager / 2, abs=0.06) and conv > 0
     assert rest == pytest.approx(default - conv, abs=0.11)
     sizes = [row for row in rows if "->" in row[0]]
     assert [row[0] for row in sizes] == ["7x7 -> 14x14", "8x8 -> 16x16"]
