@@ -168,7 +168,9 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     }
     at::Tensor factor = grad_loss;
     if (grad_loss.dim() == 1) factor = along_dim(grad_loss, grad, 0);  // one loss per sample
-    return sole_reader ? grad.mul_(factor) : grad.mul(factor).to(grad.scalar_type());
+    // In place only with a plain factor: a batched one (autograd.grad's is_grads_batched,
+    // jacobian(vectorize=True)) holds a gradient per batch entry, more than grad can.
+    return sole_reader && is_plain(grad_loss) ? grad.mul_(factor) : grad.mul(factor).to(grad.scalar_type());
   }
 
   // Whether t is an ordinary CPU or CUDA tensor: not a functorch wrapper or a tensor traced

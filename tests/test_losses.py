@@ -494,6 +494,26 @@ def test_backward_twice_with_retain_graph():
             torch.testing.assert_close(t.grad, 2 * g)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_batched_backward_passes_match_the_reference(reduction):
+    """autograd.grad(is_grads_batched=True) and jacobian(vectorize=True) vmap the backward:
+    the batched factor holds a gradient per batch entry, more than the saved gradient can
+    take in place (the fused losses raised there unless the graph was retained)."""
+    real, fake = (randn(5, seed=s, dtype=torch.float64).requires_grad_() for s in (30, 31))
+    recon, target, mu, logvar = (t.requires_grad_() for t in vae_inputs(torch.float64, batch=3, image=(4,), latent=2))
+    for impl in ("fused", "reference"):
+        loss = aigc_fast.gan_d_loss(real, fake, impl=impl)
+        (batched,) = torch.autograd.grad(loss, real, torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64),
+                                         is_grads_batched=True)
+        (single,) = torch.autograd.grad(aigc_fast.gan_d_loss(real, fake, impl=impl), real)
+        torch.testing.assert_close(batched, torch.stack([single, 2 * single, -single]))
+    jacobians = [torch.autograd.functional.jacobian(
+        lambda r, m: aigc_fast.vae_loss(r, target, m, logvar, reduction=reduction, impl=impl)[0], (recon, mu),
+        vectorize=True) for impl in ("fused", "reference")]
+    for fused, reference in zip(*jacobians):
+        torch.testing.assert_close(fused, reference)
+
+
 @pytest.mark.parametrize("weight", [1.0, 3.0, "per sample"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_last_backward_scales_the_saved_gradient_in_place(weight, dtype):
