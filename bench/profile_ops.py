@@ -175,11 +175,16 @@ def _short(name, width=48):
 
 
 def check_device(parser: argparse.ArgumentParser, device: str) -> None:
-    """A device this machine has: torch's own error would come from inside the first op."""
+    """A device this machine has (the trainers' check): torch's own error would come from
+    inside the first op."""
+    from aigc_fast.train.trainer import _check_device
+
     if device not in ("cpu", "cuda"):
         parser.error(f"--device must be cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA GPU here")
+    try:
+        _check_device(device)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def main(argv=None):
