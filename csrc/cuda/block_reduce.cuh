@@ -2,14 +2,15 @@
 // 0 in warp order), so CUDA reductions are bit-reproducible run to run: no atomics.
 #pragma once
 
+#include "launch.cuh"
+
 namespace aigc_fast {
 
-constexpr int kMaxThreads = 256;
-
-// The block's total in thread 0 (other threads get 0). Every thread of the block must call.
+// The block's total in thread 0 (other threads get 0). Every thread of the block (at most
+// kThreads) must call.
 template <typename T>
 __device__ T block_sum(T value) {
-  __shared__ T warp_sums[kMaxThreads / 32];
+  __shared__ T warp_sums[kThreads / 32];
   for (int delta = 16; delta > 0; delta /= 2) value += __shfl_down_sync(0xffffffffu, value, delta);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) warp_sums[warp] = value;

@@ -26,7 +26,7 @@
 namespace aigc_fast {
 namespace {
 
-static_assert((kMaxThreads & (kMaxThreads - 1)) == 0, "the stats kernel's tree merge halves the block");
+static_assert((kThreads & (kThreads - 1)) == 0, "the stats kernel's tree merge halves the block");
 constexpr int64_t kPerSplit = 16384;  // elements of one channel per block, at least
 constexpr int64_t kMaxSplits = 256;
 
@@ -54,7 +54,7 @@ ChannelSlices slices_of(int64_t numel, int64_t channels, int64_t inner) {
 // channel far from zero keeps its variance. Out: 3 doubles per (channel, split).
 template <typename T>
 __global__ void stats_kernel(Ref x, ChannelSlices s, double* partials) {
-  __shared__ double counts[kMaxThreads], means[kMaxThreads], m2s[kMaxThreads];
+  __shared__ double counts[kThreads], means[kThreads], m2s[kThreads];
   const int64_t c = blockIdx.x, split = blockIdx.y;  // channels on x: up to 2^31 - 1 of them
   T n = 0, mean = 0, m2 = 0;
   const int64_t end = s.begin(split + 1);
@@ -97,9 +97,9 @@ constexpr int64_t kRowKernelsFrom = int64_t(1) << 23;
 bool use_row_kernels(int64_t inner, int64_t numel) { return inner == 1 && numel > kRowKernelsFrom; }
 
 // The row kernels' block: 32 channels (one warp's lanes) by kRowLanes rows.
-constexpr int kRowLanes = kMaxThreads / 32;
+constexpr int kRowLanes = kThreads / 32;
 constexpr int64_t kRowsPerSplit = 64;  // rows of one split, at least
-static_assert(kRowLanes * 32 == kMaxThreads, "the row kernels' block is kMaxThreads threads");
+static_assert(kRowLanes * 32 == kThreads, "the row kernels' block is kThreads threads");
 
 // [rows, channels] with channels innermost: splits of the rows, as ChannelSlices splits a
 // channel (per_channel = rows).
@@ -265,8 +265,6 @@ GradParams grad_params(const BnActGrad& op) {
   return GradParams{optional_ref(op.shift), optional_ref(op.a), optional_ref(op.b), optional_ref(op.c)};
 }
 
-int merge_blocks(int64_t channels) { return static_cast<int>((channels + kThreads - 1) / kThreads); }
-
 // The reductions give each channel a column of blocks: gridDim.x caps the channels.
 void check_channel_grid(int64_t channels) {
   TORCH_CHECK(channels <= std::numeric_limits<int32_t>::max(), "bn_act on CUDA takes at most 2^31 - 1 channels, got ",
@@ -288,11 +286,11 @@ void channel_stats_cuda(ChannelStats& op) {
     if (rows) {
       stats_rows_kernel<T><<<row_grid(s), dim3(32, kRowLanes), 0, stream>>>(ref(op.x), s, out);
     } else {
-      stats_kernel<T><<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(ref(op.x), s, out);
+      stats_kernel<T><<<dim3(op.channels, s.splits), kThreads, 0, stream>>>(ref(op.x), s, out);
     }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  stats_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(
+  stats_merge_kernel<<<blocks_covering(op.channels), kThreads, 0, stream>>>(
       partials.const_data_ptr<double>(), op.channels, s.splits, ref(op.x), op.x.numel(), op.inner, op.step);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -300,7 +298,7 @@ void channel_stats_cuda(ChannelStats& op) {
 // The per-channel steps carry raw pointers only: the caller (bn_act_op, bn_act_backward_op)
 // holds the DeviceGuard of x's device, so the current stream is that device's.
 void forward_channels_cuda(const BnForwardChannels& step, int64_t channels) {
-  forward_channels_kernel<<<merge_blocks(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step, channels);
+  forward_channels_kernel<<<blocks_covering(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step, channels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -321,18 +319,18 @@ void bn_act_sums_cuda(BnActGrad& op) {
       sums_rows_kernel<kFrom, kAct, T><<<row_grid(s), dim3(32, kRowLanes), 0, stream>>>(
           ref(op.grad_y), ref(op.y), x, grad_params(op), s, static_cast<T>(op.slope), out);
     } else {
-      sums_kernel<kFrom, kAct, T><<<dim3(op.channels, s.splits), kMaxThreads, 0, stream>>>(
+      sums_kernel<kFrom, kAct, T><<<dim3(op.channels, s.splits), kThreads, 0, stream>>>(
           ref(op.grad_y), ref(op.y), x, grad_params(op), s, static_cast<T>(op.slope), out);
     }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  sums_merge_kernel<<<merge_blocks(op.channels), kThreads, 0, stream>>>(partials.const_data_ptr<double>(),
+  sums_merge_kernel<<<blocks_covering(op.channels), kThreads, 0, stream>>>(partials.const_data_ptr<double>(),
                                                                         op.channels, s.splits, op.step);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void backward_channels_cuda(const BnBackwardChannels& step, int64_t channels) {
-  backward_channels_kernel<<<merge_blocks(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step, channels);
+  backward_channels_kernel<<<blocks_covering(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step, channels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -1,4 +1,4 @@
-// Launch shapes shared by the elementwise CUDA kernels (and the math-type switch, math_type.h).
+// Launch shapes shared by the CUDA kernels (and the math-type switch, math_type.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,14 +10,24 @@
 namespace aigc_fast {
 namespace {
 
+// A block's threads: every launch uses this many, or fewer (reparameterize's short rows);
+// block_sum's scratch is sized for it.
 constexpr int kThreads = 256;
 
-// Enough blocks to fill the GPU (16 per SM) for a grid-stride loop over n elements.
-int grid_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  const int64_t max_blocks = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 16;
-  return static_cast<int>(blocks < max_blocks ? (blocks > 0 ? blocks : 1) : max_blocks);
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks of kThreads covering n items, one thread each.
+int blocks_covering(int64_t n) { return static_cast<int>(ceil_div(n, kThreads)); }
+
+// `blocks`, capped at `per_sm` blocks per SM (and at least one): enough to fill the GPU, with
+// the kernels' grid-stride loops covering the rest.
+int capped_grid(int64_t blocks, int64_t per_sm) {
+  const int64_t cap = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * per_sm;
+  return static_cast<int>(blocks < 1 ? 1 : (blocks < cap ? blocks : cap));
 }
+
+// A grid-stride loop over n elements: a block per kThreads of them, up to 16 blocks per SM.
+int grid_for(int64_t n) { return capped_grid(blocks_covering(n), 16); }
 
 // The channel of element i of an [outer, channels, inner] tensor in memory order,
 // (i / inner) % channels, with Divider's multiplies in place of 64-bit divisions.

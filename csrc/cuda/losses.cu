@@ -10,6 +10,7 @@
 #include "../losses.h"
 #include "../tensor_ref.h"
 #include "block_reduce.cuh"
+#include "launch.cuh"
 
 namespace aigc_fast {
 namespace {
@@ -112,12 +113,8 @@ __global__ void vae_finalize_kernel(const double* __restrict__ partials, RowTile
   if (threadIdx.x == 0 && reduction != Reduction::kNone) out.batch(recon_sum, kl_sum, tiles.rows, reduction);
 }
 
-// One block per unit (a tile, a row), up to enough to fill the GPU several times over; the
-// grid-stride loops cover the rest. (launch.cuh's grid_for counts elements instead.)
-int blocks_for_units(int64_t units) {
-  const int64_t max_blocks = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
-  return static_cast<int>(units < max_blocks ? units : max_blocks);
-}
+// One block per unit (a tile, a row), up to 8 per SM; the grid-stride loops cover the rest.
+int blocks_for_units(int64_t units) { return capped_grid(units, 8); }
 
 template <typename T>
 void gan_launch(GanLoss& op, cudaStream_t stream) {
@@ -133,10 +130,10 @@ void gan_launch(GanLoss& op, cudaStream_t stream) {
   double* partials = op.partials.mutable_data_ptr<double>();
   with_term_kind(op.terms[0].kind, [&](auto kind) {
     gan_tiles_kernel<decltype(kind)::value, T>
-        <<<blocks_for_units(tiles), kMaxThreads, 0, stream>>>(a, b, tiles, partials);
+        <<<blocks_for_units(tiles), kThreads, 0, stream>>>(a, b, tiles, partials);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  gan_finalize_kernel<T><<<1, kMaxThreads, 0, stream>>>(partials, a, b, tiles, op.loss.mutable_data_ptr<T>());
+  gan_finalize_kernel<T><<<1, kThreads, 0, stream>>>(partials, a, b, tiles, op.loss.mutable_data_ptr<T>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -149,10 +146,10 @@ void vae_launch(VaeLoss& op, cudaStream_t stream) {
   double* partials = op.partials.mutable_data_ptr<double>();
   with_recon_kind(op.recon_kind, op.grad_target.numel() > 0, [&](auto kind, auto target_grad) {
     vae_units_kernel<decltype(kind)::value, decltype(target_grad)::value, T>
-        <<<blocks_for_units(units), kMaxThreads, 0, stream>>>(args, units, partials);
+        <<<blocks_for_units(units), kThreads, 0, stream>>>(args, units, partials);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  vae_finalize_kernel<T><<<1, kMaxThreads, 0, stream>>>(partials, op.recon_tiles, op.reduction,
+  vae_finalize_kernel<T><<<1, kThreads, 0, stream>>>(partials, op.recon_tiles, op.reduction,
                                                         vae_outputs<T>(op));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

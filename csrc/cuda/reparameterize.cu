@@ -8,6 +8,7 @@
 #include "../math_type.h"
 #include "../reparameterize.h"
 #include "block_reduce.cuh"
+#include "launch.cuh"
 #include "aigc_fast/normal.h"
 #include "aigc_fast/reparameterize.h"
 
@@ -111,10 +112,8 @@ struct Launch {
 Launch launch_for(const RowTiles& tiles) {
   const int64_t blocks_per_tile = (tiles.chunk < tiles.row_len ? tiles.chunk : tiles.row_len) / kNormalsPerBlock + 1;
   int threads = 32;
-  while (threads < kMaxThreads && threads < blocks_per_tile) threads *= 2;
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t max_blocks = int64_t(sms) * (2048 / threads);
-  return Launch{static_cast<int>(tiles.count() < max_blocks ? tiles.count() : max_blocks), threads};
+  while (threads < kThreads && threads < blocks_per_tile) threads *= 2;
+  return Launch{capped_grid(tiles.count(), 2048 / threads), threads};
 }
 
 template <typename scalar_t>
@@ -138,9 +137,8 @@ void reparameterize_forward_cuda(ReparamForward& op) {
         op.z.mutable_data_ptr<scalar_t>(), slots);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (with_kl && op.kl_partials.defined()) {
-      const int threads = 256;
-      const int blocks = static_cast<int>((op.tiles.rows + threads - 1) / threads);
-      reduce_rows_kernel<T><<<blocks, threads, 0, stream>>>(slots, op.tiles, op.kl.mutable_data_ptr<T>());
+      reduce_rows_kernel<T><<<blocks_covering(op.tiles.rows), kThreads, 0, stream>>>(slots, op.tiles,
+                                                                                    op.kl.mutable_data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
