@@ -8,11 +8,8 @@ from typing import Optional
 
 import torch
 
-from . import _extension, _impl
+from . import _extension, _impl, ops
 from ._version import __version__
-
-OPS = ("reparameterize", "gan_d_loss", "gan_g_loss", "vae_loss", "bias_act", "bn_act")
-
 
 def _devices() -> list:
     devices = [torch.device("cpu")]
@@ -50,23 +47,24 @@ def cpu_has_native_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & set((cpu_info("flags") or "").split()))
 
 
+def _implementation_on(device: torch.device) -> str:
+    """What an op called on `device` runs: "fused", "reference (why)", or the error a call raises."""
+    choice, reason = _impl.get_impl(), _impl.fused_unavailable_reason(device)
+    if choice == "reference":
+        return "reference (chosen with aigc_fast.set_impl / use_impl)"
+    if reason is None:
+        return "fused"
+    if choice == "fused":  # forced where it cannot run: every call raises
+        return f"error: fused is forced (aigc_fast.set_impl / use_impl) but {reason}"
+    return f"reference ({reason})"
+
+
 def collect() -> dict:
     runtime = _extension.runtime_info()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    choice = _impl.get_impl()
-    ops = {}
-    for op in OPS:
-        ops[op] = {}
-        for device in _devices():
-            reason = _impl.fused_unavailable_reason(device)
-            if choice == "reference":
-                ops[op][device.type] = "reference (chosen with aigc_fast.set_impl / use_impl)"
-            elif reason is None:
-                ops[op][device.type] = "fused"
-            elif choice == "fused":  # forced where it cannot run: every call raises
-                ops[op][device.type] = f"error: fused is forced (aigc_fast.set_impl / use_impl) but {reason}"
-            else:
-                ops[op][device.type] = f"reference ({reason})"
+    # One choice covers every op: the implementation is chosen per device, not per op.
+    chosen = {device.type: _implementation_on(device) for device in _devices()}
+    per_op = {op: dict(chosen) for op in ops.__all__}
     return {
         "aigc_fast": __version__,
         "python": platform.python_version(),
@@ -82,8 +80,8 @@ def collect() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "gpus_visible": gpus,
-        "impl_default": choice or "fused where available",
-        "ops": ops,
+        "impl_default": _impl.get_impl() or "fused where available",
+        "ops": per_op,
     }
 
 
