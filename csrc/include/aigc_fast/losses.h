@@ -6,17 +6,12 @@
 
 #include <cstdint>
 
+#include "activations.h"
 #include "fastmath.h"
 #include "hostdevice.h"
 #include "kl.h"
 
 namespace aigc_fast {
-
-// max(x, 0), written so that NaN passes through (a NaN logit must reach the loss).
-template <typename T>
-AIGC_HD T relu_keep_nan(T x) {
-  return x < T(0) ? T(0) : x;
-}
 
 // The pieces of softplus(x) = log(1 + e^x) and sigmoid(x), from one exp, and log1p_unit
 // (fastmath.h) for the rest. With e = exp(-|x|) in (0, 1], softplus(x) = max(x, 0) +
@@ -80,7 +75,7 @@ AIGC_HD T logit_term(T x, T p, T& d_x) {
   } else if constexpr (K == TermKind::kHinge) {
     const T margin = T(1) + p * x;
     d_x = margin <= T(0) ? T(0) : p;  // as torch.relu's backward, also at NaN
-    return relu_keep_nan(margin);
+    return act_forward<Act::kRelu>(margin, T(0));  // NaN passes through: it must reach the loss
   } else {
     d_x = p;
     return p * x;
