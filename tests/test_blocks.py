@@ -204,6 +204,27 @@ def test_fold_for_inference():
     assert all(g.bn is None for g in folded["G"].fused_groups()) and len(folded["G"].fused_groups()) == 4
     z = torch.randn(5, 16, 1, 1, dtype=torch.float64)
     torch.testing.assert_close(folded["D"](folded["G"](z)), model["D"](model["G"](z)), rtol=1e-10, atol=1e-10)
+    with pytest.raises(RuntimeError, match="fold.. for inference"):
+        folded.train()  # a network without BatchNorm: not the one that was folded
+
+
+def test_fold_of_a_sequential_that_reuses_a_module():
+    """One ReLU reused after each BatchNorm (or one conv used twice) puts a module in the
+    Sequential twice, under two names: fold must replace the children by position."""
+    torch.manual_seed(13)
+    act = nn.ReLU(inplace=True)
+    conv = nn.Conv2d(6, 6, 3, 1, 1, bias=False)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, 1, 1, bias=False), nn.BatchNorm2d(6), act,
+                          conv, nn.BatchNorm2d(6), act,
+                          conv, nn.BatchNorm2d(6), act,
+                          nn.Conv2d(6, 2, 1), nn.Tanh()).double()
+    for _ in range(2):
+        model(torch.randn(4, 3, 8, 8, dtype=torch.float64))  # running statistics
+    model.eval()
+    folded = fold(model)
+    assert [type(m).__name__ for m in folded] == ["Conv2d", "FoldedBatchNorm", "ReLU"] * 3 + ["Conv2d", "Tanh"]
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
 
 
 def test_torch_compile_fullgraph():

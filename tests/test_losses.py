@@ -699,8 +699,10 @@ def test_bad_input_gives_clear_errors(call, error, match):
 def test_modules():
     real, fake = randn(32, 1, seed=20, dtype=torch.float32), randn(32, 1, seed=21, dtype=torch.float32)
     criterion = aigc_fast.nn.GANLoss("lsgan", real_label=0.9)
-    torch.testing.assert_close(criterion(real, fake), reference.gan_d_loss(real, fake, "lsgan", real_label=0.9))
+    torch.testing.assert_close(criterion.d_loss(real, fake), reference.gan_d_loss(real, fake, "lsgan", real_label=0.9))
     torch.testing.assert_close(criterion.g_loss(fake), reference.gan_g_loss(fake, "lsgan"))
+    with pytest.raises(TypeError, match=r"call criterion.d_loss\(real_logits, fake_logits\)"):
+        criterion(real, torch.ones_like(real))  # nn.BCEWithLogitsLoss's criterion(output, labels)
     assert "kind='lsgan'" in repr(criterion)
     inputs = vae_inputs(torch.float32, batch=4, image=(10,), latent=3)
     vae = aigc_fast.nn.VAELoss("mse", beta=4.0)

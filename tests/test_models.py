@@ -220,6 +220,9 @@ def test_vae_sample_runs_in_eval_mode_and_leaves_the_mode_alone():
     images = vae.sample(3, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(images, expected)  # BatchNorm's running statistics, not the batch's
     assert vae.training and [m.num_batches_tracked.item() for m in vae.modules() if isinstance(m, nn.BatchNorm2d)] == tracked
+    frozen = next(m for m in vae.modules() if isinstance(m, nn.BatchNorm2d)).eval()  # frozen inside a training model
+    vae.sample(2)
+    assert vae.training and not frozen.training  # each module's own mode comes back, not the model's
 
 
 def test_torch_func_per_sample_gradients_run_on_the_reference():

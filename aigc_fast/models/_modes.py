@@ -1,6 +1,6 @@
 """Running a model in eval mode for a while: generation, reconstruction grids and
-likelihoods use BatchNorm's running statistics (and leave them alone), then the model goes
-back to the mode it was in."""
+likelihoods use BatchNorm's running statistics (and leave them alone), then every module
+goes back to the mode it was in."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from torch import nn
 
 @contextlib.contextmanager
 def eval_mode(module: nn.Module):
-    was = module.training
+    # Each module's own mode, not only the model's: module.train(was) would also switch a
+    # BatchNorm the user froze with .eval() inside a training model back to training.
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         yield module
     finally:
-        module.train(was)
+        for m, was in modes:
+            m.training = was

@@ -56,7 +56,7 @@ class _VAE(nn.Module):
     def sample(self, n: int, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """n samples in [0, 1] (images [n, C, H, W] from ConvVAE, flat [n, features] vectors
         from MLPVAE) decoded from z ~ N(0, I) in eval mode (BatchNorm's running
-        statistics, which the call leaves alone; the model's mode is restored after): the
+        statistics, which the call leaves alone; each module's mode is restored after): the
         sigmoid of the decoder's logits, as for a model trained with the BCE reconstruction
         loss (an "mse" model's outputs are the images themselves: decode(z).clamp(0, 1))."""
         if not is_count(n, 0):

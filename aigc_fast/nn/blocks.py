@@ -44,7 +44,15 @@ def _activation_module(act: str, negative_slope: float) -> nn.Module:
 
 
 class FoldedBatchNorm(nn.Identity):
-    """Where fold() took a BatchNorm2d out (its statistics now live in the convolution)."""
+    """Where fold() took a BatchNorm2d out (its statistics now live in the convolution).
+    A folded model is for inference: training it would train a model without BatchNorm."""
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError("this model was made by aigc_fast.nn.fold() for inference: its BatchNorms are folded "
+                               "into the convolutions, so training it would train a model without BatchNorm. Train "
+                               "the model you folded, and fold it again")
+        return super().train(mode)
 
 
 @dataclass(frozen=True)
@@ -378,7 +386,7 @@ def fold(module: nn.Module) -> nn.Module:
     convert) with each fused group's BatchNorm folded into its convolution's weight and
     bias (torch.nn.utils.fusion), so the group runs as convolution + bias_act. The
     BatchNorm modules become FoldedBatchNorm (an nn.Identity), so the other modules keep
-    their names."""
+    their names; it refuses .train(), as the folded model is a different network to train."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"fold() takes a torch.nn.Module, got {type(module).__name__}")
     if any(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
@@ -400,8 +408,9 @@ def fold(module: nn.Module) -> nn.Module:
                          f"torch.nn.utils.{name} cannot be copied; use torch.nn.utils.parametrizations.{name} "
                          f"(which fold() supports), or remove_{name} before folding ({error})") from None
     for seq in [m for m in module.modules() if isinstance(m, FusedSequential)]:
-        names = [name for name, _ in seq.named_children()]
-        children = list(seq)
+        # The names of the children in list(seq)'s order: a module placed twice (one ReLU
+        # reused after each BatchNorm) has two names, where named_children() gives its first.
+        names, children = list(seq._modules), list(seq)
         for group in seq.fused_groups(backward=False):  # inference: what follows a group cannot matter
             # A BatchNorm without running statistics normalizes with the batch's, even in eval:
             # there is nothing to fold.
@@ -411,5 +420,5 @@ def fold(module: nn.Module) -> nn.Module:
             grouped_transpose = isinstance(conv, nn.ConvTranspose2d) and conv.groups > 1
             if group.bn is not None and children[group.bn].running_mean is not None and not grouped_transpose:
                 setattr(seq, names[group.conv], _fold_group(conv, children[group.bn]))
-                setattr(seq, names[group.bn], FoldedBatchNorm())
+                setattr(seq, names[group.bn], FoldedBatchNorm().eval())
     return module

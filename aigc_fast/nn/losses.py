@@ -13,8 +13,11 @@ class GANLoss(torch.nn.Module):
     """The GAN losses of one kind ("bce", "hinge", "lsgan" or "wgan") on discriminator logits.
 
         criterion = GANLoss("hinge")
-        d_loss = criterion.d_loss(D(real), D(fake.detach()))   # also criterion(D(real), D(fake))
+        d_loss = criterion.d_loss(D(real), D(fake.detach()))
         g_loss = criterion.g_loss(D(fake))
+
+    Calling the module itself is refused: it holds two losses, and the call
+    nn.BCEWithLogitsLoss takes, criterion(output, labels), would read the labels as logits.
     """
 
     def __init__(self, kind: str = "bce", real_label: float = 1.0, impl: Optional[str] = None):
@@ -31,9 +34,10 @@ class GANLoss(torch.nn.Module):
     def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return gan_g_loss(fake_logits, self.kind, impl=self.impl)
 
-    def forward(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        """The discriminator loss (the generator's is `g_loss`)."""
-        return self.d_loss(real_logits, fake_logits)
+    def forward(self, *args, **kwargs):
+        raise TypeError("GANLoss holds two losses: call criterion.d_loss(real_logits, fake_logits) or "
+                        "criterion.g_loss(fake_logits). Both take the discriminator's logits; there are no labels "
+                        "to pass, as there are to nn.BCEWithLogitsLoss")
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, real_label={self.real_label}, impl={self.impl!r}"
