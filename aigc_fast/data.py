@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -24,7 +25,7 @@ from ._validate import choice, is_count
 
 BUILTIN = ("mnist", "digits")
 KINDS = ("gan", "vae")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm")
 _EXTRA_HINT = "pip install 'aigc_fast[data]'"
 
 
@@ -75,9 +76,17 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    # Hidden folders (.ipynb_checkpoints, .thumbnails) hold no class, and their images none.
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1]))
+    # Hidden folders and files (.ipynb_checkpoints, macOS's ._name copies) and a zip's
+    # __MACOSX folder hold no class and no images.
+    found = [p for p in root.rglob("*") if p.is_file() and not any(_hidden(part) for part in p.relative_to(root).parts)]
+    files = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
+    skipped = sorted({p.suffix.lower() or p.name for p in found if p.suffix.lower() not in IMAGE_SUFFIXES})
+    if skipped:
+        count = len(found) - len(files)
+        what = ("1 file that is not an image" if count == 1 else f"{count} files that are not images") + " by "
+        warnings.warn(f"{root}: skipped {what}{'its' if count == 1 else 'their'} suffix "
+                      f"({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}); images end in "
+                      f"{', '.join(IMAGE_SUFFIXES)}", stacklevel=2)
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
@@ -87,8 +96,7 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
                          f"{', ...' if len(loose) > 3 else ''}): move them into a class folder or elsewhere")
     # A class folder without images would be skipped, and every later class would take the
     # label of the one before it. (Hidden folders, .ipynb_checkpoints and the like, hold no class.)
-    empty = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and p.name not in classes)
+    empty = sorted(p.name for p in root.iterdir() if p.is_dir() and not _hidden(p.name) and p.name not in classes)
     if classes and empty:
         linked = any((root / name).is_symlink() for name in empty)  # (rglob does not follow links to folders)
         raise ValueError(f"{root}: the class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
@@ -116,6 +124,10 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
 
 
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
 # Pillow's wide single-channel modes, by the value that stands for white: 16-bit
 # grayscale (PNG, TIFF; read as "I" by older Pillow) and float images in [0, 1].
 # convert("L") would clip them at 255, turning a 16-bit image nearly all white.
@@ -125,8 +137,13 @@ _WHITE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65
 def _eight_bit(im, Image):
     if im.mode not in _WHITE:
         return im
-    scaled = np.asarray(im, dtype=np.float64) * (255.0 / _WHITE[im.mode])
-    return Image.fromarray(np.rint(scaled).clip(0, 255).astype(np.uint8), "L")
+    values, white = np.asarray(im, dtype=np.float64), _WHITE[im.mode]
+    # Outside [0, white] the scale is a guess (a float TIFF of 0-255 values, a 32-bit one):
+    # clipped, it would load nearly all white or black.
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= white):
+        raise ValueError(f"a {im.mode!r}-mode image must hold values in [0, {white:g}], got "
+                         f"[{values.min():g}, {values.max():g}]; save it as 8-bit, or scale it to that range")
+    return Image.fromarray(np.rint(values * (255.0 / white)).clip(0, 255).astype(np.uint8), "L")
 
 
 def load_array(path: Union[str, Path]) -> torch.Tensor:
@@ -182,9 +199,12 @@ def to_model_range(images: torch.Tensor, kind: str) -> torch.Tensor:
     choice(kind, "kind", KINDS)
     if not images.is_floating_point() and images.dtype not in (torch.uint8, torch.bool) and images.numel():
         # Integer pixels (NumPy's default int64 of an array built from 0-255 values): uint8's scale.
-        lo, hi = images.min().item(), images.max().item()
+        # (torch has no min/max for uint16-uint64: their range is read from the NumPy array.)
+        values = images.cpu().numpy() if images.dtype in (torch.uint16, torch.uint32, torch.uint64) else images
+        lo, hi = values.min().item(), values.max().item()
         if lo < 0 or hi > 255:
-            raise ValueError(f"integer images must hold pixel values 0-255 (as uint8 does), got values in [{lo}, {hi}]")
+            raise ValueError(f"integer images must hold pixel values 0-255 (as uint8 does), got {images.dtype} "
+                             f"values in [{lo}, {hi}]; for 16-bit images pass floats in [0, 1] (images / 65535)")
         images = images.to(torch.uint8)
     if images.dtype == torch.uint8:
         unit = images.float() / 255.0
@@ -256,6 +276,9 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     labels = None
     if isinstance(source, str) and source in BUILTIN:
+        if Path(source).exists():
+            warnings.warn(f"data {source!r} is the built-in set; {Path(source).resolve()} is not read (name it "
+                          f"./{source} to train on it)", stacklevel=2)
         images, labels = load_mnist() if source == "mnist" else load_digits()
     elif isinstance(source, (str, Path)):
         if not str(source).strip():  # Path("") is the working folder: never what was meant

@@ -106,6 +106,7 @@ def sample_run(run_dir: Union[str, Path], n: int, out_dir: Union[str, Path, None
     if not balanced:
         return write_samples(generate_unit(trainer, n, seed=seed), out)
     real = RealData(trainer, data, needs_held_out=False)
+    real.require_classes("balanced sampling keeps n / K images of each class")
     classifier, _ = run_classifier(run_dir, real)
     per_class = n // real.num_classes
     if per_class < 1:

@@ -113,7 +113,8 @@ def test_a_class_folder_without_images_is_refused(tmp_path):
         for i in range(2):
             Image.fromarray(np.full((8, 8), 9 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
     (tmp_path / "b" / "notes.txt").write_text("no images here")
-    with pytest.raises(ValueError, match=r"the class folder b holds no image files .*remove the folder"):
+    with pytest.raises(ValueError, match=r"the class folder b holds no image files .*remove the folder"), \
+            pytest.warns(UserWarning, match=r"skipped 1 file that is not an image by its suffix \(\.txt\)"):
         data.load_image_folder(tmp_path, 8, channels=1)
     (tmp_path / "b" / "notes.txt").unlink()
     (tmp_path / "b").rmdir()
@@ -136,6 +137,38 @@ def test_sixteen_bit_and_float_images_keep_their_grey_levels(tmp_path):
     assert (sixteen - eight).abs().max() <= 1 and (floating - eight).abs().max() <= 1
     rgb, _ = data.load_image_folder(tmp_path, 16, channels=3)
     assert (rgb[0].int() - eight).abs().max() <= 1
+    # Outside its white (a float TIFF of 0-255 values), clipping would load it nearly white.
+    Image.fromarray((ramp * 255).astype(np.float32), "F").save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match=r"float\.tif: a 'F'-mode image must hold values in \[0, 1\], got \[0, 255\]"):
+        data.load_image_folder(tmp_path, 16, channels=1)
+
+
+@needs["PIL"]
+def test_what_an_image_folder_skips(tmp_path):
+    """Netpbm images load; a zip's __MACOSX folder and macOS's ._name files are no class and
+    no image; other files are skipped with a warning that counts them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for name in ("a.png", "b.pgm", "c.PPM"):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).convert(
+            "L" if name.endswith("pgm") else "RGB").save(tmp_path / name)
+    (tmp_path / "._a.png").write_bytes(b"AppleDouble")
+    (tmp_path / "__MACOSX").mkdir()
+    (tmp_path / "__MACOSX" / "._b.pgm").write_bytes(b"AppleDouble")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "README").write_text("not an image")
+    with pytest.warns(UserWarning, match=r"skipped 2 files that are not images by their suffix \(\.txt, README\)"):
+        images, labels = data.load_image_folder(tmp_path, 8, channels=1)
+    assert images.shape == (3, 1, 8, 8) and labels.tolist() == [0, 0, 0]
+
+
+def test_a_builtin_name_that_is_also_a_folder_here_says_which_is_read(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()
+    with pytest.warns(UserWarning, match=r"'digits' is the built-in set; .*digits is not read \(name it ./digits"):
+        assert len(data.load("digits", image_size=8)) == 1797
 
 
 def test_arrays(tmp_path):
@@ -182,8 +215,15 @@ def test_ranges_and_tensors():
         data.load(np.full((3, 8, 8), np.nan, np.float32), image_size=8)
     # Integer pixels (NumPy's default int64 for an array of 0-255 values) read as uint8's.
     torch.testing.assert_close(data.to_model_range(u8.long(), "gan"), torch.tensor([[[[-1.0, 1.0]]]]))
-    with pytest.raises(ValueError, match=r"integer images must hold pixel values 0-255 .* got values in \[0, 300\]"):
+    with pytest.raises(ValueError, match=r"integer images must hold pixel values 0-255 .* got torch.int64 values in "
+                                         r"\[0, 300\]"):
         data.to_model_range(torch.tensor([[[[0, 300]]]]), "vae")
+    # torch has no min/max for uint16-uint64: they were a NotImplementedError, not this message.
+    for dtype in (np.uint16, np.uint32, np.uint64):
+        torch.testing.assert_close(data.to_model_range(torch.from_numpy(np.array([[[[0, 255]]]], dtype)), "vae"),
+                                   torch.tensor([[[[0.0, 1.0]]]]))
+        with pytest.raises(ValueError, match=r"values in \[0, 65535\]; for 16-bit images pass floats"):
+            data.load(np.array([[[0, 65535]]], dtype), image_size=2)
     ds = data.load(torch.rand(4, 1, 28, 28), image_size=28, kind="gan")
     assert ds.images.min() >= -1 and ds.images.max() <= 1 and len(ds) == 4
     flipped = data.ImageData(torch.arange(4.0).view(1, 1, 1, 4), flip=True)

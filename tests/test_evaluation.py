@@ -17,7 +17,7 @@ from aigc_fast.evaluation import (class_coverage, evaluate, frechet_distance, in
                                   vae_likelihood)
 from aigc_fast.models import MLPVAE
 from aigc_fast.sampling import sample_run, write_samples
-from aigc_fast.train import GANConfig, GANTrainer
+from aigc_fast.train import GANConfig, GANTrainer, VAEConfig, VAETrainer
 
 
 def feats(n, d=8, seed=0, shift=0.0, scale=1.0):
@@ -346,3 +346,21 @@ def test_the_matched_real_reference_is_a_random_part_of_the_held_out_images(digi
     assert by_class["matched"] == 100
     assert by_class["inception_score_real_held_out"] == pytest.approx(as_is["inception_score_real_held_out"], rel=0.25)
     assert by_class["fid_real_held_out"] < 2 * as_is["fid_real_held_out"]
+
+
+def test_evaluate_a_vae_on_unlabelled_data_gives_its_likelihoods(tmp_path, digits_run):
+    """One flat folder, a .npy: no class labels, so no classifier. A VAE's held-out
+    likelihoods need none; a GAN's metrics all stand on the classifier, so it is refused."""
+    pytest.importorskip("sklearn")
+    images = data_lib.load_digits()[0][:300]
+    np.save(tmp_path / "unlabelled.npy", images.numpy())
+    out = tmp_path / "vae"
+    VAETrainer(VAEConfig(out_dir=str(out), data=str(tmp_path / "unlabelled.npy"), model="mlp", image_size=8,
+                         channels=1, batch_size=32, max_steps=2, holdout=0.2, progress=False, sample_every=1000)).fit()
+    with pytest.warns(UserWarning, match="no class labels: only the held-out likelihoods"):
+        results = evaluate(out, nll_samples=4)
+    assert results["real_held_out"] == 60 and results["generated"] == 0 and "fid" not in results
+    assert results["held_out_nll"] <= results["held_out_neg_elbo"] + 1e-6
+    assert "held-out NLL" in (out / "eval" / "metrics.md").read_text()
+    with pytest.raises(ValueError, match="has no class labels .* stand on a classifier"):
+        evaluate(digits_run, data=data_lib.load_digits()[0], write=False)  # the run's 1797 images, no labels

@@ -48,10 +48,11 @@ class RealData:
             raise ValueError(f"holdout={c.holdout} keeps {len(held)} of {len(loaded)} images: the metrics of the "
                              "real held-out images need at least 2")
         self.num_classes = int(loaded.labels.max()) + 1
+
+    def require_classes(self, why: str) -> None:
         if self.num_classes < 2:
-            raise ValueError(f"{source} has no class labels (one class): the classifier-based metrics need them "
-                             "(built-in sets, an image folder with one subfolder per class, an .npz with "
-                             "labels, or an (images, labels) pair)")
+            raise ValueError(f"{self.source} has no class labels (one class): {why} (built-in sets, an image folder "
+                             "with one subfolder per class, an .npz with labels, or an (images, labels) pair)")
 
 
 def _describe(source) -> str:
@@ -130,9 +131,32 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
     run_dir = Path(run_dir)
     trainer = load_run(run_dir, device=device)
     real = RealData(trainer, data)
+    n = n if n is not None else len(real.train_images)
+    results = {"kind": trainer.kind, "step": trainer.step, "data": real.source, "generated": n,
+               "real_train": len(real.train_images), "real_held_out": len(real.held_images)}
+    if real.num_classes >= 2 or trainer.kind == "gan":
+        real.require_classes("the metrics of generated images stand on a classifier trained on them")
+        results.update(_sample_metrics(run_dir, trainer, real, n, seed))
+    else:  # unlabelled data: a VAE's likelihoods need no classifier
+        warnings.warn(f"{real.source} has no class labels: only the held-out likelihoods are measured (the metrics "
+                      "of generated images stand on a classifier trained on the labels)", stacklevel=2)
+        results["generated"] = 0
+    if trainer.kind == "vae":
+        likelihood = vae_likelihood(trainer.model, real.held_images.to(trainer.device),
+                                    recon_loss=trainer.config.recon_loss, samples=nll_samples)
+        results.update({f"held_out_{k}": v for k, v in likelihood.items()})
+    if write:
+        out = run_dir / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(results, indent=2))
+        (out / "metrics.md").write_text(format_table(results))
+    return results
+
+
+def _sample_metrics(run_dir: Path, trainer: _Trainer, real: RealData, n: int, seed: int) -> Dict[str, float]:
+    """The classifier-based metrics of n generated images, beside those of the real held-out ones."""
     classifier, test_accuracy = run_classifier(run_dir, real)
     _warn_if_weak(test_accuracy, real.num_classes)
-    n = n if n is not None else len(real.train_images)
     fake = generate_unit(trainer, n, seed=seed)
     f_train, _ = features_and_probs(classifier, real.train_images)
     f_held, p_held = features_and_probs(classifier, real.held_images)
@@ -147,9 +171,8 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
     # folder loads class by class, so the first m would leave classes out of the reference).
     held = (torch.randperm(len(f_held), generator=torch.Generator().manual_seed(seed))[:m] if m < len(f_held)
             else slice(None))
-    results = {
-        "kind": trainer.kind, "step": trainer.step, "data": real.source, "generated": n,
-        "real_train": len(real.train_images), "real_held_out": len(real.held_images), "matched": m,
+    return {
+        "matched": m,
         # FID is biased upward at small sample sizes: the real reference (the held-out images)
         # is compared with as many generated images (m), besides the FID of all n.
         "fid": frechet_distance(f_fake, f_train), "fid_matched": frechet_distance(f_fake[:m], f_train),
@@ -163,16 +186,6 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
         "class_coverage": coverage, "class_kl": class_kl,
         "cas": accuracy(cas_model, real.held_images, real.held_labels), "classifier_accuracy": test_accuracy,
     }
-    if trainer.kind == "vae":
-        likelihood = vae_likelihood(trainer.model, real.held_images.to(trainer.device),
-                                    recon_loss=trainer.config.recon_loss, samples=nll_samples)
-        results.update({f"held_out_{k}": v for k, v in likelihood.items()})
-    if write:
-        out = run_dir / "eval"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(results, indent=2))
-        (out / "metrics.md").write_text(format_table(results))
-    return results
 
 
 def _warn_if_weak(accuracy: float, num_classes: int) -> None:
