@@ -35,13 +35,14 @@ def _config_options(parser: argparse.ArgumentParser, config_class) -> None:
         optional = type(None) in typing.get_args(kind)  # Optional[X]: X, or "none"
         if optional:
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        help_text = f"(default {field.default!r})"
-        if field.name in FIELD_CHOICES:
-            help_text = f"{', '.join(FIELD_CHOICES[field.name])} {help_text}"
-        elif optional:
-            help_text = f"a value, or none {help_text}"
+        help_text = field.metadata["help"]
+        default = "none" if field.default is None else repr(field.default)
         if field.name == "data":  # the command trains on something: the built-in MNIST
-            help_text = "mnist, digits, an image folder or an .npy/.npz file (default 'mnist')"
+            help_text, default = "mnist, digits, an image folder or an .npy/.npz file", "'mnist'"
+        help_text = f"{help_text} (default {default})"
+        # The names a field takes, in its metavar (not argparse's choices: the config's own
+        # refusal explains more, as GANConfig does for wgan).
+        metavar = "{" + ",".join(FIELD_CHOICES[field.name]) + "}" if field.name in FIELD_CHOICES else None
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif typing.get_origin(kind) is tuple:
@@ -51,7 +52,7 @@ def _config_options(parser: argparse.ArgumentParser, config_class) -> None:
             convert = kind if kind in (int, float) else str
             if optional:  # "none" clears it (e.g. a recorded --max-steps on --resume)
                 convert = _or_none(convert)
-            parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
 
 
 def _or_none(convert):
@@ -123,28 +124,31 @@ def main(argv=None) -> int:
 
     train = commands.add_parser("train", help="train a DCGAN or a VAE (run directory: --out-dir)")
     # dest "kind", not "model": VAEConfig has a field `model` (its --model flag), which would overwrite it.
-    models = train.add_subparsers(dest="kind", required=True)
+    models = train.add_subparsers(dest="kind", required=True, metavar="{" + ",".join(TRAINERS) + "}")
     for name, (config_class, _) in TRAINERS.items():
-        sub = models.add_parser(name, help=config_class.__doc__.splitlines()[0])
+        sub = models.add_parser(name, help=config_class.__doc__.splitlines()[0],
+                                description=f"{config_class.__doc__.splitlines()[0]} With --resume, a flag not "
+                                "given keeps the run's recorded value: the defaults below are a new run's.")
         sub.add_argument("--config", help="a config JSON file (flags override it)")
         sub.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint and config")
         _config_options(sub, config_class)
 
     sample = commands.add_parser("sample", help="generate images from a run: PNGs, samples.npz, grid.png")
-    sample.add_argument("run_dir")
+    sample.add_argument("run_dir", help="a run directory (the --out-dir of aigc-fast train)")
     sample.add_argument("-n", type=int, default=64, help="how many images (default 64)")
     sample.add_argument("--out", help="output folder (default RUN_DIR/generated)")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="the same seed gives the same images (default 0)")
     sample.add_argument("--balanced", action="store_true",
                         help="n/K images of each class, labelled by the run's evaluation classifier")
     sample.add_argument("--data", help="with --balanced: the real data, if the run did not record it")
     sample.add_argument("--device", help="default: the run's device")
 
     evaluate = commands.add_parser("evaluate", help="FID/KID/IS/coverage/CAS (and ELBO/NLL for a VAE) of a run")
-    evaluate.add_argument("run_dir")
+    evaluate.add_argument("run_dir", help="a run directory (the --out-dir of aigc-fast train)")
     evaluate.add_argument("-n", type=int, help="images to generate (default: as many as the real training set)")
     evaluate.add_argument("--data", help="the real data, if the run did not record it")
-    evaluate.add_argument("--nll-samples", type=int, default=100, help="importance samples per image (VAE)")
+    evaluate.add_argument("--nll-samples", type=int, default=100,
+                          help="importance samples of z per held-out image, for a VAE's NLL (default 100)")
     evaluate.add_argument("--device", help="default: the run's device")
 
     bench = commands.add_parser("bench", help="time full training steps (and with --ops each op): fused vs eager "
@@ -157,9 +161,10 @@ def main(argv=None) -> int:
         bench.add_argument(f"--{name}", default=default, type=comma_list(lists[name]),
                            help=f"comma-separated, of {', '.join(lists[name])}{note}"
                                 + (f" (default {default})" if default else ""))
-    bench.add_argument("--device", default="cpu")
-    bench.add_argument("--repeats", type=int, default=5, help="timed steps per case (after warm-up)")
-    bench.add_argument("--out", default="bench-results", help="folder for steps.csv, .md, .png (and ops.*)")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    bench.add_argument("--repeats", type=int, default=5, help="timed steps per case, after warm-up (default 5)")
+    bench.add_argument("--out", default="bench-results",
+                       help="folder for steps.csv, .md, .png (and ops.*) (default bench-results)")
     bench.add_argument("--breakdown", action="store_true",
                        help="also profile one fused step per workload: shares of convolution, aigc_fast, optimizer, other")
     bench.add_argument("--ops", action="store_true",

@@ -302,3 +302,17 @@ def test_resume_and_data_errors_say_what_to_do(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and "Traceback" not in err, (command, err)
     assert not (tmp_path / "b").exists()
+
+
+def test_help_says_what_each_training_option_means(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "vae", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for text in ("--model {conv,mlp} conv (ConvVAE) or mlp", "--precision {auto,fp32,bf16,fp16}",
+                 "a resumed run trains this many more", "none lifts it) (default none)",
+                 "the KL term's weight", "16, 28, 32, 64, 128 for the convolutional models",
+                 "the defaults below are a new run's"):
+        assert text in out, text
+    with pytest.raises(SystemExit):
+        main(["train"])
+    assert "required: {gan,vae}" in capsys.readouterr().err

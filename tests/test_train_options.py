@@ -203,3 +203,17 @@ def test_a_data_loader_whose_settings_fit_does_not_use_is_warned_about(tmp_path)
                            "sampler is")):
         with pytest.warns(UserWarning, match=f"its {named} not used"):
             trainer.dataset(loader)
+
+
+def test_an_out_dir_that_takes_no_files_is_refused_before_the_data_loads(tmp_path, monkeypatch):
+    """A read-only or another user's folder (root passes permission checks, so os.access
+    stands in for one): refused by name before the data loads, not after, in torch's save."""
+    import aigc_fast.train.config as config_module
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    monkeypatch.setattr(config_module.os, "access", lambda path, mode: not str(path).startswith(str(read_only)))
+    trainer = GANTrainer(GANConfig(out_dir=str(read_only / "run"), data="no-such-set", progress=False))
+    with pytest.raises(PermissionError, match=r"out_dir '.*read-only/run': cannot write in '.*read-only' .*--out-dir"):
+        trainer.fit()  # (the data, a bad name, would have been the error after)
+    assert not (read_only / "run").exists()

@@ -23,29 +23,42 @@ FIELD_CHOICES = {"precision": PRECISIONS, "backend": BACKENDS, "loss": GAN_LOSSE
                  "recon_loss": RECON_LOSSES}
 
 
+def _field(default, help: str):
+    """A config field and what it means, in one line: `aigc-fast train --help` shows it."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+_SIZES = ", ".join(map(str, sorted(SIZES)))
+
+
 @dataclasses.dataclass
 class _Config:
-    out_dir: str = "runs/run"
-    epochs: int = 1            # epochs to run in this call of fit (a resumed run runs this many more)
-    batch_size: int = 128
-    image_size: int = 28
-    channels: int = 1
-    backend: str = "fused"     # "fused" or "reference": the same model, parameters and keys
-    seed: int = 0
-    device: str = "cpu"
-    max_steps: Optional[int] = None  # stop early after this many steps in total (tests, smoke runs)
-    log_every: int = 10        # metrics rows (JSONL) every this many steps
-    sample_every: int = 200    # a sample grid every this many steps (and at the end)
-    num_samples: int = 64
-    flip: bool = False         # random horizontal flips of the training images
-    progress: bool = True      # a tqdm progress bar
-    data: Optional[str] = None  # what fit() trains on when given nothing: "mnist", "digits", a folder, a .npz
-    holdout: float = 0.1       # this share of the data (a fixed split) is kept out of training, for evaluation
-    precision: str = "auto"    # "fp32", "bf16" (autocast), "fp16" (autocast + GradScaler); auto: see resolve_precision
-    channels_last: bool = True   # models and images in channels_last (faster convolutions on CPU and GPU)
-    compile: bool = False      # torch.compile the models (training steps) before the first step
-    cuda_graph: bool = True    # on a GPU, replay each step as one CUDA graph (eager with compile, fp16 or torchrun)
-    deterministic: bool = False  # torch.use_deterministic_algorithms; no cuDNN autotuning
+    out_dir: str = _field("runs/run", "the run directory: config.json, checkpoint.pt, metrics, sample grids")
+    epochs: int = _field(1, "epochs to train; a resumed run trains this many more (a partly trained epoch counts "
+                            "as one)")
+    batch_size: int = _field(128, "images per step, per process")
+    image_size: int = _field(28, f"the images' side: {_SIZES} for the convolutional models, any for --model mlp")
+    channels: int = _field(1, "1 (grayscale) or 3 (RGB): the data is converted to it")
+    backend: str = _field("fused", "fused kernels, or reference: the same model on plain PyTorch (same keys)")
+    seed: int = _field(0, "seeds the weights, the data order and the noise")
+    device: str = _field("cpu", "cpu or cuda (under torchrun, each process's LOCAL_RANK GPU)")
+    max_steps: Optional[int] = _field(None, "stop after this many steps in total, a resumed run's earlier ones "
+                                            "included (recorded, so a resume keeps it: none lifts it)")
+    log_every: int = _field(10, "a row of metrics.jsonl every this many steps")
+    sample_every: int = _field(200, "a sample grid every this many steps (and at the end)")
+    num_samples: int = _field(64, "images in a sample grid")
+    flip: bool = _field(False, "random left-right flips of the training images")
+    progress: bool = _field(True, "a tqdm progress bar")
+    data: Optional[str] = _field(None, "what fit() trains on when given nothing: mnist, digits, an image folder, "
+                                       "an .npy/.npz file")
+    holdout: float = _field(0.1, "the share of the data kept out of training (a fixed split), for evaluate")
+    precision: str = _field("auto", "bf16/fp16: autocast (fp16 with a GradScaler); auto: bf16 where the GPU or CPU "
+                                    "computes it natively, else fp32")
+    channels_last: bool = _field(True, "models and images in channels_last (faster convolutions on CPU and GPU)")
+    compile: bool = _field(False, "torch.compile the models before the first step")
+    cuda_graph: bool = _field(True, "on a GPU, replay each step as one CUDA graph (eager with compile, fp16 or "
+                                    "torchrun)")
+    deterministic: bool = _field(False, "torch.use_deterministic_algorithms; no cuDNN autotuning")
 
     def __post_init__(self):
         self.validate()
@@ -140,11 +153,26 @@ def _path_text(value, name: str) -> str:
     return value
 
 
+def _nearest_existing(path: Path) -> Optional[Path]:
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
 def _check_out_dir(path: Path) -> None:
     """The run directory, or the nearest part of its path that exists, must be a folder."""
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    existing = _nearest_existing(path)
     if existing is not None and not existing.is_dir():
         raise ValueError(f"out_dir {str(path)!r}: {str(existing)!r} is a file, not a folder")
+
+
+def unwritable_reason(path: Path) -> Optional[str]:
+    """Why the run directory, or the folder it would be made in, takes no files; None if it
+    does. Checked before a run loads its data, not by validate: a run on read-only media
+    still loads and evaluates."""
+    existing = _nearest_existing(path.absolute())
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        return (f"out_dir {str(path)!r}: cannot write in {str(existing)!r} (read-only, or another user's); choose "
+                "another out_dir (--out-dir)")
+    return None
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -165,13 +193,13 @@ class GANConfig(_Config):
     """DCGAN defaults: Adam lr 2e-4, betas (0.5, 0.999), batch 128, images in [-1, 1]."""
 
     kind = "gan"
-    out_dir: str = "runs/gan"
-    nz: int = 100
-    ngf: int = 64
-    ndf: int = 64
-    loss: str = "bce"          # bce (non-saturating G), hinge or lsgan
-    lr: float = 2e-4
-    betas: Tuple[float, float] = (0.5, 0.999)
+    out_dir: str = _field("runs/gan", "the run directory: config.json, checkpoint.pt, metrics, sample grids")
+    nz: int = _field(100, "the latent vector's size")
+    ngf: int = _field(64, "the generator's width: its last block's channels (the first has 8x at 64x64)")
+    ndf: int = _field(64, "the discriminator's width: its first block's channels")
+    loss: str = _field("bce", "bce (non-saturating G), hinge or lsgan")
+    lr: float = _field(2e-4, "Adam's learning rate, for G and D")
+    betas: Tuple[float, float] = _field((0.5, 0.999), "Adam's betas")
 
     def validate(self) -> None:
         super().validate()
@@ -191,14 +219,14 @@ class VAEConfig(_Config):
     """VAE defaults: Adam lr 1e-3, inputs in [0, 1], BCE reconstruction, beta 1."""
 
     kind = "vae"
-    out_dir: str = "runs/vae"
-    model: str = "conv"        # "conv" (ConvVAE) or "mlp" (the 784-400-20 MLPVAE)
-    latent_dim: int = 20
-    base: int = 32
-    recon_loss: str = "bce"
-    beta: float = 1.0
-    lr: float = 1e-3
-    betas: Tuple[float, float] = (0.9, 0.999)
+    out_dir: str = _field("runs/vae", "the run directory: config.json, checkpoint.pt, metrics, sample grids")
+    model: str = _field("conv", "conv (ConvVAE) or mlp (the 784-400-20 MLPVAE)")
+    latent_dim: int = _field(20, "the latent space's dimension")
+    base: int = _field(32, "ConvVAE's width: its first conv's channels, doubling with each halving")
+    recon_loss: str = _field("bce", "bce (logits against images in [0, 1]) or mse")
+    beta: float = _field(1.0, "the KL term's weight (a beta-VAE for beta != 1)")
+    lr: float = _field(1e-3, "Adam's learning rate")
+    betas: Tuple[float, float] = _field((0.9, 0.999), "Adam's betas")
 
     def validate(self) -> None:
         super().validate()

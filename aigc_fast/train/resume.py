@@ -103,8 +103,8 @@ class Checkpointing:
             (self._architecture_fields(), "cannot resume with a different model ({}): the checkpoint's weights "
              "would not fit; start a new run instead"),
             (self._objective_fields(), "cannot resume with a different loss ({}): the checkpoint was trained for "
-             "the recorded one; pass the recorded config (load it with from_json(RUN_DIR/config.json)) or start "
-             "a new run"),
+             "the recorded one; keep it (aigc-fast train --resume: drop the flag; from Python: load the config "
+             "with from_json(RUN_DIR/config.json)) or start a new run"),
             (self._REPLAY_FIELDS, "cannot resume with different data settings (the data order and held-out split "
              "would change): {}; start a new run instead"),
         ]

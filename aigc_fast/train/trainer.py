@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .. import data as data_lib
 from ..images import save_grid
 from .checkpoint import load_checkpoint
-from .config import resolve_precision
+from .config import resolve_precision, unwritable_reason
 from .cuda_graph import GraphedStep
 from .distributed import Group
 from .interrupt import TrainingInterrupted, stop_between_steps
@@ -285,10 +285,14 @@ class _Trainer(Checkpointing):
     def _refuse_another_runs_directory(self, fresh: bool) -> None:
         """A fresh run in another run's directory would overwrite its checkpoint and mix its
         logs into theirs (a run stopped before its first checkpoint has left its metrics
-        already). Every process looks before any writes (gather is a barrier), and all
-        decide alike."""
+        already); one that cannot write there would fail after loading its data. Every
+        process looks before any writes (gather is a barrier), and all decide alike."""
         mine = [f.name for f in (self.checkpoint_path, self.run_dir / "metrics.jsonl") if fresh and f.exists()]
-        earlier = sorted(set(name for names in self.group.gather(mine) for name in names))
+        unwritable = unwritable_reason(self.run_dir) if self.group.main else None  # (only rank 0 writes)
+        gathered = self.group.gather((mine, unwritable))
+        if gathered[0][1]:
+            raise PermissionError(gathered[0][1])
+        earlier = sorted(set(name for names, _ in gathered for name in names))
         if earlier == ["metrics.jsonl"]:
             raise ValueError(f"{self.run_dir} holds the metrics of a run that stopped before its first checkpoint "
                              "(or is still in its first steps), so there is nothing to resume: delete the directory "
