@@ -119,9 +119,9 @@ void check_forward_args(const at::Tensor& x, const std::optional<at::Tensor>& we
               "Expected more than 1 value per channel when training, got input size ", x.sizes());
   if (num_batches_tracked.has_value()) {  // as the fake kernel checks it, so compile agrees with eager
     check_same_device(*num_batches_tracked, "num_batches_tracked", x, "x");
-    TORCH_CHECK(at::isIntegralType(num_batches_tracked->scalar_type(), /*includeBool=*/false) &&
-                    num_batches_tracked->numel() == 1,
-                "num_batches_tracked must be a one-element integer tensor, got ", num_batches_tracked->scalar_type(),
+    // int64 only: a narrower counter wraps (uint8 at 255 to 0, and momentum=None divides by it).
+    TORCH_CHECK(num_batches_tracked->scalar_type() == at::kLong && num_batches_tracked->numel() == 1,
+                "num_batches_tracked must be a one-element int64 tensor, got ", num_batches_tracked->scalar_type(),
                 " of shape ", num_batches_tracked->sizes());
   }
   TORCH_CHECK(!training || !running_mean.has_value() || momentum.has_value() || num_batches_tracked.has_value(),

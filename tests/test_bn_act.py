@@ -727,10 +727,14 @@ def test_vmap_runs_the_reference_and_the_raw_op_says_so():
          ValueError, "num_batches_tracked must be on the same device as x"),
         (lambda: aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3), torch.ones(3), training=True,
                                   num_batches_tracked=torch.tensor(True)), TypeError,
-         "num_batches_tracked must be a one-element integer tensor"),
+         "num_batches_tracked must be a one-element int64 tensor"),
         (lambda: aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3), torch.ones(3), training=True,
                                   num_batches_tracked=torch.zeros(3, dtype=torch.int64)), TypeError,
-         "one-element integer tensor"),
+         "one-element int64 tensor"),
+        # A narrower counter wraps: uint8 at 255 went to 0, and momentum=None's 1 / count made NaN statistics.
+        (lambda: aigc_fast.bn_act(torch.randn(4, 3), None, None, torch.zeros(3), torch.ones(3), training=True,
+                                  momentum=None, num_batches_tracked=torch.tensor(255, dtype=torch.uint8)), TypeError,
+         r"one-element int64 tensor .*got torch.uint8"),
         # torch.ops directly: one meta argument sends the call to the fake kernel, which says so.
         (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3), torch.ones(3),
                                             torch.tensor(0, device="meta"), True, None, 1e-5, "relu", 0.2, False),
@@ -742,7 +746,10 @@ def test_vmap_runs_the_reference_and_the_raw_op_says_so():
         # The raw op checks what the Python function does (it had read an empty counter's memory).
         (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3), torch.ones(3),
                                             torch.zeros(0, dtype=torch.int64), True, None, 1e-5, "relu", 0.2, False),
-         RuntimeError, "num_batches_tracked must be a one-element integer tensor"),
+         RuntimeError, "num_batches_tracked must be a one-element int64 tensor"),
+        (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), None, None, torch.zeros(3), torch.ones(3),
+                                            torch.tensor(0, dtype=torch.int32), True, None, 1e-5, "relu", 0.2, False),
+         RuntimeError, "one-element int64 tensor, got Int"),
         (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), None, None, None, None, None, True, 0.1, 0.0,
                                             "relu", 0.2, False), RuntimeError, "eps must be positive with batch"),
         (lambda: torch.ops.aigc_fast.bn_act(torch.zeros(2, 3), None, None, None, None, None, True, 0.1, 1e-5,

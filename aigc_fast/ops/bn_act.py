@@ -48,9 +48,9 @@ def _check(x, weight, bias, running_mean, running_var, training, momentum, eps, 
         if not isinstance(num_batches_tracked, torch.Tensor):
             raise TypeError(f"num_batches_tracked must be a torch.Tensor, got {type(num_batches_tracked).__name__}")
         _validate.same_device(num_batches_tracked, "num_batches_tracked", x, "x")
-        if num_batches_tracked.dtype.is_floating_point or num_batches_tracked.dtype.is_complex \
-                or num_batches_tracked.dtype == torch.bool or num_batches_tracked.numel() != 1:
-            raise TypeError("num_batches_tracked must be a one-element integer tensor (nn.BatchNorm's is a 0-d int64), "
+        # int64 only: a narrower counter wraps (uint8 at 255 to 0, and momentum=None then divides by it).
+        if num_batches_tracked.dtype != torch.int64 or num_batches_tracked.numel() != 1:
+            raise TypeError("num_batches_tracked must be a one-element int64 tensor (nn.BatchNorm's is a 0-d int64), "
                             f"got {num_batches_tracked.dtype} of shape {list(num_batches_tracked.shape)}")
     negative_slope = _activations.check(act, negative_slope)
     if momentum is not None:
