@@ -131,16 +131,19 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
     run_dir = Path(run_dir)
     trainer = load_run(run_dir, device=device)
     real = RealData(trainer, data)
-    n = n if n is not None else len(real.train_images)
+    # The metrics of generated images stand on a classifier trained on the labels; a VAE's
+    # likelihoods need none, so unlabelled data still gives a VAE run those.
+    labelled = real.num_classes >= 2
+    if not labelled and trainer.kind == "gan":
+        real.require_classes("the metrics of generated images stand on a classifier trained on them")
+    n = (n if n is not None else len(real.train_images)) if labelled else 0
     results = {"kind": trainer.kind, "step": trainer.step, "data": real.source, "generated": n,
                "real_train": len(real.train_images), "real_held_out": len(real.held_images)}
-    if real.num_classes >= 2 or trainer.kind == "gan":
-        real.require_classes("the metrics of generated images stand on a classifier trained on them")
+    if labelled:
         results.update(_sample_metrics(run_dir, trainer, real, n, seed))
-    else:  # unlabelled data: a VAE's likelihoods need no classifier
+    else:
         warnings.warn(f"{real.source} has no class labels: only the held-out likelihoods are measured (the metrics "
                       "of generated images stand on a classifier trained on the labels)", stacklevel=2)
-        results["generated"] = 0
     if trainer.kind == "vae":
         likelihood = vae_likelihood(trainer.model, real.held_images.to(trainer.device),
                                     recon_loss=trainer.config.recon_loss, samples=nll_samples)
