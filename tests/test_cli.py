@@ -310,7 +310,7 @@ def test_help_says_what_each_training_option_means(capsys):
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for text in ("--model {conv,mlp} conv (ConvVAE) or mlp", "--precision {auto,fp32,bf16,fp16}",
                  "a resumed run trains this many more", "none lifts it) (default none)",
-                 "the KL term's weight", "16, 28, 32, 64, 128 for the convolutional models",
+                 "the KL term's weight", "16, 28, 32, 64, 128 (any for the VAE's --model mlp)",
                  "the defaults below are a new run's"):
         assert text in out, text
     with pytest.raises(SystemExit):

@@ -37,7 +37,7 @@ class _Config:
     epochs: int = _field(1, "epochs to train; a resumed run trains this many more (a partly trained epoch counts "
                             "as one)")
     batch_size: int = _field(128, "images per step, per process")
-    image_size: int = _field(28, f"the images' side: {_SIZES} for the convolutional models, any for --model mlp")
+    image_size: int = _field(28, f"the images' side: {_SIZES} (any for the VAE's --model mlp)")
     channels: int = _field(1, "1 (grayscale) or 3 (RGB): the data is converted to it")
     backend: str = _field("fused", "fused kernels, or reference: the same model on plain PyTorch (same keys)")
     seed: int = _field(0, "seeds the weights, the data order and the noise")
