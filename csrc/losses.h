@@ -2,9 +2,11 @@
 // out by losses.cpp, outputs allocated, work split into RowTiles (tiling.h).
 //
 // Every reduction is deterministic: each tile sums its elements in a fixed order into its
-// own float64 slot of `partials`, and the slots are added in tile order afterwards, so the
+// own float64 slot of `partials`, and the slots are added in a fixed order afterwards (in
+// tile order on the CPU; on CUDA by one 256-thread block, strided then a warp tree), so the
 // result does not depend on the number of threads or blocks, and the float64 accumulator
-// keeps a float32 loss over millions of elements accurate to its last bit or two.
+// keeps a float32 loss over millions of elements accurate to its last bit or two. (The
+// two orders differ, so CPU and CUDA losses may differ in their last bits.)
 #pragma once
 
 #include <ATen/core/Tensor.h>
