@@ -105,10 +105,11 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
                          f"hold{'' if len(empty) > 1 else 's'} no image files ({', '.join(IMAGE_SUFFIXES)})"
                          f"{' (links to folders are not followed)' if linked else ''}; add images or remove the "
                          "folder (the labels are the class folders' sorted order)")
-    images, labels = [], []
+    images, labels, coloured = [], [], 0
     for file in files:
         try:
             with Image.open(file) as im:
+                coloured += im.mode not in _GREY_MODES
                 # Cameras store a photo as the sensor read it and tag how to turn it upright.
                 im = ImageOps.exif_transpose(im)
                 im = _eight_bit(im, Image).convert("L" if channels == 1 else "RGB")
@@ -123,7 +124,19 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
         images.append(array.reshape(image_size, image_size, channels).transpose(2, 0, 1))
         parts = file.relative_to(root).parts
         labels.append(classes.index(parts[0]) if len(parts) > 1 else 0)
+    if channels == 1 and coloured:
+        _warn_grey(f"{coloured} of the {len(files)} images in {root} are")
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+# Pillow's modes without colour ("P" may hold a grey palette, but usually holds colour).
+_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def _warn_grey(which: str) -> None:
+    """Colour turned grey by channels=1 (the trainers' default, for MNIST) is easy to miss."""
+    warnings.warn(f"{which} in colour and now grayscale (channels=1, the trainers' default); channels=3 "
+                  "(--channels 3) keeps their colour", stacklevel=3)
 
 
 def _hidden(name: str) -> bool:
@@ -306,6 +319,8 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
         raise TypeError(f"cannot load images from a {type(source).__name__}")
     if len(images) == 0:
         raise ValueError("no images to train on")
+    if channels == 1 and images.shape[1] in (3, 4):
+        _warn_grey(f"the {len(images)} images are")
     unit = fit_size(to_model_range(images, "vae"), image_size, channels)  # resized in [0, 1]
     return ImageData(_in_model_range(unit, kind), labels, flip=flip)
 

@@ -47,7 +47,8 @@ def test_image_folder(tmp_path):
             Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
     images, labels = data.load_image_folder(tmp_path, 32, channels=3)
     assert images.shape == (6, 3, 32, 32) and labels.tolist() == [0, 0, 0, 1, 1, 1]
-    gray, _ = data.load_image_folder(tmp_path, 16, channels=1)
+    with pytest.warns(UserWarning, match=r"6 of the 6 images in .* are in colour and now grayscale \(channels=1"):
+        gray, _ = data.load_image_folder(tmp_path, 16, channels=1)  # (forgetting --channels 3 is easy)
     assert gray.shape == (6, 1, 16, 16)
     ds = data.load(tmp_path, image_size=32, channels=3, kind="gan", flip=True)
     assert ds.images.shape == (6, 3, 32, 32) and ds.images.min() >= -1
@@ -78,7 +79,8 @@ def test_image_folders_center_crop_and_gray_by_luminance(tmp_path):
     red = np.zeros((20, 20, 3), dtype=np.uint8)
     red[..., 0] = 255
     Image.fromarray(red).save(tmp_path / "a" / "red.png")
-    images, _ = data.load_image_folder(tmp_path, 16, channels=1)
+    with pytest.warns(UserWarning, match="2 of the 2 images .* in colour and now grayscale"):
+        images, _ = data.load_image_folder(tmp_path, 16, channels=1)
     cropped, gray = images[0, 0].float() / 255, images[1, 0].float()
     assert cropped[:, 2:14].max() == 0 and cropped.mean() < 0.05
     assert (gray - 0.299 * 255).abs().max() <= 1
@@ -158,7 +160,8 @@ def test_what_an_image_folder_skips(tmp_path):
     (tmp_path / "__MACOSX" / "._b.pgm").write_bytes(b"AppleDouble")
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "README").write_text("not an image")
-    with pytest.warns(UserWarning, match=r"skipped 2 files that are not images by their suffix \(\.txt, README\)"):
+    with pytest.warns(UserWarning, match=r"skipped 2 files that are not images by their suffix \(\.txt, README\)"), \
+            pytest.warns(UserWarning, match="2 of the 3 images .* in colour"):  # a.png and c.PPM
         images, labels = data.load_image_folder(tmp_path, 8, channels=1)
     assert images.shape == (3, 1, 8, 8) and labels.tolist() == [0, 0, 0]
 
@@ -181,18 +184,20 @@ def test_arrays(tmp_path):
     np.savez(tmp_path / "c.npz", one=nhwc[..., 0], two=nhwc[..., 1])
     with pytest.raises(ValueError, match="name the images array"):
         data.load_array(tmp_path / "c.npz")
-    ds = data.load(tmp_path / "a.npy", image_size=8, channels=1, kind="vae")
+    with pytest.warns(UserWarning, match="the 5 images are in colour and now grayscale"):
+        ds = data.load(tmp_path / "a.npy", image_size=8, channels=1, kind="vae")
     assert ds.images.shape == (5, 1, 8, 8)
     with open(tmp_path / "UPPER.NPY", "wb") as f:  # the suffix in either case (np.save would add ".npy")
         np.save(f, nhwc)
     assert torch.equal(data.load_array(tmp_path / "UPPER.NPY"), a)
-    assert len(data.load(tmp_path / "UPPER.NPY", image_size=8)) == 5
+    assert len(data.load(tmp_path / "UPPER.NPY", image_size=8, channels=3)) == 5
     # RGBA: the alpha dropped, for RGB as for gray (as image folders read RGBA files)
     rgba = np.concatenate([nhwc, np.full((5, 12, 12, 1), 7, np.uint8)], axis=-1)
     np.save(tmp_path / "rgba.npy", rgba)
     as_rgb = data.load(tmp_path / "rgba.npy", image_size=12, channels=3, kind="vae").images
     torch.testing.assert_close(as_rgb, data.load(tmp_path / "a.npy", image_size=12, channels=3, kind="vae").images)
-    assert data.load(tmp_path / "rgba.npy", image_size=12, channels=1).images.shape == (5, 1, 12, 12)
+    with pytest.warns(UserWarning, match="in colour"):
+        assert data.load(tmp_path / "rgba.npy", image_size=12, channels=1).images.shape == (5, 1, 12, 12)
     # An archive's labels must match its images one for one, as an (images, labels) pair's do.
     for count in (4, 6):
         np.savez(tmp_path / "d.npz", images=nhwc, labels=np.arange(count))
