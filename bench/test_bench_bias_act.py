@@ -1,8 +1,8 @@
 """bias_act at the shapes of a DCGAN's blocks without BatchNorm: the generator's final
 activation (64x64x3 and MNIST 28x28x1 images, tanh) and the discriminator's first layer
-(64 channels at 32x32, leaky ReLU), NCHW and channels_last; fused vs eager vs
-torch.compile(reference), plus "copy" (as many bytes as the fused kernels read and write,
-copied: the memory floor).
+(64 channels at 32x32, leaky ReLU), NCHW and channels_last; fused vs eager (the activation
+in place where DCGAN's modules do it: conftest.eager_act) vs torch.compile(reference), plus
+"copy" (as many bytes as the fused kernels read and write, copied: the memory floor).
 
     pytest bench/test_bench_bias_act.py --benchmark-json=bias_act.json
     python bench/report.py bias_act.json --memory peak
@@ -14,7 +14,7 @@ import torch
 import aigc_fast
 from aigc_fast import reference
 
-from conftest import copy_floor, devices, nbytes, op_step, peak_memory, skip_gpu_only, synchronized
+from conftest import copy_floor, devices, eager_act, nbytes, op_step, peak_memory, skip_gpu_only, synchronized
 
 # name: (activation shape, act); batch 128, as DCGAN trains.
 SHAPES = {
@@ -27,7 +27,7 @@ ALL_SHAPES = {**SHAPES, **GPU_SHAPES}
 _compiled = torch.compile(reference.bias_act, dynamic=False)
 PROVIDERS = {
     "fused": lambda x, b, act: aigc_fast.bias_act(x, b, act, impl="fused"),
-    "eager": lambda x, b, act: reference.bias_act(x, b, act),
+    "eager": lambda x, b, act: eager_act(act, x + b[:, None, None]),  # as a DCGAN's conv + LeakyReLU(inplace) do
     "compile": lambda x, b, act: _compiled(x, b, act),
 }
 

@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 import aigc_fast
-from aigc_fast import reference
 from aigc_fast.nn import ConvBlock, ConvTransposeBlock
 
-from conftest import (copy_floor, devices, nbytes, peak_memory, saved_for_backward_bytes, skip_gpu_only,
+from conftest import (copy_floor, devices, eager_act, nbytes, peak_memory, saved_for_backward_bytes, skip_gpu_only,
                       synchronized)
 
 # name: (in_ch, out_ch, kernel, stride, padding, input side, norm, act) of a generator block.
@@ -93,8 +92,8 @@ POST_PROVIDERS = {
     "fused": lambda h, bn, act: aigc_fast.bn_act(h, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                                                  training=True, act=act, num_batches_tracked=bn.num_batches_tracked,
                                                  impl="fused"),
-    "eager": lambda h, bn, act: reference.bn_act(h, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                                                 training=True, act=act, num_batches_tracked=bn.num_batches_tracked),
+    # nn.BatchNorm2d then the activation as DCGAN's modules apply it (ReLU(inplace=True)).
+    "eager": lambda h, bn, act: eager_act(act, bn(h)),
 }
 
 
