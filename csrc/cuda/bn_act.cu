@@ -298,7 +298,8 @@ void channel_stats_cuda(ChannelStats& op) {
 // The per-channel steps carry raw pointers only: the caller (bn_act_op, bn_act_backward_op)
 // holds the DeviceGuard of x's device, so the current stream is that device's.
 void forward_channels_cuda(const BnForwardChannels& step, int64_t channels) {
-  forward_channels_kernel<<<blocks_covering(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step, channels);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  forward_channels_kernel<<<blocks_covering(channels), kThreads, 0, stream>>>(step, channels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -325,12 +326,13 @@ void bn_act_sums_cuda(BnActGrad& op) {
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   sums_merge_kernel<<<blocks_covering(op.channels), kThreads, 0, stream>>>(partials.const_data_ptr<double>(),
-                                                                        op.channels, s.splits, op.step);
+                                                                           op.channels, s.splits, op.step);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void backward_channels_cuda(const BnBackwardChannels& step, int64_t channels) {
-  backward_channels_kernel<<<blocks_covering(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step, channels);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  backward_channels_kernel<<<blocks_covering(channels), kThreads, 0, stream>>>(step, channels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

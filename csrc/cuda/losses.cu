@@ -149,8 +149,7 @@ void vae_launch(VaeLoss& op, cudaStream_t stream) {
         <<<blocks_for_units(units), kThreads, 0, stream>>>(args, units, partials);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  vae_finalize_kernel<T><<<1, kThreads, 0, stream>>>(partials, op.recon_tiles, op.reduction,
-                                                        vae_outputs<T>(op));
+  vae_finalize_kernel<T><<<1, kThreads, 0, stream>>>(partials, op.recon_tiles, op.reduction, vae_outputs<T>(op));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
