@@ -41,6 +41,9 @@ def block_and_twin(spec):
     torch.manual_seed(0)
     block = ConvTransposeBlock(in_ch, out_ch, k, s, p, norm=norm, act=act)
     twin = nn.Sequential(*[copy.deepcopy(m) for m in block])
+    for module in twin:  # eager as DCGAN code writes it: ReLU(inplace=True) (conftest.eager_act)
+        if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
+            module.inplace = True
     return block, twin
 
 
