@@ -11,6 +11,7 @@ import torch
 from . import _extension, _impl, ops
 from ._version import __version__
 
+
 def _devices() -> list:
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():

@@ -35,7 +35,7 @@ def _config_options(parser: argparse.ArgumentParser, config_class) -> None:
         optional = type(None) in typing.get_args(kind)  # Optional[X]: X, or "none"
         if optional:
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        help_text = field.metadata["help"]
+        help_text = field.metadata.get("help", "")
         default = "none" if field.default is None else repr(field.default)
         if field.name == "data":  # the command trains on something: the built-in MNIST
             help_text, default = "mnist, digits, an image folder or an .npy/.npz file", "'mnist'"

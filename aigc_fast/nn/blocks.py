@@ -11,6 +11,7 @@ BatchNorm into the convolutions for inference.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import List, Optional, Union
@@ -45,13 +46,15 @@ def _activation_module(act: str, negative_slope: float) -> nn.Module:
 
 class FoldedBatchNorm(nn.Identity):
     """Where fold() took a BatchNorm2d out (its statistics now live in the convolution).
-    A folded model is for inference: training it would train a model without BatchNorm."""
+    A folded model is for inference: training it would train a model without BatchNorm,
+    so .train() warns. (A warning, not an error: nn.Module.train has switched the modules
+    before this one by then, and generic code, exporters among it, restores modes with it.)"""
 
     def train(self, mode: bool = True):
         if mode:
-            raise RuntimeError("this model was made by aigc_fast.nn.fold() for inference: its BatchNorms are folded "
-                               "into the convolutions, so training it would train a model without BatchNorm. Train "
-                               "the model you folded, and fold it again")
+            warnings.warn("this model was made by aigc_fast.nn.fold() for inference: its BatchNorms are folded into "
+                          "the convolutions, so training it trains a model without BatchNorm. Train the model you "
+                          "folded, and fold it again", RuntimeWarning, stacklevel=3)
         return super().train(mode)
 
 
@@ -386,7 +389,7 @@ def fold(module: nn.Module) -> nn.Module:
     convert) with each fused group's BatchNorm folded into its convolution's weight and
     bias (torch.nn.utils.fusion), so the group runs as convolution + bias_act. The
     BatchNorm modules become FoldedBatchNorm (an nn.Identity), so the other modules keep
-    their names; it refuses .train(), as the folded model is a different network to train."""
+    their names; .train() on the result warns, as the folded model is a different network."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"fold() takes a torch.nn.Module, got {type(module).__name__}")
     if any(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):

@@ -23,9 +23,12 @@ FIELD_CHOICES = {"precision": PRECISIONS, "backend": BACKENDS, "loss": GAN_LOSSE
                  "recon_loss": RECON_LOSSES}
 
 
-def _field(default, help: str):
+def _field(default, meaning: str):
     """A config field and what it means, in one line: `aigc-fast train --help` shows it."""
-    return dataclasses.field(default=default, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": meaning})
+
+
+_OUT_DIR = "the run directory: config.json, checkpoint.pt, metrics, sample grids"
 
 
 _SIZES = ", ".join(map(str, sorted(SIZES)))
@@ -33,7 +36,7 @@ _SIZES = ", ".join(map(str, sorted(SIZES)))
 
 @dataclasses.dataclass
 class _Config:
-    out_dir: str = _field("runs/run", "the run directory: config.json, checkpoint.pt, metrics, sample grids")
+    out_dir: str = _field("runs/run", _OUT_DIR)
     epochs: int = _field(1, "epochs to train; a resumed run trains this many more (a partly trained epoch counts "
                             "as one)")
     batch_size: int = _field(128, "images per step, per process")
@@ -193,10 +196,12 @@ class GANConfig(_Config):
     """DCGAN defaults: Adam lr 2e-4, betas (0.5, 0.999), batch 128, images in [-1, 1]."""
 
     kind = "gan"
-    out_dir: str = _field("runs/gan", "the run directory: config.json, checkpoint.pt, metrics, sample grids")
+    out_dir: str = _field("runs/gan", _OUT_DIR)
     nz: int = _field(100, "the latent vector's size")
-    ngf: int = _field(64, "the generator's width: its last block's channels (the first has 8x at 64x64)")
-    ndf: int = _field(64, "the discriminator's width: its first block's channels")
+    ngf: int = _field(64, "the generator's width: its blocks have 8, 4, 2, 1 x ngf channels at 64x64, 4 and "
+                          "2 x ngf at 28x28")
+    ndf: int = _field(64, "the discriminator's width: its blocks have 1, 2, 4, 8 x ndf channels at 64x64, 2 and "
+                          "4 x ndf at 28x28")
     loss: str = _field("bce", "bce (non-saturating G), hinge or lsgan")
     lr: float = _field(2e-4, "Adam's learning rate, for G and D")
     betas: Tuple[float, float] = _field((0.5, 0.999), "Adam's betas")
@@ -219,7 +224,7 @@ class VAEConfig(_Config):
     """VAE defaults: Adam lr 1e-3, inputs in [0, 1], BCE reconstruction, beta 1."""
 
     kind = "vae"
-    out_dir: str = _field("runs/vae", "the run directory: config.json, checkpoint.pt, metrics, sample grids")
+    out_dir: str = _field("runs/vae", _OUT_DIR)
     model: str = _field("conv", "conv (ConvVAE) or mlp (the 784-400-20 MLPVAE)")
     latent_dim: int = _field(20, "the latent space's dimension")
     base: int = _field(32, "ConvVAE's width: its first conv's channels, doubling with each halving")
