@@ -362,7 +362,8 @@ def test_evaluate_a_vae_on_unlabelled_data_gives_its_likelihoods(tmp_path, digit
     assert results["real_held_out"] == 60 and results["generated"] == 0 and "fid" not in results
     assert results["held_out_nll"] <= results["held_out_neg_elbo"] + 1e-6
     assert "held-out NLL" in (out / "eval" / "metrics.md").read_text()
-    with pytest.warns(UserWarning, match="n=5 is not used: without class labels"):  # (and the likelihoods' warning)
+    with pytest.warns(UserWarning, match="n=5 is not used: without class labels"), \
+            pytest.warns(UserWarning, match="only the held-out likelihoods"):
         evaluate(out, n=5, nll_samples=2, write=False)
     one_label = (images, torch.full((300,), 3))  # one distinct label, though not 0: still no classes
     with pytest.warns(UserWarning, match="no class labels: only the held-out likelihoods"):
