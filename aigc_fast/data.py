@@ -131,10 +131,6 @@ def load_image_folder(path: Union[str, Path], image_size: int, channels: int = 3
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
 
 
-# Pillow's modes without colour.
-_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
-
-
 def _in_colour(im) -> bool:
     """Whether the image has colour, not only a colour mode: grey photos are often saved as
     RGB JPEGs, grey GIFs as palette images. (Checked until the first such image: it costs
@@ -161,6 +157,8 @@ def _hidden(name: str) -> bool:
 # grayscale (PNG, TIFF; read as "I" by older Pillow) and float images in [0, 1].
 # convert("L") would clip them at 255, turning a 16-bit image nearly all white.
 _WHITE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+# Pillow's modes without colour: the 8-bit and 1-bit grey ones, and the wide ones above.
+_GREY_MODES = {"1", "L", "LA", "La", *_WHITE}
 
 
 def _eight_bit(im, Image):
