@@ -166,7 +166,10 @@ def _nvcc_version(cuda_home):
     return match.group(1), match.group(2)
 
 
-def _build_cuda():
+def _configure_cuda_build() -> bool:
+    """Whether the CUDA kernels are built: True sets TORCH_CUDA_ARCH_LIST for the build;
+    CudaSetupError when AIGC_FAST_CUDA=1 asks for what this environment cannot do, or when
+    nvcc's CUDA would not match torch's."""
     wanted = _cuda_wanted()
     cuda_home = cpp_extension.CUDA_HOME
     problems = []
@@ -348,7 +351,7 @@ if shutil.which("ninja") is None and os.access(_ninja_beside_python, os.X_OK):
 with open(os.path.join(HERE, "aigc_fast", "_version.py")) as version_file:
     VERSION = re.search(r"\"(.+)\"", version_file.read()).group(1)
 try:
-    WITH_CUDA, CUDA_SETUP_ERROR = _build_cuda(), None
+    WITH_CUDA, CUDA_SETUP_ERROR = _configure_cuda_build(), None
 except CudaSetupError as error:
     WITH_CUDA, CUDA_SETUP_ERROR = False, f"error: {error}"
 

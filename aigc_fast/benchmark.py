@@ -20,7 +20,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -35,10 +35,18 @@ WORKLOADS = {
     "vae28": ("vae", dict(image_size=28, channels=1, batch_size=128)),
     "vae64": ("vae", dict(image_size=64, channels=3, batch_size=64)),
 }
-PROVIDERS = {  # name: (backend, torch.compile, CUDA graph)
-    "fused": ("fused", False, False), "eager": ("reference", False, False), "compile": ("reference", True, False),
-    "fused+compile": ("fused", True, False), "fused+graph": ("fused", False, True),
-    "eager+graph": ("reference", False, True),
+
+
+class Provider(NamedTuple):
+    backend: str  # the models' ops: "fused" or "reference"
+    compiled: bool  # torch.compile
+    graphed: bool  # CUDA graph replay
+
+
+PROVIDERS = {
+    "fused": Provider("fused", False, False), "eager": Provider("reference", False, False),
+    "compile": Provider("reference", True, False), "fused+compile": Provider("fused", True, False),
+    "fused+graph": Provider("fused", False, True), "eager+graph": Provider("reference", False, True),
 }
 
 
@@ -54,13 +62,13 @@ def check_cases(providers: List[str], precisions: List[str], device: str) -> Non
     something other than their name: graph providers off a GPU or with fp16, fused providers
     where the kernels cannot run (the trainers would then run the reference ops under the
     fused name). `aigc-fast bench` asks before any timing, make_step for each case."""
-    graphed = [p for p in providers if PROVIDERS[p][2]]
+    graphed = [p for p in providers if PROVIDERS[p].graphed]
     if graphed and torch.device(device).type != "cuda":
         raise ValueError(f"{', '.join(graphed)} replay CUDA graphs: they run on a GPU only, not on {device}")
     if graphed and "fp16" in precisions:
         raise ValueError(f"{', '.join(graphed)} and fp16: the trainers replay no graph in fp16 (its GradScaler "
                          "checks for overflow on the host); time fp16 without them")
-    fused = [p for p in providers if PROVIDERS[p][0] == "fused"]
+    fused = [p for p in providers if PROVIDERS[p].backend == "fused"]
     reason = _impl.fused_unavailable_reason(torch.device(device)) if fused else None
     if reason is not None:
         raise ValueError(f"{', '.join(fused)} would time the reference ops under the fused name: {reason}")
@@ -296,7 +304,7 @@ def _run(workloads, providers, settings, *, device, repeats, memory, log):
             precision, channels_last, provider = case
             steps[case], batch = make_step(workload, provider, precision=precision, channels_last=channels_last,
                                            device=device)
-            time_step(steps[case], warmup=3 if "compile" in provider else 2, repeats=0)
+            time_step(steps[case], warmup=3 if PROVIDERS[provider].compiled else 2, repeats=0)
         times: Dict[tuple, List[float]] = {case: [] for case in cases}
         for round_ in range(repeats):  # every other round backwards: no case always follows the same one
             for case in cases if round_ % 2 == 0 else cases[::-1]:

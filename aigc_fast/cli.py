@@ -22,6 +22,8 @@ import typing
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+_EXIT_SIGINT = 130  # the shell's exit status for a process stopped by Ctrl-C (128 + SIGINT)
+
 
 def _config_options(parser: argparse.ArgumentParser, config_class) -> None:
     """One --option per config field (--out-dir for out_dir, --flip/--no-flip for booleans),
@@ -96,25 +98,78 @@ def _train(args, given: dict) -> int:
         if trainer.group.main:
             print(f"aigc-fast: stopped by Ctrl-C after step {stopped.step} (epoch {trainer.epoch}); continue with "
                   f"aigc-fast train {args.kind} --resume {trainer.run_dir}", file=sys.stderr)
-        return 130  # the shell's code for a SIGINT
+        return _EXIT_SIGINT
     # (Only after a run that ended well: destroying the group while another process still
     # waits in a collective, after an error here, could hang it.)
     trainer.group.close()
     if trainer.group.main:
-        no_epochs = ("--epochs 0 asks" if "epochs" in given else
-                     "the run's recorded epochs is 0 (give --epochs N): it asks" if args.resume else
-                     f"epochs is 0 in {args.config} (give --epochs N): it asks")
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or (
-            f"nothing to train: {no_epochs} for no epoch" if config.epochs == 0 else
-            f"nothing to train: max_steps={config.max_steps} and the run is at step {trainer.step} "
-            "(give a larger --max-steps, or --max-steps none to lift the cap)"
-            if config.max_steps is not None else "no step trained")
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or _nothing_trained(args, given, config,
+                                                                                         trainer.step)
         print(f"step {trainer.step} (epoch {trainer.epoch}): {shown}\nrun directory: {trainer.run_dir} "
               f"(checkpoint.pt, metrics.jsonl, samples/)")
     return 0
 
 
+def _nothing_trained(args, given, config, step: int) -> str:
+    """Why a run trained no step, and what to give instead."""
+    if config.epochs == 0:
+        if "epochs" in given:
+            asks = "--epochs 0 asks"
+        elif args.resume:
+            asks = "the run's recorded epochs is 0 (give --epochs N): it asks"
+        else:
+            asks = f"epochs is 0 in {args.config} (give --epochs N): it asks"
+        return f"nothing to train: {asks} for no epoch"
+    if config.max_steps is not None:
+        return (f"nothing to train: max_steps={config.max_steps} and the run is at step {step} "
+                "(give a larger --max-steps, or --max-steps none to lift the cap)")
+    return "no step trained"
+
+
+def _want_traceback() -> bool:
+    return os.environ.get("AIGC_FAST_TRACEBACK") == "1"
+
+
 def main(argv=None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # here, so that a reader gone away is met below rather than at exit
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe (aigc-fast info --json | head): stop quietly, as Python's
+        # docs advise (a note on SIGPIPE), with stdout sent to devnull for the flush at exit.
+        # (Before the OSError below, which it is: not an error in the arguments.) Another
+        # pipe's error (a subprocess's) is the package's, and keeps its traceback.
+        if not _stdout_is_closed():
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C outside a training loop (loading, evaluating, sampling), or a second one in it
+        # (the first stops training between steps: _train reports it): one line, as for errors.
+        if _want_traceback():
+            raise
+        print(f"aigc-fast {args.command}: interrupted", file=sys.stderr)
+        return _EXIT_SIGINT
+    # Most likely the arguments (a value, a path that is a file, data of the wrong type): one
+    # line, and where it was raised. (bench checks its arguments before it starts; an error
+    # while it runs is the package's, and keeps its traceback.)
+    except (ValueError, TypeError, OSError) as error:
+        if (args.command == "bench" and not isinstance(error, BadBenchArguments)) or _want_traceback():
+            raise
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        parser.exit(2, f"aigc-fast {args.command}: error: {error}\n(raised at {Path(where.filename).name}:"
+                       f"{where.lineno}; AIGC_FAST_TRACEBACK=1 shows the traceback)\n")
+    except FloatingPointError as error:  # a run whose loss went NaN or infinite: not the arguments' fault
+        if _want_traceback():
+            raise
+        print(f"aigc-fast {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+def _build_parser() -> argparse.ArgumentParser:
     from .train import TRAINERS
 
     parser = argparse.ArgumentParser(prog="aigc-fast", description="Fused GAN/VAE kernels and training for PyTorch")
@@ -172,43 +227,7 @@ def main(argv=None) -> int:
     bench.add_argument("--ops-filter", default="not ((test_block or test_post) and b128)",
                        help="pytest -k expression selecting the op cases (default: all but the batch-128 conv "
                        "blocks, which would double the run; '' selects all)")
-
-    args = parser.parse_args(argv)
-    try:
-        code = _run(args)
-        sys.stdout.flush()  # here, so that a reader gone away is met below rather than at exit
-        return code
-    except BrokenPipeError:
-        # The reader closed the pipe (aigc-fast info --json | head): stop quietly, as Python's
-        # docs advise (a note on SIGPIPE), with stdout sent to devnull for the flush at exit.
-        # (Before the OSError below, which it is: not an error in the arguments.) Another
-        # pipe's error (a subprocess's) is the package's, and keeps its traceback.
-        if not _stdout_is_closed():
-            raise
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except KeyboardInterrupt:
-        # Ctrl-C outside a training loop (loading, evaluating, sampling), or a second one in it
-        # (the first stops training between steps: _train reports it): one line, as for errors.
-        if os.environ.get("AIGC_FAST_TRACEBACK") == "1":
-            raise
-        print(f"aigc-fast {args.command}: interrupted", file=sys.stderr)
-        return 130  # the shell's code for a SIGINT
-    # Most likely the arguments (a value, a path that is a file, data of the wrong type): one
-    # line, and where it was raised. (bench checks its arguments before it starts; an error
-    # while it runs is the package's, and keeps its traceback.)
-    except (ValueError, TypeError, OSError) as error:
-        if (args.command == "bench" and not isinstance(error, BadBenchArguments)) or \
-                os.environ.get("AIGC_FAST_TRACEBACK") == "1":
-            raise
-        where = traceback.extract_tb(error.__traceback__)[-1]
-        parser.exit(2, f"aigc-fast {args.command}: error: {error}\n(raised at {Path(where.filename).name}:"
-                       f"{where.lineno}; AIGC_FAST_TRACEBACK=1 shows the traceback)\n")
-    except FloatingPointError as error:  # a run whose loss went NaN or infinite: not the arguments' fault
-        if os.environ.get("AIGC_FAST_TRACEBACK") == "1":
-            raise
-        print(f"aigc-fast {args.command}: {error}", file=sys.stderr)
-        return 1
+    return parser
 
 
 def _run(args) -> int:
@@ -295,12 +314,12 @@ def _bench_ops(out: Path, selection: str) -> int:
     # from the source folder that would import the uncompiled source instead of the package.
     for ext in ("json", "md", "csv", "png"):  # never leave an earlier run's results beside this one's
         (out / f"ops.{ext}").unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-m", "pytest", *(str(Path(s).resolve()) for s in OP_SUITES), "-q",
+    suites = subprocess.run([sys.executable, "-m", "pytest", *(str(Path(s).resolve()) for s in OP_SUITES), "-q",
                            "-p", "no:cacheprovider", "-k", selection, f"--benchmark-json={out / 'ops.json'}"], cwd=out)
-    if done.returncode == 5:  # pytest: no test collected
+    if suites.returncode == 5:  # pytest: no test collected
         raise SystemExit(f"aigc-fast bench: --ops-filter {selection!r} selects no op benchmark (a pytest -k "
                          "expression over the test ids in bench/test_bench_*.py, e.g. 'reparameterize and 4M')")
-    failed = done.returncode  # a failing case (a loud compile failure) still leaves the others' results
+    failed = suites.returncode  # a failing case (a loud compile failure) still leaves the others' results
     with contextlib.suppress(OSError):  # pytest-benchmark's storage folder, empty unless asked to save runs
         (out / ".benchmarks").rmdir()
     if not (out / "ops.json").is_file():
@@ -308,14 +327,14 @@ def _bench_ops(out: Path, selection: str) -> int:
               f"--ops-filter {selection!r} selects was skipped, e.g. a GPU-only size, or failed)", file=sys.stderr)
         return failed or 1
     with open(out / "ops.md", "w") as md:
-        done = subprocess.run([sys.executable, "bench/report.py", str(out / "ops.json"), "--memory", "peak",
+        report = subprocess.run([sys.executable, "bench/report.py", str(out / "ops.json"), "--memory", "peak",
                                "--csv", str(out / "ops.csv"), "--chart", str(out / "ops.png")], stdout=md)
     written = [out / f"ops.{ext}" for ext in ("json", "md", "csv", "png")]
     print("written: " + ", ".join(str(p) for p in written if p.is_file()))
     if failed:
         print(f"aigc-fast bench: some op benchmarks failed (pytest exit status {failed}); the tables hold the rest",
               file=sys.stderr)
-    return failed or done.returncode
+    return failed or report.returncode
 
 
 def _bench_lists() -> Dict[str, Tuple[str, ...]]:
@@ -389,9 +408,13 @@ def _bench(args) -> int:
     chart = benchmark.bar_chart(rows, out / "steps.png") if "eager" in args.providers else None
     print()
     print(table, end="")
-    print(f"written: {out / 'steps.csv'}, {out / 'steps.md'}" + (
-        f", {chart}" if chart else " (no chart: it compares with the eager provider)"
-        if "eager" not in args.providers else " (pip install matplotlib for the chart)"))
+    if chart:
+        chart_note = f", {chart}"
+    elif "eager" not in args.providers:
+        chart_note = " (no chart: it compares with the eager provider)"
+    else:
+        chart_note = " (pip install matplotlib for the chart)"
+    print(f"written: {out / 'steps.csv'}, {out / 'steps.md'}{chart_note}")
     return returncode
 
 

@@ -224,6 +224,11 @@ def to_model_range(images: torch.Tensor, kind: str) -> torch.Tensor:
     """float32 images in [-1, 1] (kind "gan") or [0, 1] ("vae"), from uint8 (or other integer)
     pixels 0-255, or float images already in [0, 1]."""
     choice(kind, "kind", KINDS)
+    return _unit_to_model_range(_to_unit(images), kind)
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    """float32 images in [0, 1] from integer pixels 0-255 or float images in [0, 1] (checked)."""
     if not images.is_floating_point() and images.dtype not in (torch.uint8, torch.bool) and images.numel():
         # Integer pixels (NumPy's default int64 of an array built from 0-255 values): uint8's scale.
         # (torch has no min/max for uint16-uint64: their range is read from the NumPy array.)
@@ -234,8 +239,8 @@ def to_model_range(images: torch.Tensor, kind: str) -> torch.Tensor:
                              f"values in [{lo}, {hi}]; for 16-bit images pass floats in [0, 1] (images / 65535)")
         images = images.to(torch.uint8)
     if images.dtype == torch.uint8:
-        unit = images.float() / 255.0
-    elif images.is_floating_point():
+        return images.float() / 255.0
+    if images.is_floating_point():
         # (Before the range check: NaN compares false with both bounds, and would train into a NaN loss.)
         finite = torch.isfinite(images)
         if not finite.all():
@@ -244,13 +249,11 @@ def to_model_range(images: torch.Tensor, kind: str) -> torch.Tensor:
         lo, hi = images.min().item(), images.max().item()
         if lo < 0 or hi > 1:
             raise ValueError(f"float images must be in [0, 1] (or uint8 0-255), got values in [{lo:.3g}, {hi:.3g}]")
-        unit = images.float()
-    else:
-        raise TypeError(f"images must be uint8 or float, got {images.dtype}")
-    return _in_model_range(unit, kind)
+        return images.float()
+    raise TypeError(f"images must be uint8 or float, got {images.dtype}")
 
 
-def _in_model_range(unit: torch.Tensor, kind: str) -> torch.Tensor:
+def _unit_to_model_range(unit: torch.Tensor, kind: str) -> torch.Tensor:
     """Images in [0, 1] in the model's range: [-1, 1] for a GAN's tanh, [0, 1] for a VAE's BCE."""
     return unit * 2 - 1 if kind == "gan" else unit
 
@@ -334,8 +337,8 @@ def load(source, *, image_size: int, channels: int = 1, kind: str = "gan", flip:
     if channels == 1 and images.shape[1] in (3, 4) and not (torch.equal(images[:, 0], images[:, 1])
                                                             and torch.equal(images[:, 1], images[:, 2])):
         _warn_grey(f"the {len(images)} images are")
-    unit = fit_size(to_model_range(images, "vae"), image_size, channels)  # resized in [0, 1]
-    return ImageData(_in_model_range(unit, kind), labels, flip=flip)
+    unit = fit_size(_to_unit(images), image_size, channels)  # resized in [0, 1]
+    return ImageData(_unit_to_model_range(unit, kind), labels, flip=flip)
 
 
 def holdout_split(n: int, holdout: float) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,11 @@ struct BiasAct {
   at::Tensor y;     // output, laid out like x
 };
 
+// bias_act as channel_act.h's pass with no mean or scale: y = act(x + bias) (affine = false).
+inline ChannelAffineAct bias_only(const BiasAct& op) {
+  return ChannelAffineAct{op.x, op.channels, op.inner, at::Tensor(), at::Tensor(), op.bias, op.act, op.slope, op.y};
+}
+
 // Backward from the output alone: grad_x = grad_y * f'(v), with f'(v) read from y. Where
 // sum_bias, the bias gradient sums dz = grad_y * f'(v) by channel in the math type, before
 // dz is rounded to a 16-bit grad_x: the CPU kernel in the same pass (bias_sums) where its

@@ -33,8 +33,17 @@ void check_channel_vector(const std::optional<at::Tensor>& t, const char* name, 
               "] (one value per channel of ", of_name, ", ", of_name, ".shape[1]), got ", t->sizes());
 }
 
-// [outer, channels, inner] view of a dense [N, C, ...] tensor (layout.h).
+// inner of the [outer, channels, inner] reading of a dense [N, C, ...] tensor: H*W for NCHW,
+// 1 for channels_last (layout.h's channel_run along dim 1).
 int64_t inner_of(const at::Tensor& x) { return channel_run(x, 1); }
+
+// A parameter's gradient, or an empty tensor when not asked for (an op's outputs are always
+// tensors): in the parameter's dtype; in the math type when asked for an absent parameter.
+at::Tensor param_grad(bool wanted, const std::optional<at::Tensor>& param, int64_t channels,
+                      const at::TensorOptions& math) {
+  if (wanted && param.has_value()) return at::empty({channels}, param->options());
+  return at::empty({wanted ? channels : 0}, math);
+}
 
 // A [channels] vector the per-channel step can index densely (undefined when absent).
 at::Tensor dense_channels(const std::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }
@@ -163,13 +172,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   step.bessel = training ? double(per_channel) / double(per_channel - 1) : 1.0;
   step.training = training;
   const at::Tensor mean = at::empty({channels}, math), invstd = at::empty({channels}, math);
+  const at::Tensor scale = at::empty({channels}, math), beta = at::empty({channels}, math);
   const at::Tensor xo = in_memory_order(x);
-  ChannelAffineAct op{xo,       channels, inner_of(xo), mean, at::empty({channels}, math), at::empty({channels}, math),
-                      activation, negative_slope, at::Tensor()};
+  ChannelAffineAct op{xo, channels, inner_of(xo), mean, scale, beta, activation, negative_slope, at::Tensor()};
   step.mean = ref(mean);
   step.invstd = ref(invstd);
-  step.scale = ref(op.scale);
-  step.beta = ref(op.beta);
+  step.scale = ref(scale);
+  step.beta = ref(beta);
   const Kernels& kernels = kernels_for(x);
   if (training) {
     ChannelStats stats{op.x, channels, op.inner, step};
@@ -219,12 +228,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_op(
     check_memory_saving_mode(op.act, act, negative_slope, y.scalar_type());
     op.shift = bias.has_value() ? bias->to(math.dtype()).contiguous() : at::zeros({channels}, math);
   }
-  // Outputs not asked for are empty tensors (an op's outputs are always tensors).
-  // (A gradient asked for is in its parameter's dtype; the rest, in the math type.)
-  at::Tensor grad_weight = output_mask[1] && weight.has_value() ? at::empty({channels}, weight->options())
-                                                                : at::empty({output_mask[1] ? channels : 0}, math);
-  at::Tensor grad_bias = output_mask[2] && bias.has_value() ? at::empty({channels}, bias->options())
-                                                            : at::empty({output_mask[2] ? channels : 0}, math);
+  at::Tensor grad_weight = param_grad(output_mask[1], weight, channels, math);
+  at::Tensor grad_bias = param_grad(output_mask[2], bias, channels, math);
   const at::Tensor weight_d = dense_channels(weight), invstd_d = invstd.contiguous();
   BnBackwardChannels& step = op.step;
   step.weight = optional_ref(weight_d);

@@ -66,23 +66,23 @@ AIGC_HD void bn_forward_channel_batch(const BnForwardChannels& p, int64_t c, con
 }
 
 // A channel's moments again, in float64 element by element (ATen's CPU BatchNorm also
-// accumulates in float64), for a channel whose tile moments came out infinite or NaN: finite
+// accumulates in float64), for a channel whose merged moments came out infinite or NaN: finite
 // data can overflow the math type's sums (|x - shift| past ~1e19 squares past float32's
 // range) and must still get its statistics. (The outputs are then the exact normalized
 // values; ATen's float32 invstd of the variance, itself past float32's range, is 0.) An
 // inf in the data gives ATen's statistics too (an infinite mean, a NaN variance), after
-// one serial pass over the channel; a NaN keeps the tiles' NaN, found at the first one,
+// one serial pass over the channel; a NaN keeps the merged NaN, found at the first one,
 // so a run diverged to NaN pays only up to it, per channel and step. A rare path (one
 // thread per such channel on CUDA: slow for an inf in a large channel), written for
 // clarity, not speed. x is dense, read in memory order as [outer, channels, inner].
 AIGC_HD Moments exact_channel_moments(const Ref& x, int64_t numel, int64_t channels, int64_t inner, int64_t c,
-                                      const Moments& tiles) {
+                                      const Moments& merged) {
   const int64_t outer = numel / (channels * inner);
   double sum = 0.0, m2 = 0.0;
   for (int64_t o = 0; o < outer; ++o) {
     for (int64_t i = 0; i < inner; ++i) {
       const double v = load<double>(x, (o * channels + c) * inner + i);
-      if (v != v) return tiles;
+      if (v != v) return merged;
       sum += v;
     }
   }
@@ -99,7 +99,7 @@ AIGC_HD Moments exact_channel_moments(const Ref& x, int64_t numel, int64_t chann
   return Moments{count, mean, m2};
 }
 
-// Whether the tile sums' moments are infinite or NaN (comparisons are false for NaN).
+// Whether the merged moments are infinite or NaN (comparisons are false for NaN).
 AIGC_HD bool moments_overflowed(const Moments& m) {
   return !(fabs(m.mean) <= DBL_MAX && fabs(m.m2) <= DBL_MAX);
 }
@@ -195,8 +195,9 @@ void with_grad_kernel(const BnActGrad& op, const F& f) {
 }
 
 // channel_stats: the statistics and step (training). forward_channels: the step alone
-// (eval); then channel_affine_act (channel_act.h) normalizes. bn_act_sums: the backward's sums and step; backward_channels: the step alone,
-// with zero sums (no sum needed: eval, dx only).
+// (eval); then channel_affine_act (channel_act.h) normalizes.
+// bn_act_sums: the backward's sums and step. backward_channels: the step alone, with zero
+// sums (none needed: eval, dx only). bn_act_grad_input: dx from the step (training).
 void channel_stats_cpu(ChannelStats& op);
 void forward_channels_cpu(const BnForwardChannels& step, int64_t channels);
 void bn_act_sums_cpu(BnActGrad& op);

@@ -82,7 +82,7 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     // tensor per step, for nothing.
     ctx->set_materialize_grads(false);
     // Only the loss (output 0) is differentiable; the op returns the logging terms and
-    // gradients detached (see detach_all_but_the_loss).
+    // gradients detached (see run_loss).
     return outputs;
   }
 
@@ -184,11 +184,14 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
   }
 };
 
-// The op's outputs as it returns them: the loss, then the logging terms and gradients
-// detached. Not mark_non_differentiable in forward: compiled autograd
+// A loss op's Autograd kernel: `kernel` (the op below autograd) run under
+// PrecomputedGradients, and its outputs as the op returns them: the loss, then the logging
+// terms and gradients detached. Not mark_non_differentiable in forward: compiled autograd
 // (torch._dynamo.config.compiled_autograd) refuses a C++ Function that marks outputs so,
 // with an internal assert.
-variable_list detach_all_but_the_loss(variable_list outputs) {
+variable_list run_loss(const std::vector<at::Tensor>& inputs, const std::function<variable_list()>& kernel,
+                       int64_t n_values, int64_t mask, const LossSettings& settings) {
+  variable_list outputs = PrecomputedGradients::apply(at::TensorList(inputs), kernel, n_values, mask, settings);
   for (size_t i = 1; i < outputs.size(); ++i) outputs[i] = outputs[i].detach();
   return outputs;
 }
@@ -217,22 +220,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_d_loss_autograd(const at::Ten
                                                                    std::string kind, double real_label,
                                                                    std::array<bool, 2> output_mask) {
   static const auto op = find_op<GanD>("aigc_fast::gan_d_loss");
-  const std::vector<at::Tensor> inputs{real, fake};
-  const variable_list out = detach_all_but_the_loss(PrecomputedGradients::apply(
-      at::TensorList(inputs),
-      std::function<variable_list()>([&] { return to_list(op.call(real, fake, kind, real_label, output_mask)); }),
-      int64_t(1), bits(output_mask), LossSettings{"gan_d_loss", kind, real_label}));
+  const variable_list out = run_loss(
+      {real, fake}, [&] { return to_list(op.call(real, fake, kind, real_label, output_mask)); }, 1, bits(output_mask),
+      LossSettings{"gan_d_loss", kind, real_label});
   return {out[0], out[1], out[2]};
 }
 
 std::tuple<at::Tensor, at::Tensor> gan_g_loss_autograd(const at::Tensor& fake, std::string kind,
                                                        bool need_grad) {
   static const auto op = find_op<GanG>("aigc_fast::gan_g_loss");
-  const std::vector<at::Tensor> inputs{fake};
-  const variable_list out = detach_all_but_the_loss(PrecomputedGradients::apply(
-      at::TensorList(inputs),
-      std::function<variable_list()>([&] { return to_list(op.call(fake, kind, need_grad)); }),
-      int64_t(1), int64_t(need_grad), LossSettings{"gan_g_loss", kind}));
+  const variable_list out = run_loss({fake}, [&] { return to_list(op.call(fake, kind, need_grad)); }, 1,
+                                     int64_t(need_grad), LossSettings{"gan_g_loss", kind});
   return {out[0], out[1]};
 }
 
@@ -241,12 +239,10 @@ vae_loss_autograd(const at::Tensor& recon, const at::Tensor& target, const at::T
                   const at::Tensor& logvar, std::string recon_loss, const at::Tensor& beta,
                   std::string reduction, std::array<bool, 4> output_mask) {
   static const auto op = find_op<Vae>("aigc_fast::vae_loss");
-  const std::vector<at::Tensor> inputs{recon, target, mu, logvar};
-  const variable_list out = detach_all_but_the_loss(PrecomputedGradients::apply(
-      at::TensorList(inputs), std::function<variable_list()>([&] {
-        return to_list(op.call(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask));
-      }),
-      int64_t(3), bits(output_mask), LossSettings{"vae_loss", recon_loss, 1.0, reduction, beta}));
+  const variable_list out = run_loss(
+      {recon, target, mu, logvar},
+      [&] { return to_list(op.call(recon, target, mu, logvar, recon_loss, beta, reduction, output_mask)); }, 3,
+      bits(output_mask), LossSettings{"vae_loss", recon_loss, 1.0, reduction, beta});
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6]};
 }
 

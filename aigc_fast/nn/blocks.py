@@ -254,13 +254,14 @@ class FusedSequential(nn.Sequential):
                             negative_slope=group.negative_slope)
         bn = children[group.bn]
         h = _convolve(conv, x, with_bias=True)
-        track = bn.training and bn.track_running_stats
+        track = bn.training and bn.track_running_stats  # the counter moves only then
+        use_running = not bn.training or bn.track_running_stats  # buffers read (eval) or updated
         memory_efficient = (bool(self.memory_efficient) and not group.output_overwritten
                             and memory_efficient_supported(group.act, group.negative_slope, h.dtype))
         return bn_act(
             h, bn.weight, bn.bias,
-            bn.running_mean if not bn.training or bn.track_running_stats else None,
-            bn.running_var if not bn.training or bn.track_running_stats else None,
+            bn.running_mean if use_running else None,
+            bn.running_var if use_running else None,
             training=bn.training, momentum=bn.momentum, eps=bn.eps, act=group.act,
             negative_slope=group.negative_slope, num_batches_tracked=bn.num_batches_tracked if track else None,
             memory_efficient=memory_efficient,

@@ -98,7 +98,7 @@ def bn_act(
     followed by the activation module computes it, in one op.
 
     training=True normalizes with the batch statistics (float32 math, float64 for float64
-    x; each tile's moments about its own mean, tiles merged pairwise: no cancellation for
+    x; each piece's moments about its own mean, pieces merged pairwise: no cancellation for
     large means) and updates running_mean/running_var in place
     as nn.BatchNorm does (momentum, unbiased variance; momentum=None is the cumulative
     average and needs num_batches_tracked, which is incremented as the module does).

@@ -6,6 +6,7 @@ checkpoints, NaN detection, Ctrl-C that stops between steps with a checkpoint.""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +31,20 @@ from .resume import Checkpointing, _errors_naming, _recorded_data
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; the run stopped and its last checkpoint is intact."""
+
+
+@dataclasses.dataclass
+class _EpochTally:
+    """The steps one call of fit trained in the current epoch, for its row of epochs.jsonl."""
+
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    steps: int = 0
+    sums: Dict[str, float] = dataclasses.field(default_factory=dict)  # metric name -> sum over the steps
+
+    def add(self, metrics: Dict[str, float]) -> None:
+        self.steps += 1
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
 
 
 class _Trainer(Checkpointing):
@@ -258,16 +273,12 @@ class _Trainer(Checkpointing):
         with (_removed_if_left_empty(log_path, enabled=main and fresh),
               stop_between_steps(enabled=self.group.world == 1) as stop, log_file as log):
             while self.epoch < end_epoch:
-                epoch_sums: Dict[str, float] = {}
-                epoch_started, epoch_steps = time.perf_counter(), 0
+                tally = _EpochTally()
                 for indices in self._batches(len(train)):
                     if stop.requested or (self.config.max_steps is not None and self.step >= self.config.max_steps):
-                        return self._finish(bar, metrics, (epoch_sums, epoch_steps, epoch_started),
-                                            interrupted=stop.requested)
+                        return self._finish(bar, metrics, unfinished_epoch=tally, interrupted=stop.requested)
                     metrics = self._train_batch(train, indices)
-                    epoch_steps += 1
-                    for name, value in metrics.items():
-                        epoch_sums[name] = epoch_sums.get(name, 0.0) + value
+                    tally.add(metrics)
                     # (The postfix first: the redraw update(1) may do then shows this step's values.)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()}, refresh=False)
                     bar.update(1)
@@ -276,7 +287,7 @@ class _Trainer(Checkpointing):
                         log.flush()
                     if main and self.step % self.config.sample_every == 0:
                         self.snapshot(f"step{self.step:07d}")
-                self._log_epoch(epoch_sums, epoch_steps, epoch_started, complete=True)
+                self._log_epoch(tally, complete=True)
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.save()
@@ -339,22 +350,23 @@ class _Trainer(Checkpointing):
         metrics["images_per_s"] = self.global_batch / (time.perf_counter() - started)
         return metrics
 
-    def _log_epoch(self, sums: Dict[str, float], steps: int, started: float, *, complete: bool) -> None:
+    def _log_epoch(self, tally: _EpochTally, *, complete: bool) -> None:
         """One row of epochs.jsonl: the epoch's mean losses over the steps this call of fit
         trained in it (all of them unless it resumed mid-epoch, or stopped at max_steps:
         complete false), images/s as images over seconds, and the wall time."""
-        if not (self.group.main and steps):
+        if not (self.group.main and tally.steps):
             return
-        seconds = time.perf_counter() - started
-        means = {name: total / steps for name, total in sums.items() if name != "images_per_s"}
-        row = {"epoch": self.epoch, "step": self.step, "steps": steps, "complete": complete, "seconds": seconds,
-               **means, "images_per_s": steps * self.global_batch / seconds}
+        seconds = time.perf_counter() - tally.started
+        means = {name: total / tally.steps for name, total in tally.sums.items() if name != "images_per_s"}
+        row = {"epoch": self.epoch, "step": self.step, "steps": tally.steps, "complete": complete,
+               "seconds": seconds, **means, "images_per_s": tally.steps * self.global_batch / seconds}
         with open(self.run_dir / "epochs.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def _finish(self, bar, metrics: Dict[str, float], epoch_so_far=None, *, interrupted=False) -> Dict[str, float]:
-        if epoch_so_far is not None:
-            self._log_epoch(*epoch_so_far, complete=False)
+    def _finish(self, bar, metrics: Dict[str, float], *, unfinished_epoch: Optional[_EpochTally] = None,
+                interrupted=False) -> Dict[str, float]:
+        if unfinished_epoch is not None:
+            self._log_epoch(unfinished_epoch, complete=False)
         bar.close()
         self.save()
         if self.group.main:

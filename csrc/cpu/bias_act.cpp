@@ -98,7 +98,7 @@ void channel_affine_act_cpu(ChannelAffineAct& op, bool affine) {
 }
 
 void bias_act_cpu(BiasAct& op) {
-  ChannelAffineAct affine{op.x, op.channels, op.inner, at::Tensor(), at::Tensor(), op.bias, op.act, op.slope, op.y};
+  ChannelAffineAct affine = bias_only(op);
   channel_affine_act_cpu(affine, false);
 }
 

@@ -135,8 +135,8 @@ GradChannels<T> grad_channels(const BnActGrad& op) {
 template <GradFrom F, Act A, typename T, typename S>
 inline __attribute__((always_inline)) void grad_element(const S* dy, const S* y, const S* x, int64_t i,
                                                         const GradChannel<T>& ch, T slope, T& dz, T& centered) {
-  dz_and_centered<F, A>(math<T>(dy[i]), F == GradFrom::kInput ? T(0) : math<T>(y[i]),
-                        F == GradFrom::kOutput ? T(0) : math<T>(x[i]), ch, slope, dz, centered);
+  dz_and_centered<F, A>(math<T>(dy[i]), reads_output(F) ? math<T>(y[i]) : T(0),
+                        reads_input(F) ? math<T>(x[i]) : T(0), ch, slope, dz, centered);
 }
 
 // Calls body(dy, y, x) on the chunk's inputs in the storage type S, null where F does not
@@ -146,8 +146,8 @@ template <GradFrom F, typename S, typename Body>
 void with_grad_inputs(const BnActGrad& op, int64_t begin, int64_t len, const Body& body) {
   alignas(64) S dy_buf[kChunk], y_buf[kChunk], x_buf[kChunk];
   const S* dy = load(op.grad_y, begin, len, dy_buf);
-  const S* y = F == GradFrom::kInput ? nullptr : load(op.y, begin, len, y_buf);
-  const S* x = F == GradFrom::kOutput ? nullptr : load(op.x, begin, len, x_buf);
+  const S* y = reads_output(F) ? load(op.y, begin, len, y_buf) : nullptr;
+  const S* x = reads_input(F) ? load(op.x, begin, len, x_buf) : nullptr;
   body(dy, y, x);
 }
 
@@ -232,8 +232,8 @@ template <int64_t kRows, GradFrom F, Act A, typename T, typename S>
 AIGC_CPU_CLONES void sums_rows(const SumsBlock<T, S>& b, int64_t r0) {
   const int64_t row = b.channels * b.inner;
   const S* dy = b.dy + r0 * row;
-  const S* y = F == GradFrom::kInput ? nullptr : b.y + r0 * row;
-  const S* x = F == GradFrom::kOutput ? nullptr : b.x + r0 * row;
+  const S* y = reads_output(F) ? b.y + r0 * row : nullptr;
+  const S* x = reads_input(F) ? b.x + r0 * row : nullptr;
   const T *shift = b.ch->shift.data() + b.first, *scale = b.ch->scale.data() + b.first;
   const T* beta = b.ch->beta.data() + b.first;
   T *s1 = b.s1, *s2 = b.s2;
@@ -278,8 +278,8 @@ void sums_by_rows(const BnActGrad& op, const Panel& panel, const GradChannels<T>
     const int64_t len = rows * row;
     SumsBlock<T, S> block{};
     block.dy = panel.rows(op.grad_y, row0, rows, scratch<S, 0>(len).data());
-    block.y = F == GradFrom::kInput ? nullptr : panel.rows(op.y, row0, rows, scratch<S, 1>(len).data());
-    block.x = F == GradFrom::kOutput ? nullptr : panel.rows(op.x, row0, rows, scratch<S, 2>(len).data());
+    block.y = reads_output(F) ? panel.rows(op.y, row0, rows, scratch<S, 1>(len).data()) : nullptr;
+    block.x = reads_input(F) ? panel.rows(op.x, row0, rows, scratch<S, 2>(len).data()) : nullptr;
     block.rows = rows;
     block.channels = g.channels;
     block.inner = g.inner;
@@ -340,7 +340,7 @@ void grad_input_in(BnActGrad& op) {
           const S *dys = dy + pos, *ys = y == nullptr ? nullptr : y + pos, *xs = x == nullptr ? nullptr : x + pos;
           const T *shift = p[kShift], *beta = p[kBeta], *a = p[kA], *b = p[kB], *c = p[kC];
           S* dxs = dx + pos;
-          simd_for(n, [&, cut, slope](int64_t i) {  // (by value, as bias_act.cpp's act_backward_in captures)
+          simd_for(n, [&, cut, slope](int64_t i) {
             T dz, centered;
             grad_element<F, A>(dys, ys, xs, i, GradChannel<T>{shift[i * P], a[i * P], beta[i * P], cut}, slope, dz,
                                centered);

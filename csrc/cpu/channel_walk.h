@@ -212,9 +212,9 @@ void map_channels(const Geometry& g, ChannelParams<T, P>& params, const Chunk& c
   }
   // Groups of at most kGroupElements, and about 16 of them where that is smaller (work to
   // spread over the threads), but never fewer elements than accumulators (see
-  // can_sum_channels); the grouping depends on the shape alone. A T accumulator takes one
-  // value per chunk: at most kGroupElements / size, 64 (a chunk holds over 2048 elements
-  // but in tensors that small).
+  // can_sum_channels); the grouping depends on the shape alone. Each T accumulator gets one
+  // addend per chunk of its group: at most kGroupElements / size <= 64 float32 adds before
+  // the float64 fold (a chunk holds over 2048 elements unless the whole tensor is smaller).
   TORCH_INTERNAL_ASSERT(can_sum_channels(g) && g.numel % g.row() == 0);
   const int64_t least = (layout.sum_width(g) + size - 1) / size;
   const int64_t per_group = std::clamp<int64_t>(chunks / 16, least, std::max(least, kGroupElements / size));
@@ -268,9 +268,8 @@ AIGC_CPU_CLONES void accumulate(A* acc, int64_t n, const F& value) {
 // Whether a reduction over g reads rows (short runs) or runs.
 inline bool reduce_by_rows(const Geometry& g) { return g.inner < kMinReduceRun; }
 
-// Channels [first, first + g.channels) of every row of a tensor, reduced by rows as a tensor
-// of their own (g) whose rows lie `stride` elements apart. Rows are cut into such panels
-// of at most kMaxPanelChannels channels and kMaxRow elements. Each block folds its sums
+// Rows are cut into panels (below) of at most kMaxPanelChannels channels and kMaxRow
+// elements. Why that many channels at most: each block folds its sums
 // into channels (a loop over the channels, ~3-4 ns each when the runs are single elements)
 // and each group merges its partials (a division per channel): with more channels than
 // kReduceBlock / kMaxRowsPerBlock = 1024, a block holds fewer than 64 rows and these
@@ -278,6 +277,8 @@ inline bool reduce_by_rows(const Geometry& g) { return g.inner < kMinReduceRun; 
 // Read as runs instead, [128, 65536] took 1.4 s against eager's 82 ms.
 constexpr int64_t kMaxPanelChannels = kReduceBlock / kMaxRowsPerBlock;
 
+// Channels [first, first + g.channels) of every row of a tensor, reduced by rows as a tensor
+// of their own (g) whose rows lie `stride` elements apart.
 struct Panel {
   Geometry g;
   int64_t first, stride;
@@ -368,6 +369,8 @@ void reduce_rows(const Geometry& g, const Block& block) {
 }
 
 // A scratch vector per thread, kept between calls (blocks are small; no allocation each).
+// kSlot tells apart the buffers of one T that a caller holds at once; callers with the same
+// <T, kSlot> share one buffer.
 template <typename T, int kSlot>
 std::vector<T>& scratch(size_t size) {
   thread_local std::vector<T> buffer;

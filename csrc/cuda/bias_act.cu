@@ -56,7 +56,7 @@ void channel_affine_act_cuda(ChannelAffineAct& op, bool affine) {
 }
 
 void bias_act_cuda(BiasAct& op) {
-  ChannelAffineAct affine{op.x, op.channels, op.inner, at::Tensor(), at::Tensor(), op.bias, op.act, op.slope, op.y};
+  ChannelAffineAct affine = bias_only(op);
   channel_affine_act_cuda(affine, false);
 }
 

@@ -1,8 +1,9 @@
 // CUDA kernels of aigc_fast::bn_act's statistics and backward (its normalize pass is in
-// bias_act.cu). Reductions are two-stage and deterministic: block (split, channel) reduces
-// a fixed slice of the channel's elements with block_sum, and one thread per channel
-// merges the slices in order in float64 (merge_moments of batch_norm.h for the statistics,
-// which also merges the threads of a block).
+// bias_act.cu). Reductions are two-stage and deterministic: block (channel, split) reduces
+// a fixed slice of one channel's elements (the backward's sums with block_sum, the
+// statistics with a fixed merge_moments tree; the *_rows kernels, for short runs, take 32
+// channels a block, thread row 0 adding in order), and one thread per channel merges the
+// slices in order in float64.
 // The per-element math is batch_norm.h's, as on CPU.
 //
 // Element k of channel c sits at ((k / inner) * channels + c) * inner + k % inner (the
@@ -16,6 +17,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "../bn_act.h"
@@ -41,16 +43,19 @@ struct ChannelSlices {
   __device__ int64_t begin(int64_t split) const { return per_channel * split / splits; }
 };
 
+// Splits of `length` elements (or rows) into slices of at least `per_split`, at most kMaxSplits.
+int64_t split_count(int64_t length, int64_t per_split) {
+  return std::clamp<int64_t>(ceil_div(length, per_split), 1, kMaxSplits);
+}
+
 ChannelSlices slices_of(int64_t numel, int64_t channels, int64_t inner) {
   const int64_t per_channel = numel / channels;
-  int64_t splits = (per_channel + kPerSplit - 1) / kPerSplit;
-  splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
-  return ChannelSlices{channels, Divider(inner), per_channel, splits};
+  return ChannelSlices{channels, Divider(inner), per_channel, split_count(per_channel, kPerSplit)};
 }
 
 // Stage 1 of the statistics: each thread keeps the moments of its elements of the slice
 // (Welford's update in the math type), and the block merges the threads' moments in a fixed
-// tree with merge_moments (float64), as the CPU merges its tiles: no sum of squares, so a
+// tree with merge_moments (float64), as the CPU merges its pieces: no sum of squares, so a
 // channel far from zero keeps its variance. Out: 3 doubles per (channel, split).
 template <typename T>
 __global__ void stats_kernel(Ref x, ChannelSlices s, double* partials) {
@@ -105,9 +110,12 @@ static_assert(kRowLanes * 32 == kThreads, "the row kernels' block is kThreads th
 // channel (per_channel = rows).
 ChannelSlices row_slices_of(int64_t numel, int64_t channels) {
   const int64_t rows = numel / channels;
-  int64_t splits = (rows + kRowsPerSplit - 1) / kRowsPerSplit;
-  splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
-  return ChannelSlices{channels, Divider(1), rows, splits};
+  return ChannelSlices{channels, Divider(1), rows, split_count(rows, kRowsPerSplit)};
+}
+
+// The slices of a reduction over [outer, channels, inner]: rows when use_row_kernels.
+ChannelSlices reduction_slices(int64_t numel, int64_t channels, int64_t inner) {
+  return use_row_kernels(inner, numel) ? row_slices_of(numel, channels) : slices_of(numel, channels, inner);
 }
 
 dim3 row_grid(const ChannelSlices& s) { return dim3(static_cast<unsigned>((s.channels + 31) / 32), s.splits); }
@@ -178,7 +186,7 @@ template <GradFrom F, Act A, typename T>
 __device__ void element(Ref dy, Ref y, Ref x, const GradParams& p, int64_t c, int64_t i, T slope, T& dz, T& centered) {
   static_assert(F != GradFrom::kInput, "recomputing z from x needs the channel's scale, beta and cut in GradParams");
   const GradChannel<T> ch{load<T>(p.shift, c), T(1), T(0), T(0)};
-  dz_and_centered<F, A>(load<T>(dy, i), load<T>(y, i), F == GradFrom::kOutput ? T(0) : load<T>(x, i), ch, slope, dz,
+  dz_and_centered<F, A>(load<T>(dy, i), load<T>(y, i), reads_input(F) ? load<T>(x, i) : T(0), ch, slope, dz,
                         centered);
 }
 
@@ -278,7 +286,7 @@ void channel_stats_cuda(ChannelStats& op) {
   const c10::cuda::CUDAGuard guard(op.x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const bool rows = use_row_kernels(op.inner, op.x.numel());
-  const ChannelSlices s = rows ? row_slices_of(op.x.numel(), op.channels) : slices_of(op.x.numel(), op.channels, op.inner);
+  const ChannelSlices s = reduction_slices(op.x.numel(), op.channels, op.inner);
   const at::Tensor partials = at::empty({op.channels * s.splits * 3}, op.x.options().dtype(at::kDouble));
   with_math_type(op.x, [&](auto type) {
     using T = decltype(type);
@@ -308,7 +316,7 @@ void bn_act_sums_cuda(BnActGrad& op) {
   const c10::cuda::CUDAGuard guard(op.y.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const bool rows = use_row_kernels(op.inner, op.y.numel());
-  const ChannelSlices s = rows ? row_slices_of(op.y.numel(), op.channels) : slices_of(op.y.numel(), op.channels, op.inner);
+  const ChannelSlices s = reduction_slices(op.y.numel(), op.channels, op.inner);
   const at::Tensor partials = at::empty({op.channels * s.splits * 2}, op.y.options().dtype(at::kDouble));
   const Ref x = optional_ref(op.x);
   with_grad_kernel<false>(op, [&](auto from, auto act, auto type) {

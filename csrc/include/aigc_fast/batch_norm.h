@@ -1,7 +1,8 @@
 // The BatchNorm half of the fused bn_act op, written once for the CPU and CUDA kernels.
 //
-// Statistics: on the CPU each tile (a few thousand elements, in cache) is reduced in two
-// passes in the math type (its mean, then the sum of squared deviations from that mean);
+// Statistics: on the CPU each piece of a long run (at most 1024 elements) or block of whole
+// rows (at most 64K elements, in L2) is reduced in two passes in the math type (its mean,
+// then the sum of squared deviations from that mean);
 // on CUDA each thread keeps a Welford update (welford_push) over its elements, one pass.
 // Either way the partial results are merged in a fixed order with Chan et al.'s pairwise formula in float64. No sum of squares is
 // ever formed, so a channel with mean 1e4 and std 1 keeps its variance (the
@@ -112,6 +113,8 @@ AIGC_HD T act_inverse(T y, T slope) {
 //                    each of the two passes;
 //   kOutput          y alone (the memory-saving mode).
 enum class GradFrom : int { kInputAndOutput, kInput, kOutput };
+AIGC_HD constexpr bool reads_output(GradFrom f) { return f != GradFrom::kInput; }
+AIGC_HD constexpr bool reads_input(GradFrom f) { return f != GradFrom::kOutput; }
 
 // act'(z) for the activations whose derivative depends only on whether the output is
 // positive, from z: y = act(z), rounded to the output's dtype, is positive exactly when z >
