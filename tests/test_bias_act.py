@@ -161,6 +161,16 @@ def test_autograd_keeps_only_the_output():
     assert len(kept) == 1 and kept[0].untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
 
 
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_identity_without_a_bias_returns_a_new_tensor(impl):
+    """Both implementations alike: writing into y never writes into x (the reference is what
+    runs under torch.func, so switching must not change aliasing)."""
+    x = torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last)
+    y = aigc_fast.bias_act(x, None, "identity", impl=impl)
+    assert y.data_ptr() != x.data_ptr() and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, x, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("create_graph", [False, True])
 def test_identity_keeps_nothing_so_its_output_may_be_modified_in_place(create_graph):
     """x + bias needs no y for its gradient: a residual `out += skip` after it works, as

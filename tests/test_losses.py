@@ -727,6 +727,21 @@ def test_vae_loss_module_keeps_a_tensor_beta_live():
         criterion(*inputs)
 
 
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_a_number_beta_does_not_follow_the_default_device(impl):
+    """Under torch.set_default_device (here meta, standing in for "cuda"), beta=0.5 is still
+    a number: the loss of CPU inputs is the same (it had become a tensor on the default device,
+    refused by the op), and VAELoss(beta=0.5) can be built."""
+    inputs = vae_inputs(torch.float32, batch=4, image=(10,), latent=3)
+    expected = aigc_fast.vae_loss(*inputs, beta=0.5, impl=impl)
+    with torch.device("meta"):
+        got = aigc_fast.vae_loss(*inputs, beta=0.5, impl=impl)
+        criterion = aigc_fast.nn.VAELoss("bce", beta=0.5, impl=impl)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    torch.testing.assert_close(criterion(*inputs)[0], expected[0])
+
+
 def test_impl_reference_runs_the_reference(monkeypatch):
     calls = []
     monkeypatch.setattr(reference, "gan_g_loss", lambda *a: calls.append(a) or torch.tensor(0.0))

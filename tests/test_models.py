@@ -151,6 +151,17 @@ def test_vaes(cls, kw, shape):
         assert not torch.allclose(out, model(x, sample=False)[0])
 
 
+def test_mlp_vae_decodes_z_of_any_leading_shape_as_nn_linear_does():
+    """K samples of z per image ([K, N, latent], as an importance-weighted bound draws them)
+    and a single z ([latent]): the fused bias + ReLU adds the bias along the features, which
+    F.linear puts last (it had added it along dim 1, wrong without an error when
+    z.shape[1] happened to equal the hidden width)."""
+    fused, reference = twins(MLPVAE, input_dim=64, hidden=5, latent_dim=4)
+    for shape in [(2, 5, 4), (3, 4), (4,)]:
+        z = torch.randn(shape, dtype=torch.float64)
+        torch.testing.assert_close(fused.decode(z), reference.decode(z), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("cls", [ConvVAE, MLPVAE])
 def test_vae_loss_samples_z_in_eval_mode_too(cls):
     """loss(x) is the negative ELBO's estimate in either mode (a validation loss); forward's

@@ -119,7 +119,8 @@ class MLPVAE(_VAE):
     def _linear_relu(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "reference":
             return F.relu(layer(x))
-        return bias_act(F.linear(x, layer.weight), layer.bias, "relu")  # bias + ReLU in one pass
+        # bias + ReLU in one pass; the features are last, as F.linear puts them (z [K, N, latent])
+        return bias_act(F.linear(x, layer.weight), layer.bias, "relu", dim=-1)
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # One flat vector per sample: a reshape(-1, input_dim) would turn an RGB image into

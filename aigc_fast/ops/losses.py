@@ -14,7 +14,7 @@ from .. import reference
 from ..reference.losses import GAN_KINDS, RECON_LOSSES, REDUCTIONS
 
 
-def _logits(t, name: str) -> None:
+def _check_logits(t, name: str) -> None:
     _validate.float_tensor(t, name)
     if t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {list(t.shape)}): the mean of no logits is undefined")
@@ -34,15 +34,15 @@ def check_real_label(kind: str, real_label) -> float:
 
 
 def _check_d_loss(real_logits, fake_logits, kind, real_label) -> float:
-    _logits(real_logits, "real_logits")
-    _logits(fake_logits, "fake_logits")
+    _check_logits(real_logits, "real_logits")
+    _check_logits(fake_logits, "fake_logits")
     _validate.same_device(fake_logits, "fake_logits", real_logits, "real_logits")
     _validate.choice(kind, "kind", GAN_KINDS)
     return check_real_label(kind, real_label)
 
 
 def _check_g_loss(fake_logits, kind) -> None:
-    _logits(fake_logits, "fake_logits")
+    _check_logits(fake_logits, "fake_logits")
     _validate.choice(kind, "kind", GAN_KINDS)
 
 
@@ -177,7 +177,8 @@ def _beta_tensor(beta) -> torch.Tensor:
         if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
             raise TypeError(f"beta must be a number or a one-element tensor, got {type(beta).__name__}")
         _check_beta_value(beta)
-    return torch.ones((), dtype=torch.float64) * beta
+    # (On the CPU by name: under torch.set_default_device("cuda") a plain float stays a number.)
+    return torch.ones((), dtype=torch.float64, device="cpu") * beta
 
 
 def check_beta(beta) -> Union[float, torch.Tensor]:
