@@ -742,6 +742,28 @@ def test_a_number_beta_does_not_follow_the_default_device(impl):
     torch.testing.assert_close(criterion(*inputs)[0], expected[0])
 
 
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_probabilities_from_a_sigmoid_are_named(impl, recwarn):
+    """The port of a D ending in nn.Sigmoid (PyTorch's DCGAN example: netD(x).view(-1)) or of
+    a decoder ending in torch.sigmoid: the losses take logits, so these are wrong without an
+    error; a warning says so. Logits, and losses that do not apply a sigmoid, give none."""
+    d = torch.nn.Sequential(torch.nn.Linear(4, 1), torch.nn.Sigmoid())
+    x = torch.randn(6, 4)
+    with pytest.warns(UserWarning, match="real_logits comes from a sigmoid"):
+        aigc_fast.gan_d_loss(d(x).view(-1), d[0](x).view(-1), impl=impl)
+    with pytest.warns(UserWarning, match="fake_logits comes from a sigmoid"):
+        aigc_fast.gan_g_loss(d(x).squeeze(1), impl=impl)
+    probabilities = torch.sigmoid(torch.randn(2, 5, requires_grad=True))
+    latent = torch.zeros(2, 3)
+    with pytest.warns(UserWarning, match="recon comes from a sigmoid"):
+        aigc_fast.vae_loss(probabilities, torch.rand(2, 5), latent, latent, impl=impl)
+    recwarn.clear()
+    aigc_fast.gan_d_loss(d[0](x).view(-1), d[0](x).view(-1), impl=impl)  # logits
+    aigc_fast.gan_d_loss(d(x).view(-1), d(x).view(-1), "lsgan", impl=impl)  # no sigmoid of its own
+    aigc_fast.vae_loss(probabilities, torch.rand(2, 5), latent, latent, recon_loss="mse", impl=impl)
+    assert not [w for w in recwarn if "sigmoid" in str(w.message)]
+
+
 def test_impl_reference_runs_the_reference(monkeypatch):
     calls = []
     monkeypatch.setattr(reference, "gan_g_loss", lambda *a: calls.append(a) or torch.tensor(0.0))

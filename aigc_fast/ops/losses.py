@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Optional, Tuple, Union
 
 import torch
@@ -18,6 +19,32 @@ def _check_logits(t, name: str) -> None:
     _validate.float_tensor(t, name)
     if t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {list(t.shape)}): the mean of no logits is undefined")
+
+
+# Ops that only move or copy values: a sigmoid's output seen through them is still probabilities.
+_SHAPE_ONLY_GRAD_FNS = ("View", "UnsafeView", "ReshapeAlias", "Squeeze", "Unsqueeze", "Permute", "Transpose",
+                        "Expand", "Slice", "Select", "Clone", "ToCopy")
+
+
+def _warn_if_probabilities(t: torch.Tensor, name: str, loss: str) -> None:
+    """Warns when `t` comes straight from a sigmoid (through reshapes): the loss applies its
+    own sigmoid to logits, so probabilities give a wrong loss without an error, the classic
+    slip in a port of `nn.Sigmoid` + `nn.BCELoss` code. It reads only what autograd
+    recorded (the grad_fn chain), no data: nothing to see under no_grad or torch.compile."""
+    if torch.compiler.is_compiling():
+        return
+    fn = t.grad_fn
+    for _ in range(8):
+        if fn is None:
+            return
+        if fn.name() == "SigmoidBackward0":
+            warnings.warn(f"{loss}: {name} comes from a sigmoid, but the loss takes logits and applies the "
+                          "sigmoid itself (as nn.BCEWithLogitsLoss does): remove the model's final Sigmoid "
+                          "(docs/api.md, Losses: porting from nn.BCELoss)", UserWarning, stacklevel=3)
+            return
+        if not fn.name().startswith(_SHAPE_ONLY_GRAD_FNS) or not fn.next_functions:
+            return
+        fn = fn.next_functions[0][0]
 
 
 def check_real_label(kind: str, real_label) -> float:
@@ -99,6 +126,9 @@ def gan_d_loss(
     Empty logits raise ValueError (the mean of no samples is undefined).
     """
     real_label = _check_d_loss(real_logits, fake_logits, kind, real_label)
+    if kind == "bce":
+        _warn_if_probabilities(real_logits, "real_logits", "gan_d_loss")
+        _warn_if_probabilities(fake_logits, "fake_logits", "gan_d_loss")
     if not _impl.use_fused(impl, "gan_d_loss", real_logits.device):
         return reference.gan_d_loss(real_logits, fake_logits, kind, real_label=real_label)
     _refuse_jit_trace("gan_d_loss")
@@ -111,6 +141,8 @@ def gan_g_loss(fake_logits: torch.Tensor, kind: str = "bce", *, impl: Optional[s
     non-saturating -E log D(G(z)) for "bce", -E fake for "hinge" and "wgan",
     1/2 E (fake - 1)^2 for "lsgan". A 0-d tensor in the math dtype."""
     _check_g_loss(fake_logits, kind)
+    if kind == "bce":
+        _warn_if_probabilities(fake_logits, "fake_logits", "gan_g_loss")
     if not _impl.use_fused(impl, "gan_g_loss", fake_logits.device):
         return reference.gan_g_loss(fake_logits, kind)
     _refuse_jit_trace("gan_g_loss")
@@ -142,6 +174,8 @@ def vae_loss(
     raises ValueError.
     """
     _check_vae_loss(recon, target, mu, logvar, recon_loss, reduction)
+    if recon_loss == "bce":
+        _warn_if_probabilities(recon, "recon", "vae_loss")
     beta = _beta_tensor(beta)
     if not _impl.use_fused(impl, "vae_loss", recon.device):
         return reference.vae_loss(recon, target, mu, logvar, recon_loss=recon_loss, beta=beta, reduction=reduction)
