@@ -132,6 +132,9 @@ def test_opcheck(dtype):
     # A negative dim counts from the end, in the op as in its fake kernel and the wrapper.
     torch.library.opcheck(ops.bias_act, (x.detach().requires_grad_(), bias.detach().requires_grad_(), -3, "tanh", 0.2))
     torch.library.opcheck(ops.bias_act_backward, (torch.ones_like(y), y, -3, "sigmoid", 0.2, bias.dtype))
+    # A float32 bias beside 16-bit data (autocast's case): its gradient is float32, in the fake too.
+    y16 = aigc_fast.bias_act(x.detach().bfloat16(), None, "sigmoid")
+    torch.library.opcheck(ops.bias_act_backward, (torch.ones_like(y16), y16, 1, "sigmoid", 0.2, torch.float32))
 
 
 def test_torch_compile_fullgraph():

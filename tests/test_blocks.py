@@ -334,6 +334,43 @@ def test_dilated_projection_is_not_a_matrix_multiply():
     torch.testing.assert_close(y, torch.relu(block[0](x)))
 
 
+def test_a_strided_projection_with_output_padding_is_not_a_matrix_multiply():
+    """From 1x1, k4 s2 with output_padding=1 gives 5x5, not the 4x4 of the matrix multiply."""
+    torch.manual_seed(4)
+    block = FusedSequential(nn.ConvTranspose2d(5, 4, 4, stride=2, output_padding=1, bias=False), nn.BatchNorm2d(4),
+                            nn.ReLU()).double()
+    twin = plain_twin(block)
+    x, g = batches((3, 5, 1, 1)), batches((3, 4, 5, 5), seed=1)
+    fused = fused_steps(block, x, g)
+    assert fused[0].shape == (3, 4, 5, 5)
+    assert_same(fused, steps(twin, x, g), 1e-10)
+
+
+@pytest.mark.parametrize("eps, momentum", [(0.5, 0.7), (1e-3, None)])
+@pytest.mark.parametrize("train", [True, False])
+def test_convert_keeps_the_batchnorms_eps_and_momentum(eps, momentum, train):
+    torch.manual_seed(5)
+    original = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, eps=eps, momentum=momentum), nn.ReLU()).double()
+    original[1].running_var.uniform_(0.05, 2.0)  # eval reads them: away from the initial ones
+    original[1].running_mean.uniform_(-1.0, 1.0)
+    converted = convert(copy.deepcopy(original)).train(train)
+    original.train(train)
+    x, g = batches((4, 3, 8, 8)), batches((4, 4, 6, 6), seed=1)
+    assert_same(fused_steps(converted, x, g), steps(original, x, g), 1e-10)
+
+
+@pytest.mark.parametrize("register", ["register_full_backward_hook", "register_full_backward_pre_hook"])
+def test_a_backward_hook_on_a_group_member_unfuses_the_group(register):
+    """A backward hook wraps the module's own call: the fused group never calls it."""
+    model = convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).double())
+    assert len(model.fused_groups()) == 1
+    fired = []
+    getattr(model[1], register)(lambda *a: fired.append(1))
+    assert model.fused_groups() == []
+    model(torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)).sum().backward()
+    assert fired
+
+
 def test_modules_with_hooks_run_as_themselves():
     """torch.nn.utils.spectral_norm updates the weight in a forward pre-hook, a lazy conv
     initializes itself in one, and feature extractors hook activations: a fused group reads

@@ -229,6 +229,20 @@ def test_large_mean_keeps_its_variance(dtype):
         assert (aten_like - by_formula).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_a_tiny_spread_around_a_large_mean_keeps_its_variance(layout):
+    """std 2e-3 at mean 1e4 (a few float32 ulps apart): the pieces' means differ by more than
+    their spread, so the merge's correction term carries most of the variance."""
+    x, _ = data((16, 4, 32, 32), mean=1e4, std=2e-3)
+    x = LAYOUTS[layout](x)
+    p = Params(4)
+    rm, rv = p.running_mean.clone(), p.running_var.clone()
+    aigc_fast.bn_act(x, None, None, rm, rv, training=True, momentum=1.0, act="identity")
+    xd = x.double()
+    torch.testing.assert_close(rm.double(), xd.mean((0, 2, 3)), rtol=1e-7, atol=0)
+    torch.testing.assert_close(rv.double(), xd.var((0, 2, 3)), rtol=1e-4, atol=0)
+
+
 @pytest.mark.parametrize("act", ["identity", "leaky_relu", "tanh"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("training", [True, False])
@@ -282,6 +296,32 @@ def test_memory_efficient_tanh_as_pre_activations_saturate(gamma, beta, dx_tol):
     assert errors[0] < dx_tol and errors[1] < 1e-5 and errors[2] < 1e-5, errors
     if gamma == 10.0:
         assert errors[0] > 1e-3, "x-hat past saturation came back exact: update the figures of docs/api.md"
+
+
+def test_memory_saving_backward_reads_a_saturated_tanh_as_the_largest_value_below_1():
+    """float32 tanh outputs of exactly +-1 (saturated) and 1 - 2^-24: the backward from y alone
+    takes z = atanh(y) of y clamped below 1, so every gradient is finite and matches the
+    textbook formula in float64 on the same clamped y (batch_norm.h, pass 1 and 2)."""
+    x, grad_out = data((4, 3, 5, 5), seed=21, std=3.0)
+    w, b = torch.tensor([2.0, 3.0, 4.0]), torch.tensor([0.5, -0.25, 1.0])
+    ops = torch.ops.aigc_fast
+    y, mean, invstd = ops.bn_act(x, w, b, None, None, None, True, 0.1, 1e-5, "tanh", 0.2, True)
+    y = y.clone()
+    y.view(-1)[:4] = torch.tensor([1.0, -1.0, 1 - 2.0**-24, -(1 - 2.0**-24)])
+    assert (y.abs() == 1).sum() > 2  # and saturated by the data too
+    dx, dw, db = ops.bn_act_backward(grad_out, y, None, w, b, mean, invstd, True, "tanh", 0.2, [True, True, True])
+
+    per_channel = lambda t: t.double()[None, :, None, None]  # noqa: E731
+    yd, g, n = y.double(), grad_out.double(), x.numel() / x.shape[1]
+    dz = g * (1 - yd * yd)
+    u = yd.clamp(-(1 - 2.0**-24), 1 - 2.0**-24).atanh() - per_channel(b)  # z - beta = gamma * xhat
+    dbeta = dz.sum((0, 2, 3))
+    dgamma = (dz * u).sum((0, 2, 3)) / w.double()
+    a, b_, c = w.double() * invstd.double(), -dgamma / w.double() / n, -dbeta / n
+    dx_exact = per_channel(a) * ((dz + per_channel(c)) + per_channel(b_) * u)
+    for got, exact in ((dx, dx_exact), (dw, dgamma), (db, dbeta)):
+        assert got.isfinite().all()
+        torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5 * float(exact.abs().max()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -421,6 +461,23 @@ def test_gradients_under_create_graph_are_computed_in_float32(dtype):
         torch.testing.assert_close(differentiable, kernel, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("training", [True, False])
+def test_first_derivatives_under_create_graph_are_the_kernels(act, training):
+    """The differentiable backward (taken under create_graph) is a second implementation of
+    the same gradients: in float64 it agrees with the kernel's to rounding."""
+    x, g = data((6, 3, 5, 4), torch.float64, seed=11)
+    p = Params(3, dtype=torch.float64)
+    grads = {}
+    for create_graph in (False, True):
+        q = p.clone()
+        leaves = (x.clone().requires_grad_(), q.weight.requires_grad_(), q.bias.requires_grad_())
+        y = aigc_fast.bn_act(*leaves, q.running_mean, q.running_var, training=training, act=act)
+        grads[create_graph] = torch.autograd.grad(y, leaves, g, create_graph=create_graph)
+    for kernel, differentiable in zip(grads[False], grads[True]):
+        torch.testing.assert_close(differentiable, kernel, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(3, 2, 3, 2), (5, 3)])
 def test_the_raw_ops_batch_statistics_are_differentiable(shape):
     """The raw op also returns the batch mean and invstd (the Python function drops them):
@@ -471,6 +528,29 @@ def test_opcheck(dtype):
     # to parameters of another dtype.
     torch.library.opcheck(ops.bn_act_backward, (grad_out, y, x.detach(), w.detach(), b.detach(), mean, invstd, True,
                                                 "leaky_relu", 0.2, [True, False, True]))
+
+
+def test_opcheck_of_the_backward_with_float64_parameters_beside_float32_data():
+    """The parameter gradients come back in the parameters' dtype, in the kernel as in its fake."""
+    x, grad_out = data((2, 3, 4, 5))
+    p = Params(3, dtype=torch.float32, param_dtype=torch.float64)
+    ops = torch.ops.aigc_fast
+    y, mean, invstd = ops.bn_act(x, p.weight, p.bias, None, None, None, True, 0.1, 1e-5, "leaky_relu", 0.2, False)
+    for mask in ([True, True, True], [False, True, True], [True, False, True]):
+        torch.library.opcheck(ops.bn_act_backward, (grad_out, y, x, p.weight, p.bias, mean, invstd, True,
+                                                    "leaky_relu", 0.2, mask))
+
+
+@pytest.mark.parametrize("fn", [aigc_fast.bn_act, reference.bn_act], ids=["fused", "reference"])
+def test_eval_without_running_statistics_leaves_the_counter_alone(fn):
+    """Only a training step with running statistics counts a batch (as nn.BatchNorm2d)."""
+    x, _ = data((4, 3, 2, 2))
+    counter = torch.tensor(7)
+    fn(x, None, None, None, None, training=False, act="relu", num_batches_tracked=counter)
+    assert counter.item() == 7
+    p = Params(3)
+    fn(x, None, None, p.running_mean, p.running_var, training=True, act="relu", num_batches_tracked=counter)
+    assert counter.item() == 8
 
 
 def test_torch_compile_fullgraph():

@@ -201,6 +201,21 @@ def test_backward_regenerates_the_noise_where_z_minus_mu_would_lose_it(dtype, fa
     assert far_elements.sum() > 1000 and (lv_.grad[far_elements] != 0).all()
 
 
+def test_one_far_element_leaves_its_neighbours_gradients_alone():
+    """Whether dlogvar takes z - mu or the regenerated noise is decided per element: one
+    far mu in a tile changes nothing else's bits."""
+    g = torch.Generator().manual_seed(5)
+    mu, logvar, grad = (torch.randn(1000, generator=g) for _ in range(3))
+    dlogvar = []
+    for first in (0.5, 1e6):
+        m, lv = mu.clone(), logvar.clone().requires_grad_()
+        m[0] = first
+        aigc_fast.reparameterize(m, lv, generator=torch.Generator().manual_seed(13)).backward(grad)
+        dlogvar.append(lv.grad)
+    assert torch.equal(dlogvar[0][1:], dlogvar[1][1:])
+    assert dlogvar[1][0].isfinite() and dlogvar[1][0] != 0
+
+
 @pytest.mark.parametrize("dtype, bound", [(torch.float32, 2.0**-16), (torch.float64, 2.0**-45)])
 def test_dlogvar_error_bound_over_every_ratio_of_mu_to_std(dtype, bound):
     """docs/api.md, "Backward": dlogvar's error stays within 2^-16 (float32) / 2^-45 (float64) of
@@ -253,6 +268,25 @@ def test_second_derivatives_of_drawn_noise_match_the_formula(dtype):
     expected = (std.square() * eps.square() / 2 + z.double() * std * eps / 2).detach()
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(h.double(), expected, rtol=tol, atol=tol * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("source", ["eps", "seed"])
+def test_first_derivatives_under_create_graph_are_the_kernels(source):
+    """The differentiable backward (taken under create_graph) gives the kernel's gradients of z
+    and the KL, to float64 rounding."""
+    mu, logvar, eps = inputs((9, 7), torch.float64, seed=12)
+    wz, wk = torch.randn(9, 7, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
+    grads = {}
+    for create_graph in (False, True):
+        leaves = [mu.clone().requires_grad_(), logvar.clone().requires_grad_()]
+        if source == "eps":
+            leaves.append(eps.clone().requires_grad_())
+            z, kl = aigc_fast.reparameterize(*leaves[:2], eps=leaves[2], return_kl=True)
+        else:
+            z, kl = aigc_fast.reparameterize(*leaves, generator=torch.Generator().manual_seed(4), return_kl=True)
+        grads[create_graph] = torch.autograd.grad((z * wz).sum() + (kl * wk).sum(), leaves, create_graph=create_graph)
+    for kernel, differentiable in zip(grads[False], grads[True]):
+        torch.testing.assert_close(differentiable, kernel, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
