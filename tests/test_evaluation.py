@@ -6,6 +6,7 @@ samples written and read back with their labels."""
 
 import json
 import math
+import types
 import warnings
 
 import numpy as np
@@ -15,9 +16,9 @@ import torch
 from aigc_fast import data as data_lib
 from aigc_fast.evaluation import (class_coverage, evaluate, frechet_distance, inception_score, kernel_distance,
                                   vae_likelihood)
-from aigc_fast.models import MLPVAE
+from aigc_fast.models import ConvVAE, MLPVAE
 from aigc_fast.sampling import sample_run, write_samples
-from aigc_fast.train import GANConfig, GANTrainer, VAEConfig, VAETrainer
+from aigc_fast.train import GANConfig, GANTrainer, VAEConfig, VAETrainer, load_run
 
 
 def feats(n, d=8, seed=0, shift=0.0, scale=1.0):
@@ -370,3 +371,107 @@ def test_evaluate_a_vae_on_unlabelled_data_gives_its_likelihoods(tmp_path, digit
         assert "fid" not in evaluate(out, data=one_label, nll_samples=2, write=False)
     with pytest.raises(ValueError, match="has no class labels .* stand on a classifier"):
         evaluate(digits_run, data=data_lib.load_digits()[0], write=False)  # the run's 1797 images, no labels
+
+
+def test_class_coverage_counts_classes_with_half_their_fair_share():
+    """A class with at least half its fair share (n / 2K) of the samples counts as covered."""
+    labels = torch.tensor([0] * 70 + [1] * 30)  # fair share 50: 30 is over half of it
+    assert class_coverage(labels, 2)[0] == 1.0
+    assert class_coverage(torch.tensor([0] * 80 + [1] * 20), 2)[0] == 0.5  # 20 is under half of it
+
+
+def test_vae_likelihood_runs_in_eval_mode_and_leaves_the_model_alone():
+    """A BatchNorm VAE's held-out likelihood uses its running statistics, whatever mode it is in, and updates none."""
+    torch.manual_seed(0)
+    model = ConvVAE(4, channels=1, image_size=16, base=4)
+    x = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "tracked" in k}
+    in_training = vae_likelihood(model, x, samples=3, batch_size=3)
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+    assert vae_likelihood(model.eval(), x, samples=3, batch_size=3) == pytest.approx(in_training, rel=1e-6)
+
+
+def test_the_evaluation_classifier_is_reproducible():
+    """train_classifier is seeded: the same data gives the same classifier (metrics reproduce run to run)."""
+    from aigc_fast.evaluation.classifier import train_classifier
+
+    images = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(16) % 2
+    a = train_classifier(images, labels, 2, epochs=1, batch_size=8)
+    torch.rand(3)  # the global RNG moved on between the calls, as it does in a session
+    b = train_classifier(images, labels, 2, epochs=1, batch_size=8)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def _real(source, seed):
+    images = torch.rand(48, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    labels = torch.arange(48) % 2
+    return types.SimpleNamespace(source=source, train_images=images[:32], train_labels=labels[:32],
+                                 held_images=images[32:], held_labels=labels[32:], num_classes=2)
+
+
+def test_the_cached_classifier_is_reused_only_for_the_same_data(tmp_path):
+    """RUN_DIR/eval/classifier.pt serves the data it was trained on; other data trains (and caches) a new one."""
+    from aigc_fast.evaluation.run import run_classifier
+
+    first, _ = run_classifier(tmp_path, _real("a", 0), epochs=1)
+    again, _ = run_classifier(tmp_path, _real("a", 0), epochs=1)
+    assert all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), again.state_dict().values()))
+    other, _ = run_classifier(tmp_path, _real("b", 1), epochs=1)
+    assert not all(torch.equal(x, y) for x, y in zip(first.state_dict().values(), other.state_dict().values()))
+    assert torch.load(tmp_path / "eval" / "classifier.pt", weights_only=True)["key"]["data"] == "b"
+
+
+def tiny_gan_run(tmp_path):
+    GANTrainer(GANConfig(out_dir=str(tmp_path), image_size=16, channels=1, nz=8, ngf=4, ndf=4, batch_size=8,
+                         max_steps=1, num_samples=4, progress=False, holdout=0.0, sample_every=1000)
+               ).fit(torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    return tmp_path
+
+
+def test_generate_unit_maps_a_gans_images_to_0_1(tmp_path):
+    """A GAN's [-1, 1] images reach the classifier (and samples.npz) as (x + 1) / 2, not clipped at 0."""
+    from aigc_fast.evaluation.run import generate_unit
+
+    trainer = load_run(tiny_gan_run(tmp_path))
+    unit = generate_unit(trainer, 6, seed=3, batch_size=6)
+    batch_seed = int(torch.randint(2**62, (), generator=torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(unit, (trainer.generate(6, seed=batch_seed).cpu() + 1) / 2)
+
+
+def test_sample_run_uses_its_seed(tmp_path):
+    """sample_run(seed=...) picks the images: one seed reproduces them, another gives others."""
+    run = tiny_gan_run(tmp_path / "run")
+    read = lambda out: np.load(out / "samples.npz")["images"]
+    a = read(sample_run(run, 4, tmp_path / "a", seed=0))
+    assert np.array_equal(a, read(sample_run(run, 4, tmp_path / "a2", seed=0)))
+    assert not np.array_equal(a, read(sample_run(run, 4, tmp_path / "b", seed=1)))
+
+
+def test_evaluate_measures_an_mse_vae_with_its_own_likelihood(tmp_path):
+    """An mse VAE's held-out -ELBO and NLL are those of its Gaussian decoder, not the BCE's."""
+    from aigc_fast.evaluation.run import RealData
+
+    np.save(tmp_path / "unlabelled.npy", (torch.rand(60, 8, 8, generator=torch.Generator().manual_seed(0)) * 255)
+            .to(torch.uint8).numpy())
+    out = tmp_path / "vae"
+    VAETrainer(VAEConfig(out_dir=str(out), data=str(tmp_path / "unlabelled.npy"), model="mlp", image_size=8,
+                         recon_loss="mse", latent_dim=2, batch_size=16, max_steps=2, holdout=0.2, progress=False,
+                         sample_every=1000)).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no class labels: only the likelihoods
+        results = evaluate(out, nll_samples=3, write=False)
+    trainer = load_run(out)
+    expected = vae_likelihood(trainer.model, RealData(trainer).held_images, recon_loss="mse", samples=3)
+    assert results["held_out_nll"] == pytest.approx(expected["nll"], rel=1e-9)
+    assert results["held_out_neg_elbo"] == pytest.approx(expected["neg_elbo"], rel=1e-9)
+
+
+def test_image_grids_are_square_by_default_and_clip_out_of_range_values():
+    """make_grid lays n images out ceil(sqrt(n)) to a row; values outside the range are clipped to 0 and 255, not wrapped."""
+    from aigc_fast.images import make_grid, to_uint8
+
+    grid = make_grid(torch.zeros(10, 1, 4, 4), padding=2)  # 4 columns, 3 rows
+    assert grid.shape == (3 * 6 + 2, 4 * 6 + 2, 1)
+    assert to_uint8(torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0])).tolist() == [0, 0, 128, 255, 255]
+    assert to_uint8(torch.tensor([-0.5, 1.5]), (0.0, 1.0)).tolist() == [0, 255]

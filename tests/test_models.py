@@ -291,3 +291,14 @@ def test_forward_mode_ad_runs_on_the_reference():
     step = 1e-6  # (in training mode BatchNorm uses the batch's statistics: the loss is a function of x alone)
     expected = (loss(images + step * direction) - loss(images - step * direction)) / (2 * step)
     torch.testing.assert_close(tangent, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_dcgan_batchnorm_starts_near_one_with_zero_bias():
+    """DCGAN's BatchNorm init: weights ~ N(1, 0.02), biases 0 (a BatchNorm scale near 0 would start training dead)."""
+    torch.manual_seed(0)
+    norms = [m for model in (DCGANGenerator(nz=16, ngf=16, channels=3, image_size=64),
+                             DCGANDiscriminator(ndf=16, channels=3, image_size=64))
+             for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    weights = torch.cat([m.weight.detach() for m in norms])
+    assert abs(weights.mean().item() - 1.0) < 0.005 and abs(weights.std().item() - 0.02) < 0.005
+    assert all(torch.equal(m.bias.detach(), torch.zeros_like(m.bias)) for m in norms)

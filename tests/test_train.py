@@ -627,3 +627,118 @@ def test_a_run_that_failed_before_its_first_log_row_leaves_its_folder_usable(tmp
     (tmp_path / "live" / "metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match="holds the metrics of a run that stopped before its first checkpoint"):
         GANTrainer(tiny_gan(tmp_path / "live", max_steps=1)).fit(tiny_images())
+
+
+def batches_seen(trainer, n=32):
+    """Has trainer's steps record which images (by index, data[i] = i / (n - 1)) each batch held."""
+    seen = []
+    trainer.train_step = lambda x: seen.append(sorted(round((v + 1) / 2 * (n - 1))
+                                                      for v in x[:, 0, 0, 0].tolist())) or {"d_loss": 1.0, "g_loss": 1.0}
+    data = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 16, 16) / (n - 1)
+    return seen, data
+
+
+def test_every_epoch_reshuffles_the_data(tmp_path):
+    """Each epoch trains on a new seeded order, not the first epoch's batches over again."""
+    trainer = GANTrainer(tiny_gan(tmp_path, epochs=2))
+    seen, data = batches_seen(trainer)
+    trainer.fit(data)
+    first, second = seen[:4], seen[4:]
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(32))
+    assert first != second
+
+
+def test_the_progress_bar_of_a_run_resumed_mid_epoch_counts_the_steps_left(tmp_path, monkeypatch):
+    """A run resumed mid-epoch shows the steps it will train (the rest of the epoch), not a whole epoch."""
+    import aigc_fast.train.trainer as trainer_module
+
+    GANTrainer(tiny_gan(tmp_path, max_steps=3)).fit(tiny_images())  # 4 steps an epoch: stops 3 into epoch 0
+    totals = []
+    real = trainer_module._progress
+    monkeypatch.setattr(trainer_module, "_progress", lambda enabled, total: totals.append(total) or real(False, total))
+    resumed = GANTrainer(tiny_gan(tmp_path, epochs=1))
+    resumed.fit(tiny_images(), resume=True)
+    assert resumed.step == 4 and totals == [1]
+
+
+def test_metrics_are_logged_every_log_every_steps(tmp_path):
+    """log_every=2 writes a metrics.jsonl row at steps 2, 4, ... only."""
+    GANTrainer(tiny_gan(tmp_path, log_every=2, max_steps=6)).fit(tiny_images())
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+
+
+def test_an_epoch_resumed_mid_way_logs_the_mean_of_its_own_steps(tmp_path):
+    """epochs.jsonl's row for the part of an epoch a resumed run trained averages that part's steps."""
+    GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images())  # 4 steps an epoch: stops 2 into epoch 0
+    GANTrainer(tiny_gan(tmp_path, epochs=1)).fit(tiny_images(), resume=True)
+    steps = {r["step"]: r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())}
+    rows = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["steps"], r["complete"]) for r in rows] == [(0, 2, False), (0, 2, True)]
+    for row, part in zip(rows, ((1, 2), (3, 4))):
+        for name in ("d_loss", "g_loss"):
+            assert row[name] == pytest.approx(sum(steps[s][name] for s in part) / 2, rel=1e-6)
+
+
+def test_resume_restores_the_fp16_loss_scale(tmp_path):
+    """A resumed fp16 run continues with the GradScaler's loss scale it had reached, not a fresh one."""
+    with pytest.warns(RuntimeWarning, match="precision='fp16' on a CPU"):
+        trainer = GANTrainer(tiny_gan(tmp_path, precision="fp16", max_steps=2))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # overflows at first: the scale drops
+    trainer.fit(tiny_images())
+    scale = trainer.scaler.get_scale()
+    assert scale < 2.0**40
+    with pytest.warns(RuntimeWarning, match="precision='fp16' on a CPU"):
+        resumed = GANTrainer(tiny_gan(tmp_path, precision="fp16", max_steps=2))
+    resumed.fit(tiny_images(), resume=True)  # at max_steps already: loads and saves, trains nothing
+    assert resumed.scaler.get_scale() == scale
+
+
+@pytest.mark.parametrize("changed", [dict(seed=1), dict(holdout=0.25)])
+def test_resume_refuses_another_seed_or_holdout(tmp_path, changed):
+    """A resume with another seed or holdout (a new data order or held-out split) is refused."""
+    name = next(iter(changed))
+    GANTrainer(tiny_gan(tmp_path, max_steps=2)).fit(tiny_images())
+    with pytest.raises(ValueError, match=f"cannot resume with different data settings.*{name} "):
+        GANTrainer(tiny_gan(tmp_path, max_steps=3, **changed)).fit(tiny_images(), resume=True)
+
+
+def test_the_documented_defaults():
+    """The defaults the docs and --help promise: DCGAN's Adam 2e-4 (0.5, 0.999), the VAE's 1e-3 (0.9, 0.999), holdout 0.1."""
+    gan, vae = GANConfig(), VAEConfig()
+    assert (gan.lr, gan.betas, gan.batch_size, gan.nz, gan.loss) == (2e-4, (0.5, 0.999), 128, 100, "bce")
+    assert (vae.lr, vae.betas, vae.beta, vae.recon_loss, vae.latent_dim) == (1e-3, (0.9, 0.999), 1.0, "bce", 20)
+    assert gan.holdout == vae.holdout == 0.1 and gan.seed == 0 and gan.max_steps is None
+
+
+def conv_vae(tmp_path, **kw):
+    return VAETrainer(VAEConfig(**{**dict(out_dir=str(tmp_path), image_size=16, channels=1, latent_dim=4, base=8,
+                                          batch_size=8, max_steps=3, log_every=1, sample_every=1000, num_samples=4,
+                                          progress=False, holdout=0.0, precision="fp32"), **kw}))
+
+
+def test_a_conv_vae_generates_in_eval_mode(tmp_path):
+    """generate decodes with BatchNorm's running statistics (a seed's images do not depend on n) and updates none."""
+    trainer = conv_vae(tmp_path)
+    trainer.fit(tiny_images())
+    stats = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k or "tracked" in k}
+    torch.testing.assert_close(trainer.generate(3, seed=5), trainer.generate(8, seed=5)[:3])
+    assert trainer.model.training
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in stats.items())
+
+
+def test_sample_grids_use_the_runs_fixed_latents_and_do_not_change_training(tmp_path):
+    """Every grid shows generate(num_samples, seed=seed + 1), and writing grids leaves the training noise as it was."""
+    rare = GANTrainer(tiny_gan(tmp_path / "rare", sample_every=1000, max_steps=4))
+    rare.fit(tiny_images())
+    often = GANTrainer(tiny_gan(tmp_path / "often", sample_every=1, max_steps=4))
+    often.fit(tiny_images())
+    for a, b in zip(rare.G.state_dict().values(), often.G.state_dict().values()):
+        assert torch.equal(a, b)
+    from PIL import Image
+
+    with Image.open(tmp_path / "often" / "samples" / "final.png") as grid:
+        final = np.asarray(grid)
+    from aigc_fast.images import make_grid
+
+    assert np.array_equal(final, make_grid(often.generate(4, seed=often.config.seed + 1))[..., 0])
