@@ -342,7 +342,7 @@ def test_sample_seed_flag_picks_the_images(tmp_path):
     """aigc-fast sample --seed N: the same seed gives the same images, another seed others."""
     run = tmp_path / "run"
     assert main(["train", "gan", "--data", small_data(tmp_path), *GAN, "--max-steps", "1", "--out-dir", str(run)]) == 0
-    read = lambda name: np.load(tmp_path / name / "samples.npz")["images"]
+    read = lambda name: np.load(tmp_path / name / "samples.npz")["images"]  # noqa: E731
     for name, seed in (("a", "0"), ("b", "1"), ("c", "1")):
         assert main(["sample", str(run), "-n", "4", "--seed", seed, "--out", str(tmp_path / name)]) == 0
     assert np.array_equal(read("b"), read("c")) and not np.array_equal(read("a"), read("b"))

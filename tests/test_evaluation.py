@@ -442,7 +442,7 @@ def test_generate_unit_maps_a_gans_images_to_0_1(tmp_path):
 def test_sample_run_uses_its_seed(tmp_path):
     """sample_run(seed=...) picks the images: one seed reproduces them, another gives others."""
     run = tiny_gan_run(tmp_path / "run")
-    read = lambda out: np.load(out / "samples.npz")["images"]
+    read = lambda out: np.load(out / "samples.npz")["images"]  # noqa: E731
     a = read(sample_run(run, 4, tmp_path / "a", seed=0))
     assert np.array_equal(a, read(sample_run(run, 4, tmp_path / "a2", seed=0)))
     assert not np.array_equal(a, read(sample_run(run, 4, tmp_path / "b", seed=1)))
@@ -468,7 +468,8 @@ def test_evaluate_measures_an_mse_vae_with_its_own_likelihood(tmp_path):
 
 
 def test_image_grids_are_square_by_default_and_clip_out_of_range_values():
-    """make_grid lays n images out ceil(sqrt(n)) to a row; values outside the range are clipped to 0 and 255, not wrapped."""
+    """make_grid lays n images out ceil(sqrt(n)) to a row; values outside the range are
+    clipped to 0 and 255, not wrapped."""
     from aigc_fast.images import make_grid, to_uint8
 
     grid = make_grid(torch.zeros(10, 1, 4, 4), padding=2)  # 4 columns, 3 rows

@@ -15,6 +15,7 @@ import torch
 
 from aigc_fast import _extension
 from aigc_fast.data import ImageData
+from aigc_fast.images import make_grid
 from aigc_fast.train import (GANConfig, GANTrainer, NonFiniteLossError, TrainingInterrupted, VAEConfig, VAETrainer,
                              load_checkpoint, load_run, save_atomic)
 
@@ -630,10 +631,14 @@ def test_a_run_that_failed_before_its_first_log_row_leaves_its_folder_usable(tmp
 
 
 def batches_seen(trainer, n=32):
-    """Has trainer's steps record which images (by index, data[i] = i / (n - 1)) each batch held."""
+    """(the indices of the images each step got, n images whose pixels all read i / (n - 1)):
+    the trainer's step is replaced by one that only records them."""
     seen = []
-    trainer.train_step = lambda x: seen.append(sorted(round((v + 1) / 2 * (n - 1))
-                                                      for v in x[:, 0, 0, 0].tolist())) or {"d_loss": 1.0, "g_loss": 1.0}
+    def record(x):
+        seen.append(sorted(round((v + 1) / 2 * (n - 1)) for v in x[:, 0, 0, 0].tolist()))  # [-1, 1] back to i
+        return {"d_loss": 1.0, "g_loss": 1.0}
+
+    trainer.train_step = record
     data = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 16, 16) / (n - 1)
     return seen, data
 
@@ -704,7 +709,8 @@ def test_resume_refuses_another_seed_or_holdout(tmp_path, changed):
 
 
 def test_the_documented_defaults():
-    """The defaults the docs and --help promise: DCGAN's Adam 2e-4 (0.5, 0.999), the VAE's 1e-3 (0.9, 0.999), holdout 0.1."""
+    """The defaults the docs and --help promise: DCGAN's Adam 2e-4 (0.5, 0.999), the VAE's
+    1e-3 (0.9, 0.999), holdout 0.1."""
     gan, vae = GANConfig(), VAEConfig()
     assert (gan.lr, gan.betas, gan.batch_size, gan.nz, gan.loss) == (2e-4, (0.5, 0.999), 128, 100, "bce")
     assert (vae.lr, vae.betas, vae.beta, vae.recon_loss, vae.latent_dim) == (1e-3, (0.9, 0.999), 1.0, "bce", 20)
@@ -735,10 +741,7 @@ def test_sample_grids_use_the_runs_fixed_latents_and_do_not_change_training(tmp_
     often.fit(tiny_images())
     for a, b in zip(rare.G.state_dict().values(), often.G.state_dict().values()):
         assert torch.equal(a, b)
-    from PIL import Image
-
-    with Image.open(tmp_path / "often" / "samples" / "final.png") as grid:
+    image = pytest.importorskip("PIL.Image")
+    with image.open(tmp_path / "often" / "samples" / "final.png") as grid:
         final = np.asarray(grid)
-    from aigc_fast.images import make_grid
-
     assert np.array_equal(final, make_grid(often.generate(4, seed=often.config.seed + 1))[..., 0])
