@@ -106,7 +106,10 @@ class BnActFunction : public torch::autograd::Function<BnActFunction> {
     // Undefined tensors stand for absent ones (x in the memory-saving mode, no weight/bias).
     // y is kept for the activation's derivative, except identity's (1) where x is kept:
     // the caller may then modify y in place (a residual `out += skip` after conv ->
-    // BatchNorm), as after nn.BatchNorm2d, which keeps no output.
+    // BatchNorm), as after nn.BatchNorm2d, which keeps no output. Only identity: the CPU
+    // kernels would find relu's and leaky_relu's derivative from x too, but the CUDA ones
+    // read it from y (with_grad_kernel<false>, bn_act.h), and x standing in for y there
+    // would give wrong gradients without an error.
     const bool keep_y = memory_efficient || act != "identity";
     ctx->save_for_backward({memory_efficient ? at::Tensor() : x, keep_y ? y : at::Tensor(),
                             weight.value_or(at::Tensor()), bias.value_or(at::Tensor()), mean, invstd});
