@@ -5,7 +5,7 @@
 #   OUT/quickstart.md           each command's wall time, the runs' last epoch records and
 #                               their evaluation tables: the source of the README's figures
 #
-#   bash bench/quickstart.sh OUT      (needs the data extra; about 4 minutes on a 2-core CPU)
+#   bash bench/quickstart.sh OUT      (needs the data extra; about 3 minutes on a 2-core CPU)
 #
 # Leave the machine otherwise idle while it runs: the times are the point.
 set -euo pipefail
