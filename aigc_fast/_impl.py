@@ -4,7 +4,8 @@ Per call: `impl="fused" | "reference"`. Globally: `set_impl(...)` or, for a bloc
 `with use_impl(...)`. The default, None, means fused wherever the kernels are available
 (compiled in and loaded, and built for the tensor's device), else the reference.
 Under torch.func's transforms and forward-mode AD the default is the reference (neither can
-transform the fused ops' C++ autograd). Asking for "fused" where it is unavailable raises, rather
+transform the fused ops' C++ autograd), and so it is under torch.onnx.export (ONNX has no
+aigc_fast operators: the exported graph is the reference's plain ops). Asking for "fused" where it is unavailable raises, rather
 than silently running something else. The global choice is a plain module attribute, so
 torch.compile guards on it; it is one for the whole process (use_impl in one thread is
 seen by the others, and blocks in two threads that overlap can restore each other's
@@ -16,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from typing import Iterator, List, Optional, Tuple
+import sys
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch.autograd import forward_ad
@@ -110,6 +112,30 @@ def _under_forward_ad() -> bool:
     return forward_ad._current_level >= 0
 
 
+_onnx_flags: Optional[Callable[[], bool]] = None
+
+
+def _under_onnx_export() -> bool:
+    """Whether torch.onnx.export is running (ONNX has no aigc_fast operators). The answer of
+    torch.onnx.is_in_onnx_export(), read from the two flags it reads: it imports both modules
+    on every call, 2 us, more than the rest of an op's dispatch. No export runs before
+    torch.onnx is imported (and asking would import it, 28 ms). While dynamo traces, its
+    constant answer (False), with no graph break."""
+    global _onnx_flags
+    if torch.compiler.is_compiling():
+        return torch.onnx.is_in_onnx_export()
+    if _onnx_flags is None:
+        if "torch.onnx" not in sys.modules:
+            return False
+        try:
+            from torch.onnx._internal.exporter import _flags
+            from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+            _onnx_flags = lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting  # noqa: E731
+        except ImportError:  # another torch's layout: the public question, slower
+            _onnx_flags = torch.onnx.is_in_onnx_export
+    return _onnx_flags()
+
+
 def fused_unavailable_reason(device: torch.device) -> Optional[str]:
     """None when the fused kernels can run on `device`, else why not."""
     if not _extension.LOADED:
@@ -118,6 +144,8 @@ def fused_unavailable_reason(device: torch.device) -> Optional[str]:
         return "torch.func transforms (grad, vjp, jacrev, vmap) cannot run the fused ops' C++ autograd"
     if _under_forward_ad():
         return "forward-mode AD (torch.autograd.forward_ad) cannot run the fused ops' C++ autograd, which has no jvp"
+    if _under_onnx_export():
+        return "ONNX has no aigc_fast operators, so torch.onnx.export traces the reference ops"
     if device.type == "cuda" and "cuda" in _extension.compiled_backends():
         return _cuda_arch_reason(device)
     if device.type == "meta" or device.type in _extension.compiled_backends():

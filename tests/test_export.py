@@ -1,7 +1,8 @@
 """torch.export of fused models and losses (docs/api.md, Compatibility): the exported
 program keeps the aigc_fast ops (it does not fall back to the reference), gives the
 eager model's outputs (for any batch size, exported as dynamic), updates BatchNorm's running statistics in training as the eager
-model does, and differentiates a loss exported with inputs that require grad."""
+model does, and differentiates a loss exported with inputs that require grad; and
+torch.onnx.export, which runs the reference ops (ONNX has no aigc_fast operators)."""
 
 import copy
 
@@ -76,3 +77,28 @@ def test_an_exported_loss_is_differentiated_for_the_inputs_that_required_grad():
     program = torch.export.export(DLoss(), (real.detach(), fake.detach())).module()
     with pytest.raises(RuntimeError, match="gradient of real_logits was not computed"):
         program(torch.randn(8, requires_grad=True), fake.detach()).backward()
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_onnx_export_traces_the_reference_ops(dynamo, tmp_path):
+    """ONNX has no aigc_fast operators: under torch.onnx.export the ops run their reference,
+    so a generator, fused or folded, exports as it is, and onnxruntime gives its outputs.
+    Asking for the fused ops there is refused by name (by the TorchScript exporter; the
+    dynamo one retries other ways to capture and reports its own error last)."""
+    pytest.importorskip("onnx")
+    runtime = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    generator = DCGANGenerator(nz=8, ngf=8, channels=1, image_size=16).eval()
+    z = torch.randn(3, 8)
+    path = str(tmp_path / "generator.onnx")
+    for model in (generator, fold(copy.deepcopy(generator))):
+        torch.onnx.export(model, (z,), path, dynamo=dynamo)
+        session = runtime.InferenceSession(path)
+        (images,) = session.run(None, {session.get_inputs()[0].name: z.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(images), model(z), rtol=1e-5, atol=1e-6)
+    if not dynamo:
+        with aigc_fast.use_impl("fused"), pytest.raises(RuntimeError, match="ONNX has no aigc_fast operators"):
+            torch.onnx.export(generator, (z,), path, dynamo=False)
