@@ -79,6 +79,8 @@ def test_an_exported_loss_is_differentiated_for_the_inputs_that_required_grad():
         program(torch.randn(8, requires_grad=True), fake.detach()).backward()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning",  # (torch deprecates the TorchScript exporter)
+                            "ignore::torch.jit.TracerWarning")  # (it traces the shape checks)
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_onnx_export_traces_the_reference_ops(dynamo, tmp_path):
     """ONNX has no aigc_fast operators: under torch.onnx.export the ops run their reference,
