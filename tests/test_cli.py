@@ -318,20 +318,19 @@ def test_help_says_what_each_training_option_means(capsys):
     assert "required: {gan,vae}" in capsys.readouterr().err
 
 
-def small_data(tmp_path):
-    path = tmp_path / "images.npy"
-    np.save(path, (torch.rand(32, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy())
-    return str(path)
-
-
-GAN = ["--image-size", "16", "--batch-size", "8", "--holdout", "0", "--no-progress", "--sample-every", "1000",
-       "--nz", "8", "--ngf", "4", "--ndf", "4", "--num-samples", "4"]
+def train_tiny_gan(tmp_path, out_dir, *flags):
+    """aigc-fast train gan, one step on 32 random 16x16 images saved as .npy, into out_dir."""
+    data = tmp_path / "images.npy"
+    np.save(data, (torch.rand(32, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy())
+    return main(["train", "gan", "--data", str(data), "--image-size", "16", "--batch-size", "8", "--holdout", "0",
+                 "--no-progress", "--sample-every", "1000", "--nz", "8", "--ngf", "4", "--ndf", "4",
+                 "--num-samples", "4", "--max-steps", "1", "--out-dir", str(out_dir), *flags])
 
 
 def test_a_moved_run_directory_resumes_where_it_is_now(tmp_path, capsys):
     """--resume DIR continues the run in DIR (its new place after a move), not in the out_dir config.json recorded."""
     old, new = tmp_path / "old", tmp_path / "new"
-    assert main(["train", "gan", "--data", small_data(tmp_path), *GAN, "--max-steps", "1", "--out-dir", str(old)]) == 0
+    assert train_tiny_gan(tmp_path, old) == 0
     old.rename(new)
     assert main(["train", "gan", "--resume", str(new), "--max-steps", "2"]) == 0
     assert torch.load(new / "checkpoint.pt", weights_only=True)["step"] == 2
@@ -341,7 +340,7 @@ def test_a_moved_run_directory_resumes_where_it_is_now(tmp_path, capsys):
 def test_sample_seed_flag_picks_the_images(tmp_path):
     """aigc-fast sample --seed N: the same seed gives the same images, another seed others."""
     run = tmp_path / "run"
-    assert main(["train", "gan", "--data", small_data(tmp_path), *GAN, "--max-steps", "1", "--out-dir", str(run)]) == 0
+    assert train_tiny_gan(tmp_path, run) == 0
     read = lambda name: np.load(tmp_path / name / "samples.npz")["images"]  # noqa: E731
     for name, seed in (("a", "0"), ("b", "1"), ("c", "1")):
         assert main(["sample", str(run), "-n", "4", "--seed", seed, "--out", str(tmp_path / name)]) == 0
@@ -363,7 +362,6 @@ def test_evaluate_passes_its_options_on(tmp_path, monkeypatch, capsys):
 def test_train_flags_reach_the_config(tmp_path):
     """Every aigc-fast train flag given (here --seed, --lr, --flip, --loss) is what the run records and trains with."""
     run = tmp_path / "run"
-    assert main(["train", "gan", "--data", small_data(tmp_path), *GAN, "--max-steps", "1", "--out-dir", str(run),
-                 "--seed", "7", "--lr", "0.001", "--flip", "--loss", "hinge"]) == 0
+    assert train_tiny_gan(tmp_path, run, "--seed", "7", "--lr", "0.001", "--flip", "--loss", "hinge") == 0
     config = json.loads((run / "config.json").read_text())
     assert (config["seed"], config["lr"], config["flip"], config["loss"]) == (7, 0.001, True, "hinge")
