@@ -444,21 +444,30 @@ def test_a_conv_subclass_with_its_own_forward_runs_as_itself():
     torch.testing.assert_close(converted(x), original(x))
 
 
-def test_fold_refuses_a_batchnorm_in_training_and_keeps_a_grouped_transpose_exact():
+@pytest.mark.parametrize("bias", [True, False])
+def test_fold_refuses_a_batchnorm_in_training_and_folds_a_grouped_transpose(bias):
+    """A grouped conv-transpose's weight is [in, out / groups, kh, kw]: output channel
+    g * (out / groups) + j must get its own BatchNorm scale (the BatchNorm's affine made
+    per-channel distinct, so a scale on the wrong channel shows)."""
     torch.manual_seed(12)
-    model = convert(nn.Sequential(nn.ConvTranspose2d(8, 8, 4, 2, 1, groups=2), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).double())
-    model(torch.randn(4, 8, 5, 5, dtype=torch.float64))  # running statistics
+    model = convert(nn.Sequential(nn.ConvTranspose2d(6, 8, 4, 2, 1, groups=2, bias=bias), nn.BatchNorm2d(8),
+                                  nn.ReLU(), nn.Conv2d(8, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).double())
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-1.0, 1.0)
+    model(torch.randn(4, 6, 5, 5, dtype=torch.float64))  # running statistics
     model.eval()
     model[4].train()  # one BatchNorm left in training mode under an eval model
     with pytest.raises(ValueError, match="call model.eval"):
         fold(model)
     model.eval()
     folded = fold(model)
-    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
-    assert type(folded[1]) is nn.BatchNorm2d  # the grouped conv-transpose keeps its BatchNorm
-    assert isinstance(folded[4], aigc_fast.nn.blocks.FoldedBatchNorm)  # the plain conv's is folded
+    assert isinstance(folded[1], aigc_fast.nn.blocks.FoldedBatchNorm)  # the grouped transpose's is folded
+    assert isinstance(folded[4], aigc_fast.nn.blocks.FoldedBatchNorm)
+    assert folded[0].weight.shape == model[0].weight.shape and folded[0].weight.is_contiguous()
 
 
 def test_convert_leaves_a_group_before_an_in_place_module_and_passes_identity_placeholders():

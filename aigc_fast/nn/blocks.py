@@ -378,10 +378,20 @@ def _fold_group(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     folded = _plain_copy(conv)
+    transpose = isinstance(conv, nn.ConvTranspose2d)
+    weight = conv.weight
+    if transpose and conv.groups > 1:
+        # torch.nn.utils.fusion scales a transposed weight's dim 1 as the output channels,
+        # but a grouped one is [in, out / groups, kh, kw]: output channel g * (out / groups) + j
+        # sits at [g's inputs, j]. Laid out as [in / groups, out, kh, kw] it is a plain one.
+        groups, in_per_group = conv.groups, conv.in_channels // conv.groups
+        weight = weight.unflatten(0, (groups, in_per_group)).transpose(0, 1).flatten(1, 2)
     folded.weight, folded.bias = fuse_conv_bn_weights(
-        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias,
-        transpose=isinstance(conv, nn.ConvTranspose2d),
-    )
+        weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias, transpose=transpose)
+    if transpose and conv.groups > 1:
+        folded.weight = nn.Parameter(
+            folded.weight.unflatten(1, (groups, -1)).transpose(0, 1).flatten(0, 1).contiguous(),
+            folded.weight.requires_grad)
     return folded
 
 
@@ -418,11 +428,7 @@ def fold(module: nn.Module) -> nn.Module:
         for group in seq.fused_groups(backward=False):  # inference: what follows a group cannot matter
             # A BatchNorm without running statistics normalizes with the batch's, even in eval:
             # there is nothing to fold.
-            # torch.nn.utils.fusion scales a transposed weight as [1, out, 1, 1], which a grouped
-            # one ([in, out / groups, kh, kw]) is not: such a group keeps its BatchNorm.
-            conv = children[group.conv]
-            grouped_transpose = isinstance(conv, nn.ConvTranspose2d) and conv.groups > 1
-            if group.bn is not None and children[group.bn].running_mean is not None and not grouped_transpose:
-                setattr(seq, names[group.conv], _fold_group(conv, children[group.bn]))
+            if group.bn is not None and children[group.bn].running_mean is not None:
+                setattr(seq, names[group.conv], _fold_group(children[group.conv], children[group.bn]))
                 setattr(seq, names[group.bn], FoldedBatchNorm().eval())
     return module
