@@ -6,7 +6,6 @@
 // product through the sampling step) the backward is written with differentiable ATen ops
 // instead of the kernel, so second derivatives come out right.
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
@@ -90,11 +89,13 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     const bool need_logvar = ctx->needs_input_grad(1);
     const bool need_eps = eps.defined() && ctx->needs_input_grad(2);
     const bool kernel_mu = need_mu && compute_kl;  // without the KL term, dmu is grad_z itself
-    // Undefined: the output was not used (only the KL, say); its gradient is zero.
-    const at::Tensor grad_z = grads[0].defined() ? grads[0] : at::zeros_like(mu);
+    // Undefined: z was not used (only the KL). Its term is then left out, not computed from
+    // a zero gradient: 0 * std is NaN where std overflows (logvar > ~177 in float32), and
+    // the reference, which has no such term, gives the KL's own inf.
+    const at::Tensor& grad_z = grads[0];
     const OptionalTensor grad_kl = compute_kl ? if_defined(grads[1]) : std::nullopt;
     at::Tensor grad_mu, grad_logvar, grad_eps;
-    if (at::GradMode::is_enabled()) {
+    if (at::GradMode::is_enabled() || !grad_z.defined()) {  // the KL alone: a few ATen ops, no noise
       std::tie(grad_mu, grad_logvar, grad_eps) = differentiable_backward(grad_z, grad_kl, mu, logvar, eps, seed);
     } else {
       if (kernel_mu || need_logvar || need_eps) {
@@ -150,26 +151,32 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
       const at::Tensor& grad_z, const OptionalTensor& grad_kl, const at::Tensor& mu, const at::Tensor& logvar,
       const at::Tensor& eps, const at::Tensor& seed) {
     const at::ScalarType math = math_dtype(mu.scalar_type());
-    at::Tensor noise;
-    if (eps.defined()) {
-      noise = eps.to(math);
-    } else {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      const at::Tensor zero = at::zeros_symint(mu.sym_sizes(), mu.options().dtype(math));
-      noise = std::get<0>(forward_op().call(zero, zero, std::nullopt, seed, false));
+    const at::Tensor log_var = logvar.to(math);
+    at::Tensor grad_mu, grad_logvar, grad_eps;  // undefined: zero
+    if (grad_z.defined()) {
+      at::Tensor noise;
+      if (eps.defined()) {
+        noise = eps.to(math);
+      } else {
+        at::AutoDispatchBelowADInplaceOrView below_autograd;
+        const at::Tensor zero = at::zeros_symint(mu.sym_sizes(), mu.options().dtype(math));
+        noise = std::get<0>(forward_op().call(zero, zero, std::nullopt, seed, false));
+      }
+      const at::Tensor g = grad_z.to(math), std = log_var.mul(0.5).exp();
+      grad_mu = g;
+      grad_logvar = g.mul(std).mul(noise).mul(0.5);
+      grad_eps = g.mul(std);
     }
-    const at::Tensor log_var = logvar.to(math), g = grad_z.to(math);
-    const at::Tensor std = log_var.mul(0.5).exp();
-    at::Tensor grad_mu = g, grad_logvar = g.mul(std).mul(noise).mul(0.5);
-    const at::Tensor grad_eps = g.mul(std);
     if (grad_kl.has_value()) {  // one KL per row (the op needs a row dimension): broadcast over its elements
       const at::Tensor gk = along_dim(grad_kl->to(math), mu, 0);
       const auto [kl_mu, kl_logvar] = kl_term_grads(mu.to(math), log_var);
-      grad_mu = grad_mu.add(gk.mul(kl_mu));
-      grad_logvar = grad_logvar.add(gk.mul(kl_logvar));
+      grad_mu = grad_mu.defined() ? grad_mu.add(gk.mul(kl_mu)) : gk.mul(kl_mu);
+      grad_logvar = grad_logvar.defined() ? grad_logvar.add(gk.mul(kl_logvar)) : gk.mul(kl_logvar);
     }
-    return {grad_mu.to(mu.scalar_type()), grad_logvar.to(logvar.scalar_type()),
-            eps.defined() ? grad_eps.to(eps.scalar_type()) : at::Tensor()};
+    const auto as = [](const at::Tensor& grad, const at::Tensor& input) {
+      return grad.defined() && input.defined() ? grad.to(input.scalar_type()) : at::Tensor();
+    };
+    return {as(grad_mu, mu), as(grad_logvar, logvar), as(grad_eps, eps)};
   }
 };
 

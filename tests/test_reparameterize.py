@@ -87,6 +87,28 @@ def test_gradients_through_one_output(used):
         torch.testing.assert_close(fused, ref)
 
 
+@pytest.mark.parametrize("create_graph", [False, True])
+@pytest.mark.parametrize("dtype, huge", [(torch.float32, 178.0), (torch.float64, 1500.0), (torch.bfloat16, 200.0)])
+def test_the_kl_alone_where_std_overflows(dtype, huge, create_graph):
+    """A loss on the KL alone leaves z's term out of the backward: a zero gradient for z
+    times an overflowing std would be NaN, where the reference's dlogvar is the KL's inf.
+    The eval path of nn.Reparameterize(return_kl=True) is this case."""
+    def grads(fn, **kw):
+        mu = torch.zeros(2, 3, dtype=dtype, requires_grad=True)
+        logvar = torch.tensor([[0.5, huge, -1.0]] * 2, dtype=dtype, requires_grad=True)
+        _, kl = fn(mu, logvar, return_kl=True, **kw)
+        return torch.autograd.grad(kl.sum(), (mu, logvar), create_graph=create_graph)
+
+    fused, reference = grads(aigc_fast.reparameterize), grads(ref_reparameterize, eps=torch.randn(2, 3, dtype=dtype))
+    assert torch.isinf(fused[1][:, 1]).all()
+    for f, r in zip(fused, reference):
+        torch.testing.assert_close(f, r)
+    module = aigc_fast.nn.Reparameterize(return_kl=True).eval()
+    mu, logvar = torch.zeros(2, 3, dtype=dtype, requires_grad=True), torch.full((2, 3), huge, dtype=dtype, requires_grad=True)
+    module(mu, logvar)[1].sum().backward()
+    assert torch.isinf(logvar.grad).all() and not mu.grad.isnan().any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_rng_backward_uses_forward_noise(dtype):
     """Without eps, dlogvar must equal g * eps * std / 2 with the very eps of the forward
