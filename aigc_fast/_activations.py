@@ -35,3 +35,16 @@ def check(act: str, negative_slope: float) -> float:
 
 def apply(act: str, v: torch.Tensor, negative_slope: float = 0.2) -> torch.Tensor:
     return ACTIVATIONS[act](v, negative_slope)
+
+
+# The losses warn when their logits come from a sigmoid (ops/losses.py), which they see as
+# a SigmoidBackward0 node in the autograd graph. A fused op ending in a sigmoid (a converted
+# D's conv + Sigmoid) records a node of its own, so it marks that node.
+SIGMOID_MARK = "aigc_fast.ends_in_sigmoid"
+
+
+def mark_sigmoid(y: torch.Tensor, act: str) -> torch.Tensor:
+    """Marks y's autograd node as a sigmoid's when act is one; returns y."""
+    if act == "sigmoid" and not torch.compiler.is_compiling() and y.grad_fn is not None:
+        y.grad_fn.metadata[SIGMOID_MARK] = True
+    return y

@@ -66,8 +66,16 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     for (auto it = outputs.begin() + n_values; it != outputs.end(); ++it) saved.push_back(it->detach());
     TORCH_INTERNAL_ASSERT(saved.size() == inputs.size());
     // The inputs, for the create_graph path. An inference tensor (made under
-    // torch.inference_mode) cannot be saved, and takes no gradient: left out.
-    for (const at::Tensor& t : inputs) saved.push_back(t.is_inference() ? at::Tensor() : t);
+    // torch.inference_mode) cannot be saved, and takes no gradient: left out. So are GAN
+    // logits that take no gradient, as eager keeps none: each term's gradient reads only its
+    // own logits, and such logits may then be changed in place before backward. (The VAE
+    // loss's four gradients are written from all four inputs.)
+    const bool terms_apart = settings.loss != "vae_loss";
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const at::Tensor& t = inputs[i];
+      const bool unread = t.is_inference() || (terms_apart && !((mask >> i) & 1));
+      saved.push_back(unread ? at::Tensor() : t);
+    }
     ctx->saved_data["double_math"] = any_double(inputs);
     if (settings.beta.defined()) saved.push_back(settings.beta);
     ctx->save_for_backward(saved);
@@ -141,7 +149,7 @@ class PrecomputedGradients : public torch::autograd::Function<PrecomputedGradien
     for (size_t i = 0; i < n; ++i) {  // each term is a mean over its logits
       const auto [term, param] = gan_term(kind, roles[i], real_label);
       grads.push_back(x[i].defined() ? logit_term_grad(x[i], term, param).div(c10::Scalar(x[i].sym_numel()))
-                                     : at::Tensor());  // an inference tensor: no gradient
+                                     : at::Tensor());  // left out (see forward): no gradient
     }
     return grads;
   }

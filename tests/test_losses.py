@@ -669,6 +669,8 @@ def test_gradients_only_for_inputs_that_require_them():
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label=torch.full((3, 1), 0.9)), TypeError, r"real_label must be a number or a one-element real tensor, got a torch.float32 tensor of shape \[3, 1\]"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label=torch.tensor(0.9, requires_grad=True)), TypeError, "real_label is a constant"),
         (lambda: aigc_fast.gan_d_loss(torch.zeros(3), torch.zeros(3), real_label=10**400), ValueError, "real_label must be finite"),
+        (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=10**400), ValueError, "beta must be a finite number >= 0"),
+        (lambda: aigc_fast.nn.VAELoss(beta=10**400), ValueError, "beta must be a finite number >= 0"),
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=torch.tensor(float("nan"))), ValueError, "beta must be a finite number >= 0"),
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=torch.tensor(2 + 1j)), TypeError, "beta must be a real number, got a torch.complex64 tensor"),
         (lambda: aigc_fast.vae_loss(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2, 3), beta=torch.ones((), device="meta")), TypeError, "beta must have a value, got a meta tensor"),
@@ -764,6 +766,27 @@ def test_probabilities_from_a_sigmoid_are_named(impl, recwarn):
     assert not [w for w in recwarn if "sigmoid" in str(w.message)]
 
 
+def test_probabilities_from_a_converted_sigmoid_are_named(recwarn):
+    """convert() fuses a final conv + Sigmoid into bias_act (a D) or conv + BatchNorm +
+    Sigmoid into bn_act, whose autograd node is not torch's sigmoid: the losses warn all
+    the same. A fused op ending in another activation gives no warning."""
+    torch.manual_seed(3)
+    d = aigc_fast.nn.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 1, 4, bias=False), torch.nn.Sigmoid()))
+    bn_d = aigc_fast.nn.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 4), torch.nn.BatchNorm2d(2),
+                                                    torch.nn.Sigmoid()))
+    x = torch.randn(3, 3, 4, 4)
+    assert all(isinstance(m, aigc_fast.nn.blocks.FusedSequential) for m in (d, bn_d))
+    with pytest.warns(UserWarning, match="fake_logits comes from a sigmoid"):
+        aigc_fast.gan_g_loss(d(x).view(-1))
+    with pytest.warns(UserWarning, match="recon comes from a sigmoid"):
+        latent = torch.zeros(3, 2)
+        aigc_fast.vae_loss(bn_d(x), torch.rand(3, 2, 1, 1), latent, latent)
+    recwarn.clear()
+    tanh_d = aigc_fast.nn.convert(torch.nn.Sequential(torch.nn.Conv2d(3, 1, 4), torch.nn.Tanh()))
+    aigc_fast.gan_g_loss(tanh_d(x).view(-1))
+    assert not [w for w in recwarn if "sigmoid" in str(w.message)]
+
+
 def test_impl_reference_runs_the_reference(monkeypatch):
     calls = []
     monkeypatch.setattr(reference, "gan_g_loss", lambda *a: calls.append(a) or torch.tensor(0.0))
@@ -773,6 +796,29 @@ def test_impl_reference_runs_the_reference(monkeypatch):
     with aigc_fast.use_impl("reference"):
         aigc_fast.gan_g_loss(fake)
     assert len(calls) == 1
+
+
+def test_an_int_beta_beyond_int64():
+    inputs = vae_inputs(torch.float64, batch=2, image=(3,), latent=2)
+    torch.testing.assert_close(aigc_fast.vae_loss(*inputs, beta=10**20)[0], aigc_fast.vae_loss(*inputs, beta=1e20)[0])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_gan_logits_without_gradient_may_change_before_backward(kind, create_graph):
+    """Eager's GAN loss keeps nothing of logits that take no gradient, so they may be
+    changed in place between the loss and its backward; the fused loss does not keep them
+    either (a kept tensor would make that an autograd error)."""
+    def grad(fn):
+        real, fake = torch.randn(5, generator=torch.Generator().manual_seed(1)), torch.randn(4, requires_grad=True)
+        with torch.no_grad():
+            fake.copy_(torch.linspace(-2, 2, 4))
+        loss = fn(real, fake, kind)
+        real.add_(1.0)
+        (g,) = torch.autograd.grad(loss, fake, create_graph=create_graph)
+        return g
+
+    torch.testing.assert_close(grad(aigc_fast.gan_d_loss), grad(reference.gan_d_loss))
 
 
 def test_inference_mode_inputs_that_take_no_gradient():

@@ -36,7 +36,7 @@ def bias_act(
     negative_slope, dim = _check(x, bias, act, negative_slope, dim)
     if not _impl.use_fused(impl, "bias_act", x.device):
         return reference.bias_act(x, bias, act, negative_slope=negative_slope, dim=dim)
-    return torch.ops.aigc_fast.bias_act(x, bias, dim, act, float(negative_slope))
+    return _activations.mark_sigmoid(torch.ops.aigc_fast.bias_act(x, bias, dim, act, float(negative_slope)), act)
 
 
 def _check(x, bias, act, negative_slope, dim):

@@ -127,7 +127,7 @@ def bn_act(
         x, weight, bias, running_mean, running_var, num_batches_tracked if training else None, use_batch_stats,
         None if momentum is None else float(momentum), float(eps), act, float(negative_slope), memory_efficient,
     )
-    return y
+    return _activations.mark_sigmoid(y, act)
 
 
 def _fake_forward(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, act,

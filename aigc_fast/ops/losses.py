@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .. import _extension, _impl, _layout, _validate
+from .. import _activations, _extension, _impl, _layout, _validate
 from .. import reference
 from ..reference.losses import GAN_KINDS, RECON_LOSSES, REDUCTIONS
 
@@ -24,6 +24,7 @@ def _check_logits(t, name: str) -> None:
 # Ops that only move or copy values: a sigmoid's output seen through them is still probabilities.
 _SHAPE_ONLY_GRAD_FNS = ("View", "UnsafeView", "ReshapeAlias", "Squeeze", "Unsqueeze", "Permute", "Transpose",
                         "Expand", "Slice", "Select", "Clone", "ToCopy")
+_FUSED_NODE = "torch::autograd::CppNode<aigc_fast::"  # the autograd nodes of our C++ ops
 
 
 def _warn_if_probabilities(t: torch.Tensor, name: str, loss: str) -> None:
@@ -37,12 +38,16 @@ def _warn_if_probabilities(t: torch.Tensor, name: str, loss: str) -> None:
     for _ in range(8):
         if fn is None:
             return
-        if fn.name() == "SigmoidBackward0":
+        node = fn.name()
+        # A fused op that ended in a sigmoid marks its node (_activations.mark_sigmoid); the
+        # metadata is read only on our nodes, since reading it makes a dict on any node.
+        if node == "SigmoidBackward0" or (
+                node.startswith(_FUSED_NODE) and fn.metadata.get(_activations.SIGMOID_MARK, False)):
             warnings.warn(f"{loss}: {name} comes from a sigmoid, but the loss takes logits and applies the "
                           "sigmoid itself (as nn.BCEWithLogitsLoss does): remove the model's final Sigmoid "
                           "(docs/api.md, Losses: porting from nn.BCELoss)", UserWarning, stacklevel=3)
             return
-        if not fn.name().startswith(_SHAPE_ONLY_GRAD_FNS) or not fn.next_functions:
+        if not node.startswith(_SHAPE_ONLY_GRAD_FNS) or not fn.next_functions:
             return
         fn = fn.next_functions[0][0]
 
@@ -210,6 +215,10 @@ def _beta_tensor(beta) -> torch.Tensor:
     if not isinstance(beta, (torch.SymInt, torch.SymFloat)):
         if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
             raise TypeError(f"beta must be a number or a one-element tensor, got {type(beta).__name__}")
+        try:
+            beta = float(beta)  # (a Python int beyond int64 would not multiply a tensor)
+        except OverflowError:
+            beta = math.inf  # beyond float64: refused as infinite
         _check_beta_value(beta)
     # (On the CPU by name: under torch.set_default_device("cuda") a plain float stays a number.)
     return torch.ones((), dtype=torch.float64, device="cpu") * beta
