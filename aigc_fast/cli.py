@@ -105,7 +105,9 @@ def _train(args, given: dict) -> int:
     if trainer.group.main:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or _nothing_trained(args, given, config,
                                                                                          trainer.step)
-        print(f"step {trainer.step} (epoch {trainer.epoch}): {shown}\nrun directory: {trainer.run_dir} "
+        # (trainer.epoch is the epoch in progress, counted from 0 as in metrics.jsonl: after
+        # the last one, the number of epochs completed.)
+        print(f"step {trainer.step}, epochs completed {trainer.epoch}: {shown}\nrun directory: {trainer.run_dir} "
               f"(checkpoint.pt, metrics.jsonl, samples/)")
     return 0
 

@@ -28,7 +28,7 @@ def test_train_resume_sample_evaluate(tmp_path, capsys, monkeypatch):
                  "--out-dir", str(run), "--betas", "0.8", "0.99"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["latent_dim"] == 4 and config["betas"] == [0.8, 0.99] and config["data"] == "digits"
-    assert "step 3 (epoch 0)" in capsys.readouterr().out
+    assert "step 3, epochs completed 0" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["train", "vae", "--resume", str(run), "--out-dir", str(tmp_path / "elsewhere")])
     assert "drop --out-dir" in capsys.readouterr().err
