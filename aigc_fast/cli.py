@@ -92,12 +92,19 @@ def _train(args, given: dict) -> int:
                              "which the command cannot load again; resume it from Python: fit(data, resume=True)")
         config.data = "mnist"
     trainer = trainer_class(config)
+    if trainer.group.main:
+        print(f"aigc-fast train {args.kind}: {trainer.settings()}", flush=True)
     try:
         metrics = trainer.fit(resume=bool(args.resume))
     except TrainingInterrupted as stopped:
         if trainer.group.main:
-            print(f"aigc-fast: stopped by Ctrl-C after step {stopped.step} (epoch {trainer.epoch}); continue with "
-                  f"aigc-fast train {args.kind} --resume {trainer.run_dir}", file=sys.stderr)
+            # --epochs on a resume counts epochs more (the one in progress as one): the number
+            # that finishes this run's plan, so that the command shown does just that.
+            more = (f"aigc-fast train {args.kind} --resume {trainer.run_dir} --epochs {stopped.epochs_left}"
+                    if stopped.epochs_left else f"aigc-fast train {args.kind} --resume {trainer.run_dir} --epochs N "
+                    "(N epochs more: this run's were done)")
+            print(f"aigc-fast: stopped by Ctrl-C after step {stopped.step} (epoch {trainer.epoch}); finish it "
+                  f"with {more}", file=sys.stderr)
         return _EXIT_SIGINT
     # (Only after a run that ended well: destroying the group while another process still
     # waits in a collective, after an error here, could hang it.)
@@ -133,7 +140,13 @@ def _want_traceback() -> bool:
 
 
 def main(argv=None) -> int:
-    parser = _build_parser()
+    try:
+        parser = _build_parser()  # imports torch: the seconds in which a Ctrl-C is likeliest
+    except KeyboardInterrupt:
+        if _want_traceback():
+            raise
+        print("aigc-fast: interrupted", file=sys.stderr)
+        return _EXIT_SIGINT
     args = parser.parse_args(argv)
     try:
         code = _run(args)
@@ -155,10 +168,11 @@ def main(argv=None) -> int:
             raise
         print(f"aigc-fast {args.command}: interrupted", file=sys.stderr)
         return _EXIT_SIGINT
-    # Most likely the arguments (a value, a path that is a file, data of the wrong type): one
-    # line, and where it was raised. (bench checks its arguments before it starts; an error
-    # while it runs is the package's, and keeps its traceback.)
-    except (ValueError, TypeError, OSError) as error:
+    # Most likely the arguments (a value, a path that is a file, data of the wrong type) or an
+    # optional package not installed (its message says which to install): one line, and
+    # where it was raised. (bench checks its arguments before it starts; an error while it
+    # runs is the package's, and keeps its traceback.)
+    except (ValueError, TypeError, OSError, ModuleNotFoundError) as error:
         if (args.command == "bench" and not isinstance(error, BadBenchArguments)) or _want_traceback():
             raise
         where = traceback.extract_tb(error.__traceback__)[-1]

@@ -14,6 +14,7 @@ each time the median of the runs' medians, each speed-up the median of the runs'
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -240,8 +241,19 @@ def main(argv=None):
         parser.error(f"no file {', '.join(missing)}")
     if args.runs and (args.csv or args.chart):
         parser.error("--runs prints the merged tables only; write a CSV or chart per run")
+    for option, out in (("--csv", args.csv), ("--chart", args.chart)):  # before the tables, not after them
+        if out and not Path(out).absolute().parent.is_dir():
+            parser.error(f"{option} {out}: no folder {Path(out).absolute().parent}")
+    loaded = {}
+    for name in args.json_files:
+        try:
+            with open(name) as f:
+                loaded[name] = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            parser.error(f"{name} is not a JSON file ({error}): give the files pytest-benchmark's "
+                         "--benchmark-json wrote")
     if args.runs:
-        runs = [list(measurements(json.load(open(name)))) for name in args.json_files]
+        runs = [list(measurements(loaded[name])) for name in args.json_files]
         every = [r for records in runs for r in records]
         if len(setups(every)) > 1:
             raise SystemExit("--runs: the files come from different machines or setups; merge runs of one")
@@ -255,7 +267,7 @@ def main(argv=None):
         return
     records = []
     for name in args.json_files:
-        data = json.load(open(name))
+        data = loaded[name]
         m = machine(data)
         print(heading(m, m["date"], "Medians in ms (IQR in brackets)."))
         found = list(measurements(data))
@@ -271,4 +283,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # report.py ... | head: the reader is gone; stop quietly, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

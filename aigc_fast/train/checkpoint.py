@@ -42,6 +42,13 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu", *, weights_only:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    # What torch.load would say of these is misleading (of a foreign file, that loading it
+    # with weights_only=False will likely succeed).
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): a save or copy that did not finish; use another copy")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a checkpoint: torch.save writes a zip archive, and this file is none "
+                         "(cut short, damaged, or another kind of file)")
     _check_checksums(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
@@ -52,8 +59,7 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu", *, weights_only:
 
 
 def _check_checksums(path: Path) -> None:
-    """Refuses a zip (torch.save's format) whose stored CRC-32s do not match its contents.
-    (A file that is not a zip at all is left to torch.load, which names what it is not.)"""
+    """Refuses a zip (torch.save's format) whose stored CRC-32s do not match its contents."""
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()

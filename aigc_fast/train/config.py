@@ -174,7 +174,7 @@ def unwritable_reason(path: Path) -> Optional[str]:
     existing = _nearest_existing(path.absolute())
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         return (f"out_dir {str(path)!r}: cannot write in {str(existing)!r} (read-only, or another user's); choose "
-                "another out_dir (--out-dir)")
+                "another out_dir (--out-dir), or to resume the run there, make that folder writable")
     return None
 
 

@@ -15,11 +15,12 @@ import threading
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped fit() between two steps, after a checkpoint of the last one."""
 
-    def __init__(self, step: int, checkpoint):
+    def __init__(self, step: int, checkpoint, epochs_left: int = 0):
         super().__init__(f"training stopped by Ctrl-C after step {step}; the checkpoint {checkpoint} holds it "
                          "(resume: fit(resume=True), aigc-fast train ... --resume RUN_DIR)")
         self.step = step
         self.checkpoint = checkpoint
+        self.epochs_left = epochs_left  # of the stopped fit(), the one in progress counted as one
 
 
 class StopRequest:

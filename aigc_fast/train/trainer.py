@@ -91,6 +91,21 @@ class _Trainer(Checkpointing):
     def _process_seed(self) -> int:
         return self.config.seed + 7919 * self.group.rank
 
+    def settings(self) -> str:
+        """The settings that decide a step's speed, as they resolved on this machine (precision
+        "auto" made concrete, the ops that run), in one line: the command prints it as a run
+        starts. config.json records every field."""
+        from .. import _impl
+
+        c = self.config
+        unavailable = _impl.fused_unavailable_reason(self.device) if c.backend == "fused" else None
+        ops = f"{c.backend} ops" if unavailable is None else f"reference ops ({unavailable})"
+        parts = [str(self.device), "fp32" if c.precision == "fp32" else f"{c.precision} autocast",
+                 "channels_last" if c.channels_last else "NCHW", ops]
+        parts += [name for name, on in (("torch.compile", c.compile), ("each step a CUDA graph", self.cuda_graph),
+                                        (f"{self.group.world} processes", self.group.distributed)) if on]
+        return ", ".join(parts)
+
     def configure_backends(self) -> None:
         """Process-wide settings a training run asks for (deterministic algorithms; cuDNN
         autotuning on a GPU), set by fit when it starts and by the step benchmark, which
@@ -252,7 +267,13 @@ class _Trainer(Checkpointing):
         over processes). data: see dataset(); None trains on config.data."""
         fresh = not resume and self.step == 0
         self._refuse_another_runs_directory(fresh)
-        train = self._training_data(data)
+        try:
+            train = self._training_data(data)
+        except FileNotFoundError as error:
+            if resume and data is None:  # the data the run recorded
+                raise FileNotFoundError(f"{error} (if the run's data has moved, give its new place: "
+                                        "aigc-fast train --resume RUN_DIR --data NEW, fit(NEW, resume=True))") from None
+            raise
         if resume:
             self._resume_from(self.checkpoint_path if resume is True else resume)
         elif self.step == 0 and self.device.type == "cuda":
@@ -276,7 +297,8 @@ class _Trainer(Checkpointing):
                 tally = _EpochTally()
                 for indices in self._batches(len(train)):
                     if stop.requested or (self.config.max_steps is not None and self.step >= self.config.max_steps):
-                        return self._finish(bar, metrics, unfinished_epoch=tally, interrupted=stop.requested)
+                        return self._finish(bar, metrics, unfinished_epoch=tally,
+                                            interrupted=stop.requested, epochs_left=end_epoch - self.epoch)
                     metrics = self._train_batch(train, indices)
                     tally.add(metrics)
                     # (The postfix first: the redraw update(1) may do then shows this step's values.)
@@ -322,6 +344,11 @@ class _Trainer(Checkpointing):
         if isinstance(data, (str, Path)):
             # Recorded (a path as an absolute one), so evaluate and resume find it from anywhere.
             data = self.config.data = _recorded_data(data)
+            folder = Path(data)
+            if folder.is_dir() and self.run_dir.resolve().is_relative_to(folder):
+                raise ValueError(f"out_dir {str(self.run_dir)!r} is inside the data folder {data!r}: the run's files "
+                                 "(checkpoint, sample grids) would be read as part of the data; choose an out_dir "
+                                 "outside it")
         dataset = self.dataset(data)
         self.data_size = len(dataset)
         train, held = self.split(dataset)
@@ -364,7 +391,7 @@ class _Trainer(Checkpointing):
             f.write(json.dumps(row) + "\n")
 
     def _finish(self, bar, metrics: Dict[str, float], *, unfinished_epoch: Optional[_EpochTally] = None,
-                interrupted=False) -> Dict[str, float]:
+                interrupted=False, epochs_left: int = 0) -> Dict[str, float]:
         if unfinished_epoch is not None:
             self._log_epoch(unfinished_epoch, complete=False)
         bar.close()
@@ -372,7 +399,7 @@ class _Trainer(Checkpointing):
         if self.group.main:
             self.snapshot("final")
         if interrupted:
-            raise TrainingInterrupted(self.step, self.checkpoint_path)
+            raise TrainingInterrupted(self.step, self.checkpoint_path, epochs_left)
         return metrics
 
     def snapshot(self, tag: str) -> None:
