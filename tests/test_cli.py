@@ -415,3 +415,12 @@ def test_startup_interruptions_and_missing_packages_are_one_line(capsys, monkeyp
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("aigc-fast train: error: ") and "pip install" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_sample_and_evaluate_refuse_torchrun(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exited:
+        main([command, str(tmp_path)])
+    assert exited.value.code == 2 and "run it without torchrun" in capsys.readouterr().err
+
