@@ -100,11 +100,13 @@ def _train(args, given: dict) -> int:
         if trainer.group.main:
             # --epochs on a resume counts epochs more (the one in progress as one): the number
             # that finishes this run's plan, so that the command shown does just that.
-            more = (f"aigc-fast train {args.kind} --resume {trainer.run_dir} --epochs {stopped.epochs_left}"
-                    if stopped.epochs_left else f"aigc-fast train {args.kind} --resume {trainer.run_dir} --epochs N "
-                    "(N epochs more: this run's were done)")
-            print(f"aigc-fast: stopped by Ctrl-C after step {stopped.step} (epoch {trainer.epoch}); finish it "
-                  f"with {more}", file=sys.stderr)
+            resume = f"aigc-fast train {args.kind} --resume {trainer.run_dir} --epochs"
+            capped = trainer.config.max_steps is not None and stopped.step >= trainer.config.max_steps
+            then = (f"finish it with {resume} {stopped.epochs_left}" if stopped.epochs_left else
+                    f"its planned training was done; {resume} N" + (" --max-steps none" if capped else "") +
+                    " trains N epochs more")
+            print(f"aigc-fast: stopped by Ctrl-C after step {stopped.step}, epochs completed {trainer.epoch}; {then}",
+                  file=sys.stderr)
         return _EXIT_SIGINT
     # (Only after a run that ended well: destroying the group while another process still
     # waits in a collective, after an error here, could hang it.)
@@ -140,13 +142,7 @@ def _want_traceback() -> bool:
 
 
 def main(argv=None) -> int:
-    try:
-        parser = _build_parser()  # imports torch: the seconds in which a Ctrl-C is likeliest
-    except KeyboardInterrupt:
-        if _want_traceback():
-            raise
-        print("aigc-fast: interrupted", file=sys.stderr)
-        return _EXIT_SIGINT
+    parser = _build_parser()
     args = parser.parse_args(argv)
     try:
         code = _run(args)
@@ -174,6 +170,8 @@ def main(argv=None) -> int:
     # runs is the package's, and keeps its traceback.)
     except (ValueError, TypeError, OSError, ModuleNotFoundError) as error:
         if (args.command == "bench" and not isinstance(error, BadBenchArguments)) or _want_traceback():
+            raise
+        if isinstance(error, ModuleNotFoundError) and "pip install" not in str(error):  # not one of ours
             raise
         where = traceback.extract_tb(error.__traceback__)[-1]
         parser.exit(2, f"aigc-fast {args.command}: error: {error}\n(raised at {Path(where.filename).name}:"

@@ -242,16 +242,19 @@ def main(argv=None):
     if args.runs and (args.csv or args.chart):
         parser.error("--runs prints the merged tables only; write a CSV or chart per run")
     for option, out in (("--csv", args.csv), ("--chart", args.chart)):  # before the tables, not after them
-        if out and not Path(out).absolute().parent.is_dir():
-            parser.error(f"{option} {out}: no folder {Path(out).absolute().parent}")
+        if out and (Path(out).is_dir() or not Path(out).absolute().parent.is_dir()):
+            parser.error(f"{option} {out}: a file to write, in a folder that exists")
     loaded = {}
     for name in args.json_files:
         try:
-            with open(name) as f:
+            with open(name, "rb") as f:
                 loaded[name] = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             parser.error(f"{name} is not a JSON file ({error}): give the files pytest-benchmark's "
                          "--benchmark-json wrote")
+        if not (isinstance(loaded[name], dict) and {"machine_info", "benchmarks"} <= loaded[name].keys()):
+            parser.error(f"{name} is JSON, but not what pytest-benchmark's --benchmark-json writes "
+                         "(machine_info and benchmarks)")
     if args.runs:
         runs = [list(measurements(loaded[name])) for name in args.json_files]
         every = [r for records in runs for r in records]

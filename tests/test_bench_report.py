@@ -54,6 +54,22 @@ def test_table_speedups_and_bandwidth(results, capsys):
     assert "| 8.0 |" in out  # forward: no copy row, the fused bandwidth alone
 
 
+def test_inputs_and_outputs_it_cannot_use_are_refused_before_any_table(results, tmp_path, capsys):
+    """A file that is not JSON, JSON that pytest-benchmark did not write, and a --csv or
+    --chart with no folder to go in (or that is a folder): argparse's error, no traceback,
+    and nothing printed first."""
+    (tmp_path / "steps.csv").write_text("date,cpu\n")
+    (tmp_path / "other.json").write_text("{}")
+    for argv, message in (([str(tmp_path / "steps.csv")], "is not a JSON file"),
+                          ([str(tmp_path / "other.json")], "not what pytest-benchmark's --benchmark-json writes"),
+                          ([str(results), "--csv", str(tmp_path / "no" / "ops.csv")], "--csv"),
+                          ([str(results), "--chart", str(tmp_path)], "--chart")):
+        with pytest.raises(SystemExit) as exited:
+            load_report().main(argv)
+        shown = capsys.readouterr()
+        assert exited.value.code == 2 and message in shown.err and shown.out == ""
+
+
 def test_csv(results, tmp_path):
     load_report().main([str(results), "--csv", str(tmp_path / "ops.csv")])
     rows = list(csv.DictReader(open(tmp_path / "ops.csv")))

@@ -468,6 +468,10 @@ def test_fold_refuses_a_batchnorm_in_training_and_folds_a_grouped_transpose(bias
     assert isinstance(folded[1], aigc_fast.nn.blocks.FoldedBatchNorm)  # the grouped transpose's is folded
     assert isinstance(folded[4], aigc_fast.nn.blocks.FoldedBatchNorm)
     assert folded[0].weight.shape == model[0].weight.shape and folded[0].weight.is_contiguous()
+    with torch.no_grad():  # as fold() of a grouped conv-transpose is often called, and as groups=1 keeps it
+        assert fold(model)[0].weight.requires_grad
+    channels_last = fold(model.to(memory_format=torch.channels_last))[0].weight
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_convert_leaves_a_group_before_an_in_place_module_and_passes_identity_placeholders():

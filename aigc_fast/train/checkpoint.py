@@ -46,7 +46,9 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu", *, weights_only:
     # with weights_only=False will likely succeed).
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty (0 bytes): a save or copy that did not finish; use another copy")
-    if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        legacy = f.read(1) == b"\x80"  # torch.save's format before 1.6 (a pickle's protocol byte), still read
+    if not (legacy or zipfile.is_zipfile(path)):
         raise ValueError(f"{path} is not a checkpoint: torch.save writes a zip archive, and this file is none "
                          "(cut short, damaged, or another kind of file)")
     _check_checksums(path)

@@ -16,8 +16,11 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped fit() between two steps, after a checkpoint of the last one."""
 
     def __init__(self, step: int, checkpoint, epochs_left: int = 0):
-        super().__init__(f"training stopped by Ctrl-C after step {step}; the checkpoint {checkpoint} holds it "
-                         "(resume: fit(resume=True), aigc-fast train ... --resume RUN_DIR)")
+        # (A resume trains config.epochs more, the one in progress counted as one.)
+        then = (f"to finish the planned epochs, resume with epochs={epochs_left} (config.epochs, then "
+                f"fit(resume=True); aigc-fast train ... --resume RUN_DIR --epochs {epochs_left})" if epochs_left
+                else "its planned training was done")
+        super().__init__(f"training stopped by Ctrl-C after step {step}; the checkpoint {checkpoint} holds it; {then}")
         self.step = step
         self.checkpoint = checkpoint
         self.epochs_left = epochs_left  # of the stopped fit(), the one in progress counted as one

@@ -99,6 +99,8 @@ class _Trainer(Checkpointing):
 
         c = self.config
         unavailable = _impl.fused_unavailable_reason(self.device) if c.backend == "fused" else None
+        if c.backend == "fused" and _impl.get_impl() == "reference":  # aigc_fast.set_impl / use_impl
+            unavailable = "aigc_fast.set_impl('reference')"
         ops = f"{c.backend} ops" if unavailable is None else f"reference ops ({unavailable})"
         parts = [str(self.device), "fp32" if c.precision == "fp32" else f"{c.precision} autocast",
                  "channels_last" if c.channels_last else "NCHW", ops]
@@ -270,9 +272,10 @@ class _Trainer(Checkpointing):
         try:
             train = self._training_data(data)
         except FileNotFoundError as error:
-            if resume and data is None:  # the data the run recorded
-                raise FileNotFoundError(f"{error} (if the run's data has moved, give its new place: "
-                                        "aigc-fast train --resume RUN_DIR --data NEW, fit(NEW, resume=True))") from None
+            if resume and data is None:  # config.data: the data the run recorded, or a new place given for it
+                raise FileNotFoundError(f"{error} (if this is the run's recorded data and it has moved, give its new "
+                                        "place: aigc-fast train --resume RUN_DIR --data NEW, fit(NEW, "
+                                        "resume=True))") from error
             raise
         if resume:
             self._resume_from(self.checkpoint_path if resume is True else resume)
@@ -297,8 +300,9 @@ class _Trainer(Checkpointing):
                 tally = _EpochTally()
                 for indices in self._batches(len(train)):
                     if stop.requested or (self.config.max_steps is not None and self.step >= self.config.max_steps):
-                        return self._finish(bar, metrics, unfinished_epoch=tally,
-                                            interrupted=stop.requested, epochs_left=end_epoch - self.epoch)
+                        capped = self.config.max_steps is not None and self.step >= self.config.max_steps
+                        return self._finish(bar, metrics, unfinished_epoch=tally, interrupted=stop.requested,
+                                            epochs_left=0 if capped else end_epoch - self.epoch)
                     metrics = self._train_batch(train, indices)
                     tally.add(metrics)
                     # (The postfix first: the redraw update(1) may do then shows this step's values.)
