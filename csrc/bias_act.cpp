@@ -59,7 +59,7 @@ at::Tensor bias_act_op(const at::Tensor& x, const std::optional<at::Tensor>& bia
     op.channels = x.size(dim);
     op.inner = channel_run(op.x, dim);
   }
-  op.y = at::empty_like(op.x);
+  op.y = empty_in_format_of(op.x);
   if (x.numel() > 0) run_on_device(x, op, bias_act_cpu, AIGC_CUDA_KERNEL(bias_act_cuda));
   return op.y;
 }

@@ -188,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_op(
   } else {
     kernels.forward_channels(step, channels);
   }
-  op.y = at::empty_like(op.x);
+  op.y = empty_in_format_of(op.x);
   kernels.affine_act(op, /*affine=*/true);
   return {op.y, mean, invstd};
 }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <optional>
@@ -33,6 +34,16 @@ inline int64_t channel_run(const at::Tensor& t, int64_t dim) {
 
 inline at::Tensor in_memory_order(const at::Tensor& t) {
   return dense_format(t).has_value() ? t : t.contiguous();
+}
+
+// A new tensor shaped as t (which is in_memory_order already), for an elementwise op's
+// output: with the strides of the format t is dense in, contiguous first. Where t's strides
+// are ambiguous (a size-1 dimension: a [B, 1, H, W] conv output in channels_last), that
+// gives the strides ATen's elementwise ops give (torch.tanh(t)'s), not t's own as
+// empty_like would: torch.compile guards on strides, and a D fed both a fused G's images
+// and real ones otherwise compiled twice.
+inline at::Tensor empty_in_format_of(const at::Tensor& t) {
+  return at::empty(t.sizes(), t.options().memory_format(dense_format(t).value_or(at::MemoryFormat::Contiguous)));
 }
 
 // t in the memory order of `ref` (which is in_memory_order already).

@@ -382,3 +382,20 @@ def test_compile_fullgraph_with_a_changing_slope():
     x = torch.randn(4, 3)
     for slope in (0.1, 0.2, 0.3):
         torch.testing.assert_close(fn(x, slope), torch.nn.functional.leaky_relu(x, slope))
+
+
+# A [B, 1, H, W] conv output in channels_last, and a [B, C, 1, 1] one: strides that read
+# as both NCHW and channels_last.
+AMBIGUOUS = [((4, 1, 6, 6), (36, 1, 6, 1)), ((4, 3, 1, 1), (3, 1, 3, 3))]
+
+
+@pytest.mark.parametrize("shape, strides", AMBIGUOUS)
+def test_ambiguous_layouts_get_the_strides_aten_gives(shape, strides):
+    """The output gets torch.tanh's strides, not the input's (torch.compile guards on
+    strides: a D fed a fused G's images and real ones compiled twice), from the kernel and
+    the fake kernel alike (opcheck compares them)."""
+    x = torch.empty_strided(shape, strides).normal_(generator=torch.Generator().manual_seed(0))
+    bias = torch.randn(shape[1])
+    assert aigc_fast.bias_act(x, bias, "tanh").stride() == torch.tanh(x).stride() != x.stride()
+    assert aigc_fast.bias_act(x, None, "identity").stride() == torch.tanh(x).stride()
+    torch.library.opcheck(torch.ops.aigc_fast.bias_act, (x.requires_grad_(), bias.requires_grad_(), 1, "tanh", 0.2))

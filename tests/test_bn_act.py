@@ -948,3 +948,16 @@ def test_running_statistics_that_share_copy_on_write_storage_are_copied_before_t
     aigc_fast.bn_act(x, None, None, p.running_mean, p.running_var, training=True)
     assert torch.equal(source_mean, torch.zeros(3)) and torch.equal(source_var, torch.ones(3))
     assert torch.equal(running_mean, p.running_mean) and torch.equal(running_var, p.running_var)
+
+
+@pytest.mark.parametrize("shape, strides", [((4, 1, 6, 6), (36, 1, 6, 1)), ((4, 3, 1, 1), (3, 1, 3, 3))])
+def test_ambiguous_layouts_get_the_strides_aten_gives(shape, strides):
+    """As bias_act's (test_bias_act.py): a [B, 1, H, W] or [B, C, 1, 1] channels_last input
+    gives the strides torch.relu gives, in the kernel and its fake alike."""
+    x = torch.empty_strided(shape, strides).normal_(generator=torch.Generator().manual_seed(0))
+    p = Params(shape[1])
+    y = aigc_fast.bn_act(x, p.weight, p.bias, p.running_mean, p.running_var, training=True)
+    assert y.stride() == torch.relu(x).stride() != x.stride()
+    torch.library.opcheck(torch.ops.aigc_fast.bn_act, (x.requires_grad_(), p.weight.requires_grad_(), p.bias,
+                                                         p.running_mean, p.running_var, None, True, 0.1, 1e-5, "relu",
+                                                         0.2, False))

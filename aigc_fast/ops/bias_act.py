@@ -60,7 +60,7 @@ def _check(x, bias, act, negative_slope, dim):
 
 def _fake_forward(x, bias, dim, act, negative_slope):
     _check(x, bias, act, negative_slope, dim)
-    return torch.empty_like(_layout.in_memory_order(x))
+    return _layout.empty_in_format_of(_layout.in_memory_order(x))
 
 
 def _fake_backward(grad_y, y, dim, act, negative_slope, bias_dtype):

@@ -137,7 +137,7 @@ def _fake_forward(x, weight, bias, running_mean, running_var, num_batches_tracke
     if x.numel() == 0:  # (the public function sends an empty batch to the reference)
         raise ValueError(f"bn_act needs a non-empty x, got shape {list(x.shape)}")
     stats = x.new_empty((x.shape[1],), dtype=_validate.math_dtype(x))
-    return torch.empty_like(_layout.in_memory_order(x)), stats, stats.clone()
+    return _layout.empty_in_format_of(_layout.in_memory_order(x)), stats, stats.clone()
 
 
 def _fake_backward(grad_y, y, x, weight, bias, mean, invstd, training, act, negative_slope, output_mask):
