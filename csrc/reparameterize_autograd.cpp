@@ -6,6 +6,7 @@
 // product through the sampling step) the backward is written with differentiable ATen ops
 // instead of the kernel, so second derivatives come out right.
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
@@ -89,15 +90,14 @@ class ReparameterizeFunction : public torch::autograd::Function<ReparameterizeFu
     const bool need_logvar = ctx->needs_input_grad(1);
     const bool need_eps = eps.defined() && ctx->needs_input_grad(2);
     const bool kernel_mu = need_mu && compute_kl;  // without the KL term, dmu is grad_z itself
-    // Undefined: z was not used (only the KL). Its term is then left out, not computed from
-    // a zero gradient: 0 * std is NaN where std overflows (logvar > ~177 in float32), and
-    // the reference, which has no such term, gives the KL's own inf.
-    const at::Tensor& grad_z = grads[0];
     const OptionalTensor grad_kl = compute_kl ? if_defined(grads[1]) : std::nullopt;
     at::Tensor grad_mu, grad_logvar, grad_eps;
-    if (at::GradMode::is_enabled() || !grad_z.defined()) {  // the KL alone: a few ATen ops, no noise
-      std::tie(grad_mu, grad_logvar, grad_eps) = differentiable_backward(grad_z, grad_kl, mu, logvar, eps, seed);
+    if (at::GradMode::is_enabled()) {  // (leaves z's term out where z was not used)
+      std::tie(grad_mu, grad_logvar, grad_eps) = differentiable_backward(grads[0], grad_kl, mu, logvar, eps, seed);
     } else {
+      // Undefined: z was not used (only the KL); a zero gradient, whose term the kernels
+      // count as exactly zero (reparameterize.h, grad_logvar: not 0 * an overflowing std).
+      const at::Tensor grad_z = grads[0].defined() ? grads[0] : at::zeros_like(mu);
       if (kernel_mu || need_logvar || need_eps) {
         std::tie(grad_mu, grad_logvar, grad_eps) =
             backward_op().call(grad_z, grad_kl, mu, logvar, if_defined(eps), if_defined(seed), if_defined(z),

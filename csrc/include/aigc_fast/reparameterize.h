@@ -56,11 +56,14 @@ AIGC_HD bool recovery_is_lossy(double z, double logvar) {
 // "Backward: the noise is never stored", says when each is used). gk is 0 when no KL
 // gradient flows; its term is then left out rather than multiplied by 0, since std^2
 // overflows float32 from logvar ~ 88.7 on, where z (finite up to logvar ~ 177) still has a
-// finite gradient and 0 * inf would be NaN.
+// finite gradient and 0 * inf would be NaN. A zero g likewise: an unused z's gradient comes
+// as zeros, and where std overflows (logvar > ~177) g * std * eps would be NaN beside the
+// KL's inf, the gradient the reference gives, which has no z term then.
 template <typename T>
 AIGC_HD T grad_logvar(T g, T std_eps, T gk, T logvar, T std) {
   const T from_kl = gk == T(0) ? T(0) : gk * kl_normal_grad_logvar(logvar, std * std);
-  return T(0.5) * g * std_eps + from_kl;
+  const T from_z = g == T(0) ? T(0) : T(0.5) * g * std_eps;
+  return from_z + from_kl;
 }
 
 template <typename T>
@@ -70,7 +73,7 @@ AIGC_HD T grad_mu(T g, T gk, T mu) {
 
 template <typename T>
 AIGC_HD T grad_eps(T g, T std) {
-  return g * std;
+  return g == T(0) ? T(0) : g * std;  // (zero for an unused z, as in grad_logvar)
 }
 
 }  // namespace aigc_fast
