@@ -256,9 +256,10 @@ def _run(args) -> int:
     if args.command == "train":
         given = {k: v for k, v in vars(args).items() if k not in ("command", "kind", "config", "resume")}
         return _train(args, given)
-    if args.command in ("sample", "evaluate") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if args.command in ("sample", "evaluate", "bench") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun each process would do all of it and write the same files.
-        raise ValueError(f"{args.command} runs in one process (train is the distributed one): run it without torchrun")
+        refusal = BadBenchArguments if args.command == "bench" else ValueError
+        raise refusal(f"{args.command} runs in one process (train is the distributed one): run it without torchrun")
     if args.command == "sample":
         from .sampling import sample_run
 

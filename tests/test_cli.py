@@ -432,10 +432,10 @@ def test_a_missing_optional_package_is_a_one_line_error(tmp_path, capsys, monkey
     assert err.startswith("aigc-fast train: error: ") and "pip install" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", ["sample", "evaluate"])
-def test_sample_and_evaluate_refuse_torchrun(tmp_path, capsys, monkeypatch, command):
+@pytest.mark.parametrize("command", [["sample", "RUN"], ["evaluate", "RUN"], ["bench", "--out", "RUN"]])
+def test_sample_evaluate_and_bench_refuse_torchrun(tmp_path, capsys, monkeypatch, command):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit) as exited:
-        main([command, str(tmp_path)])
+        main([str(tmp_path) if arg == "RUN" else arg for arg in command])
     assert exited.value.code == 2 and "run it without torchrun" in capsys.readouterr().err
 
