@@ -299,8 +299,8 @@ class _Trainer(Checkpointing):
             while self.epoch < end_epoch:
                 tally = _EpochTally()
                 for indices in self._batches(len(train)):
-                    if stop.requested or (self.config.max_steps is not None and self.step >= self.config.max_steps):
-                        capped = self.config.max_steps is not None and self.step >= self.config.max_steps
+                    capped = self.config.max_steps is not None and self.step >= self.config.max_steps
+                    if stop.requested or capped:
                         return self._finish(bar, metrics, unfinished_epoch=tally, interrupted=stop.requested,
                                             epochs_left=0 if capped else end_epoch - self.epoch)
                     metrics = self._train_batch(train, indices)
