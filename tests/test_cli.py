@@ -370,28 +370,33 @@ def test_train_flags_reach_the_config(tmp_path):
     assert (config["seed"], config["lr"], config["flip"], config["loss"]) == (7, 0.001, True, "hinge")
 
 
-def test_the_ctrl_c_hint_finishes_the_runs_plan(tmp_path, capsys, monkeypatch):
-    """A resume's --epochs counts epochs more (the one in progress as one): stopped in the
-    second of two epochs, the command shown says --epochs 1, and running it ends the run
-    where an uninterrupted one would have, at step 8 (4 batches an epoch)."""
+def sigint_in_step(monkeypatch, at_step):
+    """A Ctrl-C arriving in the middle of step `at_step` of the GANTrainer the command makes."""
     import signal
 
     from aigc_fast.train import GANTrainer
 
     train_step = GANTrainer.train_step
 
-    def stopped_in_step_6(self, images):
+    def step(self, images):
         metrics = train_step(self, images)
-        if self.step + 1 == 6:  # in epoch 1
+        if self.step + 1 == at_step:
             signal.raise_signal(signal.SIGINT)
         return metrics
 
-    monkeypatch.setattr(GANTrainer, "train_step", stopped_in_step_6)
+    monkeypatch.setattr(GANTrainer, "train_step", step)
+
+
+def test_the_ctrl_c_hint_finishes_the_runs_plan(tmp_path, capsys, monkeypatch):
+    """A resume's --epochs counts epochs more (the one in progress as one): stopped in the
+    second of two epochs, the command shown says --epochs 1, and running it ends the run
+    where an uninterrupted one would have, at step 8 (4 batches an epoch)."""
+    sigint_in_step(monkeypatch, 6)  # in epoch 1
     run = tmp_path / "run"
     assert train_tiny_gan(tmp_path, run, "--max-steps", "none", "--epochs", "2") == 130
     err = capsys.readouterr().err
     assert f"after step 6, epochs completed 1; finish it with aigc-fast train gan --resume {run} --epochs 1\n" in err
-    monkeypatch.setattr(GANTrainer, "train_step", train_step)
+    monkeypatch.undo()
     assert main(["train", "gan", "--resume", str(run), "--epochs", "1"]) == 0
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 8
 
@@ -401,19 +406,7 @@ def test_the_ctrl_c_hint_finishes_the_runs_plan(tmp_path, capsys, monkeypatch):
     (3, ["--max-steps", "3", "--epochs", "2"], "--epochs N --max-steps none trains N epochs more"),  # at the cap
 ])
 def test_the_ctrl_c_hint_after_the_planned_training(tmp_path, capsys, monkeypatch, stop_at, flags, then):
-    import signal
-
-    from aigc_fast.train import GANTrainer
-
-    train_step = GANTrainer.train_step
-
-    def stopped(self, images):
-        metrics = train_step(self, images)
-        if self.step + 1 == stop_at:
-            signal.raise_signal(signal.SIGINT)
-        return metrics
-
-    monkeypatch.setattr(GANTrainer, "train_step", stopped)
+    sigint_in_step(monkeypatch, stop_at)
     run = tmp_path / "run"
     assert train_tiny_gan(tmp_path, run, *flags) == 130
     assert f"its planned training was done; aigc-fast train gan --resume {run} {then}\n" in capsys.readouterr().err
