@@ -7,9 +7,10 @@ Under torch.func's transforms and forward-mode AD the default is the reference (
 transform the fused ops' C++ autograd), and so it is under torch.onnx.export (ONNX has no
 aigc_fast operators: the exported graph is the reference's plain ops). Asking for "fused"
 where it is unavailable raises, rather than silently running something else. The global
-choice is a plain module attribute, so torch.compile guards on it; it is one for the whole process (use_impl in one thread is
-seen by the others, and blocks in two threads that overlap can restore each other's
-choice), so code running ops from several threads passes impl= per call.
+choice is a plain module attribute, so torch.compile guards on it; it is one for the whole
+process (use_impl in one thread is seen by the others, and blocks in two threads that
+overlap can restore each other's choice), so code running ops from several threads passes
+impl= per call.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .. import data as data_lib
+from .. import _impl, data as data_lib
 from ..images import save_grid
 from .checkpoint import load_checkpoint
 from .config import resolve_precision, unwritable_reason
@@ -95,8 +95,6 @@ class _Trainer(Checkpointing):
         """The settings that decide a step's speed, as they resolved on this machine (precision
         "auto" made concrete, the ops that run), in one line: the command prints it as a run
         starts. config.json records every field."""
-        from .. import _impl
-
         c = self.config
         unavailable = _impl.fused_unavailable_reason(self.device) if c.backend == "fused" else None
         if c.backend == "fused" and _impl.get_impl() == "reference":  # aigc_fast.set_impl / use_impl
