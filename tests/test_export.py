@@ -1,8 +1,8 @@
 """torch.export of fused models and losses (docs/api.md, Compatibility): the exported
 program keeps the aigc_fast ops (it does not fall back to the reference), gives the
 eager model's outputs (for any batch size, exported as dynamic), updates BatchNorm's running statistics in training as the eager
-model does, and differentiates a loss exported with inputs that require grad; and
-torch.onnx.export, which runs the reference ops (ONNX has no aigc_fast operators)."""
+model does, and differentiates a loss exported with inputs that require grad; an
+AOTInductor package of a folded generator; and torch.onnx.export, which runs the reference ops (ONNX has no aigc_fast operators)."""
 
 import copy
 
@@ -77,6 +77,23 @@ def test_an_exported_loss_is_differentiated_for_the_inputs_that_required_grad():
     program = torch.export.export(DLoss(), (real.detach(), fake.detach())).module()
     with pytest.raises(RuntimeError, match="gradient of real_logits was not computed"):
         program(torch.randn(8, requires_grad=True), fake.detach()).backward()
+
+
+def test_an_aoti_package_of_a_folded_generator_calls_the_fused_op(tmp_path):
+    """AOTInductor (deployment without Python's model code): the package's compiled wrapper
+    calls aigc_fast::bias_act through torch's dispatcher, so it gives the eager model's
+    images at any batch size, once aigc_fast is imported where the package is loaded."""
+    torch.manual_seed(0)
+    generator = fold(DCGANGenerator(nz=16, ngf=8, channels=1, image_size=28).eval())
+    z = torch.randn(5, 16)
+    program = torch.export.export(generator, (z,), dynamic_shapes={"z": {0: torch.export.Dim("batch", min=2)}})
+    assert exported_ops(program) == {"aigc_fast::bias_act"}
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "generator.pt2"))
+    runner = torch._inductor.aoti_load_package(path)
+    for batch in (5, 3):
+        z = torch.randn(batch, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(runner(z), generator(z))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning",  # (torch deprecates the TorchScript exporter)
