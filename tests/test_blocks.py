@@ -4,10 +4,12 @@ activation, NCHW and channels_last), the projection-as-matmul path, convert() on
 DCGAN, fold() for inference, torch.compile, gradcheck, and bad input."""
 
 import copy
+import types
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import aigc_fast
 from aigc_fast.nn import ConvBlock, ConvTransposeBlock, FusedSequential, convert, fold
@@ -371,6 +373,31 @@ def test_a_backward_hook_on_a_group_member_unfuses_the_group(register):
     assert fired
 
 
+@pytest.mark.parametrize("patched", [0, 1, 2])
+def test_a_forward_patched_onto_a_group_member_runs_as_written(patched):
+    """`bn.forward = frozen_bn` (or a patched conv/activation) is the module's code now: the
+    group runs unfused, as the plain model does, rather than computing the stock op."""
+    def frozen(bn, x):
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    def model():
+        torch.manual_seed(3)
+        m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).double()
+        if patched == 0:
+            m[1].forward = types.MethodType(frozen, m[1])
+        elif patched == 1:
+            m[0]._conv_forward = types.MethodType(lambda conv, x, w, b: F.conv2d(x, w.abs(), b), m[0])
+        else:
+            m[2].forward = lambda x: torch.relu(x) * 2
+        return m
+
+    original, converted = model(), convert(model())
+    assert converted.fused_groups() == []
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(converted(x), original(x))
+    torch.testing.assert_close(converted[1].running_mean, original[1].running_mean)
+
+
 def test_modules_with_hooks_run_as_themselves():
     """torch.nn.utils.spectral_norm updates the weight in a forward pre-hook, a lazy conv
     initializes itself in one, and feature extractors hook activations: a fused group reads
@@ -401,6 +428,10 @@ def test_modules_with_hooks_run_as_themselves():
     lazy = convert(nn.Sequential(nn.LazyConv2d(4, 3), nn.BatchNorm2d(4), nn.ReLU()))
     assert lazy(torch.randn(2, 3, 8, 8)).shape == (2, 4, 6, 6)  # initialized by its own hook
     assert len(lazy.fused_groups()) == 1  # ... and fused from then on
+    lazy = convert(nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU()))
+    assert lazy.fused_groups() == []
+    assert lazy(torch.randn(2, 3, 8, 8)).shape == (2, 4, 6, 6)
+    assert len(lazy.fused_groups()) == 1  # a lazy BatchNorm too
 
     with pytest.raises(TypeError, match="convert the model first, then compile it"):
         convert(torch.compile(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())))

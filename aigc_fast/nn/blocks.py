@@ -72,13 +72,14 @@ class _Group:
     output_overwritten: bool = False
 
 
-def _hooked(module: nn.Module) -> bool:
-    """Whether the module has hooks that only its own call runs: spectral_norm's weight
-    update (the torch.nn.utils one, a pre-hook), a lazy module's initialization, a feature
-    extractor's forward hook, a full backward hook. A fused group reads its modules'
-    parameters without calling them, so such a module runs as itself instead."""
+def _runs_own_code(module: nn.Module) -> bool:
+    """Whether the module has code that only its own call runs: hooks (spectral_norm's
+    weight update, the torch.nn.utils one, a pre-hook; a lazy module's initialization; a
+    feature extractor's forward hook; a full backward hook), or a forward patched onto the
+    instance (a "frozen BatchNorm" written as `bn.forward = ...`). A fused group reads its
+    modules' parameters without calling them, so such a module runs as itself instead."""
     return bool(module._forward_pre_hooks or module._forward_hooks or module._backward_pre_hooks
-                or module._backward_hooks)
+                or module._backward_hooks) or any(name in vars(module) for name in ("forward", "_conv_forward"))
 
 
 def _plain_conv(module: nn.Module) -> bool:
@@ -91,6 +92,12 @@ def _plain_conv(module: nn.Module) -> bool:
             cls = type(module)
             return cls.forward is base.forward and getattr(cls, "_conv_forward", None) is getattr(base, "_conv_forward", None)
     return False
+
+
+def _batch_norm_over(module: nn.Module, channels: int) -> bool:
+    """A BatchNorm2d over `channels`, or a LazyBatchNorm2d, which becomes one in its first
+    call (its initializing hook keeps it running as itself until then, see _runs_own_code)."""
+    return (type(module) is nn.BatchNorm2d and module.num_features == channels) or type(module) is nn.LazyBatchNorm2d
 
 
 # Modules that can hand on their input itself or a view of it, which a later module may
@@ -133,8 +140,8 @@ def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = Tru
           output_overwritten: bool = False) -> List[Union[int, _Group]]:
     """The Sequential's forward as steps: a child's index, or a fused group for each
     conv [-> BatchNorm2d over its channels] [-> Identity ...] [-> activation] with at least
-    one of BatchNorm and activation, (unless hooks=False: the structure alone) no hooks on
-    any of them, and (when a backward may follow) nothing after it, in the Sequential or
+    one of BatchNorm and activation, (unless hooks=False: the structure alone) none of them
+    with code of its own to run (hooks, a patched forward: _runs_own_code), and (when a backward may follow) nothing after it, in the Sequential or
     (output_overwritten) after it, that may overwrite its output, unless its activation is
     the identity (bn_act and bias_act keep no output for it: a residual `out += skip` after
     conv -> BatchNorm)."""
@@ -144,7 +151,7 @@ def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = Tru
         conv = children[i]
         j, bn = i + 1, None
         if _plain_conv(conv):
-            if j < len(children) and type(children[j]) is nn.BatchNorm2d and children[j].num_features == conv.out_channels:
+            if j < len(children) and _batch_norm_over(children[j], conv.out_channels):
                 bn, j = j, j + 1
             elif j < len(children) and isinstance(children[j], FoldedBatchNorm):
                 j += 1
@@ -157,7 +164,7 @@ def _plan(children: List[nn.Module], *, hooks: bool = True, backward: bool = Tru
             name, slope = act or ("identity", 0.0)
             overwritten = backward and _overwritten(children[j:], output_overwritten)
             if (bn is not None or act is not None) and (name == "identity" or not overwritten) and not (
-                    hooks and any(_hooked(m) for m in children[i:j])):
+                    hooks and any(_runs_own_code(m) for m in children[i:j])):
                 if name != "leaky_relu" or slope >= 0:  # the kernels need slope >= 0 (else: run as is)
                     steps.append(_Group(i, j, bn, name, slope, overwritten))
                     i = j
@@ -335,7 +342,7 @@ def convert(module: nn.Module, *, memory_efficient: bool = False) -> nn.Module:
     containers, in place: each such Sequential becomes a FusedSequential, the same object
     with the same modules (weights, buffers, state_dict keys and hooks unchanged). Returns
     the model. Runs written out in a custom forward are left alone, and so are modules with
-    hooks (they run as themselves, see _hooked). Convert before torch.compile, not after."""
+    hooks or a forward patched onto the instance (they run as themselves, see _runs_own_code). Convert before torch.compile, not after."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"convert() takes a torch.nn.Module, got {type(module).__name__}")
     memory_efficient = _validate.flag(memory_efficient, "memory_efficient")
