@@ -23,6 +23,9 @@ from torch.utils.data import Dataset
 
 from ._validate import choice, is_count
 
+__all__ = ["ImageData", "fit_size", "holdout_split", "load", "load_array", "load_digits", "load_image_folder",
+           "load_mnist", "to_model_range"]
+
 BUILTIN = ("mnist", "digits")
 KINDS = ("gan", "vae")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm")

@@ -18,6 +18,8 @@ import torch
 
 from .images import save_grid, to_uint8
 
+__all__ = ["sample_run", "write_samples"]
+
 _BALANCED_ROUNDS = 20  # rounds of n candidates before balanced sampling gives up on a class
 # In images/: the files write_samples wrote there, one per line. Names alone do not say so:
 # a user's own 000007.png would pass for one of ours and be deleted.

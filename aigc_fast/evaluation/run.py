@@ -96,10 +96,8 @@ def _read_cache(path: Path) -> Optional[dict]:
         return None
     try:
         cached = load_checkpoint(path)
-    except ValueError as error:  # truncated or overwritten (load_checkpoint names the cause)
-        cause = error.__cause__
-        warnings.warn(f"{path} cannot be read ({type(cause).__name__}: {cause}); training the classifier again",
-                      stacklevel=3)
+    except ValueError as error:  # truncated or overwritten: load_checkpoint names the file and the cause
+        warnings.warn(f"the classifier cache cannot be read: {error}; training the classifier again", stacklevel=3)
         return None
     if isinstance(cached, dict) and {"key", "state", "accuracy"} <= set(cached):
         return cached
