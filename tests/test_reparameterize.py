@@ -1,6 +1,8 @@
 """The fused reparameterization op against its reference, in every dtype, plus the
 ecosystem contracts: opcheck, gradcheck, torch.compile, autocast, bad input."""
 
+import math
+
 import pytest
 import torch
 
@@ -107,6 +109,22 @@ def test_the_kl_alone_where_std_overflows(dtype, huge, create_graph):
     mu, logvar = torch.zeros(2, 3, dtype=dtype, requires_grad=True), torch.full((2, 3), huge, dtype=dtype, requires_grad=True)
     module(mu, logvar)[1].sum().backward()
     assert torch.isinf(logvar.grad).all() and not mu.grad.isnan().any()
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+@pytest.mark.parametrize("explicit_eps", [False, True])
+def test_z_alone_where_mu_is_infinite(explicit_eps, create_graph):
+    """The KL returned but unused adds no term to dmu: 0 * an infinite mu would be NaN where
+    the reference, whose graph has no KL gradient, gives dmu = g."""
+    def grads(fn, **kw):
+        mu = torch.tensor([[math.inf, 1.0, -math.inf]], requires_grad=True)
+        logvar = torch.zeros(1, 3, requires_grad=True)
+        z, _ = fn(mu, logvar, return_kl=True, **kw)
+        return torch.autograd.grad(z, mu, torch.tensor([[2.0, -1.0, 3.0]]), create_graph=create_graph)[0]
+
+    eps = torch.randn(1, 3)
+    fused = grads(aigc_fast.reparameterize, **({"eps": eps} if explicit_eps else {}))
+    torch.testing.assert_close(fused, grads(ref_reparameterize, eps=eps))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])

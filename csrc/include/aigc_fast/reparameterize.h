@@ -68,7 +68,7 @@ AIGC_HD T grad_logvar(T g, T std_eps, T gk, T logvar, T std) {
 
 template <typename T>
 AIGC_HD T grad_mu(T g, T gk, T mu) {
-  return g + gk * mu;
+  return gk == T(0) ? g : g + gk * mu;  // (no KL term: 0 * an infinite mu would be NaN)
 }
 
 template <typename T>
