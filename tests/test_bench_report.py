@@ -72,7 +72,7 @@ def test_inputs_and_outputs_it_cannot_use_are_refused_before_any_table(results, 
 
 def test_csv(results, tmp_path):
     load_report().main([str(results), "--csv", str(tmp_path / "ops.csv")])
-    rows = list(csv.DictReader(open(tmp_path / "ops.csv")))
+    rows = list(csv.DictReader((tmp_path / "ops.csv").read_text().splitlines()))
     assert len(rows) == 5 and {r["cpu"] for r in rows} == {"Test CPU"} and rows[0]["date"] == "2026-11-29"
     assert float(rows[0]["gb_per_s"]) == pytest.approx(10.0)
 
@@ -167,7 +167,7 @@ def test_bench_ops_end_to_end(tmp_path, monkeypatch):
     assert main(["bench", "--ops", "--ops-filter", "test_reparameterize and 128x64 and z- and fwd+bwd and cpu",
                  "--workloads", "vae28", "--providers", "fused", "--layouts", "nchw", "--repeats", "1",
                  "--out", str(tmp_path)]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "ops.csv")))
+    rows = list(csv.DictReader((tmp_path / "ops.csv").read_text().splitlines()))
     assert sorted(r["provider"] for r in rows) == ["compile", "compile+aten_rng", "copy", "eager", "fused"]
     kernels = ",".join(aigc_fast._extension.compiled_backends())
     assert {(r["aigc_fast"], r["kernels"]) for r in rows} == {(aigc_fast.__version__, kernels)}  # as steps.csv

@@ -137,7 +137,7 @@ def test_bench_writes_csv_table_and_breakdown(tmp_path, capsys):
 
     assert main(["bench", "--workloads", "vae28", "--providers", "fused,eager", "--layouts", "nchw", "--repeats", "1",
                  "--breakdown", "--out", str(tmp_path)]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "steps.csv")))
+    rows = list(csv.DictReader((tmp_path / "steps.csv").read_text().splitlines()))
     assert [(r["workload"], r["provider"], r["memory_format"]) for r in rows] == [("vae28", "fused", "nchw"),
                                                                                   ("vae28", "eager", "nchw")]
     assert all(float(r["median_s"]) > 0 and r["torch"] and r["date"] for r in rows)
@@ -223,7 +223,8 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "aigc_fast", "info", "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     proc.stdout.close()  # before it writes: its output meets a pipe no one reads
-    err = proc.stderr.read()
+    with proc.stderr:
+        err = proc.stderr.read()
     assert proc.wait(timeout=120) == 1
     assert "Broken pipe" not in err and "Exception ignored" not in err and "Traceback" not in err, err
 

@@ -4,6 +4,7 @@ kernels, and with the references)."""
 import importlib
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ API_DOC = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "api.md")
 
 
 def quick_start_code():
-    text = open(README).read()
+    text = Path(README).read_text()
     section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert blocks, "the README's quick start has no python block"
@@ -26,7 +27,7 @@ def quick_start_code():
                                     "aigc_fast.reference"])
 def test_the_api_reference_names_every_public_name(module):
     """docs/api.md says it covers the public API: each name a module exports is in it."""
-    text = open(API_DOC).read()
+    text = Path(API_DOC).read_text()
     exported = importlib.import_module(module).__all__
     assert [name for name in exported if not re.search(rf"\b{name}\b", text)] == []
 
@@ -40,7 +41,7 @@ def test_quick_start_runs(impl):
 
 
 def section_code(heading: str) -> str:
-    text = open(API_DOC).read()
+    text = Path(API_DOC).read_text()
     section = text.split("\n" + heading, 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert blocks, f"docs/api.md's {heading!r} has no python block"
